@@ -1,0 +1,35 @@
+"""p2pcluster: a peer-to-peer compute cluster for a LAN.
+
+The public API is re-exported here; every other module is private.
+"""
+
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ConfigError as ConfigError
+from ._errors import DecodeError as DecodeError
+from ._errors import HandshakeError as HandshakeError
+from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import P2PClusterError as P2PClusterError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import ReplayError as ReplayError
+from ._errors import SecretError as SecretError
+from ._errors import UnknownKey as UnknownKey
+from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._version import __version__ as __version__
+
+__all__ = [
+    "__version__",
+    # errors
+    "P2PClusterError",
+    "ConfigError",
+    "SecretError",
+    "ProtocolError",
+    "DecodeError",
+    "UnknownMessageType",
+    "UnsupportedVersion",
+    "MessageTooLarge",
+    "AuthenticationError",
+    "UnknownKey",
+    "ReplayError",
+    "HandshakeError",
+]

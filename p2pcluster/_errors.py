@@ -1,0 +1,56 @@
+"""The exception hierarchy.
+
+Pure: importable from the sans-IO core. Everything p2pcluster raises on purpose derives from
+:class:`P2PClusterError`. Anything that arrives from the network and cannot be accepted raises a
+:class:`ProtocolError` subclass, and nothing else: receive loops catch exactly that class.
+"""
+
+from __future__ import annotations
+
+
+class P2PClusterError(Exception):
+    """Base class of every error p2pcluster raises on purpose."""
+
+
+class ConfigError(P2PClusterError, ValueError):
+    """A configuration value (argument, environment variable or TOML key) is invalid."""
+
+
+class SecretError(P2PClusterError):
+    """The cluster secret is missing, malformed, or stored unsafely."""
+
+
+class ProtocolError(P2PClusterError):
+    """Bytes from the network were refused. The one exception the decoders raise."""
+
+
+class DecodeError(ProtocolError):
+    """Malformed CBOR, trailing bytes, or a missing, extra or mistyped field."""
+
+
+class UnknownMessageType(DecodeError):
+    """The type code is not one this version knows."""
+
+
+class UnsupportedVersion(DecodeError):
+    """The protocol version is not one this version speaks."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A datagram, frame or container exceeds its size limit."""
+
+
+class AuthenticationError(ProtocolError):
+    """AEAD verification failed: wrong key, wrong cluster name, or tampered bytes."""
+
+
+class UnknownKey(AuthenticationError):
+    """The key id names no key in our keyring."""
+
+
+class ReplayError(ProtocolError):
+    """A datagram was seen before, or its timestamp is outside the replay window."""
+
+
+class HandshakeError(ProtocolError):
+    """A stream handshake failed: the peer holds another secret or broke the protocol."""
