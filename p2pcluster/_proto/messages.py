@@ -1,0 +1,200 @@
+"""Every message that crosses the network, as frozen, slotted dataclasses.
+
+Each top-level message has a numeric ``TYPE``; each record that may appear in a union (the
+piggybacked membership updates) has one too. **Type codes are append-only**: never renumber,
+never reuse a retired code. A peer that receives a code it does not know refuses the message
+with :class:`~p2pcluster.ProtocolError`.
+
+Field types are limited to what :mod:`.codec` can check strictly: ``int``, ``float``, ``bool``,
+``str``, ``bytes``, ``X | None``, ``tuple[X, ...]``, nested records, and unions of records.
+``Annotated[T, Limit(...)]`` bounds a field. ``docs/protocol.md`` gives the byte layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated, ClassVar
+
+#: The wire protocol version every message carries. Bump it for any incompatible change.
+PROTOCOL_VERSION = 1
+#: Versions this implementation decodes.
+SUPPORTED_VERSIONS = frozenset({1})
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Bounds on a field: ``lo``/``hi`` for integers, ``max_len`` for str, bytes and tuples.
+
+    ``max_len`` of a str counts UTF-8 bytes.
+    """
+
+    lo: int | None = None
+    hi: int | None = None
+    max_len: int | None = None
+
+
+U64 = Limit(lo=0, hi=2**64 - 1)
+NodeId = Annotated[bytes, Limit(max_len=32)]
+Incarnation = Annotated[int, U64]
+Seq = Annotated[int, U64]
+Port = Annotated[int, Limit(lo=0, hi=65535)]
+Host = Annotated[str, Limit(max_len=255)]
+Name = Annotated[str, Limit(max_len=255)]
+#: Member metadata is opaque here; the membership layer gives it meaning. memberlist's limit.
+Meta = Annotated[bytes, Limit(max_len=512)]
+MAX_UPDATES = 256
+MAX_MEMBERS = 65536
+
+
+class MessageType(IntEnum):
+    """Top-level message type codes. APPEND-ONLY: never renumber or reuse a value."""
+
+    PING = 1
+    ACK = 2
+    PING_REQ = 3
+    NACK = 4
+    PUSH_PULL = 5
+
+
+class UpdateType(IntEnum):
+    """Type codes of piggybacked membership updates. APPEND-ONLY."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+
+class MemberStatus(IntEnum):
+    """A member's state, as carried in push-pull. APPEND-ONLY."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+# --- membership updates (piggybacked on ping, ping-req and ack) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """``node`` is alive at ``incarnation``, reachable at host:port (UDP and TCP)."""
+
+    TYPE: ClassVar[int] = UpdateType.ALIVE
+    node: NodeId
+    incarnation: Incarnation
+    name: Name
+    host: Host
+    port: Port
+    meta: Meta
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """``by`` suspects ``node`` at ``incarnation``."""
+
+    TYPE: ClassVar[int] = UpdateType.SUSPECT
+    node: NodeId
+    incarnation: Incarnation
+    by: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """``by`` declares ``node`` dead at ``incarnation`` (SWIM's *confirm*)."""
+
+    TYPE: ClassVar[int] = UpdateType.DEAD
+    node: NodeId
+    incarnation: Incarnation
+    by: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """``node`` announces that it leaves gracefully: a Dead that it says about itself."""
+
+    TYPE: ClassVar[int] = UpdateType.LEFT
+    node: NodeId
+    incarnation: Incarnation
+
+
+Update = Alive | Suspect | Dead | Left
+Updates = Annotated[tuple[Update, ...], Limit(max_len=MAX_UPDATES)]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """One row of a member table, as exchanged by push-pull."""
+
+    node: NodeId
+    incarnation: Incarnation
+    name: Name
+    host: Host
+    port: Port
+    meta: Meta
+    status: Annotated[int, Limit(lo=0, hi=255)]
+
+
+# --- top-level messages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Probe ``target``; it answers with an :class:`Ack` of the same ``seq``.
+
+    ``target`` is the id the sender believes lives at the address, so a restarted peer with a
+    new id never acks a probe meant for its predecessor.
+    """
+
+    TYPE: ClassVar[int] = MessageType.PING
+    seq: Seq
+    target: NodeId
+    updates: Updates = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answer to a :class:`Ping` (or, relayed, to a :class:`PingReq`)."""
+
+    TYPE: ClassVar[int] = MessageType.ACK
+    seq: Seq
+    updates: Updates = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask the receiver to probe ``target`` at host:port and relay its ack (or a nack)."""
+
+    TYPE: ClassVar[int] = MessageType.PING_REQ
+    seq: Seq
+    target: NodeId
+    host: Host
+    port: Port
+    updates: Updates = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A ping-req helper saw no ack by 80% of the timeout: the helper itself is reachable."""
+
+    TYPE: ClassVar[int] = MessageType.NACK
+    seq: Seq
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """A full member table, sent over a stream; the receiver answers with its own."""
+
+    TYPE: ClassVar[int] = MessageType.PUSH_PULL
+    join: bool
+    members: Annotated[tuple[MemberState, ...], Limit(max_len=MAX_MEMBERS)]
+
+
+Message = Ping | Ack | PingReq | Nack | PushPull
+
+#: Every top-level message class, by type code.
+MESSAGE_CLASSES: dict[int, type[Message]] = {
+    cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull)
+}
