@@ -3,6 +3,7 @@
 The public API is re-exported here; every other module is private.
 """
 
+from ._config import Config as Config
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
@@ -19,6 +20,7 @@ from ._version import __version__ as __version__
 
 __all__ = [
     "__version__",
+    "Config",
     # errors
     "P2PClusterError",
     "ConfigError",
