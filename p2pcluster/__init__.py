@@ -16,6 +16,7 @@ from ._errors import SecretError as SecretError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._secure import WireStatistics as WireStatistics
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -34,4 +35,6 @@ __all__ = [
     "UnknownKey",
     "ReplayError",
     "HandshakeError",
+    # statistics
+    "WireStatistics",
 ]

@@ -1,0 +1,248 @@
+"""SecureWire over both transports: sealed datagrams, handshaken streams, and every drop."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from p2pcluster import Config, HandshakeError, ProtocolError
+from p2pcluster._proto.envelope import Keyring
+from p2pcluster._proto.handshake import ClientHandshake
+from p2pcluster._proto.messages import Ack, Nack, Ping, PushPull
+from p2pcluster._secure import SecureStream, SecureWire
+from p2pcluster.testing import VirtualNetwork
+
+from .conftest import Hosts
+
+SECRET = bytes(range(32))
+OTHER = bytes(range(1, 33))
+CONFIG = Config.local(handshake_timeout=2.0)
+
+
+def wire(transport, secret: bytes = SECRET, cluster: str = "default") -> SecureWire:  # type: ignore[no-untyped-def]
+    return SecureWire(transport, Keyring.from_secrets([secret], cluster), CONFIG)
+
+
+async def test_sealed_datagrams_round_trip(hosts: Hosts) -> None:
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    with trio.fail_after(5):
+        await a.send(Ping(seq=1, target=b"t"), b.local_address)
+        assert await b.receive() == (Ping(seq=1, target=b"t"), a.local_address)
+    sa, sb = wa.statistics(), wb.statistics()
+    assert sa.datagrams_sent == 1 and sb.datagrams_received == 1
+    assert sa.datagram_bytes_sent == sb.datagram_bytes_received > 41
+
+
+async def _expect_drop_then_valid(receiver, sender, raw: bytes, hosts: Hosts) -> None:  # type: ignore[no-untyped-def]
+    """Inject ``raw``, then a valid message: receive() returns only the valid one."""
+    await sender.socket.send(raw, receiver.local_address)
+    await sender.send(Nack(seq=99), receiver.local_address)
+    with trio.fail_after(5):
+        msg, _ = await receiver.receive()
+    assert msg == Nack(seq=99)
+
+
+@pytest.mark.parametrize(("secret", "cluster"), [(OTHER, "default"), (SECRET, "lab")])
+async def test_wrong_key_or_cluster_is_dropped_and_counted(
+    hosts: Hosts, secret: bytes, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "p2pcluster.wire")
+    wa, wb = wire(hosts.a, secret, cluster), wire(hosts.b)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    good = await wire(hosts.a).open_datagram((hosts.a_ip, 0))
+    await _expect_drop_then_valid(b, good, wa.seal(Ack(seq=1)), hosts)
+    assert wb.statistics().dropped_auth == 1
+    assert wb.statistics().datagrams_received == 1
+    assert "dropped datagram" in caplog.text
+    for s in (a, b, good):
+        s.close()
+
+
+async def test_replayed_datagram_is_dropped(hosts: Hosts) -> None:
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    captured = wa.seal(Ack(seq=5))
+    await a.socket.send(captured, b.local_address)
+    with trio.fail_after(5):
+        assert (await b.receive())[0] == Ack(seq=5)
+    await _expect_drop_then_valid(b, a, captured, hosts)
+    assert wb.statistics().dropped_replay == 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "empty", "oversize"])
+async def test_damaged_datagrams_are_dropped(hosts: Hosts, damage: str) -> None:
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    data = bytearray(wa.seal(Ping(seq=3, target=b"abc")))
+    raw = {
+        "flip": bytes(data[:30]) + bytes([data[30] ^ 4]) + bytes(data[31:]),
+        "truncate": bytes(data[:-3]),
+        "garbage": random.Random(0).randbytes(200),
+        "empty": b"",
+        "oversize": b"\x01" * 1500,
+    }[damage]
+    await _expect_drop_then_valid(b, a, raw, hosts)
+    stats = wb.statistics()
+    assert stats.dropped_auth + stats.dropped_oversize == 1
+
+
+async def test_authentic_but_undecodable_is_dropped_as_malformed(hosts: Hosts) -> None:
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    raw = wa._sealer.seal(b"\x83\x01\x18\xff\x00", wa._wall_clock())  # type code 255
+    await _expect_drop_then_valid(b, a, raw, hosts)
+    assert wb.statistics().dropped_malformed == 1
+
+
+async def _echo(stream: SecureStream) -> None:
+    while (msg := await stream.receive()) is not None:
+        await stream.send(msg)
+
+
+async def test_streams_handshake_and_carry_messages(hosts: Hosts) -> None:
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    big = PushPull(join=True, members=())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, _echo)
+            async with await wa.connect(listener.local_address) as stream:
+                for msg in (Ping(seq=1, target=b"x"), big, Nack(seq=2)):
+                    await stream.send(msg)
+                    assert await stream.receive() == msg
+            nursery.cancel_scope.cancel()
+    assert wa.statistics().streams_opened == 1
+    assert wb.statistics().streams_accepted == 1
+    assert wb.statistics().handshakes_failed == 0
+
+
+@pytest.mark.parametrize(("secret", "cluster"), [(OTHER, "default"), (SECRET, "lab")])
+async def test_handshake_with_another_secret_fails_cleanly_on_both_sides(
+    hosts: Hosts, secret: bytes, cluster: str
+) -> None:
+    wa, wb = wire(hosts.a, secret, cluster), wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, _echo)
+            with pytest.raises(HandshakeError, match="secret"):
+                await wa.connect(listener.local_address)
+            assert wa.statistics().handshakes_failed == 1
+            while wb.statistics().handshakes_failed == 0:
+                await trio.sleep(0.01)
+            # The server goes on serving peers that hold the secret.
+            async with await wire(hosts.a).connect(listener.local_address) as good:
+                await good.send(Nack(seq=1))
+                assert await good.receive() == Nack(seq=1)
+            nursery.cancel_scope.cancel()
+
+
+async def _raw_client(hosts: Hosts, address):  # type: ignore[no-untyped-def]
+    """A client that does the handshake by hand, so a test can send damaged frames."""
+    stream = await hosts.a.open_stream(address)
+    client = ClientHandshake(Keyring.from_secrets([SECRET], "default"),
+                             random.Random(1).randbytes, max_frame=CONFIG.max_frame_size)
+    await stream.send_all(client.hello())
+    reply = b""
+    while len(reply) < 101:
+        reply += await stream.receive_some()
+    session, proof = client.receive(reply)
+    await stream.send_all(proof)
+    return stream, session
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "undecodable"])
+async def test_damaged_frames_end_the_stream_not_the_server(hosts: Hosts, damage: str) -> None:
+    wb = wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, _echo)
+            stream, session = await _raw_client(hosts, listener.local_address)
+            frame = bytearray(session.seal(b"\x83\x01\x04\x05"))  # a valid Nack(5)
+            if damage == "flip":
+                frame[7] ^= 1
+            elif damage == "truncate":
+                del frame[-5:]
+            else:
+                frame = bytearray(session.seal(b"\x83\x01\x18\xff\x00"))
+            await stream.send_all(bytes(frame))
+            await stream.aclose()
+            while wb.statistics().frames_rejected == 0:
+                await trio.sleep(0.01)
+            async with await wire(hosts.a).connect(listener.local_address) as good:
+                await good.send(Nack(seq=1))
+                assert await good.receive() == Nack(seq=1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_sees_tampering_as_protocol_error(hosts: Hosts) -> None:
+    wb = wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+
+    async def corrupt(stream: SecureStream) -> None:
+        frame = bytearray(stream.session.seal(b"\x83\x01\x04\x05"))
+        frame[-1] ^= 1
+        await stream.stream.send_all(bytes(frame))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, corrupt)
+            wa = wire(hosts.a)
+            async with await wa.connect(listener.local_address) as stream:
+                with pytest.raises(ProtocolError):
+                    await stream.receive()
+            assert wa.statistics().frames_rejected == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_handshake_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A listener that accepts but never answers: connect gives up after the timeout."""
+    net = VirtualNetwork(seed=1)
+    listener = await net.host("10.0.0.2").open_listener(("0.0.0.0", 7946))
+    wa = wire(net.host("10.0.0.1"))
+    start = trio.current_time()
+    with pytest.raises(HandshakeError, match="within"):
+        await wa.connect(listener.local_address)
+    assert trio.current_time() - start == pytest.approx(CONFIG.handshake_timeout)
+
+
+async def test_silent_client_is_dropped_after_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = VirtualNetwork(seed=1)
+    wb = wire(net.host("10.0.0.2"))
+    listener = await net.host("10.0.0.2").open_listener(("0.0.0.0", 7946))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wb.serve, listener, _echo)
+        silent = await net.host("10.0.0.1").open_stream(listener.local_address)
+        await trio.sleep(CONFIG.handshake_timeout + 1)
+        assert wb.statistics().handshakes_failed == 1
+        assert await silent.receive_some() == b""  # the server closed it
+        nursery.cancel_scope.cancel()
+
+
+async def test_key_rotation_live(hosts: Hosts) -> None:
+    old = Keyring.from_secrets([SECRET], "default")
+    both = Keyring.from_secrets([OTHER, SECRET], "default")
+    wa = SecureWire(hosts.a, old, CONFIG)
+    wb = SecureWire(hosts.b, old, CONFIG)
+    a = await wa.open_datagram((hosts.a_ip, 0))
+    b = await wb.open_datagram((hosts.b_ip, 0))
+    wb.set_keyring(both)  # b rotates first: seals with the new key, still reads the old
+    with trio.fail_after(5):
+        await a.send(Nack(seq=1), b.local_address)
+        assert (await b.receive())[0] == Nack(seq=1)
+        wa.set_keyring(both)
+        await b.send(Nack(seq=2), a.local_address)
+        assert (await a.receive())[0] == Nack(seq=2)

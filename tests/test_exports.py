@@ -1,0 +1,38 @@
+"""The public API: exactly these names, each re-exported from a private module."""
+
+from __future__ import annotations
+
+import p2pcluster
+import p2pcluster.testing
+
+PUBLIC = {
+    "__version__", "Config", "P2PClusterError", "ConfigError", "SecretError", "ProtocolError",
+    "DecodeError", "UnknownMessageType", "UnsupportedVersion", "MessageTooLarge",
+    "AuthenticationError", "UnknownKey", "ReplayError", "HandshakeError", "WireStatistics",
+}
+TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
+           "VirtualNetwork"}
+
+
+def test_public_names() -> None:
+    assert set(p2pcluster.__all__) == PUBLIC
+    assert len(p2pcluster.__all__) == len(PUBLIC)
+    for name in PUBLIC:
+        assert hasattr(p2pcluster, name)
+
+
+def test_testing_names() -> None:
+    assert set(p2pcluster.testing.__all__) == TESTING
+
+
+def test_public_objects_live_in_private_modules() -> None:
+    for name in PUBLIC - {"__version__"}:
+        module = getattr(p2pcluster, name).__module__
+        assert module.startswith("p2pcluster._"), (name, module)
+
+
+def test_protocol_errors_share_one_base() -> None:
+    for name in ("DecodeError", "UnknownMessageType", "UnsupportedVersion", "MessageTooLarge",
+                 "AuthenticationError", "UnknownKey", "ReplayError", "HandshakeError"):
+        assert issubclass(getattr(p2pcluster, name), p2pcluster.ProtocolError)
+    assert issubclass(p2pcluster.ProtocolError, p2pcluster.P2PClusterError)
