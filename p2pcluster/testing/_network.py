@@ -12,10 +12,17 @@ from dataclasses import dataclass
 
 __all__ = ["LinkConditions", "NetworkModel"]
 
+TCP_SYN_RTO = 1.0  # Linux's initial retransmission timeout for a SYN
+TCP_MIN_RTO = 0.2  # and its minimum for data
+
 
 @dataclass(frozen=True, slots=True)
 class LinkConditions:
-    """How one direction of a link treats datagrams (streams get ``latency`` only).
+    """How one direction of a link treats datagrams and stream segments.
+
+    Datagrams are lost, duplicated and delayed as given. Streams never lose or reorder bytes,
+    but a lost segment costs a TCP retransmission timeout (see
+    :meth:`NetworkModel.stream_delay`).
 
     ``jitter`` is added uniformly in [0, jitter) per datagram, so datagrams reorder when it
     exceeds their spacing. ``loss`` and ``duplicate`` are probabilities per datagram.
@@ -90,3 +97,24 @@ class NetworkModel:
         if not (self.reachable(src, dst) and self.reachable(dst, src)):
             return None
         return self.conditions(src, dst).latency
+
+    def stream_delay(self, src: str, dst: str, *, segments: int = 1,
+                     rto: float = TCP_MIN_RTO) -> float | None:
+        """Time for ``segments`` one-way TCP segments from ``src`` to ``dst`` to get through.
+
+        Streams are reliable, but the link's ``loss`` still costs time: each lost segment waits
+        out a retransmission timeout, doubling on every retry, as TCP does (``rto`` is 1 s for
+        a SYN, 200 ms for data on Linux). None if ``dst`` cannot be reached now.
+        """
+        latency = self.stream_latency(src, dst)
+        if latency is None:
+            return None
+        loss = self.conditions(src, dst).loss
+        delay = 0.0
+        for _ in range(segments):
+            timeout = rto
+            while loss and self.rng.random() < loss:
+                delay += timeout
+                timeout *= 2
+            delay += latency
+        return delay

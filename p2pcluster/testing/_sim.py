@@ -6,7 +6,8 @@ therefore replays the same run bit for bit; :meth:`Simulation.trace_digest` prov
 
 Each message is encoded with the real codec, so sizes are real and an oversized datagram is a
 bug that raises at once. With ``roundtrip=True`` (the default) it is also decoded on delivery,
-so the machines see exactly what a peer would.
+so the machines see exactly what a peer would. ``digest=False`` skips hashing the event log,
+for long benchmarks that do not need :meth:`trace_digest`.
 
 If anything raises inside :meth:`run_until`, the exception carries a note with the seed; the
 pytest plugin also prints the seed of every simulation in a failing test.
@@ -23,9 +24,10 @@ from typing import Any
 
 from .._proto import codec
 from .._proto.envelope import DATAGRAM_OVERHEAD
+from .._proto.handshake import FRAME_OVERHEAD, HELLO_SIZE
 from .._proto.messages import Message
 from .._proto.outputs import Address, Machine, SendDatagram, StreamRequest
-from ._network import LinkConditions, NetworkModel
+from ._network import TCP_SYN_RTO, LinkConditions, NetworkModel
 
 __all__ = ["NodeStats", "Simulation"]
 
@@ -36,12 +38,18 @@ _registry: list[Simulation] = []  # read by the pytest plugin to report seeds
 
 @dataclass(slots=True)
 class NodeStats:
-    """Traffic counters of one address (survive crashes and restarts)."""
+    """Traffic counters of one address (survive crashes and restarts).
+
+    ``msgs_*`` and ``bytes_*`` count datagrams plus stream messages; ``bytes_*`` include the
+    envelope, and for streams the frame overhead and the handshake. ``streams_opened``
+    counts stream requests this address made.
+    """
 
     msgs_sent: int = 0
     bytes_sent: int = 0
     msgs_received: int = 0
     bytes_received: int = 0
+    streams_opened: int = 0
     dropped_oversize: int = 0
 
 
@@ -59,12 +67,13 @@ class Simulation:
     """Drives machines at addresses; see the module docstring.
 
     ``conditions`` are the default link conditions; ``stream_timeout`` is how long a stream
-    request to an unreachable or crashed peer takes to fail, like a connect timeout.
+    request to an unreachable or crashed peer takes to fail, like a connect timeout (a
+    request slowed past it by retransmissions fails too).
     """
 
     def __init__(self, seed: int, *, conditions: LinkConditions | None = None,
                  max_datagram_size: int = 1400, stream_timeout: float = 1.0,
-                 roundtrip: bool = True, trace: bool = False) -> None:
+                 roundtrip: bool = True, trace: bool = False, digest: bool = True) -> None:
         self.seed = seed
         self.now = 0.0
         self.network = NetworkModel(random.Random(f"{seed}/network"), conditions)
@@ -77,7 +86,7 @@ class Simulation:
         self._stats: dict[Address, NodeStats] = {}
         self._generation = 0
         self._trace: list[str] | None = [] if trace else None
-        self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256() if digest or trace else None
         self.events_processed = 0
         _registry.append(self)
 
@@ -157,6 +166,8 @@ class Simulation:
 
     def trace_digest(self) -> str:
         """SHA-256 over every processed event: equal digests mean identical runs."""
+        if self._digest is None:
+            raise RuntimeError("this Simulation was created with digest=False")
         return self._digest.hexdigest()
 
     @property
@@ -173,6 +184,8 @@ class Simulation:
         heapq.heappush(self._heap, (when, self._seq, kind, *payload))
 
     def _record(self, kind: int, *parts: object) -> None:
+        if self._digest is None:
+            return
         line = f"{self.now:.9f} {_KIND_NAMES[kind]} " + " ".join(map(str, parts))
         self._digest.update(line.encode())
         if self._trace is not None:
@@ -188,10 +201,10 @@ class Simulation:
             return
         addr: Address = payload[0]
         slot = self._slots.get(addr)
-        if slot is None or (kind == _TIMER and payload[1] != slot.generation):
+        if slot is None or (kind in (_TIMER, _REPLY) and payload[1] != slot.generation):
             if kind == _REQUEST:  # the peer is gone: the connection attempt fails
-                self._fail_request(payload[1], payload[4])
-            return  # crashed, or a timer of a previous incarnation
+                self._fail_request(payload[1])
+            return  # crashed, or a timer or reply of a previous process at this address
         if slot.paused_until > when:
             if kind == _TIMER:
                 if slot.timer_at != when:
@@ -223,29 +236,45 @@ class Simulation:
             self._record(kind, src, addr, type(msg).__name__)
             machine.receive(self.now, src, msg)
         elif kind == _REQUEST:
-            _, src, data, msg, token, _delayed = payload
+            _, origin, data, msg, _delayed = payload
+            src = origin[0]
             msg = self._delivered(data, msg)
             self._record(kind, src, addr, type(msg).__name__)
+            self._count_stream(src, addr, len(data))
             reply = machine.handle_request(self.now, src, msg)
-            latency = self.network.stream_latency(addr[0], src[0])
+            latency = self.network.stream_delay(addr[0], src[0])
             if latency is None or reply is None:
-                self._fail_request(src, token)
+                self._fail_request(origin)
             else:
-                self._push(self.now + latency, _REPLY, src, token, codec.encode(reply), reply,
-                           False)
+                encoded = codec.encode(reply)
+                self._count_stream(addr, src, len(encoded))
+                self._push(self.now + latency, _REPLY, src, origin[1], origin[2], encoded,
+                           reply, False)
         else:  # _REPLY
-            _, token, data, reply, _delayed = payload
+            _, _generation, token, data, reply, _delayed = payload
             if data is not None:
                 reply = self._delivered(data, reply)
             self._record(kind, addr, token, type(reply).__name__)
             machine.handle_reply(self.now, token, reply)
         return False
 
+    def _count_stream(self, src: Address, dst: Address, size: int) -> None:
+        sender, receiver = self._stats.get(src), self._stats.get(dst)
+        if sender is not None:
+            sender.msgs_sent += 1
+            sender.bytes_sent += size + FRAME_OVERHEAD
+        if receiver is not None:
+            receiver.msgs_received += 1
+            receiver.bytes_received += size + FRAME_OVERHEAD
+
     def _delivered(self, data: bytes, msg: Message) -> Message:
         return codec.decode(data) if self.roundtrip else msg
 
-    def _fail_request(self, src: Address, token: int) -> None:
-        self._push(self.now + self.stream_timeout, _REPLY, src, token, None, None, False)
+    def _fail_request(self, origin: tuple[Address, int, int]) -> None:
+        """``origin``: the requester's address, its process generation, the token."""
+        src, generation, token = origin
+        self._push(self.now + self.stream_timeout, _REPLY, src, generation, token, None, None,
+                   False)
 
     def _after_event(self, addr: Address, *, ticked: bool = False) -> None:
         slot = self._slots.get(addr)
@@ -282,13 +311,27 @@ class Simulation:
             self._push(self.now + delay, _DATAGRAM, out.dst, src, data, out.msg, False)
 
     def _send_request(self, src: Address, out: StreamRequest) -> None:
-        latency = self.network.stream_latency(src[0], out.dst[0])
-        if latency is None or out.dst not in self._slots:
-            self._fail_request(src, out.token)
+        origin = (src, self._slots[src].generation, out.token)
+        stats = self._stats[src]
+        stats.streams_opened += 1
+        stats.bytes_sent += HELLO_SIZE + FRAME_OVERHEAD + 32  # hello and proof frame
+        if out.dst not in self._slots:
+            self._fail_request(origin)
             return
-        # Connect + handshake + request: two round trips before the request lands.
-        self._push(self.now + 3 * latency, _REQUEST, out.dst, src, codec.encode(out.msg),
-                   out.msg, out.token, False)
+        # SYN, SYN-ACK, then the hello/proof/request legs of the handshake and the request.
+        net = self.network
+        syn = net.stream_delay(src[0], out.dst[0], rto=TCP_SYN_RTO)
+        back = net.stream_delay(out.dst[0], src[0], segments=2)
+        forth = net.stream_delay(src[0], out.dst[0], segments=2)
+        if syn is None or back is None or forth is None:
+            self._fail_request(origin)
+            return
+        delay = syn + back + forth
+        if delay > self.stream_timeout:
+            self._fail_request(origin)
+            return
+        self._push(self.now + delay, _REQUEST, out.dst, origin, codec.encode(out.msg), out.msg,
+                   False)
 
 
 def reset_registry() -> list[Simulation]:

@@ -5,11 +5,11 @@ trio code that runs on real sockets runs here, usually under ``trio.testing.Mock
 ``autojump_threshold=0``: a virtual hour takes a moment.
 
 Datagrams follow the :class:`LinkConditions` (latency, jitter and so reordering, loss,
-duplication) drawn from the seed. Streams are reliable and ordered with the link's latency;
-while a partition separates their ends, their bytes wait (as TCP retransmits) and new connects
-block until it heals or the caller gives up. trio schedules tasks in random order on purpose,
-so tests at this level assert properties, not exact traces (use :class:`Simulation` for
-bit-for-bit replay).
+duplication) drawn from the seed. Streams are reliable and ordered; the link's loss delays
+their segments by TCP retransmission timeouts. While a partition separates their ends, their
+bytes wait (as TCP retransmits) and new connects block until it heals or the caller gives up.
+trio schedules tasks in random order on purpose, so tests at this level assert properties, not
+exact traces (use :class:`Simulation` for bit-for-bit replay).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._transport import Address
-from ._network import LinkConditions, NetworkModel
+from ._network import TCP_SYN_RTO, LinkConditions, NetworkModel
 
 __all__ = ["VirtualHost", "VirtualNetwork"]
 
@@ -141,9 +141,9 @@ class VirtualNetwork:
             target.queue.put(now + delay, (data, src))
 
     async def _connect(self, src_ip: str, dst: Address) -> trio.abc.Stream:
-        while (latency := self.model.stream_latency(src_ip, dst[0])) is None:
+        while (syn := self.model.stream_delay(src_ip, dst[0], rto=TCP_SYN_RTO)) is None:
             await self._topology.park()  # SYNs are lost until the partition heals
-        await trio.sleep(2 * latency)  # SYN, SYN-ACK
+        await trio.sleep(syn + (self.model.stream_delay(dst[0], src_ip) or 0.0))
         listener = self._listeners.get(dst)
         if listener is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused by {dst}")
@@ -257,8 +257,10 @@ class _VStream(trio.abc.Stream):
         if peer is None or peer._closed:
             raise trio.BrokenResourceError("connection reset by peer")
         if data:
-            latency = self._net.model.conditions(self.local[0], self.remote[0]).latency
-            self._last_at = max(self._last_at, trio.current_time() + latency)
+            delay = self._net.model.stream_delay(self.local[0], self.remote[0])
+            if delay is None:  # partitioned: TCP keeps retrying; delivered once healed
+                delay = self._net.model.conditions(self.local[0], self.remote[0]).latency
+            self._last_at = max(self._last_at, trio.current_time() + delay)
             peer.inbox.put(self._last_at, bytes(data))
 
     async def wait_send_all_might_not_block(self) -> None:
