@@ -25,7 +25,9 @@ import cbor2
 from .._errors import DecodeError, MessageTooLarge, UnknownMessageType, UnsupportedVersion
 from .messages import MESSAGE_CLASSES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limit, Message
 
-__all__ = ["FieldSpec", "decode", "decode_cbor", "encode", "iter_specs", "record_specs"]
+__all__ = [
+    "FieldSpec", "decode", "decode_cbor", "encode", "iter_specs", "record_specs", "update_size",
+]
 
 #: Nesting deeper than this is refused (ours never exceeds 4).
 MAX_DEPTH = 8
@@ -293,3 +295,13 @@ def iter_specs() -> Iterator[tuple[int, type, tuple[FieldSpec, ...]]]:
     """Every top-level message class with its field specs, by type code."""
     for code, cls in sorted(MESSAGE_CLASSES.items()):
         yield code, cls, record_specs(cls)
+
+
+_UPDATE_ENCODER = _compile_encoder(
+    next(s for s in record_specs(MESSAGE_CLASSES[1]) if s.name == "updates").items
+)
+
+
+def update_size(update: Any) -> int:
+    """Bytes one piggybacked membership update takes inside a message's update array."""
+    return len(cbor2.dumps(_UPDATE_ENCODER(update)))

@@ -55,6 +55,7 @@ class MessageType(IntEnum):
     PING_REQ = 3
     NACK = 4
     PUSH_PULL = 5
+    GOSSIP = 6
 
 
 class UpdateType(IntEnum):
@@ -185,16 +186,28 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class PushPull:
-    """A full member table, sent over a stream; the receiver answers with its own."""
+    """``sender``'s full member table, sent over a stream; the receiver answers with its own.
+
+    ``join`` marks the first exchange of a peer that is joining through the receiver.
+    """
 
     TYPE: ClassVar[int] = MessageType.PUSH_PULL
     join: bool
+    sender: NodeId
     members: Annotated[tuple[MemberState, ...], Limit(max_len=MAX_MEMBERS)]
 
 
-Message = Ping | Ack | PingReq | Nack | PushPull
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Updates only, sent to a few random peers each gossip round while updates are queued."""
+
+    TYPE: ClassVar[int] = MessageType.GOSSIP
+    updates: Updates
+
+
+Message = Ping | Ack | PingReq | Nack | PushPull | Gossip
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
-    cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull)
+    cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip)
 }

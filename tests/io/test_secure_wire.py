@@ -112,7 +112,7 @@ async def _echo(stream: SecureStream) -> None:
 async def test_streams_handshake_and_carry_messages(hosts: Hosts) -> None:
     wa, wb = wire(hosts.a), wire(hosts.b)
     listener = await hosts.b.open_listener((hosts.b_ip, 0))
-    big = PushPull(join=True, members=())
+    big = PushPull(join=True, sender=b"s", members=())
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(wb.serve, listener, _echo)

@@ -57,7 +57,7 @@ def test_every_message_is_a_frozen_slotted_dataclass_with_a_unique_code() -> Non
 def test_type_codes_are_append_only() -> None:
     """Renumbering breaks every deployed peer: these values are frozen forever."""
     assert {t.name: int(t) for t in m.MessageType} == {
-        "PING": 1, "ACK": 2, "PING_REQ": 3, "NACK": 4, "PUSH_PULL": 5,
+        "PING": 1, "ACK": 2, "PING_REQ": 3, "NACK": 4, "PUSH_PULL": 5, "GOSSIP": 6,
     }
     assert {t.name: int(t) for t in m.UpdateType} == {
         "ALIVE": 1, "SUSPECT": 2, "DEAD": 3, "LEFT": 4,

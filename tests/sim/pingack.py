@@ -38,7 +38,7 @@ class PingAckNode:
             self.acked[msg.seq] = now - self.sent[msg.seq]
 
     def handle_request(self, now: float, src: Address, msg: Message) -> Message | None:
-        return PushPull(join=False, members=())
+        return PushPull(join=False, sender=b"s", members=())
 
     def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
         self.replies.append(reply)
@@ -51,7 +51,8 @@ class PingAckNode:
         self.sent[self._seq] = now
         self._out.append(SendDatagram(target, Ping(seq=self._seq, target=self.node_id)))
         if self.sync_every and self._seq % self.sync_every == 0:
-            self._out.append(StreamRequest(target, PushPull(join=True, members=()), self._seq))
+            request = PushPull(join=True, sender=b"s", members=())
+            self._out.append(StreamRequest(target, request, self._seq))
         self._next = now + self.interval * (0.5 + self.rng.random())
 
     def next_deadline(self) -> float | None:
