@@ -69,6 +69,72 @@ class Config:
         Time allowed to connect a stream and finish its handshake. Longer tolerates loaded
         peers; shorter fails faster on unreachable ones.""", "s")
 
+    # --- membership (SWIM with the Lifeguard refinements) -----------------------------------
+    node_name: str | None = _doc(None, """
+        This peer's name, shown by `p2pcluster members`. None uses the host name. A restarted
+        peer may reuse its name: it gets a new random id, and the old one is declared dead.""")
+    advertise_address: str | None = _doc(None, """
+        Address other peers use to reach this one. None: the bind address if it is specific,
+        else the address of the interface that holds the default route.""")
+    probe_interval: float = _doc(0.5, """
+        Protocol period: each peer probes one other peer per period, round-robin. Shorter
+        detects failures sooner (expected first detection is about 1.6 periods after a crash)
+        and costs proportionally more packets; the per-peer load does not grow with cluster
+        size. Lifeguard multiplies it by (local health + 1) while this peer is slow.""", "s")
+    probe_timeout: float = _doc(0.25, """
+        Wait for a direct ack before asking indirect_checks other peers to probe (ping-req).
+        Must exceed the round-trip time including scheduling delays, and stay below
+        probe_interval. Too short causes needless indirect probes; a peer that answers
+        later than probe_interval gets suspected. Scaled by local health like
+        probe_interval.""", "s")
+    indirect_checks: int = _doc(3, """
+        Peers asked to probe on our behalf when a direct probe times out (SWIM's k). More
+        tolerate more packet loss and asymmetric links, at the cost of more packets on each
+        failed probe.""")
+    tcp_fallback_probe: bool = _doc(True, """
+        Also probe over an encrypted TCP stream when the direct UDP probe times out, as
+        memberlist does. Distinguishes a lossy UDP path from a dead peer; costs one stream per
+        failed probe.""")
+    suspicion_mult: int = _doc(4, """
+        Suspicion timeout multiplier. A suspect is declared dead after at least
+        Min = suspicion_mult * max(1, log10(N)) * probe_interval, reached once
+        suspicion_mult - 2 other peers independently confirm the suspicion (Lifeguard).
+        Larger tolerates longer pauses (GC, swapping, a frozen VM) before a false death;
+        smaller detects real failures sooner.""")
+    suspicion_max_timeout_mult: int = _doc(6, """
+        Max = suspicion_max_timeout_mult * Min: the suspicion timeout with no independent
+        confirmation. It shrinks logarithmically toward Min as confirmations arrive. Larger
+        protects a peer that only one (perhaps slow) prober suspects.""")
+    retransmit_mult: int = _doc(4, """
+        Each membership update is piggybacked at most retransmit_mult * ceil(log10(N + 1))
+        times, least-sent first. Larger makes dissemination more reliable under loss, at the
+        cost of more bytes per packet.""")
+    gossip_interval: float = _doc(0.2, """
+        While updates are queued, send them to gossip_nodes random peers this often, in
+        addition to piggybacking on probes. Fresh news on an idle peer goes out at once;
+        the interval only spaces the following rounds. Shorter spreads news faster under
+        loss; 0 disables gossip rounds.""", "s")
+    gossip_nodes: int = _doc(3, """
+        Peers each gossip round goes to, at least. The fanout rises to
+        ceil(0.75 * retransmit limit), so three quarters of each update's fixed retransmit
+        budget go out in its first round: the same number of packets, and a first wave that
+        reaches nearly every peer. More spreads faster at more packets.""")
+    push_pull_interval: float = _doc(30.0, """
+        Full state exchange with one random peer over TCP, for anti-entropy. Scaled up for
+        clusters above 32 peers (as memberlist does) to keep the load bounded. Shorter
+        repairs missed updates sooner; each exchange carries the whole table.""", "s")
+    reconnect_interval: float = _doc(10.0, """
+        How often to attempt a push-pull with one peer believed dead. This is how the two
+        halves of a healed partition find each other again without any manual step.""", "s")
+    awareness_max_multiplier: int = _doc(8, """
+        Ceiling of Lifeguard's local health score: probe_interval and probe_timeout are
+        multiplied by (score + 1) while this peer misses acks or nacks, so a slow peer slows
+        its own judgement instead of accusing healthy peers.""")
+    dead_retention: float = _doc(3600.0, """
+        Dead and left members stay in the table (and in push-pull) this long before they are
+        forgotten. Keeps stale gossip from resurrecting them; longer costs memory and table
+        size.""", "s")
+
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
             (bool(self.cluster) and len(self.cluster.encode()) <= 63,
@@ -79,6 +145,20 @@ class Config:
             (self.replay_window > 0, "replay_window must be positive"),
             (self.replay_cache_size >= 1000, "replay_cache_size must be at least 1000"),
             (self.handshake_timeout > 0, "handshake_timeout must be positive"),
+            (0 < self.probe_timeout < self.probe_interval,
+             "probe_timeout must be positive and below probe_interval"),
+            (self.indirect_checks >= 0, "indirect_checks must not be negative"),
+            (self.suspicion_mult >= 1, "suspicion_mult must be at least 1"),
+            (self.suspicion_max_timeout_mult >= 1, "suspicion_max_timeout_mult must be >= 1"),
+            (self.retransmit_mult >= 1, "retransmit_mult must be at least 1"),
+            (self.gossip_interval >= 0 and self.gossip_nodes >= 0,
+             "gossip_interval and gossip_nodes must not be negative"),
+            (self.push_pull_interval > 0, "push_pull_interval must be positive"),
+            (self.reconnect_interval > 0, "reconnect_interval must be positive"),
+            (0 <= self.awareness_max_multiplier <= 64, "awareness_max_multiplier: 0..64"),
+            (self.dead_retention > 0, "dead_retention must be positive"),
+            (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
+             "node_name must be 1 to 255 bytes"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
@@ -94,7 +174,11 @@ class Config:
     @classmethod
     def local(cls, **changes: Any) -> Self:
         """Every peer on this machine, over loopback: tighter timeouts, no exposure."""
-        base: dict[str, Any] = {"bind_address": "127.0.0.1", "handshake_timeout": 1.0}
+        base: dict[str, Any] = {
+            "bind_address": "127.0.0.1", "handshake_timeout": 1.0,
+            "probe_interval": 0.2, "probe_timeout": 0.1, "suspicion_mult": 3,
+            "gossip_interval": 0.1, "push_pull_interval": 15.0, "reconnect_interval": 5.0,
+        }
         return cls(**(base | changes))
 
     # --- loading --------------------------------------------------------------------------
