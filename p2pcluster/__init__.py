@@ -16,12 +16,27 @@ from ._errors import SecretError as SecretError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._membership import Membership as Membership
+from ._membership import MembershipStatistics as MembershipStatistics
+from ._membership import serve_membership as serve_membership
+from ._proto.membership import EventKind as EventKind
+from ._proto.membership import Member as Member
+from ._proto.membership import MemberEvent as MemberEvent
+from ._proto.messages import MemberStatus as MemberStatus
 from ._secure import WireStatistics as WireStatistics
 from ._version import __version__ as __version__
 
 __all__ = [
     "__version__",
     "Config",
+    # membership
+    "serve_membership",
+    "Membership",
+    "Member",
+    "MemberStatus",
+    "MemberEvent",
+    "EventKind",
+    "MembershipStatistics",
     # errors
     "P2PClusterError",
     "ConfigError",

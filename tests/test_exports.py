@@ -9,9 +9,11 @@ PUBLIC = {
     "__version__", "Config", "P2PClusterError", "ConfigError", "SecretError", "ProtocolError",
     "DecodeError", "UnknownMessageType", "UnsupportedVersion", "MessageTooLarge",
     "AuthenticationError", "UnknownKey", "ReplayError", "HandshakeError", "WireStatistics",
+    "serve_membership", "Membership", "Member", "MemberStatus", "MemberEvent", "EventKind",
+    "MembershipStatistics",
 }
 TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
-           "VirtualNetwork"}
+           "VirtualNetwork", "SimCluster", "peer_address"}
 
 
 def test_public_names() -> None:

@@ -1,0 +1,100 @@
+"""Interfaces and addresses: which address to advertise. Sends no packets.
+
+On Linux the default route comes from ``/proc/net/route`` and interface addresses from the
+``SIOCGIFADDR`` ioctl; elsewhere we fall back to resolving the host name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Interface", "choose_interface", "interfaces"]
+
+_SIOCGIFADDR = 0x8915
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+_IFF_LOOPBACK = 0x8
+_ROUTES = Path("/proc/net/route")
+#: Interfaces that are never the LAN: container bridges and virtual links.
+_VIRTUAL_PREFIXES = ("docker", "br-", "veth", "virbr", "cni", "flannel", "podman", "lxc",
+                     "ifb", "tun", "tap")
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    address: str
+    up: bool
+    loopback: bool
+
+    @property
+    def virtual(self) -> bool:
+        return self.name.startswith(_VIRTUAL_PREFIXES)
+
+
+def _ioctl(name: str, request: int) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+
+
+def interfaces() -> list[Interface]:
+    """Every interface with an IPv4 address."""
+    found = []
+    for _, name in socket.if_nameindex():
+        addr = _ioctl(name, _SIOCGIFADDR)
+        flags = _ioctl(name, _SIOCGIFFLAGS)
+        if addr is None or flags is None:
+            continue
+        (bits,) = struct.unpack_from("H", flags, 16)
+        found.append(Interface(name, socket.inet_ntoa(addr[20:24]), bool(bits & _IFF_UP),
+                               bool(bits & _IFF_LOOPBACK)))
+    return found
+
+
+def default_route_interface() -> str | None:
+    """The interface holding the IPv4 default route, if any."""
+    try:
+        lines = _ROUTES.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    routes = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
+            routes.append((int(fields[6]), fields[0]))  # (metric, interface)
+    return min(routes)[1] if routes else None
+
+
+def choose_interface(wanted: str | None = None) -> Interface:
+    """The interface to use: ``wanted`` (a name or an address), else the default route's.
+
+    Without a default route, the first interface that is up and neither loopback nor
+    virtual (docker0, veth...), else loopback. Raises ``ValueError`` if ``wanted`` is
+    not found.
+    """
+    available = interfaces()
+    if wanted:
+        for iface in available:
+            if wanted in (iface.name, iface.address):
+                return iface
+        names = ", ".join(f"{i.name} ({i.address})" for i in available) or "none"
+        raise ValueError(f"no interface or address {wanted!r}; available: {names}")
+    default = default_route_interface()
+    ranked = sorted(available, key=lambda i: (i.name != default, not i.up, i.loopback,
+                                              i.virtual))
+    if ranked:
+        return ranked[0]
+    return Interface("lo", "127.0.0.1", up=True, loopback=True)
+
+
+def is_specific(address: str) -> bool:
+    """False for the wildcard 0.0.0.0 (and ::), True for a concrete address."""
+    return not ipaddress.ip_address(address).is_unspecified
