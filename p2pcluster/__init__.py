@@ -1,9 +1,15 @@
 """p2pcluster: a peer-to-peer compute cluster for a LAN.
 
-The public API is re-exported here; every other module is private.
+The public API is re-exported here; every other module is private. The errors and the
+version load at once; everything else loads on first use (PEP 562), so that commands such as
+`p2pcluster members` start without importing the whole library.
 """
 
-from ._config import Config as Config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
@@ -16,15 +22,30 @@ from ._errors import SecretError as SecretError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
-from ._membership import Membership as Membership
-from ._membership import MembershipStatistics as MembershipStatistics
-from ._membership import serve_membership as serve_membership
-from ._proto.membership import EventKind as EventKind
-from ._proto.membership import Member as Member
-from ._proto.membership import MemberEvent as MemberEvent
-from ._proto.messages import MemberStatus as MemberStatus
-from ._secure import WireStatistics as WireStatistics
 from ._version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from ._config import Config as Config
+    from ._membership import Membership as Membership
+    from ._membership import MembershipStatistics as MembershipStatistics
+    from ._membership import serve_membership as serve_membership
+    from ._proto.membership import EventKind as EventKind
+    from ._proto.membership import Member as Member
+    from ._proto.membership import MemberEvent as MemberEvent
+    from ._proto.messages import MemberStatus as MemberStatus
+    from ._secure import WireStatistics as WireStatistics
+
+_LAZY = {
+    "Config": "._config",
+    "serve_membership": "._membership",
+    "Membership": "._membership",
+    "MembershipStatistics": "._membership",
+    "Member": "._proto.membership",
+    "MemberEvent": "._proto.membership",
+    "EventKind": "._proto.membership",
+    "MemberStatus": "._proto.messages",
+    "WireStatistics": "._secure",
+}
 
 __all__ = [
     "__version__",
@@ -53,3 +74,16 @@ __all__ = [
     # statistics
     "WireStatistics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'p2pcluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -38,3 +38,15 @@ def test_protocol_errors_share_one_base() -> None:
                  "AuthenticationError", "UnknownKey", "ReplayError", "HandshakeError"):
         assert issubclass(getattr(p2pcluster, name), p2pcluster.ProtocolError)
     assert issubclass(p2pcluster.ProtocolError, p2pcluster.P2PClusterError)
+
+
+def test_every_lazy_name_is_public_and_importing_the_package_is_light() -> None:
+    import subprocess
+    import sys
+
+    assert set(p2pcluster._LAZY) <= PUBLIC
+    code = ("import sys, p2pcluster; heavy = [m for m in ('trio', 'zeroconf', 'cryptography')"
+            " if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
