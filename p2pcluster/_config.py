@@ -69,6 +69,24 @@ class Config:
         Time allowed to connect a stream and finish its handshake. Longer tolerates loaded
         peers; shorter fails faster on unreachable ones.""", "s")
 
+    # --- discovery and the peer daemon -------------------------------------------------------
+    interface: str | None = _doc(None, """
+        Interface (a name such as eth0, or one of its addresses) for mDNS and the advertised
+        address. None picks the interface that holds the default route, never docker0 or
+        loopback unless nothing else exists; `p2pcluster join` says which it chose.""")
+    mdns: bool = _doc(True, """
+        Find peers with mDNS (DNS-SD) on the chosen interface. Turn off where multicast does
+        not pass (containers, several subnets) and give seeds instead.""")
+    seeds: tuple[str, ...] = _doc((), """
+        Peers to join at start-up, as host:port (the port defaults to ours). Needed where
+        mDNS cannot reach; harmless alongside it. Environment: comma-separated.""")
+    workers: int | None = _doc(None, """
+        Worker processes this peer offers to the cluster (advertised in its metadata). None
+        means one per CPU. Fewer leaves room for other work on the machine.""")
+    tags: tuple[str, ...] = _doc((), """
+        Free-form labels advertised in this peer's metadata (for example gpu or big-memory).
+        They share the 512-byte metadata limit with the rest.""")
+
     # --- membership (SWIM with the Lifeguard refinements) -----------------------------------
     node_name: str | None = _doc(None, """
         This peer's name, shown by `p2pcluster members`. None uses the host name. A restarted
@@ -159,6 +177,7 @@ class Config:
             (self.dead_retention > 0, "dead_retention must be positive"),
             (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
              "node_name must be 1 to 255 bytes"),
+            (self.workers is None or self.workers >= 0, "workers must not be negative"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
@@ -235,12 +254,16 @@ def _type_name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
-def _base_type(hint: Any) -> tuple[type, bool]:
+def _base_type(hint: Any) -> tuple[Any, bool]:
     """(type, optional) of a field hint such as ``float`` or ``str | None``."""
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return inner, True
     return hint, False
+
+
+def _is_str_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -252,6 +275,8 @@ def _parse_text(name: str, hint: Any, raw: str) -> Any:
     text = raw.strip()
     if optional and text.lower() in ("", "none"):
         return None
+    if _is_str_tuple(base):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if base is bool and text.lower() in _TRUE + _FALSE:
         return text.lower() in _TRUE
     if base is not bool:
@@ -268,6 +293,10 @@ def _check_value(name: str, hint: Any, value: Any) -> Any:
         return None
     if base is float and type(value) is int:
         return float(value)
+    if _is_str_tuple(base):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"config key {name!r} must be a list of strings, got {value!r}")
     if type(value) is not base:
         raise ConfigError(f"config key {name!r} must be {_type_name(hint)}, got {value!r}")
     return value

@@ -63,6 +63,19 @@ def test_environment() -> None:
         Config.load(environ={"P2PCLUSTER_PORT": "many"})
 
 
+def test_lists_from_environment_and_toml(tmp_path: Path) -> None:
+    config = Config.load(environ={"P2PCLUSTER_SEEDS": "10.0.0.1:7946, lab2 ,",
+                                  "P2PCLUSTER_MDNS": "off", "P2PCLUSTER_WORKERS": "3"})
+    assert config.seeds == ("10.0.0.1:7946", "lab2")
+    assert config.mdns is False and config.workers == 3
+    path = tmp_path / "c.toml"
+    path.write_text('seeds = ["a:1", "b"]\ntags = ["gpu"]\n')
+    assert Config.load(toml=path, environ={}).tags == ("gpu",)
+    path.write_text('seeds = "a:1"\n')
+    with pytest.raises(ConfigError, match="list of strings"):
+        Config.load(toml=path, environ={})
+
+
 def test_toml_then_env_then_arguments(tmp_path: Path) -> None:
     path = tmp_path / "p2p.toml"
     path.write_text('[p2pcluster]\ncluster = "lab"\nport = 9000\nhandshake_timeout = 3\n')
