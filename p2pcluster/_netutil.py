@@ -73,21 +73,22 @@ def default_route_interface() -> str | None:
     return min(routes)[1] if routes else None
 
 
-def choose_interface(wanted: str | None = None) -> Interface:
+def choose_interface(wanted: str | None = None, *, available: list[Interface] | None = None,
+                     default: str | None = None) -> Interface:
     """The interface to use: ``wanted`` (a name or an address), else the default route's.
 
     Without a default route, the first interface that is up and neither loopback nor
     virtual (docker0, veth...), else loopback. Raises ``ValueError`` if ``wanted`` is
-    not found.
+    not found. ``available`` and ``default`` default to this machine's.
     """
-    available = interfaces()
+    available = interfaces() if available is None else available
     if wanted:
         for iface in available:
             if wanted in (iface.name, iface.address):
                 return iface
         names = ", ".join(f"{i.name} ({i.address})" for i in available) or "none"
         raise ValueError(f"no interface or address {wanted!r}; available: {names}")
-    default = default_route_interface()
+    default = default_route_interface() if default is None else default
     ranked = sorted(available, key=lambda i: (i.name != default, not i.up, i.loopback,
                                               i.virtual))
     if ranked:
