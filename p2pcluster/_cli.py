@@ -1,12 +1,15 @@
-"""The ``p2pcluster`` command. Each command parses its arguments and calls into the library."""
+"""The ``p2pcluster`` command. Each command parses its arguments and calls trio.run once."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ._errors import P2PClusterError
 from ._version import __version__
@@ -31,12 +34,31 @@ The secret lives in $XDG_CONFIG_HOME/p2pcluster/secret (mode 0600). P2PCLUSTER_S
 (the secret itself) or --secret-file override it. Anyone holding it can run code on every
 peer of the cluster: share it only over a secure channel."""
 
-_PENDING = {
-    "join": "run a peer on this machine and join the cluster (foreground)",
-    "run": "run a job file on the cluster and print its result",
-    "members": "list the members the local peer knows",
-    "leave": "ask the local peer to leave the cluster gracefully",
-}
+_JOIN_EPILOG = """\
+examples:
+  p2pcluster join                          join the cluster "default" found on this LAN
+  p2pcluster join --name lab1 --workers 6  advertise 6 worker slots under the name lab1
+  p2pcluster join --seed 192.168.1.20      where multicast does not pass (add --no-mdns)
+  p2pcluster join --interface eth1         several NICs: choose the LAN one
+
+The peer runs in the foreground and logs to stderr. Ctrl-C or SIGTERM (or `p2pcluster
+leave` from another terminal) leaves gracefully: the others see it as left, not failed.
+Every option may also come from the environment (P2PCLUSTER_<FIELD>, for example
+P2PCLUSTER_SEEDS=a:7946,b:7946) or a TOML file (--config); see docs/config.md.
+The firewall must let UDP and TCP through on the port (7946), and mDNS (UDP 5353)."""
+
+_MEMBERS_EPILOG = """\
+Asks the peer running on this machine (started with `p2pcluster join`) for its view of the
+cluster. STATE is alive, suspect (missed probes; it may yet answer), dead or left; AGE is
+the time since the state last changed."""
+
+
+def _add_local_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", metavar="NAME",
+                        help="cluster name (default: default, or P2PCLUSTER_CLUSTER)")
+    parser.add_argument("--control", metavar="PATH",
+                        help="control socket of the local peer (default: "
+                             "$XDG_RUNTIME_DIR/p2pcluster/<cluster>.sock)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -46,12 +68,65 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"p2pcluster {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, summary in _PENDING.items():
-        sub = commands.add_parser(name, help=summary, description=(
-            f"{summary}.\n\nNot available in p2pcluster {__version__} yet: it exits with "
-            "status 2."), formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        sub.set_defaults(handler=_pending(name))
+    _add_join(commands)
+    _add_pending(commands, "run", "run a job file on the cluster and print its result")
+    members = commands.add_parser(
+        "members", help="list the members the local peer knows",
+        description="List the members of the cluster, as the local peer sees them.",
+        epilog=_MEMBERS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_local_options(members)
+    members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    members.set_defaults(handler=_cmd_members)
+    leave = commands.add_parser(
+        "leave", help="ask the local peer to leave the cluster gracefully",
+        description="Ask the peer running on this machine to leave the cluster and exit.")
+    _add_local_options(leave)
+    leave.set_defaults(handler=_cmd_leave)
+    _add_secret(commands)
+    return parser
+
+
+def _add_join(commands: Any) -> None:
+    join = commands.add_parser(
+        "join", help="run a peer on this machine and join the cluster (foreground)",
+        description="Run a peer in the foreground: find the other peers of the cluster over "
+                    "mDNS (and any seeds), and offer this machine's workers to it.",
+        epilog=_JOIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_local_options(join)
+    join.add_argument("--name", help="this peer's name (default: the host name)")
+    join.add_argument("--workers", type=int, metavar="N",
+                      help="worker processes offered (default: the CPU count)")
+    join.add_argument("--port", type=int, help="UDP and TCP port (default: 7946)")
+    join.add_argument("--seed", action="append", metavar="HOST[:PORT]",
+                      help="a peer to join directly; repeatable")
+    join.add_argument("--interface", metavar="IFACE",
+                      help="interface name or address for mDNS and the advertised address "
+                           "(default: the one holding the default route)")
+    join.add_argument("--advertise", metavar="ADDR",
+                      help="address other peers should use to reach this one")
+    join.add_argument("--no-mdns", action="store_true",
+                      help="do not use mDNS: rely on --seed (containers, several subnets)")
+    join.add_argument("--tag", action="append", metavar="TAG",
+                      help="a label advertised with this peer; repeatable")
+    join.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
+    join.add_argument("--config", metavar="FILE", help="a TOML file of Config fields")
+    join.add_argument("--preset", choices=("lan", "local"), default="lan",
+                      help="timing preset (default: lan; local: all peers on this machine)")
+    join.add_argument("--log-level", default="info",
+                      choices=("debug", "info", "warning", "error"), help="default: info")
+    join.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    join.set_defaults(handler=_cmd_join)
+
+
+def _add_pending(commands: Any, name: str, summary: str) -> None:
+    sub = commands.add_parser(name, help=summary, description=(
+        f"{summary}.\n\nNot available in p2pcluster {__version__} yet: it exits with "
+        "status 2."), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.set_defaults(handler=_pending(name))
+
+
+def _add_secret(commands: Any) -> None:
     secret = commands.add_parser(
         "secret", help="print, create, rotate or import the cluster secret",
         description="Print the cluster secret, creating it on first use.",
@@ -66,7 +141,6 @@ def _build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--secret-file", metavar="PATH",
                         help="use this file instead of the per-user default")
     secret.set_defaults(handler=_cmd_secret)
-    return parser
 
 
 def _pending(name: str) -> Callable[[argparse.Namespace], int]:
@@ -76,6 +150,103 @@ def _pending(name: str) -> Callable[[argparse.Namespace], int]:
         return EXIT_USAGE
 
     return handler
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ._config import Config
+
+    changes: dict[str, Any] = {}
+    for option, field in (("cluster", "cluster"), ("name", "node_name"),
+                          ("workers", "workers"), ("port", "port"),
+                          ("interface", "interface"), ("advertise", "advertise_address"),
+                          ("secret_file", "secret_file")):
+        value = getattr(args, option, None)
+        if value is not None:
+            changes[field] = value
+    if getattr(args, "seed", None):
+        changes["seeds"] = tuple(args.seed)
+    if getattr(args, "tag", None):
+        changes["tags"] = tuple(args.tag)
+    if getattr(args, "no_mdns", False):
+        changes["mdns"] = False
+    return Config.load(preset=getattr(args, "preset", "lan"),
+                       toml=getattr(args, "config", None), **changes)
+
+
+def _control_path(args: argparse.Namespace, cluster: str) -> Path:
+    from ._control import control_path
+
+    return Path(args.control) if args.control else control_path(cluster)
+
+
+def _cmd_join(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._daemon import run_daemon
+    from ._logging import setup_logging
+
+    setup_logging(args.log_level, json_lines=args.json_logs)
+    config = _config(args)
+    trio.run(lambda: run_daemon(config, control=_control_path(args, config.cluster)))
+    return EXIT_OK
+
+
+def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    import trio
+
+    from ._control import NoDaemon
+    from ._control import request as control_request
+
+    cluster = args.cluster or os.environ.get("P2PCLUSTER_CLUSTER") or "default"
+    path = _control_path(args, cluster)
+    try:
+        answer = trio.run(lambda: control_request(path, request))
+    except NoDaemon:
+        raise P2PClusterError(
+            f"no p2pcluster peer is running for cluster {cluster!r} on this machine (no "
+            f"control socket at {path}); start one with `p2pcluster join`") from None
+    if not answer.get("ok"):
+        raise P2PClusterError(str(answer.get("error", "the peer refused the request")))
+    return answer
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _cmd_members(args: argparse.Namespace) -> int:
+    answer = _ask(args, {"op": "members"})
+    rows = sorted(answer["members"], key=lambda r: (r["status"] != "alive", r["name"]))
+    if args.json:
+        print(json.dumps({"cluster": answer["cluster"], "self": answer["self"],
+                          "members": rows}, indent=2))
+        return EXIT_OK
+    header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE")
+    table = [header] + [
+        (r["name"] + (" *" if r["id"] == answer["self"] else ""), f"{r['host']}:{r['port']}",
+         r["status"], str(r["incarnation"]), str(r["workers"]), str(r["queue"]),
+         _age(r["age"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    alive = sum(r["status"] == "alive" for r in rows)
+    print(f"\ncluster {answer['cluster']!r}: {alive} alive of {len(rows)} known (* this peer)")
+    return EXIT_OK
+
+
+def _cmd_leave(args: argparse.Namespace) -> int:
+    answer = _ask(args, {"op": "leave"})
+    print(f"peer {answer['name']} is leaving the cluster", file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_secret(args: argparse.Namespace) -> int:
@@ -107,16 +278,29 @@ def _cmd_secret(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (trio wraps errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2pcluster`` console script."""
     args = _build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except P2PClusterError as exc:
-        print(f"p2pcluster {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:  # report the root cause; re-raise anything else
+        root = _root(exc)
+        if isinstance(root, KeyboardInterrupt):
+            return 130
+        if isinstance(root, OSError) and root.errno == errno.EADDRINUSE:
+            root = P2PClusterError(f"{root.strerror}: another p2pcluster peer, or another "
+                                   "program, uses that port; choose another with --port")
+        if isinstance(root, P2PClusterError):
+            print(f"p2pcluster {args.command}: error: {root}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
     return code
 
 

@@ -246,7 +246,7 @@ async def serve_membership(
     machine = MembershipMachine(
         config, node_id=os.urandom(16), name=config.node_name or socket.gethostname(),
         host=host, port=port, rng=random.Random(seed), now=trio.current_time(), meta=meta)
-    log.info("membership: %s (%s) on %s:%d, advertising %s:%d", machine.me.name,
+    log.debug("membership: %s (%s) on %s:%d, advertising %s:%d", machine.me.name,
              machine.node_id.hex()[:8], config.bind_address, port, host, port)
     try:
         async with trio.open_nursery() as nursery:

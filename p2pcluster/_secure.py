@@ -91,6 +91,7 @@ class SecureWire:
         self._wall_clock = wall_clock
         self._entropy = entropy
         self._counters: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()  # host -> refused packets and handshakes
         self._sealer = DatagramSealer(keyring, entropy)
         self._opener = DatagramOpener(keyring, window=config.replay_window,
                                       cache_size=config.replay_cache_size,
@@ -111,6 +112,13 @@ class SecureWire:
 
     def _count(self, name: str, n: int = 1) -> None:
         self._counters[name] += n
+
+    def take_rejected(self) -> dict[str, int]:
+        """Hosts whose datagrams failed authentication or whose handshakes failed, with
+        counts, since the last call: most likely peers holding another secret or cluster
+        name. The daemon logs them."""
+        rejected, self._rejected = dict(self._rejected), Counter()
+        return rejected
 
     # --- datagrams ------------------------------------------------------------------------
 
@@ -134,6 +142,8 @@ class SecureWire:
         except ProtocolError as exc:
             counter = _drop_counter(exc)
             self._count(counter)
+            if counter != "dropped_replay":
+                self._rejected[src[0]] += 1
             log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
             return None
         self._count("datagrams_received")
@@ -159,6 +169,7 @@ class SecureWire:
                 await stream.send_all(proof)
             except (HandshakeError, trio.BrokenResourceError, OSError) as exc:
                 self._count("handshakes_failed")
+                self._rejected[dst[0]] += 1
                 await trio.aclose_forcefully(stream)
                 if isinstance(exc, HandshakeError):
                     raise
@@ -192,6 +203,7 @@ class SecureWire:
                 secure = None
         if secure is None or not secure.established:
             self._count("handshakes_failed")
+            self._rejected[src[0]] += 1
             await trio.aclose_forcefully(stream)
             return None
         self._count("streams_accepted")

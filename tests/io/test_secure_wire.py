@@ -61,6 +61,8 @@ async def test_wrong_key_or_cluster_is_dropped_and_counted(
     assert wb.statistics().dropped_auth == 1
     assert wb.statistics().datagrams_received == 1
     assert "dropped datagram" in caplog.text
+    assert wb.take_rejected() == {hosts.a_ip: 1}
+    assert wb.take_rejected() == {}
     for s in (a, b, good):
         s.close()
 

@@ -1,0 +1,156 @@
+"""The control socket, the daemon in-process on loopback, and the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2pcluster import Config, P2PClusterError
+from p2pcluster._control import NoDaemon, control_path, request, serve_control
+from p2pcluster._daemon import run_daemon
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "GuR6eQZe3E1ItJBMaDy2lDNPYRd-8vW9mzOQgV1L2kM"
+
+
+async def echo(message: Any, reply: Any) -> None:
+    await reply({"ok": True, "echo": message})
+
+
+async def test_control_round_trip_and_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "p2pcluster" / "default.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, path, echo)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        answer = await request(path, {"op": "hello", "n": [1, 2]})
+        assert answer == {"ok": True, "echo": {"op": "hello", "n": [1, 2]}}
+        with pytest.raises(P2PClusterError, match="already running"):
+            await serve_control(path, echo)
+        nursery.cancel_scope.cancel()
+    assert not path.exists()  # removed on the way out
+    with pytest.raises(NoDaemon):
+        await request(path, {"op": "hello"})
+
+
+async def test_a_stale_socket_from_a_crash_is_replaced(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "c.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file remains, nobody listens: what a kill -9 leaves behind
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, path, echo)
+        assert (await request(path, {"op": "x"}))["ok"]
+        nursery.cancel_scope.cancel()
+
+
+def test_control_paths(tmp_path: Path) -> None:
+    assert control_path("lab", {"XDG_RUNTIME_DIR": "/run/user/7"}) == Path(
+        "/run/user/7/p2pcluster/lab.sock")
+    assert control_path("a/b", {}).name == "a_b.sock"
+    assert f"p2pcluster-{os.getuid()}" in str(control_path("x", {}))
+
+
+def loopback(**changes: Any) -> Config:
+    return Config.local(port=0, mdns=False, interface="lo", **changes)
+
+
+async def test_two_daemons_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PCLUSTER_SECRET", SECRET)
+    first_control, second_control = tmp_path / "a.sock", tmp_path / "b.sock"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: run_daemon(loopback(node_name="a"), control=first_control))
+            while not first_control.exists():
+                await trio.sleep(0.02)
+            status = await request(first_control, {"op": "status"})
+            port = status["self"]["port"]
+            nursery.start_soon(lambda: run_daemon(
+                loopback(node_name="b", seeds=(f"127.0.0.1:{port}",), workers=3),
+                control=second_control))
+            while True:
+                await trio.sleep(0.05)
+                if not second_control.exists():
+                    continue
+                rows = (await request(first_control, {"op": "members"}))["members"]
+                if {r["name"] for r in rows if r["status"] == "alive"} == {"a", "b"}:
+                    break
+            b_row = next(r for r in rows if r["name"] == "b")
+            assert b_row["workers"] == 3 and b_row["version"]
+            assert (await request(second_control, {"op": "leave"}))["name"] == "b"
+            while not any(r["name"] == "b" and r["status"] == "left" for r in (
+                    await request(first_control, {"op": "members"}))["members"]):
+                await trio.sleep(0.05)
+            bad = await request(first_control, {"op": "bogus"})
+            assert not bad["ok"] and "bogus" in bad["error"]
+            await request(first_control, {"op": "leave"})
+    assert not first_control.exists() and not second_control.exists()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "p2pcluster", *args], capture_output=True,
+                          text=True, env=env, timeout=30, check=False)
+
+
+def test_the_cli_join_members_leave(tmp_path: Path) -> None:
+    env = {**os.environ, "P2PCLUSTER_SECRET": SECRET, "XDG_RUNTIME_DIR": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}
+    result = cli("members", env=env)
+    assert result.returncode == 1
+    assert "no p2pcluster peer is running for cluster 'default'" in result.stderr
+    assert "p2pcluster join" in result.stderr
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "p2pcluster", "join", "--preset", "local", "--port", "0",
+         "--no-mdns", "--interface", "lo", "--name", "solo", "--workers", "2"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while (result := cli("members", "--json", env=env)).returncode != 0:
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.1)
+        rows = json.loads(result.stdout)["members"]
+        assert [(r["name"], r["status"], r["workers"]) for r in rows] == [("solo", "alive", 2)]
+        table = cli("members", env=env).stdout
+        assert table.splitlines()[0].split() == ["NAME", "ADDRESS", "STATE", "INC", "WORKERS",
+                                                 "QUEUE", "AGE"]
+        assert "solo *" in table and "1 alive of 1 known" in table
+        assert cli("leave", env=env).returncode == 0
+        assert daemon.wait(timeout=5) == 0
+        log = daemon.stderr.read()  # type: ignore[union-attr]
+        assert "using interface lo (127.0.0.1), chosen" in log
+        assert "left; goodbye" in log
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_join_refuses_a_second_daemon_and_explains_a_busy_port(tmp_path: Path) -> None:
+    env = {**os.environ, "P2PCLUSTER_SECRET": SECRET, "XDG_RUNTIME_DIR": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}
+    args = ["--preset", "local", "--no-mdns", "--interface", "lo"]
+    first = subprocess.Popen([sys.executable, "-m", "p2pcluster", "join", *args, "--port", "0"],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while cli("members", env=env).returncode != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        second = cli("join", *args, "--port", "0", env=env)
+        assert second.returncode == 1 and "already running" in second.stderr
+        port = json.loads(cli("members", "--json", env=env).stdout)["members"][0]["port"]
+        other = cli("join", *args, "--port", str(port), "--cluster", "other", env=env)
+        assert other.returncode == 1 and "--port" in other.stderr
+    finally:
+        first.terminate()
+        assert first.wait(timeout=5) == 0
