@@ -154,3 +154,27 @@ def test_join_refuses_a_second_daemon_and_explains_a_busy_port(tmp_path: Path) -
     finally:
         first.terminate()
         assert first.wait(timeout=5) == 0
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    env = {**os.environ, "P2PCLUSTER_SECRET": SECRET, "XDG_RUNTIME_DIR": str(tmp_path),
+           "PYTHONPATH": str(ROOT)}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "p2pcluster", "join", "--preset", "local", "--port", "0",
+         "--no-mdns", "--interface", "lo", "--json-logs"], env=env, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while cli("members", env=env).returncode != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert cli("leave", env=env).returncode == 0
+        assert daemon.wait(timeout=5) == 0
+        lines = daemon.stderr.read().splitlines()  # type: ignore[union-attr]
+        entries = [json.loads(line) for line in lines]
+        assert entries and all({"time", "level", "logger", "message"} <= e.keys()
+                               for e in entries)
+        assert entries[-1]["message"] == "left; goodbye"
+    finally:
+        daemon.kill()
+        daemon.wait()
