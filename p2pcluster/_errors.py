@@ -20,6 +20,10 @@ class SecretError(P2PClusterError):
     """The cluster secret is missing, malformed, or stored unsafely."""
 
 
+class SubmitError(P2PClusterError, ValueError):
+    """A function or an argument cannot be sent to the cluster; the message says how to fix it."""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 
