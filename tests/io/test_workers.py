@@ -1,0 +1,323 @@
+"""The worker pool with real worker processes: batches, errors, crashes, timeouts, cancellation.
+
+These tests use real time (real processes cannot run on a virtual clock); each stays within a
+few seconds, most of which is process start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2pcluster._code import (
+    CodeCache,
+    FunctionRef,
+    bundle_file,
+    bundle_tree,
+    decode_value,
+    encode_call,
+    function_ref,
+    job_module_name,
+)
+from p2pcluster._workers import (
+    ERROR,
+    MAX_CRASHES,
+    OK,
+    POISON,
+    TIMEOUT,
+    Outcome,
+    WorkerPool,
+    open_worker_pool,
+)
+
+from . import workjobs
+
+WAIT = 20  # seconds: generous, for process start-up on a loaded machine
+
+
+def call(*args: Any, **kwargs: Any) -> bytes:
+    return encode_call(args, kwargs)
+
+
+def value(outcome: Outcome) -> Any:
+    assert outcome.status == OK, decode_value(outcome.payload)
+    return decode_value(outcome.payload)
+
+
+def error(outcome: Outcome, status: int = ERROR) -> dict[str, str]:
+    assert outcome.status == status, outcome
+    err: dict[str, str] = decode_value(outcome.payload)
+    assert set(err) == {"type", "message", "traceback"}
+    return err
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists, zombies included: a dead worker must also be reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_for_file(path: Path) -> str:
+    with trio.fail_after(WAIT):
+        while not path.exists() or not path.read_text():
+            await trio.sleep(0.01)
+    return path.read_text()
+
+
+async def worker_pids(pool: WorkerPool) -> set[int]:
+    """The pids of all the pool's workers: hold every slot at once, so each is a different one."""
+    pids: set[int] = set()
+    ref = function_ref(workjobs.sleep_then_pid)
+
+    async def one() -> None:
+        pids.add(value((await pool.run(ref, [call(0.3)])).outcomes[0]))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(pool.slots):
+            nursery.start_soon(one)
+    return pids
+
+
+async def test_batches_return_results_in_order(tmp_path: Path) -> None:
+    ref = function_ref(workjobs.add)
+    async with open_worker_pool(2, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            results: dict[int, list[Outcome]] = {}
+
+            async def batch(k: int) -> None:
+                payloads = [call(i, k) for i in range(1000)]
+                results[k] = (await pool.run(ref, payloads)).outcomes
+
+            async with trio.open_nursery() as nursery:  # both slots busy at once
+                nursery.start_soon(batch, 0)
+                nursery.start_soon(batch, 1000)
+        assert [value(o) for o in results[0]] == list(range(1000))
+        assert [value(o) for o in results[1000]] == list(range(1000, 2000))
+        stats = pool.statistics()
+        assert (stats.slots, stats.batches, stats.tasks, stats.crashes) == (2, 2, 2000, 0)
+        assert stats.idle_workers == 2
+
+
+async def test_errors_carry_type_message_and_traceback(tmp_path: Path) -> None:
+    async with open_worker_pool(1, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            result = await pool.run(function_ref(workjobs.fail), [call("boom"), call("bang")])
+            unencodable = await pool.run(function_ref(workjobs.unencodable), [call()])
+            exits = await pool.run(function_ref(workjobs.exits), [call()])
+            coroutine = await pool.run(function_ref(workjobs.coroutine), [call()])
+            missing = await pool.run(FunctionRef("no_such_module_here", "f"), [call(), call()])
+            bad_args = await pool.run(function_ref(workjobs.add), [call(1), b"\xff"])
+        assert result.worker_seconds > 0
+        err = error(result.outcomes[0])
+        assert err["type"] == "tests.io.workjobs.JobError" and err["message"] == "boom"
+        assert "Traceback" in err["traceback"] and "workjobs.py" in err["traceback"]
+        assert "raise JobError(message)" in err["traceback"]
+        assert error(result.outcomes[1])["message"] == "bang"
+        err = error(unencodable.outcomes[0])
+        assert err["type"] == "p2pcluster._errors.SubmitError"
+        assert "the result cannot be sent back" in err["message"]
+        assert error(exits.outcomes[0])["type"] == "SystemExit"  # the peer did not exit
+        assert "async function" in error(coroutine.outcomes[0])["message"]
+        for outcome in missing.outcomes:
+            err = error(outcome)
+            assert err["type"] == "ModuleNotFoundError"
+            assert "could not be imported on this peer" in err["message"]
+            assert "--include" in err["message"]
+        assert error(bad_args.outcomes[0])["type"] == "TypeError"  # add() missing an argument
+        assert error(bad_args.outcomes[1])["type"] == "p2pcluster._errors.DecodeError"
+        assert pool.statistics().crashes == 0
+
+
+async def test_a_crashing_task_is_poisoned_and_the_others_complete(tmp_path: Path) -> None:
+    ref = function_ref(workjobs.crash_on)
+    async with open_worker_pool(2, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            result = await pool.run(ref, [call(i, 3) for i in range(6)])
+        assert [o.status for o in result.outcomes] == [OK, OK, OK, POISON, OK, OK]
+        assert [value(o) for i, o in enumerate(result.outcomes) if i != 3] == [0, 1, 2, 4, 5]
+        err = error(result.outcomes[3], POISON)
+        assert err["type"] == "PoisonTask" and err["traceback"] == ""
+        assert f"crashed its worker process {MAX_CRASHES} times" in err["message"]
+        assert "exit code 1" in err["message"]
+        stats = pool.statistics()
+        assert stats.crashes == 1 + MAX_CRASHES  # the batch, then the culprit alone
+        assert stats.poisoned == 1
+        with trio.fail_after(WAIT):  # and the pool still works
+            after = await pool.run(function_ref(workjobs.add), [call(2, 3)])
+        assert value(after.outcomes[0]) == 5
+
+
+async def test_a_segfault_is_reported_by_signal(tmp_path: Path) -> None:
+    async with open_worker_pool(1, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            result = await pool.run(function_ref(workjobs.segfault), [call()])
+            killed = await pool.run(function_ref(workjobs.kill_self), [call()])
+        assert "killed by SIGSEGV" in error(result.outcomes[0], POISON)["message"]
+        assert "killed by SIGKILL" in error(killed.outcomes[0], POISON)["message"]
+        assert pool.statistics().crashes == 2 * MAX_CRASHES
+
+
+async def test_a_timeout_kills_the_worker(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    async with open_worker_pool(1, tmp_path / "cache") as pool:
+        await worker_pids(pool)  # warm
+        payloads = [call(1, 2), call(str(pid_file), 30)]
+        start = time.monotonic()
+        with trio.fail_after(WAIT):
+            quick = await pool.run(function_ref(workjobs.add), payloads[:1], timeout=0.5)
+            slow = await pool.run(function_ref(workjobs.sleep_recording_pid), payloads[1:],
+                                  timeout=0.5)
+        elapsed = time.monotonic() - start
+        assert value(quick.outcomes[0]) == 3
+        err = error(slow.outcomes[0], TIMEOUT)
+        assert err["type"] == "TimeoutError"
+        assert err["message"] == "the task exceeded its timeout of 0.5 s"
+        assert 0.5 <= elapsed < 2.0
+        assert not alive(int(pid_file.read_text()))
+        assert pool.statistics().timeouts == 1
+        with trio.fail_after(WAIT):  # the replacement's start-up is not on the next task's clock
+            after = await pool.run(function_ref(workjobs.add), [call(2, 2)], timeout=0.05)
+        assert value(after.outcomes[0]) == 4
+
+
+async def test_cancelling_a_run_kills_its_worker_promptly(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    ref = function_ref(workjobs.sleep_recording_pid)
+    async with open_worker_pool(1, tmp_path / "cache") as pool:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run, ref, [call(str(pid_file), 30)])
+            pid = int(await wait_for_file(pid_file))
+            assert alive(pid)
+            cancelled_at = time.monotonic()
+            nursery.cancel_scope.cancel()
+        assert time.monotonic() - cancelled_at < 1.0
+        assert not alive(pid)
+        with trio.fail_after(WAIT):  # a fresh worker takes its place
+            after = await pool.run(function_ref(workjobs.add), [call(1, 1)])
+        assert value(after.outcomes[0]) == 2
+
+
+async def test_no_worker_outlives_the_pool(tmp_path: Path) -> None:
+    async with open_worker_pool(2, tmp_path) as pool:
+        pids = await worker_pids(pool)
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+        assert os.getpid() not in pids
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_workers_start_at_open(tmp_path: Path) -> None:
+    async with open_worker_pool(2, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            while pool.statistics().idle_workers < 2:
+                await trio.sleep(0.01)
+        start = time.monotonic()
+        await worker_pids(pool)  # both slots at once: nobody waits for a process to start
+        assert time.monotonic() - start < 0.3 + 0.5
+
+
+async def test_includes_and_job_files_run_in_workers(tmp_path: Path) -> None:
+    cache = CodeCache(tmp_path / "cache")
+    pkg = tmp_path / "src" / "shipped_in_test"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("def triple(x):\n    return 3 * x\n")
+    include = bundle_tree(pkg)
+    cache.store(include)
+    job = tmp_path / "job.py"
+    job.write_text("import shipped_in_test\n\n"
+                   "def task(x):\n    return shipped_in_test.triple(x) + 1\n\n"
+                   "if __name__ == '__main__':\n    raise SystemExit('must not run')\n")
+    job_bundle = bundle_file(job)
+    cache.store(job_bundle)
+    module = job_module_name(job_bundle.digest)
+    async with open_worker_pool(1, cache.root) as pool:
+        with trio.fail_after(WAIT):
+            from_include = await pool.run(
+                FunctionRef("shipped_in_test", "triple", includes=(include.digest,)),
+                [call(1), call(2)])
+            from_job = await pool.run(
+                FunctionRef(module, "task", job_bundle.digest, (include.digest,)), [call(5)])
+            where = await pool.run(
+                FunctionRef("sys", "path.__getitem__", includes=(include.digest,)), [call(0)])
+            without = await pool.run(FunctionRef("shipped_in_test", "triple"), [call(1)])
+    assert [value(o) for o in from_include.outcomes] == [3, 6]
+    assert value(from_job.outcomes[0]) == 16
+    assert value(where.outcomes[0]) == str(cache.path(include.digest))
+    assert "could not be imported" in error(without.outcomes[0])["message"]
+
+
+CTRL_C_SCRIPT = """
+import sys, trio
+from pathlib import Path
+from p2pcluster._code import encode_call, function_ref
+from p2pcluster._workers import open_worker_pool
+from tests.io import workjobs
+
+async def main():
+    out = Path(sys.argv[1])
+    async with open_worker_pool(2, out / "cache") as pool:
+        ref = function_ref(workjobs.sleep_recording_pid)
+        async with trio.open_nursery() as nursery:
+            for i in range(2):
+                nursery.start_soon(pool.run, ref, [encode_call((str(out / f"pid{i}"), 30), {})])
+
+if __name__ == "__main__":
+    trio.run(main)
+"""
+
+
+def test_ctrl_c_kills_busy_workers_quietly(tmp_path: Path) -> None:
+    """SIGINT to the whole process group, as a terminal sends it, while both workers are busy."""
+    script = tmp_path / "peer.py"
+    script.write_text(CTRL_C_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)], start_new_session=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        pid_files = [tmp_path / "pid0", tmp_path / "pid1"]
+        while not all(p.exists() and p.read_text() for p in pid_files):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pids = [int(p.read_text()) for p in pid_files]
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only if the test already failed
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1 and "KeyboardInterrupt" in stderr
+    # Only the peer's own traceback: nothing printed by a worker process.
+    assert "spawn_main" not in stderr and "workjobs" not in stderr
+    time.sleep(0.2)
+    assert not any(_running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    """Not a child of ours, so once dead it may linger as a zombie until init reaps it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+async def test_a_pool_needs_a_worker(tmp_path: Path, workers: int) -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        async with open_worker_pool(workers, tmp_path):
+            pass  # pragma: no cover
