@@ -56,6 +56,14 @@ class MessageType(IntEnum):
     NACK = 4
     PUSH_PULL = 5
     GOSSIP = 6
+    STEAL_REQUEST = 7
+    STEAL_GRANT = 8
+    TASKS_MOVED = 9
+    RESULTS = 10
+    CANCEL_JOB = 11
+    WORK_AVAILABLE = 12
+    FETCH_CODE = 13
+    CODE = 14
 
 
 class UpdateType(IntEnum):
@@ -205,9 +213,158 @@ class Gossip:
     updates: Updates
 
 
-Message = Ping | Ack | PingReq | Nack | PushPull | Gossip
+# --- work stealing (over streams) ----------------------------------------------------------
+
+JobId = Annotated[bytes, Limit(max_len=16)]
+TaskId = Annotated[int, U64]
+Count = Annotated[int, Limit(lo=0, hi=2**32 - 1)]
+Digest = Annotated[str, Limit(max_len=64)]
+Ident = Annotated[str, Limit(max_len=1024)]
+MAX_TASKS = 2**20
+MAX_INCLUDES = 64
+
+
+class TaskStatus(IntEnum):
+    """How a task ended, in a :class:`TaskResult`. APPEND-ONLY."""
+
+    OK = 0  #: ``payload`` is the CBOR-encoded return value
+    ERROR = 1  #: ``payload`` is a CBOR map: type, message, traceback
+    POISON = 2  #: the task killed 3 worker processes; ``payload`` as for ERROR
+    TIMEOUT = 3  #: the task overran the job's timeout; ``payload`` as for ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a peer needs to run a job's tasks: its owner, its function, and its code.
+
+    ``module``/``qualname`` name the function. ``code`` is the digest of the job file's code
+    bundle (loaded as ``module``) or None for an importable module; ``includes`` are digests of
+    bundles put on ``sys.path``. Bundles are fetched from the owner with :class:`FetchCode`.
+    ``timeout`` is per task, in seconds.
+    """
+
+    job: JobId
+    owner: NodeId
+    module: Ident
+    qualname: Ident
+    code: Digest | None
+    includes: Annotated[tuple[Digest, ...], Limit(max_len=MAX_INCLUDES)]
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskItem:
+    """One unstarted task: its id within the job, how often it moved, its CBOR arguments."""
+
+    id: TaskId
+    moves: Annotated[int, Limit(lo=0, hi=255)]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobTasks:
+    """Tasks of one job, with the job's spec."""
+
+    spec: JobSpec
+    tasks: Annotated[tuple[TaskItem, ...], Limit(max_len=MAX_TASKS)]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How task ``id`` ended (see :class:`TaskStatus`)."""
+
+    id: TaskId
+    status: Annotated[int, Limit(lo=0, hi=255)]
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StealRequest:
+    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work."""
+
+    TYPE: ClassVar[int] = MessageType.STEAL_REQUEST
+    thief: NodeId
+    slots: Count
+
+
+@dataclass(frozen=True, slots=True)
+class StealGrant:
+    """The answer to a :class:`StealRequest`: half of ``victim``'s unstarted tasks, oldest
+    first (none if it has none), and how many it still has queued."""
+
+    TYPE: ClassVar[int] = MessageType.STEAL_GRANT
+    victim: NodeId
+    queue: Count
+    jobs: Annotated[tuple[JobTasks, ...], Limit(max_len=4096)]
+
+
+@dataclass(frozen=True, slots=True)
+class TasksMoved:
+    """To a job's owner: tasks ``ids`` of ``job`` are now held by ``holder``."""
+
+    TYPE: ClassVar[int] = MessageType.TASKS_MOVED
+    job: JobId
+    holder: NodeId
+    ids: Annotated[tuple[TaskId, ...], Limit(max_len=MAX_TASKS)]
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """To a job's owner: results from ``sender``, which has ``queue`` tasks still queued."""
+
+    TYPE: ClassVar[int] = MessageType.RESULTS
+    job: JobId
+    sender: NodeId
+    queue: Count
+    results: Annotated[tuple[TaskResult, ...], Limit(max_len=MAX_TASKS)]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """From a job's owner: drop ``job``'s queued tasks and stop its running ones."""
+
+    TYPE: ClassVar[int] = MessageType.CANCEL_JOB
+    job: JobId
+
+
+@dataclass(frozen=True, slots=True)
+class WorkAvailable:
+    """``sender`` has ``queue`` tasks to steal (sent when a job is submitted, and to a peer
+    that joins while there is work), so idle peers need not wait for gossip."""
+
+    TYPE: ClassVar[int] = MessageType.WORK_AVAILABLE
+    sender: NodeId
+    queue: Count
+
+
+@dataclass(frozen=True, slots=True)
+class FetchCode:
+    """Ask a job's owner for the code bundle with ``digest``; it answers :class:`Code`."""
+
+    TYPE: ClassVar[int] = MessageType.FETCH_CODE
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A code bundle (``bundle`` is empty if the peer does not have ``digest``)."""
+
+    TYPE: ClassVar[int] = MessageType.CODE
+    digest: Digest
+    bundle: bytes
+
+
+WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | WorkAvailable)
+
+Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
+           | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
-    cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip)
+    cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
+                              StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
+                              FetchCode, Code)
 }
+#: The messages a peer's work link carries (one-way, in order, over a stream).
+WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
+                                            CancelJob, WorkAvailable)

@@ -58,6 +58,11 @@ def test_type_codes_are_append_only() -> None:
     """Renumbering breaks every deployed peer: these values are frozen forever."""
     assert {t.name: int(t) for t in m.MessageType} == {
         "PING": 1, "ACK": 2, "PING_REQ": 3, "NACK": 4, "PUSH_PULL": 5, "GOSSIP": 6,
+        "STEAL_REQUEST": 7, "STEAL_GRANT": 8, "TASKS_MOVED": 9, "RESULTS": 10,
+        "CANCEL_JOB": 11, "WORK_AVAILABLE": 12, "FETCH_CODE": 13, "CODE": 14,
+    }
+    assert {t.name: int(t) for t in m.TaskStatus} == {
+        "OK": 0, "ERROR": 1, "POISON": 2, "TIMEOUT": 3,
     }
     assert {t.name: int(t) for t in m.UpdateType} == {
         "ALIVE": 1, "SUSPECT": 2, "DEAD": 3, "LEFT": 4,

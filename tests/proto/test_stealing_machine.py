@@ -1,0 +1,194 @@
+"""Unit tests of the stealing machine: one rule per test, messages in, messages out."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pcluster._proto.messages import (
+    CancelJob,
+    JobSpec,
+    JobTasks,
+    Results,
+    StealGrant,
+    StealRequest,
+    TaskItem,
+    TaskResult,
+    TasksMoved,
+    TaskStatus,
+    WorkAvailable,
+)
+from p2pcluster._proto.stealing import (
+    JobDropped,
+    JobFinished,
+    ResultsReady,
+    StealingMachine,
+)
+
+A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
+
+
+def machine(node: bytes, slots: int = 1, *peers: bytes) -> StealingMachine:
+    m = StealingMachine(node, slots, random.Random(1))
+    for p in peers:
+        m.peer_up(0.0, p, 0)
+    return m
+
+
+def spec(owner: bytes = A, job: bytes = b"j1") -> JobSpec:
+    return JobSpec(job, owner, "mod", "fn", None, (), None)
+
+
+def ok(*ids: int) -> tuple[TaskResult, ...]:
+    return tuple(TaskResult(i, TaskStatus.OK, b"\x00") for i in ids)
+
+
+def tasks(n: int) -> list[tuple[int, bytes]]:
+    return [(i, b"\x80") for i in range(n)]
+
+
+def msgs(m: StealingMachine, cls: type) -> list:  # type: ignore[type-arg]
+    return [o for o in m.take_outputs() if isinstance(o.msg, cls)]
+
+
+def test_submit_hints_idle_peers_and_a_steal_takes_half_oldest_first() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(11))
+    hints = msgs(owner, WorkAvailable)
+    assert [h.dst for h in hints] == [B] and hints[0].msg.queue == 10  # 1 slot free
+    assert owner.take(0.0, 1) is not None  # the local slot takes task 0
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    ids = [t.id for t in grant.msg.jobs[0].tasks]
+    assert ids == [1, 2, 3, 4, 5]  # half of the 10 unstarted, oldest first
+    assert all(t.moves == 1 for t in grant.msg.jobs[0].tasks)
+    assert grant.msg.queue == 5
+    assert {owner.holders(b"j1")[i] for i in ids} == {B}
+
+
+def test_an_idle_peer_steals_only_when_someone_has_a_surplus() -> None:
+    thief = machine(B, 1, A, C)
+    assert thief.take(0.0, 1) is None
+    assert thief.take_outputs() == []  # nobody advertises work: no request
+    thief.peer_queue(0.0, C, 7)
+    (req,) = thief.take_outputs()
+    assert req.dst == C and isinstance(req.msg, StealRequest)
+    thief.peer_queue(0.0, A, 9)  # one request at a time
+    assert thief.take_outputs() == []
+
+
+def test_a_workload_that_fits_the_free_slots_advertises_nothing() -> None:
+    owner = machine(A, 4, B)
+    owner.submit(0.0, spec(), tasks(4))
+    assert owner.surplus() == 0
+    assert owner.take_outputs() == []
+
+
+def test_tasks_that_moved_twice_are_neither_advertised_nor_granted() -> None:
+    thief = machine(C, 1, A, B)
+    thief.busy = 1  # its slot is busy, so the grant stays queued
+    grant = StealGrant(B, 0, (JobTasks(spec(), tuple(TaskItem(i, 2, b"") for i in range(6))),))
+    thief.receive(0.0, grant)
+    assert thief.queue_length() == 6 and thief.surplus() == 0
+    thief.receive(0.0, StealRequest(A, 1))
+    (answer,) = msgs(thief, StealGrant)
+    assert answer.msg.jobs == ()
+
+
+def test_a_re_steal_is_reported_to_the_owner() -> None:
+    middle = machine(B, 1, A, C)
+    middle.busy = 1
+    middle.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(TaskItem(i, 1, b"") for i in range(4))),)))  # noqa: E501
+    middle.take_outputs()
+    middle.receive(0.0, StealRequest(C, 1))
+    out = middle.take_outputs()
+    moved = [o for o in out if isinstance(o.msg, TasksMoved)]
+    assert [(o.dst, o.msg.holder, o.msg.ids) for o in moved] == [(A, C, (0, 1))]
+    grant = next(o for o in out if isinstance(o.msg, StealGrant))
+    assert [t.moves for t in grant.msg.jobs[0].tasks] == [2, 2]
+
+
+def test_results_are_delivered_once_and_duplicates_counted() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(3))
+    owner.take_outputs()
+    owner.receive(0.0, Results(b"j1", B, 0, ok(0, 1)))
+    owner.receive(0.0, Results(b"j1", B, 0, ok(1)))
+    events = owner.take_events()
+    assert [e.results for e in events if isinstance(e, ResultsReady)] == [ok(0, 1)]
+    assert owner.stats.duplicates == 1
+    owner.receive(0.0, Results(b"j1", C, 0, ok(2)))
+    assert any(isinstance(e, JobFinished) for e in owner.take_events())
+
+
+def test_a_dead_holder_s_tasks_go_back_to_the_front_of_the_owner_s_queue() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    owner.take_outputs()
+    owner.peer_down(1.0, B)
+    assert [q.item.id for q in owner.queue][:5] == [1, 2, 3, 4, 5]
+    assert all(q.item.moves == 0 for q in owner.queue)
+    assert owner.stats.requeued == 5
+
+
+def test_a_move_to_a_peer_known_dead_is_requeued_at_once() -> None:
+    owner = machine(A, 1, B, C)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    owner.peer_down(1.0, C)
+    owner.receive(1.0, TasksMoved(b"j1", C, (1, 2)))
+    assert owner.holders(b"j1")[1] == A
+    assert [q.item.id for q in owner.queue][:2] == [1, 2]
+
+
+def test_the_owner_s_death_drops_its_queued_and_running_tasks() -> None:
+    thief = machine(B, 2, A)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(TaskItem(i, 1, b"") for i in range(5))),)))  # noqa: E501
+    assert thief.take(0.0, 2) is not None
+    thief.take_events()
+    thief.peer_down(1.0, A)
+    assert thief.queue_length() == 0
+    assert thief.take_events() == [JobDropped(b"j1", "its owner left or died")]
+    thief.finished(1.5, spec(A), list(ok(0, 1)))
+    assert thief.take_outputs() == []  # results for a dead owner are thrown away
+
+
+def test_cancel_tells_every_peer_that_held_tasks() -> None:
+    owner = machine(A, 1, B, C)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    owner.take_outputs()
+    owner.cancel(0.1, b"j1")
+    assert [o.dst for o in msgs(owner, CancelJob)] == [B]
+    assert owner.queue_length() == 0
+    assert JobDropped(b"j1", "cancelled") in owner.take_events()
+    # A late result or move for the ended job is answered with CancelJob.
+    owner.receive(0.2, Results(b"j1", C, 0, ok(7)))
+    assert [o.dst for o in msgs(owner, CancelJob)] == [C]
+
+
+def test_an_unanswered_steal_times_out_and_moves_on() -> None:
+    thief = machine(B, 1, A, C)
+    thief.peer_queue(0.0, A, 5)
+    (req,) = thief.take_outputs()
+    assert thief.next_deadline() == pytest.approx(thief.steal_timeout)
+    thief.peer_queue(0.1, C, 5)
+    thief.tick(thief.steal_timeout)
+    (again,) = thief.take_outputs()
+    assert again.dst != req.dst
+
+
+def test_a_failed_grant_returns_its_tasks() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    owner.grant_failed(0.1, grant.msg)
+    assert [q.item.id for q in owner.queue] == list(range(1, 10))
+    assert set(owner.holders(b"j1").values()) == {A}

@@ -1,0 +1,287 @@
+"""A seeded discrete-event simulator for the work-stealing machine.
+
+Peers run :class:`StealingMachine`; each has ``slots`` workers of a given ``speed``. Work
+messages travel over per-pair links with a seeded latency and stay in order (they ride on
+streams in the real driver). Membership is modelled as what the driver feeds the machine:
+``peer_up`` at start or join, ``peer_queue`` when a peer's advertised surplus changes (gossip,
+delayed by ``meta_delay``), and ``peer_down`` at every survivor ``detect`` seconds after a crash
+(plus jitter). Everything a test asserts on is recorded: every result delivered to an owner,
+every grant and the move count of every task in it, every batch run, every drop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from p2pcluster._proto.messages import JobSpec, StealGrant, StealRequest, TaskResult, TaskStatus
+from p2pcluster._proto.stealing import (
+    JobDropped,
+    JobFinished,
+    ResultsReady,
+    SendWork,
+    StealingMachine,
+    WorkEvent,
+)
+
+Cost = Callable[[bytes, int], float]
+
+
+@dataclass
+class SimPeer:
+    index: int
+    machine: StealingMachine
+    speed: float
+    alive: bool = True
+    running: dict[int, tuple[JobSpec, list[int]]] = field(default_factory=dict)
+    executed: Counter[bytes] = field(default_factory=Counter)  # job -> tasks finished here
+    advertised: int = 0
+    published: float = -1e9
+    publish_pending: bool = False
+
+
+@dataclass
+class Record:
+    delivered: dict[bytes, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+    finished: dict[bytes, float] = field(default_factory=dict)
+    moves: Counter[int] = field(default_factory=Counter)  # task id -> grants that carried it
+    max_moves_field: int = 0
+    steal_requests: int = 0
+    grants: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, from, to, n
+    dropped: list[tuple[float, int, bytes, str]] = field(default_factory=list)
+    batches_started: list[tuple[float, int, bytes]] = field(default_factory=list)
+
+
+class StealSim:
+    def __init__(self, n: int, *, seed: int, slots: int = 1, speeds: list[float] | None = None,
+                 latency: float = 0.0005, jitter: float = 0.0005, meta_delay: float = 0.3,
+                 detect: float = 2.0, batch: int = 1, steal_timeout: float = 1.0,
+                 meta_interval: float = 1.0) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.latency, self.jitter, self.meta_delay, self.detect = (latency, jitter,
+                                                                   meta_delay, detect)
+        self.batch = batch
+        self.meta_interval = meta_interval
+        self.slots = slots
+        self.steal_timeout = steal_timeout
+        self.heap: list[tuple[float, int, str, tuple[object, ...]]] = []
+        self.seq = 0
+        self.peers: list[SimPeer] = []
+        self.link_clear: dict[tuple[int, int], float] = {}
+        self.record = Record()
+        self.costs: dict[bytes, Cost] = {}
+        self.batch_seq = 0
+        speeds = speeds or [1.0] * n
+        for i in range(n):
+            self._add_peer(speeds[i])
+        for p in self.peers:
+            for q in self.peers:
+                if p is not q:
+                    p.machine.peer_up(0.0, q.machine.node_id, 0)
+        for p in self.peers:
+            self._pump(p)
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _add_peer(self, speed: float) -> SimPeer:
+        index = len(self.peers)
+        node = f"peer{index:03d}".encode()
+        machine = StealingMachine(node, self.slots, random.Random(self.rng.getrandbits(64)),
+                                  steal_timeout=self.steal_timeout)
+        peer = SimPeer(index, machine, speed)
+        self.peers.append(peer)
+        return peer
+
+    def node(self, i: int) -> bytes:
+        return self.peers[i].machine.node_id
+
+    def index_of(self, node: bytes) -> int:
+        return int(node[4:])
+
+    # --- scenario API ---------------------------------------------------------------------
+
+    def submit(self, owner: int, n_tasks: int, cost: Cost, job: bytes = b"job1") -> bytes:
+        peer = self.peers[owner]
+        spec = JobSpec(job, peer.machine.node_id, "m", "f", None, (), None)
+        self.costs[job] = cost
+        peer.machine.submit(self.now, spec, ((i, i.to_bytes(4, "big")) for i in range(n_tasks)))
+        self._pump(peer)
+        return job
+
+    def crash(self, i: int) -> None:
+        peer = self.peers[i]
+        peer.alive = False
+        peer.running.clear()
+        for other in self.peers:
+            if other.alive:
+                delay = self.detect + self.rng.uniform(0, 0.5)
+                self._at(self.now + delay, "down", (other.index, peer.machine.node_id))
+
+    def join(self, speed: float = 1.0) -> int:
+        peer = self._add_peer(speed)
+        for other in self.peers:
+            if other is not peer and other.alive:
+                # push-pull on join: both learn each other, with the other's advertised queue
+                peer.machine.peer_up(self.now, other.machine.node_id,
+                                     other.machine.surplus())
+                other.machine.peer_up(self.now, peer.machine.node_id, 0)
+                self._pump(other)
+        self._pump(peer)
+        return peer.index
+
+    def cancel(self, owner: int, job: bytes) -> None:
+        peer = self.peers[owner]
+        peer.machine.cancel(self.now, job)
+        self._pump(peer)
+
+    def run_until(self, t: float) -> None:
+        while self.heap and self.heap[0][0] <= t:
+            self._step()
+        self.now = max(self.now, t)
+
+    def run_until_done(self, job: bytes, timeout: float = 600.0) -> float:
+        while job not in self.record.finished:
+            if not self.heap or self.heap[0][0] > timeout:
+                raise AssertionError(f"job not finished by t={self.now:.3f} (seed {self.seed})")
+            self._step()
+        return self.record.finished[job]
+
+    def run_quiet(self, timeout: float = 600.0) -> None:
+        while self.heap and self.heap[0][0] <= timeout:
+            self._step()
+
+    # --- the event loop -------------------------------------------------------------------
+
+    def _at(self, t: float, kind: str, data: tuple[object, ...]) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, data))
+
+    def _step(self) -> None:
+        t, _, kind, data = heapq.heappop(self.heap)
+        self.now = t
+        getattr(self, f"_on_{kind}")(*data)
+
+    def _on_deliver(self, dst: int, msg: object) -> None:
+        peer = self.peers[dst]
+        if peer.alive:
+            peer.machine.receive(self.now, msg)  # type: ignore[arg-type]
+            self._pump(peer)
+
+    def _on_done(self, i: int, token: int) -> None:
+        peer = self.peers[i]
+        if not peer.alive or token not in peer.running:
+            return
+        spec, ids = peer.running.pop(token)
+        results = [TaskResult(tid, TaskStatus.OK, tid.to_bytes(4, "big")) for tid in ids]
+        peer.executed[spec.job] += len(ids)
+        peer.machine.finished(self.now, spec, results)
+        self._pump(peer)
+
+    def _on_down(self, i: int, node: bytes) -> None:
+        peer = self.peers[i]
+        if peer.alive:
+            peer.machine.peer_down(self.now, node)
+            self._pump(peer)
+
+    def _on_tick(self, i: int) -> None:
+        peer = self.peers[i]
+        if peer.alive:
+            deadline = peer.machine.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                peer.machine.tick(self.now)
+                self._pump(peer)
+
+    def _on_meta(self, i: int, node: bytes, queue: int) -> None:
+        peer = self.peers[i]
+        if peer.alive:
+            peer.machine.peer_queue(self.now, node, queue)
+            self._pump(peer)
+
+    def _on_publish(self, i: int) -> None:
+        peer = self.peers[i]
+        peer.publish_pending = False
+        if peer.alive:
+            self._publish(peer, due=True)
+
+    def _publish(self, peer: SimPeer, due: bool = False) -> None:
+        """Gossip the surplus at most every ``meta_interval`` (as the driver rate-limits)."""
+        surplus = peer.machine.surplus()
+        if surplus == peer.advertised or peer.publish_pending:
+            return
+        if not due and self.now - peer.published < self.meta_interval:
+            peer.publish_pending = True
+            self._at(peer.published + self.meta_interval, "publish", (peer.index,))
+            return
+        peer.advertised, peer.published = surplus, self.now
+        for other in self.peers:
+            if other is not peer and other.alive:
+                self._at(self.now + self.meta_delay * self.rng.uniform(0.5, 1.5), "meta",
+                         (other.index, peer.machine.node_id, surplus))
+
+    def _pump(self, peer: SimPeer) -> None:
+        """The driver's loop: fill free slots, carry out outputs and events, tick, gossip."""
+        m = peer.machine
+        while peer.alive:
+            self._fill(peer)
+            outputs, events = m.take_outputs(), m.take_events()
+            if not outputs and not events:
+                break
+            self._carry_out(peer, outputs, events)
+        deadline = m.next_deadline()
+        if deadline is not None and peer.alive:
+            self._at(max(deadline, self.now), "tick", (peer.index,))
+        if peer.alive:
+            self._publish(peer)
+
+    def _fill(self, peer: SimPeer) -> None:
+        m = peer.machine
+        while True:
+            taken = m.take(self.now, self.batch)
+            if taken is None:
+                return
+            spec, items = taken
+            self.batch_seq += 1
+            cost = sum(self.costs[spec.job](spec.job, item.id) for item in items) / peer.speed
+            peer.running[self.batch_seq] = (spec, [item.id for item in items])
+            self.record.batches_started.append((self.now, peer.index, spec.job))
+            self._at(self.now + cost, "done", (peer.index, self.batch_seq))
+
+    def _carry_out(self, peer: SimPeer, outputs: list[SendWork], events: list[WorkEvent]
+                   ) -> None:
+        m = peer.machine
+        for out in outputs:
+            msg = out.msg
+            if isinstance(msg, StealRequest):
+                self.record.steal_requests += 1
+            if isinstance(msg, StealGrant):
+                n = 0
+                for jt in msg.jobs:
+                    for item in jt.tasks:
+                        self.record.moves[item.id] += 1
+                        self.record.max_moves_field = max(self.record.max_moves_field,
+                                                          item.moves)
+                        n += 1
+                self.record.grants.append((self.now, peer.index, self.index_of(out.dst), n))
+            dst = self.index_of(out.dst)
+            link = (peer.index, dst)
+            t = max(self.now + self.latency + self.rng.uniform(0, self.jitter),
+                    self.link_clear.get(link, 0.0))
+            self.link_clear[link] = t
+            self._at(t, "deliver", (dst, msg))
+        for event in events:
+            if isinstance(event, ResultsReady):
+                for r in event.results:
+                    self.record.delivered[event.job][r.id] += 1
+            elif isinstance(event, JobFinished):
+                self.record.finished[event.job] = self.now
+            elif isinstance(event, JobDropped):
+                self.record.dropped.append((self.now, peer.index, event.job, event.reason))
+                for token, (spec, _) in list(peer.running.items()):
+                    if spec.job == event.job:
+                        del peer.running[token]
+                        m.finished(self.now, spec, [])

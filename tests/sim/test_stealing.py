@@ -1,0 +1,190 @@
+"""The work-stealing machine on the seeded simulator: every property of the execution issue."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from .stealsim import StealSim
+
+TASK = 0.01  # seconds per task in the balance scenarios
+
+
+def flat(job: bytes, tid: int) -> float:
+    return TASK
+
+
+def assert_exactly_once(sim: StealSim, job: bytes, n: int) -> None:
+    delivered = sim.record.delivered[job]
+    assert sorted(delivered) == list(range(n)), f"missing results (seed {sim.seed})"
+    assert set(delivered.values()) == {1}, f"a result delivered twice (seed {sim.seed})"
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_one_owner_balances_1000_tasks(n: int, seed: int) -> None:
+    sim = StealSim(n, seed=seed * 1000 + n)
+    job = sim.submit(0, 1000, flat)
+    makespan = sim.run_until_done(job)
+    ideal = 1000 * TASK / n
+    assert makespan <= 1.15 * ideal + 2 * TASK, (makespan, ideal, sim.seed)
+    executed = [p.executed[job] for p in sim.peers]
+    assert min(executed) >= 0.8 * 1000 / n, (executed, sim.seed)
+    assert_exactly_once(sim, job, 1000)
+    assert max(sim.record.moves.values()) <= 2
+    assert sim.record.max_moves_field <= 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_straggler_4x_slower_gets_a_quarter_of_the_share(seed: int) -> None:
+    speeds = [1.0, 1.0, 1.0, 0.25]
+    sim = StealSim(4, seed=seed, speeds=speeds)
+    job = sim.submit(0, 1000, flat)
+    makespan = sim.run_until_done(job)
+    ideal = 1000 * TASK / sum(speeds)
+    # The straggler may start one last task just before the end: 4 x TASK of slack.
+    assert makespan <= 1.1 * ideal + 4 * TASK, (makespan, ideal)
+    slow, fast = sim.peers[3].executed[job], min(p.executed[job] for p in sim.peers[:3])
+    assert slow < 0.4 * fast, (slow, fast)
+    assert_exactly_once(sim, job, 1000)
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+def test_each_task_moves_at_most_twice_even_when_peers_keep_stealing(n: int) -> None:
+    # Uneven costs and a straggler give thieves every reason to re-steal.
+    rng = random.Random(n)
+    costs = [rng.lognormvariate(0, 1) * 0.005 for _ in range(2000)]
+    sim = StealSim(n, seed=n, speeds=[0.3 if i == 1 else 1.0 for i in range(n)])
+    job = sim.submit(0, 2000, lambda _j, tid: costs[tid])
+    sim.run_until_done(job)
+    assert max(sim.record.moves.values()) <= 2
+    assert sim.record.max_moves_field <= 2
+    assert sum(1 for v in sim.record.moves.values() if v == 2) > 0  # re-steals did happen
+    assert_exactly_once(sim, job, 2000)
+
+
+def test_lognormal_costs_in_submit_order_stay_near_the_greedy_bound() -> None:
+    """W3 on the simulator: 64 lognormal tasks, 2 peers of 1 slot, largest near the end."""
+    rng = random.Random(12345)
+    raw = [rng.lognormvariate(0, 1) for _ in range(64)]
+    costs = [c * 3.2 / sum(raw) for c in raw]
+    sim = StealSim(2, seed=12345, latency=0.0003, jitter=0.0002)
+    job = sim.submit(0, 64, lambda _j, tid: costs[tid])
+    makespan = sim.run_until_done(job)
+    bound = max(sum(costs) / 2, *costs)
+    assert makespan <= 1.15 * bound, makespan / bound
+
+
+@pytest.mark.parametrize("n_tasks", [1, 3, 4])
+def test_a_trivial_workload_causes_no_steals(n_tasks: int) -> None:
+    sim = StealSim(5, seed=n_tasks, slots=4)
+    job = sim.submit(0, n_tasks, flat)
+    sim.run_until_done(job)
+    sim.run_quiet()
+    assert sim.record.steal_requests == 0
+    assert sim.record.grants == []
+    assert sim.peers[0].executed[job] == n_tasks
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_holder_dies_and_every_result_still_arrives_exactly_once(seed: int) -> None:
+    sim = StealSim(4, seed=seed)
+    job = sim.submit(0, 1000, flat)
+    sim.run_until(0.5 + seed * 0.1)
+    victim = 1 + seed % 3
+    holding = sim.peers[victim].machine.queue_length() + len(sim.peers[victim].running)
+    assert holding > 0
+    sim.crash(victim)
+    sim.run_until_done(job)
+    assert_exactly_once(sim, job, 1000)
+    assert sim.peers[0].machine.stats.requeued >= holding
+    assert max(sim.record.moves.values()) <= 2 + 2  # two moves before, two after a requeue
+
+
+def test_a_thief_dies_right_after_a_re_steal_and_nothing_is_lost() -> None:
+    """The owner learns of the move only from the victim: kill the new holder at once."""
+    for seed in range(20):
+        sim = StealSim(3, seed=seed, speeds=[1.0, 1.0, 0.5])
+        job = sim.submit(0, 300, flat)
+        # Run until some task has moved twice, then kill its holder.
+        while not any(v == 2 for v in sim.record.moves.values()):
+            sim._step()
+        holder = sim.record.grants[-1][2]
+        if holder == 0:
+            continue
+        sim.crash(holder)
+        sim.run_until_done(job)
+        assert_exactly_once(sim, job, 300)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_owner_dies_and_all_its_work_is_dropped(seed: int) -> None:
+    sim = StealSim(4, seed=seed, detect=2.0)
+    job = sim.submit(0, 2000, flat)
+    sim.run_until(0.4)
+    sim.crash(0)
+    crash = sim.now
+    sim.run_quiet()
+    last_detection = crash + 2.0 + 0.5
+    for peer in sim.peers[1:]:
+        assert peer.machine.queue_length() == 0
+        assert not peer.running
+    # The first peer to detect the death may steal the others' queues and drop them; either
+    # way every queued task of the job was dropped somewhere, none was run to the end.
+    assert sum(p.machine.stats.dropped for p in sim.peers[1:]) > 0
+    assert any(d[2] == job for d in sim.record.dropped)
+    late = [b for b in sim.record.batches_started if b[2] == job and b[0] > last_detection]
+    assert late == [], "a peer started the dead owner's task after detecting its death"
+    assert job not in sim.record.finished
+
+
+def test_a_peer_that_joins_mid_job_gets_work_within_one_steal_round() -> None:
+    sim = StealSim(2, seed=7)
+    job = sim.submit(0, 1000, flat)
+    sim.run_until(1.0)
+    newcomer = sim.join()
+    joined = sim.now
+    sim.run_until_done(job)
+    first = min(t for t, _, dst, n in sim.record.grants if dst == newcomer and n > 0)
+    # One steal round: the request and the grant, each at most latency + jitter.
+    assert first - joined <= 2 * (sim.latency + sim.jitter) + 1e-9
+    assert sim.peers[newcomer].executed[job] > 100
+    assert_exactly_once(sim, job, 1000)
+
+
+def test_cancel_stops_the_job_everywhere() -> None:
+    sim = StealSim(4, seed=3)
+    job = sim.submit(0, 2000, flat)
+    sim.run_until(0.3)
+    sim.cancel(0, job)
+    cancelled = sim.now
+    sim.run_quiet()
+    reach = 2 * (sim.latency + sim.jitter)
+    late = [b for b in sim.record.batches_started if b[2] == job and b[0] > cancelled + reach]
+    assert late == []
+    assert all(p.machine.queue_length() == 0 and not p.running for p in sim.peers)
+    assert {d[1] for d in sim.record.dropped if d[2] == job} == {0, 1, 2, 3}
+
+
+def test_two_jobs_from_two_owners_both_finish() -> None:
+    sim = StealSim(6, seed=11)
+    a = sim.submit(0, 500, flat, job=b"job-a")
+    b = sim.submit(3, 500, flat, job=b"job-b")
+    sim.run_until_done(a)
+    sim.run_until_done(b)
+    assert_exactly_once(sim, a, 500)
+    assert_exactly_once(sim, b, 500)
+
+
+def test_the_same_seed_replays_the_same_schedule() -> None:
+    def trace(seed: int) -> list[tuple[float, int, int, int]]:
+        sim = StealSim(8, seed=seed)
+        job = sim.submit(0, 1000, flat)
+        sim.run_until(0.2)
+        sim.crash(5)
+        sim.run_until_done(job)
+        return sim.record.grants
+
+    assert trace(42) == trace(42)
+    assert trace(42) != trace(43)
