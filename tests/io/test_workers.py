@@ -106,7 +106,9 @@ async def test_batches_return_results_in_order(tmp_path: Path) -> None:
         assert [value(o) for o in results[1000]] == list(range(1000, 2000))
         stats = pool.statistics()
         assert (stats.slots, stats.batches, stats.tasks, stats.crashes) == (2, 2, 2000, 0)
-        assert stats.idle_workers == 2
+        with trio.fail_after(WAIT):  # a warm-up may still hold a worker for a moment
+            while pool.statistics().idle_workers != 2:
+                await trio.sleep(0.01)
 
 
 async def test_errors_carry_type_message_and_traceback(tmp_path: Path) -> None:
