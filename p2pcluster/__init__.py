@@ -19,6 +19,7 @@ from ._errors import P2PClusterError as P2PClusterError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplayError as ReplayError
 from ._errors import SecretError as SecretError
+from ._errors import SubmitError as SubmitError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
@@ -26,6 +27,16 @@ from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from ._config import Config as Config
+    from ._executor import Cluster as Cluster
+    from ._executor import MemberInfo as MemberInfo
+    from ._executor import Progress as Progress
+    from ._jobs import PoisonTaskError as PoisonTaskError
+    from ._jobs import TaskError as TaskError
+    from ._jobs import TaskTimeoutError as TaskTimeoutError
+    from ._peer import Job as Job
+    from ._peer import Peer as Peer
+    from ._peer import PeerStatistics as PeerStatistics
+    from ._peer import open_peer as open_peer
     from ._membership import Membership as Membership
     from ._membership import MembershipStatistics as MembershipStatistics
     from ._membership import serve_membership as serve_membership
@@ -37,6 +48,16 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Config": "._config",
+    "Cluster": "._executor",
+    "MemberInfo": "._executor",
+    "Progress": "._executor",
+    "open_peer": "._peer",
+    "Peer": "._peer",
+    "Job": "._peer",
+    "PeerStatistics": "._peer",
+    "TaskError": "._jobs",
+    "PoisonTaskError": "._jobs",
+    "TaskTimeoutError": "._jobs",
     "serve_membership": "._membership",
     "Membership": "._membership",
     "MembershipStatistics": "._membership",
@@ -50,6 +71,14 @@ _LAZY = {
 __all__ = [
     "__version__",
     "Config",
+    # running work
+    "Cluster",
+    "open_peer",
+    "Peer",
+    "Job",
+    "MemberInfo",
+    "Progress",
+    "PeerStatistics",
     # membership
     "serve_membership",
     "Membership",
@@ -62,6 +91,10 @@ __all__ = [
     "P2PClusterError",
     "ConfigError",
     "SecretError",
+    "SubmitError",
+    "TaskError",
+    "PoisonTaskError",
+    "TaskTimeoutError",
     "ProtocolError",
     "DecodeError",
     "UnknownMessageType",

@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,30 @@ Every option may also come from the environment (P2PCLUSTER_<FIELD>, for example
 P2PCLUSTER_SEEDS=a:7946,b:7946) or a TOML file (--config); see docs/config.md.
 The firewall must let UDP and TCP through on the port (7946), and mDNS (UDP 5353)."""
 
+_RUN_EPILOG = """\
+The job file defines main(cluster, *args) (or async def main), and module-level task
+functions; `cluster` is a concurrent.futures.Executor spread over the cluster:
+
+  def square(x):
+      return x * x
+
+  def main(cluster, n="10000"):
+      return sum(cluster.map(square, range(int(n))))
+
+ARGS are passed to main as strings. The return value is printed on stdout as JSON (or repr);
+progress and logs go to stderr. Arguments and results travel as CBOR: numbers, strings,
+bytes, lists, dicts, sets, datetimes, Decimals... (see docs/jobs.md).
+
+examples:
+  p2pcluster run examples/pi.py                 estimate pi on every peer
+  p2pcluster run job.py 1000 --include mylib/   ship the package mylib with the job
+  p2pcluster run job.py --quiet > result.json
+
+Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
+cluster. Without one, `run` starts an ephemeral peer here (its workers start at once), joins
+any peers it finds over mDNS, and says within a second whether it is alone. A failing task
+prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
+
 _MEMBERS_EPILOG = """\
 Asks the peer running on this machine (started with `p2pcluster join`) for its view of the
 cluster. STATE is alive, suspect (missed probes; it may yet answer), dead or left; AGE is
@@ -69,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"p2pcluster {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_join(commands)
-    _add_pending(commands, "run", "run a job file on the cluster and print its result")
+    _add_run(commands)
     members = commands.add_parser(
         "members", help="list the members the local peer knows",
         description="List the members of the cluster, as the local peer sees them.",
@@ -118,12 +142,35 @@ def _add_join(commands: Any) -> None:
     join.set_defaults(handler=_cmd_join)
 
 
-def _add_pending(commands: Any, name: str, summary: str) -> None:
-    sub = commands.add_parser(name, help=summary, description=(
-        f"{summary}.\n\nNot available in p2pcluster {__version__} yet: it exits with "
-        "status 2."), formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    sub.set_defaults(handler=_pending(name))
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="run a job file on the cluster and print its result",
+        description="Run JOB.py's main(cluster, *ARGS) with the cluster as an Executor.",
+        epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("job", metavar="JOB.py", help="the job file")
+    run.add_argument("args", nargs="*", metavar="ARGS", help="strings passed to main()")
+    _add_local_options(run)
+    run.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
+    run.add_argument("--include", action="append", default=[], metavar="PATH",
+                     help="a file or package to ship with the job (repeatable)")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes of an ephemeral peer (default: the CPU count)")
+    daemon = run.add_mutually_exclusive_group()
+    daemon.add_argument("--local", action="store_true",
+                        help="never use the local daemon: always start an ephemeral peer")
+    daemon.add_argument("--daemon", action="store_true",
+                        help="require the local daemon (fail if none runs)")
+    run.add_argument("--no-mdns", action="store_true",
+                     help="do not look for other peers over mDNS (seeds only)")
+    run.add_argument("--seed", action="append", metavar="HOST[:PORT]",
+                     help="a peer to join through (repeatable)")
+    run.add_argument("--preset", choices=("lan", "local"), default="lan",
+                     help="timing preset of an ephemeral peer (default: lan)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log-level", default="warning",
+                     choices=("debug", "info", "warning", "error"),
+                     help="log level on stderr (default: warning)")
+    run.set_defaults(handler=_cmd_run)
 
 
 def _add_secret(commands: Any) -> None:
@@ -141,15 +188,6 @@ def _add_secret(commands: Any) -> None:
     secret.add_argument("--secret-file", metavar="PATH",
                         help="use this file instead of the per-user default")
     secret.set_defaults(handler=_cmd_secret)
-
-
-def _pending(name: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"p2pcluster {name}: not available in p2pcluster {__version__} yet",
-              file=sys.stderr)
-        return EXIT_USAGE
-
-    return handler
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -192,6 +230,18 @@ def _cmd_join(args: argparse.Namespace) -> int:
     config = _config(args)
     trio.run(lambda: run_daemon(config, control=_control_path(args, config.cluster)))
     return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._logging import setup_logging
+    from ._run import run_job_file
+
+    setup_logging(args.log_level)
+    config = _config(args)
+    daemon = False if args.local else (True if args.daemon else None)
+    return run_job_file(args.job, args.args, config=config,
+                        control=Path(args.control) if args.control else None, daemon=daemon,
+                        include=args.include, quiet=args.quiet)
 
 
 def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:

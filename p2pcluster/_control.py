@@ -39,7 +39,9 @@ MAX_FRAME = 64 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
 Reply = Callable[[Mapping[str, Any]], Awaitable[None]]
-Handler = Callable[[Mapping[str, Any], Reply], Awaitable[None]]
+#: A handler gets the request and the connection; ``await connection(answer)`` replies, and a
+#: streaming handler may keep replying, or read to notice that the client went away.
+Handler = Callable[[Mapping[str, Any], "ControlConnection"], Awaitable[None]]
 
 
 class NoDaemon(P2PClusterError):
@@ -77,6 +79,9 @@ class ControlConnection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self._buffer = bytearray()
+
+    async def __call__(self, message: Mapping[str, Any]) -> None:
+        await self.send(message)
 
     async def send(self, message: Mapping[str, Any]) -> None:
         await self.stream.send_all(encode_frame(message))
@@ -204,7 +209,7 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
         try:
             request_ = await connection.receive()
             if request_ is not None:
-                await handler(request_, connection.send)
+                await handler(request_, connection)
         except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
             if not (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
                 log.debug("control connection ended: %s", exc)

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import math
 import signal
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ._code import CodeBundle, FunctionRef
 from ._config import Config
-from ._control import Reply, serve_control
-from ._discovery import Discovered, serve_discovery
-from ._errors import P2PClusterError
-from ._membership import Membership, serve_membership
-from ._netutil import choose_interface
-from ._proto.envelope import Keyring
+from ._control import ControlConnection, serve_control
+from ._errors import P2PClusterError, ProtocolError
+from ._jobs import JobRequest
+from ._peer import Peer, open_peer
 from ._proto.membership import EventKind, Member
 from ._proto.meta import NodeMeta
-from ._secret import load_secrets
-from ._transport import Address
 from ._version import __version__
 
 __all__ = ["member_row", "run_daemon"]
@@ -49,35 +45,18 @@ def member_row(member: Member, now: float) -> dict[str, Any]:
     }
 
 
-async def resolve_seeds(seeds: tuple[str, ...], default_port: int) -> list[Address]:
-    """``host[:port]`` strings as IPv4 addresses."""
-    resolved = []
-    for seed in seeds:
-        host, _, port_text = seed.rpartition(":") if ":" in seed else (seed, "", "")
-        try:
-            port = int(port_text) if port_text else default_port
-            infos = await trio.socket.getaddrinfo(host, port, trio.socket.AF_INET,
-                                                  trio.socket.SOCK_DGRAM)
-        except (ValueError, OSError) as exc:
-            raise P2PClusterError(f"seed {seed!r}: {exc}") from None
-        resolved.append((str(infos[0][4][0]), port))
-    return resolved
-
-
 class Daemon:
     """The running peer: control requests, logs, and the leave sequence."""
 
-    def __init__(self, membership: Membership, config: Config) -> None:
-        self.membership = membership
+    def __init__(self, peer: Peer, config: Config) -> None:
+        self.peer = peer
+        self.membership = peer.membership
         self.config = config
         self.leave_requested = trio.Event()
-        self.discovery_scope = trio.CancelScope()
-        self.discovery_done = trio.Event()
-        self.discovery_done.set()  # until discovery starts
 
     # --- control --------------------------------------------------------------------------
 
-    async def handle(self, request: Any, reply: Reply) -> None:
+    async def handle(self, request: Any, reply: ControlConnection) -> None:
         op = request.get("op")
         now = trio.current_time()
         if op == "members":
@@ -88,33 +67,49 @@ class Daemon:
             stats = dataclasses.asdict(self.membership.statistics())
             await reply({"ok": True, "cluster": self.config.cluster, "version": __version__,
                          "self": member_row(self.membership.me, now), "statistics": stats})
+        elif op == "submit":
+            await self.submit(request, reply)
         elif op == "leave":
             await reply({"ok": True, "name": self.membership.me.name})
             self.leave_requested.set()
         else:
             await reply({"ok": False, "error": f"unknown operation {op!r}"})
 
-    # --- background tasks -----------------------------------------------------------------
-
-    async def discover(self, address: str) -> None:
-        self.discovery_done = trio.Event()
-        me = self.membership.me
-
-        def found(peer: Discovered) -> None:
-            known = {m.id for m in self.membership.members() if m.alive}
-            if peer.node_id not in known:
-                log.debug("mDNS introduced %s at %s:%d", peer.instance, *peer.address)
-                self.membership.join([peer.address])
-
+    async def submit(self, request: Any, connection: ControlConnection) -> None:
+        """Own a job for a local client (`p2pcluster run`, or a `Cluster`), and stream its
+        results back as they come: ``{"results": [[index, status, payload, peer], ...]}``
+        frames, then ``{"done": true}``. The job is cancelled if the client goes away."""
         try:
-            with self.discovery_scope:
-                await serve_discovery(cluster=self.config.cluster, node_id=me.id, name=me.name,
-                                      address=address, port=me.port, on_peer=found)
-        except OSError as exc:
-            log.warning("mDNS is unavailable on %s (%s): only seeds and peers that contact "
-                        "us will be found", address, exc)
-        finally:
-            self.discovery_done.set()
+            job_request = job_request_from(request)
+        except (P2PClusterError, ValueError, TypeError, KeyError) as exc:
+            await connection({"ok": False, "error": f"bad job: {exc}"})
+            return
+        await connection({"ok": True, "peer": self.peer.name})
+        send, receive = trio.open_memory_channel[list[Any]](math.inf)
+        async with self.peer.open_job(job_request) as job:
+            job.listeners.append(lambda batch: send.send_nowait([list(r) for r in batch]))
+            async with trio.open_nursery() as nursery:
+                async def client_gone() -> None:
+                    await connection.receive()  # EOF or anything: the client is done
+                    nursery.cancel_scope.cancel()
+
+                async def finished() -> None:
+                    await job.wait()
+                    send.close()
+
+                nursery.start_soon(client_gone)
+                nursery.start_soon(finished)
+                async for batch in receive:
+                    while True:  # coalesce what is already there into one frame
+                        try:
+                            batch.extend(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await connection({"results": batch})
+                await connection({"done": True, "cancelled": job.cancelled})
+                nursery.cancel_scope.cancel()
+
+    # --- background tasks -----------------------------------------------------------------
 
     async def log_events(self) -> None:
         words = {EventKind.JOIN: "joined", EventKind.LEAVE: "left the cluster",
@@ -156,44 +151,44 @@ class Daemon:
                 await self.leave_requested.wait()
                 nursery.cancel_scope.cancel()
 
-    async def leave(self) -> None:
-        """Gossip "left" and withdraw the mDNS record, concurrently (under 2 s)."""
-        log.info("leaving cluster %r", self.config.cluster)
-        self.discovery_scope.cancel()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.membership.leave)
-            nursery.start_soon(self.discovery_done.wait)
+
+def job_request_from(request: dict[str, Any]) -> JobRequest:
+    """Check and rebuild a job sent over the control socket."""
+    ref = FunctionRef.from_wire(request["ref"])
+    bundles = {}
+    for digest, data in dict(request.get("bundles", {})).items():
+        bundle = CodeBundle.decode(data)
+        if bundle.digest != digest:
+            raise ProtocolError(f"bundle {digest[:12]} has digest {bundle.digest[:12]}")
+        bundles[digest] = bundle
+    payloads = request["payloads"]
+    if not isinstance(payloads, list) or not all(type(p) is bytes for p in payloads):
+        raise TypeError("payloads must be a list of byte strings")
+    timeout = request.get("timeout")
+    chunksize = request.get("chunksize", 0)
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValueError("timeout must be a positive number of seconds")
+    if type(chunksize) is not int or chunksize < 0:
+        raise ValueError("chunksize must be a non-negative integer")
+    return JobRequest(ref, bundles, payloads, None if timeout is None else float(timeout),
+                      chunksize)
 
 
 async def run_daemon(config: Config, *, control: Path) -> None:
-    """Run a peer until a signal or a `leave` request, then leave gracefully."""
-    source = load_secrets(secret_file=config.secret_file, create=True)
-    keyring = Keyring.from_secrets(source.secrets, config.cluster)
-    try:
-        iface = choose_interface(config.interface)
-    except ValueError as exc:
-        raise P2PClusterError(str(exc)) from None
-    how = "chosen" if config.interface else "the default route's"
-    log.info("using interface %s (%s), %s", iface.name, iface.address, how)
-    advertise = config.advertise_address or iface.address
-    if config.interface:
-        config = dataclasses.replace(config, bind_address=iface.address)
-    seeds = await resolve_seeds(config.seeds, config.port)
-    workers = config.workers if config.workers is not None else (os.cpu_count() or 1)
-    meta = NodeMeta(workers, 0, config.tags, __version__).encode()
-    async with trio.open_nursery() as nursery:
-        membership = await nursery.start(partial(
-            serve_membership, config, keyring, seeds=seeds, meta=meta, advertise=advertise))
-        daemon = Daemon(membership, config)
-        await nursery.start(serve_control, control, daemon.handle)
-        me = membership.me
-        log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
-                 me.name, me.id.hex()[:8], config.cluster, me.host, me.port, workers, control)
-        if config.mdns:
-            nursery.start_soon(daemon.discover, iface.address)
-        nursery.start_soon(daemon.log_events)
-        nursery.start_soon(daemon.log_rejections)
-        await daemon.wait_for_leave()
-        await daemon.leave()
-        nursery.cancel_scope.cancel()
+    """Run a peer until a signal or a `leave` request, then leave gracefully: gossip "left"
+    and withdraw the mDNS record concurrently (under 2 s)."""
+    async with open_peer(config) as peer:
+        log.info("using %s", peer.where)
+        daemon = Daemon(peer, config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_control, control, daemon.handle)
+            me = peer.membership.me
+            log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
+                     me.name, me.id.hex()[:8], config.cluster, me.host, me.port,
+                     peer.pool.slots, control)
+            nursery.start_soon(daemon.log_events)
+            nursery.start_soon(daemon.log_rejections)
+            await daemon.wait_for_leave()
+            log.info("leaving cluster %r", config.cluster)
+            nursery.cancel_scope.cancel()
     log.info("left; goodbye")

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 
 import trio
@@ -23,6 +23,7 @@ from ._errors import ProtocolError
 from ._netutil import choose_interface, is_specific
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
+from ._proto.messages import Message, Ping, PushPull
 from ._proto.node import MachineStatistics, MembershipMachine
 from ._proto.outputs import SendDatagram, StreamRequest
 from ._secure import SecureDatagramChannel, SecureStream, SecureWire
@@ -33,6 +34,8 @@ __all__ = ["Membership", "MembershipStatistics", "serve_membership"]
 
 log = logging.getLogger("p2pcluster.membership")
 LEAVE_TIMEOUT = 1.0  # seconds a graceful leave waits for its news to go out
+#: What membership answers over a stream; any other first message goes to ``stream_handler``.
+MEMBERSHIP_REQUESTS = (PushPull, Ping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class Membership:
         self._send, self._outbox = trio.open_memory_channel[tuple[Address, object]](math.inf)
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._changed = trio.Event()
+        #: Serves streams whose first message is not membership's (the work protocol's).
+        self.stream_handler: Callable[[SecureStream, Message], Awaitable[None]] | None = None
 
     # --- public ---------------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class Membership:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out."""
         self.machine.leave(trio.current_time())
         self._flush()
+        if not any(m.alive and m.id != self.machine.node_id for m in self.members()):
+            return  # nobody to tell
         with trio.move_on_after(timeout):
             while self.machine.broadcasts:
                 await self._wait_changed()
@@ -203,6 +210,10 @@ class Membership:
 
     async def _serve_stream(self, stream: SecureStream) -> None:
         while (msg := await stream.receive()) is not None:
+            if not isinstance(msg, MEMBERSHIP_REQUESTS):
+                if self.stream_handler is not None:
+                    await self.stream_handler(stream, msg)
+                return
             reply = self.machine.handle_request(trio.current_time(), stream.remote, msg)
             self._flush()
             if reply is None:

@@ -10,7 +10,8 @@ PUBLIC = {
     "DecodeError", "UnknownMessageType", "UnsupportedVersion", "MessageTooLarge",
     "AuthenticationError", "UnknownKey", "ReplayError", "HandshakeError", "WireStatistics",
     "serve_membership", "Membership", "Member", "MemberStatus", "MemberEvent", "EventKind",
-    "MembershipStatistics",
+    "MembershipStatistics", "Cluster", "open_peer", "Peer", "Job", "MemberInfo", "Progress",
+    "PeerStatistics", "SubmitError", "TaskError", "PoisonTaskError", "TaskTimeoutError",
 }
 TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
            "VirtualNetwork", "SimCluster", "peer_address"}

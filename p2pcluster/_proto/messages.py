@@ -240,7 +240,8 @@ class JobSpec:
     ``module``/``qualname`` name the function. ``code`` is the digest of the job file's code
     bundle (loaded as ``module``) or None for an importable module; ``includes`` are digests of
     bundles put on ``sys.path``. Bundles are fetched from the owner with :class:`FetchCode`.
-    ``timeout`` is per task, in seconds.
+    ``timeout`` is per task, in seconds. ``chunksize`` is how many tasks a peer hands a worker
+    process at once; 0 lets each peer choose from the task times it measures.
     """
 
     job: JobId
@@ -250,6 +251,7 @@ class JobSpec:
     code: Digest | None
     includes: Annotated[tuple[Digest, ...], Limit(max_len=MAX_INCLUDES)]
     timeout: float | None
+    chunksize: Annotated[int, Limit(lo=0, hi=2**20)] = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,6 +293,10 @@ class StealingMachine:
 
     # --- local execution --------------------------------------------------------------------
 
+    def peek(self) -> JobSpec | None:
+        """The job of the task :meth:`take` would give next, if any (to size the batch)."""
+        return self.queue[0].spec if self.queue and self.busy < self.slots else None
+
     def take(self, now: float, max_tasks: int) -> tuple[JobSpec, list[TaskItem]] | None:
         """Claim a slot and up to ``max_tasks`` tasks of one job from the front of the queue.
 

@@ -1,0 +1,146 @@
+"""What the submitting side needs, whichever peer runs the job: naming the function and the
+code to ship, encoding the calls, and turning results back into values or errors.
+
+A job is ``fn`` applied to a list of argument payloads. :class:`CodeRegistry` turns ``fn``
+into a :class:`~._code.FunctionRef` plus the code bundles the peers need (the job file or the
+``__main__`` script, and every ``--include``). :func:`unpack` turns one result into a value,
+or raises the :class:`TaskError` that carries the remote traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._code import (
+    CodeBundle,
+    FunctionRef,
+    bundle_file,
+    bundle_tree,
+    decode_value,
+    encode_call,
+    function_ref,
+)
+from ._errors import P2PClusterError
+from ._proto.messages import TaskStatus
+
+__all__ = [
+    "CodeRegistry", "JobRequest", "PoisonTaskError", "TaskError", "TaskTimeoutError",
+    "encode_map_args", "unpack",
+]
+
+
+class TaskError(P2PClusterError):
+    """A task raised an exception on a peer.
+
+    ``type_name`` is the original exception's type (``"ZeroDivisionError"``), ``remote_message``
+    its message, ``remote_traceback`` the traceback as formatted on the peer, and ``peer`` the
+    name of the peer that ran it. ``str()`` shows all of it.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str, peer: str) -> None:
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+        self.peer = peer
+        text = f"{type_name}: {message} (on peer {peer})"
+        if traceback:
+            text += "\n\nRemote traceback:\n" + traceback.rstrip()
+        super().__init__(text)
+
+
+class PoisonTaskError(TaskError):
+    """A task crashed its worker process three times (a segfault, ``os._exit``...); it is
+    not retried again."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """A task ran longer than the job's ``timeout`` and its worker was stopped."""
+
+
+_ERRORS: dict[int, type[TaskError]] = {
+    TaskStatus.ERROR: TaskError, TaskStatus.POISON: PoisonTaskError,
+    TaskStatus.TIMEOUT: TaskTimeoutError,
+}
+
+
+def unpack(status: int, payload: bytes, peer: str) -> Any:
+    """A task's value, or raise the :class:`TaskError` it ended with."""
+    if status == TaskStatus.OK:
+        return decode_value(payload)
+    try:
+        info = decode_value(payload)
+    except Exception:  # a malformed error report is still an error
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    raise _ERRORS.get(status, TaskError)(
+        str(info.get("type", "Error")), str(info.get("message", "")),
+        str(info.get("traceback", "")), peer)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """Everything a peer needs to own a job."""
+
+    ref: FunctionRef
+    bundles: Mapping[str, CodeBundle]
+    payloads: Sequence[bytes]
+    timeout: float | None = None
+    chunksize: int = 0
+
+
+def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[bytes]:
+    """``map``'s argument tuples, each as one task payload (the shortest iterable wins)."""
+    if len(iterables) == 1:
+        return [encode_call((x,), {}) for x in iterables[0]]
+    return [encode_call(tuple(xs), {}) for xs in zip(*iterables, strict=False)]
+
+
+class CodeRegistry:
+    """The code a submitter ships: job modules and ``--include`` files or packages.
+
+    Give the registry each shipped module with :meth:`add_job_module`; functions of
+    ``__main__`` ship the script they come from. :meth:`request` names a function and lists
+    the bundles a peer will need for it.
+    """
+
+    def __init__(self, include: Iterable[str | Path] = ()) -> None:
+        self._bundles: dict[str, CodeBundle] = {}
+        self._job_modules: dict[str, str] = {}
+        self._includes: list[str] = []
+        for path in include:
+            bundle = bundle_tree(path)
+            self._bundles[bundle.digest] = bundle
+            self._includes.append(bundle.digest)
+            parent = str(Path(path).resolve().parent)
+            if parent not in sys.path:  # so this process resolves included modules too
+                sys.path.append(parent)
+
+    def add_job_module(self, name: str, bundle: CodeBundle) -> None:
+        self._bundles[bundle.digest] = bundle
+        self._job_modules[name] = bundle.digest
+
+    def ref(self, fn: Callable[..., Any]) -> FunctionRef:
+        module = getattr(fn, "__module__", None)
+        if module == "__main__" and "__main__" not in self._job_modules:
+            main_file = getattr(sys.modules["__main__"], "__file__", None)
+            if main_file and Path(main_file).is_file():
+                self.add_job_module("__main__", bundle_file(main_file))
+        return function_ref(fn, job_modules=self._job_modules, includes=self._includes)
+
+    def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
+                timeout: float | None = None, chunksize: int | None = None) -> JobRequest:
+        """A :class:`JobRequest`; raises :class:`~p2pcluster.SubmitError` on a bad ``fn``."""
+        ref = self.ref(fn)
+        needed = [d for d in itertools.chain([ref.job], ref.includes) if d is not None]
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be at least 1")
+        return JobRequest(ref, {d: self._bundles[d] for d in needed}, payloads,
+                          None if timeout is None else float(timeout), chunksize or 0)

@@ -1,0 +1,640 @@
+"""`open_peer`: a whole peer in one trio task tree — membership, discovery, the stealing
+machine, the work links, and the worker processes — and the trio-native job API.
+
+The stealing machine (:mod:`._proto.stealing`) decides; this module carries out:
+
+- **Slots.** One runner task per worker process takes a batch from the machine, fetches the
+  job's code from its owner if this peer lacks it, runs the batch in the pool, and hands the
+  results back. A batch holds ``chunksize`` tasks, or as many as fill about
+  :data:`TARGET_BATCH` seconds by the task times measured so far (one task, until the first
+  measurement): 10,000 no-op tasks cost a few dozen round trips to a worker, and 64 tasks of
+  50 ms are handed out one by one, so none waits behind another.
+- **Links.** Work messages to a peer go in order over one handshaken stream per destination,
+  opened on first use and closed when the peer leaves or fails. A grant that could not be
+  sent is handed back to the machine.
+- **Membership.** Joins, failures and metadata updates become ``peer_up``/``peer_down``/
+  ``peer_queue``; this peer publishes its surplus in its metadata, at most every
+  :data:`META_INTERVAL` seconds.
+- **Jobs.** A job submitted here is owned here: :class:`Job` collects its results (first
+  result per task) and ends when every task has one, when it is cancelled, or when the
+  submitter's scope is cancelled (``async with`` cancels its job on exit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._code import CodeBundle, CodeCache, FunctionRef, encode_call
+from ._config import Config
+from ._discovery import Discovered, serve_discovery
+from ._errors import P2PClusterError, ProtocolError
+from ._jobs import CodeRegistry, JobRequest, encode_map_args, unpack
+from ._membership import Membership, serve_membership
+from ._netutil import choose_interface
+from ._proto.envelope import Keyring
+from ._proto.membership import EventKind, Member
+from ._proto.messages import (
+    WORK_MESSAGES,
+    Code,
+    FetchCode,
+    JobSpec,
+    Message,
+    StealGrant,
+    TaskItem,
+    TaskResult,
+    TaskStatus,
+)
+from ._proto.meta import NodeMeta
+from ._proto.stealing import (
+    JobDropped,
+    JobFinished,
+    ResultsReady,
+    StealingMachine,
+    StealingStatistics,
+)
+from ._secret import load_secrets
+from ._secure import SecureStream
+from ._transport import Address
+from ._version import __version__
+from ._worker import encode_error
+from ._workers import WorkerPool, WorkerPoolStatistics, open_worker_pool
+
+__all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
+
+log = logging.getLogger("p2pcluster.peer")
+
+#: Seconds of work a batch aims for, by measured task time (without an explicit chunksize).
+TARGET_BATCH = 0.02
+#: The most tasks one batch holds.
+MAX_BATCH = 1024
+#: Seconds between two publications of this peer's surplus in its metadata.
+META_INTERVAL = 0.5
+#: Seconds allowed to fetch a code bundle from a job's owner.
+FETCH_TIMEOUT = 30.0
+
+
+class CodeUnavailable(P2PClusterError):
+    """A job's code could not be fetched from its owner."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    """What a peer has done: scheduling counters and worker-pool counters."""
+
+    stealing: StealingStatistics
+    workers: WorkerPoolStatistics
+    jobs_owned: int
+
+
+class Job:
+    """A job owned by this peer: its results as they arrive, and its end.
+
+    ``results`` maps task index to ``(status, payload, peer name)``; ``per_peer`` counts
+    finished tasks by peer name. Listeners get each batch of new results as a list of
+    ``(index, status, payload, peer)``, in the peer's trio thread.
+    """
+
+    def __init__(self, peer: Peer, spec: JobSpec, total: int) -> None:
+        self.peer = peer
+        self.spec = spec
+        self.total = total
+        self.results: dict[int, tuple[int, bytes, str]] = {}
+        self.per_peer: Counter[str] = Counter()
+        self.finished = trio.Event()
+        self.cancelled = False
+        self.listeners: list[Callable[[list[tuple[int, int, bytes, str]]], None]] = []
+
+    @property
+    def id(self) -> bytes:
+        return self.spec.job
+
+    @property
+    def done(self) -> int:
+        return len(self.results)
+
+    def cancel(self) -> None:
+        """Stop the job everywhere (within a round trip); results that arrive are ignored."""
+        if not self.finished.is_set():
+            self.cancelled = True
+            self.peer._cancel(self)
+
+    async def wait(self) -> None:
+        await self.finished.wait()
+
+    def _deliver(self, batch: list[tuple[int, int, bytes, str]]) -> None:
+        for index, status, payload, name in batch:
+            self.results[index] = (status, payload, name)
+            self.per_peer[name] += 1
+        for listener in list(self.listeners):
+            listener(batch)
+
+
+class Peer:
+    """A running peer. Get one with :func:`open_peer`.
+
+    The trio-native API: :meth:`run` one call, :meth:`map` a function over iterables,
+    :meth:`as_completed` to get ``(index, value)`` pairs as tasks finish. Task functions must
+    be module-level functions (see ``docs/jobs.md``); arguments and results travel as CBOR.
+    """
+
+    def __init__(self, config: Config, membership: Membership, pool: WorkerPool,
+                 cache: CodeCache, *, registry: CodeRegistry, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.membership = membership
+        self.pool = pool
+        self.cache = cache
+        self.registry = registry
+        self._nursery = nursery
+        self.machine = StealingMachine(membership.machine.node_id, pool.slots,
+                                       random.Random(int.from_bytes(os.urandom(8), "big")),
+                                       steal_timeout=max(0.2, 4 * config.probe_timeout))
+        self._addresses: dict[bytes, Address] = {}
+        self._names: dict[bytes, str] = {membership.me.id: membership.me.name}
+        self._links: dict[bytes, trio.MemorySendChannel[Message]] = {}
+        self._jobs: dict[bytes, Job] = {}
+        self._running: dict[bytes, set[trio.CancelScope]] = {}
+        self._bundles: dict[str, CodeBundle] = {}
+        self._fetching: dict[str, trio.Event] = {}
+        self._timing: dict[bytes, tuple[int, float]] = {}
+        self._work = trio.Event()
+        self._deadline: float | None = None
+        self._deadline_changed = trio.Event()
+        self._surplus_changed = trio.Event()
+        self._published = 0
+        #: How this peer chose its address, in words (for logs).
+        self.where = ""
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.membership.me.name
+
+    @property
+    def node_id(self) -> bytes:
+        return self.membership.machine.node_id
+
+    def members(self) -> list[Member]:
+        """The member table, this peer included."""
+        return self.membership.members()
+
+    def statistics(self) -> PeerStatistics:
+        return PeerStatistics(dataclasses.replace(self.machine.stats),
+                              self.pool.statistics(), len(self._jobs))
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
+                  **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
+        :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds."""
+        request = self.registry.request(fn, [encode_call(args, kwargs)], timeout=timeout)
+        async with self.open_job(request) as job:
+            await job.wait()
+            status, payload, name = job.results[0]
+        return unpack(status, payload, name)
+
+    async def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+                  timeout: float | None = None, chunksize: int | None = None) -> list[Any]:
+        """``[fn(*xs) for xs in zip(*iterables)]``, across the cluster, in order.
+
+        The first task error is raised (after the job is cancelled). ``timeout`` is per task.
+        """
+        request = self.registry.request(fn, encode_map_args(iterables), timeout=timeout,
+                                        chunksize=chunksize)
+        async with self.open_job(request) as job:
+            failed = trio.Event()
+
+            def check(batch: list[tuple[int, int, bytes, str]]) -> None:
+                if any(status for _, status, _, _ in batch):
+                    failed.set()
+
+            job.listeners.append(check)
+            async with trio.open_nursery() as nursery:
+                async def watch() -> None:
+                    await failed.wait()
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(watch)
+                await job.wait()
+                nursery.cancel_scope.cancel()
+            results = job.results
+            first_error = next((i for i in sorted(results) if results[i][0]), None)
+            if first_error is not None:
+                unpack(*results[first_error])
+        return [unpack(*results[i]) for i in range(job.total)]
+
+    async def as_completed(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+                           timeout: float | None = None, chunksize: int | None = None
+                           ) -> AsyncIterator[tuple[int, Any]]:
+        """Yield ``(index, value)`` as tasks finish; a task error is raised when reached.
+
+        Use ``async with contextlib.aclosing(peer.as_completed(...)) as results:``; leaving
+        early cancels the rest of the job.
+        """
+        request = self.registry.request(fn, encode_map_args(iterables), timeout=timeout,
+                                        chunksize=chunksize)
+        send, receive = trio.open_memory_channel[tuple[int, int, bytes, str]](math.inf)
+        async with self.open_job(request) as job:
+            def forward(batch: list[tuple[int, int, bytes, str]]) -> None:
+                for item in batch:
+                    send.send_nowait(item)
+            job.listeners.append(forward)
+            for _ in range(job.total):
+                index, status, payload, name = await receive.receive()
+                yield index, unpack(status, payload, name)
+
+    @asynccontextmanager
+    async def open_job(self, request: JobRequest) -> AsyncIterator[Job]:
+        """Own a job while the block runs; leaving the block early cancels it."""
+        job = self.submit(request)
+        try:
+            yield job
+        finally:
+            job.cancel()
+
+    def submit(self, request: JobRequest) -> Job:
+        """Own a new job and queue its tasks here (the caller must end or cancel it)."""
+        for digest, bundle in request.bundles.items():
+            self._bundles[digest] = bundle
+            if not self.cache.has(digest):
+                self.cache.store(bundle)
+        ref = request.ref
+        spec = JobSpec(os.urandom(16), self.node_id, ref.module, ref.qualname, ref.job,
+                       ref.includes, request.timeout, request.chunksize)
+        job = Job(self, spec, len(request.payloads))
+        self._jobs[spec.job] = job
+        self.machine.submit(trio.current_time(), spec, enumerate(request.payloads))
+        self._flush()
+        return job
+
+    # --- the machine's driver ---------------------------------------------------------------
+
+    def _cancel(self, job: Job) -> None:
+        self.machine.cancel(trio.current_time(), job.id)
+        self._flush()
+
+    def _flush(self) -> None:
+        machine = self.machine
+        for out in machine.take_outputs():
+            self._send(out.dst, out.msg)
+        for event in machine.take_events():
+            if isinstance(event, ResultsReady):
+                job = self._jobs.get(event.job)
+                if job is not None:
+                    name = self._names.get(event.peer, event.peer.hex()[:8])
+                    job._deliver([(r.id, r.status, r.payload, name) for r in event.results])
+            elif isinstance(event, JobFinished):
+                job = self._jobs.pop(event.job, None)
+                if job is not None:
+                    job.finished.set()
+                self._stop_running(event.job)
+            elif isinstance(event, JobDropped):
+                job = self._jobs.pop(event.job, None)
+                if job is not None:
+                    job.finished.set()
+                self._stop_running(event.job)
+                if job is None:
+                    log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
+        if machine.surplus() != self._published:
+            self._surplus_changed.set()
+        if machine.peek() is not None:  # a runner waiting for work can take some
+            self._work.set()
+            self._work = trio.Event()
+        if machine.next_deadline() != self._deadline:
+            self._deadline = machine.next_deadline()
+            self._deadline_changed.set()
+            self._deadline_changed = trio.Event()
+
+    def _stop_running(self, job: bytes) -> None:
+        self._timing.pop(job, None)
+        for scope in self._running.get(job, ()):
+            scope.cancel()
+
+    def _send(self, dst: bytes, msg: Message) -> None:
+        link = self._links.get(dst)
+        if link is None:
+            address = self._addresses.get(dst)
+            if address is None:
+                log.debug("no address for peer %s; dropped %s", dst.hex()[:8],
+                          type(msg).__name__)
+                self._undeliverable(msg)
+                return
+            link, receive = trio.open_memory_channel[Message](math.inf)
+            self._links[dst] = link
+            self._nursery.start_soon(self._link, dst, address, link, receive)
+        link.send_nowait(msg)
+
+    def _undeliverable(self, msg: Message) -> None:
+        if isinstance(msg, StealGrant):
+            self.machine.grant_failed(trio.current_time(), msg)
+
+    async def _link(self, dst: bytes, address: Address, link: trio.MemorySendChannel[Message],
+                    receive: trio.MemoryReceiveChannel[Message]) -> None:
+        current: Message | None = None
+        try:
+            with trio.fail_after(2 * self.config.handshake_timeout):
+                stream = await self.membership.wire.connect(address)
+            async with stream:
+                async for msg in receive:
+                    current = msg
+                    await stream.send(msg)
+                    current = None
+        except (OSError, ProtocolError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.debug("work link to %s:%d failed: %s", *address, exc)
+        finally:
+            if self._links.get(dst) is link:
+                del self._links[dst]
+            receive.close()
+            lost = [current] if current is not None else []
+            while True:
+                try:
+                    lost.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                    break
+            for msg in lost:
+                self._undeliverable(msg)
+            if lost:
+                self._flush()
+
+    async def _serve_stream(self, stream: SecureStream, first: Message) -> None:
+        msg: Message | None = first
+        while msg is not None:
+            if isinstance(msg, FetchCode):
+                bundle = self._bundles.get(msg.digest)
+                await stream.send(Code(msg.digest, bundle.encode() if bundle else b""))
+            elif isinstance(msg, WORK_MESSAGES):
+                self.machine.receive(trio.current_time(), msg)
+                self._flush()
+            else:
+                return
+            msg = await stream.receive()
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.machine.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._deadline_changed.wait()
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                self.machine.tick(now)
+                self._flush()
+
+    async def _follow_membership(self, task_status: trio.TaskStatus[None]) -> None:
+        async with self.membership.subscribe() as events:
+            now = trio.current_time()
+            for member in self.membership.members():
+                if member.alive and member.id != self.node_id:
+                    self._peer_up(now, member)
+            self._flush()
+            task_status.started()
+            async for event in events:
+                member = event.member
+                if event.kind in (EventKind.JOIN, EventKind.RECOVER, EventKind.UPDATE):
+                    self._peer_up(trio.current_time(), member)
+                elif event.kind in (EventKind.FAIL, EventKind.LEAVE):
+                    self.machine.peer_down(trio.current_time(), member.id)
+                    link = self._links.pop(member.id, None)
+                    if link is not None:
+                        link.close()
+                self._flush()
+
+    def _peer_up(self, now: float, member: Member) -> None:
+        self._addresses[member.id] = member.address
+        self._names[member.id] = member.name
+        meta = NodeMeta.decode(member.meta)
+        self.machine.peer_up(now, member.id, meta.queue, max(1, meta.workers))
+
+    async def _publish_meta(self) -> None:
+        last = -math.inf
+        while True:
+            await self._surplus_changed.wait()
+            self._surplus_changed = trio.Event()
+            await trio.sleep_until(last + META_INTERVAL)
+            surplus = self.machine.surplus()
+            if surplus != self._published:
+                self._published = surplus
+                last = trio.current_time()
+                self.membership.set_meta(NodeMeta(self.pool.slots, surplus, self.config.tags,
+                                                  __version__).encode())
+
+    # --- slots ------------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        while True:
+            spec = self.machine.peek()
+            taken = self.machine.take(trio.current_time(),
+                                      self._batch_size(spec) if spec else 1)
+            self._flush()
+            if taken is None:
+                await self._work.wait()
+                continue
+            await self._run_batch(*taken)
+
+    def _batch_size(self, spec: JobSpec) -> int:
+        if spec.chunksize:
+            return spec.chunksize
+        tasks, seconds = self._timing.get(spec.job, (0, 0.0))
+        if tasks == 0:
+            return 1
+        per_task = seconds / tasks
+        return max(1, min(MAX_BATCH, int(TARGET_BATCH / max(per_task, 1e-7))))
+
+    async def _run_batch(self, spec: JobSpec, items: list[TaskItem]) -> None:
+        scope = trio.CancelScope()
+        self._running.setdefault(spec.job, set()).add(scope)
+        results: list[TaskResult] = []
+        try:
+            with scope:
+                try:
+                    await self._ensure_code(spec)
+                except CodeUnavailable as exc:
+                    error = encode_error("CodeUnavailable", str(exc))
+                    results = [TaskResult(item.id, TaskStatus.ERROR, error) for item in items]
+                else:
+                    ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
+                    batch = await self.pool.run(ref, [item.payload for item in items],
+                                                timeout=spec.timeout)
+                    tasks, seconds = self._timing.get(spec.job, (0, 0.0))
+                    self._timing[spec.job] = (tasks + len(items),
+                                              seconds + batch.worker_seconds)
+                    results = [TaskResult(item.id, o.status, o.payload)
+                               for item, o in zip(items, batch.outcomes, strict=True)]
+        finally:
+            running = self._running.get(spec.job)
+            if running is not None:
+                running.discard(scope)
+                if not running:
+                    del self._running[spec.job]
+            self.machine.finished(trio.current_time(), spec, results)
+            self._flush()
+
+    async def _ensure_code(self, spec: JobSpec) -> None:
+        for digest in [spec.code, *spec.includes]:
+            if digest is None or digest in self._bundles or self.cache.has(digest):
+                continue
+            pending = self._fetching.get(digest)
+            if pending is not None:
+                await pending.wait()
+                if not self.cache.has(digest):
+                    raise CodeUnavailable(f"code {digest[:12]} could not be fetched")
+                continue
+            self._fetching[digest] = trio.Event()
+            try:
+                bundle = await self._fetch(spec.owner, digest)
+                self.cache.store(bundle)
+            finally:
+                self._fetching.pop(digest).set()
+
+    async def _fetch(self, owner: bytes, digest: str) -> CodeBundle:
+        address = self._addresses.get(owner)
+        if address is None:
+            raise CodeUnavailable(f"the job's owner {owner.hex()[:8]} is not a known member")
+        try:
+            with trio.fail_after(FETCH_TIMEOUT):
+                async with await self.membership.wire.connect(address) as stream:
+                    await stream.send(FetchCode(digest))
+                    reply = await stream.receive()
+        except (OSError, ProtocolError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise CodeUnavailable(f"fetching code {digest[:12]} from {address[0]}:"
+                                  f"{address[1]} failed: {exc}") from None
+        if not isinstance(reply, Code) or not reply.bundle:
+            raise CodeUnavailable(f"the job's owner does not have code {digest[:12]}")
+        bundle = CodeBundle.decode(reply.bundle)
+        if bundle.digest != digest:
+            raise CodeUnavailable(f"code {digest[:12]} arrived with digest "
+                                  f"{bundle.digest[:12]}")
+        return bundle
+
+    # --- discovery --------------------------------------------------------------------------
+
+    async def discover(self, address: str, scope: trio.CancelScope,
+                       done: trio.Event | None = None) -> None:
+        """Advertise and browse over mDNS, introducing new peers to membership."""
+        me = self.membership.me
+
+        def found(peer: Discovered) -> None:
+            known = {m.id for m in self.membership.members() if m.alive}
+            if peer.node_id not in known:
+                log.debug("mDNS introduced %s at %s:%d", peer.instance, *peer.address)
+                self.membership.join([peer.address])
+
+        try:
+            with scope:
+                await serve_discovery(cluster=self.config.cluster, node_id=me.id, name=me.name,
+                                      address=address, port=me.port, on_peer=found)
+        except OSError as exc:
+            log.warning("mDNS is unavailable on %s (%s): only seeds and peers that contact "
+                        "us will be found", address, exc)
+        finally:
+            if done is not None:
+                done.set()
+
+
+async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address]:
+    """``host[:port]`` strings as IPv4 addresses."""
+    resolved = []
+    for seed in seeds:
+        host, _, port_text = seed.rpartition(":") if ":" in seed else (seed, "", "")
+        try:
+            port = int(port_text) if port_text else default_port
+            infos = await trio.socket.getaddrinfo(host, port, trio.socket.AF_INET,
+                                                  trio.socket.SOCK_DGRAM)
+        except (ValueError, OSError) as exc:
+            raise P2PClusterError(f"seed {seed!r}: {exc}") from None
+        resolved.append((str(infos[0][4][0]), port))
+    return resolved
+
+
+def workers_for(config: Config) -> int:
+    return config.workers if config.workers is not None else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    bind: str
+    advertise: str
+    mdns_address: str | None  #: where to run mDNS, or None for no mDNS
+    how: str
+
+
+def _where(config: Config) -> _Where:
+    """Which address to bind, advertise and run mDNS on; loopback if there is no network."""
+    specific = config.advertise_address or config.bind_address
+    if not config.interface and specific.startswith("127."):
+        return _Where(config.bind_address, specific, None, f"loopback ({specific})")
+    try:
+        iface = choose_interface(config.interface)
+    except ValueError as exc:
+        if config.interface:
+            raise P2PClusterError(str(exc)) from None
+        return _Where("127.0.0.1", "127.0.0.1", None,
+                      "no network interface with a default route: loopback only")
+    bind = iface.address if config.interface else config.bind_address
+    how = (f"interface {iface.name} ({iface.address}), "
+           + ("chosen" if config.interface else "the default route's"))
+    return _Where(bind, config.advertise_address or iface.address,
+                  iface.address if config.mdns else None, how)
+
+
+@asynccontextmanager
+async def open_peer(config: Config | None = None, *, include: Iterable[str | Path] = (),
+                    registry: CodeRegistry | None = None,
+                    discovery_done: trio.Event | None = None,
+                    discovery_scope: trio.CancelScope | None = None) -> AsyncIterator[Peer]:
+    """Run a peer for the duration of the block: join the cluster, take part in its work.
+
+    ``config`` defaults to :meth:`Config.lan` with ``P2PCLUSTER_*`` variables applied.
+    ``include`` names extra files or packages shipped with every job submitted here. On
+    exit the peer leaves gracefully and cancels the jobs it owns; its workers stop.
+    """
+    config = config or Config.load()
+    source = load_secrets(secret_file=config.secret_file, create=True)
+    keyring = Keyring.from_secrets(source.secrets, config.cluster)
+    where = _where(config)
+    config = dataclasses.replace(config, bind_address=where.bind)
+    seeds = await resolve_seeds(config.seeds, config.port)
+    workers = workers_for(config)
+    meta = NodeMeta(workers, 0, config.tags, __version__).encode()
+    cache = CodeCache(CodeCache.default_root())
+    registry = registry or CodeRegistry(include)
+    async with trio.open_nursery() as nursery:
+        membership: Membership = await nursery.start(partial(
+            serve_membership, config, keyring, seeds=seeds, meta=meta,
+            advertise=where.advertise))
+        async with open_worker_pool(workers, cache.root) as pool:
+            peer = Peer(config, membership, pool, cache, registry=registry, nursery=nursery)
+            membership.stream_handler = peer._serve_stream
+            peer.where = where.how
+            await nursery.start(peer._follow_membership)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(peer._timer)
+                inner.start_soon(peer._publish_meta)
+                for _ in range(pool.slots):
+                    inner.start_soon(peer._runner)
+                scope = discovery_scope or trio.CancelScope()
+                if where.mdns_address is not None:
+                    inner.start_soon(peer.discover, where.mdns_address, scope, discovery_done)
+                elif discovery_done is not None:
+                    discovery_done.set()
+                try:
+                    yield peer
+                finally:
+                    for job in list(peer._jobs.values()):
+                        job.cancel()
+                    scope.cancel()
+                    with trio.CancelScope(shield=True):
+                        await membership.leave()
+                    inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
