@@ -127,11 +127,9 @@ def test_path_and_default_location(home: Path, capsys: pytest.CaptureFixture[str
     assert default_secret_path({"HOME": "/h"}) == Path.home() / ".config/p2pcluster/secret"
 
 
-@pytest.mark.parametrize("command", ["run"])
-def test_commands_not_built_yet_exit_2_and_say_so(command: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, command, "whatever")
-    assert code == 2 and out == "" and "not available" in err
+def test_run_of_a_missing_job_file_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "run", "no-such-job.py")
+    assert code == 1 and out == "" and "no job file at no-such-job.py" in err
 
 
 def test_help_lists_the_commands() -> None:
