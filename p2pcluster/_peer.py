@@ -82,6 +82,8 @@ TARGET_BATCH = 0.02
 MAX_BATCH = 1024
 #: Seconds between two publications of this peer's surplus in its metadata.
 META_INTERVAL = 0.5
+#: Seconds a leaving peer waits for its last work messages (its jobs' CancelJobs) to go out.
+LINK_DRAIN = 0.5
 #: Seconds allowed to fetch a code bundle from a job's owner.
 FETCH_TIMEOUT = 30.0
 
@@ -367,6 +369,12 @@ class Peer:
             if lost:
                 self._flush()
 
+    async def _drain_links(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until every queued work message has been sent."""
+        with trio.move_on_after(timeout):
+            while any(link.statistics().current_buffer_used for link in self._links.values()):
+                await trio.sleep(0.005)
+
     async def _serve_stream(self, stream: SecureStream, first: Message) -> None:
         msg: Message | None = first
         while msg is not None:
@@ -634,6 +642,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
                         job.cancel()
                     scope.cancel()
                     with trio.CancelScope(shield=True):
+                        await peer._drain_links(LINK_DRAIN)  # the CancelJobs must go out
                         await membership.leave()
                     inner.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
