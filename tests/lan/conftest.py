@@ -6,6 +6,7 @@ in real time, since they test real processes; each waits for a condition with a 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -31,6 +32,7 @@ _spec.loader.exec_module(netns_lan)
 UNAVAILABLE = netns_lan.available()
 SECRET = "GuR6eQZe3E1ItJBMaDy2lDNPYRd-8vW9mzOQgV1L2kM"  # sha256(b"lan tests"), base64url
 OTHER_SECRET = "ZrxeUaNGkJewfYzqR3Kyr2X5gYwzFnHZ5v4pCraiKpo"  # sha256(b"another cluster")
+JOBS = Path(__file__).resolve().parent / "jobs"  # job files for `p2pcluster run`
 _counter = itertools.count()
 
 
@@ -70,12 +72,22 @@ class Peers:
     def log_path(self, host: int) -> Path:
         return self.workdir / f"peer{host}.log"
 
+    def host_env(self, host: int) -> dict[str, str]:
+        """What makes ``host`` a machine of its own for jobs: its own code cache (so peers
+        fetch a job's code from its owner) and ``P2P_TEST_HOST=h<host>``, which the worker
+        processes inherit, so a task can tell where it ran."""
+        cache = self.workdir / f"cache{host}"
+        cache.mkdir(mode=0o700, exist_ok=True)
+        return {"XDG_CACHE_HOME": str(cache), "P2P_TEST_HOST": f"h{host}"}
+
     def start(self, host: int, *args: str, secret: str = SECRET, name: str | None = None,
-              ) -> subprocess.Popen[Any]:
+              env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+        """Start a daemon in ``host``; ``env`` adds variables to :meth:`env`'s."""
         log = self.log_path(host).open("a")
         argv = [sys.executable, "-m", "p2pcluster", "join", "--name", name or f"h{host}",
                 "--log-level", "debug", *args]
-        process = self.lan.popen(host, argv, env=self.env(host, P2PCLUSTER_SECRET=secret),
+        process = self.lan.popen(host, argv,
+                                 env=self.env(host, **(env or {}), P2PCLUSTER_SECRET=secret),
                                  stdout=log, stderr=subprocess.STDOUT)
         self.processes[host] = process
         return process
@@ -113,6 +125,51 @@ class Peers:
 
     def log(self, host: int) -> str:
         return self.log_path(host).read_text(errors="replace")
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def run_job(self, host: int, job: Path, *args: str) -> subprocess.Popen[str]:
+        """`p2pcluster run --daemon JOB ARGS` in ``host``, through its daemon (same runtime
+        directory, cache and secret); stdout and stderr are pipes."""
+        argv = [sys.executable, "-m", "p2pcluster", "run", "--daemon", "--quiet", str(job),
+                *args]
+        process: subprocess.Popen[str] = self.lan.popen(
+            host, argv, env=self.env(host, **self.host_env(host)), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        return process
+
+    def wait_everyone_sees(self, hosts: list[int], timeout: float = 15.0) -> float:
+        """Wait until every one of ``hosts`` lists exactly them (``h<i>``) alive."""
+        names = {f"h{h}" for h in hosts}
+        return wait_until(lambda: all(seen == names for seen in self.alive_everywhere(hosts)),
+                          timeout, f"{sorted(names)} all list each other alive")
+
+    def namespace_pids(self, host: int) -> list[int]:
+        """Every process in ``host``'s namespace: its daemon, worker processes, clients."""
+        listing = netns_lan._ip("netns", "pids", self.lan.namespace(host), check=False)
+        return [int(pid) for pid in listing.stdout.split()]
+
+    def kill9_all(self, host: int, pids: list[int] | None = None) -> list[int]:
+        """``kill -9`` every process in ``host`` (the machine crashes): first ``pids`` if
+        given (taken earlier, to kill at a precise moment), then whatever is left. Returns
+        the pids killed; reaps the daemon."""
+        killed = []
+        deadline = time.monotonic() + 10
+        for pid in pids or []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        while remaining := self.namespace_pids(host):
+            if time.monotonic() > deadline:
+                pytest.fail(f"processes {remaining} in h{host} survive kill -9")
+            for pid in remaining:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.02)
+        if host in self.processes:
+            self.processes[host].wait(timeout=10)
+        return killed
 
 
 @pytest.fixture
