@@ -13,7 +13,6 @@ closes the connection when done.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -210,6 +209,8 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
             request_ = await connection.receive()
             if request_ is not None:
                 await handler(request_, connection)
-        except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
-            if not (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
-                log.debug("control connection ended: %s", exc)
+        except* (ProtocolError, trio.BrokenResourceError, OSError) as group:
+            # The client went away (or sent garbage): that ends this connection, never the
+            # daemon. except*, since a handler with a nursery (`submit`, which streams
+            # results) raises these inside an ExceptionGroup.
+            log.debug("control connection ended: %s", "; ".join(map(str, group.exceptions)))
