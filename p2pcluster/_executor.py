@@ -247,31 +247,32 @@ class Cluster(cf.Executor):
         job_request = self.registry.request(fn, [encode_call(args, kwargs)])
         future: cf.Future[Any] = cf.Future()
 
+        # The future stays PENDING until it has a result: a RUNNING future cannot be
+        # cancelled (Future.cancel() returns False), by the caller or by shutdown().
         def on_results(batch: Batch) -> None:
             _, status, payload, name = batch[0]
-            if future.cancelled():
-                return
             try:
                 value = unpack(status, payload, name)
             except Exception as exc:
-                future.set_exception(exc)
+                with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
+                    future.set_exception(exc)
             else:
-                future.set_result(value)
+                with contextlib.suppress(cf.InvalidStateError):
+                    future.set_result(value)
 
         def on_end(error: str | None) -> None:
-            if not future.done():
-                if error == "cancelled":
-                    future.cancel()
-                    future.set_running_or_notify_cancel()
-                else:
+            if error == "cancelled":
+                future.cancel()  # no-op if it is done
+            elif not future.done():
+                with contextlib.suppress(cf.InvalidStateError):
                     future.set_exception(P2PClusterError(error or "the job ended without a "
                                                          "result"))
 
-        future.set_running_or_notify_cancel()
         handle = self._submit_job(job_request, on_results, on_end)
 
         def cancelled(done: cf.Future[Any]) -> None:
             if done.cancelled():
+                done.set_running_or_notify_cancel()  # wakes cf.wait() and as_completed()
                 handle.cancel()
 
         future.add_done_callback(cancelled)
