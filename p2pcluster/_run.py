@@ -173,11 +173,11 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR
     cache = CodeCache(CodeCache.default_root())
     bundle = bundle_file(job_path)
     sys.path.insert(0, str(job_path.resolve().parent))  # the job may import its neighbours
-    module = load_job_module(bundle, cache)
+    registry = CodeRegistry(include)  # first: it puts the --include files on sys.path...
+    module = load_job_module(bundle, cache)  # ...so the job file can import them
     main = getattr(module, "main", None)
     if not callable(main):
         raise P2PClusterError(f"{path} has no main(cluster, *args) function; see docs/jobs.md")
-    registry = CodeRegistry(include)
     registry.add_job_module(module.__name__, bundle)
     if config.port == Config().port:  # an ephemeral peer takes any free port
         config = dataclasses.replace(config, port=0)
