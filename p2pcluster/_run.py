@@ -9,6 +9,7 @@ starts in this process, works at once, and says within a second whether it found
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -74,7 +75,11 @@ class AsyncCluster:
             self.executor._cancel_iterator(results)
 
     def members(self) -> list[Any]:
-        return self.executor.members()
+        """The members (a quick call, made without awaiting, as documented)."""
+        # Cluster.members() waits for the cluster's trio thread through trio.from_thread,
+        # which trio refuses inside a trio run (main's own): wait in a helper thread instead.
+        with concurrent.futures.ThreadPoolExecutor(1) as helper:
+            return helper.submit(self.executor.members).result()
 
 
 class ProgressBar:
