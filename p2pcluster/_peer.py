@@ -588,6 +588,11 @@ def _where(config: Config) -> _Where:
             raise P2PClusterError(str(exc)) from None
         return _Where("127.0.0.1", "127.0.0.1", None,
                       "no network interface with a default route: loopback only")
+    if iface.loopback and not config.interface:
+        # choose_interface() falls back to loopback when nothing else is up (it does not
+        # raise): that is the no-network case too. No mDNS there (lo does not multicast).
+        return _Where("127.0.0.1", "127.0.0.1", None,
+                      "no network interface with a default route: loopback only")
     bind = iface.address if config.interface else config.bind_address
     how = (f"interface {iface.name} ({iface.address}), "
            + ("chosen" if config.interface else "the default route's"))
