@@ -28,7 +28,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -238,7 +238,7 @@ class Peer:
 
     async def as_completed(self, fn: Callable[..., Any], *iterables: Iterable[Any],
                            timeout: float | None = None, chunksize: int | None = None
-                           ) -> AsyncIterator[tuple[int, Any]]:
+                           ) -> AsyncGenerator[tuple[int, Any], None]:
         """Yield ``(index, value)`` as tasks finish; a task error is raised when reached.
 
         Use ``async with contextlib.aclosing(peer.as_completed(...)) as results:``; leaving
