@@ -33,13 +33,13 @@ if TYPE_CHECKING:
     from ._jobs import PoisonTaskError as PoisonTaskError
     from ._jobs import TaskError as TaskError
     from ._jobs import TaskTimeoutError as TaskTimeoutError
+    from ._membership import Membership as Membership
+    from ._membership import MembershipStatistics as MembershipStatistics
+    from ._membership import serve_membership as serve_membership
     from ._peer import Job as Job
     from ._peer import Peer as Peer
     from ._peer import PeerStatistics as PeerStatistics
     from ._peer import open_peer as open_peer
-    from ._membership import Membership as Membership
-    from ._membership import MembershipStatistics as MembershipStatistics
-    from ._membership import serve_membership as serve_membership
     from ._proto.membership import EventKind as EventKind
     from ._proto.membership import Member as Member
     from ._proto.membership import MemberEvent as MemberEvent

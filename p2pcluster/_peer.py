@@ -3,8 +3,9 @@ machine, the work links, and the worker processes — and the trio-native job AP
 
 The stealing machine (:mod:`._proto.stealing`) decides; this module carries out:
 
-- **Slots.** One runner task per worker process takes a batch from the machine, fetches the
-  job's code from its owner if this peer lacks it, runs the batch in the pool, and hands the
+- **Slots.** Two runner tasks per worker process take batches from the machine (the second
+  only while the queue is long, so the next batch waits in the worker's pipe); each fetches the
+  job's code from its owner if this peer lacks it, runs its batch in the pool, and hands the
   results back. A batch holds ``chunksize`` tasks, or as many as fill about
   :data:`TARGET_BATCH` seconds by the task times measured so far (one task, until the first
   measurement): 10,000 no-op tasks cost a few dozen round trips to a worker, and 64 tasks of
@@ -310,7 +311,7 @@ class Peer:
                     log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
         if machine.surplus() != self._published:
             self._surplus_changed.set()
-        if machine.peek() is not None:  # a runner waiting for work can take some
+        if machine.peek(prefetch=True) is not None:  # a waiting runner can take some
             self._work.set()
             self._work = trio.Event()
         if machine.next_deadline() != self._deadline:
@@ -438,11 +439,18 @@ class Peer:
 
     # --- slots ------------------------------------------------------------------------------
 
-    async def _runner(self) -> None:
+    async def _runner(self, prefetch: bool) -> None:
+        """Take batches and run them. A prefetching runner takes a batch only while the
+        queue holds at least two per worker, so that a worker finishing a batch finds the
+        next one already in its pipe, and the last tasks stay stealable by idle peers."""
+        machine = self.machine
         while True:
-            spec = self.machine.peek()
-            taken = self.machine.take(trio.current_time(),
-                                      self._batch_size(spec) if spec else 1)
+            if prefetch and machine.queue_length() < 2 * machine.slots:
+                await self._work.wait()
+                continue
+            spec = machine.peek(prefetch=prefetch)
+            taken = machine.take(trio.current_time(), self._batch_size(spec) if spec else 1,
+                                 prefetch=prefetch)
             self._flush()
             if taken is None:
                 await self._work.wait()
@@ -633,8 +641,8 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             async with trio.open_nursery() as inner:
                 inner.start_soon(peer._timer)
                 inner.start_soon(peer._publish_meta)
-                for _ in range(pool.slots):
-                    inner.start_soon(peer._runner)
+                for index in range(2 * pool.slots):  # the second per worker prefetches
+                    inner.start_soon(peer._runner, index >= pool.slots)
                 scope = discovery_scope or trio.CancelScope()
                 if where.mdns_address is not None:
                     inner.start_soon(peer.discover, where.mdns_address, scope, discovery_done)

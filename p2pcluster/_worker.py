@@ -1,17 +1,22 @@
 """What a worker process runs: one batch of calls to one function, results as CBOR.
 
-This module is imported inside trio-parallel's worker processes, so it stays light: no trio,
-no network layer, only :mod:`p2pcluster._code` and cbor2. A worker respawned after a crash
-pays for little more than the interpreter.
+This module is the main module of the worker processes (:func:`serve`), so it stays light:
+no trio, no network layer, only :mod:`p2pcluster._code` and cbor2. A worker respawned after
+a crash pays for little more than the interpreter.
 
 Every outcome is ``(status, payload)``: ``OK`` with the encoded result, or ``ERROR`` with the
 CBOR map ``{"type", "message", "traceback"}``. Nothing a task does is allowed to escape as an
-exception, not even ``SystemExit``: trio-parallel would carry it back into the peer's own
-process and raise it there.
+exception, not even ``SystemExit``: the worker must live on to answer the next batch.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
 import time
 import traceback
 import types
@@ -20,7 +25,7 @@ from typing import Any
 
 from ._code import FunctionRef, decode_call, encode_value, load_function
 
-__all__ = ["ERROR", "OK", "encode_error", "run_batch", "warm_up"]
+__all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
 
 OK = 0
 ERROR = 1
@@ -99,3 +104,66 @@ def _load_error(ref_wire: Sequence[Any], exc: BaseException) -> bytes:
     else:
         message = f"loading {name} on this peer failed: {_type_name(exc)}: {_message(exc)}"
     return _exception_payload(exc, message)
+
+
+# --- the worker process's main loop --------------------------------------------------------
+
+_LENGTH = struct.Struct(">I")
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_frame(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the peer process is gone, even in the middle of a task."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def serve(rfd: int, wfd: int) -> None:
+    """Answer batch requests from the peer, in order, until the request pipe closes.
+
+    Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
+    nothing from the network is unpickled). The first request is the peer's ``sys.path``;
+    the worker answers it with ``"ready"``. Then each request is ``(cache_root, ref_wire,
+    payloads)`` and each answer :func:`run_batch`'s. Requests queue up in the pipe, so a worker
+    that finishes a batch starts the next one without waiting for the peer.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the peer's to handle
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    first = True
+    while True:
+        header = _read_exactly(rfd, _LENGTH.size)
+        if header is None:
+            return
+        body = _read_exactly(rfd, _LENGTH.unpack(header)[0])
+        if body is None:
+            return
+        request = pickle.loads(body)
+        if first:
+            first = False
+            sys.path[:] = [*request, *(p for p in sys.path if p not in request)]
+            _write_frame(wfd, "ready")
+            continue
+        _write_frame(wfd, run_batch(*request))
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -187,7 +187,7 @@ class StealingMachine:
         take: what it advertises, and what it grants from. Zero for a workload that fits
         locally."""
         return max(0, min(len(self.queue) - self._stuck,
-                          len(self.queue) - (self.slots - self.busy)))
+                          len(self.queue) - max(0, self.slots - self.busy)))
 
     def idle(self) -> bool:
         return self.busy < self.slots and not self.queue
@@ -293,16 +293,20 @@ class StealingMachine:
 
     # --- local execution --------------------------------------------------------------------
 
-    def peek(self) -> JobSpec | None:
+    def peek(self, *, prefetch: bool = False) -> JobSpec | None:
         """The job of the task :meth:`take` would give next, if any (to size the batch)."""
-        return self.queue[0].spec if self.queue and self.busy < self.slots else None
+        limit = 2 * self.slots if prefetch else self.slots
+        return self.queue[0].spec if self.queue and self.busy < limit else None
 
-    def take(self, now: float, max_tasks: int) -> tuple[JobSpec, list[TaskItem]] | None:
+    def take(self, now: float, max_tasks: int, *, prefetch: bool = False
+             ) -> tuple[JobSpec, list[TaskItem]] | None:
         """Claim a slot and up to ``max_tasks`` tasks of one job from the front of the queue.
 
         Returns None (and may start a steal) when there is nothing to run or no free slot.
+        With ``prefetch``, a second batch per slot may be claimed, to be queued in a worker
+        behind the running one (the driver does so only while the queue is long).
         """
-        if self.busy >= self.slots or not self.queue:
+        if self.busy >= (2 * self.slots if prefetch else self.slots) or not self.queue:
             self._maybe_steal(now)
             return None
         first = self.queue.popleft()
