@@ -55,6 +55,36 @@ async def test_a_stale_socket_from_a_crash_is_replaced(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
+
+async def test_a_client_that_leaves_mid_reply_does_not_stop_the_server(tmp_path: Path
+                                                                       ) -> None:
+    """A handler replying from inside a nursery (as the daemon streams a job's results) gets
+    the broken connection wrapped in an ExceptionGroup; it ends that connection only.
+    (It used to stop serve_control, and with it the daemon, whenever `p2pcluster run`
+    closed its connection before the daemon's final "done" frame.)"""
+    from p2pcluster._control import open_connection
+
+    path = tmp_path / "c.sock"
+    gone = trio.Event()
+
+    async def streams(message: Any, reply: Any) -> None:
+        await gone.wait()
+        async with trio.open_nursery():
+            await reply({"ok": True, "results": []})  # the client has closed: EPIPE
+
+    async def handler(message: Any, reply: Any) -> None:
+        await (streams if message["op"] == "submit" else echo)(message, reply)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, path, handler)
+        client = await open_connection(path)
+        await client.send({"op": "submit"})
+        await client.aclose()
+        gone.set()
+        await trio.sleep(0.1)
+        assert (await request(path, {"op": "x"}))["ok"]  # still serving
+        nursery.cancel_scope.cancel()
+
 def test_control_paths(tmp_path: Path) -> None:
     assert control_path("lab", {"XDG_RUNTIME_DIR": "/run/user/7"}) == Path(
         "/run/user/7/p2pcluster/lab.sock")
