@@ -1,0 +1,42 @@
+"""Task functions for tests/io/test_jobs.py.
+
+The tests ship this file with ``include=[...]`` and import it as the top-level module
+``jobfuncs``, the name a peer finds it under in its code cache. Worker processes are spawned
+and import it again, so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def boom_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"boom {x}")  # the line a remote traceback must show
+    return x
+
+
+def crash() -> None:
+    os._exit(3)
+
+
+def record_and_sleep(directory: str, index: int, seconds: float) -> int:
+    """Leave ``<pid>.<index>`` in ``directory`` as the task starts, then sleep."""
+    Path(directory, f"{os.getpid()}.{index}").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return index
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -1,0 +1,303 @@
+"""`p2pcluster run JOB.py` as a user runs it: a subprocess, on an ephemeral peer on loopback.
+
+Each test writes its job file into ``tmp_path`` and runs the real command with
+``--preset local --no-mdns`` (bound to 127.0.0.1, no multicast), its own cluster name, a secret
+file in ``tmp_path`` and the XDG directories there too, so no daemon of the machine is found.
+The one exception is the network-namespace test, which runs with the defaults (mDNS on) in a
+namespace that has nothing but loopback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pcluster._secret import new_secret, write_secret_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 60  # seconds for one run: generous, for a loaded machine
+_counter = itertools.count()
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCLUSTER_")}
+    env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path / "run"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    return env
+
+
+def command(tmp_path: Path, job: Path, *args: str, local: bool = True) -> list[str]:
+    secret = tmp_path / "secret"
+    if not secret.exists():
+        write_secret_file(secret, (new_secret(),))
+    options = ["--cluster", f"runcli-{os.getpid()}-{next(_counter)}", "--secret-file",
+               str(secret), "--workers", "1"]
+    if local:
+        options += ["--preset", "local", "--no-mdns"]
+    return [sys.executable, "-m", "p2pcluster", "run", str(job), *args, *options]
+
+
+def run(tmp_path: Path, job: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(tmp_path, job, *args), env=environment(tmp_path),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+
+
+def job_file(tmp_path: Path, source: str, name: str = "job.py") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+ALONE = "no daemon and no other peer found in cluster"
+
+
+def test_run_prints_mains_value_as_json(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        def add(a, b):
+            return a + b
+
+        def main(cluster, a, b):
+            a, b = int(a), int(b)
+            return {"sum": cluster.submit(add, a, b).result(),
+                    "table": list(cluster.map(add, range(4), [a * b] * 4)),
+                    "args": [a, b]}
+    """)
+    done = run(tmp_path, job, "3", "4")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1  # one line: the value, nothing else
+    assert json.loads(done.stdout) == {"sum": 7, "table": [12, 13, 14, 15], "args": [3, 4]}
+    assert ALONE in done.stderr and "ephemeral local peer" in done.stderr
+
+
+@pytest.mark.parametrize(("expression", "printed"), [
+    ("set(cluster.map(square, [1, 2, 3]))", "{1, 4, 9}"),
+    ("complex(*cluster.map(square, [1, 2]))", "(1+4j)"),
+])
+def test_a_value_json_cannot_carry_is_printed_as_its_repr(tmp_path: Path, expression: str,
+                                                           printed: str) -> None:
+    job = job_file(tmp_path, f"""
+        def square(x):
+            return x * x
+
+        def main(cluster):
+            return {expression}
+    """)
+    done = run(tmp_path, job)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == printed + "\n"
+
+
+def test_a_failing_task_prints_the_remote_traceback_and_exits_1(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        def check(x):
+            if x == 7:
+                raise ValueError(f"boom {x}")  # the failing line
+            return x
+
+        def main(cluster):
+            return list(cluster.map(check, range(10)))
+    """)
+    done = run(tmp_path, job)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "p2pcluster run: a task failed on peer " in done.stderr
+    assert "Traceback (most recent call last)" in done.stderr
+    assert 'raise ValueError(f"boom {x}")  # the failing line' in done.stderr
+    assert "ValueError: boom 7" in done.stderr
+    assert "in check" in done.stderr
+
+
+def test_main_raising_locally_prints_a_local_traceback_and_exits_1(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        def square(x):
+            return x * x
+
+        def main(cluster):
+            total = sum(cluster.map(square, range(5)))
+            raise RuntimeError(f"local failure after {total}")
+    """)
+    done = run(tmp_path, job)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "p2pcluster run: the job's main() raised:" in done.stderr
+    assert "Traceback (most recent call last)" in done.stderr
+    assert 'raise RuntimeError(f"local failure after {total}")' in done.stderr
+    assert "RuntimeError: local failure after 30" in done.stderr
+    assert "a task failed" not in done.stderr
+
+
+def test_a_missing_main_or_job_file_is_a_clear_error(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        def square(x):
+            return x * x
+    """)
+    done = run(tmp_path, job)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "has no main(cluster, *args) function" in done.stderr
+    assert "Traceback" not in done.stderr
+    missing = run(tmp_path, tmp_path / "nowhere.py")
+    assert missing.returncode == 1
+    assert "no job file at" in missing.stderr and "nowhere.py" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_an_async_main_gets_an_async_cluster(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        def square(x):
+            return x * x
+
+        async def main(cluster, n):
+            values = await cluster.map(square, range(int(n)))
+            one = await cluster.run(square, 12)
+            return {"cluster": type(cluster).__name__, "values": values, "one": one,
+                    "members": [m.name for m in cluster.members()] != []}
+    """)
+    done = run(tmp_path, job, "5")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"cluster": "AsyncCluster", "values": [0, 1, 4, 9, 16],
+                                       "one": 144, "members": True}
+
+
+def test_the_embedded_peer_says_at_once_that_it_is_alone(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        import sys
+
+        def main(cluster):
+            print("main started", file=sys.stderr, flush=True)
+            return "trivial"
+    """)
+    lines: list[tuple[float, str]] = []
+    start = time.monotonic()
+    process = subprocess.Popen(command(tmp_path, job), env=environment(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append((time.monotonic() - start, line))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert process.stdout is not None
+        out = process.stdout.read()  # stderr is the reader's alone
+        process.wait(timeout=TIMEOUT)
+    finally:
+        process.kill()
+        reader.join()
+    total = time.monotonic() - start
+    stderr = "".join(line for _, line in lines)
+    assert process.returncode == 0, stderr
+    assert json.loads(out) == "trivial"
+    main_at = next(t for t, line in lines if line.startswith("main started"))
+    alone_at, alone = next((t, line) for t, line in lines if ALONE in line)
+    assert "running on an ephemeral local peer with 1 workers" in alone
+    assert "loopback (127.0.0.1)" in alone
+    # run says so within a second of starting to work (ALONE_AFTER = 0.9 s, plus slack for a
+    # loaded machine), and a trivial job takes a few seconds in all.
+    assert alone_at - main_at < 1.3, lines
+    assert alone_at < 3.0, lines
+    assert total < 6.0, lines
+
+
+def test_help_lists_the_options() -> None:
+    done = subprocess.run([sys.executable, "-m", "p2pcluster", "run", "--help"],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0
+    for option in ("--cluster", "--control", "--secret-file", "--include", "--workers",
+                   "--local", "--daemon", "--no-mdns", "--seed", "--preset", "--quiet",
+                   "--log-level", "JOB.py", "ARGS"):
+        assert option in done.stdout, option
+    assert "main(cluster, *args)" in done.stdout
+    assert "JSON" in done.stdout
+
+
+def test_include_ships_a_module_that_the_job_imports(tmp_path: Path) -> None:
+    job_file(tmp_path / "lib", """
+        def triple(x):
+            return 3 * x
+    """, name="helper.py")
+    job = job_file(tmp_path / "jobs", """
+        import helper
+
+        def work(x):
+            return helper.triple(x) + 1
+
+        def main(cluster):
+            return {"direct": list(cluster.map(helper.triple, range(4))),
+                    "through_the_job": list(cluster.map(work, range(4)))}
+    """)
+    done = subprocess.run(
+        [*command(tmp_path, job), "--include", str(tmp_path / "lib" / "helper.py")],
+        env=environment(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"direct": [0, 3, 6, 9], "through_the_job": [1, 4, 7, 10]}
+
+
+# --- a machine whose only network is loopback ----------------------------------------------
+
+
+def _netns_unavailable() -> str | None:
+    spec = importlib.util.spec_from_file_location("_netns_lan_check",
+                                                  ROOT / "scripts" / "netns_lan.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reason: str | None = module.available()
+    return reason
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+def test_run_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> None:
+    reason = _netns_unavailable()
+    if reason is not None:
+        pytest.skip(f"network namespace test: {reason}")
+    namespace = f"p2prun-{os.getpid()}-{next(_counter)}"
+    made = _ip("netns", "add", namespace)
+    assert made.returncode == 0, made.stderr
+    try:
+        up = _ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+        assert up.returncode == 0, up.stderr
+        links = _ip("netns", "exec", namespace, "ip", "-o", "link", "show")
+        assert [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"]
+        job = job_file(tmp_path, """
+            def square(x):
+                return x * x
+
+            def main(cluster):
+                return sum(cluster.map(square, range(100)))
+        """)
+        # The defaults: LAN preset, mDNS on, port 7946 (which `run` turns into any free port).
+        done = subprocess.run(
+            ["ip", "netns", "exec", namespace, *command(tmp_path, job, local=False)],
+            env=environment(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+            timeout=TIMEOUT, check=False)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == sum(x * x for x in range(100))
+        assert ALONE in done.stderr, done.stderr
+        assert "ephemeral local peer" in done.stderr
+        alone = next(line for line in done.stderr.splitlines() if ALONE in line)
+        assert "(no network interface with a default route: loopback only)" in alone, alone
+    finally:
+        removed = _ip("netns", "del", namespace)
+        assert removed.returncode == 0, removed.stderr
+    assert namespace not in _ip("netns", "list").stdout
