@@ -130,8 +130,9 @@ def render_progress(done: int, total: int, elapsed: float, per_peer: dict[str, i
             f"{rate:,.0f}/s  ETA {eta_text}  {peers}")
 
 
-def _announce(cluster: Cluster, err: TextIO) -> None:
-    """Say where the work runs; for an embedded peer, say within a second if it is alone."""
+def _announce(cluster: Cluster, err: TextIO, finished: threading.Event) -> None:
+    """Say where the work runs; for an embedded peer, say within a second if it is alone
+    (sooner if the job is already over: then it ran wherever it found peers by then)."""
     if cluster.via_daemon:
         members = [m for m in cluster.members() if m.alive]
         print(f"p2pcluster: submitting through the local daemon; {len(members)} peer(s) "
@@ -144,9 +145,8 @@ def _announce(cluster: Cluster, err: TextIO) -> None:
     others: list[str] = []
     while time.monotonic() < deadline:
         others = [m.name for m in cluster.members() if m.alive and m.name != peer.name]
-        if others:
+        if others or finished.wait(0.05):
             break
-        time.sleep(0.05)
     if others:
         print(f"p2pcluster: ephemeral peer {peer.name} ({workers} workers) joined cluster "
               f"{cluster.config.cluster!r} with {len(others)} other peer(s): "
@@ -165,7 +165,7 @@ def format_result(value: Any) -> str:
         return repr(value)
 
 
-def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR0912
+def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR0912, PLR0915
                  control: Path | None = None, daemon: bool | None = None,
                  include: Sequence[str] = (), quiet: bool = False,
                  out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -189,7 +189,9 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR
     cluster = Cluster(config, registry=registry, daemon=daemon, control=control)
     try:
         with contextlib.ExitStack() as stack:
-            announcer = threading.Thread(target=_announce, args=(cluster, err), daemon=True)
+            finished = threading.Event()
+            announcer = threading.Thread(target=_announce, args=(cluster, err, finished),
+                                         daemon=True)
             announcer.start()
             if not quiet and err.isatty():
                 stack.enter_context(ProgressBar(cluster, err))
@@ -201,6 +203,7 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR
                 else:
                     result = main(cluster, *args)
             finally:
+                finished.set()
                 announcer.join(timeout=ALONE_AFTER + 0.5)
     except TaskError as exc:
         err.write(f"p2pcluster run: a task failed on peer {exc.peer}:\n")
