@@ -14,6 +14,7 @@ The per-class encoders and decoders are compiled once, from the type hints, at i
 from __future__ import annotations
 
 import io
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -116,6 +117,18 @@ def _plain_decoder(pytype: type, path: str) -> Decoder:
     return decode_plain
 
 
+def _float_decoder(path: str) -> Decoder:
+    """A float, but not NaN: it equals nothing, not even itself, so no field may hold it."""
+
+    def decode_float(v: Any) -> Any:
+        _expect(v, float, path)
+        if math.isnan(v):
+            _fail(path, "NaN is not allowed")
+        return v
+
+    return decode_float
+
+
 def _build_spec(name: str, hint: Any) -> FieldSpec:
     limit = None
     if typing.get_origin(hint) is typing.Annotated:
@@ -159,8 +172,10 @@ def _compile_decoder(spec: FieldSpec, path: str) -> Decoder:  # noqa: PLR0911 - 
         return _int_decoder(spec.limit, path)
     if spec.kind in ("str", "bytes"):
         return _sized_decoder(str if spec.kind == "str" else bytes, spec.limit, path)
-    if spec.kind in ("float", "bool"):
-        return _plain_decoder(float if spec.kind == "float" else bool, path)
+    if spec.kind == "float":
+        return _float_decoder(path)
+    if spec.kind == "bool":
+        return _plain_decoder(bool, path)
     if spec.kind == "optional":
         inner = _compile_decoder(spec.items, path)
         return lambda v: None if v is None else inner(v)
