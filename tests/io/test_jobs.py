@@ -216,9 +216,9 @@ async def test_cancelling_a_job_stops_every_task_on_every_peer(secret: Path, tmp
     started.mkdir()
     items = range(40)
     async with two_peers(secret) as (a, b):
-        def both_running() -> bool:
+        def both_running() -> bool:  # (a peer may also hold a prefetched batch)
             return (len(set(started_pids(started).values())) >= 2
-                    and a.machine.busy == 1 and b.machine.busy == 1)
+                    and a.machine.busy >= 1 and b.machine.busy >= 1)
 
         if how == "scope":
             with trio.CancelScope() as scope:
