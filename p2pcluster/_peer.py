@@ -311,7 +311,8 @@ class Peer:
                     log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
         if machine.surplus() != self._published:
             self._surplus_changed.set()
-        if machine.peek(prefetch=True) is not None:  # a waiting runner can take some
+        prefetch = machine.queue_length() >= 2 * machine.slots
+        if machine.peek(prefetch=prefetch) is not None:  # a waiting runner can take some
             self._work.set()
             self._work = trio.Event()
         if machine.next_deadline() != self._deadline:
@@ -439,15 +440,14 @@ class Peer:
 
     # --- slots ------------------------------------------------------------------------------
 
-    async def _runner(self, prefetch: bool) -> None:
-        """Take batches and run them. A prefetching runner takes a batch only while the
-        queue holds at least two per worker, so that a worker finishing a batch finds the
-        next one already in its pipe, and the last tasks stay stealable by idle peers."""
+    async def _runner(self) -> None:
+        """Take batches and run them. While the queue holds at least two tasks per worker,
+        up to two batches per worker are out (the second waits in the worker's pipe,
+        so a worker that finishes one starts the next at once); once it is shorter, one per
+        worker, so that the last tasks stay stealable by idle peers."""
         machine = self.machine
         while True:
-            if prefetch and machine.queue_length() < 2 * machine.slots:
-                await self._work.wait()
-                continue
+            prefetch = machine.queue_length() >= 2 * machine.slots
             spec = machine.peek(prefetch=prefetch)
             taken = machine.take(trio.current_time(), self._batch_size(spec) if spec else 1,
                                  prefetch=prefetch)
@@ -464,7 +464,10 @@ class Peer:
         if tasks == 0:
             return 1
         per_task = seconds / tasks
-        return max(1, min(MAX_BATCH, int(TARGET_BATCH / max(per_task, 1e-7))))
+        # At most a quarter of the queue per worker and batch (two batches per worker may be
+        # out at once), so that half of it stays stealable by idle peers.
+        fair = self.machine.queue_length() // (4 * self.machine.slots)
+        return max(1, min(MAX_BATCH, fair, int(TARGET_BATCH / max(per_task, 1e-7))))
 
     async def _run_batch(self, spec: JobSpec, items: list[TaskItem]) -> None:
         scope = trio.CancelScope()
@@ -641,8 +644,8 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             async with trio.open_nursery() as inner:
                 inner.start_soon(peer._timer)
                 inner.start_soon(peer._publish_meta)
-                for index in range(2 * pool.slots):  # the second per worker prefetches
-                    inner.start_soon(peer._runner, index >= pool.slots)
+                for _ in range(2 * pool.slots):  # two batches per worker at most
+                    inner.start_soon(peer._runner)
                 scope = discovery_scope or trio.CancelScope()
                 if where.mdns_address is not None:
                     inner.start_soon(peer.discover, where.mdns_address, scope, discovery_done)

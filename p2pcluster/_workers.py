@@ -290,8 +290,12 @@ class WorkerPool:
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]
-        async with worker.lock:
-            await worker.send.send_all(_frame(paths))
+        try:
+            async with worker.lock:
+                await worker.send.send_all(_frame(paths))
+        except BaseException:
+            worker.kill()
+            raise
         if self.closing():  # the pool closed while this worker started
             await worker.send.aclose()
         self._notify()
@@ -316,6 +320,9 @@ class WorkerPool:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
                 pickle.UnpicklingError, EOFError):
             pass
+        except BaseException:  # cancelled: the pool is going away (Ctrl-C, an error)
+            worker.kill()
+            raise
         finally:
             worker.alive = False
             with trio.CancelScope(shield=True):
