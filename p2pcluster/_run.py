@@ -31,7 +31,7 @@ from ._jobs import CodeRegistry, TaskError
 __all__ = ["AsyncCluster", "run_job_file"]
 
 #: How long `run` looks for other peers before it says it is alone.
-ALONE_AFTER = 0.9
+ALONE_AFTER = 0.6
 
 
 class AsyncCluster:

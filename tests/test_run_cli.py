@@ -206,9 +206,9 @@ def test_the_embedded_peer_says_at_once_that_it_is_alone(tmp_path: Path) -> None
     alone_at, alone = next((t, line) for t, line in lines if ALONE in line)
     assert "running on an ephemeral local peer with 1 workers" in alone
     assert "loopback (127.0.0.1)" in alone
-    # run says so within a second of starting to work (ALONE_AFTER = 0.9 s, plus slack for a
+    # run says so within a second of starting to work (ALONE_AFTER = 0.6 s, plus slack for a
     # loaded machine), and a trivial job takes a few seconds in all.
-    assert alone_at - main_at < 1.3, lines
+    assert alone_at - main_at < 1.0, lines
     assert alone_at < 3.0, lines
     assert total < 6.0, lines
 
