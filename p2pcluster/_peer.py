@@ -142,7 +142,12 @@ class Job:
             self.results[index] = (status, payload, name)
             self.per_peer[name] += 1
         for listener in list(self.listeners):
-            listener(batch)
+            try:
+                listener(batch)
+            except Exception:  # one consumer's bug must not take the peer (and others' jobs) down
+                log.exception("a listener of job %s failed; it gets no more results",
+                              self.id.hex()[:8])
+                self.listeners.remove(listener)
 
 
 class Peer:
