@@ -57,6 +57,17 @@ def control_path(cluster: str, environ: Mapping[str, str] | None = None) -> Path
     return base / f"{safe}.sock"
 
 
+#: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
+MAX_SOCKET_PATH = 107
+
+
+def _check_length(path: Path) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise P2PClusterError(
+            f"the control socket path {path} is longer than the {MAX_SOCKET_PATH} bytes a "
+            "Unix socket allows; set a shorter XDG_RUNTIME_DIR or pass --control PATH")
+
+
 def _prepare_directory(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.parent.stat()
@@ -121,6 +132,7 @@ class ControlConnection:
 
 async def open_connection(path: Path) -> ControlConnection:
     """Connect to a daemon's control socket; :class:`NoDaemon` if none answers."""
+    _check_length(path)
     try:
         stream = await trio.open_unix_socket(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -170,6 +182,7 @@ async def serve_control(path: Path, handler: Handler, *,
     the connection closes when it returns. Raises :class:`~p2pcluster.P2PClusterError` if
     another daemon already serves ``path``.
     """
+    _check_length(path)
     _prepare_directory(path)
     await _claim(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

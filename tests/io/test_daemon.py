@@ -208,3 +208,12 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     finally:
         daemon.kill()
         daemon.wait()
+
+
+async def test_a_control_path_too_long_for_a_unix_socket_is_a_clear_error(tmp_path: Path
+                                                                         ) -> None:
+    path = tmp_path / ("d" * 120) / "default.sock"
+    with pytest.raises(P2PClusterError, match="longer than the 107 bytes"):
+        await serve_control(path, echo)
+    with pytest.raises(P2PClusterError, match="set a shorter XDG_RUNTIME_DIR"):
+        await request(path, {"op": "status"})
