@@ -316,8 +316,7 @@ class Peer:
                     log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
         if machine.surplus() != self._published:
             self._surplus_changed.set()
-        prefetch = machine.queue_length() >= 2 * machine.slots
-        if machine.peek(prefetch=prefetch) is not None:  # a waiting runner can take some
+        if machine.peek() is not None:  # a waiting runner can take some
             self._work.set()
             self._work = trio.Event()
         if machine.next_deadline() != self._deadline:
@@ -452,10 +451,8 @@ class Peer:
         worker, so that the last tasks stay stealable by idle peers."""
         machine = self.machine
         while True:
-            prefetch = machine.queue_length() >= 2 * machine.slots
-            spec = machine.peek(prefetch=prefetch)
-            taken = machine.take(trio.current_time(), self._batch_size(spec) if spec else 1,
-                                 prefetch=prefetch)
+            spec = machine.peek()
+            taken = machine.take(trio.current_time(), self._batch_size(spec) if spec else 1)
             self._flush()
             if taken is None:
                 await self._work.wait()
@@ -463,16 +460,13 @@ class Peer:
             await self._run_batch(*taken)
 
     def _batch_size(self, spec: JobSpec) -> int:
-        if spec.chunksize:
-            return spec.chunksize
+        """Tasks for about TARGET_BATCH seconds of work, by this job's measured task times
+        (the machine applies the job's chunksize and keeps half the queue stealable)."""
         tasks, seconds = self._timing.get(spec.job, (0, 0.0))
         if tasks == 0:
             return 1
         per_task = seconds / tasks
-        # At most a quarter of the queue per worker and batch (two batches per worker may be
-        # out at once), so that half of it stays stealable by idle peers.
-        fair = self.machine.queue_length() // (4 * self.machine.slots)
-        return max(1, min(MAX_BATCH, fair, int(TARGET_BATCH / max(per_task, 1e-7))))
+        return max(1, min(MAX_BATCH, int(TARGET_BATCH / max(per_task, 1e-7))))
 
     async def _run_batch(self, spec: JobSpec, items: list[TaskItem]) -> None:
         scope = trio.CancelScope()

@@ -293,22 +293,28 @@ class StealingMachine:
 
     # --- local execution --------------------------------------------------------------------
 
-    def peek(self, *, prefetch: bool = False) -> JobSpec | None:
+    def _limit(self) -> int:
+        """Batches that may be out at once: two per slot while the queue holds at least two
+        tasks per slot (the second waits in a worker's pipe, so the worker never waits for
+        its driver), one per slot once it is shorter (the last tasks stay stealable)."""
+        return 2 * self.slots if len(self.queue) >= 2 * self.slots else self.slots
+
+    def peek(self) -> JobSpec | None:
         """The job of the task :meth:`take` would give next, if any (to size the batch)."""
-        limit = 2 * self.slots if prefetch else self.slots
-        return self.queue[0].spec if self.queue and self.busy < limit else None
+        return self.queue[0].spec if self.queue and self.busy < self._limit() else None
 
-    def take(self, now: float, max_tasks: int, *, prefetch: bool = False
-             ) -> tuple[JobSpec, list[TaskItem]] | None:
-        """Claim a slot and up to ``max_tasks`` tasks of one job from the front of the queue.
+    def take(self, now: float, max_tasks: int) -> tuple[JobSpec, list[TaskItem]] | None:
+        """Claim a batch: up to ``max_tasks`` tasks of one job from the front of the queue.
 
-        Returns None (and may start a steal) when there is nothing to run or no free slot.
-        With ``prefetch``, a second batch per slot may be claimed, to be queued in a worker
-        behind the running one (the driver does so only while the queue is long).
+        The job's ``chunksize``, if set, replaces ``max_tasks``. Otherwise a batch holds at
+        most a quarter of the queue per slot, so that half of it stays stealable. Returns None
+        (and may start a steal) when there is nothing to run or no batch may start.
         """
-        if self.busy >= (2 * self.slots if prefetch else self.slots) or not self.queue:
+        if self.busy >= self._limit() or not self.queue:
             self._maybe_steal(now)
             return None
+        fair = max(1, min(max_tasks, len(self.queue) // (4 * self.slots)))
+        max_tasks = self.queue[0].spec.chunksize or fair
         first = self.queue.popleft()
         items = [first.item]
         job = first.spec.job

@@ -192,3 +192,27 @@ def test_a_failed_grant_returns_its_tasks() -> None:
     owner.grant_failed(0.1, grant.msg)
     assert [q.item.id for q in owner.queue] == list(range(1, 10))
     assert set(owner.holders(b"j1").values()) == {A}
+
+
+def test_two_batches_per_slot_while_the_queue_is_long_then_one() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(3))
+    assert owner.take(0.0, 1) is not None  # queue 2 >= 2 per slot: a second batch may go
+    assert owner.take(0.0, 1) is not None
+    assert owner.take(0.0, 1) is None  # queue 1: only one batch per slot now, and two are out
+    owner.finished(0.1, spec(), list(ok(0)))
+    assert owner.take(0.1, 1) is None  # still one out: the last task stays stealable
+    owner.finished(0.2, spec(), list(ok(1)))
+    assert owner.take(0.2, 1) is not None
+
+
+def test_a_batch_leaves_half_the_queue_stealable_unless_the_job_sets_a_chunksize() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(100))
+    _, items = owner.take(0.0, 1000)  # type: ignore[misc]
+    assert len(items) == 25  # a quarter of the queue per slot: two batches leave half
+    fixed = JobSpec(b"j2", A, "mod", "fn", None, (), None, chunksize=40)
+    other = machine(A, 1, B)
+    other.submit(0.0, fixed, tasks(100))
+    _, items = other.take(0.0, 3)  # type: ignore[misc]
+    assert len(items) == 40
