@@ -17,7 +17,7 @@ import io
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,7 +27,8 @@ from .._errors import DecodeError, MessageTooLarge, UnknownMessageType, Unsuppor
 from .messages import MESSAGE_CLASSES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limit, Message
 
 __all__ = [
-    "FieldSpec", "decode", "decode_cbor", "encode", "iter_specs", "record_specs", "update_size",
+    "WIRE", "Codec", "FieldSpec", "decode", "decode_cbor", "encode", "iter_specs",
+    "record_specs", "update_size",
 ]
 
 #: Nesting deeper than this is refused (ours never exceeds 4).
@@ -260,14 +261,46 @@ def _record_encoder(specs: tuple[FieldSpec, ...]) -> Callable[[Any], list[Any]]:
     return lambda v: [enc(getattr(v, name)) for name, enc in encoders]
 
 
-_ENCODERS = {cls: _record_encoder(record_specs(cls)) for cls in MESSAGE_CLASSES.values()}
-_DECODERS = {code: _record_decoder(cls, record_specs(cls), cls.__name__, 2)
-             for code, cls in MESSAGE_CLASSES.items()}
+class Codec:
+    """Strict CBOR for one family of top-level messages: ``[version, type, fields...]``.
 
+    The peer protocol is one family (:data:`WIRE`); the local control protocol
+    (:mod:`.control`) is another, with its own type codes and version, checked by the same
+    compiled decoders.
+    """
 
-def encode(msg: Message) -> bytes:
-    """Encode ``msg`` as CBOR. Does not check limits: :func:`decode` of the result does."""
-    return cbor2.dumps([PROTOCOL_VERSION, msg.TYPE, *_ENCODERS[type(msg)](msg)])
+    def __init__(self, classes: Mapping[int, type], *, version: int,
+                 supported: frozenset[int]) -> None:
+        self.classes = dict(classes)
+        self.version = version
+        self.supported = supported
+        self._encoders = {cls: _record_encoder(record_specs(cls)) for cls in classes.values()}
+        self._decoders = {code: _record_decoder(cls, record_specs(cls), cls.__name__, 2)
+                          for code, cls in classes.items()}
+
+    def encode(self, msg: Any) -> bytes:
+        """Encode ``msg`` as CBOR. Does not check limits: :meth:`decode` of the result does."""
+        return cbor2.dumps([self.version, msg.TYPE, *self._encoders[type(msg)](msg)])
+
+    def decode(self, data: bytes | memoryview, *, max_size: int | None = None) -> Any:
+        """Decode one message; raise :class:`~p2pcluster.ProtocolError` on anything amiss."""
+        if max_size is not None and len(data) > max_size:
+            raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
+        obj = decode_cbor(data)
+        if type(obj) is not list or len(obj) < 2:
+            raise DecodeError("a message is an array [version, type, fields...]")
+        version, code = obj[0], obj[1]
+        if type(version) is not int or version not in self.supported:
+            raise UnsupportedVersion(f"protocol version {version!r} is not supported")
+        dec = self._decoders.get(code) if type(code) is int else None
+        if dec is None:
+            raise UnknownMessageType(f"unknown message type {code!r}")
+        return dec(obj)
+
+    def iter_specs(self) -> Iterator[tuple[int, type, tuple[FieldSpec, ...]]]:
+        """Every top-level message class with its field specs, by type code."""
+        for code, cls in sorted(self.classes.items()):
+            yield code, cls, record_specs(cls)
 
 
 def decode_cbor(data: bytes | memoryview) -> Any:
@@ -289,27 +322,25 @@ def decode_cbor(data: bytes | memoryview) -> Any:
     return obj
 
 
+#: The peer-to-peer protocol's messages (``docs/protocol.md``).
+WIRE = Codec(MESSAGE_CLASSES, version=PROTOCOL_VERSION, supported=SUPPORTED_VERSIONS)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a peer message as CBOR. Does not check limits: :func:`decode` of the result
+    does."""
+    return WIRE.encode(msg)
+
+
 def decode(data: bytes | memoryview, *, max_size: int | None = None) -> Message:
-    """Decode one message; raise :class:`~p2pcluster.ProtocolError` on anything amiss."""
-    if max_size is not None and len(data) > max_size:
-        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
-    obj = decode_cbor(data)
-    if type(obj) is not list or len(obj) < 2:
-        raise DecodeError("a message is an array [version, type, fields...]")
-    version, code = obj[0], obj[1]
-    if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise UnsupportedVersion(f"protocol version {version!r} is not supported")
-    dec = _DECODERS.get(code) if type(code) is int else None
-    if dec is None:
-        raise UnknownMessageType(f"unknown message type {code!r}")
-    msg: Message = dec(obj)
+    """Decode one peer message; raise :class:`~p2pcluster.ProtocolError` on anything amiss."""
+    msg: Message = WIRE.decode(data, max_size=max_size)
     return msg
 
 
 def iter_specs() -> Iterator[tuple[int, type, tuple[FieldSpec, ...]]]:
-    """Every top-level message class with its field specs, by type code."""
-    for code, cls in sorted(MESSAGE_CLASSES.items()):
-        yield code, cls, record_specs(cls)
+    """Every top-level peer message class with its field specs, by type code."""
+    return WIRE.iter_specs()
 
 
 _UPDATE_ENCODER = _compile_encoder(
