@@ -87,6 +87,48 @@ class Config:
         Free-form labels advertised in this peer's metadata (for example gpu or big-memory).
         They share the 512-byte metadata limit with the rest.""")
 
+    # --- work: values, stealing, batching -----------------------------------------------------
+    max_value_size: int = _doc(2 * 1024**3, """
+        Largest single task argument or result this peer accepts, in bytes (2 GiB). Checked
+        before anything is buffered: a larger argument fails its task at submit, and a larger
+        result fails its task on the peer that ran it, each with an error naming both sizes
+        and this setting. The owner of a job keeps every argument until its task is done, so
+        large values cost that much memory there.""", "bytes")
+    inline_value_size: int = _doc(256 * 1024, """
+        Arguments up to this size travel inside the steal messages that move tasks; larger
+        ones stay at the job's owner until the task runs, and the peer that runs it fetches
+        them on a data stream of their own (so stealing moves only what runs). Results above
+        it likewise travel on their own stream. At most max_frame_size / 4.""", "bytes")
+    steal_timeout: float = _doc(1.0, """
+        A steal request unanswered this long counts as empty, and the idle peer asks another.
+        Shorter recovers sooner from a victim that died or is overloaded; too short gives up
+        on answers that are merely slow (keep it above a few round trips, 4 x probe_timeout
+        by default).""", "s")
+    report_interval: float = _doc(1.0, """
+        While a peer holds tasks of another peer's jobs, it tells that owner which, this
+        often. The owner queues again a task that two reports in a row leave out (a result
+        lost with a broken connection), so a lost result costs at most about two intervals.
+        Shorter finds losses sooner at a few bytes per holder and interval.""", "s")
+    lease_timeout: float = _doc(10.0, """
+        An owner that has not heard from a peer holding its tasks for this long (no report,
+        result or request) queues those tasks again, even while membership still lists the
+        peer alive: a peer whose connections fail cannot hold work hostage. Must exceed
+        report_interval by a margin; shorter reacts sooner, at the risk of running tasks
+        twice when a holder is merely slow.""", "s")
+    batch_target: float = _doc(0.02, """
+        Seconds of work a peer hands one worker process at once, by the task times it has
+        measured for the job (one task until the first measurement). Larger amortises the
+        pipe round trip over more tiny tasks; smaller keeps the tail of a job stealable and
+        balanced. A job's chunksize overrides it.""", "s")
+    max_batch: int = _doc(1024, """
+        The most tasks in one batch for a worker, whatever batch_target asks for. Bounds the
+        work lost when a worker crashes in the middle of a batch.""")
+    meta_interval: float = _doc(0.5, """
+        The shortest time between two publications of this peer's surplus (queued tasks
+        others may steal) in its gossiped metadata. Each publication is a membership update
+        every peer receives; shorter lets idle peers see new work sooner, at more gossip.""",
+        "s")
+
     # --- membership (SWIM with the Lifeguard refinements) -----------------------------------
     node_name: str | None = _doc(None, """
         This peer's name, shown by `p2pcluster members`. None uses the host name. A restarted
@@ -178,6 +220,15 @@ class Config:
             (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
              "node_name must be 1 to 255 bytes"),
             (self.workers is None or self.workers >= 0, "workers must not be negative"),
+            (1024 <= self.max_value_size <= 2**62, "max_value_size must be 1 KiB..2^62 bytes"),
+            (1024 <= self.inline_value_size <= self.max_frame_size // 4,
+             "inline_value_size must be 1 KiB..max_frame_size / 4"),
+            (self.steal_timeout > 0, "steal_timeout must be positive"),
+            (0 < self.report_interval < self.lease_timeout,
+             "report_interval must be positive and below lease_timeout"),
+            (self.batch_target > 0 and self.max_batch >= 1,
+             "batch_target must be positive and max_batch at least 1"),
+            (self.meta_interval >= 0, "meta_interval must not be negative"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
@@ -197,6 +248,7 @@ class Config:
             "bind_address": "127.0.0.1", "handshake_timeout": 1.0,
             "probe_interval": 0.2, "probe_timeout": 0.1, "suspicion_mult": 3,
             "gossip_interval": 0.1, "push_pull_interval": 15.0, "reconnect_interval": 5.0,
+            "steal_timeout": 0.4, "lease_timeout": 5.0,
         }
         return cls(**(base | changes))
 

@@ -158,7 +158,7 @@ class Session:
         """True once the peer has proven it holds the key."""
         return self._proof is None
 
-    def seal(self, payload: bytes) -> bytes:
+    def seal(self, payload: bytes | bytearray | memoryview) -> bytes:
         """One frame carrying ``payload``."""
         if len(payload) > self.max_frame:
             raise MessageTooLarge(f"frame of {len(payload)} bytes exceeds {self.max_frame}")

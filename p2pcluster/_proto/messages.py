@@ -17,9 +17,11 @@ from enum import IntEnum
 from typing import Annotated, ClassVar
 
 #: The wire protocol version every message carries. Bump it for any incompatible change.
-PROTOCOL_VERSION = 1
+#: Version 2 added task sizes, the result limit of a job, holding reports and the data
+#: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
+PROTOCOL_VERSION = 2
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({2})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,11 @@ class MessageType(IntEnum):
     WORK_AVAILABLE = 12
     FETCH_CODE = 13
     CODE = 14
+    HOLDING = 15
+    FETCH_ARGS = 16
+    VALUE_HEADER = 17
+    PUSH_RESULT = 18
+    RESULT_ACK = 19
 
 
 class UpdateType(IntEnum):
@@ -220,6 +227,8 @@ TaskId = Annotated[int, U64]
 Count = Annotated[int, Limit(lo=0, hi=2**32 - 1)]
 Digest = Annotated[str, Limit(max_len=64)]
 Ident = Annotated[str, Limit(max_len=1024)]
+#: A value's size in bytes (arguments and results may be far larger than any frame).
+Size = Annotated[int, Limit(lo=0, hi=2**62)]
 MAX_TASKS = 2**20
 MAX_INCLUDES = 64
 
@@ -242,6 +251,8 @@ class JobSpec:
     bundles put on ``sys.path``. Bundles are fetched from the owner with :class:`FetchCode`.
     ``timeout`` is per task, in seconds. ``chunksize`` is how many tasks a peer hands a worker
     process at once; 0 lets each peer choose from the task times it measures.
+    ``max_value_size`` is the owner's limit on one result, in bytes: a peer that runs a task
+    whose result is larger fails that task with an error naming both sizes.
     """
 
     job: JobId
@@ -252,15 +263,27 @@ class JobSpec:
     includes: Annotated[tuple[Digest, ...], Limit(max_len=MAX_INCLUDES)]
     timeout: float | None
     chunksize: Annotated[int, Limit(lo=0, hi=2**20)] = 0
+    max_value_size: Size = 2**31
 
 
 @dataclass(frozen=True, slots=True)
 class TaskItem:
-    """One unstarted task: its id within the job, how often it moved, its CBOR arguments."""
+    """One unstarted task: its id within the job, how often it moved, its CBOR arguments.
+
+    A task whose arguments are large travels without them: ``payload`` is empty and ``size``
+    is their length, and the peer that runs it fetches them from the job's owner over a data
+    stream (:class:`FetchArgs`). ``size`` is 0 when ``payload`` holds the arguments.
+    """
 
     id: TaskId
     moves: Annotated[int, Limit(lo=0, hi=255)]
     payload: bytes
+    size: Size = 0
+
+    @property
+    def remote(self) -> bool:
+        """True if the arguments stay at the owner until the task runs."""
+        return self.size > len(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,17 +379,99 @@ class Code:
     bundle: bytes
 
 
-WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | WorkAvailable)
+@dataclass(frozen=True, slots=True)
+class HeldTasks:
+    """Tasks of ``job`` a peer holds: ids as ``[start, count, start, count, ...]`` runs."""
+
+    job: JobId
+    runs: Annotated[tuple[TaskId, ...], Limit(max_len=2 * MAX_TASKS)]
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """To a job's owner, every ``report_interval`` while ``sender`` holds tasks of its jobs:
+    the tasks it holds (queued, running, or whose result is on its way). The owner requeues
+    a task it believes is at ``sender`` but that two reports in a row leave out: a result
+    lost with a broken link is run again instead of being waited for forever."""
+
+    TYPE: ClassVar[int] = MessageType.HOLDING
+    sender: NodeId
+    jobs: Annotated[tuple[HeldTasks, ...], Limit(max_len=4096)]
+
+
+# --- data streams: large arguments and results ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchArgs:
+    """The first message of a data stream to a job's owner: send the arguments of ``ids``.
+
+    The owner answers each id, in order, with a :class:`ValueHeader` followed by the value's
+    bytes in raw frames (frames of the session, each sealed; their payloads concatenated).
+    """
+
+    TYPE: ClassVar[int] = MessageType.FETCH_ARGS
+    job: JobId
+    ids: Annotated[tuple[TaskId, ...], Limit(max_len=MAX_TASKS)]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueHeader:
+    """``size`` bytes follow in raw frames (none if ``found`` is false: the owner has no
+    such task any more)."""
+
+    TYPE: ClassVar[int] = MessageType.VALUE_HEADER
+    id: TaskId
+    size: Size
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """The first message of a data stream to a job's owner: a result too large to ride in a
+    :class:`Results` message. ``size`` bytes of payload follow in raw frames; the owner
+    answers :class:`ResultAck`."""
+
+    TYPE: ClassVar[int] = MessageType.PUSH_RESULT
+    job: JobId
+    sender: NodeId
+    queue: Count
+    id: TaskId
+    status: Annotated[int, Limit(lo=0, hi=255)]
+    size: Size
+
+
+class AckStatus(IntEnum):
+    """What the owner did with a pushed result. APPEND-ONLY."""
+
+    ACCEPTED = 0  #: it is the task's result (or a duplicate)
+    REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
+    NO_JOB = 2  #: the owner no longer runs the job: nothing to do
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAck:
+    """What the owner did with a pushed result (:class:`AckStatus`), and why."""
+
+    TYPE: ClassVar[int] = MessageType.RESULT_ACK
+    status: Annotated[int, Limit(lo=0, hi=255)]
+    reason: Annotated[str, Limit(max_len=4096)]
+
+
+WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | WorkAvailable
+               | Holding)
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
-           | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code)
+           | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
+           | FetchArgs | ValueHeader | PushResult | ResultAck)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
-                              FetchCode, Code)
+                              FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
+                              ResultAck)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
-                                            CancelJob, WorkAvailable)
+                                            CancelJob, WorkAvailable, Holding)

@@ -32,6 +32,7 @@ from tests.strategies import (
     seeded,
 )
 
+V = m.PROTOCOL_VERSION
 ALL_TYPES = sorted(m.MESSAGE_CLASSES.values(), key=lambda c: c.TYPE)
 
 
@@ -60,6 +61,8 @@ def test_type_codes_are_append_only() -> None:
         "PING": 1, "ACK": 2, "PING_REQ": 3, "NACK": 4, "PUSH_PULL": 5, "GOSSIP": 6,
         "STEAL_REQUEST": 7, "STEAL_GRANT": 8, "TASKS_MOVED": 9, "RESULTS": 10,
         "CANCEL_JOB": 11, "WORK_AVAILABLE": 12, "FETCH_CODE": 13, "CODE": 14,
+        "HOLDING": 15, "FETCH_ARGS": 16, "VALUE_HEADER": 17, "PUSH_RESULT": 18,
+        "RESULT_ACK": 19,
     }
     assert {t.name: int(t) for t in m.TaskStatus} == {
         "OK": 0, "ERROR": 1, "POISON": 2, "TIMEOUT": 3,
@@ -87,27 +90,27 @@ PING_FIELDS = [5, b"t" * 16, []]
         (b"", DecodeError),
         (b"\xff", DecodeError),
         (cbor2.dumps({"v": 1}), DecodeError),
-        (_raw(1), DecodeError),
+        (_raw(V), DecodeError),
         (_raw(99, 1, *PING_FIELDS), UnsupportedVersion),
         (_raw(True, 1, *PING_FIELDS), UnsupportedVersion),
-        (_raw(1, 250, *PING_FIELDS), UnknownMessageType),
-        (_raw(1, 1, 5, b"t" * 16), DecodeError),  # missing field
-        (_raw(1, 1, *PING_FIELDS, 0), DecodeError),  # extra field
-        (_raw(1, 1, "5", b"t", []), DecodeError),  # mistyped field
-        (_raw(1, 1, True, b"t", []), DecodeError),  # a bool is not an int
-        (_raw(1, 1, -1, b"t", []), DecodeError),  # below the range
-        (_raw(1, 1, 2**64, b"t", []), DecodeError),  # needs a bignum tag: refused
-        (_raw(1, 1, 5, b"t" * 33, []), MessageTooLarge),  # node id too long
-        (_raw(1, 1, 5, b"t", [[1, b"n", 0, "x" * 256, "h", 1, b""]]), MessageTooLarge),
-        (_raw(1, 1, 5, b"t", [[9, b"n", 0]]), UnknownMessageType),  # unknown update type
-        (_raw(1, 1, 5, b"t", [[2, b"n", 0, b"b"]] * 257), MessageTooLarge),  # container size
-        (_raw(1, 4, 5) + b"\x00", DecodeError),  # trailing bytes
-        (b"\x9f\x01\x04\x05\xff", DecodeError),  # indefinite length
-        (cbor2.dumps(cbor2.CBORTag(258, [1, 4, 5])), DecodeError),  # a semantic tag
-        (cbor2.dumps([1, 4, cbor2.CBORTag(2, b"\x05")]), DecodeError),  # bignum tag
-        (cbor2.dumps([1, 4, cbor2.CBORTag(9999, 5)]), DecodeError),  # unknown tag
-        (b"\x83\x01\x04\xa2\x01\x01\x01\x02", DecodeError),  # duplicate map keys
-        (b"\x83\x01\x04" + b"\x81" * 20 + b"\x05", DecodeError),  # too deep
+        (_raw(V, 250, *PING_FIELDS), UnknownMessageType),
+        (_raw(V, 1, 5, b"t" * 16), DecodeError),  # missing field
+        (_raw(V, 1, *PING_FIELDS, 0), DecodeError),  # extra field
+        (_raw(V, 1, "5", b"t", []), DecodeError),  # mistyped field
+        (_raw(V, 1, True, b"t", []), DecodeError),  # a bool is not an int
+        (_raw(V, 1, -1, b"t", []), DecodeError),  # below the range
+        (_raw(V, 1, 2**64, b"t", []), DecodeError),  # needs a bignum tag: refused
+        (_raw(V, 1, 5, b"t" * 33, []), MessageTooLarge),  # node id too long
+        (_raw(V, 1, 5, b"t", [[1, b"n", 0, "x" * 256, "h", 1, b""]]), MessageTooLarge),
+        (_raw(V, 1, 5, b"t", [[9, b"n", 0]]), UnknownMessageType),  # unknown update type
+        (_raw(V, 1, 5, b"t", [[2, b"n", 0, b"b"]] * 257), MessageTooLarge),  # container size
+        (_raw(V, 4, 5) + b"\x00", DecodeError),  # trailing bytes
+        (b"\x9f" + bytes([V]) + b"\x04\x05\xff", DecodeError),  # indefinite length
+        (cbor2.dumps(cbor2.CBORTag(258, [V, 4, 5])), DecodeError),  # a semantic tag
+        (cbor2.dumps([V, 4, cbor2.CBORTag(2, b"\x05")]), DecodeError),  # bignum tag
+        (cbor2.dumps([V, 4, cbor2.CBORTag(9999, 5)]), DecodeError),  # unknown tag
+        (b"\x83" + bytes([V]) + b"\x04\xa2\x01\x01\x01\x02", DecodeError),  # duplicate map keys
+        (b"\x83" + bytes([V]) + b"\x04" + b"\x81" * 20 + b"\x05", DecodeError),  # too deep
     ],
 )
 def test_strict_decoding_refuses(data: bytes, error: type[Exception]) -> None:
@@ -169,7 +172,8 @@ def test_fuzz_structures_shrinking(version: int, code: int, body: list[object]) 
 def test_fuzz_structures(rng: random.Random) -> None:
     """Well-formed CBOR of the wrong shape, around a plausible header."""
     body = [random_cbor(rng) for _ in range(rng.randint(0, 8))]
-    head = [rng.choice([1, 1, 1, 0, 2, True, "1"]), rng.choice([*range(0, 9), -1, "p", None])]
+    head = [rng.choice([V, V, V, 0, 1, V + 1, True, str(V)]),
+            rng.choice([*range(0, 9), -1, "p", None])]
     _only_protocol_errors(cbor2.dumps(head + body))
 
 

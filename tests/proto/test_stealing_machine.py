@@ -8,6 +8,8 @@ import pytest
 
 from p2pcluster._proto.messages import (
     CancelJob,
+    HeldTasks,
+    Holding,
     JobSpec,
     JobTasks,
     Results,
@@ -19,10 +21,14 @@ from p2pcluster._proto.messages import (
     TaskStatus,
     WorkAvailable,
 )
+from p2pcluster._proto.ownership import ids_from_runs, runs_from_ids
+from p2pcluster._proto.policy import WorkPolicy
 from p2pcluster._proto.stealing import (
     JobDropped,
     JobFinished,
+    PushValue,
     ResultsReady,
+    SendWork,
     StealingMachine,
 )
 
@@ -117,7 +123,7 @@ def test_results_are_delivered_once_and_duplicates_counted() -> None:
     owner.receive(0.0, Results(b"j1", B, 0, ok(1)))
     events = owner.take_events()
     assert [e.results for e in events if isinstance(e, ResultsReady)] == [ok(0, 1)]
-    assert owner.stats.duplicates == 1
+    assert owner.statistics().duplicates == 1
     owner.receive(0.0, Results(b"j1", C, 0, ok(2)))
     assert any(isinstance(e, JobFinished) for e in owner.take_events())
 
@@ -131,7 +137,7 @@ def test_a_dead_holder_s_tasks_go_back_to_the_front_of_the_owner_s_queue() -> No
     owner.peer_down(1.0, B)
     assert [q.item.id for q in owner.queue][:5] == [1, 2, 3, 4, 5]
     assert all(q.item.moves == 0 for q in owner.queue)
-    assert owner.stats.requeued == 5
+    assert owner.statistics().requeued == 5
 
 
 def test_a_move_to_a_peer_known_dead_is_requeued_at_once() -> None:
@@ -148,12 +154,13 @@ def test_a_move_to_a_peer_known_dead_is_requeued_at_once() -> None:
 def test_the_owner_s_death_drops_its_queued_and_running_tasks() -> None:
     thief = machine(B, 2, A)
     thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(TaskItem(i, 1, b"") for i in range(5))),)))  # noqa: E501
-    assert thief.take(0.0, 2) is not None
+    batch = thief.take(0.0, 2)
+    assert batch is not None
     thief.take_events()
     thief.peer_down(1.0, A)
     assert thief.queue_length() == 0
     assert thief.take_events() == [JobDropped(b"j1", "its owner left or died")]
-    thief.finished(1.5, spec(A), list(ok(0, 1)))
+    thief.finished(1.5, batch, list(ok(0, 1)))
     assert thief.take_outputs() == []  # results for a dead owner are thrown away
 
 
@@ -197,12 +204,13 @@ def test_a_failed_grant_returns_its_tasks() -> None:
 def test_two_batches_per_slot_while_the_queue_is_long_then_one() -> None:
     owner = machine(A, 1, B)
     owner.submit(0.0, spec(), tasks(3))
-    assert owner.take(0.0, 1) is not None  # queue 2 >= 2 per slot: a second batch may go
-    assert owner.take(0.0, 1) is not None
+    first = owner.take(0.0, 1)  # queue 2 >= 2 per slot: a second batch may go
+    second = owner.take(0.0, 1)
+    assert first is not None and second is not None
     assert owner.take(0.0, 1) is None  # queue 1: only one batch per slot now, and two are out
-    owner.finished(0.1, spec(), list(ok(0)))
+    owner.finished(0.1, first, list(ok(0)))
     assert owner.take(0.1, 1) is None  # still one out: the last task stays stealable
-    owner.finished(0.2, spec(), list(ok(1)))
+    owner.finished(0.2, second, list(ok(1)))
     assert owner.take(0.2, 1) is not None
 
 
@@ -216,3 +224,148 @@ def test_a_batch_leaves_half_the_queue_stealable_unless_the_job_sets_a_chunksize
     other.submit(0.0, fixed, tasks(100))
     _, items = other.take(0.0, 3)  # type: ignore[misc]
     assert len(items) == 40
+
+
+# --- large values, byte caps, holding reports and leases --------------------------------------
+
+SMALL = WorkPolicy(inline_limit=100, message_bytes=1000, report_interval=1.0,
+                   lease_timeout=5.0)
+
+
+def small_machine(node: bytes, slots: int = 1, *peers: bytes) -> StealingMachine:
+    m = StealingMachine(node, slots, random.Random(1), SMALL)
+    for p in peers:
+        m.peer_up(0.0, p, 0)
+    return m
+
+
+def test_a_grant_leaves_large_arguments_at_the_owner() -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), [(0, b"x" * 10), (1, b"y" * 500), (2, b"z" * 10)])
+    owner.take(0.0, 1)  # task 0 runs here
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    (task,) = grant.msg.jobs[0].tasks
+    assert (task.id, task.payload, task.size, task.remote) == (1, b"", 500, True)
+    assert owner.payload(b"j1", 1) == b"y" * 500  # the thief fetches it from here
+    owner.grant_failed(0.1, grant.msg)  # ... and a grant that fails gets it back
+    front = owner.queue.front()
+    assert front is not None and front.item.payload == b"y" * 500 and not front.item.remote
+
+
+def test_grants_and_batches_are_capped_in_bytes() -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), [(i, b"p" * 90) for i in range(40)])
+    batch = owner.take(0.0, 1000)
+    assert batch is not None and len(batch.items) == 10  # a quarter of the queue per slot
+    other = small_machine(A, 1, B)
+    other.submit(0.0, JobSpec(b"j2", A, "m", "f", None, (), None, chunksize=40),
+                 [(i, b"p" * 90) for i in range(40)])
+    batch = other.take(0.0, 1000)
+    assert batch is not None and sum(len(t.payload) for t in batch.items) <= 1000
+    other.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(other, StealGrant)
+    assert sum(len(t.payload) for t in grant.msg.jobs[0].tasks) <= 1000 + 100
+
+
+def test_large_results_are_pushed_and_small_ones_batched_within_the_byte_cap() -> None:
+    thief = small_machine(B, 1, A)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(
+        TaskItem(i, 1, b"\x80") for i in range(4))),)))
+    batch = thief.take(0.0, 4)
+    assert batch is not None
+    thief.take_outputs()
+    results = [TaskResult(0, 0, b"a" * 600), TaskResult(1, 0, b"b" * 60),
+               TaskResult(2, 0, b"c" * 50), TaskResult(3, 0, b"d" * 50)]
+    thief.finished(0.1, batch, results)
+    out = thief.take_outputs()
+    pushes = [o for o in out if isinstance(o, PushValue)]
+    sent = [o.msg for o in out if isinstance(o, SendWork) and isinstance(o.msg, Results)]
+    assert [(p.dst, p.result.id) for p in pushes] == [(A, 0)]
+    assert sorted(r.id for m in sent for r in m.results) == [1, 2, 3]
+    assert thief.statistics().results_pushed == 1
+
+
+def test_a_holder_reports_what_it_holds_and_the_owner_requeues_what_is_missing_twice(
+) -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    thief = small_machine(B, 1, A)
+    thief.receive(0.0, grant.msg)
+    batch = thief.take(0.0, 1)
+    assert batch is not None
+    assert thief.next_deadline() == 1.0
+    thief.tick(1.0)
+    (report,) = [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]
+    assert report.sender == B
+    held = ids_from_runs(report.jobs[0].runs, 100)
+    assert held == {1, 2, 3, 4, 5}
+    # The thief loses task 5 (say its result went out on a link that broke): two reports
+    # without it, and the owner queues it again; one report alone is not enough.
+    lossy = Holding(B, (HeldTasks(b"j1", runs_from_ids({1, 2, 3, 4})),))
+    owner.receive(1.0, lossy)
+    assert owner.holders(b"j1")[5] == B
+    owner.receive(2.0, lossy)
+    assert owner.holders(b"j1")[5] == A
+    assert owner.statistics().requeued == 1
+
+
+def test_a_silent_holder_loses_its_tasks_after_the_lease_timeout() -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    owner.take_outputs()
+    deadline = owner.next_deadline()
+    assert deadline is not None
+    while deadline is not None and deadline < 5.0:
+        owner.tick(deadline)
+        assert set(owner.holders(b"j1").values()) == {A, B}
+        deadline = owner.next_deadline()
+    owner.tick(5.0)
+    assert set(owner.holders(b"j1").values()) == {A}
+    assert owner.statistics().leases_expired == 1
+
+
+def test_a_push_that_fails_leaves_the_task_out_of_the_next_reports() -> None:
+    thief = small_machine(B, 1, A)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), (TaskItem(0, 1, b"\x80"),)),)))
+    batch = thief.take(0.0, 1)
+    assert batch is not None
+    thief.finished(0.1, batch, [TaskResult(0, 0, b"r" * 500)])
+    thief.take_outputs()
+    thief.tick(1.0)
+    (report,) = [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]
+    assert ids_from_runs(report.jobs[0].runs, 10) == {0}  # still ours while it travels
+    thief.push_done(1.5, b"j1", 0, delivered=False)
+    for t in (2.0, 3.0):  # two empty reports: the owner needs both to run it again
+        thief.tick(t)
+        (report,) = [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]
+        assert report.jobs == ()
+    assert thief.next_deadline() is None and thief.statistics().results_lost == 1
+
+
+def test_runs_round_trip() -> None:
+    ids = {0, 1, 2, 7, 9, 10}
+    assert runs_from_ids(ids) == (0, 3, 7, 1, 9, 2)
+    assert ids_from_runs(runs_from_ids(ids), 10) == ids
+    with pytest.raises(ValueError):
+        ids_from_runs((0, 100), 10)
+
+
+def test_many_small_results_are_split_into_messages_within_the_byte_cap() -> None:
+    thief = small_machine(B, 1, A)
+    chunky = JobSpec(b"j1", A, "mod", "fn", None, (), None, chunksize=30)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(chunky, tuple(
+        TaskItem(i, 1, b"\x80") for i in range(30))),)))
+    batch = thief.take(0.0, 30)
+    assert batch is not None
+    thief.take_outputs()
+    thief.finished(0.1, batch, [TaskResult(t.id, 0, b"r" * 90) for t in batch.items])
+    sent = [o.msg for o in thief.take_outputs() if isinstance(o.msg, Results)]
+    assert len(sent) >= 2
+    assert all(sum(len(r.payload) for r in m.results) <= 1000 for m in sent)
+    assert sorted(r.id for m in sent for r in m.results) == [t.id for t in batch.items]

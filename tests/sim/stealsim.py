@@ -17,17 +17,29 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from p2pcluster._proto.messages import JobSpec, StealGrant, StealRequest, TaskResult, TaskStatus
+from p2pcluster._proto.messages import (
+    JobSpec,
+    Results,
+    StealGrant,
+    StealRequest,
+    TaskResult,
+    TaskStatus,
+)
+from p2pcluster._proto.policy import WorkPolicy
 from p2pcluster._proto.stealing import (
+    Batch,
     JobDropped,
     JobFinished,
+    PushValue,
     ResultsReady,
-    SendWork,
     StealingMachine,
     WorkEvent,
+    WorkOutput,
 )
 
 Cost = Callable[[bytes, int], float]
+#: ``lose(src, dst, msg)``: True drops the message in transit (a link that broke under it).
+Lose = Callable[[int, int, object], bool]
 
 
 @dataclass
@@ -36,7 +48,7 @@ class SimPeer:
     machine: StealingMachine
     speed: float
     alive: bool = True
-    running: dict[int, tuple[JobSpec, list[int]]] = field(default_factory=dict)
+    running: dict[int, Batch] = field(default_factory=dict)
     executed: Counter[bytes] = field(default_factory=Counter)  # job -> tasks finished here
     advertised: int = 0
     published: float = -1e9
@@ -53,13 +65,15 @@ class Record:
     grants: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, from, to, n
     dropped: list[tuple[float, int, bytes, str]] = field(default_factory=list)
     batches_started: list[tuple[float, int, bytes]] = field(default_factory=list)
+    lost: list[tuple[float, int, int, str]] = field(default_factory=list)  # t, from, to, type
 
 
 class StealSim:
     def __init__(self, n: int, *, seed: int, slots: int = 1, speeds: list[float] | None = None,
                  latency: float = 0.0005, jitter: float = 0.0005, meta_delay: float = 0.3,
                  detect: float = 2.0, batch: int = 1, steal_timeout: float = 1.0,
-                 meta_interval: float = 1.0) -> None:
+                 meta_interval: float = 1.0, policy: WorkPolicy | None = None,
+                 lose: Lose | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -68,7 +82,8 @@ class StealSim:
         self.batch = batch
         self.meta_interval = meta_interval
         self.slots = slots
-        self.steal_timeout = steal_timeout
+        self.policy = policy or WorkPolicy(steal_timeout=steal_timeout)
+        self.lose = lose
         self.heap: list[tuple[float, int, str, tuple[object, ...]]] = []
         self.seq = 0
         self.peers: list[SimPeer] = []
@@ -92,7 +107,7 @@ class StealSim:
         index = len(self.peers)
         node = f"peer{index:03d}".encode()
         machine = StealingMachine(node, self.slots, random.Random(self.rng.getrandbits(64)),
-                                  steal_timeout=self.steal_timeout)
+                                  self.policy)
         peer = SimPeer(index, machine, speed)
         self.peers.append(peer)
         return peer
@@ -176,10 +191,11 @@ class StealSim:
         peer = self.peers[i]
         if not peer.alive or token not in peer.running:
             return
-        spec, ids = peer.running.pop(token)
+        batch = peer.running.pop(token)
+        ids = [item.id for item in batch.items]
         results = [TaskResult(tid, TaskStatus.OK, tid.to_bytes(4, "big")) for tid in ids]
-        peer.executed[spec.job] += len(ids)
-        peer.machine.finished(self.now, spec, results)
+        peer.executed[batch.spec.job] += len(ids)
+        peer.machine.finished(self.now, batch, results)
         self._pump(peer)
 
     def _on_down(self, i: int, node: bytes) -> None:
@@ -238,6 +254,30 @@ class StealSim:
         if peer.alive:
             self._publish(peer)
 
+    def _record_send(self, peer: SimPeer, dst: bytes, msg: object) -> None:
+        if isinstance(msg, StealRequest):
+            self.record.steal_requests += 1
+        if isinstance(msg, StealGrant):
+            n = 0
+            for jt in msg.jobs:
+                for item in jt.tasks:
+                    self.record.moves[item.id] += 1
+                    self.record.max_moves_field = max(self.record.max_moves_field, item.moves)
+                    n += 1
+            self.record.grants.append((self.now, peer.index, self.index_of(dst), n))
+
+    def _transmit(self, peer: SimPeer, dst_node: bytes, msg: object) -> None:
+        """Deliver ``msg`` in order over the link, after a seeded latency (or lose it)."""
+        dst = self.index_of(dst_node)
+        if self.lose is not None and self.lose(peer.index, dst, msg):
+            self.record.lost.append((self.now, peer.index, dst, type(msg).__name__))
+            return
+        link = (peer.index, dst)
+        t = max(self.now + self.latency + self.rng.uniform(0, self.jitter),
+                self.link_clear.get(link, 0.0))
+        self.link_clear[link] = t
+        self._at(t, "deliver", (dst, msg))
+
     def _fill(self, peer: SimPeer) -> None:
         m = peer.machine
         while True:
@@ -247,32 +287,21 @@ class StealSim:
             spec, items = taken
             self.batch_seq += 1
             cost = sum(self.costs[spec.job](spec.job, item.id) for item in items) / peer.speed
-            peer.running[self.batch_seq] = (spec, [item.id for item in items])
+            peer.running[self.batch_seq] = taken
             self.record.batches_started.append((self.now, peer.index, spec.job))
             self._at(self.now + cost, "done", (peer.index, self.batch_seq))
 
-    def _carry_out(self, peer: SimPeer, outputs: list[SendWork], events: list[WorkEvent]
+    def _carry_out(self, peer: SimPeer, outputs: list[WorkOutput], events: list[WorkEvent]
                    ) -> None:
         m = peer.machine
         for out in outputs:
-            msg = out.msg
-            if isinstance(msg, StealRequest):
-                self.record.steal_requests += 1
-            if isinstance(msg, StealGrant):
-                n = 0
-                for jt in msg.jobs:
-                    for item in jt.tasks:
-                        self.record.moves[item.id] += 1
-                        self.record.max_moves_field = max(self.record.max_moves_field,
-                                                          item.moves)
-                        n += 1
-                self.record.grants.append((self.now, peer.index, self.index_of(out.dst), n))
-            dst = self.index_of(out.dst)
-            link = (peer.index, dst)
-            t = max(self.now + self.latency + self.rng.uniform(0, self.jitter),
-                    self.link_clear.get(link, 0.0))
-            self.link_clear[link] = t
-            self._at(t, "deliver", (dst, msg))
+            if isinstance(out, PushValue):  # a data stream: the result, then push_done
+                msg: object = Results(out.job, m.node_id, out.queue, (out.result,))
+                self._transmit(peer, out.dst, msg)
+                m.push_done(self.now, out.job, out.result.id, delivered=True)
+                continue
+            self._record_send(peer, out.dst, out.msg)
+            self._transmit(peer, out.dst, out.msg)
         for event in events:
             if isinstance(event, ResultsReady):
                 for r in event.results:
@@ -281,7 +310,7 @@ class StealSim:
                 self.record.finished[event.job] = self.now
             elif isinstance(event, JobDropped):
                 self.record.dropped.append((self.now, peer.index, event.job, event.reason))
-                for token, (spec, _) in list(peer.running.items()):
-                    if spec.job == event.job:
+                for token, batch in list(peer.running.items()):
+                    if batch.spec.job == event.job:
                         del peer.running[token]
-                        m.finished(self.now, spec, [])
+                        m.finished(self.now, batch, [])

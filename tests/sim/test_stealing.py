@@ -6,6 +6,9 @@ import random
 
 import pytest
 
+from p2pcluster._proto.messages import Results
+from p2pcluster._proto.policy import WorkPolicy
+
 from .stealsim import StealSim
 
 TASK = 0.01  # seconds per task in the balance scenarios
@@ -98,7 +101,7 @@ def test_a_holder_dies_and_every_result_still_arrives_exactly_once(seed: int) ->
     sim.crash(victim)
     sim.run_until_done(job)
     assert_exactly_once(sim, job, 1000)
-    assert sim.peers[0].machine.stats.requeued >= holding
+    assert sim.peers[0].machine.statistics().requeued >= holding
     assert max(sim.record.moves.values()) <= 2 + 2  # two moves before, two after a requeue
 
 
@@ -132,7 +135,7 @@ def test_the_owner_dies_and_all_its_work_is_dropped(seed: int) -> None:
         assert not peer.running
     # The first peer to detect the death may steal the others' queues and drop them; either
     # way every queued task of the job was dropped somewhere, none was run to the end.
-    assert sum(p.machine.stats.dropped for p in sim.peers[1:]) > 0
+    assert sum(p.machine.statistics().dropped for p in sim.peers[1:]) > 0
     assert any(d[2] == job for d in sim.record.dropped)
     late = [b for b in sim.record.batches_started if b[2] == job and b[0] > last_detection]
     assert late == [], "a peer started the dead owner's task after detecting its death"
@@ -188,3 +191,37 @@ def test_the_same_seed_replays_the_same_schedule() -> None:
 
     assert trace(42) == trace(42)
     assert trace(42) != trace(43)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_results_lost_on_a_broken_link_are_run_again_within_two_reports(seed: int) -> None:
+    """A holder's results vanish in transit (its link to the owner broke under them); the
+    holder stays alive, so membership never says a word. Its holding reports no longer name
+    those tasks, and the owner runs them again: nothing waits forever, nothing is doubled."""
+    lost = set()
+
+    def lose(src: int, dst: int, msg: object) -> bool:
+        if src == 1 and isinstance(msg, Results) and len(lost) < 3:
+            lost.add(id(msg))
+            return True
+        return False
+
+    sim = StealSim(3, seed=seed, lose=lose)
+    job = sim.submit(0, 600, flat)
+    end = sim.run_until_done(job, timeout=60.0)
+    assert len(sim.record.lost) == 3
+    assert_exactly_once(sim, job, 600)
+    # without losses the job takes 600 x 10 ms / 3 peers = 2 s; two reports are 2 s more
+    assert end <= 600 * TASK / 3 + 2 * sim.policy.report_interval + 1.0, (end, seed)
+
+
+def test_a_holder_cut_off_from_the_owner_loses_its_tasks_after_the_lease() -> None:
+    """Everything peer 2 sends to the owner is lost from t = 0.5 s on, yet membership keeps
+    it alive: the owner stops hearing from it, and after lease_timeout runs its tasks."""
+    sim = StealSim(3, seed=5, policy=WorkPolicy(lease_timeout=3.0),
+                   lose=lambda src, dst, msg: src == 2 and dst == 0 and sim.now > 0.5)
+    job = sim.submit(0, 900, flat)
+    end = sim.run_until_done(job, timeout=60.0)
+    assert_exactly_once(sim, job, 900)
+    assert sim.peers[0].machine.statistics().leases_expired >= 1
+    assert end <= 0.5 + 3.0 + 900 * TASK / 2 + 1.0

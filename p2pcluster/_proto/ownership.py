@@ -1,0 +1,146 @@
+"""What a job's owner knows: where each unfinished task is, and whether its holder still has it.
+
+The owner of a job keeps every unfinished task's arguments (to queue it again) and the peer it
+believes holds it. Results are accepted once per task id: execution is at least once,
+delivery exactly once.
+
+A holder can lose a task without dying: a result sent on a link that broke, a grant that never
+arrived. So every peer holding tasks of another owner's jobs tells that owner which, every
+``report_interval`` (a :class:`~.messages.Holding` report: queued, running, or with a result
+on its way). The owner compares:
+
+- a task it believes at the reporter that **two reports in a row** leave out is queued again
+  (one report may simply have crossed the grant that carried the task);
+- a holder it has not heard from for ``lease_timeout`` (no report, no result, no request)
+  loses every task it held, which is queued again, even if membership still calls it alive.
+
+Either way the worst case is a task run twice, whose second result is dropped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+from .messages import JobSpec
+
+__all__ = ["OwnedJob", "ids_from_runs", "runs_from_ids"]
+
+
+class OwnedJob:
+    """One owned job's unfinished tasks: arguments, holders, and missed reports."""
+
+    def __init__(self, spec: JobSpec, me: bytes) -> None:
+        self.spec = spec
+        self._me = me
+        self.payloads: dict[int, bytes] = {}  #: unfinished task id -> its arguments
+        self._holder: dict[int, bytes] = {}  #: unfinished task id -> believed holder
+        self._by_holder: dict[bytes, set[int]] = {}
+        self._misses: dict[int, int] = {}  #: task id -> reports in a row that left it out
+        self.ever_held: set[bytes] = set()  #: peers to tell when the job ends
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def add(self, tid: int, payload: bytes) -> None:
+        if tid in self.payloads:
+            raise ValueError(f"duplicate task id {tid}")
+        self.payloads[tid] = payload
+        self._assign(tid, self._me)
+
+    def holders(self) -> dict[int, bytes]:
+        return dict(self._holder)
+
+    def holding_peers(self) -> Iterator[bytes]:
+        """Peers other than the owner that hold at least one unfinished task."""
+        return (peer for peer, ids in self._by_holder.items() if ids and peer != self._me)
+
+    def held_by(self, peer: bytes) -> list[int]:
+        return sorted(self._by_holder.get(peer, ()))
+
+    def move(self, ids: Iterable[int], holder: bytes) -> list[int]:
+        """``ids`` are now at ``holder``; return those still unfinished."""
+        fresh = [tid for tid in ids if tid in self._holder]
+        for tid in fresh:
+            self._assign(tid, holder)
+            self._misses.pop(tid, None)
+        if holder != self._me:
+            self.ever_held.add(holder)
+        return fresh
+
+    def finish(self, tid: int) -> bool:
+        """Task ``tid`` has a result; False if it already had one (a duplicate)."""
+        if self.payloads.pop(tid, None) is None:
+            return False
+        self._unassign(tid)
+        self._misses.pop(tid, None)
+        return True
+
+    def reported(self, peer: bytes, ids: set[int]) -> list[int]:
+        """``peer`` says it holds ``ids`` of this job: the tasks we believed it held that
+        two reports in a row have left out (to queue again)."""
+        lost = []
+        for tid in self._by_holder.get(peer, set()).copy():
+            if tid in ids:
+                self._misses.pop(tid, None)
+                continue
+            misses = self._misses.get(tid, 0) + 1
+            if misses >= 2:
+                lost.append(tid)
+            else:
+                self._misses[tid] = misses
+        return lost
+
+    def _assign(self, tid: int, holder: bytes) -> None:
+        self._unassign(tid)
+        self._holder[tid] = holder
+        self._by_holder.setdefault(holder, set()).add(tid)
+
+    def _unassign(self, tid: int) -> None:
+        old = self._holder.pop(tid, None)
+        if old is not None:
+            self._by_holder[old].discard(tid)
+
+
+class Leases:
+    """When the owner last heard from each peer; who has been silent too long."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._heard: dict[bytes, float] = {}
+
+    def heard(self, peer: bytes, now: float) -> None:
+        self._heard[peer] = max(now, self._heard.get(peer, -math.inf))
+
+    def forget(self, peer: bytes) -> None:
+        self._heard.pop(peer, None)
+
+    def expired(self, now: float, holders: Iterable[bytes]) -> list[bytes]:
+        return [p for p in holders
+                if now - self._heard.get(p, -math.inf) >= self.timeout]
+
+    def next_expiry(self, holders: Iterable[bytes]) -> float | None:
+        times = [self._heard.get(p, -math.inf) + self.timeout for p in holders]
+        return min(times) if times else None
+
+
+def runs_from_ids(ids: Iterable[int]) -> tuple[int, ...]:
+    """Task ids as ``(start, count, start, count, ...)`` runs of consecutive ids."""
+    runs: list[int] = []
+    for tid in sorted(set(ids)):
+        if runs and runs[-2] + runs[-1] == tid:
+            runs[-1] += 1
+        else:
+            runs += [tid, 1]
+    return tuple(runs)
+
+
+def ids_from_runs(runs: Sequence[int], limit: int) -> set[int]:
+    """The inverse of :func:`runs_from_ids`, refusing more than ``limit`` ids (a report from
+    a peer is bounded like any other message)."""
+    if len(runs) % 2:
+        raise ValueError("runs come in (start, count) pairs")
+    if sum(runs[1::2]) > limit:
+        raise ValueError(f"runs name more than {limit} tasks")
+    return {start + i for start, count in zip(runs[::2], runs[1::2], strict=True)
+            for i in range(count)}

@@ -1,0 +1,55 @@
+"""The work layer's tunables, in one frozen record the stealing machine and the simulator share.
+
+Every number that decides *how* work moves lives here, not in the trio driver, so the seeded
+simulator runs exactly the policy a real peer runs. :meth:`WorkPolicy.from_config` reads the
+documented :class:`~p2pcluster.Config` fields; the defaults here equal the LAN preset's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._config import Config
+
+__all__ = ["WorkPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkPolicy:
+    """How one peer schedules, batches and reports work. Sizes in bytes, times in seconds."""
+
+    #: A steal request unanswered this long counts as empty; the thief tries elsewhere.
+    steal_timeout: float = 1.0
+    #: A task is granted at most this many times between (re)queues at its owner.
+    max_moves: int = 2
+    #: Arguments larger than this stay at the owner until the task runs (the thief fetches
+    #: them); results larger than this go to the owner on a data stream of their own.
+    inline_limit: int = 256 * 1024
+    #: Most payload bytes in one grant, one Results message, or one batch for a worker.
+    message_bytes: int = 8 * 2**20
+    #: How often a peer holding tasks of another peer's jobs tells that owner which.
+    report_interval: float = 1.0
+    #: An owner requeues the tasks of a holder it has not heard from for this long.
+    lease_timeout: float = 10.0
+    #: Seconds of work a batch aims for, by the task times measured so far.
+    batch_target: float = 0.02
+    #: The most tasks one batch holds.
+    max_batch: int = 1024
+
+    @classmethod
+    def from_config(cls, config: Config) -> WorkPolicy:
+        """The policy a :class:`~p2pcluster.Config` describes."""
+        return cls(steal_timeout=config.steal_timeout, inline_limit=config.inline_value_size,
+                   message_bytes=min(8 * 2**20, config.max_frame_size // 4),
+                   report_interval=config.report_interval, lease_timeout=config.lease_timeout,
+                   batch_target=config.batch_target, max_batch=config.max_batch)
+
+    def batch_size(self, tasks: int, seconds: float) -> int:
+        """Tasks for about :attr:`batch_target` seconds of work, given that ``tasks`` tasks
+        of this job took ``seconds`` in all; one task until the first measurement."""
+        if tasks == 0:
+            return 1
+        per_task = seconds / tasks
+        return max(1, min(self.max_batch, int(self.batch_target / max(per_task, 1e-7))))

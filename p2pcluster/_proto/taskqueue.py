@@ -1,0 +1,119 @@
+"""One peer's queue of unstarted tasks, oldest first, and the batches and grants cut from it.
+
+The queue holds tasks of any number of jobs and owners. The front feeds this peer's worker
+slots (:meth:`TaskQueue.take`: a batch of one job, capped by count and by bytes); the rest
+may be stolen (:meth:`TaskQueue.grant`: the oldest movable tasks, each one move further).
+
+A task that has moved ``max_moves`` times is *stuck*: it runs here and is never granted again,
+so tasks cannot ping-pong. Large arguments never travel in a grant: a granted task whose
+arguments exceed ``inline_limit`` leaves them behind (:attr:`TaskItem.remote`), and the peer
+that runs it fetches them from the job's owner.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .messages import JobSpec, TaskItem
+
+__all__ = ["Queued", "TaskQueue", "item_bytes"]
+
+
+@dataclass(slots=True)
+class Queued:
+    """A task in a queue, with its job's spec."""
+
+    spec: JobSpec
+    item: TaskItem
+
+
+def item_bytes(item: TaskItem) -> int:
+    """The size of a task's arguments, wherever they are."""
+    return max(len(item.payload), item.size)
+
+
+class TaskQueue:
+    """Unstarted tasks, oldest first. See the module docstring."""
+
+    def __init__(self, max_moves: int) -> None:
+        self.max_moves = max_moves
+        self._queue: deque[Queued] = deque()
+        self._stuck = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Queued]:
+        return iter(self._queue)
+
+    @property
+    def movable(self) -> int:
+        """Queued tasks that may still be granted."""
+        return len(self._queue) - self._stuck
+
+    def front(self) -> Queued | None:
+        return self._queue[0] if self._queue else None
+
+    def append(self, spec: JobSpec, item: TaskItem) -> None:
+        self._queue.append(Queued(spec, item))
+        self._stuck += item.moves >= self.max_moves
+
+    def appendleft(self, spec: JobSpec, item: TaskItem) -> None:
+        self._queue.appendleft(Queued(spec, item))
+        self._stuck += item.moves >= self.max_moves
+
+    def take(self, max_tasks: int, max_bytes: int) -> tuple[JobSpec, list[TaskItem]]:
+        """The first task and those of the same job right behind it: at most ``max_tasks``
+        of them, and no more than ``max_bytes`` of arguments unless the first alone is."""
+        first = self._pop()
+        items, size = [first.item], item_bytes(first.item)
+        job = first.spec.job
+        while self._queue and len(items) < max_tasks and self._queue[0].spec.job == job:
+            more = item_bytes(self._queue[0].item)
+            if size + more > max_bytes:
+                break
+            items.append(self._pop().item)
+            size += more
+        return first.spec, items
+
+    def grant(self, want: int, max_bytes: int, inline_limit: int
+              ) -> dict[bytes, tuple[JobSpec, list[TaskItem]]]:
+        """Remove up to ``want`` of the oldest movable tasks for a thief, one move further,
+        grouped by job; arguments over ``inline_limit`` stay behind."""
+        granted: dict[bytes, tuple[JobSpec, list[TaskItem]]] = {}
+        kept: deque[Queued] = deque()
+        size = 0
+        for q in self._queue:
+            if want and q.item.moves < self.max_moves and size < max_bytes:
+                want -= 1
+                moved = _moved(q.item, inline_limit)
+                size += len(moved.payload)
+                granted.setdefault(q.spec.job, (q.spec, []))[1].append(moved)
+            else:
+                kept.append(q)
+        self._replace(kept)
+        return granted
+
+    def drop(self, doomed: Callable[[Queued], bool]) -> int:
+        """Remove every task ``doomed`` says; return how many."""
+        kept = deque(q for q in self._queue if not doomed(q))
+        dropped = len(self._queue) - len(kept)
+        self._replace(kept)
+        return dropped
+
+    def _pop(self) -> Queued:
+        q = self._queue.popleft()
+        self._stuck -= q.item.moves >= self.max_moves
+        return q
+
+    def _replace(self, kept: deque[Queued]) -> None:
+        self._queue = kept
+        self._stuck = sum(1 for q in kept if q.item.moves >= self.max_moves)
+
+
+def _moved(item: TaskItem, inline_limit: int) -> TaskItem:
+    if len(item.payload) > inline_limit:
+        return TaskItem(item.id, item.moves + 1, b"", len(item.payload))
+    return TaskItem(item.id, item.moves + 1, item.payload, item.size)
