@@ -23,6 +23,7 @@ from ._errors import SubmitError as SubmitError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._errors import ValueTooLarge as ValueTooLarge
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ __all__ = [
     "ConfigError",
     "SecretError",
     "SubmitError",
+    "ValueTooLarge",
     "TaskError",
     "PoisonTaskError",
     "TaskTimeoutError",

@@ -24,6 +24,12 @@ class SubmitError(P2PClusterError, ValueError):
     """A function or an argument cannot be sent to the cluster; the message says how to fix it."""
 
 
+class ValueTooLarge(SubmitError):
+    """A task's argument is larger than ``max_value_size`` where it would have to go; the
+    message names both sizes and the setting. (A task whose *result* is too large fails with
+    a :class:`~p2pcluster.TaskError` of type ``ValueTooLarge`` instead.)"""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 
@@ -58,3 +64,10 @@ class ReplayError(ProtocolError):
 
 class HandshakeError(ProtocolError):
     """A stream handshake failed: the peer holds another secret or broke the protocol."""
+
+
+def too_large(what: str, size: int, limit: int, where: str) -> str:
+    """The one wording of a value over a limit: both sizes, where, and the setting."""
+    return (f"{what}: {size:,} bytes, over the limit of {limit:,} bytes on {where} "
+            "(max_value_size: raise it with P2PCLUSTER_MAX_VALUE_SIZE or "
+            "Config(max_value_size=...) there)")

@@ -25,7 +25,7 @@ from ._code import (
     encode_call,
     function_ref,
 )
-from ._errors import P2PClusterError
+from ._errors import P2PClusterError, ValueTooLarge, too_large
 from ._proto.messages import TaskStatus
 
 __all__ = [
@@ -101,6 +101,16 @@ def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[bytes]:
     return [encode_call(tuple(xs), {}) for xs in zip(*iterables, strict=False)]
 
 
+def _check_sizes(fn: Callable[..., Any], payloads: Sequence[bytes], limit: int,
+                 where: str) -> None:
+    for index, payload in enumerate(payloads):
+        if len(payload) > limit:
+            name = getattr(fn, "__qualname__", repr(fn))
+            what = (f"the arguments of {name}" if len(payloads) == 1
+                    else f"the arguments of task {index} of {name}")
+            raise ValueTooLarge(too_large(what, len(payload), limit, where))
+
+
 class CodeRegistry:
     """The code a submitter ships: job modules and ``--include`` files or packages.
 
@@ -134,9 +144,14 @@ class CodeRegistry:
         return function_ref(fn, job_modules=self._job_modules, includes=self._includes)
 
     def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
-                timeout: float | None = None, chunksize: int | None = None) -> JobRequest:
-        """A :class:`JobRequest`; raises :class:`~p2pcluster.SubmitError` on a bad ``fn``."""
+                timeout: float | None = None, chunksize: int | None = None,
+                max_value_size: int | None = None, where: str = "this peer") -> JobRequest:
+        """A :class:`JobRequest`; raises :class:`~p2pcluster.SubmitError` on a bad ``fn``,
+        and :class:`~p2pcluster.ValueTooLarge` on an argument over ``max_value_size``
+        (the limit ``where``)."""
         ref = self.ref(fn)
+        if max_value_size is not None:
+            _check_sizes(fn, payloads, max_value_size, where)
         needed = [d for d in itertools.chain([ref.job], ref.includes) if d is not None]
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")

@@ -40,8 +40,9 @@ import trio
 
 from ._code import CodeBundle, CodeCache, FunctionRef, encode_call
 from ._config import Config
+from ._dataplane import receive_value, send_value, skip_value
 from ._discovery import Discovered, serve_discovery
-from ._errors import P2PClusterError, ProtocolError
+from ._errors import P2PClusterError, ProtocolError, too_large
 from ._jobs import CodeRegistry, JobRequest, encode_map_args, unpack
 from ._membership import Membership, serve_membership
 from ._netutil import choose_interface
@@ -49,19 +50,28 @@ from ._proto.envelope import Keyring
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
     WORK_MESSAGES,
+    AckStatus,
     Code,
+    FetchArgs,
     FetchCode,
     JobSpec,
     Message,
+    PushResult,
+    ResultAck,
+    Results,
     StealGrant,
     TaskItem,
     TaskResult,
     TaskStatus,
+    ValueHeader,
 )
 from ._proto.meta import NodeMeta
+from ._proto.policy import WorkPolicy
 from ._proto.stealing import (
+    Batch,
     JobDropped,
     JobFinished,
+    PushValue,
     ResultsReady,
     StealingMachine,
     StealingStatistics,
@@ -77,16 +87,15 @@ __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
 
 log = logging.getLogger("p2pcluster.peer")
 
-#: Seconds of work a batch aims for, by measured task time (without an explicit chunksize).
-TARGET_BATCH = 0.02
-#: The most tasks one batch holds.
-MAX_BATCH = 1024
-#: Seconds between two publications of this peer's surplus in its metadata.
-META_INTERVAL = 0.5
 #: Seconds a leaving peer waits for its last work messages (its jobs' CancelJobs) to go out.
 LINK_DRAIN = 0.5
 #: Seconds allowed to fetch a code bundle from a job's owner.
 FETCH_TIMEOUT = 30.0
+#: Times a work message lost with a broken link is sent again on a new one.
+LINK_RETRIES = 1
+#: Attempts to push a large result to its owner, and the pause between them.
+PUSH_ATTEMPTS = 3
+PUSH_PAUSE = 0.5
 
 
 class CodeUnavailable(P2PClusterError):
@@ -168,15 +177,15 @@ class Peer:
         self._nursery = nursery
         self.machine = StealingMachine(membership.machine.node_id, pool.slots,
                                        random.Random(int.from_bytes(os.urandom(8), "big")),
-                                       steal_timeout=max(0.2, 4 * config.probe_timeout))
+                                       WorkPolicy.from_config(config))
         self._addresses: dict[bytes, Address] = {}
         self._names: dict[bytes, str] = {membership.me.id: membership.me.name}
-        self._links: dict[bytes, trio.MemorySendChannel[Message]] = {}
+        self._links: dict[bytes, trio.MemorySendChannel[tuple[Message, int]]] = {}
+        self._gone: set[bytes] = set()  #: peers membership declared dead or left
         self._jobs: dict[bytes, Job] = {}
         self._running: dict[bytes, set[trio.CancelScope]] = {}
         self._bundles: dict[str, CodeBundle] = {}
         self._fetching: dict[str, trio.Event] = {}
-        self._timing: dict[bytes, tuple[int, float]] = {}
         self._work = trio.Event()
         self._deadline: float | None = None
         self._deadline_changed = trio.Event()
@@ -200,14 +209,15 @@ class Peer:
         return self.membership.members()
 
     def statistics(self) -> PeerStatistics:
-        return PeerStatistics(dataclasses.replace(self.machine.stats),
-                              self.pool.statistics(), len(self._jobs))
+        return PeerStatistics(self.machine.statistics(), self.pool.statistics(),
+                              len(self._jobs))
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
                   **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
         :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds."""
-        request = self.registry.request(fn, [encode_call(args, kwargs)], timeout=timeout)
+        request = self.registry.request(fn, [encode_call(args, kwargs)], timeout=timeout,
+                                        max_value_size=self.config.max_value_size)
         async with self.open_job(request) as job:
             await job.wait()
             status, payload, name = job.results[0]
@@ -220,7 +230,8 @@ class Peer:
         The first task error is raised (after the job is cancelled). ``timeout`` is per task.
         """
         request = self.registry.request(fn, encode_map_args(iterables), timeout=timeout,
-                                        chunksize=chunksize)
+                                        chunksize=chunksize,
+                                        max_value_size=self.config.max_value_size)
         async with self.open_job(request) as job:
             failed = trio.Event()
 
@@ -251,7 +262,8 @@ class Peer:
         early cancels the rest of the job.
         """
         request = self.registry.request(fn, encode_map_args(iterables), timeout=timeout,
-                                        chunksize=chunksize)
+                                        chunksize=chunksize,
+                                        max_value_size=self.config.max_value_size)
         send, receive = trio.open_memory_channel[tuple[int, int, bytes, str]](math.inf)
         async with self.open_job(request) as job:
             def forward(batch: list[tuple[int, int, bytes, str]]) -> None:
@@ -279,7 +291,8 @@ class Peer:
                 self.cache.store(bundle)
         ref = request.ref
         spec = JobSpec(os.urandom(16), self.node_id, ref.module, ref.qualname, ref.job,
-                       ref.includes, request.timeout, request.chunksize)
+                       ref.includes, request.timeout, request.chunksize,
+                       self.config.max_value_size)
         job = Job(self, spec, len(request.payloads))
         self._jobs[spec.job] = job
         self.machine.submit(trio.current_time(), spec, enumerate(request.payloads))
@@ -294,8 +307,7 @@ class Peer:
 
     def _flush(self) -> None:
         machine = self.machine
-        for out in machine.take_outputs():
-            self._send(out.dst, out.msg)
+        self._carry_out()
         for event in machine.take_events():
             if isinstance(event, ResultsReady):
                 job = self._jobs.get(event.job)
@@ -324,56 +336,88 @@ class Peer:
             self._deadline_changed.set()
             self._deadline_changed = trio.Event()
 
+    def _carry_out(self) -> None:
+        for out in self.machine.take_outputs():
+            if isinstance(out, PushValue):
+                self._nursery.start_soon(self._push, out)
+            else:
+                self._send(out.dst, out.msg)
+
     def _stop_running(self, job: bytes) -> None:
-        self._timing.pop(job, None)
         for scope in self._running.get(job, ()):
             scope.cancel()
 
-    def _send(self, dst: bytes, msg: Message) -> None:
+    def _send(self, dst: bytes, msg: Message, attempt: int = 0) -> None:
         link = self._links.get(dst)
         if link is None:
             address = self._addresses.get(dst)
             if address is None:
                 log.debug("no address for peer %s; dropped %s", dst.hex()[:8],
                           type(msg).__name__)
-                self._undeliverable(msg)
+                self._undeliverable(dst, msg, "its address is unknown")
                 return
-            link, receive = trio.open_memory_channel[Message](math.inf)
+            link, receive = trio.open_memory_channel[tuple[Message, int]](math.inf)
             self._links[dst] = link
             self._nursery.start_soon(self._link, dst, address, link, receive)
-        link.send_nowait(msg)
+        link.send_nowait((msg, attempt))
 
-    def _undeliverable(self, msg: Message) -> None:
+    def _undeliverable(self, dst: bytes, msg: Message, why: str) -> None:
+        """A work message that could not be sent. A grant's tasks come back here; results
+        are lost, which the owner repairs (our holding reports stop naming those tasks)."""
         if isinstance(msg, StealGrant):
             self.machine.grant_failed(trio.current_time(), msg)
+        elif isinstance(msg, Results):
+            log.warning("could not deliver %d result(s) of job %s to peer %s (%s): %s; its "
+                        "owner will run those tasks again", len(msg.results), msg.job.hex()[:8],
+                        self._names.get(dst, dst.hex()[:8]), self._where(dst), why)
 
-    async def _link(self, dst: bytes, address: Address, link: trio.MemorySendChannel[Message],
-                    receive: trio.MemoryReceiveChannel[Message]) -> None:
-        current: Message | None = None
+    def _where(self, peer: bytes) -> str:
+        address = self._addresses.get(peer)
+        return f"{address[0]}:{address[1]}" if address else "address unknown"
+
+    async def _link(self, dst: bytes, address: Address,
+                    link: trio.MemorySendChannel[tuple[Message, int]],
+                    receive: trio.MemoryReceiveChannel[tuple[Message, int]]) -> None:
+        current: tuple[Message, int] | None = None
+        why = "the link closed"
         try:
             with trio.fail_after(2 * self.config.handshake_timeout):
                 stream = await self.membership.wire.connect(address)
             async with stream:
-                async for msg in receive:
-                    current = msg
-                    await stream.send(msg)
+                async for item in receive:
+                    current = item
+                    await stream.send(item[0])
                     current = None
         except (OSError, ProtocolError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            log.debug("work link to %s:%d failed: %s", *address, exc)
+            why = str(exc) or type(exc).__name__
+            log.debug("work link to %s:%d failed: %s", *address, why)
         finally:
             if self._links.get(dst) is link:
                 del self._links[dst]
             receive.close()
-            lost = [current] if current is not None else []
-            while True:
-                try:
-                    lost.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                    break
-            for msg in lost:
-                self._undeliverable(msg)
-            if lost:
-                self._flush()
+            self._relink(dst, self._unsent(current, receive), why)
+
+    @staticmethod
+    def _unsent(current: tuple[Message, int] | None,
+                receive: trio.MemoryReceiveChannel[tuple[Message, int]]
+                ) -> list[tuple[Message, int]]:
+        lost = [current] if current is not None else []
+        while True:
+            try:
+                lost.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                return lost
+
+    def _relink(self, dst: bytes, lost: list[tuple[Message, int]], why: str) -> None:
+        """Send what a broken link did not deliver again on a new one (once), unless the
+        peer is gone; what still fails is undeliverable."""
+        for msg, attempt in lost:
+            if attempt < LINK_RETRIES and dst in self._addresses and dst not in self._gone:
+                self._send(dst, msg, attempt + 1)
+            else:
+                self._undeliverable(dst, msg, why)
+        if lost:
+            self._flush()
 
     async def _drain_links(self, timeout: float) -> None:
         """Wait (at most ``timeout``) until every queued work message has been sent."""
@@ -387,6 +431,12 @@ class Peer:
             if isinstance(msg, FetchCode):
                 bundle = self._bundles.get(msg.digest)
                 await stream.send(Code(msg.digest, bundle.encode() if bundle else b""))
+            elif isinstance(msg, FetchArgs):
+                await self._serve_args(stream, msg)
+                return
+            elif isinstance(msg, PushResult):
+                await self._take_pushed(stream, msg)
+                return
             elif isinstance(msg, WORK_MESSAGES):
                 self.machine.receive(trio.current_time(), msg)
                 self._flush()
@@ -417,6 +467,7 @@ class Peer:
                 if event.kind in (EventKind.JOIN, EventKind.RECOVER, EventKind.UPDATE):
                     self._peer_up(trio.current_time(), member)
                 elif event.kind in (EventKind.FAIL, EventKind.LEAVE):
+                    self._gone.add(member.id)
                     self.machine.peer_down(trio.current_time(), member.id)
                     link = self._links.pop(member.id, None)
                     if link is not None:
@@ -424,6 +475,7 @@ class Peer:
                 self._flush()
 
     def _peer_up(self, now: float, member: Member) -> None:
+        self._gone.discard(member.id)
         self._addresses[member.id] = member.address
         self._names[member.id] = member.name
         meta = NodeMeta.decode(member.meta)
@@ -434,7 +486,7 @@ class Peer:
         while True:
             await self._surplus_changed.wait()
             self._surplus_changed = trio.Event()
-            await trio.sleep_until(last + META_INTERVAL)
+            await trio.sleep_until(last + self.config.meta_interval)
             surplus = self.machine.surplus()
             if surplus != self._published:
                 self._published = surplus
@@ -449,53 +501,163 @@ class Peer:
         up to two batches per worker are out (the second waits in the worker's pipe,
         so a worker that finishes one starts the next at once); once it is shorter, one per
         worker, so that the last tasks stay stealable by idle peers."""
-        machine = self.machine
         while True:
-            spec = machine.peek()
-            taken = machine.take(trio.current_time(), self._batch_size(spec) if spec else 1)
+            batch = self.machine.take(trio.current_time())
             self._flush()
-            if taken is None:
+            if batch is None:
                 await self._work.wait()
                 continue
-            await self._run_batch(*taken)
+            await self._run_batch(batch)
 
-    def _batch_size(self, spec: JobSpec) -> int:
-        """Tasks for about TARGET_BATCH seconds of work, by this job's measured task times
-        (the machine applies the job's chunksize and keeps half the queue stealable)."""
-        tasks, seconds = self._timing.get(spec.job, (0, 0.0))
-        if tasks == 0:
-            return 1
-        per_task = seconds / tasks
-        return max(1, min(MAX_BATCH, int(TARGET_BATCH / max(per_task, 1e-7))))
-
-    async def _run_batch(self, spec: JobSpec, items: list[TaskItem]) -> None:
+    async def _run_batch(self, batch: Batch) -> None:
+        spec = batch.spec
         scope = trio.CancelScope()
         self._running.setdefault(spec.job, set()).add(scope)
         results: list[TaskResult] = []
+        seconds: float | None = None
         try:
             with scope:
-                try:
-                    await self._ensure_code(spec)
-                except CodeUnavailable as exc:
-                    error = encode_error("CodeUnavailable", str(exc))
-                    results = [TaskResult(item.id, TaskStatus.ERROR, error) for item in items]
-                else:
-                    ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
-                    batch = await self.pool.run(ref, [item.payload for item in items],
-                                                timeout=spec.timeout)
-                    tasks, seconds = self._timing.get(spec.job, (0, 0.0))
-                    self._timing[spec.job] = (tasks + len(items),
-                                              seconds + batch.worker_seconds)
-                    results = [TaskResult(item.id, o.status, o.payload)
-                               for item, o in zip(items, batch.outcomes, strict=True)]
+                results, seconds = await self._execute(batch)
         finally:
             running = self._running.get(spec.job)
             if running is not None:
                 running.discard(scope)
                 if not running:
                     del self._running[spec.job]
-            self.machine.finished(trio.current_time(), spec, results)
+            self.machine.finished(trio.current_time(), batch, results, seconds)
             self._flush()
+
+    async def _execute(self, batch: Batch) -> tuple[list[TaskResult], float | None]:
+        """Fetch what the batch needs (code, large arguments), run it, and return its
+        results with the worker seconds spent (None if it did not run)."""
+        spec = batch.spec
+        try:
+            await self._ensure_code(spec)
+        except CodeUnavailable as exc:
+            error = encode_error("CodeUnavailable", str(exc))
+            return [TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items], None
+        items, failed = await self._fetch_args(spec, batch.items)
+        if not items:
+            return failed, None
+        ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
+        ran = await self.pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
+                                  max_result=min(spec.max_value_size,
+                                                 self.config.max_value_size))
+        results = [TaskResult(item.id, o.status, o.payload)
+                   for item, o in zip(items, ran.outcomes, strict=True)]
+        return failed + results, ran.worker_seconds
+
+    async def _fetch_args(self, spec: JobSpec, items: list[TaskItem]
+                          ) -> tuple[list[TaskItem], list[TaskResult]]:
+        """The batch's tasks with their arguments in hand (those that stayed at the owner
+        are fetched now), and error results for those over this peer's limit. A task whose
+        arguments the owner no longer has (the job ended) is left out."""
+        remote = {item.id: item for item in items if item.remote}
+        if not remote:
+            return items, []
+        fetched, failed = await self._fetch_remote(spec, list(remote.values()))
+        ready = [fetched.get(item.id, item) if item.remote else item for item in items]
+        return [i for i in ready if not i.remote], failed
+
+    async def _fetch_remote(self, spec: JobSpec, items: list[TaskItem]
+                            ) -> tuple[dict[int, TaskItem], list[TaskResult]]:
+        address = self._addresses.get(spec.owner)
+        if address is None:
+            return {}, []
+        fetched: dict[int, TaskItem] = {}
+        failed: list[TaskResult] = []
+        try:
+            async with await self.membership.wire.connect(address) as stream:
+                await stream.send(FetchArgs(spec.job, tuple(item.id for item in items)))
+                for _ in items:
+                    await self._receive_arg(stream, spec, fetched, failed)
+        except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+            log.debug("fetching arguments of job %s from %s failed: %s", spec.job.hex()[:8],
+                      self._where(spec.owner), exc)
+        return fetched, failed
+
+    async def _receive_arg(self, stream: SecureStream, spec: JobSpec,
+                           fetched: dict[int, TaskItem], failed: list[TaskResult]) -> None:
+        header = await stream.receive()
+        if not isinstance(header, ValueHeader):
+            raise ProtocolError(f"expected a ValueHeader, got {type(header).__name__}")
+        if not header.found:
+            return
+        if header.size > self.config.max_value_size:
+            await skip_value(stream, header.size)
+            message = too_large(f"the arguments of task {header.id}", header.size,
+                                self.config.max_value_size, f"peer {self.name}")
+            failed.append(TaskResult(header.id, TaskStatus.ERROR,
+                                     encode_error("ValueTooLarge", message)))
+            return
+        value = await receive_value(stream, header.size)
+        fetched[header.id] = TaskItem(header.id, 0, bytes(value))
+
+    async def _serve_args(self, stream: SecureStream, request: FetchArgs) -> None:
+        """Answer a :class:`FetchArgs`: each task's arguments, or "not found"."""
+        for tid in request.ids:
+            payload = self.machine.payload(request.job, tid)
+            await stream.send(ValueHeader(tid, len(payload or b""), payload is not None))
+            if payload is not None:
+                await send_value(stream, payload)
+
+    async def _take_pushed(self, stream: SecureStream, push: PushResult) -> None:
+        """Receive a large result pushed by the peer that ran its task."""
+        if push.size > self.config.max_value_size:
+            reason = too_large(f"the result of task {push.id}", push.size,
+                               self.config.max_value_size, f"peer {self.name}")
+            await stream.send(ResultAck(AckStatus.REFUSED, reason))
+            return
+        if self.machine.owned_remaining(push.job) == 0:
+            await stream.send(ResultAck(AckStatus.NO_JOB, "the job has ended"))
+            return
+        value = await receive_value(stream, push.size)
+        result = TaskResult(push.id, push.status, bytes(value))
+        self.machine.receive(trio.current_time(),
+                             Results(push.job, push.sender, push.queue, (result,)))
+        self._flush()
+        await stream.send(ResultAck(AckStatus.ACCEPTED, ""))
+
+    async def _push(self, out: PushValue) -> None:
+        """Carry out a :class:`PushValue`: a few attempts, then give up (the owner will run
+        the task again when our reports stop naming it)."""
+        why = "its address is unknown"
+        for attempt in range(PUSH_ATTEMPTS):
+            if attempt:
+                await trio.sleep(PUSH_PAUSE)
+            address = self._addresses.get(out.dst)
+            if address is None or out.dst in self._gone:
+                break
+            try:
+                ack = await self._push_once(address, out)
+            except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+                why = str(exc) or type(exc).__name__
+                continue
+            instead = None
+            if ack.status == AckStatus.REFUSED:  # the task fails with the owner's reason
+                instead = TaskResult(out.result.id, TaskStatus.ERROR,
+                                     encode_error("ValueTooLarge", ack.reason))
+            self.machine.push_done(trio.current_time(), out.job, out.result.id,
+                                   ack.status == AckStatus.ACCEPTED, instead)
+            self._flush()
+            return
+        log.warning("could not deliver the result of task %d of job %s (%s bytes) to peer %s "
+                    "(%s): %s; its owner will run that task again", out.result.id,
+                    out.job.hex()[:8], f"{len(out.result.payload):,}",
+                    self._names.get(out.dst, "?"), self._where(out.dst), why)
+        self.machine.push_done(trio.current_time(), out.job, out.result.id, False)
+        self._flush()
+
+    async def _push_once(self, address: Address, out: PushValue) -> ResultAck:
+        result = out.result
+        async with await self.membership.wire.connect(address) as stream:
+            await stream.send(PushResult(out.job, self.node_id, out.queue, result.id,
+                                         result.status, len(result.payload)))
+            await send_value(stream, result.payload)
+            ack = await stream.receive()
+        if not isinstance(ack, ResultAck):
+            raise ProtocolError("the owner closed the stream without acknowledging")
+        return ack
 
     async def _ensure_code(self, spec: JobSpec) -> None:
         for digest in [spec.code, *spec.includes]:

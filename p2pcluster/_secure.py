@@ -288,7 +288,7 @@ class SecureStream:
     async def send(self, msg: Message) -> None:
         await self.send_payload(codec.encode(msg))
 
-    async def send_payload(self, payload: bytes) -> None:
+    async def send_payload(self, payload: bytes | bytearray | memoryview) -> None:
         """Send one frame. Safe to call from several tasks: frames never interleave."""
         async with self._send_lock:
             frame = self.session.seal(payload)

@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -104,6 +104,14 @@ class WorkerPoolStatistics:
     crashes: int
     timeouts: int
     poisoned: int
+
+
+class _Target(NamedTuple):
+    """What a request runs: the function (as :meth:`FunctionRef.to_wire` gives it) and the
+    largest result it may return."""
+
+    ref: tuple[Any, ...]
+    max_result: int
 
 
 class _Crashed(Exception):
@@ -181,32 +189,34 @@ class WorkerPool:
                                     self._crashes, self._timeouts, self._poisoned)
 
     async def run(
-        self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None
+        self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
+        max_result: int = 2**62,
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._code.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
-        the worker that has it.
+        the worker that has it. A result that encodes to more than ``max_result`` bytes fails
+        its task instead (:func:`~._worker.run_batch`).
         """
         self._batches += 1
         self._tasks += len(payloads)
-        wire = ref.to_wire()
+        target = _Target(ref.to_wire(), max_result)
         if timeout is None and len(payloads) > 1:
             try:
-                answer = await self._call(wire, payloads, alone=False)
+                answer = await self._call(target, payloads, alone=False)
                 assert answer is not None  # no timeout, so an answer
                 return BatchResult(*answer)
             except _Crashed:
                 self._crashes += 1  # the culprit is unknown: run them one by one
-        results = [await self._run_alone(wire, p, timeout) for p in payloads]
+        results = [await self._run_alone(target, p, timeout) for p in payloads]
         return BatchResult([o for o, _ in results], sum(s for _, s in results))
 
-    async def _run_alone(self, wire: tuple[Any, ...], payload: bytes, timeout: float | None
+    async def _run_alone(self, target: _Target, payload: bytes, timeout: float | None
                          ) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
             try:
-                answer = await self._call(wire, [payload], alone=timeout is not None,
+                answer = await self._call(target, [payload], alone=timeout is not None,
                                           timeout=timeout)
             except _Crashed as exc:
                 self._crashes += 1
@@ -224,13 +234,13 @@ class WorkerPool:
                    "not retried again")
         return Outcome(POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, wire: tuple[Any, ...], payloads: Sequence[bytes], *, alone: bool,
+    async def _call(self, target: _Target, payloads: Sequence[bytes], *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
         """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
 
         A timed call's clock starts once it has a started worker to itself.
         """
-        frame = _frame((self._cache_root, wire, list(payloads)))
+        frame = _frame((self._cache_root, target.ref, list(payloads), target.max_result))
         while True:
             worker = await self._pick(alone)
             call = _Call(frame)
@@ -375,8 +385,8 @@ async def open_worker_pool(workers: int, cache_root: Path) -> AsyncIterator[Work
     The workers start in the background: the pool is usable at once, and requests sent
     before a worker is up wait in its pipe.
     """
-    if workers < 1:
-        raise ValueError(f"a worker pool needs at least one worker, got {workers}")
+    if workers < 0:
+        raise ValueError(f"a worker pool cannot have {workers} workers")
     async with trio.open_nursery() as nursery:
         pool = WorkerPool(workers, cache_root, nursery)
         for _ in range(workers):

@@ -40,3 +40,15 @@ def record_and_sleep(directory: str, index: int, seconds: float) -> int:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def blob(size: int, seed: int) -> bytes:
+    """``size`` bytes that depend on ``seed`` (cheap to make, cheap to check)."""
+    block = seed.to_bytes(4, "big") * 16384  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

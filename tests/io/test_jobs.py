@@ -35,6 +35,7 @@ from p2pcluster import (
     SubmitError,
     TaskError,
     TaskTimeoutError,
+    ValueTooLarge,
 )
 from p2pcluster._control import request
 from p2pcluster._jobs import encode_map_args
@@ -521,3 +522,47 @@ def test_closing_the_client_cancels_the_job_on_the_daemon(daemon: Daemon, secret
     assert len(started_pids(started)) == 1  # nothing else started
     daemon.check_alive()
     del results
+
+
+# --- values larger than a message ----------------------------------------------------------
+
+
+async def test_large_arguments_and_results_cross_between_peers(secret: Path) -> None:
+    """The owner has no worker, so every task runs on the other peer: arguments larger than
+    inline_value_size stay at the owner until the task runs (fetched on a data stream), and
+    a large result comes back on a data stream of its own."""
+    import hashlib
+
+    cluster = unique_cluster()
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[JOBFUNCS]) as a:
+        seed = f"127.0.0.1:{a.membership.me.port}"
+        async with open_peer(config(secret, cluster, node_name="b", seeds=(seed,)),
+                             include=[JOBFUNCS]) as b:
+            await until(lambda: {m.name for m in a.members() if m.alive} == {"a", "b"},
+                        "a sees b")
+            values = [jobfuncs.blob(3_000_000 + i, i) for i in range(3)]
+            with trio.fail_after(WAIT):
+                digests = await a.map(jobfuncs.digest, values)
+                big = await a.run(jobfuncs.blob, 5_000_000, 7)
+            assert digests == [hashlib.sha256(v).hexdigest() for v in values]
+            assert hashlib.sha256(big).digest() == hashlib.sha256(
+                jobfuncs.blob(5_000_000, 7)).digest()
+            assert b.statistics().stealing.executed == 4
+            assert b.statistics().stealing.results_pushed == 1
+            assert a.statistics().stealing.completed == 4
+
+
+async def test_values_over_the_limit_fail_with_the_named_error(secret: Path) -> None:
+    async with two_peers(secret, max_value_size=1024 * 1024) as (a, _b):
+        with pytest.raises(ValueTooLarge) as too_big:
+            await a.run(jobfuncs.digest, b"x" * 2_000_000)
+        assert ("the arguments of digest: 2,000,008 bytes, over the limit of 1,048,576 bytes "
+                "on this peer") in str(too_big.value)
+        assert "max_value_size" in str(too_big.value)
+        with trio.fail_after(WAIT), pytest.raises(TaskError) as failed:
+            await a.run(jobfuncs.blob, 1_500_000, 1)
+        assert failed.value.type_name == "ValueTooLarge"
+        assert ("the result of blob: 1,500,005 bytes, over the limit of 1,048,576 bytes"
+                in failed.value.remote_message)
+        assert "max_value_size" in failed.value.remote_message
