@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ClusterError as ClusterError
 from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
 from ._errors import HandshakeError as HandshakeError
@@ -29,8 +30,10 @@ from ._version import __version__ as __version__
 if TYPE_CHECKING:
     from ._config import Config as Config
     from ._executor import Cluster as Cluster
+    from ._executor import MapIterator as MapIterator
     from ._executor import MemberInfo as MemberInfo
     from ._executor import Progress as Progress
+    from ._executor import TaskFuture as TaskFuture
     from ._jobs import PoisonTaskError as PoisonTaskError
     from ._jobs import TaskError as TaskError
     from ._jobs import TaskTimeoutError as TaskTimeoutError
@@ -52,6 +55,8 @@ _LAZY = {
     "Cluster": "._executor",
     "MemberInfo": "._executor",
     "Progress": "._executor",
+    "TaskFuture": "._executor",
+    "MapIterator": "._executor",
     "open_peer": "._peer",
     "Peer": "._peer",
     "Job": "._peer",
@@ -79,6 +84,8 @@ __all__ = [
     "Job",
     "MemberInfo",
     "Progress",
+    "TaskFuture",
+    "MapIterator",
     "PeerStatistics",
     # membership
     "serve_membership",
@@ -90,6 +97,7 @@ __all__ = [
     "MembershipStatistics",
     # errors
     "P2PClusterError",
+    "ClusterError",
     "ConfigError",
     "SecretError",
     "SubmitError",

@@ -244,23 +244,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         include=args.include, quiet=args.quiet)
 
 
-def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+def _ask(args: argparse.Namespace, op: str, **body: Any) -> dict[str, Any]:
     import trio
 
     from ._control import NoDaemon
-    from ._control import request as control_request
+    from ._control_client import request_daemon
 
     cluster = args.cluster or os.environ.get("P2PCLUSTER_CLUSTER") or "default"
     path = _control_path(args, cluster)
     try:
-        answer = trio.run(lambda: control_request(path, request))
+        return trio.run(lambda: request_daemon(path, op, **body))
     except NoDaemon:
         raise P2PClusterError(
             f"no p2pcluster peer is running for cluster {cluster!r} on this machine (no "
             f"control socket at {path}); start one with `p2pcluster join`") from None
-    if not answer.get("ok"):
-        raise P2PClusterError(str(answer.get("error", "the peer refused the request")))
-    return answer
+    except trio.TooSlowError:
+        raise P2PClusterError(f"the peer at {path} did not answer within 10 s") from None
 
 
 def _age(seconds: float) -> str:
@@ -273,7 +272,7 @@ def _age(seconds: float) -> str:
 
 
 def _cmd_members(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"op": "members"})
+    answer = _ask(args, "members")
     rows = sorted(answer["members"], key=lambda r: (r["status"] != "alive", r["name"]))
     if args.json:
         print(json.dumps({"cluster": answer["cluster"], "self": answer["self"],
@@ -294,7 +293,7 @@ def _cmd_members(args: argparse.Namespace) -> int:
 
 
 def _cmd_leave(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"op": "leave"})
+    answer = _ask(args, "leave")
     print(f"peer {answer['name']} is leaving the cluster", file=sys.stderr)
     return EXIT_OK
 

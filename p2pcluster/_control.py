@@ -1,20 +1,26 @@
-"""The local control endpoint: how local commands talk to a running peer.
+"""The local control socket: where it lives, who may use it, and how frames cross it.
 
 A Unix stream socket at ``$XDG_RUNTIME_DIR/p2pcluster/<cluster>.sock`` (falling back to a
 private ``/tmp/p2pcluster-<uid>/`` directory), one per cluster name, mode 0600 in a 0700
-directory; a connecting process of another user is refused (``SO_PEERCRED``). Several peers on
-one machine (one per network namespace, say) each get their own ``XDG_RUNTIME_DIR`` or
-``--control PATH``.
+directory. Several peers on one machine (one per network namespace, say) each get their own
+``XDG_RUNTIME_DIR`` or ``--control PATH``.
 
-Messages are frames of a 4-byte big-endian length and one plain CBOR map (no tags). A request
-is ``{"op": ..., ...}``; the daemon answers with one or more frames, each with ``"ok"``, and
-closes the connection when done.
+Trust goes both ways, and is checked before a byte of a job moves:
+
+- the daemon refuses a connecting process of another user (``SO_PEERCRED``), root excepted;
+- a client refuses a socket whose directory is not its own with mode 0700, or whose
+  listening process runs as another user (root excepted): under ``/tmp`` anyone may have
+  created the path first, and a fake daemon would receive the job's code and forge its
+  results (:class:`UntrustedDaemon`).
+
+The frames, and the messages in them, are :mod:`._proto.control`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
 import socket
 import stat
@@ -29,22 +35,26 @@ import trio
 
 from ._errors import P2PClusterError, ProtocolError
 from ._proto.codec import decode_cbor
+from ._proto.control import CODEC, MAX_FRAME, ControlMessage
 
-__all__ = ["ControlConnection", "NoDaemon", "control_path", "open_connection", "request",
-           "serve_control"]
+__all__ = ["BACKLOG", "FramedStream", "NoDaemon", "UntrustedDaemon", "connect",
+           "control_path", "serve_control"]
 
 log = logging.getLogger("p2pcluster.control")
-MAX_FRAME = 64 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
-
-Reply = Callable[[Mapping[str, Any]], Awaitable[None]]
-#: A handler gets the request and the connection; ``await connection(answer)`` replies, and a
-#: streaming handler may keep replying, or read to notice that the client went away.
-Handler = Callable[[Mapping[str, Any], "ControlConnection"], Awaitable[None]]
+_RECEIVE = 1 << 20
+#: Connections the kernel queues for the daemon: a client opens one, however many futures.
+BACKLOG = 128
+#: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
+MAX_SOCKET_PATH = 107
 
 
 class NoDaemon(P2PClusterError):
     """No peer is running for this cluster on this machine."""
+
+
+class UntrustedDaemon(P2PClusterError):
+    """The control socket belongs to someone else: refused before anything was sent."""
 
 
 def control_path(cluster: str, environ: Mapping[str, str] | None = None) -> Path:
@@ -57,10 +67,6 @@ def control_path(cluster: str, environ: Mapping[str, str] | None = None) -> Path
     return base / f"{safe}.sock"
 
 
-#: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
-MAX_SOCKET_PATH = 107
-
-
 def _check_length(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise P2PClusterError(
@@ -68,91 +74,120 @@ def _check_length(path: Path) -> None:
             "Unix socket allows; set a shorter XDG_RUNTIME_DIR or pass --control PATH")
 
 
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _directory_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold our control socket, or None."""
+    info = directory.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.getuid() or mode & 0o077:
+        return (f"its directory {directory} belongs to {_user(info.st_uid)} with mode "
+                f"{mode:04o}; it must be yours ({_user(os.getuid())}) with mode 0700")
+    return None
+
+
 def _prepare_directory(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.parent.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise P2PClusterError(
-            f"control directory {path.parent} must belong to you and not be writable by "
-            f"others (mode {stat.S_IMODE(info.st_mode):04o}); fix it or pass --control PATH"
-        )
+    problem = _directory_problem(path.parent)
+    if problem:
+        raise P2PClusterError(f"cannot serve the control socket {path}: {problem}. Another "
+                              "user may have created it: remove it, or pass --control PATH")
 
 
-def encode_frame(message: Mapping[str, Any]) -> bytes:
-    data = cbor2.dumps(dict(message))
-    return _LENGTH.pack(len(data)) + data
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
-class ControlConnection:
-    """One connection to or from the control socket: frames in, frames out."""
+class FramedStream:
+    """Frames over one control connection: plain CBOR maps (the greeting) and typed
+    messages. Sends are serialised, so any task may send; one task receives."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self._buffer = bytearray()
+        self._send_lock = trio.StrictFIFOLock()
 
-    async def __call__(self, message: Mapping[str, Any]) -> None:
-        await self.send(message)
+    async def send_map(self, message: Mapping[str, Any]) -> None:
+        await self.send_frame(cbor2.dumps(dict(message)))
 
-    async def send(self, message: Mapping[str, Any]) -> None:
-        await self.stream.send_all(encode_frame(message))
+    async def send_message(self, message: ControlMessage) -> None:
+        await self.send_frame(CODEC.encode(message))
 
-    async def receive(self) -> dict[str, Any] | None:
-        """The next message, or None when the other side closed."""
+    async def send_frame(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(_LENGTH.pack(len(data)) + data)
+
+    async def receive_frame(self) -> bytes | None:
+        """The next frame's bytes, or None when the other side closed between frames."""
         while True:
             if len(self._buffer) >= _LENGTH.size:
                 (length,) = _LENGTH.unpack_from(self._buffer)
                 if length > MAX_FRAME:
-                    raise ProtocolError(f"control frame of {length} bytes is too large")
-                if len(self._buffer) >= _LENGTH.size + length:
-                    data = bytes(self._buffer[_LENGTH.size:_LENGTH.size + length])
-                    del self._buffer[:_LENGTH.size + length]
-                    message = decode_cbor(data)
-                    if not isinstance(message, dict):
-                        raise ProtocolError("a control message is a CBOR map")
-                    return message
-            chunk = await self.stream.receive_some(65536)
+                    raise ProtocolError(f"control frame of {length} bytes exceeds {MAX_FRAME}")
+                end = _LENGTH.size + length
+                if len(self._buffer) >= end:
+                    data = bytes(self._buffer[_LENGTH.size:end])
+                    del self._buffer[:end]
+                    return data
+            chunk = await self.stream.receive_some(_RECEIVE)
             if not chunk:
                 if self._buffer:
-                    raise ProtocolError("control connection closed inside a frame")
+                    raise ProtocolError("the control connection closed inside a frame")
                 return None
             self._buffer += chunk
 
-    def __aiter__(self) -> ControlConnection:
-        return self
+    async def receive_map(self) -> dict[str, Any] | None:
+        data = await self.receive_frame()
+        if data is None:
+            return None
+        message = decode_cbor(data)
+        if not isinstance(message, dict):
+            raise ProtocolError("expected a CBOR map")
+        return message
 
-    async def __anext__(self) -> dict[str, Any]:
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
+    async def receive_message(self) -> ControlMessage | None:
+        data = await self.receive_frame()
+        if data is None:
+            return None
+        message: ControlMessage = CODEC.decode(data)
         return message
 
     async def aclose(self) -> None:
         await self.stream.aclose()
 
 
-async def open_connection(path: Path) -> ControlConnection:
-    """Connect to a daemon's control socket; :class:`NoDaemon` if none answers."""
+async def connect(path: Path) -> FramedStream:
+    """Connect to the daemon at ``path`` after checking it is ours to trust.
+
+    Raises :class:`NoDaemon` if nothing answers there, and :class:`UntrustedDaemon` (naming
+    the path and the owner found) if its directory or its process belongs to another user.
+    """
     _check_length(path)
+    try:
+        problem = _directory_problem(path.parent)
+    except FileNotFoundError:
+        raise NoDaemon(f"no control socket answers at {path}") from None
+    if problem:
+        raise UntrustedDaemon(f"refusing the control socket {path}: {problem}. Another user "
+                              "may have created it: remove it, or pass --control PATH")
     try:
         stream = await trio.open_unix_socket(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise NoDaemon(f"no control socket answers at {path}") from exc
-    return ControlConnection(stream)
-
-
-async def request(path: Path, message: Mapping[str, Any], *, timeout: float = 10.0
-                  ) -> dict[str, Any]:
-    """Send one request and return the first answer."""
-    with trio.fail_after(timeout):
-        connection = await open_connection(path)
-        try:
-            await connection.send(message)
-            answer = await connection.receive()
-        finally:
-            await connection.aclose()
-    if answer is None:
-        raise P2PClusterError(f"the daemon at {path} closed the connection without answering")
-    return answer
+    uid = peer_uid(stream.socket)
+    if uid not in (os.getuid(), 0):
+        await stream.aclose()
+        raise UntrustedDaemon(f"refusing the control socket {path}: the process listening "
+                              f"there runs as {_user(uid)}, not as you ({_user(os.getuid())}) "
+                              "or root")
+    return FramedStream(stream)
 
 
 async def _claim(path: Path) -> None:
@@ -169,18 +204,16 @@ async def _claim(path: Path) -> None:
                           "stop it with `p2pcluster leave`, or use another --cluster")
 
 
-def _peer_uid(sock: trio.socket.SocketType) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+Handler = Callable[[FramedStream], Awaitable[None]]
 
 
 async def serve_control(path: Path, handler: Handler, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``path`` until cancelled; each connection's first frame goes to ``handler``.
+    """Serve ``path`` until cancelled, running ``handler`` on each connection of this user
+    (or root) in a task of its own; the connection closes when it returns.
 
-    ``handler(request, reply)`` answers with ``await reply(message)``, as often as it likes;
-    the connection closes when it returns. Raises :class:`~p2pcluster.P2PClusterError` if
-    another daemon already serves ``path``.
+    A connection's errors end that connection, never the server. Raises
+    :class:`~p2pcluster.P2PClusterError` if another daemon already serves ``path``.
     """
     _check_length(path)
     _prepare_directory(path)
@@ -189,7 +222,7 @@ async def serve_control(path: Path, handler: Handler, *,
     try:
         await sock.bind(str(path))
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(BACKLOG)
         inode = path.stat().st_ino
     except BaseException:
         sock.close()
@@ -212,18 +245,15 @@ async def serve_control(path: Path, handler: Handler, *,
 
 
 async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
-    connection = ControlConnection(stream)
     async with stream:
-        uid = _peer_uid(stream.socket)
+        uid = peer_uid(stream.socket)
         if uid not in (os.getuid(), 0):
-            log.warning("refused a control connection from uid %d", uid)
+            log.warning("refused a control connection from %s", _user(uid))
             return
         try:
-            request_ = await connection.receive()
-            if request_ is not None:
-                await handler(request_, connection)
-        except* (ProtocolError, trio.BrokenResourceError, OSError) as group:
-            # The client went away (or sent garbage): that ends this connection, never the
-            # daemon. except*, since a handler with a nursery (`submit`, which streams
-            # results) raises these inside an ExceptionGroup.
+            await handler(FramedStream(stream))
+        except* (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                 OSError) as group:
+            # The client went away, or sent garbage: that ends this connection, never the
+            # daemon. except*, since a handler with a nursery raises inside a group.
             log.debug("control connection ended: %s", "; ".join(map(str, group.exceptions)))

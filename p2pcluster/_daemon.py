@@ -10,43 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import signal
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ._code import CodeBundle, FunctionRef
 from ._config import Config
-from ._control import ControlConnection, serve_control
-from ._errors import P2PClusterError, ProtocolError
-from ._jobs import JobRequest
+from ._control import FramedStream, serve_control
+from ._control_server import ControlSession
+from ._errors import P2PClusterError
 from ._peer import Peer, open_peer
-from ._proto.membership import EventKind, Member
-from ._proto.meta import NodeMeta
+from ._proto.control import CONTROL_VERSION, member_row, welcome
+from ._proto.membership import EventKind
 from ._version import __version__
 
-__all__ = ["member_row", "run_daemon"]
+__all__ = ["run_daemon"]
 
 log = logging.getLogger("p2pcluster")
 REJECTION_REPORT = 5.0  # seconds between checks for rejected traffic
 REJECTION_QUIET = 60.0  # at most one warning per source this often
 
 
-def member_row(member: Member, now: float) -> dict[str, Any]:
-    """A member as the control socket reports it (and `members --json` prints it)."""
-    meta = NodeMeta.decode(member.meta)
-    return {
-        "name": member.name, "id": member.id.hex(), "host": member.host, "port": member.port,
-        "status": member.status.name.lower(), "incarnation": member.incarnation,
-        "workers": meta.workers, "queue": meta.queue, "tags": list(meta.tags),
-        "version": meta.version, "age": round(max(0.0, now - member.since), 1),
-    }
-
-
 class Daemon:
-    """The running peer: control requests, logs, and the leave sequence."""
+    """The running peer: control connections, logs, and the leave sequence."""
 
     def __init__(self, peer: Peer, config: Config) -> None:
         self.peer = peer
@@ -56,58 +43,43 @@ class Daemon:
 
     # --- control --------------------------------------------------------------------------
 
-    async def handle(self, request: Any, reply: ControlConnection) -> None:
-        op = request.get("op")
+    async def serve_connection(self, stream: FramedStream) -> None:
+        """Greet a client (refusing another version in words it can read), then serve its
+        session until it leaves."""
+        hello = await stream.receive_map()
+        if hello is None:
+            return
+        if hello.get("op") != "hello" or hello.get("version") != CONTROL_VERSION:
+            await stream.send_map({"ok": False, "error": (
+                f"this daemon speaks control protocol {CONTROL_VERSION} (p2pcluster "
+                f"{__version__}); the client sent {hello.get('op')!r} of version "
+                f"{hello.get('version', 1)!r}: use the same p2pcluster version on both")})
+            return
+        client = str(hello.get("client", "a client"))[:200]
+        limit = hello.get("max_value_size")
+        limit = min(self.config.max_value_size,
+                    limit if type(limit) is int and limit > 0 else 2**62)
+        me = self.membership.me
+        await stream.send_map(welcome(peer=me.name, node=me.id.hex(),
+                                      cluster=self.config.cluster, software=__version__,
+                                      max_value_size=self.config.max_value_size))
+        await ControlSession(stream, self.peer, self.admin, client, limit).serve()
+
+    async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A control request other than a job: members, status or leave."""
         now = trio.current_time()
         if op == "members":
             rows = [member_row(m, now) for m in self.membership.members()]
-            await reply({"ok": True, "cluster": self.config.cluster,
-                         "self": self.membership.machine.node_id.hex(), "members": rows})
-        elif op == "status":
+            return {"cluster": self.config.cluster, "self": self.membership.me.id.hex(),
+                    "members": rows}
+        if op == "status":
             stats = dataclasses.asdict(self.membership.statistics())
-            await reply({"ok": True, "cluster": self.config.cluster, "version": __version__,
-                         "self": member_row(self.membership.me, now), "statistics": stats})
-        elif op == "submit":
-            await self.submit(request, reply)
-        elif op == "leave":
-            await reply({"ok": True, "name": self.membership.me.name})
+            return {"cluster": self.config.cluster, "version": __version__,
+                    "self": member_row(self.membership.me, now), "statistics": stats}
+        if op == "leave":
             self.leave_requested.set()
-        else:
-            await reply({"ok": False, "error": f"unknown operation {op!r}"})
-
-    async def submit(self, request: Any, connection: ControlConnection) -> None:
-        """Own a job for a local client (`p2pcluster run`, or a `Cluster`), and stream its
-        results back as they come: ``{"results": [[index, status, payload, peer], ...]}``
-        frames, then ``{"done": true}``. The job is cancelled if the client goes away."""
-        try:
-            job_request = job_request_from(request)
-        except (P2PClusterError, ValueError, TypeError, KeyError) as exc:
-            await connection({"ok": False, "error": f"bad job: {exc}"})
-            return
-        await connection({"ok": True, "peer": self.peer.name})
-        send, receive = trio.open_memory_channel[list[Any]](math.inf)
-        async with self.peer.open_job(job_request) as job:
-            job.listeners.append(lambda batch: send.send_nowait([list(r) for r in batch]))
-            async with trio.open_nursery() as nursery:
-                async def client_gone() -> None:
-                    await connection.receive()  # EOF or anything: the client is done
-                    nursery.cancel_scope.cancel()
-
-                async def finished() -> None:
-                    await job.wait()
-                    send.close()
-
-                nursery.start_soon(client_gone)
-                nursery.start_soon(finished)
-                async for batch in receive:
-                    while True:  # coalesce what is already there into one frame
-                        try:
-                            batch.extend(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    await connection({"results": batch})
-                await connection({"done": True, "cancelled": job.cancelled})
-                nursery.cancel_scope.cancel()
+            return {"name": self.membership.me.name}
+        raise P2PClusterError(f"unknown operation {op!r}")
 
     # --- background tasks -----------------------------------------------------------------
 
@@ -152,28 +124,6 @@ class Daemon:
                 nursery.cancel_scope.cancel()
 
 
-def job_request_from(request: dict[str, Any]) -> JobRequest:
-    """Check and rebuild a job sent over the control socket."""
-    ref = FunctionRef.from_wire(request["ref"])
-    bundles = {}
-    for digest, data in dict(request.get("bundles", {})).items():
-        bundle = CodeBundle.decode(data)
-        if bundle.digest != digest:
-            raise ProtocolError(f"bundle {digest[:12]} has digest {bundle.digest[:12]}")
-        bundles[digest] = bundle
-    payloads = request["payloads"]
-    if not isinstance(payloads, list) or not all(type(p) is bytes for p in payloads):
-        raise TypeError("payloads must be a list of byte strings")
-    timeout = request.get("timeout")
-    chunksize = request.get("chunksize", 0)
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-        raise ValueError("timeout must be a positive number of seconds")
-    if type(chunksize) is not int or chunksize < 0:
-        raise ValueError("chunksize must be a non-negative integer")
-    return JobRequest(ref, bundles, payloads, None if timeout is None else float(timeout),
-                      chunksize)
-
-
 async def run_daemon(config: Config, *, control: Path) -> None:
     """Run a peer until a signal or a `leave` request, then leave gracefully: gossip "left"
     and withdraw the mDNS record concurrently (under 2 s)."""
@@ -181,7 +131,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
         log.info("using %s", peer.where)
         daemon = Daemon(peer, config)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_control, control, daemon.handle)
+            await nursery.start(serve_control, control, daemon.serve_connection)
             me = peer.membership.me
             log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
                      me.name, me.id.hex()[:8], config.cluster, me.host, me.port,

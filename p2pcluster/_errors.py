@@ -7,6 +7,9 @@ Pure: importable from the sans-IO core. Everything p2pcluster raises on purpose 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class P2PClusterError(Exception):
     """Base class of every error p2pcluster raises on purpose."""
@@ -22,6 +25,12 @@ class SecretError(P2PClusterError):
 
 class SubmitError(P2PClusterError, ValueError):
     """A function or an argument cannot be sent to the cluster; the message says how to fix it."""
+
+
+class ClusterError(P2PClusterError):
+    """The cluster itself failed under a :class:`~p2pcluster.Cluster`: its connection to the
+    daemon broke, or its embedded peer stopped. Every unfinished future and iterator fails
+    with it (``__cause__`` says why), and every later call raises it."""
 
 
 class ValueTooLarge(SubmitError):
@@ -71,3 +80,21 @@ def too_large(what: str, size: int, limit: int, where: str) -> str:
     return (f"{what}: {size:,} bytes, over the limit of {limit:,} bytes on {where} "
             "(max_value_size: raise it with P2PCLUSTER_MAX_VALUE_SIZE or "
             "Config(max_value_size=...) there)")
+
+
+@contextmanager
+def single_errors() -> Iterator[None]:
+    """Re-raise an exception group that holds one exception as that exception.
+
+    A context manager that yields inside a trio nursery would otherwise hand its caller an
+    ``ExceptionGroup`` for an error raised in the caller's own ``with`` block."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if leaf is group:
+            raise
+        leaf.__suppress_context__ = True
+        raise leaf from leaf.__cause__

@@ -1,9 +1,15 @@
 """`Cluster`: the cluster as a :class:`concurrent.futures.Executor`, for plain or asyncio code.
 
-Trio runs in one background thread. There, the cluster is either an embedded peer
-(:func:`~._peer.open_peer`) or the local `p2pcluster join` daemon, reached over its control
-socket. The calling threads only name functions and encode arguments (so a bad function or
-argument fails at submit time, in the caller) and then wait on real futures.
+Trio runs in one background thread. There, the cluster is either the local `p2pcluster join`
+daemon, reached over one control connection that carries every job of this process
+(:mod:`._control_client`), or an embedded peer (:func:`~._peer.open_peer`). The calling
+threads only name functions and encode arguments (so a bad function or argument fails at
+submit time, in the caller) and then wait on real futures.
+
+Nothing waits forever: every job handed to the trio thread is tracked until it ends, and if
+the thread fails (the daemon's connection breaks, the embedded peer crashes), every unfinished
+future and iterator fails with :class:`~p2pcluster.ClusterError`, whose ``__cause__`` says
+why, and every later call raises it.
 """
 
 from __future__ import annotations
@@ -22,15 +28,17 @@ from typing import Any
 import trio
 
 from ._config import Config
-from ._control import NoDaemon, control_path, open_connection, request
-from ._errors import P2PClusterError
-from ._jobs import CodeRegistry, JobRequest, encode_map_args, unpack
+from ._control import NoDaemon, control_path
+from ._control_client import ControlClient, open_control_client
+from ._errors import ClusterError, P2PClusterError
+from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._peer import Peer, open_peer
+from ._proto.control import EndReason, member_row
+from ._proto.control import Progress as JobProgress
 
-__all__ = ["Cluster", "MemberInfo", "Progress"]
+__all__ = ["Cluster", "MemberInfo", "Progress", "TaskFuture"]
 
 log = logging.getLogger("p2pcluster")
-Batch = list[tuple[int, int, bytes, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +68,114 @@ class Progress:
     elapsed: float
 
 
-class _JobHandle:
-    """A job as the executor sees it: cancel it from any thread."""
+class TaskFuture(cf.Future[Any]):
+    """The :class:`concurrent.futures.Future` of one task. ``peer`` is the name of the peer
+    that ran it, once it has a result or a task error (None until then, and if it never
+    ran: cancelled, or the cluster failed)."""
+
+    peer: str | None = None
+
+
+class _Sink:
+    """One job's consumer in the Executor; the trio thread calls it (never blocking)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
         self._cancel: Callable[[], None] | None = None
-        self._cancelled = False
+        self._cancel_requested = False
+        self.over = False
+
+    def accepted(self, job_id: bytes) -> None:
+        pass
+
+    def progress(self, progress: JobProgress) -> None:
+        pass
+
+    def results(self, batch: list[JobResult]) -> None:
+        self._cluster._count(batch)
+        self.got(batch)
+
+    # what a sink does with its news
+    def got(self, batch: list[JobResult]) -> None:
+        raise NotImplementedError
+
+    def finish(self, cancelled: bool) -> None:
+        raise NotImplementedError
+
+    def failed(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+    def close(self, cancelled: bool = False, error: BaseException | None = None) -> None:
+        """The job is over: forget it, and tell the consumer (once)."""
+        if self.over:
+            return
+        self.over = True
+        self._cluster._forget(self)
+        if error is not None:
+            self.failed(error)
+        else:
+            self.finish(cancelled)
 
     def cancel(self) -> None:
-        self._cancelled = True
-        if self._cancel is not None:
+        """Stop the job (from any thread)."""
+        self._cancel_requested = True
+        cancel = self._cancel
+        if cancel is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                self._cluster._token.run_sync_soon(self._cancel)
+                self._cluster._token.run_sync_soon(cancel)
+
+
+class _FutureSink(_Sink):
+    def __init__(self, cluster: Cluster, future: TaskFuture) -> None:
+        super().__init__(cluster)
+        self.future = future
+
+    def got(self, batch: list[JobResult]) -> None:
+        result = batch[0]
+        self.future.peer = result.peer
+        try:
+            value = unpack(result.status, result.payload, result.peer)
+        except Exception as exc:
+            with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
+                self.future.set_exception(exc)
+        else:
+            with contextlib.suppress(cf.InvalidStateError):
+                self.future.set_result(value)
+
+    def finish(self, cancelled: bool) -> None:
+        if cancelled:
+            self.future.cancel()  # no-op if it is done
+        elif not self.future.done():
+            self.failed(P2PClusterError("the job ended without a result"))
+
+    def failed(self, error: BaseException) -> None:
+        with contextlib.suppress(cf.InvalidStateError):
+            self.future.set_exception(error)
+
+
+class _MapSink(_Sink):
+    def __init__(self, cluster: Cluster, total: int) -> None:
+        super().__init__(cluster)
+        self.total = total
+        self.received: dict[int, JobResult] = {}
+        self.end: BaseException | str | None = None
+        self.cond = threading.Condition()
+
+    def got(self, batch: list[JobResult]) -> None:
+        with self.cond:
+            self.received.update((r.task, r) for r in batch)
+            self.cond.notify_all()
+
+    def finish(self, cancelled: bool) -> None:
+        self._end("cancelled" if cancelled else "over")
+
+    def failed(self, error: BaseException) -> None:
+        self._end(error)
+
+    def _end(self, why: BaseException | str) -> None:
+        with self.cond:
+            self.end = why
+            self.cond.notify_all()
 
 
 class Cluster(cf.Executor):
@@ -83,7 +186,8 @@ class Cluster(cf.Executor):
     answers on its control socket, and otherwise through a peer embedded in this process
     (which joins the cluster, runs tasks with ``config.workers`` processes, and leaves on
     :meth:`shutdown`). ``daemon=True`` requires the daemon; ``daemon=False`` always embeds.
-    ``include`` lists extra files or packages to ship with every job.
+    ``include`` lists extra files or packages to ship with every job; ``label`` names this
+    program's jobs in the daemon's log.
 
     Task functions must be module-level functions; arguments and results travel as CBOR.
     A script that uses an embedded peer must guard its top level with
@@ -92,227 +196,215 @@ class Cluster(cf.Executor):
 
     def __init__(self, config: Config | None = None, *, include: Iterable[str | Path] = (),
                  daemon: bool | None = None, control: str | Path | None = None,
-                 registry: CodeRegistry | None = None,
+                 registry: CodeRegistry | None = None, label: str = "",
                  on_ready: Callable[[Cluster], None] | None = None) -> None:
         self.config = config or Config.load()
         self.registry = registry or CodeRegistry(include)
         self._control = Path(control) if control else control_path(self.config.cluster)
         self._want_daemon = daemon
+        self._label = label
         self.peer: Peer | None = None
-        self.via_daemon = False
+        self._client: ControlClient | None = None
         self._lock = threading.Lock()
+        self._live: set[_Sink] = set()
         self._total = 0
         self._done = 0
         self._per_peer: Counter[str] = Counter()
         self._start = time.monotonic()
         self._shutdown = False
+        self._failure: BaseException | None = None
         self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._stop: trio.Event | None = None
         self._on_ready = on_ready
         self._thread = threading.Thread(target=self._thread_main, name="p2pcluster",
                                         daemon=True)
         self._thread.start()
         self._ready.wait()
-        error: BaseException | None = getattr(self, "_error", None)  # set by the thread
-        if error is not None:
+        failure = self._failed()
+        if failure is not None:
             self._thread.join()
-            raise error
+            raise failure
+
+    def _failed(self) -> BaseException | None:
+        """Why the trio thread failed, if it did (set by that thread)."""
+        return self._failure
+
+    @property
+    def via_daemon(self) -> bool:
+        """True if jobs go through the local daemon."""
+        return self._client is not None
+
+    @property
+    def daemon_peer(self) -> str | None:
+        """The name of the daemon's peer, when jobs go through it."""
+        return self._client.peer if self._client is not None else None
 
     # --- the trio thread --------------------------------------------------------------------
 
     def _thread_main(self) -> None:
         try:
             trio.run(self._main)
-        except BaseException as exc:  # reported to the constructor, or logged at shutdown
+        except BaseException as exc:  # reported to the constructor, or to every waiter
+            root = _unwrap(exc)
             if not self._ready.is_set():
-                self._error = _unwrap(exc)
+                self._failure = root
             else:
-                log.error("the cluster's trio thread failed: %s", _unwrap(exc))  # noqa: TRY400
+                log.debug("the cluster's trio thread failed: %s", root)
+                failure = ClusterError(f"the cluster failed: {root}")
+                failure.__cause__ = root
+                self._failure = failure
         finally:
             self._ready.set()
+            self._end_all()
+
+    def _end_all(self) -> None:
+        """The trio thread is over: nothing it was to finish ever will."""
+        with self._lock:
+            live, self._live = list(self._live), set()
+        for sink in live:
+            sink.close(cancelled=self._failure is None, error=self._failure)
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self._want_daemon is not False and await self._daemon_answers():
-                self.via_daemon = True
-                self._started()
-                await self._stop.wait()
-            else:
-                async with open_peer(self.config, registry=self.registry) as peer:
-                    self.peer = peer
-                    self._started()
-                    await self._stop.wait()
-            nursery.cancel_scope.cancel()
+        if self._want_daemon is not False:
+            try:
+                async with open_control_client(self._control,
+                                               max_value_size=self.config.max_value_size
+                                               ) as client:
+                    self._client = client
+                    await self._serve()
+                    return
+            except NoDaemon:
+                if self._want_daemon:
+                    raise NoDaemon(
+                        f"no p2pcluster daemon answers at {self._control}; start one with "
+                        f"`p2pcluster join --cluster {self.config.cluster}`") from None
+        async with open_peer(self.config, registry=self.registry) as peer:
+            self.peer = peer
+            await self._serve()
 
-    def _started(self) -> None:
+    async def _serve(self) -> None:
+        assert self._stop is not None
         if self._on_ready is not None:
             self._on_ready(self)
         self._ready.set()
+        await self._stop.wait()
+        with self._lock:
+            live = list(self._live)
+        for sink in live:  # shutdown cancels what still runs
+            sink.cancel()
 
-    async def _daemon_answers(self) -> bool:
-        try:
-            answer = await request(self._control, {"op": "status"}, timeout=2.0)
-        except (NoDaemon, P2PClusterError, OSError, trio.TooSlowError):
-            if self._want_daemon:
-                raise NoDaemon(f"no p2pcluster daemon answers at {self._control}; start one "
-                               f"with `p2pcluster join --cluster {self.config.cluster}`") from None
-            return False
-        return bool(answer.get("ok"))
-
-    def _start_job(self, job_request: JobRequest, handle: _JobHandle,
-                   on_results: Callable[[Batch], None], on_end: Callable[[str | None], None]
-                   ) -> None:
-        """In the trio thread: start the job, feed results, report its end (or error)."""
-        if handle._cancelled:
-            on_end("cancelled")
+    def _start_job(self, request: JobRequest, sink: _Sink) -> None:
+        """In the trio thread: start the job and wire its news to ``sink``."""
+        if sink._cancel_requested or sink.over:
+            sink.close(cancelled=True)
             return
-        if self.peer is not None:
-            job = self.peer.submit(job_request)
-            job.listeners.append(on_results)
-            handle._cancel = job.cancel
-
-            async def wait_end() -> None:
-                await job.wait()
-                on_end("cancelled" if job.cancelled else None)
-
-            self._nursery.start_soon(wait_end)
-        else:
-            scope = trio.CancelScope()
-            handle._cancel = scope.cancel
-            self._nursery.start_soon(self._daemon_job, job_request, scope, on_results, on_end)
-
-    async def _daemon_job(self, job_request: JobRequest, scope: trio.CancelScope,
-                          on_results: Callable[[Batch], None],
-                          on_end: Callable[[str | None], None]) -> None:
-        error: str | None = "cancelled"
-        with scope:
+        label = f"{self._label}: {request.ref.qualname}" if self._label else request.ref.qualname
+        if self._client is not None:
+            client = self._client
             try:
-                connection = await open_connection(self._control)
-                async with contextlib.aclosing(connection):
-                    await connection.send({
-                        "op": "submit", "ref": list(job_request.ref.to_wire()),
-                        "bundles": {d: b.encode() for d, b in job_request.bundles.items()},
-                        "payloads": list(job_request.payloads),
-                        "timeout": job_request.timeout, "chunksize": job_request.chunksize})
-                    first = await connection.receive()
-                    if not first or not first.get("ok"):
-                        error = (first or {}).get("error", "the daemon closed the connection")
-                        return
-                    async for frame in connection:
-                        if "results" in frame:
-                            on_results([tuple(r) for r in frame["results"]])
-                        if frame.get("done"):
-                            error = "cancelled" if frame.get("cancelled") else None
-                            return
-                    error = "the daemon closed the connection mid-job"
-            except (P2PClusterError, OSError) as exc:
-                error = f"the daemon failed: {exc}"
-            finally:
-                on_end(error)
+                key = client.submit(request, _ClientSink(sink), label)
+            except ClusterError as exc:
+                sink.close(error=exc)
+                return
+            sink._cancel = lambda: client.cancel(key)
+            return
+        assert self.peer is not None
+        job = self.peer.submit(request)
+        job.listeners.append(sink.results)
+        job.on_finish.append(lambda: sink.close(cancelled=job.cancelled))
+        sink._cancel = job.cancel
+
+    # --- bookkeeping (any thread) -----------------------------------------------------------
+
+    def _count(self, batch: list[JobResult]) -> None:
+        with self._lock:
+            self._done += len(batch)
+            self._per_peer.update(r.peer for r in batch)
+
+    def _forget(self, sink: _Sink) -> None:
+        with self._lock:
+            self._live.discard(sink)
+
+    def _submit_job(self, request: JobRequest, sink: _Sink) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        failure = self._failure or (self._client.broken if self._client else None)
+        if failure is not None:
+            raise failure
+        with self._lock:
+            self._total += len(request.payloads)
+            self._live.add(sink)
+        try:
+            self._token.run_sync_soon(self._start_job, request, sink)
+        except trio.RunFinishedError:
+            self._forget(sink)
+            if self._failure is not None:
+                raise self._failure from None
+            raise RuntimeError("the cluster has shut down") from None
+
+    def _limit(self) -> int:
+        client = self._client
+        return client.limit if client is not None else self.config.max_value_size
+
+    def _where(self) -> str:
+        client = self._client
+        return f"the daemon's peer {client.peer}" if client is not None else "this peer"
 
     # --- the Executor -----------------------------------------------------------------------
 
-    def _submit_job(self, job_request: JobRequest, on_results: Callable[[Batch], None],
-                    on_end: Callable[[str | None], None]) -> _JobHandle:
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
-        handle = _JobHandle(self)
-        with self._lock:
-            self._total += len(job_request.payloads)
-
-        def count(batch: Batch) -> None:
-            with self._lock:
-                self._done += len(batch)
-                self._per_peer.update(name for _, _, _, name in batch)
-            on_results(batch)
-
-        try:
-            self._token.run_sync_soon(self._start_job, job_request, handle, count, on_end)
-        except trio.RunFinishedError:
-            raise RuntimeError("the cluster has shut down") from None
-        return handle
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Run ``fn(*args, **kwargs)`` on some peer; a real :class:`concurrent.futures.Future`.
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` on some peer; a real :class:`concurrent.futures.Future`
+        (a :class:`TaskFuture`, whose ``peer`` names where it ran).
 
         Cancelling the future stops the task. The future's exception is a
-        :class:`~p2pcluster.TaskError` (with the remote traceback) if the task raised.
+        :class:`~p2pcluster.TaskError` (with the remote traceback) if the task raised; it is
+        also an instance of the task's own exception class when this process can resolve it
+        (``except ValueError:`` works).
         """
         from ._code import encode_call
 
-        job_request = self.registry.request(fn, [encode_call(args, kwargs)])
-        future: cf.Future[Any] = cf.Future()
+        request = self.registry.request(fn, [encode_call(args, kwargs)],
+                                        max_value_size=self._limit(), where=self._where())
+        future = TaskFuture()
+        sink = _FutureSink(self, future)
 
         # The future stays PENDING until it has a result: a RUNNING future cannot be
         # cancelled (Future.cancel() returns False), by the caller or by shutdown().
-        def on_results(batch: Batch) -> None:
-            _, status, payload, name = batch[0]
-            try:
-                value = unpack(status, payload, name)
-            except Exception as exc:
-                with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
-                    future.set_exception(exc)
-            else:
-                with contextlib.suppress(cf.InvalidStateError):
-                    future.set_result(value)
-
-        def on_end(error: str | None) -> None:
-            if error == "cancelled":
-                future.cancel()  # no-op if it is done
-            elif not future.done():
-                with contextlib.suppress(cf.InvalidStateError):
-                    future.set_exception(P2PClusterError(error or "the job ended without a "
-                                                         "result"))
-
-        handle = self._submit_job(job_request, on_results, on_end)
-
         def cancelled(done: cf.Future[Any]) -> None:
             if done.cancelled():
                 done.set_running_or_notify_cancel()  # wakes cf.wait() and as_completed()
-                handle.cancel()
+                sink.cancel()
 
         future.add_done_callback(cancelled)
+        self._submit_job(request, sink)
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int | None = None,
-            task_timeout: float | None = None) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map`: results in order, as an iterator.
+            task_timeout: float | None = None) -> MapIterator:
+        """Like :meth:`concurrent.futures.Executor.map`: results in order, as a
+        :class:`MapIterator`.
 
         The whole map is one job: it is split and batched across the cluster automatically,
         or ``chunksize`` tasks at a time. ``timeout`` (seconds, from this call) limits the
         wait for results, as in PEP 3148; ``task_timeout`` limits each task. A task's error is
-        raised when its result is reached; leaving the iterator early cancels the job.
+        raised when its result is reached; leaving the iterator early (or its ``close()``)
+        cancels the job.
         """
         payloads = encode_map_args(iterables)
-        job_request = self.registry.request(fn, payloads, timeout=task_timeout,
-                                            chunksize=chunksize)
+        request = self.registry.request(fn, payloads, timeout=task_timeout,
+                                        chunksize=chunksize, max_value_size=self._limit(),
+                                        where=self._where())
         deadline = None if timeout is None else time.monotonic() + timeout
-        results: dict[int, tuple[int, bytes, str]] = {}
-        end: list[str | None] = []
-        cond = threading.Condition()
-
-        def on_results(batch: Batch) -> None:
-            with cond:
-                for index, status, payload, name in batch:
-                    results[index] = (status, payload, name)
-                cond.notify_all()
-
-        def on_end(error: str | None) -> None:
-            with cond:
-                end.append(error)
-                cond.notify_all()
-
-        handle = self._submit_job(job_request, on_results, on_end)
-        return _MapIterator(len(payloads), results, end, cond, deadline, handle)
+        sink = _MapSink(self, len(payloads))
+        self._submit_job(request, sink)
+        return MapIterator(sink, deadline)
 
     def _cancel_iterator(self, iterator: Iterator[Any]) -> None:
         """Cancel the job behind an iterator from :meth:`map` (from any thread)."""
-        if isinstance(iterator, _MapIterator):
+        if isinstance(iterator, MapIterator):
             iterator.close()
 
     def as_completed(self, futures: Iterable[cf.Future[Any]], timeout: float | None = None
@@ -322,22 +414,23 @@ class Cluster(cf.Executor):
 
     def members(self) -> list[MemberInfo]:
         """The cluster's members as this peer (or the daemon) sees them."""
-        if self.peer is not None:
-            from ._daemon import member_row
-
-            peer = self.peer
-
-            def rows() -> list[dict[str, Any]]:
-                now = trio.current_time()
-                return [member_row(m, now) for m in peer.members()]
-
-            table = trio.from_thread.run_sync(rows, trio_token=self._token)
-        else:
-            answer = trio.from_thread.run(request, self._control, {"op": "members"},
-                                          trio_token=self._token)
-            table = answer.get("members", [])
+        try:
+            table = trio.from_thread.run(self._members, trio_token=self._token)
+        except trio.RunFinishedError:
+            if self._failure is not None:
+                raise self._failure from None
+            raise RuntimeError("the cluster has shut down") from None
         return [MemberInfo(r["name"], r["id"], r["host"], r["port"], r["status"],
                            r["workers"], r["queue"]) for r in table]
+
+    async def _members(self) -> list[dict[str, Any]]:
+        if self._client is not None:
+            answer = await self._client.request("members")
+            rows: list[dict[str, Any]] = answer.get("members", [])
+            return rows
+        assert self.peer is not None
+        now = trio.current_time()
+        return [member_row(m, now) for m in self.peer.members()]
 
     def progress(self) -> Progress:
         with self._lock:
@@ -364,47 +457,72 @@ class Cluster(cf.Executor):
         self.shutdown()
 
 
-class _MapIterator(Iterator[Any]):
-    """:meth:`Cluster.map`'s results in order; ``close()`` (or garbage) cancels the job."""
+class _ClientSink:
+    """Adapts an Executor sink to :class:`~._control_client.JobSink`."""
 
-    def __init__(self, total: int, results: dict[int, tuple[int, bytes, str]],  # noqa: PLR0917
-                 end: list[str | None], cond: threading.Condition, deadline: float | None,
-                 handle: _JobHandle) -> None:
-        self._total = total
-        self._results = results
-        self._end = end
-        self._cond = cond
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    def accepted(self, job_id: bytes) -> None:
+        self._sink.accepted(job_id)
+
+    def results(self, batch: list[JobResult]) -> None:
+        self._sink.results(batch)
+
+    def progress(self, progress: JobProgress) -> None:
+        self._sink.progress(progress)
+
+    def ended(self, reason: EndReason, error: str) -> None:
+        if reason == EndReason.FAILED:
+            self._sink.close(error=P2PClusterError(f"the daemon could not run the job: "
+                                                   f"{error}"))
+        else:
+            self._sink.close(cancelled=reason == EndReason.CANCELLED)
+
+    def broken(self, error: ClusterError) -> None:
+        self._sink.close(error=error)
+
+
+class MapIterator(Iterator[Any]):
+    """:meth:`Cluster.map`'s results, in order. ``close()`` (or garbage collection) before
+    the end cancels the rest of the job."""
+
+    def __init__(self, sink: _MapSink, deadline: float | None) -> None:
+        self._sink = sink
         self._deadline = deadline
-        self._handle = handle
         self._next = 0
 
     def __next__(self) -> Any:
         index = self._next
-        if index >= self._total:
+        if index >= self._sink.total:
             raise StopIteration
         try:
-            status, payload, name = self._wait(index)
+            result = self._wait(index)
             self._next += 1
-            return unpack(status, payload, name)
+            return unpack(result.status, result.payload, result.peer)
         except BaseException:
             self.close()
             raise
 
-    def _wait(self, index: int) -> tuple[int, bytes, str]:
-        with self._cond:
-            while index not in self._results:
-                if self._end:
-                    raise P2PClusterError(f"the job ended early: {self._end[0]}")
+    def _wait(self, index: int) -> JobResult:
+        sink = self._sink
+        with sink.cond:
+            while index not in sink.received:
+                if isinstance(sink.end, BaseException):
+                    raise sink.end
+                if sink.end is not None:
+                    raise P2PClusterError(f"the job ended early: {sink.end}")
                 wait = None if self._deadline is None else self._deadline - time.monotonic()
                 if wait is not None and wait <= 0:
-                    raise cf.TimeoutError(f"result {index} of {self._total} was not ready "
+                    raise cf.TimeoutError(f"result {index} of {sink.total} was not ready "
                                           "in time")
-                self._cond.wait(0.5 if wait is None else min(wait, 0.5))
-            return self._results.pop(index)
+                sink.cond.wait(0.5 if wait is None else min(wait, 0.5))
+            return sink.received.pop(index)
 
     def close(self) -> None:
-        if self._next < self._total and not self._end:
-            self._handle.cancel()
+        """Cancel the rest of the job, if any is left."""
+        if self._next < self._sink.total and self._sink.end is None:
+            self._sink.cancel()
 
     def __del__(self) -> None:
         self.close()
@@ -414,4 +532,3 @@ def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._code import (
     CodeBundle,
@@ -29,7 +29,7 @@ from ._errors import P2PClusterError, ValueTooLarge, too_large
 from ._proto.messages import TaskStatus
 
 __all__ = [
-    "CodeRegistry", "JobRequest", "PoisonTaskError", "TaskError", "TaskTimeoutError",
+    "CodeRegistry", "JobRequest", "JobResult", "PoisonTaskError", "TaskError", "TaskTimeoutError",
     "encode_map_args", "unpack",
 ]
 
@@ -81,6 +81,16 @@ def unpack(status: int, payload: bytes, peer: str) -> Any:
     raise _ERRORS.get(status, TaskError)(
         str(info.get("type", "Error")), str(info.get("message", "")),
         str(info.get("traceback", "")), peer)
+
+
+class JobResult(NamedTuple):
+    """How one task of a job ended: its index in the job, its status (``TaskStatus``), the
+    CBOR of its value or error, and the name of the peer that ran it."""
+
+    task: int
+    status: int
+    payload: bytes
+    peer: str
 
 
 @dataclass(frozen=True, slots=True)

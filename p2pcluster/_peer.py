@@ -43,7 +43,7 @@ from ._config import Config
 from ._dataplane import receive_value, send_value, skip_value
 from ._discovery import Discovered, serve_discovery
 from ._errors import P2PClusterError, ProtocolError, too_large
-from ._jobs import CodeRegistry, JobRequest, encode_map_args, unpack
+from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, serve_membership
 from ._netutil import choose_interface
 from ._proto.envelope import Keyring
@@ -114,42 +114,52 @@ class PeerStatistics:
 class Job:
     """A job owned by this peer: its results as they arrive, and its end.
 
-    ``results`` maps task index to ``(status, payload, peer name)``; ``per_peer`` counts
-    finished tasks by peer name. Listeners get each batch of new results as a list of
-    ``(index, status, payload, peer)``, in the peer's trio thread.
+    Listeners get each batch of new results (first results only, as :class:`JobResult`),
+    in the peer's trio thread; a listener must not block. The job keeps no results itself:
+    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks.
     """
 
-    def __init__(self, peer: Peer, spec: JobSpec, total: int) -> None:
-        self.peer = peer
+    def __init__(self, cancel: Callable[[Job], None], spec: JobSpec, total: int,
+                 started: float = 0.0) -> None:
+        self._cancel = cancel
         self.spec = spec
         self.total = total
-        self.results: dict[int, tuple[int, bytes, str]] = {}
+        self.started = started
+        self.done = 0
         self.per_peer: Counter[str] = Counter()
         self.finished = trio.Event()
         self.cancelled = False
-        self.listeners: list[Callable[[list[tuple[int, int, bytes, str]]], None]] = []
+        self.listeners: list[Callable[[list[JobResult]], None]] = []
+        self.on_finish: list[Callable[[], None]] = []
 
     @property
     def id(self) -> bytes:
         return self.spec.job
 
-    @property
-    def done(self) -> int:
-        return len(self.results)
+    def finish(self) -> None:
+        """(The peer) the job is over: wake its waiters and call ``on_finish``."""
+        if self.finished.is_set():
+            return
+        self.finished.set()
+        for callback in self.on_finish:
+            try:
+                callback()
+            except Exception:
+                log.exception("an end listener of job %s failed", self.id.hex()[:8])
 
     def cancel(self) -> None:
         """Stop the job everywhere (within a round trip); results that arrive are ignored."""
         if not self.finished.is_set():
             self.cancelled = True
-            self.peer._cancel(self)
+            self._cancel(self)
 
     async def wait(self) -> None:
         await self.finished.wait()
 
-    def _deliver(self, batch: list[tuple[int, int, bytes, str]]) -> None:
-        for index, status, payload, name in batch:
-            self.results[index] = (status, payload, name)
-            self.per_peer[name] += 1
+    def deliver(self, batch: list[JobResult]) -> None:
+        """(The peer) hand new results to the listeners."""
+        self.done += len(batch)
+        self.per_peer.update(result.peer for result in batch)
         for listener in list(self.listeners):
             try:
                 listener(batch)
@@ -219,9 +229,9 @@ class Peer:
         request = self.registry.request(fn, [encode_call(args, kwargs)], timeout=timeout,
                                         max_value_size=self.config.max_value_size)
         async with self.open_job(request) as job:
+            results = _collect(job)
             await job.wait()
-            status, payload, name = job.results[0]
-        return unpack(status, payload, name)
+        return unpack(*results[0][1:])
 
     async def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
                   timeout: float | None = None, chunksize: int | None = None) -> list[Any]:
@@ -234,9 +244,10 @@ class Peer:
                                         max_value_size=self.config.max_value_size)
         async with self.open_job(request) as job:
             failed = trio.Event()
+            results = _collect(job)
 
-            def check(batch: list[tuple[int, int, bytes, str]]) -> None:
-                if any(status for _, status, _, _ in batch):
+            def check(batch: list[JobResult]) -> None:
+                if any(result.status for result in batch):
                     failed.set()
 
             job.listeners.append(check)
@@ -247,11 +258,10 @@ class Peer:
                 nursery.start_soon(watch)
                 await job.wait()
                 nursery.cancel_scope.cancel()
-            results = job.results
-            first_error = next((i for i in sorted(results) if results[i][0]), None)
+            first_error = next((i for i in sorted(results) if results[i].status), None)
             if first_error is not None:
-                unpack(*results[first_error])
-        return [unpack(*results[i]) for i in range(job.total)]
+                unpack(*results[first_error][1:])
+        return [unpack(*results[i][1:]) for i in range(job.total)]
 
     async def as_completed(self, fn: Callable[..., Any], *iterables: Iterable[Any],
                            timeout: float | None = None, chunksize: int | None = None
@@ -264,15 +274,15 @@ class Peer:
         request = self.registry.request(fn, encode_map_args(iterables), timeout=timeout,
                                         chunksize=chunksize,
                                         max_value_size=self.config.max_value_size)
-        send, receive = trio.open_memory_channel[tuple[int, int, bytes, str]](math.inf)
+        send, receive = trio.open_memory_channel[JobResult](math.inf)
         async with self.open_job(request) as job:
-            def forward(batch: list[tuple[int, int, bytes, str]]) -> None:
+            def forward(batch: list[JobResult]) -> None:
                 for item in batch:
                     send.send_nowait(item)
             job.listeners.append(forward)
             for _ in range(job.total):
-                index, status, payload, name = await receive.receive()
-                yield index, unpack(status, payload, name)
+                result = await receive.receive()
+                yield result.task, unpack(*result[1:])
 
     @asynccontextmanager
     async def open_job(self, request: JobRequest) -> AsyncIterator[Job]:
@@ -283,8 +293,19 @@ class Peer:
         finally:
             job.cancel()
 
-    def submit(self, request: JobRequest) -> Job:
-        """Own a new job and queue its tasks here (the caller must end or cancel it)."""
+    def peer_name(self, node_id: bytes) -> str:
+        """The name of the member with ``node_id`` (its id's prefix if unknown)."""
+        return self._names.get(node_id, node_id.hex()[:8])
+
+    def holders(self, job: bytes) -> dict[int, bytes]:
+        """For a job owned here: unfinished task index -> the peer believed to hold it."""
+        return self.machine.holders(job)
+
+    def submit(self, request: JobRequest, *, max_value_size: int | None = None) -> Job:
+        """Own a new job and queue its tasks here (the caller must end or cancel it).
+
+        ``max_value_size`` lowers this peer's limit on the job's results (a client that
+        takes less)."""
         for digest, bundle in request.bundles.items():
             self._bundles[digest] = bundle
             if not self.cache.has(digest):
@@ -292,8 +313,8 @@ class Peer:
         ref = request.ref
         spec = JobSpec(os.urandom(16), self.node_id, ref.module, ref.qualname, ref.job,
                        ref.includes, request.timeout, request.chunksize,
-                       self.config.max_value_size)
-        job = Job(self, spec, len(request.payloads))
+                       min(self.config.max_value_size, max_value_size or 2**62))
+        job = Job(self._cancel, spec, len(request.payloads), trio.current_time())
         self._jobs[spec.job] = job
         self.machine.submit(trio.current_time(), spec, enumerate(request.payloads))
         self._flush()
@@ -312,17 +333,18 @@ class Peer:
             if isinstance(event, ResultsReady):
                 job = self._jobs.get(event.job)
                 if job is not None:
-                    name = self._names.get(event.peer, event.peer.hex()[:8])
-                    job._deliver([(r.id, r.status, r.payload, name) for r in event.results])
+                    name = self.peer_name(event.peer)
+                    job.deliver([JobResult(r.id, r.status, r.payload, name)
+                                 for r in event.results])
             elif isinstance(event, JobFinished):
                 job = self._jobs.pop(event.job, None)
                 if job is not None:
-                    job.finished.set()
+                    job.finish()
                 self._stop_running(event.job)
             elif isinstance(event, JobDropped):
                 job = self._jobs.pop(event.job, None)
                 if job is not None:
-                    job.finished.set()
+                    job.finish()
                 self._stop_running(event.job)
                 if job is None:
                     log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
@@ -719,6 +741,13 @@ class Peer:
         finally:
             if done is not None:
                 done.set()
+
+
+def _collect(job: Job) -> dict[int, JobResult]:
+    """A dict that fills with ``job``'s results, by task index."""
+    results: dict[int, JobResult] = {}
+    job.listeners.append(lambda batch: results.update((r.task, r) for r in batch))
+    return results
 
 
 async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address]:

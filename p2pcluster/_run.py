@@ -186,7 +186,8 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR
     registry.add_job_module(module.__name__, bundle)
     if config.port == Config().port:  # an ephemeral peer takes any free port
         config = dataclasses.replace(config, port=0)
-    cluster = Cluster(config, registry=registry, daemon=daemon, control=control)
+    cluster = Cluster(config, registry=registry, daemon=daemon, control=control,
+                      label=job_path.name)
     try:
         with contextlib.ExitStack() as stack:
             finished = threading.Event()

@@ -15,15 +15,26 @@ import pytest
 import trio
 
 from p2pcluster import Config, P2PClusterError
-from p2pcluster._control import NoDaemon, control_path, request, serve_control
+from p2pcluster._control import FramedStream, NoDaemon, connect, control_path, serve_control
+from p2pcluster._control_client import request_daemon
 from p2pcluster._daemon import run_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "GuR6eQZe3E1ItJBMaDy2lDNPYRd-8vW9mzOQgV1L2kM"
 
 
-async def echo(message: Any, reply: Any) -> None:
-    await reply({"ok": True, "echo": message})
+async def echo(stream: FramedStream) -> None:
+    while (message := await stream.receive_map()) is not None:
+        await stream.send_map({"ok": True, "echo": message})
+
+
+async def ask(path: Path, message: dict[str, Any]) -> dict[str, Any] | None:
+    stream = await connect(path)
+    try:
+        await stream.send_map(message)
+        return await stream.receive_map()
+    finally:
+        await stream.aclose()
 
 
 async def test_control_round_trip_and_permissions(tmp_path: Path) -> None:
@@ -32,14 +43,14 @@ async def test_control_round_trip_and_permissions(tmp_path: Path) -> None:
         await nursery.start(serve_control, path, echo)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-        answer = await request(path, {"op": "hello", "n": [1, 2]})
+        answer = await ask(path, {"op": "hello", "n": [1, 2]})
         assert answer == {"ok": True, "echo": {"op": "hello", "n": [1, 2]}}
         with pytest.raises(P2PClusterError, match="already running"):
             await serve_control(path, echo)
         nursery.cancel_scope.cancel()
     assert not path.exists()  # removed on the way out
     with pytest.raises(NoDaemon):
-        await request(path, {"op": "hello"})
+        await ask(path, {"op": "hello"})
 
 
 async def test_a_stale_socket_from_a_crash_is_replaced(tmp_path: Path) -> None:
@@ -51,7 +62,7 @@ async def test_a_stale_socket_from_a_crash_is_replaced(tmp_path: Path) -> None:
     stale.close()  # the file remains, nobody listens: what a kill -9 leaves behind
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, path, echo)
-        assert (await request(path, {"op": "x"}))["ok"]
+        assert (await ask(path, {"op": "x"}) or {})["ok"]
         nursery.cancel_scope.cancel()
 
 
@@ -62,28 +73,29 @@ async def test_a_client_that_leaves_mid_reply_does_not_stop_the_server(tmp_path:
     the broken connection wrapped in an ExceptionGroup; it ends that connection only.
     (It used to stop serve_control, and with it the daemon, whenever `p2pcluster run`
     closed its connection before the daemon's final "done" frame.)"""
-    from p2pcluster._control import open_connection
-
     path = tmp_path / "c.sock"
     gone = trio.Event()
 
-    async def streams(message: Any, reply: Any) -> None:
-        await gone.wait()
-        async with trio.open_nursery():
-            await reply({"ok": True, "results": []})  # the client has closed: EPIPE
-
-    async def handler(message: Any, reply: Any) -> None:
-        await (streams if message["op"] == "submit" else echo)(message, reply)
+    async def handler(stream: FramedStream) -> None:
+        message = await stream.receive_map()
+        if message and message["op"] == "submit":
+            await gone.wait()
+            async with trio.open_nursery():
+                for _ in range(100):  # the client has closed: EPIPE, soon enough
+                    await stream.send_map({"ok": True, "results": [b"x" * 65536]})
+        else:
+            await stream.send_map({"ok": True})
 
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, path, handler)
-        client = await open_connection(path)
-        await client.send({"op": "submit"})
+        client = await connect(path)
+        await client.send_map({"op": "submit"})
         await client.aclose()
         gone.set()
         await trio.sleep(0.1)
-        assert (await request(path, {"op": "x"}))["ok"]  # still serving
+        assert (await ask(path, {"op": "x"}) or {})["ok"]  # still serving
         nursery.cancel_scope.cancel()
+
 
 def test_control_paths(tmp_path: Path) -> None:
     assert control_path("lab", {"XDG_RUNTIME_DIR": "/run/user/7"}) == Path(
@@ -104,7 +116,7 @@ async def test_two_daemons_on_loopback(tmp_path: Path, monkeypatch: pytest.Monke
             nursery.start_soon(lambda: run_daemon(loopback(node_name="a"), control=first_control))
             while not first_control.exists():
                 await trio.sleep(0.02)
-            status = await request(first_control, {"op": "status"})
+            status = await request_daemon(first_control, "status")
             port = status["self"]["port"]
             nursery.start_soon(lambda: run_daemon(
                 loopback(node_name="b", seeds=(f"127.0.0.1:{port}",), workers=3),
@@ -113,18 +125,18 @@ async def test_two_daemons_on_loopback(tmp_path: Path, monkeypatch: pytest.Monke
                 await trio.sleep(0.05)
                 if not second_control.exists():
                     continue
-                rows = (await request(first_control, {"op": "members"}))["members"]
+                rows = (await request_daemon(first_control, "members"))["members"]
                 if {r["name"] for r in rows if r["status"] == "alive"} == {"a", "b"}:
                     break
             b_row = next(r for r in rows if r["name"] == "b")
             assert b_row["workers"] == 3 and b_row["version"]
-            assert (await request(second_control, {"op": "leave"}))["name"] == "b"
+            assert (await request_daemon(second_control, "leave"))["name"] == "b"
             while not any(r["name"] == "b" and r["status"] == "left" for r in (
-                    await request(first_control, {"op": "members"}))["members"]):
+                    await request_daemon(first_control, "members"))["members"]):
                 await trio.sleep(0.05)
-            bad = await request(first_control, {"op": "bogus"})
-            assert not bad["ok"] and "bogus" in bad["error"]
-            await request(first_control, {"op": "leave"})
+            with pytest.raises(P2PClusterError, match="unknown operation 'bogus'"):
+                await request_daemon(first_control, "bogus")
+            await request_daemon(first_control, "leave")
     assert not first_control.exists() and not second_control.exists()
 
 
@@ -216,4 +228,4 @@ async def test_a_control_path_too_long_for_a_unix_socket_is_a_clear_error(tmp_pa
     with pytest.raises(P2PClusterError, match="longer than the 107 bytes"):
         await serve_control(path, echo)
     with pytest.raises(P2PClusterError, match="set a shorter XDG_RUNTIME_DIR"):
-        await request(path, {"op": "status"})
+        await request_daemon(path, "status")

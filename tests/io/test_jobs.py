@@ -37,7 +37,7 @@ from p2pcluster import (
     TaskTimeoutError,
     ValueTooLarge,
 )
-from p2pcluster._control import request
+from p2pcluster._control_client import request_daemon
 from p2pcluster._jobs import encode_map_args
 from p2pcluster._peer import Peer, open_peer
 from p2pcluster._secret import new_secret, write_secret_file
@@ -417,7 +417,7 @@ class Daemon:
 
     def members(self) -> list[dict[str, Any]]:
         self.check_alive()
-        rows: list[dict[str, Any]] = trio.run(request, self.control, {"op": "members"})[
+        rows: list[dict[str, Any]] = trio.run(request_daemon, self.control, "members")[
             "members"]
         return rows
 
@@ -445,7 +445,7 @@ def daemon(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         while True:
             assert process.poll() is None, log_path.read_text()
             with contextlib.suppress(Exception):
-                if trio.run(request, control, {"op": "status"})["ok"]:
+                if trio.run(request_daemon, control, "status"):
                     break
             assert time.monotonic() < deadline, "the daemon did not answer"
             time.sleep(0.05)

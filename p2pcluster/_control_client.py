@@ -1,0 +1,356 @@
+"""The client's end of the control protocol: one connection to the daemon, any number of jobs.
+
+:func:`open_control_client` connects (after :func:`~._control.connect` has checked whom it
+talks to), greets the daemon, and runs two tasks: a writer that sends what :meth:`submit`,
+:meth:`cancel` and :meth:`request` queue, lazily (a large argument is read chunk by chunk as
+it is sent, never copied whole), and a reader that routes every answer to its job's
+:class:`JobSink` or to the waiting request. When the connection breaks, every job still
+running gets :meth:`JobSink.ended` with the error, and every later call raises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import cbor2
+import trio
+
+from ._control import FramedStream, connect
+from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
+from ._jobs import JobRequest, JobResult
+from ._proto.codec import decode_cbor
+from ._proto.control import (
+    CHUNK,
+    CODEC,
+    CONTROL_VERSION,
+    INLINE,
+    Accepted,
+    Args,
+    Blob,
+    BlobRef,
+    Cancel,
+    Chunk,
+    ControlMessage,
+    Ended,
+    EndReason,
+    Inline,
+    Progress,
+    Ref,
+    Reply,
+    Request,
+    Results,
+    Submit,
+    Value,
+    hello,
+)
+from ._proto.messages import TaskStatus
+
+__all__ = ["ControlClient", "DaemonError", "JobSink", "open_control_client", "request_daemon"]
+
+log = logging.getLogger("p2pcluster.control")
+#: Bytes of inline arguments per Args frame.
+ARGS_BYTES = 1024 * 1024
+
+
+class DaemonError(P2PClusterError):
+    """The daemon refused a request, or the connection to it broke."""
+
+
+class JobSink(Protocol):
+    """Where a job's news goes; called in the client's trio task, never blocking."""
+
+    def accepted(self, job_id: bytes) -> None: ...
+    def results(self, batch: list[JobResult]) -> None: ...
+    def progress(self, progress: Progress) -> None: ...
+    def ended(self, reason: EndReason, error: str) -> None: ...
+    def broken(self, error: ClusterError) -> None: ...
+
+
+class _Incoming:
+    """A blob being received: its bytes so far, or the reason it was refused."""
+
+    def __init__(self, size: int, refused: str = "") -> None:
+        self.data = bytearray() if refused else bytearray(size)
+        self.size = size
+        self.filled = 0
+        self.refused = refused
+
+    def add(self, data: bytes) -> None:
+        if self.filled + len(data) > self.size:
+            raise ProtocolError("a blob ran past its announced size")
+        if not self.refused:
+            self.data[self.filled:self.filled + len(data)] = data
+        self.filled += len(data)
+
+
+class ControlClient:
+    """A connection to the daemon. Get one with :func:`open_control_client`."""
+
+    def __init__(self, stream: FramedStream, welcome: dict[str, Any], path: Path,
+                 max_value_size: int) -> None:
+        self._stream = stream
+        self.welcome = welcome
+        self.path = path
+        self.max_value_size = max_value_size
+        self._send, self._outbox = trio.open_memory_channel[Iterator[bytes]](math.inf)
+        self._jobs: dict[int, JobSink] = {}
+        self._requests: dict[int, trio.MemorySendChannel[Reply]] = {}
+        self._blobs: dict[int, _Incoming] = {}
+        self._next = {"job": 0, "req": 0, "blob": 0}
+        self._broken: BaseException | None = None
+
+    @property
+    def peer(self) -> str:
+        """The name of the daemon's peer."""
+        return str(self.welcome.get("peer", "?"))
+
+    @property
+    def limit(self) -> int:
+        """The largest value both ends accept."""
+        return min(self.max_value_size, int(self.welcome.get("max_value_size", 0)) or 2**62)
+
+    def _id(self, kind: str) -> int:
+        self._next[kind] += 1
+        return self._next[kind]
+
+    def _check(self) -> None:
+        broken = self.broken
+        if broken is not None:
+            raise broken
+
+    # --- calls (from the trio task that owns the client) --------------------------------------
+
+    def submit(self, request: JobRequest, sink: JobSink, label: str) -> int:
+        """Queue a job; its news goes to ``sink``. Returns the job's number."""
+        self._check()
+        job = self._id("job")
+        self._jobs[job] = sink
+        self._send.send_nowait(self._job_frames(job, request, label))
+        return job
+
+    def cancel(self, job: int) -> None:
+        if job in self._jobs and self._broken is None:
+            self._send.send_nowait(iter([CODEC.encode(Cancel(job))]))
+
+    async def request(self, op: str, **body: Any) -> dict[str, Any]:
+        """Run operation ``op`` at the daemon; its answer, or :class:`DaemonError`."""
+        self._check()
+        req = self._id("req")
+        send, receive = trio.open_memory_channel[Reply](1)
+        self._requests[req] = send
+        frame = CODEC.encode(Request(req, op, cbor2.dumps(body)))
+        self._send.send_nowait(iter([frame]))
+        try:
+            reply = await receive.receive()
+        except trio.EndOfChannel:
+            self._check()
+            raise DaemonError("the daemon closed the connection") from None
+        finally:
+            self._requests.pop(req, None)
+        if not reply.ok:
+            raise DaemonError(reply.error)
+        answer = decode_cbor(reply.body) if reply.body else {}
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"the answer to {op!r} is not a map")
+        return answer
+
+    # --- the writer ---------------------------------------------------------------------------
+
+    def _job_frames(self, job: int, request: JobRequest, label: str) -> Iterator[bytes]:
+        ref = request.ref
+        blobs: list[bytes] = []
+        bundles = tuple(self._value(b.encode(), blobs) for b in request.bundles.values())
+        yield from blobs
+        yield CODEC.encode(Submit(job, Ref(ref.module, ref.qualname, ref.job, ref.includes),
+                                  bundles, len(request.payloads), request.timeout,
+                                  request.chunksize, label[:4096]))
+        yield from self._args_frames(job, request.payloads)
+
+    def _args_frames(self, job: int, payloads: Sequence[bytes]) -> Iterator[bytes]:
+        first, size = 0, 0
+        values: list[Value] = []
+        for index, payload in enumerate(payloads):
+            if len(payload) > INLINE:
+                if values:
+                    yield CODEC.encode(Args(job, first, tuple(values)))
+                first, values, size = index, [], 0
+                blob = self._id("blob")
+                yield from _blob_frames(blob, payload)
+                values.append(BlobRef(blob, len(payload)))
+                continue
+            if values and (size + len(payload) > ARGS_BYTES or len(values) >= 4096):
+                yield CODEC.encode(Args(job, first, tuple(values)))
+                first, values, size = index, [], 0
+            values.append(Inline(payload))
+            size += len(payload)
+        if values or not payloads:
+            yield CODEC.encode(Args(job, first, tuple(values)))
+
+    def _value(self, data: bytes, frames: list[bytes]) -> Value:
+        if len(data) <= INLINE:
+            return Inline(data)
+        blob = self._id("blob")
+        frames.extend(_blob_frames(blob, data))
+        return BlobRef(blob, len(data))
+
+    async def _writer(self) -> None:
+        async for frames in self._outbox:
+            for frame in frames:
+                await self._stream.send_frame(frame)
+
+    # --- the reader ---------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        while (message := await self._stream.receive_message()) is not None:
+            self._dispatch(message)
+        raise DaemonError("the daemon closed the connection")
+
+    def _dispatch(self, message: ControlMessage) -> None:
+        if isinstance(message, Blob):
+            refused = ("" if message.size <= self.max_value_size else
+                       too_large("a result", message.size, self.max_value_size, "this client"))
+            self._blobs[message.blob] = _Incoming(message.size, refused)
+        elif isinstance(message, Chunk):
+            incoming = self._blobs.get(message.blob)
+            if incoming is None:
+                raise ProtocolError(f"a chunk of blob {message.blob}, never announced")
+            incoming.add(message.data)
+        elif isinstance(message, Reply):
+            waiting = self._requests.pop(message.req, None)
+            if waiting is not None:
+                waiting.send_nowait(message)
+        else:
+            self._job_news(message)
+
+    def _job_news(self, message: ControlMessage) -> None:
+        sink = self._jobs.get(getattr(message, "job", -1))
+        if sink is None:
+            return
+        if isinstance(message, Accepted):
+            sink.accepted(message.job_id)
+        elif isinstance(message, Results):
+            sink.results([self._result(item.index, item.status, item.value, item.peer)
+                          for item in message.items])
+        elif isinstance(message, Progress):
+            sink.progress(message)
+        elif isinstance(message, Ended):
+            del self._jobs[message.job]
+            sink.ended(EndReason(message.reason), message.error)
+
+    def _result(self, index: int, status: int, value: Value, peer: str) -> JobResult:
+        if isinstance(value, Inline):
+            return JobResult(index, status, value.data, peer)
+        incoming = self._blobs.pop(value.blob, None)
+        if incoming is None or incoming.filled != incoming.size:
+            raise ProtocolError(f"a result refers to blob {value.blob}, not received whole")
+        if incoming.refused:
+            from ._worker import encode_error
+
+            return JobResult(index, TaskStatus.ERROR,
+                             encode_error("ValueTooLarge", incoming.refused), peer)
+        return JobResult(index, status, bytes(incoming.data), peer)
+
+    @property
+    def broken(self) -> ClusterError | None:
+        """Why the connection is gone (None while it works)."""
+        if self._broken is None:
+            return None
+        error = ClusterError(f"the connection to the daemon at {self.path} broke: "
+                             f"{self._broken}")
+        error.__cause__ = self._broken
+        return error
+
+    def _fail(self, exc: BaseException) -> None:
+        """The connection is gone: every job and request learns why."""
+        self._broken = exc
+        broken = self.broken
+        assert broken is not None
+        jobs, self._jobs = self._jobs, {}
+        for sink in jobs.values():
+            sink.broken(broken)
+        for waiting in list(self._requests.values()):
+            waiting.close()
+        self._send.close()
+
+
+def _blob_frames(blob: int, data: bytes) -> Iterator[bytes]:
+    yield CODEC.encode(Blob(blob, len(data)))
+    view = memoryview(data)
+    for offset in range(0, len(data), CHUNK):
+        yield CODEC.encode(Chunk(blob, bytes(view[offset:offset + CHUNK])))
+
+
+def describe_client(argv: Sequence[str] | None = None) -> str:
+    """How the daemon's logs name this client: the command and the process id."""
+    import sys
+
+    args = list(sys.argv if argv is None else argv)
+    name = Path(args[0]).name if args else "python"
+    if name == "__main__.py" or name.startswith("p2pcluster"):
+        name = "p2pcluster " + " ".join(args[1:3])
+    return f"{name.strip()} (pid {os.getpid()})"
+
+
+@asynccontextmanager
+async def open_control_client(path: Path, *, max_value_size: int, client: str | None = None
+                              ) -> AsyncIterator[ControlClient]:
+    """Connect to the daemon at ``path`` for the duration of the block.
+
+    Raises :class:`~._control.NoDaemon`, :class:`~._control.UntrustedDaemon`, or
+    :class:`DaemonError` if the daemon refuses (another version, say).
+    """
+    stream = await connect(path)
+    try:
+        await stream.send_map(hello(client or describe_client(), os.getpid(), max_value_size))
+        welcome = await stream.receive_map()
+        _check_welcome(path, welcome)
+        assert welcome is not None
+        client_ = ControlClient(stream, welcome, path, max_value_size)
+        with single_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_guarded, client_, client_._reader)
+                nursery.start_soon(_guarded, client_, client_._writer)
+                try:
+                    yield client_
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+def _check_welcome(path: Path, welcome: dict[str, Any] | None) -> None:
+    if welcome is None:
+        raise DaemonError(f"the daemon at {path} closed the connection without a word")
+    if not welcome.get("ok"):
+        error = str(welcome.get("error", "no reason given"))
+        if "unknown operation 'hello'" in error:
+            error = ("it speaks an older control protocol than this client "
+                     f"(version {CONTROL_VERSION}); restart it with this version's "
+                     "`p2pcluster join`")
+        raise DaemonError(f"the daemon at {path} refused this client: {error}")
+
+
+async def _guarded(client: ControlClient, task: Any) -> None:
+    """Run the reader or the writer; a broken connection fails the jobs, not the caller."""
+    try:
+        await task()
+    except (OSError, ProtocolError, DaemonError, trio.BrokenResourceError,
+            trio.ClosedResourceError) as exc:
+        if client._broken is None:
+            log.debug("control connection to %s ended: %s", client.path, exc)
+            client._fail(exc)
+
+
+async def request_daemon(path: Path, op: str, *, timeout: float = 10.0,
+                         **body: Any) -> dict[str, Any]:
+    """Connect, run one request, and disconnect (the commands `members`, `leave`...)."""
+    with trio.fail_after(timeout):
+        async with open_control_client(path, max_value_size=2**31) as client:
+            return await client.request(op, **body)
