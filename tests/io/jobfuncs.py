@@ -52,3 +52,8 @@ def digest(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def sleep_square(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x * x

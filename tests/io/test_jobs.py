@@ -14,13 +14,10 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +34,11 @@ from p2pcluster import (
     TaskTimeoutError,
     ValueTooLarge,
 )
-from p2pcluster._control_client import request_daemon
 from p2pcluster._jobs import encode_map_args
 from p2pcluster._peer import Peer, open_peer
 from p2pcluster._secret import new_secret, write_secret_file
+
+from .daemons import Daemon, running_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBFUNCS = Path(__file__).with_name("jobfuncs.py")
@@ -404,60 +402,12 @@ def test_future_cancel_stops_the_task_and_shutdown_ends_running_futures(
 # --- through the daemon ------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    cluster: str
-    control: Path
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def check_alive(self) -> None:
-        assert self.process.poll() is None, "the daemon died:\n" + self.log.read_text()
-
-    def members(self) -> list[dict[str, Any]]:
-        self.check_alive()
-        rows: list[dict[str, Any]] = trio.run(request_daemon, self.control, "members")[
-            "members"]
-        return rows
-
-
 @pytest.fixture
 def daemon(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     """`p2pcluster join` in a subprocess, with its own code cache, on loopback. It shares
     XDG_RUNTIME_DIR with this process, where a Cluster finds its control socket."""
-    cluster = unique_cluster()
-    # A control socket's path must fit in 108 bytes; tmp_path can be longer than that.
-    runtime = Path(tempfile.mkdtemp(prefix="p2pjobs-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(runtime),
-           "XDG_CACHE_HOME": str(tmp_path / "daemon-cache"),  # not ours: code must travel
-           "XDG_CONFIG_HOME": str(tmp_path / "xdg_config_home")}
-    log_path = tmp_path / "daemon.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "p2pcluster", "join", "--preset", "local", "--no-mdns",
-             "--port", "0", "--workers", "1", "--cluster", cluster, "--secret-file",
-             str(secret), "--name", "d1", "--log-level", "debug"], env=env, stderr=log, stdout=log)
-    control = runtime / "p2pcluster" / f"{cluster}.sock"
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            with contextlib.suppress(Exception):
-                if trio.run(request_daemon, control, "status"):
-                    break
-            assert time.monotonic() < deadline, "the daemon did not answer"
-            time.sleep(0.05)
-        yield Daemon(cluster, control, env, process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(runtime, ignore_errors=True)
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as started:
+        yield started
 
 
 def test_the_cluster_executor_through_the_daemon(daemon: Daemon, secret: Path,
