@@ -562,12 +562,19 @@ class Peer:
         if not items:
             return failed, None
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
+        limit, where = self._result_limit(spec)
         ran = await self.pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
-                                  max_result=min(spec.max_value_size,
-                                                 self.config.max_value_size))
+                                  max_result=limit, limit_where=where)
         results = [TaskResult(item.id, o.status, o.payload)
                    for item, o in zip(items, ran.outcomes, strict=True)]
         return failed + results, ran.worker_seconds
+
+    def _result_limit(self, spec: JobSpec) -> tuple[int, str]:
+        """The largest result a task of ``spec`` may return, and whose limit that is."""
+        if self.config.max_value_size < spec.max_value_size:
+            return self.config.max_value_size, f"peer {self.name}, which ran the task"
+        owner = "this peer" if spec.owner == self.node_id else f"peer {self.peer_name(spec.owner)}"
+        return spec.max_value_size, f"{owner}, which owns the job"
 
     async def _fetch_args(self, spec: JobSpec, items: list[TaskItem]
                           ) -> tuple[list[TaskItem], list[TaskResult]]:
@@ -607,7 +614,8 @@ class Peer:
             return
         if header.size > self.config.max_value_size:
             await skip_value(stream, header.size)
-            message = too_large(f"the arguments of task {header.id}", header.size,
+            message = too_large(f"the arguments of {spec.qualname} (task {header.id})",
+                                header.size,
                                 self.config.max_value_size, f"peer {self.name}")
             failed.append(TaskResult(header.id, TaskStatus.ERROR,
                                      encode_error("ValueTooLarge", message)))

@@ -39,14 +39,14 @@ def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
 
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes],
-    max_result: int = 2**62,
+    max_result: int = 2**62, limit_where: str = "this peer",
 ) -> tuple[list[tuple[int, bytes]], float]:
     """Call the function ``ref_wire`` names once per payload, in order.
 
     Returns the outcomes and the seconds spent in this process, loading included. If the
     function cannot be loaded, every payload gets the same ``ERROR``. A result that encodes
-    to more than ``max_result`` bytes is an ``ERROR`` too (``ValueTooLarge``), decided here,
-    on the peer that ran the task, before it goes anywhere.
+    to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
+    (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
     """
     start = time.perf_counter()
     try:
@@ -54,17 +54,17 @@ def run_batch(
     except BaseException as exc:
         failed = (ERROR, _load_error(ref_wire, exc))
         return [failed] * len(payloads), time.perf_counter() - start
-    outcomes = [_limited(_call(fn, payload), fn, max_result) for payload in payloads]
+    outcomes = [_limited(_call(fn, payload), fn, max_result, limit_where)
+                for payload in payloads]
     return outcomes, time.perf_counter() - start
 
 
-def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int
+def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int, where: str
              ) -> tuple[int, bytes]:
     if len(outcome[1]) <= limit:
         return outcome
     name = getattr(fn, "__qualname__", "the task")
-    message = too_large(f"the result of {name}", len(outcome[1]), limit,
-                        "the peer that submitted the job, or on this one")
+    message = too_large(f"the result of {name}", len(outcome[1]), limit, where)
     return ERROR, encode_error("ValueTooLarge", message)
 
 

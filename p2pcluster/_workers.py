@@ -112,6 +112,7 @@ class _Target(NamedTuple):
 
     ref: tuple[Any, ...]
     max_result: int
+    where: str  #: whose limit max_result is, for the error
 
 
 class _Crashed(Exception):
@@ -190,17 +191,17 @@ class WorkerPool:
 
     async def run(
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
-        max_result: int = 2**62,
+        max_result: int = 2**62, limit_where: str = "this peer",
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._code.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
-        the worker that has it. A result that encodes to more than ``max_result`` bytes fails
-        its task instead (:func:`~._worker.run_batch`).
+        the worker that has it. A result that encodes to more than ``max_result`` bytes (the
+        limit of ``limit_where``) fails its task instead (:func:`~._worker.run_batch`).
         """
         self._batches += 1
         self._tasks += len(payloads)
-        target = _Target(ref.to_wire(), max_result)
+        target = _Target(ref.to_wire(), max_result, limit_where)
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, alone=False)
@@ -240,7 +241,8 @@ class WorkerPool:
 
         A timed call's clock starts once it has a started worker to itself.
         """
-        frame = _frame((self._cache_root, target.ref, list(payloads), target.max_result))
+        frame = _frame((self._cache_root, target.ref, list(payloads), target.max_result,
+                        target.where))
         while True:
             worker = await self._pick(alone)
             call = _Call(frame)

@@ -268,3 +268,48 @@ def test_the_owners_death_stops_its_tasks_everywhere(make_lan, tmp_path: Path  #
                                   if r["name"] in {"h2", "h3"}),
                       5, "h2 and h3 advertise empty queues")
     print(f"queues advertised empty {took:.2f} s after that")
+
+
+BIG = 200 * 1024 * 1024
+
+
+def test_200_mb_argument_and_result_cross_between_namespace_peers(  # type: ignore[no-untyped-def]
+        make_lan) -> None:
+    """h1's daemon has no worker, so both tasks run on h2: the argument goes from the `run`
+    client to h1's daemon in control-protocol chunks, and from h1 to h2 on a data stream; the
+    result comes back the same two ways. Both arrive intact (SHA-256 on each side)."""
+    peers = make_lan(2)
+    peers.start(1, "--workers", "0", env=peers.host_env(1))
+    peers.start(2, "--workers", "1", env=peers.host_env(2))
+    peers.wait_everyone_sees([1, 2])
+    begun = time.monotonic()
+    run = peers.run_job(1, JOBS / "bigvalues.py", str(BIG))
+    result = finish(run, 240)
+    print(f"200 MB there and back in {time.monotonic() - begun:.1f} s: {result}")
+    assert result["arg"]["value"] == {"same": True, "host": "h2"}, result
+    assert result["result"]["value"] == {"same": True}, result
+    assert_serving(peers, 1, {"h1", "h2"})
+
+
+def test_values_over_a_peer_s_limit_fail_with_the_named_error(  # type: ignore[no-untyped-def]
+        make_lan) -> None:
+    """h2, which runs the tasks, takes at most 100 MB: the 200 MB argument is refused there
+    before a byte of it is buffered, and the 200 MB result fails where it was made. Each
+    failure names the sizes and the setting, within 5 s."""
+    peers = make_lan(2)
+    peers.start(1, "--workers", "0", env=peers.host_env(1))
+    peers.start(2, "--workers", "1",
+                env={**peers.host_env(2), "P2PCLUSTER_MAX_VALUE_SIZE": str(100 * 2**20)})
+    peers.wait_everyone_sees([1, 2])
+    run = peers.run_job(1, JOBS / "bigvalues.py", str(BIG))
+    result = finish(run, 240)
+    print(result)
+    for side in ("arg", "result"):
+        error = result[side]["error"]
+        assert "over the limit of 104,857,600 bytes on" in error, (side, error)
+        assert "max_value_size" in error, (side, error)
+        assert result[side]["seconds"] < 5, (side, result[side])
+    assert "on peer h2" in result["arg"]["error"]
+    assert "TaskError: ValueTooLarge: the result of produce: 209,715,205 bytes" in (
+        result["result"]["error"])
+    assert "on peer h2, which ran the task" in result["result"]["error"]
