@@ -30,12 +30,15 @@ price of never running one job's code against another job's helpers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import importlib
+import importlib.abc
 import importlib.util
 import inspect
+import linecache
 import os
 import re
 import shutil
@@ -45,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType, TracebackType
 from typing import Any
 
 import cbor2
@@ -56,7 +59,7 @@ __all__ = [
     "CodeBundle", "bundle_file", "bundle_tree", "job_module_name",
     "FunctionRef", "function_ref",
     "encode_call", "decode_call", "encode_value", "decode_value",
-    "CodeCache", "load_function", "load_job_module",
+    "CodeCache", "JobLoader", "load_function", "load_job_module", "remember_sources",
 ]
 
 MAX_FILES = 10_000
@@ -605,10 +608,15 @@ def load_function(ref: FunctionRef, cache_root: str | os.PathLike[str]) -> Calla
     return fn
 
 
-def load_job_module(bundle: CodeBundle, cache: CodeCache) -> ModuleType:
-    """Store a job file's bundle and import it as :func:`job_module_name` of its digest."""
+def load_job_module(bundle: CodeBundle, cache: CodeCache, *,
+                    filename: str | None = None) -> ModuleType:
+    """Store a job file's bundle and import it as :func:`job_module_name` of its digest.
+
+    ``filename`` is what tracebacks and ``SyntaxError`` name: `run` passes the path the user
+    gave; the default is the file's base name (``job.py``), as on every peer.
+    """
     _single_py([path for path, _ in bundle.files])
-    return _load_module(job_module_name(bundle.digest), cache.store(bundle))
+    return _load_module(job_module_name(bundle.digest), cache.store(bundle), filename)
 
 
 def _single_py(paths: Sequence[str]) -> str:
@@ -617,22 +625,70 @@ def _single_py(paths: Sequence[str]) -> str:
     return paths[0]
 
 
-def _load_module(name: str, directory: Path) -> ModuleType:
+class JobLoader(importlib.abc.InspectLoader):
+    """Loads a job file from the code cache, compiled under ``filename`` (not the cache
+    path), so that tracebacks name the job file; no bytecode is written.
+
+    :func:`remember_sources` gives ``linecache`` the lines under that name before a traceback
+    is formatted: ``job.py`` is no path a peer could read, and two jobs may share the name.
+    """
+
+    def __init__(self, path: Path, filename: str) -> None:
+        self.path = path
+        self.filename = filename
+
+    def get_source(self, fullname: str) -> str:
+        return importlib.util.decode_source(self.path.read_bytes())
+
+    def get_code(self, fullname: str) -> CodeType:
+        return compile(self.path.read_bytes(), self.filename, "exec", dont_inherit=True)
+
+    def is_package(self, fullname: str) -> bool:
+        return False
+
+
+def _load_module(name: str, directory: Path, filename: str | None = None) -> ModuleType:
     module = sys.modules.get(name)
     if module is not None:
         return module
     path = directory / _single_py(sorted(os.listdir(directory)))
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has both
+    loader = JobLoader(path, filename or path.name)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:  # pragma: no cover - a .py path always has a spec
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def remember_sources(exc: BaseException) -> None:
+    """Put the source of each job file in ``exc``'s traceback (and the tracebacks of its
+    causes and contexts) into ``linecache``, under the name its code was compiled with, so a
+    formatted traceback shows that job's lines, and no other job's of the same name."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        current = chain.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        _remember_frames(current.__traceback__)
+        chain += [current.__cause__, current.__context__]
+
+
+def _remember_frames(tb: TracebackType | None) -> None:
+    while tb is not None:
+        loader = tb.tb_frame.f_globals.get("__loader__")
+        if isinstance(loader, JobLoader):
+            with contextlib.suppress(OSError, SyntaxError, UnicodeDecodeError):
+                lines = loader.get_source("").splitlines(keepends=True)
+                linecache.cache[loader.filename] = (len(lines), None, lines, loader.filename)
+        tb = tb.tb_next
 
 
 def _use_includes(dirs: tuple[str, ...]) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._code import CodeCache, bundle_file, load_job_module
+from ._code import CodeCache, bundle_file, load_job_module, remember_sources
 from ._config import Config
 from ._errors import P2PClusterError
 from ._executor import Cluster
@@ -165,13 +166,36 @@ def format_result(value: Any) -> str:
         return repr(value)
 
 
-def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR0912, PLR0915
+class _Failed(Exception):
+    """Internal: what `run` prints on stderr before it exits 1."""
+
+
+def run_job_file(path: str, args: Sequence[str], *, config: Config,
                  control: Path | None = None, daemon: bool | None = None,
                  include: Sequence[str] = (), quiet: bool = False,
                  out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The whole `run` command; returns the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
+    try:
+        main, registry = _load_main(path, include)
+        if config.port == Config().port:  # an ephemeral peer takes any free port
+            config = dataclasses.replace(config, port=0)
+        cluster = Cluster(config, registry=registry, daemon=daemon, control=control)
+        try:
+            result = _call_main(cluster, main, args, err, quiet)
+        finally:
+            cluster.shutdown()
+    except _Failed as exc:
+        err.write(str(exc))
+        return 1
+    print(format_result(result), file=out)
+    out.flush()
+    return 0
+
+
+def _load_main(path: str, include: Sequence[str]) -> tuple[Callable[..., Any], CodeRegistry]:
+    """Import the job file as its ``p2pjob_`` module; its ``main`` and the code to ship."""
     job_path = Path(path)
     if not job_path.is_file():
         raise P2PClusterError(f"no job file at {path}")
@@ -179,47 +203,99 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,  # noqa: PLR
     bundle = bundle_file(job_path)
     sys.path.insert(0, str(job_path.resolve().parent))  # the job may import its neighbours
     registry = CodeRegistry(include)  # first: it puts the --include files on sys.path...
-    module = load_job_module(bundle, cache)  # ...so the job file can import them
+    try:
+        module = load_job_module(bundle, cache, filename=path)  # ...for the job to import
+    except SyntaxError as exc:
+        raise _Failed(format_syntax_error(exc)) from None
+    except Exception as exc:
+        raise _Failed(f"p2pcluster run: loading {path} failed: its top-level code raised an "
+                      f"exception.\n{format_user_traceback(exc)}{_import_hint(exc)}") from None
     main = getattr(module, "main", None)
     if not callable(main):
         raise P2PClusterError(f"{path} has no main(cluster, *args) function; see docs/jobs.md")
     registry.add_job_module(module.__name__, bundle)
-    if config.port == Config().port:  # an ephemeral peer takes any free port
-        config = dataclasses.replace(config, port=0)
-    cluster = Cluster(config, registry=registry, daemon=daemon, control=control)
-    try:
-        with contextlib.ExitStack() as stack:
-            finished = threading.Event()
-            announcer = threading.Thread(target=_announce, args=(cluster, err, finished),
-                                         daemon=True)
-            announcer.start()
-            if not quiet and err.isatty():
-                stack.enter_context(ProgressBar(cluster, err))
-            try:
-                if inspect.iscoroutinefunction(main):
-                    import trio
+    return main, registry
 
-                    result = trio.run(main, AsyncCluster(cluster), *args)
-                else:
-                    result = main(cluster, *args)
-            finally:
-                finished.set()
-                announcer.join(timeout=ALONE_AFTER + 0.5)
-    except TaskError as exc:
-        err.write(f"p2pcluster run: a task failed on peer {exc.peer}:\n")
-        if exc.remote_traceback:
-            err.write(exc.remote_traceback.rstrip() + "\n")
-        else:
-            err.write(f"{exc.type_name}: {exc.remote_message}\n")
-        return 1
-    except (KeyboardInterrupt, P2PClusterError):
-        raise
-    except Exception:  # the job's own code failed here, in main
-        err.write("p2pcluster run: the job's main() raised:\n")
-        traceback.print_exc(file=err)
-        return 1
-    finally:
-        cluster.shutdown()
-    print(format_result(result), file=out)
-    out.flush()
-    return 0
+
+def _import_hint(exc: Exception) -> str:
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    return (f"p2pcluster run: install {exc.name} on this machine and on every peer, or ship "
+            "it with --include PATH\n")
+
+
+def _call_main(cluster: Cluster, main: Callable[..., Any], args: Sequence[str], err: TextIO,
+               quiet: bool) -> Any:
+    """``main(cluster, *args)`` with the announcement and the progress bar around it."""
+    with contextlib.ExitStack() as stack:
+        finished = threading.Event()
+        announcer = threading.Thread(target=_announce, args=(cluster, err, finished),
+                                     daemon=True)
+        announcer.start()
+        if not quiet and err.isatty():
+            stack.enter_context(ProgressBar(cluster, err))
+        try:
+            return _call(main, cluster, args)
+        except TaskError as exc:
+            raise _Failed(_task_failure(exc)) from None
+        except (KeyboardInterrupt, P2PClusterError):
+            raise
+        except Exception as exc:  # the job's own code failed here, in main
+            raise _Failed("p2pcluster run: the job's main() raised:\n"
+                          + format_user_traceback(exc)) from None
+        finally:
+            finished.set()
+            announcer.join(timeout=ALONE_AFTER + 0.5)
+
+
+def _call(main: Callable[..., Any], cluster: Cluster, args: Sequence[str]) -> Any:
+    if inspect.iscoroutinefunction(main):
+        import trio
+
+        return trio.run(main, AsyncCluster(cluster), *args)
+    return main(cluster, *args)
+
+
+def _task_failure(exc: TaskError) -> str:
+    text = exc.remote_traceback or f"{exc.type_name}: {exc.remote_message}"
+    return f"p2pcluster run: a task failed on peer {exc.peer}:\n{text.rstrip()}\n"
+
+
+def format_syntax_error(exc: SyntaxError) -> str:
+    """``p2pcluster run: job.py, line 3: invalid syntax``, the line and its caret."""
+    where = f"{exc.filename}, line {exc.lineno}" if exc.lineno else f"{exc.filename}"
+    lines = traceback.format_exception_only(type(exc), exc)
+    shown = [line for line in lines[1:] if line.startswith(" ")]  # the source line, caret
+    return f"p2pcluster run: {where}: {exc.msg}\n{''.join(shown)}"
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` (and its causes) without p2pcluster's or importlib's frames;
+    job files show under the name they were loaded with, with their lines."""
+    remember_sources(exc)
+    report = traceback.TracebackException.from_exception(exc)
+    for part in _parts(report):
+        part.stack = traceback.StackSummary.from_list(
+            [frame for frame in part.stack if _is_user_frame(frame.filename)])
+    return "".join(report.format())
+
+
+def _is_user_frame(filename: str) -> bool:
+    return not (filename.startswith("<frozen ")
+                or os.path.abspath(filename).startswith(_PACKAGE))
+
+
+def _parts(report: traceback.TracebackException) -> list[traceback.TracebackException]:
+    """``report`` and every exception chained to it (causes, contexts, group members)."""
+    found: list[traceback.TracebackException] = []
+    todo: list[traceback.TracebackException | None] = [report]
+    while todo:
+        part = todo.pop()
+        if part is None or any(part is seen for seen in found):
+            continue
+        found.append(part)
+        todo += [part.__cause__, part.__context__, *(getattr(part, "exceptions", None) or [])]
+    return found

@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._code import FunctionRef, decode_call, encode_value, load_function
+from ._code import FunctionRef, decode_call, encode_value, load_function, remember_sources
 
 __all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
 
@@ -90,6 +90,7 @@ def _message(exc: BaseException) -> str:
 
 def _exception_payload(exc: BaseException, message: str | None = None) -> bytes:
     tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # skip our own frame
+    remember_sources(exc)  # the job file's lines, under its own name (job.py)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return encode_error(_type_name(exc), _message(exc) if message is None else message, text)
 

@@ -52,3 +52,97 @@ def test_main_catches_an_exception_class_of_the_job_file(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["TaskError[MyError]", f"mine {v}", "MyError"]
                                        for v in range(2)]
+
+
+# --- job files that do not load ------------------------------------------------------------
+
+
+def assert_nothing_internal(stderr: str, tmp_path: Path) -> None:
+    for internal in ("p2pcluster/", "p2pjob_", "<frozen", "importlib", str(tmp_path / "cache")):
+        assert internal not in stderr, (internal, stderr)
+
+
+def test_a_syntax_error_names_the_users_path_and_line(tmp_path: Path) -> None:
+    source = "def square(x):\n    return x * x\n\ndef main(cluster:\n    return 1\n"
+    job = job_file(tmp_path / "jobs", source)
+    try:
+        compile(source, "jobs/job.py", "exec")
+    except SyntaxError as exc:
+        expected = exc
+    done = run(tmp_path, job.relative_to(tmp_path))
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"p2pcluster run: jobs/job.py, line {expected.lineno}: {expected.msg}"
+    assert lines[1] == "    def main(cluster:"
+    assert lines[2].strip() == "^" and lines[2].index("^") == 4 + (expected.offset or 1) - 1
+    assert len(lines) == 3
+    assert_nothing_internal(done.stderr, tmp_path)
+
+
+def test_a_failing_import_shows_only_the_job_files_frames(tmp_path: Path) -> None:
+    job = job_file(tmp_path, '''
+        """A job that needs a module nobody installed."""
+        import doesnotexist_p2p
+
+        def main(cluster):
+            return 1
+    ''')
+    done = run(tmp_path, job.relative_to(tmp_path))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "p2pcluster run: loading job.py failed: its top-level code raised an exception.",
+        "Traceback (most recent call last):",
+        '  File "job.py", line 3, in <module>',
+        "    import doesnotexist_p2p",
+        "ModuleNotFoundError: No module named 'doesnotexist_p2p'",
+        "p2pcluster run: install doesnotexist_p2p on this machine and on every peer, or ship "
+        "it with --include PATH",
+    ]
+
+
+def test_an_exception_at_import_shows_the_user_files_it_went_through(tmp_path: Path) -> None:
+    job_file(tmp_path / "jobs", """
+        def setup():
+            return 1 / 0  # helper fails
+    """, name="helper.py")
+    job = job_file(tmp_path / "jobs", """
+        import helper
+
+        TABLE = helper.setup()
+
+        def main(cluster):
+            return TABLE
+    """)
+    done = run(tmp_path, job.relative_to(tmp_path))
+    assert done.returncode == 1 and done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if line.strip(" ^~")]  # no carets
+    assert lines[0] == ("p2pcluster run: loading jobs/job.py failed: its top-level code "
+                        "raised an exception.")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[2:4] == ['  File "jobs/job.py", line 4, in <module>',
+                          "    TABLE = helper.setup()"]
+    assert lines[4] == f'  File "{tmp_path / "jobs" / "helper.py"}", line 3, in setup'
+    assert lines[5] == "    return 1 / 0  # helper fails"
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert_nothing_internal(done.stderr, tmp_path)
+
+
+def test_a_task_traceback_names_the_job_file_and_shows_its_lines(tmp_path: Path) -> None:
+    job = job_file(tmp_path / "jobs", """
+        def check(x):
+            if x == 3:
+                raise KeyError(f"key {x}")  # the failing line
+            return x
+
+        def main(cluster):
+            return list(cluster.map(check, range(5)))
+    """)
+    # A decoy of the same name where linecache would look for "job.py" (the cwd): the
+    # traceback must show the lines of the job that ran.
+    job_file(tmp_path, "\n\n\n# not this line\n")
+    done = run(tmp_path, job)
+    assert done.returncode == 1 and done.stdout == ""
+    assert '  File "job.py", line 4, in check\n' in done.stderr
+    assert '    raise KeyError(f"key {x}")  # the failing line\n' in done.stderr
+    assert "not this line" not in done.stderr
+    assert_nothing_internal(done.stderr, tmp_path)
