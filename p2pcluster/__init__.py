@@ -22,6 +22,7 @@ from ._errors import SecretError as SecretError
 from ._errors import SubmitError as SubmitError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import UnsendableResult as UnsendableResult
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._version import __version__ as __version__
 
@@ -95,6 +96,7 @@ __all__ = [
     "TaskError",
     "PoisonTaskError",
     "TaskTimeoutError",
+    "UnsendableResult",
     "ProtocolError",
     "DecodeError",
     "UnknownMessageType",

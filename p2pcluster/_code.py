@@ -53,10 +53,10 @@ from typing import Any
 
 import cbor2
 
-from ._errors import DecodeError, MessageTooLarge, P2PClusterError, SubmitError
+from ._errors import DecodeError, MessageTooLarge, P2PClusterError, SubmitError, UnsendableResult
 
 __all__ = [
-    "CodeBundle", "bundle_file", "bundle_tree", "job_module_name",
+    "CodeBundle", "bundle_file", "bundle_tree", "class_name", "job_module_name",
     "FunctionRef", "function_ref",
     "encode_call", "decode_call", "encode_value", "decode_value",
     "CodeCache", "JobLoader", "load_function", "load_job_module", "remember_sources",
@@ -411,34 +411,57 @@ def _dumps(value: Any) -> bytes:
     return cbor2.dumps(value, datetime_as_timestamp=False, encoders=_ENCODERS, default=_refuse)
 
 
-_HINTS: tuple[tuple[Callable[[Any], bool], str], ...] = (
+#: (test, how to fix an argument, how to fix a result), first match wins.
+_HINTS: tuple[tuple[Callable[[Any], bool], str, str], ...] = (
     (lambda o: isinstance(o, datetime),
-     "attach a timezone: dt.replace(tzinfo=timezone.utc), or dt.astimezone()"),
-    (lambda o: hasattr(o, "tolist"), "convert it with .tolist(), or load the data inside the task"),
-    (dataclasses.is_dataclass, "convert it with dataclasses.asdict(), and rebuild it in the task"),
-    (lambda o: isinstance(o, enum.Enum), "send its .value or .name"),
+     "attach a timezone: dt.replace(tzinfo=timezone.utc), or dt.astimezone()",
+     "attach a timezone before returning it: dt.replace(tzinfo=timezone.utc), or "
+     "dt.astimezone()"),
+    (lambda o: hasattr(o, "tolist"), "convert it with .tolist(), or load the data inside the task",
+     "return value.tolist() instead"),
+    (dataclasses.is_dataclass, "convert it with dataclasses.asdict(), and rebuild it in the task",
+     "return dataclasses.asdict(value) instead, and rebuild the object where you use it"),
+    (lambda o: isinstance(o, enum.Enum), "send its .value or .name", "return its .value or .name"),
     (lambda o: hasattr(o, "read") or hasattr(o, "fileno"),
-     "pass the path instead, and open the file inside the task"),
-    (callable, "pass its name, and look it up inside the task"),
+     "pass the path instead, and open the file inside the task",
+     "return the path, or the content the caller needs, instead"),
+    (callable, "pass its name, and look it up inside the task",
+     "return its name, and look it up where you use it"),
+)
+_DEFAULT_HINTS = (
+    "convert it to lists, dicts, str, bytes or numbers, or pass what is needed to load it (a "
+    "path, a URL) and load the data inside the task",
+    "return lists, dicts, str, bytes or numbers instead (for an object of your own, its "
+    "fields, such as vars(value)), and rebuild the object where you use it",
 )
 
 
-def _hint(obj: Any) -> str:
-    for test, hint in _HINTS:
+def _hint(obj: Any, travel: str) -> str:
+    which = 0 if travel == "arguments" else 1
+    for test, *hints in _HINTS:
         if test(obj):
-            return hint
-    return ("convert it to lists, dicts, str, bytes or numbers, or pass what is needed to "
-            "load it (a path, a URL) and load the data inside the task")
+            return hints[which]
+    return _DEFAULT_HINTS[which]
 
 
 def _type_name(obj: Any) -> str:
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return class_name(type(obj))
+
+
+def class_name(t: type) -> str:
+    """How messages name a class: ``int``, ``decimal.Decimal``, and ``Point from job.py``
+    for a class of a job file (never its ``p2pjob_`` module name)."""
+    if t.__module__ == "builtins":
+        return t.__qualname__
+    loader = getattr(sys.modules.get(t.__module__), "__loader__", None)
+    if isinstance(loader, JobLoader):
+        return f"{t.__qualname__} from {loader.filename}"
+    return f"{t.__module__}.{t.__qualname__}"
 
 
 def _a(obj: Any) -> str:
     if isinstance(obj, type):
-        return f"the class {obj.__module__}.{obj.__qualname__}"
+        return f"the class {class_name(obj)}"
     if inspect.isroutine(obj):
         return f"the function {getattr(obj, '__qualname__', obj)}"
     return f"a {_type_name(obj)}"
@@ -455,7 +478,7 @@ def _describe(where: str, value: Any, exc: Exception, *, travel: str) -> str:
         what += f" ({exc})"
     verb = "sent to the cluster" if travel == "arguments" else "sent back"
     return (f"{where} cannot be {verb}: {what}, and {travel} travel as CBOR, "
-            f"which carries {_ACCEPTED}. To fix it, {_hint(culprit)}.")
+            f"which carries {_ACCEPTED}. To fix it, {_hint(culprit, travel)}.")
 
 
 def _try_dumps(value: Any) -> Exception | None:
@@ -482,11 +505,11 @@ def encode_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
 
 
 def encode_value(value: Any, *, what: str = "the result") -> bytes:
-    """Encode one value (a task's result); :class:`SubmitError` says why it cannot be."""
+    """Encode one value (a task's result); :class:`UnsendableResult` says why it cannot be."""
     try:
         return _dumps(value)
     except (_Unencodable, cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:
-        raise SubmitError(_describe(what, value, exc, travel="results")) from None
+        raise UnsendableResult(_describe(what, value, exc, travel="results")) from None
 
 
 def decode_value(data: bytes) -> Any:

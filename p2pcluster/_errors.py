@@ -24,6 +24,13 @@ class SubmitError(P2PClusterError, ValueError):
     """A function or an argument cannot be sent to the cluster; the message says how to fix it."""
 
 
+class UnsendableResult(P2PClusterError, TypeError):
+    """A task returned a value that cannot travel back (CBOR cannot carry it). Raised in the
+    worker; the submitter gets it as a :class:`~p2pcluster.TaskError` that is also this
+    class. The message names the value's class and the job file it comes from, and says how
+    to fix it."""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 

@@ -39,7 +39,13 @@ from p2pcluster._code import (
     load_job_module,
     remember_sources,
 )
-from p2pcluster._errors import DecodeError, MessageTooLarge, ProtocolError, SubmitError
+from p2pcluster._errors import (
+    DecodeError,
+    MessageTooLarge,
+    ProtocolError,
+    SubmitError,
+    UnsendableResult,
+)
 
 # --------------------------------------------------------------------------- bundles
 
@@ -318,7 +324,7 @@ def test_encode_value_refuses_odd_tags() -> None:
     import re
 
     for odd in (re.compile("a+"), cbor2.CBORTag(99, 1), cbor2.undefined):
-        with pytest.raises(SubmitError, match="the result"):
+        with pytest.raises(UnsendableResult, match="the result"):
             encode_value(odd)
 
 
@@ -542,3 +548,23 @@ def test_remember_sources_shows_each_jobs_own_lines(tmp_path: Path) -> None:
         texts.append("".join(traceback.format_exception(info.value)))
     assert '  File "job.py", line 2, in task\n    raise ValueError(1)  # version 1' in texts[0]
     assert '  File "job.py", line 2, in task\n    raise ValueError(2)  # version 2' in texts[1]
+
+
+@pytest.mark.usefixtures("clean_modules")
+def test_an_unsendable_result_names_the_class_and_its_job_file(tmp_path: Path) -> None:
+    job = tmp_path / "shapes.py"
+    job.write_text("import dataclasses\nclass Point:\n    pass\n"
+                   "@dataclasses.dataclass\nclass Box:\n    side: int\n")
+    module = load_job_module(bundle_file(job), CodeCache(tmp_path / "cache"), filename="a/s.py")
+    with pytest.raises(UnsendableResult) as info:
+        encode_value(module.Point(), what="the result of make")
+    text = str(info.value)
+    assert text.startswith("the result of make cannot be sent back: it is a Point from a/s.py,")
+    assert "p2pjob_" not in text
+    assert "To fix it, return lists, dicts, str, bytes or numbers instead" in text
+    with pytest.raises(UnsendableResult, match=r"a set containing a Point from a/s\.py"):
+        encode_value({module.Point()})
+    with pytest.raises(UnsendableResult, match=r"return dataclasses\.asdict\(value\) instead"):
+        encode_value(module.Box(1))
+    assert issubclass(UnsendableResult, TypeError) and not issubclass(UnsendableResult,
+                                                                       SubmitError)

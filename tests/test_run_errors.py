@@ -146,3 +146,57 @@ def test_a_task_traceback_names_the_job_file_and_shows_its_lines(tmp_path: Path)
     assert '    raise KeyError(f"key {x}")  # the failing line\n' in done.stderr
     assert "not this line" not in done.stderr
     assert_nothing_internal(done.stderr, tmp_path)
+
+
+# --- results that cannot be sent back ------------------------------------------------------
+
+
+def test_an_unsendable_result_names_the_class_and_the_job_file(tmp_path: Path) -> None:
+    job = job_file(tmp_path / "jobs", """
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def make_point(x):
+            return Point(x)
+
+        def main(cluster):
+            return cluster.submit(make_point, 1).result()
+    """, name="shapes.py")
+    done = run(tmp_path, job)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("p2pcluster: ")]
+    assert lines[0].startswith("p2pcluster run: a task failed on peer ")
+    assert lines[1].startswith("p2pcluster.UnsendableResult: the result of make_point cannot "
+                               "be sent back: it is a Point from shapes.py, and results travel "
+                               "as CBOR")
+    assert lines[1].endswith("To fix it, return lists, dicts, str, bytes or numbers instead "
+                             "(for an object of your own, its fields, such as vars(value)), "
+                             "and rebuild the object where you use it.")
+    assert len(lines) == 2  # no traceback: no line of the task is at fault
+    for wrong in ("SubmitError", "p2pjob_", "Traceback", "_code.py", "_worker.py"):
+        assert wrong not in done.stderr, wrong
+
+
+def test_main_can_catch_an_unsendable_result(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        import p2pcluster
+
+        class Point:
+            pass
+
+        def points(n):
+            return {Point() for _ in range(n)}
+
+        def main(cluster):
+            try:
+                list(cluster.map(points, [2]))
+            except p2pcluster.UnsendableResult as e:
+                return [isinstance(e, TypeError), e.type_name, e.remote_message]
+    """)
+    done = run(tmp_path, job)
+    assert done.returncode == 0, done.stderr
+    is_type_error, type_name, message = json.loads(done.stdout)
+    assert is_type_error and type_name == "p2pcluster.UnsendableResult"
+    assert message.startswith("the result of points cannot be sent back: it is a set "
+                              "containing a Point from job.py")
