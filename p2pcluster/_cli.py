@@ -62,9 +62,9 @@ progress and logs go to stderr. Arguments and results travel as CBOR: numbers, s
 bytes, lists, dicts, sets, datetimes, Decimals... (see docs/jobs.md).
 
 examples:
-  p2pcluster run examples/pi.py                 estimate pi on every peer
-  p2pcluster run job.py 1000 --include mylib/   ship the package mylib with the job
-  p2pcluster run job.py --quiet > result.json
+  p2pcluster run examples/pi.py                  estimate pi on every peer
+  p2pcluster run job.py 1000 --include mylib/    ship the package mylib with the job
+  p2pcluster run job.py --quiet > result.json    the result alone; stderr only for errors
 
 Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
 cluster. Without one, `run` starts an ephemeral peer here (its workers start at once), joins
@@ -166,10 +166,11 @@ def _add_run(commands: Any) -> None:
                      help="a peer to join through (repeatable)")
     run.add_argument("--preset", choices=("lan", "local"), default="lan",
                      help="timing preset of an ephemeral peer (default: lan)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--log-level", default="warning",
-                     choices=("debug", "info", "warning", "error"),
-                     help="log level on stderr (default: warning)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="print nothing on stderr but errors: no progress bar, no note on "
+                          "where the job runs, log level error")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="log level on stderr (default: warning; error with --quiet)")
     run.set_defaults(handler=_cmd_run)
 
 
@@ -236,7 +237,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._logging import setup_logging
     from ._run import run_job_file
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or ("error" if args.quiet else "warning"))
     config = _config(args)
     daemon = False if args.local else (True if args.daemon else None)
     return run_job_file(args.job, args.args, config=config,

@@ -114,21 +114,63 @@ class ProgressBar:
         p = self.cluster.progress()
         if p.total == 0:
             return
-        self.stream.write("\r\x1b[K" + render_progress(p.done, p.total, p.elapsed, p.per_peer))
+        # One column short of the width: a line that fills the last column makes some
+        # terminals wrap, and the next redraw would start a line lower.
+        line = render_progress(p.done, p.total, p.elapsed, p.per_peer,
+                               columns=terminal_columns(self.stream) - 1)
+        self.stream.write("\r\x1b[K" + line)
         self.stream.flush()
         self._drawn = True
 
 
+def terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` writes to: ``COLUMNS`` if set (as in
+    :func:`shutil.get_terminal_size`), else the terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):  # not a terminal, or no fd at all
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+#: The bar's width when the line has room, and the narrowest bar worth drawing.
+BAR_WIDTH = 24
+MIN_BAR_WIDTH = 5
+MAX_PEERS_SHOWN = 6
+
+
 def render_progress(done: int, total: int, elapsed: float, per_peer: dict[str, int],
-                    width: int = 24) -> str:
-    filled = int(width * done / total) if total else width
+                    columns: int = 80) -> str:
+    """``[####....] 250/1000 tasks  125/s  ETA 6s  lab1:150 lab2:100``, never longer than
+    ``columns``: the per-peer counts go first, then the bar narrows, then it goes, then the
+    rate and the ETA; what still does not fit is cut."""
     rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    peers = " ".join(f"{name}:{count}" for name, count in
-                     sorted(per_peer.items(), key=lambda kv: -kv[1])[:6])
-    eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks  "
-            f"{rate:,.0f}/s  ETA {eta_text}  {peers}")
+    eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+    counts = f"{done}/{total} tasks"
+    stats = f"{counts}  {rate:,.0f}/s  ETA {eta}"
+    peers = [f"{name}:{count}" for name, count in
+             sorted(per_peer.items(), key=lambda kv: -kv[1])[:MAX_PEERS_SHOWN]]
+    for shown in range(len(peers), 0, -1):
+        line = f"{_bar(done, total, BAR_WIDTH)} {stats}  {' '.join(peers[:shown])}"
+        if len(line) <= columns:
+            return line
+    width = min(BAR_WIDTH, columns - len(stats) - 3)  # 3: the brackets and a space
+    if width >= MIN_BAR_WIDTH:
+        return f"{_bar(done, total, width)} {stats}"
+    for line in (stats, f"{counts}  ETA {eta}", counts):
+        if len(line) <= columns:
+            return line
+    return counts[:max(columns, 0)]
+
+
+def _bar(done: int, total: int, width: int) -> str:
+    filled = min(width, int(width * done / total)) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
 
 
 def _announce(cluster: Cluster, err: TextIO, finished: threading.Event) -> None:
@@ -231,9 +273,10 @@ def _call_main(cluster: Cluster, main: Callable[..., Any], args: Sequence[str], 
         finished = threading.Event()
         announcer = threading.Thread(target=_announce, args=(cluster, err, finished),
                                      daemon=True)
-        announcer.start()
-        if not quiet and err.isatty():
-            stack.enter_context(ProgressBar(cluster, err))
+        if not quiet:
+            announcer.start()
+            if err.isatty():
+                stack.enter_context(ProgressBar(cluster, err))
         try:
             return _call(main, cluster, args)
         except TaskError as exc:
@@ -245,7 +288,8 @@ def _call_main(cluster: Cluster, main: Callable[..., Any], args: Sequence[str], 
                           + format_user_traceback(exc)) from None
         finally:
             finished.set()
-            announcer.join(timeout=ALONE_AFTER + 0.5)
+            if announcer.is_alive():
+                announcer.join(timeout=ALONE_AFTER + 0.5)
 
 
 def _call(main: Callable[..., Any], cluster: Cluster, args: Sequence[str]) -> Any:

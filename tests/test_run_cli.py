@@ -213,6 +213,37 @@ def test_the_embedded_peer_says_at_once_that_it_is_alone(tmp_path: Path) -> None
     assert total < 6.0, lines
 
 
+def test_quiet_prints_nothing_on_stderr_but_errors(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        import time
+
+        def square(x):
+            if x < 0:
+                raise ValueError("negative")
+            return x * x
+
+        def main(cluster, n):
+            time.sleep(2.0)  # long enough for run to say where it runs, were it not quiet
+            return sum(cluster.map(square, range(int(n), 4)))
+    """)
+
+    def run_it(first: str, *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command(tmp_path, job, first), *options],
+                              env=environment(tmp_path),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                              check=False)
+
+    quiet = run_it("0", "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert (quiet.stdout, quiet.stderr) == ("14\n", "")
+    loud = run_it("0")
+    assert loud.returncode == 0 and ALONE in loud.stderr  # the same job, not quiet
+    failed = run_it("-1", "--quiet")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("p2pcluster run: a task failed on peer ")
+    assert "ValueError: negative" in failed.stderr and ALONE not in failed.stderr
+
+
 def test_help_lists_the_options() -> None:
     done = subprocess.run([sys.executable, "-m", "p2pcluster", "run", "--help"],
                           capture_output=True, text=True, timeout=TIMEOUT, check=False,
@@ -224,6 +255,7 @@ def test_help_lists_the_options() -> None:
         assert option in done.stdout, option
     assert "main(cluster, *args)" in done.stdout
     assert "JSON" in done.stdout
+    assert "print nothing on stderr but errors" in " ".join(done.stdout.split())
 
 
 def test_include_ships_a_module_that_the_job_imports(tmp_path: Path) -> None:
