@@ -67,9 +67,10 @@ examples:
   p2pcluster run job.py --quiet > result.json    the result alone; stderr only for errors
 
 Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
-cluster. Without one, `run` starts an ephemeral peer here (its workers start at once), joins
-any peers it finds over mDNS, and says within a second whether it is alone. A failing task
-prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
+cluster. Without one, `run` starts an ephemeral peer here (its workers start at once) and
+joins any peers it finds over mDNS: it names them as soon as it finds one, and says it is
+alone only after looking for a whole second (a job done sooner gets no such line). A failing
+task prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
 
 _MEMBERS_EPILOG = """\
 Asks the peer running on this machine (started with `p2pcluster join`) for its view of the

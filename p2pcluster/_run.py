@@ -4,7 +4,8 @@ print the return value.
 The job file is bundled and loaded as module ``p2pjob_<digest>``, the same name every peer
 gives it, so its functions are named identically everywhere. Jobs go through the local
 `p2pcluster join` daemon when one answers on the control socket; otherwise an ephemeral peer
-starts in this process, works at once, and says within a second whether it found others.
+starts in this process and works at once. It says which other peers it found as soon as it
+finds one, or that it is alone once it has looked for :data:`DISCOVERY_WINDOW` seconds.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from ._jobs import CodeRegistry, TaskError
 
 __all__ = ["AsyncCluster", "run_job_file"]
 
-#: How long `run` looks for other peers before it says it is alone.
-ALONE_AFTER = 0.6
+#: Seconds an ephemeral peer looks for other peers before `run` says it is alone: mDNS
+#: answers and a seed's table arrive within about a second on a LAN. Others found sooner are
+#: announced at once; a job that ends within the window gets no verdict at all (it ran on
+#: the peers found by then).
+DISCOVERY_WINDOW = 1.0
 
 
 class AsyncCluster:
@@ -174,8 +178,9 @@ def _bar(done: int, total: int, width: int) -> str:
 
 
 def _announce(cluster: Cluster, err: TextIO, finished: threading.Event) -> None:
-    """Say where the work runs; for an embedded peer, say within a second if it is alone
-    (sooner if the job is already over: then it ran wherever it found peers by then)."""
+    """Say where the work runs: through the daemon, at once; on an embedded peer, the others
+    as soon as it finds one, and that it is alone only once the whole
+    :data:`DISCOVERY_WINDOW` has passed without any. A job over sooner gets no verdict."""
     if cluster.via_daemon:
         members = [m for m in cluster.members() if m.alive]
         print(f"p2pcluster: submitting through the local daemon; {len(members)} peer(s) "
@@ -183,21 +188,19 @@ def _announce(cluster: Cluster, err: TextIO, finished: threading.Event) -> None:
         return
     peer = cluster.peer
     assert peer is not None
-    workers = peer.pool.slots
-    deadline = time.monotonic() + ALONE_AFTER
-    others: list[str] = []
-    while time.monotonic() < deadline:
-        others = [m.name for m in cluster.members() if m.alive and m.name != peer.name]
-        if others or finished.wait(0.05):
-            break
-    if others:
-        print(f"p2pcluster: ephemeral peer {peer.name} ({workers} workers) joined cluster "
-              f"{cluster.config.cluster!r} with {len(others)} other peer(s): "
-              f"{', '.join(sorted(others))}", file=err)
-    else:
-        print(f"p2pcluster: no daemon and no other peer found in cluster "
-              f"{cluster.config.cluster!r}: running on an ephemeral local peer with "
-              f"{workers} workers ({peer.where})", file=err)
+    deadline = time.monotonic() + DISCOVERY_WINDOW
+    while not (others := [m.name for m in cluster.members() if m.alive and m.name != peer.name]):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(f"p2pcluster: no daemon and no other peer found in cluster "
+                  f"{cluster.config.cluster!r}: running on an ephemeral local peer with "
+                  f"{peer.pool.slots} workers ({peer.where})", file=err)
+            return
+        if finished.wait(min(left, 0.05)):
+            return
+    print(f"p2pcluster: ephemeral peer {peer.name} ({peer.pool.slots} workers) joined cluster "
+          f"{cluster.config.cluster!r} with {len(others)} other peer(s): "
+          f"{', '.join(sorted(others))}", file=err)
 
 
 def format_result(value: Any) -> str:
@@ -289,7 +292,7 @@ def _call_main(cluster: Cluster, main: Callable[..., Any], args: Sequence[str], 
         finally:
             finished.set()
             if announcer.is_alive():
-                announcer.join(timeout=ALONE_AFTER + 0.5)
+                announcer.join(timeout=1.0)  # it sees `finished` within 0.05 s
 
 
 def _call(main: Callable[..., Any], cluster: Cluster, args: Sequence[str]) -> Any:
