@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._errors import AddressInUse as AddressInUse
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
@@ -92,6 +93,7 @@ __all__ = [
     "P2PClusterError",
     "ConfigError",
     "SecretError",
+    "AddressInUse",
     "SubmitError",
     "TaskError",
     "PoisonTaskError",

@@ -346,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = _root(exc)
         if isinstance(root, KeyboardInterrupt):
             return 130
-        if isinstance(root, OSError) and root.errno == errno.EADDRINUSE:
+        if (isinstance(root, OSError) and root.errno == errno.EADDRINUSE
+                and not isinstance(root, P2PClusterError)):  # membership's bind says it better
             root = P2PClusterError(f"{root.strerror}: another p2pcluster peer, or another "
                                    "program, uses that port; choose another with --port")
         if isinstance(root, P2PClusterError):

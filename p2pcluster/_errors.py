@@ -31,6 +31,11 @@ class UnsendableResult(P2PClusterError, TypeError):
     to fix it."""
 
 
+class AddressInUse(P2PClusterError, OSError):
+    """The peer's port is taken on this machine, by another peer or another program. Also an
+    ``OSError`` with ``errno`` ``EADDRINUSE``, as the failed bind was."""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 
