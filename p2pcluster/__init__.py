@@ -16,6 +16,7 @@ from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
 from ._errors import HandshakeError as HandshakeError
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import NameTaken as NameTaken
 from ._errors import P2PClusterError as P2PClusterError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplayError as ReplayError
@@ -94,6 +95,7 @@ __all__ = [
     "ConfigError",
     "SecretError",
     "AddressInUse",
+    "NameTaken",
     "SubmitError",
     "TaskError",
     "PoisonTaskError",

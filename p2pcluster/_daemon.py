@@ -22,6 +22,7 @@ from ._config import Config
 from ._control import ControlConnection, serve_control
 from ._errors import P2PClusterError, ProtocolError
 from ._jobs import JobRequest
+from ._names import serve_name_guard
 from ._peer import Peer, open_peer
 from ._proto.membership import EventKind, Member
 from ._proto.meta import NodeMeta
@@ -188,6 +189,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
                      peer.pool.slots, control)
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
+            nursery.start_soon(serve_name_guard, peer.membership)
             await daemon.wait_for_leave()
             log.info("leaving cluster %r", config.cluster)
             nursery.cancel_scope.cancel()

@@ -36,6 +36,11 @@ class AddressInUse(P2PClusterError, OSError):
     ``OSError`` with ``errno`` ``EADDRINUSE``, as the failed bind was."""
 
 
+class NameTaken(P2PClusterError):
+    """Another live peer of the cluster, on another machine, has this peer's name and started
+    first; this peer leaves. The message names the other peer's address."""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 

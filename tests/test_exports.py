@@ -12,7 +12,7 @@ PUBLIC = {
     "serve_membership", "Membership", "Member", "MemberStatus", "MemberEvent", "EventKind",
     "MembershipStatistics", "Cluster", "open_peer", "Peer", "Job", "MemberInfo", "Progress",
     "PeerStatistics", "SubmitError", "TaskError", "PoisonTaskError", "TaskTimeoutError",
-    "UnsendableResult", "AddressInUse",
+    "UnsendableResult", "AddressInUse", "NameTaken",
 }
 TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
            "VirtualNetwork", "SimCluster", "peer_address"}
