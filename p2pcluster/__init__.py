@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._errors import AddressInUse as AddressInUse
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ClusterError as ClusterError
 from ._errors import ConfigError as ConfigError
 from ._errors import DecodeError as DecodeError
 from ._errors import HandshakeError as HandshakeError
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import NameTaken as NameTaken
 from ._errors import P2PClusterError as P2PClusterError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplayError as ReplayError
@@ -23,6 +25,7 @@ from ._errors import SecretError as SecretError
 from ._errors import SubmitError as SubmitError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
+from ._errors import UnsendableResult as UnsendableResult
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValueTooLarge as ValueTooLarge
 from ._version import __version__ as __version__
@@ -100,11 +103,14 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "SecretError",
+    "AddressInUse",
+    "NameTaken",
     "SubmitError",
     "ValueTooLarge",
     "TaskError",
     "PoisonTaskError",
     "TaskTimeoutError",
+    "UnsendableResult",
     "ProtocolError",
     "DecodeError",
     "UnknownMessageType",

@@ -62,19 +62,21 @@ progress and logs go to stderr. Arguments and results travel as CBOR: numbers, s
 bytes, lists, dicts, sets, datetimes, Decimals... (see docs/jobs.md).
 
 examples:
-  p2pcluster run examples/pi.py                 estimate pi on every peer
-  p2pcluster run job.py 1000 --include mylib/   ship the package mylib with the job
-  p2pcluster run job.py --quiet > result.json
+  p2pcluster run examples/pi.py                  estimate pi on every peer
+  p2pcluster run job.py 1000 --include mylib/    ship the package mylib with the job
+  p2pcluster run job.py --quiet > result.json    the result alone; stderr only for errors
 
 Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
-cluster. Without one, `run` starts an ephemeral peer here (its workers start at once), joins
-any peers it finds over mDNS, and says within a second whether it is alone. A failing task
-prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
+cluster. Without one, `run` starts an ephemeral peer here (its workers start at once) and
+joins any peers it finds over mDNS: it names them as soon as it finds one, and says it is
+alone only after looking for a whole second (a job done sooner gets no such line). A failing
+task prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
 
 _MEMBERS_EPILOG = """\
 Asks the peer running on this machine (started with `p2pcluster join`) for its view of the
 cluster. STATE is alive, suspect (missed probes; it may yet answer), dead or left; AGE is
-the time since the state last changed."""
+the time since the state last changed. Peers that left or died more than 10 minutes ago are
+hidden (the last line says how many), in the table and in --json, unless --all is given."""
 
 
 def _add_local_options(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_MEMBERS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_local_options(members)
     members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    members.add_argument("--all", action="store_true",
+                         help="also list the peers that left or died more than 10 minutes ago")
     members.set_defaults(handler=_cmd_members)
     leave = commands.add_parser(
         "leave", help="ask the local peer to leave the cluster gracefully",
@@ -166,10 +170,11 @@ def _add_run(commands: Any) -> None:
                      help="a peer to join through (repeatable)")
     run.add_argument("--preset", choices=("lan", "local"), default="lan",
                      help="timing preset of an ephemeral peer (default: lan)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--log-level", default="warning",
-                     choices=("debug", "info", "warning", "error"),
-                     help="log level on stderr (default: warning)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="print nothing on stderr but errors: no progress bar, no note on "
+                          "where the job runs, log level error")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="log level on stderr (default: warning; error with --quiet)")
     run.set_defaults(handler=_cmd_run)
 
 
@@ -236,7 +241,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._logging import setup_logging
     from ._run import run_job_file
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or ("error" if args.quiet else "warning"))
     config = _config(args)
     daemon = False if args.local else (True if args.daemon else None)
     return run_job_file(args.job, args.args, config=config,
@@ -271,25 +276,43 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+#: Seconds after which `members` hides a peer that left or died, unless ``--all``.
+DEPARTED_HIDDEN_AFTER = 600.0
+
+
 def _cmd_members(args: argparse.Namespace) -> int:
     answer = _ask(args, "members")
     rows = sorted(answer["members"], key=lambda r: (r["status"] != "alive", r["name"]))
+    shown = rows if args.all else [r for r in rows if not _long_departed(r)]
+    hidden = len(rows) - len(shown)
     if args.json:
         print(json.dumps({"cluster": answer["cluster"], "self": answer["self"],
-                          "members": rows}, indent=2))
+                          "members": shown, "hidden": hidden}, indent=2))
         return EXIT_OK
+    _print_members(shown, answer["self"])
+    alive = sum(r["status"] == "alive" for r in rows)
+    print(f"\ncluster {answer['cluster']!r}: {alive} alive of {len(rows)} known (* this peer)")
+    if hidden:
+        print(f"({hidden} departed peer{'s' if hidden > 1 else ''} hidden; --all shows them)")
+    return EXIT_OK
+
+
+def _long_departed(row: dict[str, Any]) -> bool:
+    """Left or dead, and for longer than :data:`DEPARTED_HIDDEN_AFTER` (AGE is the time since
+    the state changed)."""
+    return row["status"] in ("left", "dead") and row["age"] > DEPARTED_HIDDEN_AFTER
+
+
+def _print_members(rows: list[dict[str, Any]], self_id: str) -> None:
     header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE")
     table = [header] + [
-        (r["name"] + (" *" if r["id"] == answer["self"] else ""), f"{r['host']}:{r['port']}",
+        (r["name"] + (" *" if r["id"] == self_id else ""), f"{r['host']}:{r['port']}",
          r["status"], str(r["incarnation"]), str(r["workers"]), str(r["queue"]),
          _age(r["age"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
-    alive = sum(r["status"] == "alive" for r in rows)
-    print(f"\ncluster {answer['cluster']!r}: {alive} alive of {len(rows)} known (* this peer)")
-    return EXIT_OK
 
 
 def _cmd_leave(args: argparse.Namespace) -> int:
@@ -343,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = _root(exc)
         if isinstance(root, KeyboardInterrupt):
             return 130
-        if isinstance(root, OSError) and root.errno == errno.EADDRINUSE:
+        if (isinstance(root, OSError) and root.errno == errno.EADDRINUSE
+                and not isinstance(root, P2PClusterError)):  # membership's bind says it better
             root = P2PClusterError(f"{root.strerror}: another p2pcluster peer, or another "
                                    "program, uses that port; choose another with --port")
         if isinstance(root, P2PClusterError):

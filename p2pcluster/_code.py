@@ -30,12 +30,15 @@ price of never running one job's code against another job's helpers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import importlib
+import importlib.abc
 import importlib.util
 import inspect
+import linecache
 import os
 import re
 import shutil
@@ -45,18 +48,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType, TracebackType
 from typing import Any
 
 import cbor2
 
-from ._errors import DecodeError, MessageTooLarge, P2PClusterError, SubmitError
+from ._errors import DecodeError, MessageTooLarge, P2PClusterError, SubmitError, UnsendableResult
 
 __all__ = [
-    "CodeBundle", "bundle_file", "bundle_tree", "job_module_name",
+    "CodeBundle", "bundle_file", "bundle_tree", "class_name", "job_module_name",
     "FunctionRef", "function_ref",
     "encode_call", "decode_call", "encode_value", "decode_value",
-    "CodeCache", "load_function", "load_job_module",
+    "CodeCache", "JobLoader", "load_function", "load_job_module", "remember_sources",
 ]
 
 MAX_FILES = 10_000
@@ -408,34 +411,57 @@ def _dumps(value: Any) -> bytes:
     return cbor2.dumps(value, datetime_as_timestamp=False, encoders=_ENCODERS, default=_refuse)
 
 
-_HINTS: tuple[tuple[Callable[[Any], bool], str], ...] = (
+#: (test, how to fix an argument, how to fix a result), first match wins.
+_HINTS: tuple[tuple[Callable[[Any], bool], str, str], ...] = (
     (lambda o: isinstance(o, datetime),
-     "attach a timezone: dt.replace(tzinfo=timezone.utc), or dt.astimezone()"),
-    (lambda o: hasattr(o, "tolist"), "convert it with .tolist(), or load the data inside the task"),
-    (dataclasses.is_dataclass, "convert it with dataclasses.asdict(), and rebuild it in the task"),
-    (lambda o: isinstance(o, enum.Enum), "send its .value or .name"),
+     "attach a timezone: dt.replace(tzinfo=timezone.utc), or dt.astimezone()",
+     "attach a timezone before returning it: dt.replace(tzinfo=timezone.utc), or "
+     "dt.astimezone()"),
+    (lambda o: hasattr(o, "tolist"), "convert it with .tolist(), or load the data inside the task",
+     "return value.tolist() instead"),
+    (dataclasses.is_dataclass, "convert it with dataclasses.asdict(), and rebuild it in the task",
+     "return dataclasses.asdict(value) instead, and rebuild the object where you use it"),
+    (lambda o: isinstance(o, enum.Enum), "send its .value or .name", "return its .value or .name"),
     (lambda o: hasattr(o, "read") or hasattr(o, "fileno"),
-     "pass the path instead, and open the file inside the task"),
-    (callable, "pass its name, and look it up inside the task"),
+     "pass the path instead, and open the file inside the task",
+     "return the path, or the content the caller needs, instead"),
+    (callable, "pass its name, and look it up inside the task",
+     "return its name, and look it up where you use it"),
+)
+_DEFAULT_HINTS = (
+    "convert it to lists, dicts, str, bytes or numbers, or pass what is needed to load it (a "
+    "path, a URL) and load the data inside the task",
+    "return lists, dicts, str, bytes or numbers instead (for an object of your own, its "
+    "fields, such as vars(value)), and rebuild the object where you use it",
 )
 
 
-def _hint(obj: Any) -> str:
-    for test, hint in _HINTS:
+def _hint(obj: Any, travel: str) -> str:
+    which = 0 if travel == "arguments" else 1
+    for test, *hints in _HINTS:
         if test(obj):
-            return hint
-    return ("convert it to lists, dicts, str, bytes or numbers, or pass what is needed to "
-            "load it (a path, a URL) and load the data inside the task")
+            return hints[which]
+    return _DEFAULT_HINTS[which]
 
 
 def _type_name(obj: Any) -> str:
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return class_name(type(obj))
+
+
+def class_name(t: type) -> str:
+    """How messages name a class: ``int``, ``decimal.Decimal``, and ``Point from job.py``
+    for a class of a job file (never its ``p2pjob_`` module name)."""
+    if t.__module__ == "builtins":
+        return t.__qualname__
+    loader = getattr(sys.modules.get(t.__module__), "__loader__", None)
+    if isinstance(loader, JobLoader):
+        return f"{t.__qualname__} from {loader.filename}"
+    return f"{t.__module__}.{t.__qualname__}"
 
 
 def _a(obj: Any) -> str:
     if isinstance(obj, type):
-        return f"the class {obj.__module__}.{obj.__qualname__}"
+        return f"the class {class_name(obj)}"
     if inspect.isroutine(obj):
         return f"the function {getattr(obj, '__qualname__', obj)}"
     return f"a {_type_name(obj)}"
@@ -452,7 +478,7 @@ def _describe(where: str, value: Any, exc: Exception, *, travel: str) -> str:
         what += f" ({exc})"
     verb = "sent to the cluster" if travel == "arguments" else "sent back"
     return (f"{where} cannot be {verb}: {what}, and {travel} travel as CBOR, "
-            f"which carries {_ACCEPTED}. To fix it, {_hint(culprit)}.")
+            f"which carries {_ACCEPTED}. To fix it, {_hint(culprit, travel)}.")
 
 
 def _try_dumps(value: Any) -> Exception | None:
@@ -479,11 +505,11 @@ def encode_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
 
 
 def encode_value(value: Any, *, what: str = "the result") -> bytes:
-    """Encode one value (a task's result); :class:`SubmitError` says why it cannot be."""
+    """Encode one value (a task's result); :class:`UnsendableResult` says why it cannot be."""
     try:
         return _dumps(value)
     except (_Unencodable, cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:
-        raise SubmitError(_describe(what, value, exc, travel="results")) from None
+        raise UnsendableResult(_describe(what, value, exc, travel="results")) from None
 
 
 def decode_value(data: bytes) -> Any:
@@ -605,10 +631,15 @@ def load_function(ref: FunctionRef, cache_root: str | os.PathLike[str]) -> Calla
     return fn
 
 
-def load_job_module(bundle: CodeBundle, cache: CodeCache) -> ModuleType:
-    """Store a job file's bundle and import it as :func:`job_module_name` of its digest."""
+def load_job_module(bundle: CodeBundle, cache: CodeCache, *,
+                    filename: str | None = None) -> ModuleType:
+    """Store a job file's bundle and import it as :func:`job_module_name` of its digest.
+
+    ``filename`` is what tracebacks and ``SyntaxError`` name: `run` passes the path the user
+    gave; the default is the file's base name (``job.py``), as on every peer.
+    """
     _single_py([path for path, _ in bundle.files])
-    return _load_module(job_module_name(bundle.digest), cache.store(bundle))
+    return _load_module(job_module_name(bundle.digest), cache.store(bundle), filename)
 
 
 def _single_py(paths: Sequence[str]) -> str:
@@ -617,22 +648,70 @@ def _single_py(paths: Sequence[str]) -> str:
     return paths[0]
 
 
-def _load_module(name: str, directory: Path) -> ModuleType:
+class JobLoader(importlib.abc.InspectLoader):
+    """Loads a job file from the code cache, compiled under ``filename`` (not the cache
+    path), so that tracebacks name the job file; no bytecode is written.
+
+    :func:`remember_sources` gives ``linecache`` the lines under that name before a traceback
+    is formatted: ``job.py`` is no path a peer could read, and two jobs may share the name.
+    """
+
+    def __init__(self, path: Path, filename: str) -> None:
+        self.path = path
+        self.filename = filename
+
+    def get_source(self, fullname: str) -> str:
+        return importlib.util.decode_source(self.path.read_bytes())
+
+    def get_code(self, fullname: str) -> CodeType:
+        return compile(self.path.read_bytes(), self.filename, "exec", dont_inherit=True)
+
+    def is_package(self, fullname: str) -> bool:
+        return False
+
+
+def _load_module(name: str, directory: Path, filename: str | None = None) -> ModuleType:
     module = sys.modules.get(name)
     if module is not None:
         return module
     path = directory / _single_py(sorted(os.listdir(directory)))
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has both
+    loader = JobLoader(path, filename or path.name)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:  # pragma: no cover - a .py path always has a spec
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def remember_sources(exc: BaseException) -> None:
+    """Put the source of each job file in ``exc``'s traceback (and the tracebacks of its
+    causes and contexts) into ``linecache``, under the name its code was compiled with, so a
+    formatted traceback shows that job's lines, and no other job's of the same name."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:
+        current = chain.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        _remember_frames(current.__traceback__)
+        chain += [current.__cause__, current.__context__]
+
+
+def _remember_frames(tb: TracebackType | None) -> None:
+    while tb is not None:
+        loader = tb.tb_frame.f_globals.get("__loader__")
+        if isinstance(loader, JobLoader):
+            with contextlib.suppress(OSError, SyntaxError, UnicodeDecodeError):
+                lines = loader.get_source("").splitlines(keepends=True)
+                linecache.cache[loader.filename] = (len(lines), None, lines, loader.filename)
+        tb = tb.tb_next
 
 
 def _use_includes(dirs: tuple[str, ...]) -> None:

@@ -219,6 +219,9 @@ class Config:
             (self.dead_retention > 0, "dead_retention must be positive"),
             (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
              "node_name must be 1 to 255 bytes"),
+            (self.node_name is None or self.node_name.isprintable(),
+             f"node_name {self.node_name!r} must be printable: no control characters such as "
+             "a newline or a tab"),
             (self.workers is None or self.workers >= 0, "workers must not be negative"),
             (1024 <= self.max_value_size <= 2**62, "max_value_size must be 1 KiB..2^62 bytes"),
             (1024 <= self.inline_value_size <= self.max_frame_size // 4,

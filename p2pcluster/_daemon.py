@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from ._config import Config
 from ._control import FramedStream, serve_control
 from ._control_server import ControlSession
 from ._errors import P2PClusterError
+from ._names import serve_name_guard
 from ._peer import Peer, open_peer
 from ._proto.control import CONTROL_VERSION, member_row, welcome
 from ._proto.membership import EventKind
@@ -127,7 +130,8 @@ class Daemon:
 async def run_daemon(config: Config, *, control: Path) -> None:
     """Run a peer until a signal or a `leave` request, then leave gracefully: gossip "left"
     and withdraw the mDNS record concurrently (under 2 s)."""
-    async with open_peer(config) as peer:
+    started = round(time.time())
+    async with open_peer(config, started=started) as peer:
         log.info("using %s", peer.where)
         daemon = Daemon(peer, config)
         async with trio.open_nursery() as nursery:
@@ -138,6 +142,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
                      peer.pool.slots, control)
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
+            nursery.start_soon(partial(serve_name_guard, peer.membership, started=started))
             await daemon.wait_for_leave()
             log.info("leaving cluster %r", config.cluster)
             nursery.cancel_scope.cancel()

@@ -39,6 +39,23 @@ class ValueTooLarge(SubmitError):
     a :class:`~p2pcluster.TaskError` of type ``ValueTooLarge`` instead.)"""
 
 
+class UnsendableResult(P2PClusterError, TypeError):
+    """A task returned a value that cannot travel back (CBOR cannot carry it). Raised in the
+    worker; the submitter gets it as a :class:`~p2pcluster.TaskError` that is also this
+    class. The message names the value's class and the job file it comes from, and says how
+    to fix it."""
+
+
+class AddressInUse(P2PClusterError, OSError):
+    """The peer's port is taken on this machine, by another peer or another program. Also an
+    ``OSError`` with ``errno`` ``EADDRINUSE``, as the failed bind was."""
+
+
+class NameTaken(P2PClusterError):
+    """Another live peer of the cluster, on another machine, has this peer's name and started
+    first; this peer leaves. The message names the other peer's address."""
+
+
 class ProtocolError(P2PClusterError):
     """Bytes from the network were refused. The one exception the decoders raise."""
 

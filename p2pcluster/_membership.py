@@ -8,6 +8,7 @@ with ``trio.current_time()`` (so tests can use ``MockClock``) and hands events t
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass, fields
 import trio
 
 from ._config import Config
-from ._errors import ProtocolError
+from ._errors import AddressInUse, ProtocolError
 from ._netutil import choose_interface, is_specific
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
@@ -277,16 +278,34 @@ async def serve_membership(
 
 async def _bind(wire: SecureWire, transport: Transport, config: Config
                 ) -> tuple[SecureDatagramChannel, StreamListener]:
-    """UDP and TCP on the same port number; with port 0, retry until both are free."""
+    """UDP and TCP on the same port number; with port 0, retry until both are free.
+
+    A port in use raises :class:`~p2pcluster.AddressInUse`, whose message says what to do:
+    the CLI and the embedding program show the same text."""
     for _ in range(20):
-        udp = await wire.open_datagram((config.bind_address, config.port))
+        try:
+            udp = await wire.open_datagram((config.bind_address, config.port))
+        except OSError as exc:
+            raise _in_use(exc, "UDP", config)  # noqa: B904 - exc is its context
         try:
             listener = await transport.open_listener((config.bind_address,
                                                       udp.local_address[1]))
-        except OSError:
+        except OSError as exc:
             udp.close()
             if config.port:
-                raise
+                raise _in_use(exc, "TCP", config)  # noqa: B904 - exc is its context
             continue
         return udp, listener
     raise OSError(f"no port free for both UDP and TCP on {config.bind_address}")
+
+
+def _in_use(exc: OSError, protocol: str, config: Config) -> OSError:
+    """``exc`` itself, or for a port in use an :class:`AddressInUse` that says what to do."""
+    if exc.errno != errno.EADDRINUSE:
+        return exc
+    error = AddressInUse(
+        f"{protocol} port {config.port} on {config.bind_address} is already in use, by another "
+        "p2pcluster peer or another program; choose another port (--port, P2PCLUSTER_PORT or "
+        "Config.port)")
+    error.errno = errno.EADDRINUSE
+    return error

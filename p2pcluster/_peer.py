@@ -178,7 +178,8 @@ class Peer:
     """
 
     def __init__(self, config: Config, membership: Membership, pool: WorkerPool,
-                 cache: CodeCache, *, registry: CodeRegistry, nursery: trio.Nursery) -> None:
+                 cache: CodeCache, *, registry: CodeRegistry, nursery: trio.Nursery,
+                 started: int = 0) -> None:
         self.config = config
         self.membership = membership
         self.pool = pool
@@ -203,6 +204,8 @@ class Peer:
         self._published = 0
         #: How this peer chose its address, in words (for logs).
         self.where = ""
+        #: When this peer started (Unix seconds; 0 if it does not say), in its metadata.
+        self.started = started
 
     # --- public -----------------------------------------------------------------------------
 
@@ -292,6 +295,10 @@ class Peer:
             yield job
         finally:
             job.cancel()
+
+    def meta(self, surplus: int = 0) -> NodeMeta:
+        """What this peer publishes about itself, with ``surplus`` tasks to give."""
+        return NodeMeta(self.pool.slots, surplus, self.config.tags, __version__, self.started)
 
     def peer_name(self, node_id: bytes) -> str:
         """The name of the member with ``node_id`` (its id's prefix if unknown)."""
@@ -513,8 +520,7 @@ class Peer:
             if surplus != self._published:
                 self._published = surplus
                 last = trio.current_time()
-                self.membership.set_meta(NodeMeta(self.pool.slots, surplus, self.config.tags,
-                                                  __version__).encode())
+                self.membership.set_meta(self.meta(surplus).encode())
 
     # --- slots ------------------------------------------------------------------------------
 
@@ -813,12 +819,15 @@ def _where(config: Config) -> _Where:
 async def open_peer(config: Config | None = None, *, include: Iterable[str | Path] = (),
                     registry: CodeRegistry | None = None,
                     discovery_done: trio.Event | None = None,
-                    discovery_scope: trio.CancelScope | None = None) -> AsyncIterator[Peer]:
+                    discovery_scope: trio.CancelScope | None = None,
+                    started: int = 0) -> AsyncIterator[Peer]:
     """Run a peer for the duration of the block: join the cluster, take part in its work.
 
     ``config`` defaults to :meth:`Config.lan` with ``P2PCLUSTER_*`` variables applied.
-    ``include`` names extra files or packages shipped with every job submitted here. On
-    exit the peer leaves gracefully and cancels the jobs it owns; its workers stop.
+    ``include`` names extra files or packages shipped with every job submitted here.
+    ``started`` (Unix seconds) is published in the metadata; a daemon sets it so that of two
+    peers of one name the later one yields (``_names.py``). On exit the peer leaves
+    gracefully and cancels the jobs it owns; its workers stop.
     """
     config = config or Config.load()
     source = load_secrets(secret_file=config.secret_file, create=True)
@@ -827,7 +836,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
     config = dataclasses.replace(config, bind_address=where.bind)
     seeds = await resolve_seeds(config.seeds, config.port)
     workers = workers_for(config)
-    meta = NodeMeta(workers, 0, config.tags, __version__).encode()
+    meta = NodeMeta(workers, 0, config.tags, __version__, started).encode()
     cache = CodeCache(CodeCache.default_root())
     registry = registry or CodeRegistry(include)
     async with trio.open_nursery() as nursery:
@@ -835,7 +844,8 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             serve_membership, config, keyring, seeds=seeds, meta=meta,
             advertise=where.advertise))
         async with open_worker_pool(workers, cache.root) as pool:
-            peer = Peer(config, membership, pool, cache, registry=registry, nursery=nursery)
+            peer = Peer(config, membership, pool, cache, registry=registry, nursery=nursery,
+                        started=started)
             membership.stream_handler = peer._serve_stream
             peer.where = where.how
             await nursery.start(peer._follow_membership)

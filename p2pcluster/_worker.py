@@ -23,8 +23,8 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._code import FunctionRef, decode_call, encode_value, load_function
-from ._errors import too_large
+from ._code import FunctionRef, decode_call, encode_value, load_function, remember_sources
+from ._errors import UnsendableResult, too_large
 
 __all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
 
@@ -75,9 +75,20 @@ def warm_up() -> None:
 def _call(fn: Callable[..., Any], payload: bytes) -> tuple[int, bytes]:
     try:
         args, kwargs = decode_call(payload)
-        return OK, encode_value(_check_sync(fn, fn(*args, **kwargs)))
+        result = _check_sync(fn, fn(*args, **kwargs))
+        return OK, encode_value(result, what=f"the result of {_name(fn)}")
+    except UnsendableResult as exc:  # no traceback: no line of the task is at fault
+        return ERROR, encode_error(UNSENDABLE, _message(exc))
     except BaseException as exc:
         return ERROR, _exception_payload(exc)
+
+
+#: The type name of an :class:`UnsendableResult`, as the submitter resolves it.
+UNSENDABLE = "p2pcluster.UnsendableResult"
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or fn)
 
 
 def _check_sync(fn: Callable[..., Any], result: Any) -> Any:
@@ -104,6 +115,7 @@ def _message(exc: BaseException) -> str:
 
 def _exception_payload(exc: BaseException, message: str | None = None) -> bytes:
     tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # skip our own frame
+    remember_sources(exc)  # the job file's lines, under its own name (job.py)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     return encode_error(_type_name(exc), _message(exc) if message is None else message, text)
 

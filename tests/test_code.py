@@ -37,8 +37,15 @@ from p2pcluster._code import (
     job_module_name,
     load_function,
     load_job_module,
+    remember_sources,
 )
-from p2pcluster._errors import DecodeError, MessageTooLarge, ProtocolError, SubmitError
+from p2pcluster._errors import (
+    DecodeError,
+    MessageTooLarge,
+    ProtocolError,
+    SubmitError,
+    UnsendableResult,
+)
 
 # --------------------------------------------------------------------------- bundles
 
@@ -317,7 +324,7 @@ def test_encode_value_refuses_odd_tags() -> None:
     import re
 
     for odd in (re.compile("a+"), cbor2.CBORTag(99, 1), cbor2.undefined):
-        with pytest.raises(SubmitError, match="the result"):
+        with pytest.raises(UnsendableResult, match="the result"):
             encode_value(odd)
 
 
@@ -500,3 +507,64 @@ def test_load_function_failures(tmp_path: Path) -> None:
         load_function(FunctionRef("math", "no_such_function"), str(tmp_path))
     with pytest.raises(ImportError, match=r"one \.py file"):
         load_job_module(CodeBundle((("a.py", b""), ("b.py", b""))), CodeCache(tmp_path))
+
+
+@pytest.mark.usefixtures("clean_modules")
+def test_a_job_file_compiles_under_its_own_name_not_the_cache_path(tmp_path: Path) -> None:
+    cache = CodeCache(tmp_path / "cache")
+    job = tmp_path / "myjob.py"
+    job.write_text("def task(x):\n    return 1 / x\n")
+    bundle = bundle_file(job)
+    module = load_job_module(bundle, cache, filename="jobs/myjob.py")
+    assert module.task.__code__.co_filename == "jobs/myjob.py"
+    assert module.__file__ == str(cache.path(bundle.digest) / "myjob.py")  # as before
+    del sys.modules[module.__name__]
+    ref = FunctionRef(module.__name__, "task", bundle.digest)
+    assert load_function(ref, cache.root).__code__.co_filename == "myjob.py"  # as on a peer
+    (tmp_path / "bad.py").write_text("x = (\n")
+    with pytest.raises(SyntaxError) as info:
+        load_job_module(bundle_file(tmp_path / "bad.py"), cache, filename="bad.py")
+    assert info.value.filename == "bad.py"
+
+
+@pytest.mark.usefixtures("clean_modules")
+def test_remember_sources_shows_each_jobs_own_lines(tmp_path: Path) -> None:
+    """Two versions of job.py in one process: each traceback shows its own lines."""
+    import traceback
+
+    cache = CodeCache(tmp_path / "cache")
+    texts = []
+    for version in (1, 2):
+        (tmp_path / str(version)).mkdir()
+        job = tmp_path / str(version) / "job.py"
+        job.write_text(f"def task():\n    raise ValueError({version})  # version {version}\n")
+        bundle = bundle_file(job)
+        cache.store(bundle)
+        fn = load_function(FunctionRef(job_module_name(bundle.digest), "task", bundle.digest),
+                           cache.root)
+        with pytest.raises(ValueError) as info:
+            fn()
+        remember_sources(info.value)
+        texts.append("".join(traceback.format_exception(info.value)))
+    assert '  File "job.py", line 2, in task\n    raise ValueError(1)  # version 1' in texts[0]
+    assert '  File "job.py", line 2, in task\n    raise ValueError(2)  # version 2' in texts[1]
+
+
+@pytest.mark.usefixtures("clean_modules")
+def test_an_unsendable_result_names_the_class_and_its_job_file(tmp_path: Path) -> None:
+    job = tmp_path / "shapes.py"
+    job.write_text("import dataclasses\nclass Point:\n    pass\n"
+                   "@dataclasses.dataclass\nclass Box:\n    side: int\n")
+    module = load_job_module(bundle_file(job), CodeCache(tmp_path / "cache"), filename="a/s.py")
+    with pytest.raises(UnsendableResult) as info:
+        encode_value(module.Point(), what="the result of make")
+    text = str(info.value)
+    assert text.startswith("the result of make cannot be sent back: it is a Point from a/s.py,")
+    assert "p2pjob_" not in text
+    assert "To fix it, return lists, dicts, str, bytes or numbers instead" in text
+    with pytest.raises(UnsendableResult, match=r"a set containing a Point from a/s\.py"):
+        encode_value({module.Point()})
+    with pytest.raises(UnsendableResult, match=r"return dataclasses\.asdict\(value\) instead"):
+        encode_value(module.Box(1))
+    assert issubclass(UnsendableResult, TypeError) and not issubclass(UnsendableResult,
+                                                                       SubmitError)

@@ -12,7 +12,8 @@ PUBLIC = {
     "serve_membership", "Membership", "Member", "MemberStatus", "MemberEvent", "EventKind",
     "MembershipStatistics", "Cluster", "open_peer", "Peer", "Job", "MemberInfo", "Progress",
     "PeerStatistics", "SubmitError", "TaskError", "PoisonTaskError", "TaskTimeoutError",
-    "ValueTooLarge", "ClusterError", "TaskFuture", "MapIterator",
+    "ValueTooLarge", "ClusterError", "TaskFuture", "MapIterator", "UnsendableResult",
+    "AddressInUse", "NameTaken",
 }
 TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
            "VirtualNetwork", "SimCluster", "peer_address"}

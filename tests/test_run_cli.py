@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pcluster._run import DISCOVERY_WINDOW
 from p2pcluster._secret import new_secret, write_secret_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,6 @@ def test_run_prints_mains_value_as_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1  # one line: the value, nothing else
     assert json.loads(done.stdout) == {"sum": 7, "table": [12, 13, 14, 15], "args": [3, 4]}
-    assert ALONE in done.stderr and "ephemeral local peer" in done.stderr
 
 
 @pytest.mark.parametrize(("expression", "printed"), [
@@ -171,17 +171,12 @@ def test_an_async_main_gets_an_async_cluster(tmp_path: Path) -> None:
                                        "one": 144, "members": True}
 
 
-def test_the_embedded_peer_says_at_once_that_it_is_alone(tmp_path: Path) -> None:
-    job = job_file(tmp_path, """
-        import sys
-
-        def main(cluster):
-            print("main started", file=sys.stderr, flush=True)
-            return "trivial"
-    """)
+def timed_run(tmp_path: Path, argv: list[str]) -> tuple[str, list[tuple[float, str]], int]:
+    """Run ``argv``; its stdout, each stderr line with the seconds since the start, the
+    exit status."""
     lines: list[tuple[float, str]] = []
     start = time.monotonic()
-    process = subprocess.Popen(command(tmp_path, job), env=environment(tmp_path), cwd=tmp_path,
+    process = subprocess.Popen(argv, env=environment(tmp_path), cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def read() -> None:
@@ -198,19 +193,119 @@ def test_the_embedded_peer_says_at_once_that_it_is_alone(tmp_path: Path) -> None
     finally:
         process.kill()
         reader.join()
-    total = time.monotonic() - start
-    stderr = "".join(line for _, line in lines)
-    assert process.returncode == 0, stderr
-    assert json.loads(out) == "trivial"
+    return out, lines, process.returncode
+
+
+def test_alone_is_said_once_the_whole_discovery_window_has_passed(tmp_path: Path) -> None:
+    job = job_file(tmp_path, f"""
+        import sys, time
+
+        def main(cluster):
+            print("main started", file=sys.stderr, flush=True)
+            time.sleep({DISCOVERY_WINDOW} + 1.5)
+            return "slow"
+    """)
+    out, lines, status = timed_run(tmp_path, command(tmp_path, job))
+    assert status == 0, lines
+    assert json.loads(out) == "slow"
     main_at = next(t for t, line in lines if line.startswith("main started"))
     alone_at, alone = next((t, line) for t, line in lines if ALONE in line)
     assert "running on an ephemeral local peer with 1 workers" in alone
     assert "loopback (127.0.0.1)" in alone
-    # run says so within a second of starting to work (ALONE_AFTER = 0.6 s, plus slack for a
-    # loaded machine), and a trivial job takes a few seconds in all.
-    assert alone_at - main_at < 1.0, lines
-    assert alone_at < 3.0, lines
-    assert total < 6.0, lines
+    # Not before the window is over (main starts just after the peer starts looking; 0.1 s
+    # of slack for that), and not much later either (slack for a loaded machine).
+    assert DISCOVERY_WINDOW - 0.1 <= alone_at - main_at < DISCOVERY_WINDOW + 1.0, lines
+
+
+def test_a_job_over_within_the_window_gets_no_verdict(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        import sys, time
+
+        def main(cluster):
+            print("main started", file=sys.stderr, flush=True)
+            time.sleep(0.1)
+            return "quick"
+    """)
+    out, lines, status = timed_run(tmp_path, command(tmp_path, job))
+    assert status == 0, lines
+    assert json.loads(out) == "quick"
+    assert [line for _, line in lines] == ["main started\n"]  # neither alone nor joined
+    assert lines[-1][0] < DISCOVERY_WINDOW + 2.0, lines  # and it did not wait for a verdict
+
+
+def test_other_peers_are_announced_as_soon_as_they_are_found(tmp_path: Path) -> None:
+    job = job_file(tmp_path, f"""
+        import sys, time
+
+        def main(cluster):
+            print("main started", file=sys.stderr, flush=True)
+            time.sleep({DISCOVERY_WINDOW} + 0.5)
+            return "done"
+    """)
+    run_args = command(tmp_path, job)
+    cluster = run_args[run_args.index("--cluster") + 1]
+    shared = ["--cluster", cluster, "--secret-file", str(tmp_path / "secret")]
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "p2pcluster", "join", *shared, "--preset", "local", "--port",
+         "0", "--no-mdns", "--interface", "lo", "--name", "other-peer", "--workers", "1"],
+        env=environment(tmp_path), stderr=subprocess.DEVNULL)
+    try:
+        port = _daemon_port(tmp_path, shared)
+        out, lines, status = timed_run(
+            tmp_path, [*run_args, "--local", "--seed", f"127.0.0.1:{port}"])
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+    assert status == 0 and json.loads(out) == "done", lines
+    main_at = next(t for t, line in lines if line.startswith("main started"))
+    joined_at, joined = next((t, line) for t, line in lines if "joined cluster" in line)
+    assert f"joined cluster {cluster!r} with 1 other peer(s): other-peer" in joined
+    assert joined_at - main_at < DISCOVERY_WINDOW - 0.3, lines  # well before the window ends
+    assert not any(ALONE in line for _, line in lines)
+
+
+def _daemon_port(tmp_path: Path, shared: list[str]) -> int:
+    deadline = time.monotonic() + 15
+    while True:
+        members = subprocess.run([sys.executable, "-m", "p2pcluster", "members", "--json",
+                                  "--cluster", shared[1]], env=environment(tmp_path),
+                                 capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        if members.returncode == 0:
+            port: int = json.loads(members.stdout)["members"][0]["port"]
+            return port
+        assert time.monotonic() < deadline, members.stderr
+        time.sleep(0.1)
+
+
+def test_quiet_prints_nothing_on_stderr_but_errors(tmp_path: Path) -> None:
+    job = job_file(tmp_path, """
+        import time
+
+        def square(x):
+            if x < 0:
+                raise ValueError("negative")
+            return x * x
+
+        def main(cluster, n):
+            time.sleep(2.0)  # long enough for run to say where it runs, were it not quiet
+            return sum(cluster.map(square, range(int(n), 4)))
+    """)
+
+    def run_it(first: str, *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command(tmp_path, job, first), *options],
+                              env=environment(tmp_path),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                              check=False)
+
+    quiet = run_it("0", "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert (quiet.stdout, quiet.stderr) == ("14\n", "")
+    loud = run_it("0")
+    assert loud.returncode == 0 and ALONE in loud.stderr  # the same job, not quiet
+    failed = run_it("-1", "--quiet")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.startswith("p2pcluster run: a task failed on peer ")
+    assert "ValueError: negative" in failed.stderr and ALONE not in failed.stderr
 
 
 def test_help_lists_the_options() -> None:
@@ -224,6 +319,7 @@ def test_help_lists_the_options() -> None:
         assert option in done.stdout, option
     assert "main(cluster, *args)" in done.stdout
     assert "JSON" in done.stdout
+    assert "print nothing on stderr but errors" in " ".join(done.stdout.split())
 
 
 def test_include_ships_a_module_that_the_job_imports(tmp_path: Path) -> None:
@@ -279,11 +375,14 @@ def test_run_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stderr
         links = _ip("netns", "exec", namespace, "ip", "-o", "link", "show")
         assert [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"]
-        job = job_file(tmp_path, """
+        job = job_file(tmp_path, f"""
+            import time
+
             def square(x):
                 return x * x
 
             def main(cluster):
+                time.sleep({DISCOVERY_WINDOW} + 1.0)  # long enough for the verdict
                 return sum(cluster.map(square, range(100)))
         """)
         # The defaults: LAN preset, mDNS on, port 7946 (which `run` turns into any free port).

@@ -1,8 +1,10 @@
 """What a peer says about itself in its membership metadata (at most 512 bytes).
 
 A CBOR map with short keys: ``w`` worker capacity, ``q`` queued tasks, ``t`` tags, ``v`` the
-software version. Decoding is lenient: unknown keys are ignored (a newer peer may add some)
-and malformed metadata reads as defaults, since metadata only informs scheduling.
+software version, ``s`` when the peer started (Unix seconds, rounded; left out while 0, which
+means unknown: it decides which of two peers of the same name yields, see ``_names.py``).
+Decoding is lenient: unknown keys are ignored (a newer peer may add some) and malformed
+metadata reads as defaults, since metadata only informs scheduling and naming.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ class NodeMeta:
     queue: int = 0
     tags: tuple[str, ...] = ()
     version: str = ""
+    started: int = 0
 
     def encode(self) -> bytes:
-        data = cbor2.dumps({"w": self.workers, "q": self.queue, "t": list(self.tags),
-                            "v": self.version})
+        fields: dict[str, Any] = {"w": self.workers, "q": self.queue, "t": list(self.tags),
+                                  "v": self.version}
+        if self.started:
+            fields["s"] = self.started
+        data = cbor2.dumps(fields)
         if len(data) > MAX_META:
             raise ValueError(f"metadata needs {len(data)} bytes; the limit is {MAX_META} "
                              "(use fewer or shorter tags)")
@@ -43,10 +49,16 @@ class NodeMeta:
             return cls()
         if not isinstance(raw, dict):
             return cls()
-        workers, queue, tags, version = (raw.get(k) for k in ("w", "q", "t", "v"))
+        workers, queue, tags, version, started = (raw.get(k) for k in "wqtvs")
         return cls(
-            workers=workers if type(workers) is int and workers >= 0 else 0,
-            queue=queue if type(queue) is int and queue >= 0 else 0,
+            workers=_count(workers),
+            queue=_count(queue),
             tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
             version=version if isinstance(version, str) else "",
+            started=_count(started),
         )
+
+
+def _count(value: Any) -> int:
+    """A non-negative int, or 0 for anything else."""
+    return value if type(value) is int and value >= 0 else 0

@@ -149,7 +149,8 @@ async def test_a_remote_exception_carries_its_traceback_and_peer(secret: Path,
         with trio.fail_after(WAIT), pytest.raises(TaskError) as info:
             await a.map(jobfuncs.boom_at, range(20), [7] * 20)
         error = info.value
-        assert type(error) is TaskError and isinstance(error, P2PClusterError)
+        assert isinstance(error, TaskError) and isinstance(error, P2PClusterError)
+        assert isinstance(error, ValueError) and error.args == ("boom 7",)  # as raised there
         assert error.type_name == "ValueError"
         assert error.remote_message == "boom 7"
         assert 'raise ValueError(f"boom {x}")' in error.remote_traceback

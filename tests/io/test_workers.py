@@ -127,8 +127,8 @@ async def test_errors_carry_type_message_and_traceback(tmp_path: Path) -> None:
         assert "raise JobError(message)" in err["traceback"]
         assert error(result.outcomes[1])["message"] == "bang"
         err = error(unencodable.outcomes[0])
-        assert err["type"] == "p2pcluster._errors.SubmitError"
-        assert "the result cannot be sent back" in err["message"]
+        assert err["type"] == "p2pcluster.UnsendableResult" and err["traceback"] == ""
+        assert "the result of unencodable cannot be sent back" in err["message"]
         assert error(exits.outcomes[0])["type"] == "SystemExit"  # the peer did not exit
         assert "async function" in error(coroutine.outcomes[0])["message"]
         for outcome in missing.outcomes:

@@ -130,9 +130,9 @@ class Peers:
 
     def run_job(self, host: int, job: Path, *args: str) -> subprocess.Popen[str]:
         """`p2pcluster run --daemon JOB ARGS` in ``host``, through its daemon (same runtime
-        directory, cache and secret); stdout and stderr are pipes."""
-        argv = [sys.executable, "-m", "p2pcluster", "run", "--daemon", "--quiet", str(job),
-                *args]
+        directory, cache and secret); stdout and stderr are pipes. Not ``--quiet``: stderr
+        says "submitting through the local daemon" (no progress bar: it is no terminal)."""
+        argv = [sys.executable, "-m", "p2pcluster", "run", "--daemon", str(job), *args]
         process: subprocess.Popen[str] = self.lan.popen(
             host, argv, env=self.env(host, **self.host_env(host)), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
