@@ -551,6 +551,7 @@ class CodeCache:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._known: set[str] = set()
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = self.root.stat()
@@ -572,12 +573,19 @@ class CodeCache:
         return self.root / digest
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_dir()
+        """Whether the bundle is here. A bundle seen once is remembered: it is never
+        removed while a peer runs (delete the cache only with no peer running)."""
+        if digest in self._known:
+            return True
+        found = self.path(digest).is_dir()
+        if found:
+            self._known.add(digest)
+        return found
 
     def store(self, bundle: CodeBundle) -> Path:
         """Write ``bundle`` unless it is there; safe against a concurrent writer."""
         final = self.path(bundle.digest)
-        if final.is_dir():
+        if self.has(bundle.digest):
             return final
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:

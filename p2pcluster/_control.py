@@ -34,6 +34,7 @@ import cbor2
 import trio
 
 from ._errors import P2PClusterError, ProtocolError
+from ._fastwrite import write_all
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
 
@@ -111,6 +112,7 @@ class FramedStream:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
+        self._fd = stream.socket.fileno()
         self._buffer = bytearray()
         self._send_lock = trio.StrictFIFOLock()
 
@@ -121,8 +123,17 @@ class FramedStream:
         await self.send_frame(CODEC.encode(message))
 
     async def send_frame(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(_LENGTH.pack(len(data)) + data)
+        await self.send_raw(_LENGTH.pack(len(data)) + data)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Bytes already framed."""
+        await write_all(self._fd, self.stream.send_all, self._send_lock, data)
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Several frames in one write (one system call, one wake-up at the other end)."""
+        if frames:
+            await self.send_raw(b"".join(part for frame in frames
+                                         for part in (_LENGTH.pack(len(frame)), frame)))
 
     async def receive_frame(self) -> bytes | None:
         """The next frame's bytes, or None when the other side closed between frames."""

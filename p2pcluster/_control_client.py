@@ -11,8 +11,10 @@ running gets :meth:`JobSink.ended` with the error, and every later call raises i
 from __future__ import annotations
 
 import logging
-import math
 import os
+import struct
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,8 +56,11 @@ from ._proto.messages import TaskStatus
 __all__ = ["ControlClient", "DaemonError", "JobSink", "open_control_client", "request_daemon"]
 
 log = logging.getLogger("p2pcluster.control")
-#: Bytes of inline arguments per Args frame.
+_LENGTH = struct.Struct(">I")
+#: Bytes of inline arguments per Args frame (and per write).
 ARGS_BYTES = 1024 * 1024
+#: Arguments per Args frame at most.
+ARGS_COUNT = 4096
 
 
 class DaemonError(P2PClusterError):
@@ -98,10 +103,12 @@ class ControlClient:
         self.welcome = welcome
         self.path = path
         self.max_value_size = max_value_size
-        self._send, self._outbox = trio.open_memory_channel[Iterator[bytes]](math.inf)
+        self._outbox = _Outbox(stream)
+        self._lock = threading.Lock()  #: callers may submit from any thread
         self._jobs: dict[int, JobSink] = {}
         self._requests: dict[int, trio.MemorySendChannel[Reply]] = {}
         self._blobs: dict[int, _Incoming] = {}
+        self._sent_bundles: set[str] = set()  #: the daemon keeps these for the connection
         self._next = {"job": 0, "req": 0, "blob": 0}
         self._broken: BaseException | None = None
 
@@ -116,6 +123,7 @@ class ControlClient:
         return min(self.max_value_size, int(self.welcome.get("max_value_size", 0)) or 2**62)
 
     def _id(self, kind: str) -> int:
+        """A fresh number (call with the lock held)."""
         self._next[kind] += 1
         return self._next[kind]
 
@@ -124,28 +132,33 @@ class ControlClient:
         if broken is not None:
             raise broken
 
-    # --- calls (from the trio task that owns the client) --------------------------------------
+    # --- calls (submit and cancel from any thread; request in the trio run) ------------------
 
     def submit(self, request: JobRequest, sink: JobSink, label: str) -> int:
-        """Queue a job; its news goes to ``sink``. Returns the job's number."""
-        self._check()
-        job = self._id("job")
-        self._jobs[job] = sink
-        self._send.send_nowait(self._job_frames(job, request, label))
+        """Send a job; its news goes to ``sink`` (called in the trio run). Returns the job's
+        number. Safe from any thread, and never blocks: a small job is written at once, from
+        the calling thread, when nothing else waits to go out."""
+        with self._lock:
+            self._check()
+            job = self._id("job")
+            self._jobs[job] = sink
+            self._outbox.put(self._job_parts(job, request, label))
         return job
 
     def cancel(self, job: int) -> None:
-        if job in self._jobs and self._broken is None:
-            self._send.send_nowait(iter([CODEC.encode(Cancel(job))]))
+        """Cancel job ``job`` (from any thread)."""
+        with self._lock:
+            if job in self._jobs and self._broken is None:
+                self._outbox.put([CODEC.encode(Cancel(job))])
 
     async def request(self, op: str, **body: Any) -> dict[str, Any]:
         """Run operation ``op`` at the daemon; its answer, or :class:`DaemonError`."""
-        self._check()
-        req = self._id("req")
         send, receive = trio.open_memory_channel[Reply](1)
-        self._requests[req] = send
-        frame = CODEC.encode(Request(req, op, cbor2.dumps(body)))
-        self._send.send_nowait(iter([frame]))
+        with self._lock:
+            self._check()
+            req = self._id("req")
+            self._requests[req] = send
+            self._outbox.put([CODEC.encode(Request(req, op, cbor2.dumps(body)))])
         try:
             reply = await receive.receive()
         except trio.EndOfChannel:
@@ -162,47 +175,51 @@ class ControlClient:
 
     # --- the writer ---------------------------------------------------------------------------
 
-    def _job_frames(self, job: int, request: JobRequest, label: str) -> Iterator[bytes]:
+    def _job_parts(self, job: int, request: JobRequest, label: str) -> list[_Part]:
+        """The frames of a job, in order: new bundles, the Submit (with as many small
+        arguments as fit one frame: a one-task job is one frame), then the rest of the
+        arguments. Large values are generators that encode one chunk at a time, as the
+        socket takes them. (Called with the lock held: it numbers blobs.)"""
         ref = request.ref
-        blobs: list[bytes] = []
-        bundles = tuple(self._value(b.encode(), blobs) for b in request.bundles.values())
-        yield from blobs
-        yield CODEC.encode(Submit(job, Ref(ref.module, ref.qualname, ref.job, ref.includes),
-                                  bundles, len(request.payloads), request.timeout,
-                                  request.chunksize, label[:4096]))
-        yield from self._args_frames(job, request.payloads)
+        parts: list[_Part] = []
+        new = [b for d, b in request.bundles.items() if d not in self._sent_bundles]
+        self._sent_bundles.update(b.digest for b in new)
+        bundles = tuple(self._value(b.encode(), parts) for b in new)
+        payloads = request.payloads
+        first = _inline_prefix(payloads)
+        parts.append(CODEC.encode(Submit(
+            job, Ref(ref.module, ref.qualname, ref.job, ref.includes), bundles, len(payloads),
+            request.timeout, request.chunksize, label[:4096],
+            tuple(Inline(p) for p in payloads[:first]))))
+        if first < len(payloads):
+            self._args_parts(job, payloads, first, parts)
+        return parts
 
-    def _args_frames(self, job: int, payloads: Sequence[bytes]) -> Iterator[bytes]:
-        first, size = 0, 0
+    def _args_parts(self, job: int, payloads: Sequence[bytes], start: int,
+                    parts: list[_Part]) -> None:
+        first, size = start, 0
         values: list[Value] = []
-        for index, payload in enumerate(payloads):
-            if len(payload) > INLINE:
+        for index in range(start, len(payloads)):
+            payload = payloads[index]
+            if len(payload) > INLINE or (values and (size + len(payload) > ARGS_BYTES
+                                                     or len(values) >= ARGS_COUNT)):
                 if values:
-                    yield CODEC.encode(Args(job, first, tuple(values)))
+                    parts.append(CODEC.encode(Args(job, first, tuple(values))))
                 first, values, size = index, [], 0
-                blob = self._id("blob")
-                yield from _blob_frames(blob, payload)
-                values.append(BlobRef(blob, len(payload)))
-                continue
-            if values and (size + len(payload) > ARGS_BYTES or len(values) >= 4096):
-                yield CODEC.encode(Args(job, first, tuple(values)))
-                first, values, size = index, [], 0
-            values.append(Inline(payload))
-            size += len(payload)
-        if values or not payloads:
-            yield CODEC.encode(Args(job, first, tuple(values)))
+            values.append(self._value(payload, parts))
+            size += min(len(payload), INLINE)
+        if values:
+            parts.append(CODEC.encode(Args(job, first, tuple(values))))
 
-    def _value(self, data: bytes, frames: list[bytes]) -> Value:
+    def _value(self, data: bytes, parts: list[_Part]) -> Value:
         if len(data) <= INLINE:
             return Inline(data)
         blob = self._id("blob")
-        frames.extend(_blob_frames(blob, data))
+        parts.append(_blob_frames(blob, data))
         return BlobRef(blob, len(data))
 
-    async def _writer(self) -> None:
-        async for frames in self._outbox:
-            for frame in frames:
-                await self._stream.send_frame(frame)
+    async def _write(self) -> None:
+        await self._outbox.serve(self._lock)
 
     # --- the reader ---------------------------------------------------------------------------
 
@@ -268,15 +285,112 @@ class ControlClient:
 
     def _fail(self, exc: BaseException) -> None:
         """The connection is gone: every job and request learns why."""
-        self._broken = exc
-        broken = self.broken
-        assert broken is not None
-        jobs, self._jobs = self._jobs, {}
+        with self._lock:
+            self._broken = exc
+            broken = self.broken
+            assert broken is not None
+            jobs, self._jobs = self._jobs, {}
+            waiting, self._requests = list(self._requests.values()), {}
+            self._outbox.close()
         for sink in jobs.values():
             sink.broken(broken)
-        for waiting in list(self._requests.values()):
-            waiting.close()
-        self._send.close()
+        for channel in waiting:
+            channel.close()
+
+
+class _Raw:
+    """Bytes already framed: the rest of a write the socket did not take whole."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+#: What goes out: an encoded frame, the rest of a write, or a generator of frames (a large
+#: value, chunk by chunk).
+_Part = bytes | _Raw | Iterator[bytes]
+
+
+class _Outbox:
+    """What the client sends, in order, from any thread.
+
+    When nothing waits to go out, a caller's frames go straight to the socket, with a
+    non-blocking write from the caller's own thread: no switch to the trio thread. What the
+    socket does not take at once, and everything queued behind it, the writer task sends.
+    """
+
+    def __init__(self, stream: FramedStream) -> None:
+        self._stream = stream
+        self._fd = stream.stream.socket.fileno()
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue: deque[_Part] = deque()
+        self._busy = False  #: the writer task owns the socket
+        self._closed = False
+        self._wake = trio.Event()
+
+    def put(self, parts: list[_Part]) -> None:
+        """Send ``parts`` after everything put before (the caller holds the client's lock)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the connection is closed")
+        if not self._busy and all(isinstance(p, bytes) for p in parts):
+            data = _framed([p for p in parts if isinstance(p, bytes)])
+            try:
+                written = os.write(self._fd, data)
+            except OSError:  # full (EAGAIN), or broken: the writer task meets and reports it
+                written = 0
+            if written == len(data):
+                return
+            parts = [_Raw(data[written:])]
+        self._queue.extend(parts)
+        if not self._busy:
+            self._busy = True
+            self._token.run_sync_soon(self._wake.set)
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def serve(self, lock: threading.Lock) -> None:
+        """The writer task: send what is queued, in writes of about :data:`ARGS_BYTES`."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while True:
+                with lock:
+                    if not self._queue:
+                        self._busy = False
+                        break
+                    part = self._queue.popleft()
+                await self._send(part)
+
+    async def _send(self, part: _Part) -> None:
+        if isinstance(part, _Raw):
+            await self._stream.send_raw(part.data)
+        elif isinstance(part, bytes):
+            await self._stream.send_frames([part])
+        else:
+            batch: list[bytes] = []
+            size = 0
+            for frame in part:
+                batch.append(frame)
+                size += len(frame)
+                if size >= ARGS_BYTES:
+                    await self._stream.send_frames(batch)
+                    batch, size = [], 0
+            await self._stream.send_frames(batch)
+
+
+def _framed(frames: list[bytes]) -> bytes:
+    return b"".join(part for frame in frames for part in (_LENGTH.pack(len(frame)), frame))
+
+
+def _inline_prefix(payloads: Sequence[bytes]) -> int:
+    """How many arguments from the start ride in the Submit itself: small ones, up to a
+    frame's worth."""
+    size = 0
+    for index, payload in enumerate(payloads):
+        size += len(payload)
+        if len(payload) > INLINE or size > ARGS_BYTES or index >= ARGS_COUNT:
+            return index
+    return len(payloads)
 
 
 def _blob_frames(blob: int, data: bytes) -> Iterator[bytes]:
@@ -315,7 +429,7 @@ async def open_control_client(path: Path, *, max_value_size: int, client: str | 
         with single_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_guarded, client_, client_._reader)
-                nursery.start_soon(_guarded, client_, client_._writer)
+                nursery.start_soon(_guarded, client_, client_._write)
                 try:
                     yield client_
                 finally:

@@ -29,6 +29,7 @@ from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
 from ._proto.control import (
     CHUNK,
+    CODEC,
     INLINE,
     Accepted,
     Args,
@@ -111,10 +112,13 @@ class ControlSession:
         self.limit = max_value_size
         self._blobs: dict[int, _Blob] = {}
         self._pending: dict[int, _Pending] = {}
+        self._bundles: dict[str, CodeBundle] = {}  #: every bundle this client sent
         self._running: dict[int, _Running] = {}
         self._ready: deque[int] = deque()
         self._wake = trio.Event()
         self._next_blob = 0
+        self._out: list[bytes] = []  #: encoded frames the forwarder has yet to write
+        self._out_bytes = 0
 
     async def serve(self) -> None:
         """Serve the client until it closes the connection; then cancel what is left."""
@@ -147,7 +151,7 @@ class ControlSession:
         elif isinstance(message, Chunk):
             self._chunk(message)
         elif isinstance(message, Submit):
-            self._submit(message)
+            await self._submit(message)
         elif isinstance(message, Args):
             await self._args(message)
         elif isinstance(message, Cancel):
@@ -177,17 +181,18 @@ class ControlSession:
             raise _Refused(blob.refused)
         return bytes(blob.data)
 
-    def _submit(self, submit: Submit) -> None:
+    async def _submit(self, submit: Submit) -> None:
         if submit.job in self._pending or submit.job in self._running:
             raise ProtocolError(f"job number {submit.job} is already in use")
-        pending = _Pending(submit, {})
+        pending = _Pending(submit, self._bundles)
         try:
             for value in submit.bundles:
                 bundle = CodeBundle.decode(self._value(value))
-                pending.bundles[bundle.digest] = bundle
+                self._bundles[bundle.digest] = bundle
         except (_Refused, ProtocolError) as exc:
             pending.error = f"bad job: {exc}"
         self._pending[submit.job] = pending
+        await self._args(Args(submit.job, 0, submit.values))
 
     async def _args(self, args: Args) -> None:
         pending = self._pending.get(args.job)
@@ -221,7 +226,8 @@ class ControlSession:
         job.on_finish.append(lambda: self._finished(running))
         log.info("job %s (%s, %d task(s)) from %s started", job.id.hex()[:8], running.label,
                  job.total, self.client)
-        self._mark(running)
+        # Accepted goes out with the first results (one write, not two), or within a
+        # second with the first Progress, whichever comes first.
 
     async def _cancel(self, key: int) -> None:
         if self._pending.pop(key, None) is not None:
@@ -259,30 +265,33 @@ class ControlSession:
             self._wake.set()
 
     async def _forward(self) -> None:
+        """Send the news of every job marked ready, in as few writes as the bytes allow."""
         while True:
             while not self._ready:
                 await self._wake.wait()
                 self._wake = trio.Event()
-            running = self._running.get(self._ready.popleft())
-            if running is not None:
-                running.queued = False
-                await self._send_news(running)
+            while self._ready:
+                running = self._running.get(self._ready.popleft())
+                if running is not None:
+                    running.queued = False
+                    await self._news(running)
+            await self._flush_out()
 
-    async def _send_news(self, running: _Running) -> None:
+    async def _news(self, running: _Running) -> None:
         if not running.accepted_sent:
             running.accepted_sent = True
-            await self._stream.send_message(Accepted(running.key, running.job.id))
+            self._queue_out(Accepted(running.key, running.job.id))
         while running.results:
-            await self._send_results(running)
+            await self._results(running)
         if running.finished and running.key in self._running:
             del self._running[running.key]
             job = running.job
             reason = EndReason.CANCELLED if job.cancelled else EndReason.DONE
-            await self._stream.send_message(Ended(running.key, reason, ""))
+            self._queue_out(Ended(running.key, reason, ""))
             _log_end(job, running.label, reason)
 
-    async def _send_results(self, running: _Running) -> None:
-        """One Results frame: inline results up to RESULTS_BYTES, or one large result
+    async def _results(self, running: _Running) -> None:
+        """One Results message: inline results up to RESULTS_BYTES, or one large result
         (sent first as a blob)."""
         items: list[ResultItem] = []
         size = 0
@@ -292,23 +301,35 @@ class ControlSession:
                 if items:
                     break
                 running.results.popleft()
-                ref = await self._send_blob(result.payload)
+                ref = await self._blob(result.payload)
                 items.append(ResultItem(result.task, result.status, ref, result.peer))
                 break
             running.results.popleft()
             items.append(ResultItem(result.task, result.status, Inline(result.payload),
                                     result.peer))
             size += len(result.payload)
-        await self._stream.send_message(Results(running.key, tuple(items)))
+        self._queue_out(Results(running.key, tuple(items)))
+        if self._out_bytes >= RESULTS_BYTES:
+            await self._flush_out()
 
-    async def _send_blob(self, data: bytes) -> BlobRef:
+    async def _blob(self, data: bytes) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
-        await self._stream.send_message(Blob(blob, len(data)))
+        self._queue_out(Blob(blob, len(data)))
         view = memoryview(data)
         for offset in range(0, len(data), CHUNK):
-            await self._stream.send_message(Chunk(blob, bytes(view[offset:offset + CHUNK])))
+            self._queue_out(Chunk(blob, bytes(view[offset:offset + CHUNK])))
+            await self._flush_out()  # one chunk in memory at a time, paced by the client
         return BlobRef(blob, len(data))
+
+    def _queue_out(self, message: ControlMessage) -> None:
+        frame = CODEC.encode(message)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
+    async def _flush_out(self) -> None:
+        frames, self._out, self._out_bytes = self._out, [], 0
+        await self._stream.send_frames(frames)
 
     async def _report_progress(self) -> None:
         """Every second, where each long job stands (results alone do not say what is
@@ -318,6 +339,8 @@ class ControlSession:
             now = trio.current_time()
             for running in list(self._running.values()):
                 job = running.job
+                if not running.accepted_sent:
+                    self._mark(running)
                 if (running.finished or job.done == running.progress_done
                         or now - job.started < PROGRESS_INTERVAL):
                     continue
@@ -340,7 +363,8 @@ def _job_request(submit: Submit, pending: _Pending) -> JobRequest:
         raise P2PClusterError(f"bad job: code bundles {missing} were not sent")
     if submit.timeout is not None and not submit.timeout > 0:
         raise P2PClusterError("bad job: timeout must be a positive number of seconds")
-    return JobRequest(ref, pending.bundles, pending.payloads, submit.timeout, submit.chunksize)
+    bundles = {d: pending.bundles[d] for d in needed}
+    return JobRequest(ref, bundles, pending.payloads, submit.timeout, submit.chunksize)
 
 
 def _log_end(job: Job, label: str, reason: EndReason) -> None:

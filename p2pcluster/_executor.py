@@ -295,20 +295,24 @@ class Cluster(cf.Executor):
         for sink in live:  # shutdown cancels what still runs
             sink.cancel()
 
+    def _label_of(self, request: JobRequest) -> str:
+        return f"{self._label}: {request.ref.qualname}" if self._label else request.ref.qualname
+
+    def _send_to_daemon(self, client: ControlClient, request: JobRequest, sink: _Sink) -> None:
+        """(Any thread) hand the job to the daemon's connection."""
+        try:
+            key = client.submit(request, _ClientSink(sink), self._label_of(request))
+        except (ClusterError, trio.ClosedResourceError):
+            self._forget(sink)
+            raise client.broken or ClusterError("the connection to the daemon is closed"
+                                                ) from None
+        sink._cancel = lambda: client.cancel(key)
+
     def _start_job(self, request: JobRequest, sink: _Sink) -> None:
-        """In the trio thread: start the job and wire its news to ``sink``."""
+        """In the trio thread: start the job on the embedded peer; its news goes to
+        ``sink``."""
         if sink._cancel_requested or sink.over:
             sink.close(cancelled=True)
-            return
-        label = f"{self._label}: {request.ref.qualname}" if self._label else request.ref.qualname
-        if self._client is not None:
-            client = self._client
-            try:
-                key = client.submit(request, _ClientSink(sink), label)
-            except ClusterError as exc:
-                sink.close(error=exc)
-                return
-            sink._cancel = lambda: client.cancel(key)
             return
         assert self.peer is not None
         job = self.peer.submit(request)
@@ -336,6 +340,10 @@ class Cluster(cf.Executor):
         with self._lock:
             self._total += len(request.payloads)
             self._live.add(sink)
+        client = self._client
+        if client is not None:  # straight from this thread: no wake-up of the trio thread
+            self._send_to_daemon(client, request, sink)
+            return
         try:
             self._token.run_sync_soon(self._start_job, request, sink)
         except trio.RunFinishedError:

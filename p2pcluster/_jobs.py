@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FunctionType
 from typing import Any, NamedTuple
 
 from ._code import (
@@ -204,6 +205,14 @@ def _check_sizes(fn: Callable[..., Any], payloads: Sequence[bytes], limit: int,
             raise ValueTooLarge(too_large(what, len(payload), limit, where))
 
 
+def _still(fn: FunctionType) -> bool:
+    """``fn`` is still what its module's attribute of its qualified name holds."""
+    obj: Any = sys.modules.get(fn.__module__)
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
+
+
 class CodeRegistry:
     """The code a submitter ships: job modules and ``--include`` files or packages.
 
@@ -213,6 +222,7 @@ class CodeRegistry:
     """
 
     def __init__(self, include: Iterable[str | Path] = ()) -> None:
+        self._refs: dict[FunctionType, FunctionRef] = {}
         self._bundles: dict[str, CodeBundle] = {}
         self._job_modules: dict[str, str] = {}
         self._includes: list[str] = []
@@ -227,14 +237,24 @@ class CodeRegistry:
     def add_job_module(self, name: str, bundle: CodeBundle) -> None:
         self._bundles[bundle.digest] = bundle
         self._job_modules[name] = bundle.digest
+        self._refs.clear()
 
     def ref(self, fn: Callable[..., Any]) -> FunctionRef:
+        """The :class:`FunctionRef` of ``fn``; remembered per function, and checked again
+        on each use that its name still leads back to it (a module may redefine it)."""
+        if isinstance(fn, FunctionType):
+            cached = self._refs.get(fn)
+            if cached is not None and _still(fn):
+                return cached
         module = getattr(fn, "__module__", None)
         if module == "__main__" and "__main__" not in self._job_modules:
             main_file = getattr(sys.modules["__main__"], "__file__", None)
             if main_file and Path(main_file).is_file():
                 self.add_job_module("__main__", bundle_file(main_file))
-        return function_ref(fn, job_modules=self._job_modules, includes=self._includes)
+        ref = function_ref(fn, job_modules=self._job_modules, includes=self._includes)
+        if isinstance(fn, FunctionType):
+            self._refs[fn] = ref
+        return ref
 
     def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
                 timeout: float | None = None, chunksize: int | None = None,

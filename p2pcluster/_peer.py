@@ -197,7 +197,7 @@ class Peer:
         self._running: dict[bytes, set[trio.CancelScope]] = {}
         self._bundles: dict[str, CodeBundle] = {}
         self._fetching: dict[str, trio.Event] = {}
-        self._work = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()  #: runners waiting for a batch
         self._deadline: float | None = None
         self._deadline_changed = trio.Event()
         self._surplus_changed = trio.Event()
@@ -357,9 +357,8 @@ class Peer:
                     log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
         if machine.surplus() != self._published:
             self._surplus_changed.set()
-        if machine.peek() is not None:  # a waiting runner can take some
-            self._work.set()
-            self._work = trio.Event()
+        if self._idle and machine.peek() is not None:  # one waiting runner can take some
+            self._idle.unpark()
         if machine.next_deadline() != self._deadline:
             self._deadline = machine.next_deadline()
             self._deadline_changed.set()
@@ -533,7 +532,7 @@ class Peer:
             batch = self.machine.take(trio.current_time())
             self._flush()
             if batch is None:
-                await self._work.wait()
+                await self._idle.park()
                 continue
             await self._run_batch(batch)
 

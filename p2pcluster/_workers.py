@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 import trio
 
 from ._code import FunctionRef
+from ._fastwrite import write_all
 from ._worker import ERROR, OK, encode_error
 
 __all__ = [
@@ -249,8 +250,8 @@ class WorkerPool:
             worker.pending.append(call)
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
-                    async with worker.lock:
-                        await worker.send.send_all(frame)
+                    await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
+                                    frame)
                     await call.done.wait()
                 except BaseException:
                     if not call.done.is_set():

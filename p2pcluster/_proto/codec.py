@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -212,8 +213,8 @@ def _record_decoder(cls: type, specs: tuple[FieldSpec, ...], path: str,
             _fail(path, f"expected array, got {type(v).__name__}")
         if len(v) != n:
             _fail(path, f"{cls.__name__} needs {n - offset} fields, got {len(v) - offset}")
-        values = v[offset:] if offset else v
-        return cls(*[dec(x) for dec, x in zip(decoders, values, strict=True)])
+        # map(call, ...) rather than a comprehension: no frame per record (hot path)
+        return cls(*map(operator.call, decoders, v[offset:] if offset else v))
 
     return decode_record
 
@@ -234,9 +235,13 @@ def _union_decoder(spec: FieldSpec, path: str) -> Decoder:
     return decode_union
 
 
+def _same(v: Any) -> Any:
+    return v
+
+
 def _compile_encoder(spec: FieldSpec) -> Encoder:
     if spec.kind in ("int", "float", "bool", "str", "bytes"):
-        return lambda v: v
+        return _same
     if spec.kind == "optional":
         inner = _compile_encoder(spec.items)
         return lambda v: None if v is None else inner(v)
@@ -257,8 +262,15 @@ def _compile_encoder(spec: FieldSpec) -> Encoder:
 
 
 def _record_encoder(specs: tuple[FieldSpec, ...]) -> Callable[[Any], list[Any]]:
-    encoders = [(s.name, _compile_encoder(s)) for s in specs]
-    return lambda v: [enc(getattr(v, name)) for name, enc in encoders]
+    names = [s.name for s in specs]
+    encoders = [_compile_encoder(s) for s in specs]
+    if len(names) == 1:
+        (name,), (enc,) = names, encoders
+        return lambda v: [enc(getattr(v, name))]
+    fields_of = operator.attrgetter(*names)
+    if all(enc is _same for enc in encoders):  # scalars only: no call per field
+        return lambda v: list(fields_of(v))
+    return lambda v: list(map(operator.call, encoders, fields_of(v)))
 
 
 class Codec:

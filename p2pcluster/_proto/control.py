@@ -148,8 +148,10 @@ class Ref:
 @dataclass(frozen=True, slots=True)
 class Submit:
     """A new job, numbered ``job`` by the client (unique on its connection), of ``tasks``
-    tasks whose arguments follow in :class:`Args`. ``bundles`` are the code bundles the
-    function needs (canonical CBOR, see :class:`~p2pcluster._code.CodeBundle`). ``timeout``
+    tasks: ``values`` are the arguments of the first of them (of all, for a small job), and
+    the rest follow in :class:`Args`. ``bundles`` are code bundles the function
+    needs (canonical CBOR, see :class:`~p2pcluster._code.CodeBundle`) that this connection
+    has not sent before: the daemon keeps each for the connection's life. ``timeout``
     is per task in seconds; ``chunksize`` 0 lets the peers choose; ``label`` names the job in
     logs (the job file, or the script)."""
 
@@ -161,6 +163,7 @@ class Submit:
     timeout: float | None
     chunksize: Annotated[int, Limit(lo=0, hi=2**20)]
     label: Text
+    values: Annotated[tuple[Value, ...], Limit(max_len=MAX_ITEMS)]
 
 
 @dataclass(frozen=True, slots=True)
