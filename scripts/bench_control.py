@@ -25,7 +25,9 @@ Figures (best of ``--repeat`` rounds for rates, all samples pooled for latencies
 - Ratios: ``rtt_vs_dask`` (target <= 0.1), ``rtt_vs_ppe`` (target <= 3), and
   ``daemon_w1_vs_embedded`` and ``submits_16_vs_embedded_w1`` (target >= 0.5).
 
-A run takes about a minute, most of it Dask's submits.
+Each round starts every system on its own, measures it and stops it, so that one system's
+idle traffic (Dask's heartbeats, a peer's probes) does not slow another's round trips. A run
+takes about five minutes, most of it Dask's submits.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def start_daemon(stack: contextlib.ExitStack, tmp: Path) -> Any:
     """A join daemon of two workers and this process's Cluster through it."""
     import p2pcluster
 
+    tmp = Path(tempfile.mkdtemp(dir=tmp))
     secret = tmp / "secret"
     bench_tasks.write_secret(secret)
     name = bench_tasks.cluster_name()
@@ -149,28 +152,33 @@ class Figures:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> Figures:
+    """Each round starts each system alone, measures it, and stops it, so that no system's
+    idle chatter (Dask's heartbeats, a peer's probes) slows another's round trips."""
     figures = Figures()
-    with contextlib.ExitStack() as stack:
-        systems: dict[str, Any] = {}
-        systems["p2p"] = figures.attempt("p2p", lambda: start_daemon(stack, tmp))
-        systems["ppe"] = stack.enter_context(cf.ProcessPoolExecutor(2))
-        if not args.no_dask:
-            systems["dask"] = figures.attempt(
-                "dask", lambda: bench_tasks.start_dask(stack).client)
-        embedded = figures.attempt("embedded", lambda: bench_tasks.start_p2p(stack, tmp))
-        warm(systems, embedded)
-        for round_ in range(args.repeat):
-            _log(f"round {round_ + 1} of {args.repeat}")
-            one_round(figures, systems, embedded, args)
+    names = ["p2p", "ppe", "embedded"] + ([] if args.no_dask else ["dask"])
+    for round_ in range(args.repeat):
+        _log(f"round {round_ + 1} of {args.repeat}")
+        for name in names:
+            with contextlib.ExitStack() as stack:
+                system = figures.attempt(name, lambda n=name, st=stack: start(n, st, tmp))
+                if system is not None:
+                    measure_one(figures, name, system, args)
     return figures
 
 
-def warm(systems: dict[str, Any], embedded: Any) -> None:
-    for system in systems.values():
-        if system is not None:
-            [f.result() for f in [system.submit(bench_work.noop, i) for i in range(200)]]
-    if embedded is not None:
+def start(name: str, stack: contextlib.ExitStack, tmp: Path) -> Any:
+    if name == "p2p":
+        system: Any = start_daemon(stack, tmp)
+    elif name == "ppe":
+        system = stack.enter_context(cf.ProcessPoolExecutor(2))
+    elif name == "dask":
+        system = bench_tasks.start_dask(stack).client
+    else:
+        embedded = bench_tasks.start_p2p(stack, tmp)
         bench_tasks.warm_up(embedded)
+        return embedded
+    [f.result() for f in [_submitter(system)(i) for i in range(200)]]  # warm the workers
+    return system
 
 
 def _submitter(system: Any) -> Callable[[int], Any]:
@@ -179,24 +187,21 @@ def _submitter(system: Any) -> Callable[[int], Any]:
     return lambda x: system.submit(bench_work.noop, x)
 
 
-def one_round(figures: Figures, systems: dict[str, Any], embedded: Any,
-              args: argparse.Namespace) -> None:
-    for name, system in systems.items():
-        if system is None:
-            continue
-        submit = _submitter(system)
-        figures.add_rtt(name, figures.attempt(f"{name}_rtt",
-                                              lambda s=submit: rtts(lambda: s(1), args.rtt)))
-        for threads in THREADS:
-            figures.add_rate(f"{name}_submits_{threads}", figures.attempt(
-                f"{name}_submits_{threads}",
-                lambda s=submit, t=threads: submit_rate(s, args.submits, t)))
-    if systems.get("p2p") is not None:
-        figures.add_rate("daemon_w1", figures.attempt("daemon_w1", lambda: bench_tasks.measure_w1(
-            bench_tasks.P2PSystem(systems["p2p"]), W1_TASKS, None)))
-    if embedded is not None:
+def measure_one(figures: Figures, name: str, system: Any, args: argparse.Namespace) -> None:
+    if name == "embedded":
         figures.add_rate("embedded_w1", figures.attempt(
-            "embedded_w1", lambda: bench_tasks.measure_w1(embedded, W1_TASKS, None)))
+            "embedded_w1", lambda: bench_tasks.measure_w1(system, W1_TASKS, None)))
+        return
+    submit = _submitter(system)
+    figures.add_rtt(name, figures.attempt(f"{name}_rtt",
+                                          lambda: rtts(lambda: submit(1), args.rtt)))
+    for threads in THREADS:
+        figures.add_rate(f"{name}_submits_{threads}", figures.attempt(
+            f"{name}_submits_{threads}",
+            lambda t=threads: submit_rate(submit, args.submits, t)))
+    if name == "p2p":
+        figures.add_rate("daemon_w1", figures.attempt("daemon_w1", lambda: bench_tasks.measure_w1(
+            bench_tasks.P2PSystem(system), W1_TASKS, None)))
 
 
 def _us(samples: list[float] | None, q: float | None = None) -> float | None:
