@@ -123,6 +123,13 @@ class Config:
     max_batch: int = _doc(1024, """
         The most tasks in one batch for a worker, whatever batch_target asks for. Bounds the
         work lost when a worker crashes in the middle of a batch.""")
+    batches_per_worker: int = _doc(2, """
+        Batches handed to each worker process at once while this peer has plenty queued: the
+        next waits in the worker's pipe, so a worker that finishes one starts the next
+        without waiting for its peer to be scheduled (the difference between 0.85 and 0.97
+        of ideal throughput for 50 ms tasks on a busy machine). Once the queue is short, one
+        per worker, so the last tasks stay stealable. 1 disables the overlap; a worker's
+        pipe holds at most 2.""")
     meta_interval: float = _doc(0.5, """
         The shortest time between two publications of this peer's surplus (queued tasks
         others may steal) in its gossiped metadata. Each publication is a membership update
@@ -231,6 +238,7 @@ class Config:
              "report_interval must be positive and below lease_timeout"),
             (self.batch_target > 0 and self.max_batch >= 1,
              "batch_target must be positive and max_batch at least 1"),
+            (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
             (self.meta_interval >= 0, "meta_interval must not be negative"),
         ]
         errors = [msg for ok, msg in checks if not ok]

@@ -22,6 +22,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import socket
 import stat
 import struct
@@ -230,13 +231,20 @@ async def serve_control(path: Path, handler: Handler, *,
     _prepare_directory(path)
     await _claim(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound and listening under a temporary name first, then renamed into place: a client
+    # that finds the path always finds a socket that accepts.
+    staging = path.with_name(f".{os.getpid()}-{secrets.token_hex(3)}")
+    _check_length(staging)
     try:
-        await sock.bind(str(path))
-        os.chmod(path, 0o600)
+        staging.unlink(missing_ok=True)
+        await sock.bind(str(staging))
+        os.chmod(staging, 0o600)
         sock.listen(BACKLOG)
+        os.rename(staging, path)
         inode = path.stat().st_ino
     except BaseException:
         sock.close()
+        staging.unlink(missing_ok=True)
         raise
     listener = trio.SocketListener(sock)
     try:

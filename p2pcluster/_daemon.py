@@ -40,7 +40,6 @@ class Daemon:
 
     def __init__(self, peer: Peer, config: Config) -> None:
         self.peer = peer
-        self.membership = peer.membership
         self.config = config
         self.leave_requested = trio.Event()
 
@@ -62,7 +61,7 @@ class Daemon:
         limit = hello.get("max_value_size")
         limit = min(self.config.max_value_size,
                     limit if type(limit) is int and limit > 0 else 2**62)
-        me = self.membership.me
+        me = self.peer.me
         await stream.send_map(welcome(peer=me.name, node=me.id.hex(),
                                       cluster=self.config.cluster, software=__version__,
                                       max_value_size=self.config.max_value_size))
@@ -72,16 +71,16 @@ class Daemon:
         """A control request other than a job: members, status or leave."""
         now = trio.current_time()
         if op == "members":
-            rows = [member_row(m, now) for m in self.membership.members()]
-            return {"cluster": self.config.cluster, "self": self.membership.me.id.hex(),
+            rows = [member_row(m, now) for m in self.peer.members()]
+            return {"cluster": self.config.cluster, "self": self.peer.me.id.hex(),
                     "members": rows}
         if op == "status":
-            stats = dataclasses.asdict(self.membership.statistics())
+            stats = dataclasses.asdict(self.peer.statistics().membership)
             return {"cluster": self.config.cluster, "version": __version__,
-                    "self": member_row(self.membership.me, now), "statistics": stats}
+                    "self": member_row(self.peer.me, now), "statistics": stats}
         if op == "leave":
             self.leave_requested.set()
-            return {"name": self.membership.me.name}
+            return {"name": self.peer.me.name}
         raise P2PClusterError(f"unknown operation {op!r}")
 
     # --- background tasks -----------------------------------------------------------------
@@ -89,13 +88,13 @@ class Daemon:
     async def log_events(self) -> None:
         words = {EventKind.JOIN: "joined", EventKind.LEAVE: "left the cluster",
                  EventKind.FAIL: "failed: declared dead", EventKind.RECOVER: "is back"}
-        async with self.membership.subscribe() as events:
+        async with self.peer.subscribe() as events:
             async for event in events:
                 member = event.member
                 if event.kind in words:
                     log.info("peer %s (%s:%d) %s; %d alive", member.name, member.host,
                              member.port, words[event.kind],
-                             sum(m.alive for m in self.membership.members()))
+                             sum(m.alive for m in self.peer.members()))
                 else:
                     log.debug("peer %s updated its metadata", member.name)
 
@@ -105,7 +104,7 @@ class Daemon:
         while True:
             await trio.sleep(REJECTION_REPORT)
             now = trio.current_time()
-            for host, count in self.membership.wire.take_rejected().items():
+            for host, count in self.peer.take_rejected().items():
                 pending[host] = pending.get(host, 0) + count
             for host in [h for h in pending if now - last.get(h, -REJECTION_QUIET)
                          >= REJECTION_QUIET]:
@@ -136,13 +135,13 @@ async def run_daemon(config: Config, *, control: Path) -> None:
         daemon = Daemon(peer, config)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_control, control, daemon.serve_connection)
-            me = peer.membership.me
+            me = peer.me
             log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
                      me.name, me.id.hex()[:8], config.cluster, me.host, me.port,
-                     peer.pool.slots, control)
+                     peer.workers, control)
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
-            nursery.start_soon(partial(serve_name_guard, peer.membership, started=started))
+            nursery.start_soon(partial(serve_name_guard, peer, started=started))
             await daemon.wait_for_leave()
             log.info("leaving cluster %r", config.cluster)
             nursery.cancel_scope.cancel()

@@ -1,11 +1,13 @@
 """Data streams: values too large for a work message, moved between peers in sealed chunks.
 
-Two kinds of stream, each opened for one purpose and closed after it (``docs/protocol.md``):
+Two kinds of stream, each opened for one purpose and closed after it (``docs/protocol.md``,
+section 3.7):
 
 - **Arguments.** A peer about to run tasks whose arguments stayed at the job's owner sends
   :class:`FetchArgs`; the owner answers each task with a :class:`ValueHeader` and the bytes.
-  The fetching peer checks the size against its own ``max_value_size`` *before* it reads a
-  byte of the value, and fails that task (naming both sizes and the setting) if it is over.
+  The fetching peer asks for one task's arguments per stream, checks the size against its
+  own ``max_value_size`` *before* it reads a byte of the value, and if it is over, closes
+  the stream unread and fails that task (naming both sizes and the setting).
 - **Results.** A peer whose task returned a large result sends :class:`PushResult` and the
   bytes; the owner checks the size against its limit before reading them, and answers
   :class:`ResultAck`.
@@ -17,14 +19,40 @@ receiver: a slow receiver never makes a sender buffer more than a chunk.
 
 from __future__ import annotations
 
-from ._errors import MessageTooLarge, ProtocolError
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ._errors import MessageTooLarge, ProtocolError, too_large
+from ._proto.messages import (
+    AckStatus,
+    FetchArgs,
+    JobSpec,
+    PushResult,
+    ResultAck,
+    Results,
+    TaskItem,
+    TaskResult,
+    TaskStatus,
+    ValueHeader,
+)
+from ._proto.stealing import PushValue
+from ._runner import Runner
 from ._secure import SecureStream
+from ._transport import Address
+from ._worker import encode_error
 
-__all__ = ["CHUNK", "receive_value", "send_value", "skip_value"]
+__all__ = ["CHUNK", "DataPlane", "Owner", "receive_value", "send_value"]
 
+log = logging.getLogger("p2pcluster.peer")
 #: Bytes per data frame: large enough that sealing costs little per byte, small enough that
 #: a frame in flight costs little memory.
 CHUNK = 1024 * 1024
+#: Attempts to push a large result to its owner, and the pause between them.
+PUSH_ATTEMPTS = 3
+PUSH_PAUSE = 0.5
 
 
 async def send_value(stream: SecureStream, data: bytes | bytearray | memoryview) -> None:
@@ -50,12 +78,150 @@ async def receive_value(stream: SecureStream, size: int) -> bytearray:
     return value
 
 
-async def skip_value(stream: SecureStream, size: int) -> None:
-    """Read and drop a value of ``size`` bytes (one chunk in memory at a time)."""
-    left = size
-    while left > 0:
-        chunk = await stream.receive_payload()
-        if chunk is None:
-            raise ProtocolError("the stream closed inside a value")
-        left -= len(chunk)
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """What the data plane needs of the peer's work layer (each call returns at once)."""
 
+    #: The arguments of an unfinished task of a job owned here, or None.
+    payload: Callable[[bytes, int], bytes | None]
+    #: Whether this peer still runs (owns) the job.
+    owns: Callable[[bytes], bool]
+    #: Results that arrived for a job owned here.
+    deliver: Callable[[Results], None]
+    #: The outcome of a push: (job, task, delivered, a small result to send instead).
+    pushed: Callable[[bytes, int, bool, TaskResult | None], None]
+    #: A live peer's address (None if unknown or gone), and its name.
+    address_of: Callable[[bytes], Address | None]
+    name_of: Callable[[bytes], str]
+
+
+class DataPlane:
+    """The peer's side of both kinds of data stream, as server and as client."""
+
+    def __init__(self, runner: Runner, owner: Owner, *, me: bytes, name: str,
+                 max_value_size: int) -> None:
+        self._runner = runner
+        self._owner = owner
+        self._me = me
+        self._name = name
+        self._limit = max_value_size
+
+    # --- as the job's owner -------------------------------------------------------------------
+
+    async def serve(self, stream: SecureStream, first: FetchArgs | PushResult) -> None:
+        """A data stream another peer opened (routed here by its first message)."""
+        if isinstance(first, FetchArgs):
+            await self._serve_args(stream, first)
+        else:
+            await self._take_pushed(stream, first)
+
+    async def _serve_args(self, stream: SecureStream, request: FetchArgs) -> None:
+        for tid in request.ids:
+            payload = self._owner.payload(request.job, tid)
+            await stream.send(ValueHeader(tid, len(payload or b""), payload is not None))
+            if payload is not None:
+                await send_value(stream, payload)
+
+    async def _take_pushed(self, stream: SecureStream, push: PushResult) -> None:
+        if push.size > self._limit:
+            reason = too_large(f"the result of task {push.id}", push.size, self._limit,
+                               f"peer {self._name}")
+            await stream.send(ResultAck(AckStatus.REFUSED, reason))
+            return
+        if not self._owner.owns(push.job):
+            await stream.send(ResultAck(AckStatus.NO_JOB, "the job has ended"))
+            return
+        value = await receive_value(stream, push.size)
+        result = TaskResult(push.id, push.status, bytes(value))
+        self._owner.deliver(Results(push.job, push.sender, push.queue, (result,)))
+        await stream.send(ResultAck(AckStatus.ACCEPTED, ""))
+
+    # --- as the peer that runs the task -------------------------------------------------------
+
+    async def fetch_args(self, spec: JobSpec, items: list[TaskItem]
+                         ) -> tuple[list[TaskItem], list[TaskResult]]:
+        """``items`` with their arguments in hand (those that stayed at the owner are
+        fetched now), and error results for those over this peer's limit. A task whose
+        arguments the owner no longer has (the job ended) is left out."""
+        remote = [item for item in items if item.remote]
+        if not remote:
+            return items, []
+        fetched, failed = await self._fetch(spec, remote)
+        ready = [fetched.get(item.id, item) if item.remote else item for item in items]
+        return [item for item in ready if not item.remote], failed
+
+    async def _fetch(self, spec: JobSpec, items: list[TaskItem]
+                     ) -> tuple[dict[int, TaskItem], list[TaskResult]]:
+        """Each task's arguments on a stream of its own: a value over the limit is refused
+        by closing its stream, without reading a byte of it."""
+        fetched: dict[int, TaskItem] = {}
+        failed: list[TaskResult] = []
+        address = self._owner.address_of(spec.owner)
+        for item in items:
+            if address is None:
+                break
+            try:
+                async with await self._runner.connect(address) as stream:
+                    await stream.send(FetchArgs(spec.job, (item.id,)))
+                    await self._receive_arg(stream, spec, fetched, failed)
+            except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+                log.debug("fetching arguments of job %s from %s:%d failed: %s",
+                          spec.job.hex()[:8], *address, exc)
+        return fetched, failed
+
+    async def _receive_arg(self, stream: SecureStream, spec: JobSpec,
+                           fetched: dict[int, TaskItem], failed: list[TaskResult]) -> None:
+        header = await stream.receive()
+        if not isinstance(header, ValueHeader):
+            raise ProtocolError(f"expected a ValueHeader, got {type(header).__name__}")
+        if not header.found:
+            return
+        if header.size > self._limit:  # the stream closes unread: nothing is buffered
+            message = too_large(f"the arguments of {spec.qualname} (task {header.id})",
+                                header.size, self._limit, f"peer {self._name}")
+            failed.append(TaskResult(header.id, TaskStatus.ERROR,
+                                     encode_error("ValueTooLarge", message)))
+            return
+        value = await receive_value(stream, header.size)
+        fetched[header.id] = TaskItem(header.id, 0, bytes(value))
+
+    async def push(self, out: PushValue) -> None:
+        """Carry out a :class:`PushValue`: a few attempts, then give up, saying so (the
+        owner will run the task again once our reports stop naming it)."""
+        why = "its address is unknown"
+        for attempt in range(PUSH_ATTEMPTS):
+            if attempt:
+                await trio.sleep(PUSH_PAUSE)
+            address = self._owner.address_of(out.dst)
+            if address is None:
+                break
+            try:
+                ack = await self._push_once(address, out)
+            except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
+                why = str(exc) or type(exc).__name__
+                continue
+            self._owner.pushed(out.job, out.result.id, ack.status == AckStatus.ACCEPTED,
+                               _instead(out, ack))
+            return
+        log.warning("could not deliver the result of task %d of job %s (%s bytes) to peer %s: "
+                    "%s; its owner will run that task again", out.result.id, out.job.hex()[:8],
+                    f"{len(out.result.payload):,}", self._owner.name_of(out.dst), why)
+        self._owner.pushed(out.job, out.result.id, False, None)
+
+    async def _push_once(self, address: Address, out: PushValue) -> ResultAck:
+        result = out.result
+        async with await self._runner.connect(address) as stream:
+            await stream.send(PushResult(out.job, self._me, out.queue, result.id,
+                                         result.status, len(result.payload)))
+            await send_value(stream, result.payload)
+            ack = await stream.receive()
+        if not isinstance(ack, ResultAck):
+            raise ProtocolError("the owner closed the stream without acknowledging")
+        return ack
+
+
+def _instead(out: PushValue, ack: ResultAck) -> TaskResult | None:
+    """A refused result makes its task fail with the owner's reason."""
+    if ack.status != AckStatus.REFUSED:
+        return None
+    return TaskResult(out.result.id, TaskStatus.ERROR, encode_error("ValueTooLarge", ack.reason))

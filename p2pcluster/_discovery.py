@@ -22,16 +22,19 @@ import math
 import re
 import socket
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from ._proto.membership import Member
 from ._proto.messages import PROTOCOL_VERSION
 from ._transport import Address
 
-__all__ = ["SERVICE_TYPE", "Discovered", "instance_label", "serve_discovery"]
+__all__ = ["SERVICE_TYPE", "Discovered", "instance_label", "serve_discovery",
+           "serve_introductions"]
 
 log = logging.getLogger("p2pcluster.discovery")
 
@@ -182,3 +185,32 @@ async def _resolve(zc: Zeroconf, name: str, cluster: str, node_id: bytes,
     else:
         log.debug("mDNS found %s at %s:%d", found.instance, *found.address)
         on_peer(found)
+
+
+class Introduced(Protocol):
+    """What :func:`serve_introductions` needs of membership."""
+
+    @property
+    def me(self) -> Member: ...
+    def members(self) -> list[Member]: ...
+    def join(self, seeds: Sequence[Address]) -> None: ...
+
+
+async def serve_introductions(membership: Introduced, *, cluster: str, address: str) -> None:
+    """Advertise this peer and browse over mDNS on ``address``'s interface until cancelled,
+    introducing every new peer of ``cluster`` to membership. If mDNS cannot start there,
+    say so once and return: only seeds and peers that contact us will be found."""
+    me = membership.me
+
+    def found(peer: Discovered) -> None:
+        known = {m.id for m in membership.members() if m.alive}
+        if peer.node_id not in known:
+            log.debug("mDNS introduced %s at %s:%d", peer.instance, *peer.address)
+            membership.join([peer.address])
+
+    try:
+        await serve_discovery(cluster=cluster, node_id=me.id, name=me.name, address=address,
+                              port=me.port, on_peer=found)
+    except OSError as exc:
+        log.warning("mDNS is unavailable on %s (%s): only seeds and peers that contact us "
+                    "will be found", address, exc)

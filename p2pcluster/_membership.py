@@ -1,41 +1,45 @@
-"""`serve_membership`: the trio driver of the membership machine.
+"""`serve_membership`: the trio service around the membership machine.
 
 One UDP socket carries probes and gossip; push-pull exchanges and fallback probes go over
-handshaken TCP streams on the same port number. Every message is sealed by :class:`SecureWire`.
-The machine (:mod:`._proto.node`) decides everything; this module only moves bytes, keeps time
-with ``trio.current_time()`` (so tests can use ``MockClock``) and hands events to subscribers.
+handshaken TCP streams on the same port number. Both belong to the peer's
+:class:`~._runner.Runner`, which routes the streams that start with ``PushPull`` or ``Ping``
+here; a :class:`~._runner.Driver` carries out the machine's outputs and ticks it at its
+deadlines. The machine (:mod:`._proto.node`) decides everything; this module moves bytes,
+keeps time with ``trio.current_time()`` (so tests can use ``MockClock``) and hands events to
+subscribers.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
+from functools import partial
 
 import trio
 
 from ._config import Config
-from ._errors import AddressInUse, ProtocolError
-from ._netutil import choose_interface, is_specific
+from ._errors import ProtocolError
+from ._netutil import advertise_host
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.messages import Message, Ping, PushPull
 from ._proto.node import MachineStatistics, MembershipMachine
 from ._proto.outputs import SendDatagram, StreamRequest
-from ._secure import SecureDatagramChannel, SecureStream, SecureWire
-from ._transport import Address, StreamListener, Transport
-from ._trio_transport import TrioTransport
+from ._runner import Driver, Runner, open_runner
+from ._secure import SecureStream, WireStatistics
+from ._transport import Address, Transport
 
 __all__ = ["Membership", "MembershipStatistics", "serve_membership"]
 
 log = logging.getLogger("p2pcluster.membership")
 LEAVE_TIMEOUT = 1.0  # seconds a graceful leave waits for its news to go out
-#: What membership answers over a stream; any other first message goes to ``stream_handler``.
+#: The streams membership serves, by first message.
 MEMBERSHIP_REQUESTS = (PushPull, Ping)
 
 
@@ -76,35 +80,33 @@ class Membership:
     from any task of the same trio run; the synchronous ones never block.
     """
 
-    def __init__(self, machine: MembershipMachine, wire: SecureWire,
-                 udp: SecureDatagramChannel, nursery: trio.Nursery) -> None:
-        self.machine = machine
-        self.wire = wire
-        self._udp = udp
+    def __init__(self, machine: MembershipMachine, runner: Runner,
+                 nursery: trio.Nursery) -> None:
+        self._machine = machine
+        self._runner = runner
         self._nursery = nursery
-        self._send, self._outbox = trio.open_memory_channel[tuple[Address, object]](math.inf)
+        self._send, self._outbox = trio.open_memory_channel[tuple[Address, Message]](math.inf)
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
-        self._changed = trio.Event()
-        #: Serves streams whose first message is not membership's (the work protocol's).
-        self.stream_handler: Callable[[SecureStream, Message], Awaitable[None]] | None = None
+        self._driver = Driver(machine, self._carry_out)
 
     # --- public ---------------------------------------------------------------------------
 
     @property
     def local_address(self) -> Address:
         """The address other peers reach us at (advertised host, bound port)."""
-        return self.machine.me.host, self.machine.me.port
+        me = self.me
+        return me.host, me.port
 
     @property
     def me(self) -> Member:
-        return self.machine.me.snapshot()
+        return self._machine.me.snapshot()
 
     def members(self) -> list[Member]:
         """A consistent snapshot of the member table, this peer included."""
-        return self.machine.members()
+        return self._machine.members()
 
     def checksum(self) -> str:
-        return self.machine.checksum()
+        return self._machine.checksum()
 
     def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]:
         """A channel of every later join, leave, fail, update and recover event.
@@ -119,27 +121,32 @@ class Membership:
 
     def join(self, seeds: Sequence[Address]) -> None:
         """Exchange tables with ``seeds`` (more peers to introduce; mDNS calls this)."""
-        self.machine.join(trio.current_time(), list(seeds))
-        self._flush()
+        self._machine.join(trio.current_time(), list(seeds))
+        self._driver.flush()
 
     def set_meta(self, meta: bytes) -> None:
         """Publish new metadata (at most 512 bytes; else ``ValueError``) to the cluster."""
-        self.machine.set_meta(trio.current_time(), meta)
-        self._flush()
+        self._machine.set_meta(trio.current_time(), meta)
+        self._driver.flush()
 
     async def leave(self, timeout: float = LEAVE_TIMEOUT) -> None:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out."""
-        self.machine.leave(trio.current_time())
-        self._flush()
-        if not any(m.alive and m.id != self.machine.node_id for m in self.members()):
+        self._machine.leave(trio.current_time())
+        self._driver.flush()
+        me = self._machine.node_id
+        if not any(m.alive and m.id != me for m in self.members()):
             return  # nobody to tell
         with trio.move_on_after(timeout):
-            while self.machine.broadcasts:
-                await self._wait_changed()
+            while self._machine.broadcasts:
+                await self._driver.wait_flushed()
+
+    def wire_statistics(self) -> WireStatistics:
+        """The counters of the peer's wire (all of its traffic, not only membership's)."""
+        return self._runner.statistics()
 
     def statistics(self) -> MembershipStatistics:
-        wire = self.wire.statistics()
-        proto = self.machine.statistics()
+        wire = self._runner.statistics()
+        proto = self._machine.statistics()
         return MembershipStatistics(
             messages_sent=wire.datagrams_sent + wire.frames_sent,
             messages_received=wire.datagrams_received + wire.frames_received,
@@ -150,23 +157,19 @@ class Membership:
             **{f.name: getattr(proto, f.name) for f in fields(MachineStatistics)},
         )
 
-    # --- the driver -----------------------------------------------------------------------
+    # --- the service ----------------------------------------------------------------------
 
-    async def _wait_changed(self) -> None:
-        await self._changed.wait()
-
-    def _flush(self) -> None:
-        """Carry out the machine's outputs and events; wake the timer task."""
-        for out in self.machine.take_outputs():
+    def _carry_out(self) -> None:
+        """The machine's outputs and events: datagrams to the sender task, stream requests
+        each in a task, events to the subscribers."""
+        for out in self._machine.take_outputs():
             if isinstance(out, SendDatagram):
                 self._send.send_nowait((out.dst, out.msg))
             elif isinstance(out, StreamRequest):
                 self._nursery.start_soon(self._request, out)
-        events = self.machine.take_events()
+        events = self._machine.take_events()
         if events:
             self._publish(events)
-        self._changed.set()
-        self._changed = trio.Event()
 
     def _publish(self, events: list[MemberEvent]) -> None:
         for channel in list(self._subscribers):
@@ -178,58 +181,45 @@ class Membership:
 
     async def _sender(self) -> None:
         async for dst, msg in self._outbox:
-            await self._udp.send(msg, dst)  # type: ignore[arg-type]
+            await self._runner.udp.send(msg, dst)
 
     async def _receiver(self) -> None:
         while True:
-            msg, src = await self._udp.receive()
-            self.machine.receive(trio.current_time(), src, msg)
-            self._flush()
-
-    async def _timer(self) -> None:
-        while True:
-            deadline = self.machine.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wait_changed()
-            now = trio.current_time()
-            if deadline is not None and now >= deadline:
-                self.machine.tick(now)
-                self._flush()
+            msg, src = await self._runner.udp.receive()
+            self._machine.receive(trio.current_time(), src, msg)
+            self._driver.flush()
 
     async def _request(self, out: StreamRequest) -> None:
         reply = None
-        timeout = 2 * self.wire.config.handshake_timeout
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(2 * self._runner.config.handshake_timeout):
             try:
-                async with await self.wire.connect(out.dst) as stream:
+                async with await self._runner.connect(out.dst) as stream:
                     await stream.send(out.msg)
                     reply = await stream.receive()
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("request to %s:%d failed: %s", *out.dst, exc)
-        self.machine.handle_reply(trio.current_time(), out.token, reply)
-        self._flush()
+        self._machine.handle_reply(trio.current_time(), out.token, reply)
+        self._driver.flush()
 
-    async def _serve_stream(self, stream: SecureStream) -> None:
-        while (msg := await stream.receive()) is not None:
-            if not isinstance(msg, MEMBERSHIP_REQUESTS):
-                if self.stream_handler is not None:
-                    await self.stream_handler(stream, msg)
-                return
-            reply = self.machine.handle_request(trio.current_time(), stream.remote, msg)
-            self._flush()
+    async def _serve_stream(self, stream: SecureStream, first: Message) -> None:
+        """A PushPull or a Ping over TCP, and what follows on that stream."""
+        msg: Message | None = first
+        while isinstance(msg, MEMBERSHIP_REQUESTS):
+            reply = self._machine.handle_request(trio.current_time(), stream.remote, msg)
+            self._driver.flush()
             if reply is None:
                 return
             await stream.send(reply)
+            msg = await stream.receive()
 
-
-def advertise_host(config: Config) -> str:
-    """The address to advertise: configured, else the specific bind address, else the
-    address of the interface holding the default route."""
-    if config.advertise_address:
-        return config.advertise_address
-    if is_specific(config.bind_address):
-        return config.bind_address
-    return choose_interface().address
+    async def _serve(self, seeds: Sequence[Address]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender)
+            nursery.start_soon(self._receiver)
+            nursery.start_soon(self._driver.serve)
+            if seeds:
+                self.join(seeds)
+            await trio.sleep_forever()
 
 
 async def serve_membership(
@@ -237,6 +227,7 @@ async def serve_membership(
     keyring: Keyring,
     *,
     transport: Transport | None = None,
+    runner: Runner | None = None,
     seeds: Sequence[Address] = (),
     meta: bytes = b"",
     advertise: str | None = None,
@@ -244,68 +235,32 @@ async def serve_membership(
 ) -> None:
     """Run this peer's membership until cancelled; ``task_status.started`` gives the handle.
 
-    Binds UDP and TCP on ``config.bind_address:config.port`` (port 0 picks one port free
-    for both), advertises ``advertise`` (default: :func:`advertise_host`), and joins through
-    ``seeds``. Cancel the surrounding scope to stop; call :meth:`Membership.leave` first for
-    a graceful leave.
+    On the peer's ``runner`` if given (which owns the port), else on a runner of its own that
+    binds UDP and TCP on ``config.bind_address:config.port`` (port 0 picks one port free for
+    both, through ``transport``). Advertises ``advertise`` (default:
+    :func:`~._netutil.advertise_host`), and joins through ``seeds``. Cancel the surrounding
+    scope to stop; call :meth:`Membership.leave` first for a graceful leave.
     """
-    transport = transport or TrioTransport()
-    wire = SecureWire(transport, keyring, config)
-    udp, listener = await _bind(wire, transport, config)
-    host = advertise or advertise_host(config)
-    port = udp.local_address[1]
-    seed = int.from_bytes(os.urandom(8), "big")
-    machine = MembershipMachine(
-        config, node_id=os.urandom(16), name=config.node_name or socket.gethostname(),
-        host=host, port=port, rng=random.Random(seed), now=trio.current_time(), meta=meta)
-    log.debug("membership: %s (%s) on %s:%d, advertising %s:%d", machine.me.name,
-             machine.node_id.hex()[:8], config.bind_address, port, host, port)
-    try:
+    async with _runner_for(config, keyring, transport, runner) as wire:
+        host = advertise or advertise_host(config)
+        machine = MembershipMachine(
+            config, node_id=os.urandom(16), name=config.node_name or socket.gethostname(),
+            host=host, port=wire.port, rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            now=trio.current_time(), meta=meta)
+        log.debug("membership: %s (%s) on %s:%d, advertising %s:%d", machine.me.name,
+                  machine.node_id.hex()[:8], config.bind_address, wire.port, host, wire.port)
         async with trio.open_nursery() as nursery:
-            membership = Membership(machine, wire, udp, nursery)
-            nursery.start_soon(membership._sender)
-            nursery.start_soon(membership._receiver)
-            nursery.start_soon(membership._timer)
-            await nursery.start(wire.serve, listener, membership._serve_stream)
-            if seeds:
-                membership.join(seeds)
+            membership = Membership(machine, wire, nursery)
+            wire.route(MEMBERSHIP_REQUESTS, membership._serve_stream)
+            nursery.start_soon(partial(membership._serve, seeds))
             task_status.started(membership)
-    finally:
-        udp.close()
-        with trio.CancelScope(shield=True):
-            await listener.aclose()
 
 
-async def _bind(wire: SecureWire, transport: Transport, config: Config
-                ) -> tuple[SecureDatagramChannel, StreamListener]:
-    """UDP and TCP on the same port number; with port 0, retry until both are free.
-
-    A port in use raises :class:`~p2pcluster.AddressInUse`, whose message says what to do:
-    the CLI and the embedding program show the same text."""
-    for _ in range(20):
-        try:
-            udp = await wire.open_datagram((config.bind_address, config.port))
-        except OSError as exc:
-            raise _in_use(exc, "UDP", config)  # noqa: B904 - exc is its context
-        try:
-            listener = await transport.open_listener((config.bind_address,
-                                                      udp.local_address[1]))
-        except OSError as exc:
-            udp.close()
-            if config.port:
-                raise _in_use(exc, "TCP", config)  # noqa: B904 - exc is its context
-            continue
-        return udp, listener
-    raise OSError(f"no port free for both UDP and TCP on {config.bind_address}")
-
-
-def _in_use(exc: OSError, protocol: str, config: Config) -> OSError:
-    """``exc`` itself, or for a port in use an :class:`AddressInUse` that says what to do."""
-    if exc.errno != errno.EADDRINUSE:
-        return exc
-    error = AddressInUse(
-        f"{protocol} port {config.port} on {config.bind_address} is already in use, by another "
-        "p2pcluster peer or another program; choose another port (--port, P2PCLUSTER_PORT or "
-        "Config.port)")
-    error.errno = errno.EADDRINUSE
-    return error
+@asynccontextmanager
+async def _runner_for(config: Config, keyring: Keyring, transport: Transport | None,
+                      runner: Runner | None) -> AsyncIterator[Runner]:
+    if runner is not None:
+        yield runner
+        return
+    async with open_runner(config, keyring, transport=transport) as own:
+        yield own

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import trio
 
 from ._errors import NameTaken
-from ._membership import Membership
-from ._proto.membership import EventKind, Member
+from ._proto.membership import EventKind, Member, MemberEvent
 from ._proto.meta import NodeMeta
 
 __all__ = ["must_yield", "rival_start", "serve_name_guard"]
@@ -61,7 +61,17 @@ def must_yield(me: Member, started: int, other: Member) -> bool:
     return theirs is not None and started > 0 and (started, me.id) > (theirs, other.id)
 
 
-async def serve_name_guard(membership: Membership, *, started: int | None = None,
+class Watched(Protocol):
+    """What the guard needs: this peer, the members, and their events (a
+    :class:`~p2pcluster.Membership` or a :class:`~p2pcluster.Peer`)."""
+
+    @property
+    def me(self) -> Member: ...
+    def members(self) -> list[Member]: ...
+    def subscribe(self) -> trio.MemoryReceiveChannel[MemberEvent]: ...
+
+
+async def serve_name_guard(membership: Watched, *, started: int | None = None,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
     """Watch for a rival of this peer's name until cancelled; raise

@@ -12,8 +12,14 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Interface", "choose_interface", "interfaces"]
+from ._errors import P2PClusterError
+
+if TYPE_CHECKING:
+    from ._config import Config
+
+__all__ = ["Interface", "Where", "advertise_host", "choose_interface", "interfaces", "where"]
 
 _SIOCGIFADDR = 0x8915
 _SIOCGIFFLAGS = 0x8913
@@ -99,3 +105,53 @@ def choose_interface(wanted: str | None = None, *, available: list[Interface] | 
 def is_specific(address: str) -> bool:
     """False for the wildcard 0.0.0.0 (and ::), True for a concrete address."""
     return not ipaddress.ip_address(address).is_unspecified
+
+
+def advertise_host(config: Config) -> str:
+    """The address to advertise: configured, else the specific bind address, else the
+    address of the interface holding the default route."""
+    if config.advertise_address:
+        return config.advertise_address
+    if is_specific(config.bind_address):
+        return config.bind_address
+    return choose_interface().address
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a peer binds, what it advertises, where it runs mDNS (None: nowhere), and how
+    it chose, in words for its log."""
+
+    bind: str
+    advertise: str
+    mdns_address: str | None
+    how: str
+
+
+def where(config: Config) -> Where:
+    """Which address to bind, advertise and run mDNS on; loopback if there is no network.
+
+    The one place a peer's address is chosen."""
+    specific = config.advertise_address or config.bind_address
+    if not config.interface and specific.startswith("127."):
+        return Where(config.bind_address, specific, None, f"loopback ({specific})")
+    try:
+        iface = choose_interface(config.interface)
+    except ValueError as exc:
+        if config.interface:
+            raise P2PClusterError(str(exc)) from None
+        return _loopback_only()
+    if iface.loopback and not config.interface:
+        # choose_interface() falls back to loopback when nothing else is up (it does not
+        # raise): that is the no-network case too. No mDNS there (lo does not multicast).
+        return _loopback_only()
+    bind = iface.address if config.interface else config.bind_address
+    how = (f"interface {iface.name} ({iface.address}), "
+           + ("chosen" if config.interface else "the default route's"))
+    return Where(bind, config.advertise_address or iface.address,
+                 iface.address if config.mdns else None, how)
+
+
+def _loopback_only() -> Where:
+    return Where("127.0.0.1", "127.0.0.1", None,
+                 "no network interface with a default route: loopback only")

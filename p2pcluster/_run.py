@@ -194,11 +194,11 @@ def _announce(cluster: Cluster, err: TextIO, finished: threading.Event) -> None:
         if left <= 0:
             print(f"p2pcluster: no daemon and no other peer found in cluster "
                   f"{cluster.config.cluster!r}: running on an ephemeral local peer with "
-                  f"{peer.pool.slots} workers ({peer.where})", file=err)
+                  f"{peer.workers} workers ({peer.where})", file=err)
             return
         if finished.wait(min(left, 0.05)):
             return
-    print(f"p2pcluster: ephemeral peer {peer.name} ({peer.pool.slots} workers) joined cluster "
+    print(f"p2pcluster: ephemeral peer {peer.name} ({peer.workers} workers) joined cluster "
           f"{cluster.config.cluster!r} with {len(others)} other peer(s): "
           f"{', '.join(sorted(others))}", file=err)
 

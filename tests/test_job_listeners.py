@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from p2pcluster._jobs import JobResult
-from p2pcluster._peer import Job
 from p2pcluster._proto.messages import JobSpec
+from p2pcluster._work import Job
 
 
 def test_a_failing_listener_is_dropped_and_the_others_still_get_results(

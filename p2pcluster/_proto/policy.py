@@ -7,13 +7,14 @@ documented :class:`~p2pcluster.Config` fields; the defaults here equal the LAN p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .._config import Config
 
-__all__ = ["WorkPolicy"]
+__all__ = ["MetaSchedule", "WorkPolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class WorkPolicy:
     batch_target: float = 0.02
     #: The most tasks one batch holds.
     max_batch: int = 1024
+    #: Batches out to each worker slot at once while the queue is long (the next one waits
+    #: in the worker's pipe); one per slot once it is short.
+    batches_per_slot: int = 2
 
     @classmethod
     def from_config(cls, config: Config) -> WorkPolicy:
@@ -44,7 +48,8 @@ class WorkPolicy:
         return cls(steal_timeout=config.steal_timeout, inline_limit=config.inline_value_size,
                    message_bytes=min(8 * 2**20, config.max_frame_size // 4),
                    report_interval=config.report_interval, lease_timeout=config.lease_timeout,
-                   batch_target=config.batch_target, max_batch=config.max_batch)
+                   batch_target=config.batch_target, max_batch=config.max_batch,
+                   batches_per_slot=config.batches_per_worker)
 
     def batch_size(self, tasks: int, seconds: float) -> int:
         """Tasks for about :attr:`batch_target` seconds of work, given that ``tasks`` tasks
@@ -53,3 +58,30 @@ class WorkPolicy:
             return 1
         per_task = seconds / tasks
         return max(1, min(self.max_batch, int(self.batch_target / max(per_task, 1e-7))))
+
+
+class MetaSchedule:
+    """When a peer publishes its surplus (the tasks it would give away) in its metadata:
+    after the surplus changed, and no more often than every ``interval`` seconds. Each
+    publication is a membership update every peer receives, so the rate is bounded; an idle
+    peer learns of new work sooner from the ``WorkAvailable`` hints anyway."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._published = 0
+        self._last = -math.inf
+
+    def changed(self, surplus: int) -> bool:
+        """Does ``surplus`` differ from the last one published?"""
+        return surplus != self._published
+
+    def due(self, now: float) -> float:
+        """The earliest time the next publication may go out."""
+        return max(now, self._last + self.interval)
+
+    def publish(self, now: float, surplus: int) -> bool:
+        """Record a publication of ``surplus`` at ``now``; False if it is no news."""
+        if surplus == self._published:
+            return False
+        self._published, self._last = surplus, now
+        return True

@@ -336,10 +336,12 @@ class StealingMachine:
     # --- local execution --------------------------------------------------------------------
 
     def _limit(self) -> int:
-        """Batches that may be out at once: two per slot while the queue holds at least two
-        tasks per slot (the second waits in a worker's pipe, so the worker never waits for
-        its driver), one per slot once it is shorter (the last tasks stay stealable)."""
-        return 2 * self.slots if len(self.queue) >= 2 * self.slots else self.slots
+        """Batches that may be out at once: ``batches_per_slot`` per slot (two by default)
+        while the queue holds at least that many tasks per slot (the next batch waits in a
+        worker's pipe, so the worker never waits for its driver), one per slot once it is
+        shorter (the last tasks stay stealable)."""
+        per = self.policy.batches_per_slot
+        return per * self.slots if len(self.queue) >= per * self.slots else self.slots
 
     def peek(self) -> JobSpec | None:
         """The job of the task :meth:`take` would give next, if any (to size the batch)."""

@@ -92,8 +92,13 @@ async def until(predicate: Any, what: str, timeout: float = WAIT) -> None:
         pytest.fail(f"{what}: not within {timeout} s")
 
 
+def running(peer: Peer) -> int:
+    """Batches out to the peer's workers."""
+    return peer.statistics().running
+
+
 def warm(peer: Peer) -> bool:
-    return peer.pool.statistics().idle_workers == peer.pool.slots
+    return peer.statistics().workers.idle_workers == peer.workers
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +107,7 @@ async def two_peers(secret: Path, **changes: Any) -> AsyncIterator[tuple[Peer, P
     cluster = unique_cluster()
     async with open_peer(config(secret, cluster, node_name="a", **changes),
                          include=[JOBFUNCS]) as a:
-        seed = f"127.0.0.1:{a.membership.me.port}"
+        seed = f"127.0.0.1:{a.address[1]}"
         async with open_peer(config(secret, cluster, node_name="b", seeds=(seed,), **changes),
                              include=[JOBFUNCS]) as b:
             def both_alive(peer: Peer) -> bool:
@@ -165,8 +170,8 @@ async def test_a_remote_exception_carries_its_traceback_and_peer(secret: Path,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.run, jobfuncs.record_and_sleep, str(started), 0, 30)
             await until(lambda: any(started.iterdir()), "the blocking task started")
-            await until(lambda: a.machine.busy + b.machine.busy == 1, "one slot busy")
-            busy, other = (a, b) if a.machine.busy else (b, a)
+            await until(lambda: running(a) + running(b) == 1, "one slot busy")
+            busy, other = (a, b) if running(a) else (b, a)
             with trio.fail_after(WAIT), pytest.raises(TaskError) as info:
                 await busy.run(jobfuncs.boom_at, 7, 7)
             nursery.cancel_scope.cancel()
@@ -218,7 +223,7 @@ async def test_cancelling_a_job_stops_every_task_on_every_peer(secret: Path, tmp
     async with two_peers(secret) as (a, b):
         def both_running() -> bool:  # (a peer may also hold a prefetched batch)
             return (len(set(started_pids(started).values())) >= 2
-                    and a.machine.busy >= 1 and b.machine.busy >= 1)
+                    and running(a) >= 1 and running(b) >= 1)
 
         if how == "scope":
             with trio.CancelScope() as scope:
@@ -232,7 +237,7 @@ async def test_cancelling_a_job_stops_every_task_on_every_peer(secret: Path, tmp
                                 [5] * 40)
             assert scope.cancelled_caught
         else:
-            job_request = a.registry.request(
+            job_request = a.request(
                 jobfuncs.record_and_sleep, encode_map_args([[str(started)] * 40, items,
                                                             [5] * 40]))
             async with a.open_job(job_request) as job:
@@ -245,7 +250,7 @@ async def test_cancelling_a_job_stops_every_task_on_every_peer(secret: Path, tmp
 
         def all_stopped() -> bool:
             return (not any(alive(pid) for pid in pids.values())
-                    and all(p.machine.queue_length() == 0 and p.machine.busy == 0
+                    and all(p.statistics().queued == 0 and running(p) == 0
                             for p in (a, b)))
 
         await until(all_stopped, "every worker that ran a task is gone, queues empty",
@@ -254,7 +259,6 @@ async def test_cancelling_a_job_stops_every_task_on_every_peer(secret: Path, tmp
         await trio.sleep(0.5)  # and nothing starts afterwards
         assert started_pids(started) == pids
         assert a.statistics().jobs_owned == 0
-        assert a.machine.owned == {}
         assert stopped_after < 1.0
         with trio.fail_after(WAIT):  # both still work
             assert await b.map(jobfuncs.add, [1, 2], [1, 2]) == [2, 4]
@@ -487,7 +491,7 @@ async def test_large_arguments_and_results_cross_between_peers(secret: Path) -> 
     cluster = unique_cluster()
     async with open_peer(config(secret, cluster, node_name="a", workers=0),
                          include=[JOBFUNCS]) as a:
-        seed = f"127.0.0.1:{a.membership.me.port}"
+        seed = f"127.0.0.1:{a.address[1]}"
         async with open_peer(config(secret, cluster, node_name="b", seeds=(seed,)),
                              include=[JOBFUNCS]) as b:
             await until(lambda: {m.name for m in a.members() if m.alive} == {"a", "b"},

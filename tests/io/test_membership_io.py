@@ -148,7 +148,7 @@ async def test_a_peer_with_another_secret_never_appears(
         await trio.sleep(30)
         for peer in peers:
             assert "10.0.0.9" not in {m.host for m in peer.membership.members()}
-        assert peers[0].membership.wire.statistics().handshakes_failed > 0
+        assert peers[0].membership.wire_statistics().handshakes_failed > 0
 
 
 async def test_statistics_and_metadata_update(autojump_clock: trio.testing.MockClock) -> None:

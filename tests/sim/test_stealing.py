@@ -198,11 +198,11 @@ def test_results_lost_on_a_broken_link_are_run_again_within_two_reports(seed: in
     """A holder's results vanish in transit (its link to the owner broke under them); the
     holder stays alive, so membership never says a word. Its holding reports no longer name
     those tasks, and the owner runs them again: nothing waits forever, nothing is doubled."""
-    lost = set()
+    lost: list[object] = []
 
     def lose(src: int, dst: int, msg: object) -> bool:
         if src == 1 and isinstance(msg, Results) and len(lost) < 3:
-            lost.add(id(msg))
+            lost.append(msg)
             return True
         return False
 

@@ -1,0 +1,119 @@
+"""Slots: the tasks that turn the stealing machine's batches into work for the worker pool.
+
+A peer runs ``batches_per_worker`` runners per worker process. Each takes a batch from the
+machine (the machine decides how many may be out, and how large each is), brings what the
+batch needs (its code from the job's owner, large arguments that stayed there), runs it in
+the pool, and hands the results and the worker seconds spent back to the machine. A runner
+with nothing to take waits until the work service wakes one (:meth:`Slots.wake`).
+
+A batch of a job that is cancelled, finished or orphaned is stopped (:meth:`Slots.stop`):
+the pool kills the worker running it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NoReturn
+
+import trio
+
+from ._code import FunctionRef
+from ._codeship import CodeShipping, CodeUnavailable
+from ._dataplane import DataPlane
+from ._proto.messages import JobSpec, TaskResult, TaskStatus
+from ._proto.stealing import Batch, StealingMachine
+from ._worker import encode_error
+from ._workers import WorkerPool
+
+__all__ = ["Slots"]
+
+
+class Slots:
+    """The runners of a peer. ``flush()`` is the work service's: call it after every change
+    to the machine. ``name_of(peer)`` names a peer (for messages about limits)."""
+
+    def __init__(self, machine: StealingMachine, pool: WorkerPool, code: CodeShipping,
+                 data: DataPlane, *, flush: Callable[[], None],
+                 name_of: Callable[[bytes], str], max_value_size: int) -> None:
+        self._machine = machine
+        self._pool = pool
+        self._code = code
+        self._data = data
+        self._flush = flush
+        self._name_of = name_of
+        self._limit = max_value_size
+        self._idle = trio.lowlevel.ParkingLot()  #: runners with nothing to take
+        self._running: dict[bytes, set[trio.CancelScope]] = {}
+
+    def wake(self) -> None:
+        """One waiting runner tries to take a batch (if any runner waits)."""
+        if self._idle:
+            self._idle.unpark()
+
+    def stop(self, job: bytes) -> None:
+        """Stop every batch of ``job`` that runs here."""
+        for scope in self._running.get(job, ()):
+            scope.cancel()
+
+    async def serve(self, runners: int) -> NoReturn:
+        """Run ``runners`` runners until cancelled (none: a peer with no worker)."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(runners):
+                nursery.start_soon(self._runner)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _runner(self) -> None:
+        while True:
+            batch = self._machine.take(trio.current_time())
+            self._flush()
+            if batch is None:
+                await self._idle.park()
+                continue
+            await self._run(batch)
+
+    async def _run(self, batch: Batch) -> None:
+        job = batch.spec.job
+        scope = trio.CancelScope()
+        self._running.setdefault(job, set()).add(scope)
+        results: list[TaskResult] = []
+        seconds: float | None = None
+        try:
+            with scope:
+                results, seconds = await self._execute(batch)
+        finally:
+            running = self._running.get(job)
+            if running is not None:
+                running.discard(scope)
+                if not running:
+                    del self._running[job]
+            self._machine.finished(trio.current_time(), batch, results, seconds)
+            self._flush()
+
+    async def _execute(self, batch: Batch) -> tuple[list[TaskResult], float | None]:
+        """Bring what the batch needs, run it, and return its results with the worker
+        seconds spent (None if it did not run)."""
+        spec = batch.spec
+        try:
+            await self._code.ensure(spec)
+        except CodeUnavailable as exc:
+            error = encode_error("CodeUnavailable", str(exc))
+            return [TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items], None
+        items, failed = await self._data.fetch_args(spec, batch.items)
+        if not items:
+            return failed, None
+        ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
+        limit, where = self._result_limit(spec)
+        ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
+                                   max_result=limit, limit_where=where)
+        results = [TaskResult(item.id, o.status, o.payload)
+                   for item, o in zip(items, ran.outcomes, strict=True)]
+        return failed + results, ran.worker_seconds
+
+    def _result_limit(self, spec: JobSpec) -> tuple[int, str]:
+        """The largest result a task of ``spec`` may return, and whose limit that is."""
+        me = self._machine.node_id
+        if self._limit < spec.max_value_size:
+            return self._limit, f"peer {self._name_of(me)}, which ran the task"
+        owner = "this peer" if spec.owner == me else f"peer {self._name_of(spec.owner)}"
+        return spec.max_value_size, f"{owner}, which owns the job"

@@ -1,0 +1,354 @@
+"""The work service: a peer's part in running jobs, around its stealing machine.
+
+The machine (:mod:`._proto.stealing`) decides; this service carries out, with one
+collaborator per concern, each wired with explicit callbacks:
+
+- a :class:`~._runner.Driver` ticks the machine and, after every input, hands its outputs
+  out: work messages to :class:`~._links.WorkLinks`, large results to the
+  :class:`~._dataplane.DataPlane`, and its events to the jobs owned here (:class:`Job`);
+- :class:`~._slots.Slots` run batches in the worker pool, with code from
+  :class:`~._codeship.CodeShipping` and large arguments from the data plane;
+- membership's events become ``peer_up``/``peer_down``; this peer's surplus goes out in its
+  metadata at the rate the policy allows (:class:`~._proto.policy.MetaSchedule`).
+
+Incoming streams reach the service through the :class:`~._runner.Runner`'s routes: work
+messages, code requests and data streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+import trio
+
+from ._code import CodeCache
+from ._codeship import CodeShipping
+from ._config import Config
+from ._dataplane import DataPlane, Owner
+from ._jobs import JobRequest, JobResult
+from ._links import WorkLinks
+from ._membership import Membership
+from ._proto.membership import EventKind, Member
+from ._proto.messages import (
+    WORK_MESSAGES,
+    FetchArgs,
+    FetchCode,
+    JobSpec,
+    Message,
+    PushResult,
+    Results,
+    StealGrant,
+    TaskResult,
+)
+from ._proto.meta import NodeMeta
+from ._proto.policy import MetaSchedule, WorkPolicy
+from ._proto.stealing import (
+    JobDropped,
+    JobFinished,
+    PushValue,
+    ResultsReady,
+    StealingMachine,
+    StealingStatistics,
+    WorkEvent,
+)
+from ._runner import Driver, Runner
+from ._secure import SecureStream
+from ._slots import Slots
+from ._transport import Address
+from ._version import __version__
+from ._workers import WorkerPool, WorkerPoolStatistics
+
+__all__ = ["Job", "WorkService"]
+
+log = logging.getLogger("p2pcluster.peer")
+
+
+class Job:
+    """A job owned by this peer: its results as they arrive, and its end.
+
+    Listeners get each batch of new results (first results only, as :class:`JobResult`),
+    in the peer's trio thread; a listener must not block. The job keeps no results itself:
+    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks.
+    """
+
+    def __init__(self, cancel: Callable[[Job], None], spec: JobSpec, total: int,
+                 started: float = 0.0) -> None:
+        self._cancel = cancel
+        self.spec = spec
+        self.total = total
+        self.started = started
+        self.done = 0
+        self.per_peer: Counter[str] = Counter()
+        self.finished = trio.Event()
+        self.cancelled = False
+        self.listeners: list[Callable[[list[JobResult]], None]] = []
+        self.on_finish: list[Callable[[], None]] = []
+
+    @property
+    def id(self) -> bytes:
+        return self.spec.job
+
+    def cancel(self) -> None:
+        """Stop the job everywhere (within a round trip); results that arrive are ignored."""
+        if not self.finished.is_set():
+            self.cancelled = True
+            self._cancel(self)
+
+    async def wait(self) -> None:
+        await self.finished.wait()
+
+    def deliver(self, batch: list[JobResult]) -> None:
+        """(The work service) hand new results to the listeners."""
+        self.done += len(batch)
+        self.per_peer.update(result.peer for result in batch)
+        for listener in list(self.listeners):
+            try:
+                listener(batch)
+            except Exception:  # one consumer's bug must not take the peer (and others' jobs) down
+                log.exception("a listener of job %s failed; it gets no more results",
+                              self.id.hex()[:8])
+                self.listeners.remove(listener)
+
+    def finish(self) -> None:
+        """(The work service) the job is over: wake its waiters and call ``on_finish``."""
+        if self.finished.is_set():
+            return
+        self.finished.set()
+        for callback in self.on_finish:
+            try:
+                callback()
+            except Exception:
+                log.exception("an end listener of job %s failed", self.id.hex()[:8])
+
+
+@dataclass(frozen=True, slots=True)
+class WorkState:
+    """What the work service holds right now."""
+
+    queued: int  #: unstarted tasks queued here
+    running: int  #: batches out to the worker pool
+    jobs_owned: int
+
+
+class WorkService:
+    """See the module docstring. Create it, then run :meth:`serve` in a task."""
+
+    def __init__(self, config: Config, runner: Runner, membership: Membership, *,
+                 pool: WorkerPool, cache: CodeCache, nursery: trio.Nursery,
+                 started: int = 0) -> None:
+        self._config = config
+        self._membership = membership
+        self._pool = pool
+        self._nursery = nursery
+        self._started = started
+        self._me = membership.me
+        policy = WorkPolicy.from_config(config)
+        self._machine = StealingMachine(
+            self._me.id, pool.slots, random.Random(int.from_bytes(os.urandom(8), "big")),
+            policy)
+        self._driver = Driver(self._machine, self._carry_out)
+        self._addresses: dict[bytes, Address] = {}
+        self._names: dict[bytes, str] = {self._me.id: self._me.name}
+        self._gone: set[bytes] = set()  #: peers membership declared dead or left
+        self._jobs: dict[bytes, Job] = {}
+        self._meta = MetaSchedule(config.meta_interval)
+        self._meta_due = trio.Event()
+        self._links = WorkLinks(runner, nursery, address_of=self.address_of,
+                                undeliverable=self._undeliverable, after_loss=self.flush)
+        self._code = CodeShipping(runner, cache, self.address_of)
+        self._data = DataPlane(runner, self._owner(), me=self._me.id, name=self._me.name,
+                               max_value_size=config.max_value_size)
+        self._slots = Slots(self._machine, pool, self._code, self._data, flush=self.flush,
+                            name_of=self.name_of, max_value_size=config.max_value_size)
+        runner.route((FetchCode,), self._code.serve)
+        runner.route((FetchArgs, PushResult), self._serve_data)
+        runner.route(WORK_MESSAGES, self._serve_work)
+
+    # --- for the peer ---------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest, *, max_value_size: int | None = None) -> Job:
+        """Own a new job and queue its tasks here (the caller must end or cancel it).
+
+        ``max_value_size`` lowers this peer's limit on the job's results (a client that
+        takes less)."""
+        self._code.add(request.bundles)
+        ref = request.ref
+        spec = JobSpec(os.urandom(16), self._me.id, ref.module, ref.qualname, ref.job,
+                       ref.includes, request.timeout, request.chunksize,
+                       min(self._config.max_value_size, max_value_size or 2**62))
+        now = trio.current_time()
+        job = Job(self._cancel, spec, len(request.payloads), now)
+        self._jobs[spec.job] = job
+        self._machine.submit(now, spec, enumerate(request.payloads))
+        self.flush()
+        return job
+
+    def jobs(self) -> list[Job]:
+        """The jobs owned here that still run."""
+        return list(self._jobs.values())
+
+    def holders(self, job: bytes) -> dict[int, bytes]:
+        """For a job owned here: unfinished task index -> the peer believed to hold it."""
+        return self._machine.holders(job)
+
+    def name_of(self, peer: bytes) -> str:
+        """The name of the member with id ``peer`` (its id's prefix if unknown)."""
+        return self._names.get(peer, peer.hex()[:8])
+
+    def address_of(self, peer: bytes) -> Address | None:
+        """A live member's address; None if it is unknown, dead or gone."""
+        return None if peer in self._gone else self._addresses.get(peer)
+
+    def meta(self, surplus: int = 0) -> NodeMeta:
+        """What this peer publishes about itself, with ``surplus`` tasks to give."""
+        return NodeMeta(self._pool.slots, surplus, self._config.tags, __version__,
+                        self._started)
+
+    def state(self) -> WorkState:
+        return WorkState(self._machine.queue_length(), self._machine.busy, len(self._jobs))
+
+    def statistics(self) -> StealingStatistics:
+        return self._machine.statistics()
+
+    def pool_statistics(self) -> WorkerPoolStatistics:
+        return self._pool.statistics()
+
+    async def leave(self, timeout: float) -> None:
+        """Cancel the jobs owned here, and wait (at most ``timeout``) for their CancelJobs to
+        go out."""
+        for job in list(self._jobs.values()):
+            job.cancel()
+        await self._links.drain(timeout)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> NoReturn:
+        async with self._membership.subscribe() as events, trio.open_nursery() as nursery:
+            self._known_members()
+            task_status.started()
+            nursery.start_soon(self._driver.serve)
+            nursery.start_soon(self._publish_meta)
+            nursery.start_soon(self._slots.serve,
+                               self._config.batches_per_worker * self._pool.slots)
+            async for event in events:
+                self._member_event(event.kind, event.member)
+        raise AssertionError("membership events never end")  # pragma: no cover
+
+    # --- the driver ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._driver.flush()
+
+    def _carry_out(self) -> None:
+        machine = self._machine
+        for out in machine.take_outputs():
+            if isinstance(out, PushValue):
+                self._nursery.start_soon(self._data.push, out)
+            else:
+                self._links.send(out.dst, out.msg)
+        for event in machine.take_events():
+            self._job_event(event)
+        if self._meta.changed(machine.surplus()):
+            self._meta_due.set()
+        if machine.peek() is not None:
+            self._slots.wake()
+
+    def _job_event(self, event: WorkEvent) -> None:
+        if isinstance(event, ResultsReady):
+            job = self._jobs.get(event.job)
+            if job is not None:
+                name = self.name_of(event.peer)
+                job.deliver([JobResult(r.id, r.status, r.payload, name) for r in event.results])
+            return
+        job = self._jobs.pop(event.job, None)
+        if job is not None:
+            job.finish()
+        self._slots.stop(event.job)
+        if job is None and isinstance(event, JobDropped):
+            log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
+        assert isinstance(event, JobFinished | JobDropped)
+
+    def _cancel(self, job: Job) -> None:
+        self._machine.cancel(trio.current_time(), job.id)
+        self.flush()
+
+    def _undeliverable(self, dst: bytes, msg: Message, why: str) -> None:
+        """A work message the links could not send. A grant's tasks come back here; results
+        are lost, which the owner repairs (our holding reports stop naming those tasks)."""
+        if isinstance(msg, StealGrant):
+            self._machine.grant_failed(trio.current_time(), msg)
+        elif isinstance(msg, Results):
+            address = self._addresses.get(dst)
+            where = f"{address[0]}:{address[1]}" if address else "address unknown"
+            log.warning("could not deliver %d result(s) of job %s to peer %s (%s): %s; its "
+                        "owner will run those tasks again", len(msg.results), msg.job.hex()[:8],
+                        self.name_of(dst), where, why)
+
+    def _owner(self) -> Owner:
+        def deliver(results: Results) -> None:
+            self._machine.receive(trio.current_time(), results)
+            self.flush()
+
+        def pushed(job: bytes, tid: int, delivered: bool, instead: TaskResult | None) -> None:
+            self._machine.push_done(trio.current_time(), job, tid, delivered, instead)
+            self.flush()
+
+        return Owner(payload=self._machine.payload,
+                     owns=lambda job: self._machine.owned_remaining(job) > 0,
+                     deliver=deliver, pushed=pushed, address_of=self.address_of,
+                     name_of=self.name_of)
+
+    # --- incoming streams ----------------------------------------------------------------------
+
+    async def _serve_work(self, stream: SecureStream, first: Message) -> None:
+        """A peer's work link: its messages, in order, for as long as it stays open."""
+        msg: Message | None = first
+        while isinstance(msg, WORK_MESSAGES):
+            self._machine.receive(trio.current_time(), msg)
+            self.flush()
+            msg = await stream.receive()
+
+    async def _serve_data(self, stream: SecureStream, first: Message) -> None:
+        assert isinstance(first, FetchArgs | PushResult)
+        await self._data.serve(stream, first)
+
+    # --- membership ----------------------------------------------------------------------------
+
+    def _known_members(self) -> None:
+        now = trio.current_time()
+        for member in self._membership.members():
+            if member.alive and member.id != self._me.id:
+                self._peer_up(now, member)
+        self.flush()
+
+    def _member_event(self, kind: EventKind, member: Member) -> None:
+        if kind in (EventKind.JOIN, EventKind.RECOVER, EventKind.UPDATE):
+            self._peer_up(trio.current_time(), member)
+        elif kind in (EventKind.FAIL, EventKind.LEAVE):
+            self._gone.add(member.id)
+            self._machine.peer_down(trio.current_time(), member.id)
+            self._links.close(member.id)
+        self.flush()
+
+    def _peer_up(self, now: float, member: Member) -> None:
+        self._gone.discard(member.id)
+        self._addresses[member.id] = member.address
+        self._names[member.id] = member.name
+        meta = NodeMeta.decode(member.meta)
+        self._machine.peer_up(now, member.id, meta.queue, max(1, meta.workers))
+
+    async def _publish_meta(self) -> NoReturn:
+        """This peer's surplus, in its metadata, no more often than the policy allows."""
+        while True:
+            await self._meta_due.wait()
+            self._meta_due = trio.Event()
+            await trio.sleep_until(self._meta.due(trio.current_time()))
+            surplus = self._machine.surplus()
+            if self._meta.publish(trio.current_time(), surplus):
+                self._membership.set_meta(self.meta(surplus).encode())
+
