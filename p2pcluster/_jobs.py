@@ -2,7 +2,7 @@
 code to ship, encoding the calls, and turning results back into values or errors.
 
 A job is ``fn`` applied to a list of argument payloads. :class:`CodeRegistry` turns ``fn``
-into a :class:`~._code.FunctionRef` plus the code bundles the peers need (the job file or the
+into a :class:`~._refs.FunctionRef` plus the code bundles the peers need (the job file or the
 ``__main__`` script, and every ``--include``). :func:`unpack` turns one result into a value,
 or raises the :class:`TaskError` that carries the remote traceback.
 """
@@ -17,17 +17,11 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any, NamedTuple
 
-from ._code import (
-    CodeBundle,
-    FunctionRef,
-    bundle_file,
-    bundle_tree,
-    decode_value,
-    encode_call,
-    function_ref,
-)
+from ._bundles import CodeBundle, bundle_file, bundle_tree
 from ._errors import P2PClusterError, ValueTooLarge, too_large
 from ._proto.messages import TaskStatus
+from ._refs import FunctionRef, function_ref
+from ._values import decode_value, encode_call
 
 __all__ = [
     "CodeRegistry", "JobRequest", "JobResult", "PoisonTaskError", "TaskError",

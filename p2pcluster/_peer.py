@@ -38,7 +38,8 @@ from typing import Any
 
 import trio
 
-from ._code import CodeBundle, CodeCache, FunctionRef, encode_call
+from ._bundles import CodeBundle
+from ._codecache import CodeCache
 from ._config import Config
 from ._dataplane import receive_value, send_value, skip_value
 from ._discovery import Discovered, serve_discovery
@@ -76,9 +77,11 @@ from ._proto.stealing import (
     StealingMachine,
     StealingStatistics,
 )
+from ._refs import FunctionRef
 from ._secret import load_secrets
 from ._secure import SecureStream
 from ._transport import Address
+from ._values import encode_call
 from ._version import __version__
 from ._worker import encode_error
 from ._workers import WorkerPool, WorkerPoolStatistics, open_worker_pool

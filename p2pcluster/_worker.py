@@ -1,8 +1,9 @@
 """What a worker process runs: one batch of calls to one function, results as CBOR.
 
 This module is the main module of the worker processes (:func:`serve`), so it stays light:
-no trio, no network layer, only :mod:`p2pcluster._code` and cbor2. A worker respawned after
-a crash pays for little more than the interpreter.
+no trio, no network layer, only the code modules (:mod:`._refs`, :mod:`._loader`,
+:mod:`._values`) and cbor2. A worker respawned after a crash pays for little more than the
+interpreter.
 
 Every outcome is ``(status, payload)``: ``OK`` with the encoded result, or ``ERROR`` with the
 CBOR map ``{"type", "message", "traceback"}``. Nothing a task does is allowed to escape as an
@@ -23,8 +24,10 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._code import FunctionRef, decode_call, encode_value, load_function, remember_sources
 from ._errors import UnsendableResult, too_large
+from ._loader import load_function, remember_sources
+from ._refs import FunctionRef
+from ._values import decode_call, encode_value
 
 __all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
 

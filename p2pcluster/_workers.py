@@ -57,8 +57,8 @@ from typing import Any, NamedTuple
 
 import trio
 
-from ._code import FunctionRef
 from ._fastwrite import write_all
+from ._refs import FunctionRef
 from ._worker import ERROR, OK, encode_error
 
 __all__ = [
@@ -194,7 +194,7 @@ class WorkerPool:
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
     ) -> BatchResult:
-        """Run ``ref`` once per payload (each from :func:`~._code.encode_call`), in order.
+        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the

@@ -17,16 +17,10 @@ from typing import Any
 import pytest
 import trio
 
-from p2pcluster._code import (
-    CodeCache,
-    FunctionRef,
-    bundle_file,
-    bundle_tree,
-    decode_value,
-    encode_call,
-    function_ref,
-    job_module_name,
-)
+from p2pcluster._bundles import bundle_file, bundle_tree, job_module_name
+from p2pcluster._codecache import CodeCache
+from p2pcluster._refs import FunctionRef, function_ref
+from p2pcluster._values import decode_value, encode_call
 from p2pcluster._workers import (
     ERROR,
     MAX_CRASHES,
@@ -261,7 +255,8 @@ async def test_includes_and_job_files_run_in_workers(tmp_path: Path) -> None:
 CTRL_C_SCRIPT = """
 import sys, trio
 from pathlib import Path
-from p2pcluster._code import encode_call, function_ref
+from p2pcluster._refs import function_ref
+from p2pcluster._values import encode_call
 from p2pcluster._workers import open_worker_pool
 from tests.io import workjobs
 
