@@ -47,6 +47,7 @@ from ._errors import P2PClusterError, ProtocolError, too_large
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, serve_membership
 from ._netutil import choose_interface
+from ._pool import WorkerPool, WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
@@ -83,8 +84,7 @@ from ._secure import SecureStream
 from ._transport import Address
 from ._values import encode_call
 from ._version import __version__
-from ._worker import encode_error
-from ._workers import WorkerPool, WorkerPoolStatistics, open_worker_pool
+from ._worker_main import encode_error
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
 

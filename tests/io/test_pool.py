@@ -19,9 +19,7 @@ import trio
 
 from p2pcluster._bundles import bundle_file, bundle_tree, job_module_name
 from p2pcluster._codecache import CodeCache
-from p2pcluster._refs import FunctionRef, function_ref
-from p2pcluster._values import decode_value, encode_call
-from p2pcluster._workers import (
+from p2pcluster._pool import (
     ERROR,
     MAX_CRASHES,
     OK,
@@ -31,6 +29,8 @@ from p2pcluster._workers import (
     WorkerPool,
     open_worker_pool,
 )
+from p2pcluster._refs import FunctionRef, function_ref
+from p2pcluster._values import decode_value, encode_call
 
 from . import workjobs
 
@@ -257,7 +257,7 @@ import sys, trio
 from pathlib import Path
 from p2pcluster._refs import function_ref
 from p2pcluster._values import encode_call
-from p2pcluster._workers import open_worker_pool
+from p2pcluster._pool import open_worker_pool
 from tests.io import workjobs
 
 async def main():

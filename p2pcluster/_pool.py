@@ -1,6 +1,6 @@
 """The worker pool of a peer: task batches run in worker processes, with crashes contained.
 
-Each worker is a process of its own (``python -m p2pcluster._worker``) that reads batch
+Each worker is a process of its own (``python -m p2pcluster._worker_main``) that reads batch
 requests from a pipe and writes the answers to another, in order. The peer may queue a second
 request behind the running one (the peer runs two calls per worker when it has plenty of
 work): a worker that finishes a batch starts the next at once, without waiting for the peer's
@@ -59,7 +59,7 @@ import trio
 
 from ._fastwrite import write_all
 from ._refs import FunctionRef
-from ._worker import ERROR, OK, encode_error
+from ._worker_main import ERROR, OK, encode_error
 
 __all__ = [
     "ERROR", "OK", "POISON", "TIMEOUT", "MAX_CRASHES",
@@ -68,6 +68,8 @@ __all__ = [
 
 POISON = 2
 TIMEOUT = 3
+#: The main module of a worker process.
+WORKER_MAIN = "p2pcluster._worker_main"
 #: A task that kills this many workers, run alone, is not run again.
 MAX_CRASHES = 3
 #: Seconds the pool's exit waits for workers to finish before it kills them.
@@ -198,7 +200,7 @@ class WorkerPool:
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
-        limit of ``limit_where``) fails its task instead (:func:`~._worker.run_batch`).
+        limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
         """
         self._batches += 1
         self._tasks += len(payloads)
@@ -292,7 +294,7 @@ class WorkerPool:
         parent_read, child_write = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "p2pcluster._worker", str(child_read), str(child_write)],
+                [sys.executable, "-m", WORKER_MAIN, str(child_read), str(child_write)],
                 pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL,
                 start_new_session=True)
         finally:
