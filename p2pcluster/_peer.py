@@ -82,9 +82,8 @@ from ._refs import FunctionRef
 from ._secret import load_secrets
 from ._secure import SecureStream
 from ._transport import Address
-from ._values import encode_call
+from ._values import encode_call, encode_error
 from ._version import __version__
-from ._worker_main import encode_error
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
 

@@ -59,7 +59,8 @@ import trio
 
 from ._fastwrite import write_all
 from ._refs import FunctionRef
-from ._worker_main import ERROR, OK, encode_error
+from ._values import encode_error
+from ._worker_main import ERROR, OK
 
 __all__ = [
     "ERROR", "OK", "POISON", "TIMEOUT", "MAX_CRASHES",

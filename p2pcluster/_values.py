@@ -29,7 +29,9 @@ import cbor2
 from ._errors import DecodeError, SubmitError, UnsendableResult
 from ._loader import JobLoader
 
-__all__ = ["class_name", "decode_call", "decode_value", "encode_call", "encode_value"]
+__all__ = [
+    "class_name", "decode_call", "decode_value", "encode_call", "encode_error", "encode_value",
+]
 
 
 class _Unencodable(Exception):
@@ -173,6 +175,11 @@ def encode_value(value: Any, *, what: str = "the result") -> bytes:
         return _dumps(value)
     except (_Unencodable, cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:
         raise UnsendableResult(_describe(what, value, exc, travel="results")) from None
+
+
+def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
+    """The payload of an ``ERROR`` (and of the pool's ``POISON`` and ``TIMEOUT``)."""
+    return encode_value({"type": type_name, "message": message, "traceback": tb})
 
 
 def decode_value(data: bytes) -> Any:

@@ -27,17 +27,12 @@ from typing import Any
 from ._errors import UnsendableResult, too_large
 from ._loader import load_function, remember_sources
 from ._refs import FunctionRef
-from ._values import decode_call, encode_value
+from ._values import decode_call, encode_error, encode_value
 
-__all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
+__all__ = ["ERROR", "OK", "run_batch", "serve", "warm_up"]
 
 OK = 0
 ERROR = 1
-
-
-def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
-    """The payload of an ``ERROR`` (and of the pool's ``POISON`` and ``TIMEOUT``)."""
-    return encode_value({"type": type_name, "message": message, "traceback": tb})
 
 
 def run_batch(

@@ -13,7 +13,7 @@ import pytest
 from p2pcluster import P2PClusterError, PoisonTaskError, TaskError, TaskTimeoutError
 from p2pcluster._jobs import original_class, unpack
 from p2pcluster._proto.messages import TaskStatus
-from p2pcluster._worker_main import encode_error
+from p2pcluster._values import encode_error
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "job.py", line 3, in f\nValueError: boom\n'
 
