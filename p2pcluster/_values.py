@@ -178,7 +178,7 @@ def encode_value(value: Any, *, what: str = "the result") -> bytes:
 
 
 def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
-    """The payload of an ``ERROR`` (and of the pool's ``POISON`` and ``TIMEOUT``)."""
+    """The payload of a failed task: ``TaskStatus.ERROR``, ``POISON`` or ``TIMEOUT``."""
     return encode_value({"type": type_name, "message": message, "traceback": tb})
 
 

@@ -20,15 +20,12 @@ import trio
 from p2pcluster._bundles import bundle_file, bundle_tree, job_module_name
 from p2pcluster._codecache import CodeCache
 from p2pcluster._pool import (
-    ERROR,
     MAX_CRASHES,
-    OK,
-    POISON,
-    TIMEOUT,
     Outcome,
     WorkerPool,
     open_worker_pool,
 )
+from p2pcluster._proto.messages import TaskStatus
 from p2pcluster._refs import FunctionRef, function_ref
 from p2pcluster._values import decode_value, encode_call
 
@@ -42,11 +39,11 @@ def call(*args: Any, **kwargs: Any) -> bytes:
 
 
 def value(outcome: Outcome) -> Any:
-    assert outcome.status == OK, decode_value(outcome.payload)
+    assert outcome.status == TaskStatus.OK, decode_value(outcome.payload)
     return decode_value(outcome.payload)
 
 
-def error(outcome: Outcome, status: int = ERROR) -> dict[str, str]:
+def error(outcome: Outcome, status: int = TaskStatus.ERROR) -> dict[str, str]:
     assert outcome.status == status, outcome
     err: dict[str, str] = decode_value(outcome.payload)
     assert set(err) == {"type", "message", "traceback"}
@@ -140,9 +137,10 @@ async def test_a_crashing_task_is_poisoned_and_the_others_complete(tmp_path: Pat
     async with open_worker_pool(2, tmp_path) as pool:
         with trio.fail_after(WAIT):
             result = await pool.run(ref, [call(i, 3) for i in range(6)])
-        assert [o.status for o in result.outcomes] == [OK, OK, OK, POISON, OK, OK]
+        ok, poison = TaskStatus.OK, TaskStatus.POISON
+        assert [o.status for o in result.outcomes] == [ok, ok, ok, poison, ok, ok]
         assert [value(o) for i, o in enumerate(result.outcomes) if i != 3] == [0, 1, 2, 4, 5]
-        err = error(result.outcomes[3], POISON)
+        err = error(result.outcomes[3], TaskStatus.POISON)
         assert err["type"] == "PoisonTask" and err["traceback"] == ""
         assert f"crashed its worker process {MAX_CRASHES} times" in err["message"]
         assert "exit code 1" in err["message"]
@@ -159,8 +157,8 @@ async def test_a_segfault_is_reported_by_signal(tmp_path: Path) -> None:
         with trio.fail_after(WAIT):
             result = await pool.run(function_ref(workjobs.segfault), [call()])
             killed = await pool.run(function_ref(workjobs.kill_self), [call()])
-        assert "killed by SIGSEGV" in error(result.outcomes[0], POISON)["message"]
-        assert "killed by SIGKILL" in error(killed.outcomes[0], POISON)["message"]
+        assert "killed by SIGSEGV" in error(result.outcomes[0], TaskStatus.POISON)["message"]
+        assert "killed by SIGKILL" in error(killed.outcomes[0], TaskStatus.POISON)["message"]
         assert pool.statistics().crashes == 2 * MAX_CRASHES
 
 
@@ -176,7 +174,7 @@ async def test_a_timeout_kills_the_worker(tmp_path: Path) -> None:
                                   timeout=0.5)
         elapsed = time.monotonic() - start
         assert value(quick.outcomes[0]) == 3
-        err = error(slow.outcomes[0], TIMEOUT)
+        err = error(slow.outcomes[0], TaskStatus.TIMEOUT)
         assert err["type"] == "TimeoutError"
         assert err["message"] == "the task exceeded its timeout of 0.5 s"
         assert 0.5 <= elapsed < 2.0
