@@ -21,6 +21,7 @@ from p2pcluster._bundles import bundle_file, bundle_tree, job_module_name
 from p2pcluster._codecache import CodeCache
 from p2pcluster._pool import (
     MAX_CRASHES,
+    WORKER_MAIN,
     Outcome,
     WorkerPool,
     open_worker_pool,
@@ -321,3 +322,15 @@ async def test_a_pool_of_no_workers_opens_and_closes(tmp_path: Path) -> None:
     """A peer that only submits (workers=0) has an empty pool."""
     async with open_worker_pool(0, tmp_path) as pool:
         assert pool.statistics().slots == 0
+
+
+def test_the_worker_main_module_stays_light() -> None:
+    """A worker imports neither trio nor the network layer: a respawned worker costs little
+    more than the interpreter."""
+    code = (f"import sys, {WORKER_MAIN}; print(sorted(m for m in sys.modules if "
+            "m.split('.')[0] in ('trio', 'zeroconf', 'cryptography') or "
+            "m in ('p2pcluster._pool', 'p2pcluster._peer', 'p2pcluster._secure', "
+            "'p2pcluster._proto.codec')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
