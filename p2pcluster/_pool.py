@@ -62,10 +62,8 @@ from ._proto.messages import TaskStatus
 from ._refs import FunctionRef
 from ._values import encode_error
 
-__all__ = [
-    "MAX_CRASHES", "WORKER_MAIN",
-    "BatchResult", "Outcome", "WorkerPool", "WorkerPoolStatistics", "open_worker_pool",
-]
+__all__ = ["MAX_CRASHES", "WORKER_MAIN", "BatchResult", "Outcome", "WorkerPool",
+           "WorkerPoolStatistics", "open_worker_pool"]
 
 #: The main module of a worker process.
 WORKER_MAIN = "p2pcluster._worker_main"
@@ -80,8 +78,7 @@ _LENGTH = struct.Struct(">I")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: ``status`` is a :class:`~._proto.messages.TaskStatus` (any of the
-    four); ``payload`` is CBOR."""
+    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload."""
 
     status: int
     payload: bytes
