@@ -19,10 +19,13 @@ from ._errors import HandshakeError as HandshakeError
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NameTaken as NameTaken
 from ._errors import P2PClusterError as P2PClusterError
+from ._errors import PoisonTaskError as PoisonTaskError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import ReplayError as ReplayError
 from ._errors import SecretError as SecretError
 from ._errors import SubmitError as SubmitError
+from ._errors import TaskError as TaskError
+from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UnknownMessageType as UnknownMessageType
 from ._errors import UnsendableResult as UnsendableResult
@@ -37,9 +40,6 @@ if TYPE_CHECKING:
     from ._executor import MemberInfo as MemberInfo
     from ._executor import Progress as Progress
     from ._executor import TaskFuture as TaskFuture
-    from ._jobs import PoisonTaskError as PoisonTaskError
-    from ._jobs import TaskError as TaskError
-    from ._jobs import TaskTimeoutError as TaskTimeoutError
     from ._membership import Membership as Membership
     from ._membership import MembershipStatistics as MembershipStatistics
     from ._membership import serve_membership as serve_membership
@@ -64,9 +64,6 @@ _LAZY = {
     "Peer": "._peer",
     "Job": "._peer",
     "PeerStatistics": "._peer",
-    "TaskError": "._jobs",
-    "PoisonTaskError": "._jobs",
-    "TaskTimeoutError": "._jobs",
     "serve_membership": "._membership",
     "Membership": "._membership",
     "MembershipStatistics": "._membership",

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from ._code import CodeBundle, CodeCache
+from ._bundles import CodeBundle
+from ._codecache import CodeCache
 from ._errors import P2PClusterError, ProtocolError
 from ._proto.messages import Code, FetchCode, JobSpec, Message
 from ._runner import Runner

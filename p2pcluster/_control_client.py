@@ -267,7 +267,7 @@ class ControlClient:
         if incoming is None or incoming.filled != incoming.size:
             raise ProtocolError(f"a result refers to blob {value.blob}, not received whole")
         if incoming.refused:
-            from ._worker import encode_error
+            from ._values import encode_error
 
             return JobResult(index, TaskStatus.ERROR,
                              encode_error("ValueTooLarge", incoming.refused), peer)

@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 import trio
 
-from ._code import CodeBundle, FunctionRef
+from ._bundles import CodeBundle
 from ._control import FramedStream
 from ._errors import P2PClusterError, ProtocolError, too_large
 from ._jobs import JobRequest, JobResult
@@ -50,6 +50,7 @@ from ._proto.control import (
     Submit,
     Value,
 )
+from ._refs import FunctionRef
 
 __all__ = ["Admin", "ControlSession"]
 

@@ -42,7 +42,7 @@ from ._proto.stealing import PushValue
 from ._runner import Runner
 from ._secure import SecureStream
 from ._transport import Address
-from ._worker import encode_error
+from ._values import encode_error
 
 __all__ = ["CHUNK", "DataPlane", "Owner", "receive_value", "send_value"]
 

@@ -371,7 +371,7 @@ class Cluster(cf.Executor):
         also an instance of the task's own exception class when this process can resolve it
         (``except ValueError:`` works).
         """
-        from ._code import encode_call
+        from ._values import encode_call
 
         request = self.registry.request(fn, [encode_call(args, kwargs)],
                                         max_value_size=self._limit(), where=self._where())

@@ -2,9 +2,9 @@
 code to ship, encoding the calls, and turning results back into values or errors.
 
 A job is ``fn`` applied to a list of argument payloads. :class:`CodeRegistry` turns ``fn``
-into a :class:`~._code.FunctionRef` plus the code bundles the peers need (the job file or the
+into a :class:`~._refs.FunctionRef` plus the code bundles the peers need (the job file or the
 ``__main__`` script, and every ``--include``). :func:`unpack` turns one result into a value,
-or raises the :class:`TaskError` that carries the remote traceback.
+or raises the :class:`~._errors.TaskError` that carries the remote traceback.
 """
 
 from __future__ import annotations
@@ -17,64 +17,20 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any, NamedTuple
 
-from ._code import (
-    CodeBundle,
-    FunctionRef,
-    bundle_file,
-    bundle_tree,
-    decode_value,
-    encode_call,
-    function_ref,
+from ._bundles import CodeBundle, bundle_file, bundle_tree
+from ._errors import (
+    PoisonTaskError,
+    TaskError,
+    TaskTimeoutError,
+    ValueTooLarge,
+    task_error,
+    too_large,
 )
-from ._errors import P2PClusterError, ValueTooLarge, too_large
 from ._proto.messages import TaskStatus
+from ._refs import FunctionRef, function_ref
+from ._values import decode_value, encode_call
 
-__all__ = [
-    "CodeRegistry", "JobRequest", "JobResult", "PoisonTaskError", "TaskError",
-    "TaskTimeoutError", "encode_map_args", "original_class", "task_error", "unpack",
-]
-
-
-class TaskError(P2PClusterError):
-    """A task raised an exception on a peer.
-
-    ``type_name`` is the original exception's type (``"ZeroDivisionError"``, or
-    ``"module.Class"``), ``remote_message`` its message, ``remote_traceback`` the traceback as
-    formatted on the peer, and ``peer`` the name of the peer that ran it. ``str()`` shows all
-    of it; ``args`` is ``(remote_message,)``.
-
-    :func:`unpack` raises a subclass that is *also* the original exception class when this
-    process can name that class without importing anything (see :func:`task_error`), so
-    ``except ValueError`` catches a remote ``ValueError``.
-    """
-
-    def __init__(self, type_name: str, message: str, traceback: str, peer: str) -> None:
-        super().__init__(message)  # the original class's __init__, in a combined class
-        self.args = (message,)
-        self.type_name = type_name
-        self.remote_message = message
-        self.remote_traceback = traceback
-        self.peer = peer
-
-    def __str__(self) -> str:
-        text = f"{self.type_name}: {self.remote_message} (on peer {self.peer})"
-        if self.remote_traceback:
-            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
-        return text
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        kind = type(self).__dict__.get("_kind", type(self))
-        return task_error, (kind, self.type_name, self.remote_message, self.remote_traceback,
-                            self.peer)
-
-
-class PoisonTaskError(TaskError):
-    """A task crashed its worker process three times (a segfault, ``os._exit``...); it is
-    not retried again."""
-
-
-class TaskTimeoutError(TaskError, TimeoutError):
-    """A task ran longer than the job's ``timeout`` and its worker was stopped."""
+__all__ = ["CodeRegistry", "JobRequest", "JobResult", "encode_map_args", "unpack"]
 
 
 _ERRORS: dict[int, type[TaskError]] = {
@@ -84,7 +40,7 @@ _ERRORS: dict[int, type[TaskError]] = {
 
 
 def unpack(status: int, payload: bytes, peer: str) -> Any:
-    """A task's value, or raise the :class:`TaskError` it ended with."""
+    """A task's value, or raise the :class:`~._errors.TaskError` it ended with."""
     if status == TaskStatus.OK:
         return decode_value(payload)
     try:
@@ -95,76 +51,6 @@ def unpack(status: int, payload: bytes, peer: str) -> Any:
         info = {}
     raise task_error(_ERRORS.get(status, TaskError), str(info.get("type", "Error")),
                      str(info.get("message", "")), str(info.get("traceback", "")), peer)
-
-
-def task_error(kind: type[TaskError], type_name: str, message: str, traceback: str,
-               peer: str) -> TaskError:
-    """A ``kind`` (:class:`TaskError` or a subclass) for a remote exception of ``type_name``.
-
-    A plain :class:`TaskError` becomes a cached subclass of both ``kind`` and the original
-    class when :func:`original_class` finds it and the two combine: the original's
-    ``__init__`` must accept the message alone. Otherwise (``UnicodeDecodeError``, classes
-    with required arguments or clashing layouts) the error is a plain ``kind``.
-    """
-    original = original_class(type_name) if kind is TaskError else None
-    combined = _combined(kind, original) if original is not None else None
-    if combined is not None:
-        try:
-            return combined(type_name, message, traceback, peer)
-        except Exception:  # an __init__ that wants more than the message alone
-            pass
-    return kind(type_name, message, traceback, peer)
-
-
-#: Exception classes a TaskError never takes on (see :func:`original_class`).
-_NEVER_COMBINED = (TaskError, StopIteration, StopAsyncIteration)
-
-
-def original_class(type_name: str) -> type[Exception] | None:
-    """The ``Exception`` subclass ``type_name`` names in this process, or None.
-
-    ``type_name`` is a builtin's bare name or ``module.qualname``. Only builtins and modules
-    already in ``sys.modules`` count (a job file is, under its ``p2pjob_`` name): nothing is
-    imported, and no module ``__getattr__`` runs. ``BaseException`` subclasses that are not
-    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) never count, and neither do
-    ``StopIteration`` and ``StopAsyncIteration``, which would silently end a ``for`` loop
-    over ``cluster.map`` instead of raising.
-    """
-    parts = type_name.split(".")
-    splits = [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
-    for module_name, names in splits if len(parts) > 1 else [("builtins", parts)]:
-        obj: Any = sys.modules.get(module_name)
-        for name in names:
-            obj = _member(obj, name)
-        if isinstance(obj, type) and issubclass(obj, Exception):
-            return None if issubclass(obj, _NEVER_COMBINED) else obj
-    return None
-
-
-def _member(obj: Any, name: str) -> Any:
-    try:
-        return vars(obj).get(name)
-    except TypeError:  # None, or an object without __dict__
-        return None
-
-
-_COMBINED: dict[tuple[type, type], type[TaskError] | None] = {}
-_MAX_COMBINED = 256  # classes kept; job files come and go in a long-lived process
-
-
-def _combined(kind: type[TaskError], original: type[Exception]) -> type[TaskError] | None:
-    """``kind[original]``, a subclass of both, made once; None if they do not combine."""
-    key = (kind, original)
-    if key not in _COMBINED:
-        if len(_COMBINED) >= _MAX_COMBINED:
-            _COMBINED.clear()
-        name = f"{kind.__name__}[{original.__qualname__}]"
-        try:
-            _COMBINED[key] = type(name, (kind, original),
-                                  {"_kind": kind, "__module__": kind.__module__})
-        except Exception:  # layout or MRO conflicts, a refusing __init_subclass__
-            _COMBINED[key] = None
-    return _COMBINED[key]
 
 
 class JobResult(NamedTuple):

@@ -6,7 +6,7 @@ the others with explicit callbacks:
 - a :class:`~._runner.Runner` owns the port (UDP and TCP) and routes incoming streams;
 - :func:`~._membership.serve_membership` runs SWIM with the Lifeguard refinements;
 - :func:`~._discovery.serve_introductions` introduces peers found over mDNS;
-- a worker pool (:func:`~._workers.open_worker_pool`) runs tasks in processes;
+- a worker pool (:func:`~._pool.open_worker_pool`) runs tasks in processes;
 - the :class:`~._work.WorkService` runs the stealing machine and owns the jobs submitted
   here.
 
@@ -35,21 +35,22 @@ from typing import Any
 
 import trio
 
-from ._code import CodeCache, encode_call
+from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
 from ._errors import P2PClusterError
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import where as choose_where
+from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.stealing import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
 from ._transport import Address
+from ._values import encode_call
 from ._work import Job, WorkService
-from ._workers import WorkerPoolStatistics, open_worker_pool
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
 

@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._code import CodeCache, bundle_file, load_job_module, remember_sources
+from ._bundles import bundle_file
+from ._codecache import CodeCache
 from ._config import Config
-from ._errors import P2PClusterError
+from ._errors import P2PClusterError, TaskError
 from ._executor import Cluster
-from ._jobs import CodeRegistry, TaskError
+from ._jobs import CodeRegistry
+from ._loader import load_job_module, remember_sources
 
 __all__ = ["AsyncCluster", "run_job_file"]
 

@@ -17,13 +17,13 @@ from typing import NoReturn
 
 import trio
 
-from ._code import FunctionRef
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
+from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskResult, TaskStatus
 from ._proto.stealing import Batch, StealingMachine
-from ._worker import encode_error
-from ._workers import WorkerPool
+from ._refs import FunctionRef
+from ._values import encode_error
 
 __all__ = ["Slots"]
 

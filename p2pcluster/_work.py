@@ -27,13 +27,14 @@ from typing import NoReturn
 
 import trio
 
-from ._code import CodeCache
+from ._codecache import CodeCache
 from ._codeship import CodeShipping
 from ._config import Config
 from ._dataplane import DataPlane, Owner
 from ._jobs import JobRequest, JobResult
 from ._links import WorkLinks
 from ._membership import Membership
+from ._pool import WorkerPool, WorkerPoolStatistics
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
     WORK_MESSAGES,
@@ -62,7 +63,6 @@ from ._secure import SecureStream
 from ._slots import Slots
 from ._transport import Address
 from ._version import __version__
-from ._workers import WorkerPool, WorkerPoolStatistics
 
 __all__ = ["Job", "WorkService"]
 

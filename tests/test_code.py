@@ -23,22 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pcluster._code import (
-    CodeBundle,
-    CodeCache,
-    FunctionRef,
-    bundle_file,
-    bundle_tree,
-    decode_call,
-    decode_value,
-    encode_call,
-    encode_value,
-    function_ref,
-    job_module_name,
-    load_function,
-    load_job_module,
-    remember_sources,
-)
+from p2pcluster._bundles import CodeBundle, bundle_file, bundle_tree, job_module_name
+from p2pcluster._codecache import CodeCache
 from p2pcluster._errors import (
     DecodeError,
     MessageTooLarge,
@@ -46,6 +32,9 @@ from p2pcluster._errors import (
     SubmitError,
     UnsendableResult,
 )
+from p2pcluster._loader import load_function, load_job_module, remember_sources
+from p2pcluster._refs import FunctionRef, function_ref
+from p2pcluster._values import decode_call, decode_value, encode_call, encode_value
 
 # --------------------------------------------------------------------------- bundles
 

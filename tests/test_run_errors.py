@@ -174,7 +174,7 @@ def test_an_unsendable_result_names_the_class_and_the_job_file(tmp_path: Path) -
                              "(for an object of your own, its fields, such as vars(value)), "
                              "and rebuild the object where you use it.")
     assert len(lines) == 2  # no traceback: no line of the task is at fault
-    for wrong in ("SubmitError", "p2pjob_", "Traceback", "_code.py", "_worker.py"):
+    for wrong in ("SubmitError", "p2pjob_", "Traceback", "_values.py", "_worker_main.py"):
         assert wrong not in done.stderr, wrong
 
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from p2pcluster import P2PClusterError, PoisonTaskError, TaskError, TaskTimeoutError
-from p2pcluster._jobs import original_class, unpack
+from p2pcluster._errors import original_class
+from p2pcluster._jobs import unpack
 from p2pcluster._proto.messages import TaskStatus
-from p2pcluster._worker import encode_error
+from p2pcluster._values import encode_error
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "job.py", line 3, in f\nValueError: boom\n'
 
@@ -64,7 +65,7 @@ def test_classes_that_need_more_than_a_message_stay_plain(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["SystemExit", "KeyboardInterrupt", "GeneratorExit",
                                   "StopIteration", "StopAsyncIteration",
-                                  "p2pcluster._jobs.TaskError", "NoSuchBuiltin"])
+                                  "p2pcluster._errors.TaskError", "NoSuchBuiltin"])
 def test_never_mixed_in(name: str) -> None:
     assert type(failed(name)) is TaskError
     assert original_class(name) is None

@@ -150,7 +150,7 @@ class Submit:
     """A new job, numbered ``job`` by the client (unique on its connection), of ``tasks``
     tasks: ``values`` are the arguments of the first of them (of all, for a small job), and
     the rest follow in :class:`Args`. ``bundles`` are code bundles the function
-    needs (canonical CBOR, see :class:`~p2pcluster._code.CodeBundle`) that this connection
+    needs (canonical CBOR, see :class:`~p2pcluster._bundles.CodeBundle`) that this connection
     has not sent before: the daemon keeps each for the connection's life. ``timeout``
     is per task in seconds; ``chunksize`` 0 lets the peers choose; ``label`` names the job in
     logs (the job file, or the script)."""

@@ -1,12 +1,14 @@
 """What a worker process runs: one batch of calls to one function, results as CBOR.
 
 This module is the main module of the worker processes (:func:`serve`), so it stays light:
-no trio, no network layer, only :mod:`p2pcluster._code` and cbor2. A worker respawned after
-a crash pays for little more than the interpreter.
+no trio, no network layer, only the code modules (:mod:`._refs`, :mod:`._loader`,
+:mod:`._values`) and cbor2. A worker respawned after a crash pays for little more than the
+interpreter.
 
-Every outcome is ``(status, payload)``: ``OK`` with the encoded result, or ``ERROR`` with the
-CBOR map ``{"type", "message", "traceback"}``. Nothing a task does is allowed to escape as an
-exception, not even ``SystemExit``: the worker must live on to answer the next batch.
+Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.TaskStatus`:
+``OK`` with the encoded result, or ``ERROR`` with the CBOR map ``{"type", "message",
+"traceback"}``. Nothing a task does is allowed to escape as an exception, not even
+``SystemExit``: the worker must live on to answer the next batch.
 """
 
 from __future__ import annotations
@@ -23,18 +25,13 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._code import FunctionRef, decode_call, encode_value, load_function, remember_sources
 from ._errors import UnsendableResult, too_large
+from ._loader import load_function, remember_sources
+from ._proto.messages import TaskStatus
+from ._refs import FunctionRef
+from ._values import decode_call, encode_error, encode_value
 
-__all__ = ["ERROR", "OK", "encode_error", "run_batch", "serve", "warm_up"]
-
-OK = 0
-ERROR = 1
-
-
-def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
-    """The payload of an ``ERROR`` (and of the pool's ``POISON`` and ``TIMEOUT``)."""
-    return encode_value({"type": type_name, "message": message, "traceback": tb})
+__all__ = ["run_batch", "serve", "warm_up"]
 
 
 def run_batch(
@@ -52,7 +49,7 @@ def run_batch(
     try:
         fn = load_function(FunctionRef.from_wire(ref_wire), cache_root)
     except BaseException as exc:
-        failed = (ERROR, _load_error(ref_wire, exc))
+        failed = (TaskStatus.ERROR, _load_error(ref_wire, exc))
         return [failed] * len(payloads), time.perf_counter() - start
     outcomes = [_limited(_call(fn, payload), fn, max_result, limit_where)
                 for payload in payloads]
@@ -65,7 +62,7 @@ def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int, whe
         return outcome
     name = getattr(fn, "__qualname__", "the task")
     message = too_large(f"the result of {name}", len(outcome[1]), limit, where)
-    return ERROR, encode_error("ValueTooLarge", message)
+    return TaskStatus.ERROR, encode_error("ValueTooLarge", message)
 
 
 def warm_up() -> None:
@@ -76,11 +73,11 @@ def _call(fn: Callable[..., Any], payload: bytes) -> tuple[int, bytes]:
     try:
         args, kwargs = decode_call(payload)
         result = _check_sync(fn, fn(*args, **kwargs))
-        return OK, encode_value(result, what=f"the result of {_name(fn)}")
+        return TaskStatus.OK, encode_value(result, what=f"the result of {_name(fn)}")
     except UnsendableResult as exc:  # no traceback: no line of the task is at fault
-        return ERROR, encode_error(UNSENDABLE, _message(exc))
+        return TaskStatus.ERROR, encode_error(UNSENDABLE, _message(exc))
     except BaseException as exc:
-        return ERROR, _exception_payload(exc)
+        return TaskStatus.ERROR, _exception_payload(exc)
 
 
 #: The type name of an :class:`UnsendableResult`, as the submitter resolves it.

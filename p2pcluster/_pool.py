@@ -1,6 +1,6 @@
 """The worker pool of a peer: task batches run in worker processes, with crashes contained.
 
-Each worker is a process of its own (``python -m p2pcluster._worker``) that reads batch
+Each worker is a process of its own (``python -m p2pcluster._worker_main``) that reads batch
 requests from a pipe and writes the answers to another, in order. The peer may queue a second
 request behind the running one (the peer runs two calls per worker when it has plenty of
 work): a worker that finishes a batch starts the next at once, without waiting for the peer's
@@ -12,17 +12,17 @@ milliseconds on a busy virtual machine).
   tiny tasks cost microseconds, not a pipe round trip each.
 - **Poison tasks.** When a worker dies in a batch, the batch is re-run one task at a time to
   find the culprit; the others complete normally. A task that has killed
-  :data:`MAX_CRASHES` workers on its own is ``POISON`` and is not run again. The crash of
-  the whole batch is attributed to no one, so every task gets :data:`MAX_CRASHES` tries alone.
-  Tasks of the batch that ran before the crash run again: execution is at least once. A call
-  queued behind the one that crashed did not run: it is sent again to a live worker, without
-  counting a crash.
+  :data:`MAX_CRASHES` workers on its own is ``TaskStatus.POISON`` and is not run again. The
+  crash of the whole batch is attributed to no one, so every task gets :data:`MAX_CRASHES`
+  tries alone. Tasks of the batch that ran before the crash run again: execution is at least
+  once. A call queued behind the one that crashed did not run: it is sent again to a live
+  worker, without counting a crash.
 - **Timeouts.** With ``timeout``, each task runs alone, on a started worker with nothing else
   queued (a batch cannot be timed per task), and its worker is killed when time is up: the
-  outcome is ``TIMEOUT``. Killing, rather than interrupting the task inside a worker that lives
-  on, is the only way to stop C code and to be sure no half-updated state survives; the price
-  is a process start-up (0.2 to 1 s) for that worker, which happens before the next timed
-  task's clock starts.
+  outcome is ``TaskStatus.TIMEOUT``. Killing, rather than interrupting the task inside a
+  worker that lives on, is the only way to stop C code and to be sure no half-updated state
+  survives; the price is a process start-up (0.2 to 1 s) for that worker, which happens
+  before the next timed task's clock starts.
 - **Cancellation.** A request cannot be taken back from a pipe: cancelling a call kills its
   worker (the other call queued on it is sent again elsewhere) and a new one starts.
 
@@ -57,17 +57,16 @@ from typing import Any, NamedTuple
 
 import trio
 
-from ._code import FunctionRef
 from ._fastwrite import write_all
-from ._worker import ERROR, OK, encode_error
+from ._proto.messages import TaskStatus
+from ._refs import FunctionRef
+from ._values import encode_error
 
-__all__ = [
-    "ERROR", "OK", "POISON", "TIMEOUT", "MAX_CRASHES",
-    "BatchResult", "Outcome", "WorkerPool", "WorkerPoolStatistics", "open_worker_pool",
-]
+__all__ = ["MAX_CRASHES", "WORKER_MAIN", "BatchResult", "Outcome", "WorkerPool",
+           "WorkerPoolStatistics", "open_worker_pool"]
 
-POISON = 2
-TIMEOUT = 3
+#: The main module of a worker process.
+WORKER_MAIN = "p2pcluster._worker_main"
 #: A task that kills this many workers, run alone, is not run again.
 MAX_CRASHES = 3
 #: Seconds the pool's exit waits for workers to finish before it kills them.
@@ -79,7 +78,7 @@ _LENGTH = struct.Struct(">I")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: ``status`` is OK, ERROR, POISON or TIMEOUT; ``payload`` is CBOR."""
+    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload."""
 
     status: int
     payload: bytes
@@ -194,11 +193,11 @@ class WorkerPool:
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
     ) -> BatchResult:
-        """Run ``ref`` once per payload (each from :func:`~._code.encode_call`), in order.
+        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
-        limit of ``limit_where``) fails its task instead (:func:`~._worker.run_batch`).
+        limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
         """
         self._batches += 1
         self._tasks += len(payloads)
@@ -227,14 +226,14 @@ class WorkerPool:
             if answer is None:
                 assert timeout is not None
                 self._timeouts += 1
-                return Outcome(TIMEOUT, encode_error(
+                return Outcome(TaskStatus.TIMEOUT, encode_error(
                     "TimeoutError", f"the task exceeded its timeout of {timeout:g} s")), timeout
             (outcome,), seconds = answer
             return outcome, seconds
         self._poisoned += 1
         message = (f"the task crashed its worker process {MAX_CRASHES} times (last: {last}); "
                    "not retried again")
-        return Outcome(POISON, encode_error("PoisonTask", message)), 0.0
+        return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
     async def _call(self, target: _Target, payloads: Sequence[bytes], *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
@@ -292,7 +291,7 @@ class WorkerPool:
         parent_read, child_write = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "p2pcluster._worker", str(child_read), str(child_write)],
+                [sys.executable, "-m", WORKER_MAIN, str(child_read), str(child_write)],
                 pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL,
                 start_new_session=True)
         finally:

@@ -17,26 +17,18 @@ from typing import Any
 import pytest
 import trio
 
-from p2pcluster._code import (
-    CodeCache,
-    FunctionRef,
-    bundle_file,
-    bundle_tree,
-    decode_value,
-    encode_call,
-    function_ref,
-    job_module_name,
-)
-from p2pcluster._workers import (
-    ERROR,
+from p2pcluster._bundles import bundle_file, bundle_tree, job_module_name
+from p2pcluster._codecache import CodeCache
+from p2pcluster._pool import (
     MAX_CRASHES,
-    OK,
-    POISON,
-    TIMEOUT,
+    WORKER_MAIN,
     Outcome,
     WorkerPool,
     open_worker_pool,
 )
+from p2pcluster._proto.messages import TaskStatus
+from p2pcluster._refs import FunctionRef, function_ref
+from p2pcluster._values import decode_value, encode_call
 
 from . import workjobs
 
@@ -48,11 +40,11 @@ def call(*args: Any, **kwargs: Any) -> bytes:
 
 
 def value(outcome: Outcome) -> Any:
-    assert outcome.status == OK, decode_value(outcome.payload)
+    assert outcome.status == TaskStatus.OK, decode_value(outcome.payload)
     return decode_value(outcome.payload)
 
 
-def error(outcome: Outcome, status: int = ERROR) -> dict[str, str]:
+def error(outcome: Outcome, status: int = TaskStatus.ERROR) -> dict[str, str]:
     assert outcome.status == status, outcome
     err: dict[str, str] = decode_value(outcome.payload)
     assert set(err) == {"type", "message", "traceback"}
@@ -146,9 +138,10 @@ async def test_a_crashing_task_is_poisoned_and_the_others_complete(tmp_path: Pat
     async with open_worker_pool(2, tmp_path) as pool:
         with trio.fail_after(WAIT):
             result = await pool.run(ref, [call(i, 3) for i in range(6)])
-        assert [o.status for o in result.outcomes] == [OK, OK, OK, POISON, OK, OK]
+        ok, poison = TaskStatus.OK, TaskStatus.POISON
+        assert [o.status for o in result.outcomes] == [ok, ok, ok, poison, ok, ok]
         assert [value(o) for i, o in enumerate(result.outcomes) if i != 3] == [0, 1, 2, 4, 5]
-        err = error(result.outcomes[3], POISON)
+        err = error(result.outcomes[3], TaskStatus.POISON)
         assert err["type"] == "PoisonTask" and err["traceback"] == ""
         assert f"crashed its worker process {MAX_CRASHES} times" in err["message"]
         assert "exit code 1" in err["message"]
@@ -165,8 +158,8 @@ async def test_a_segfault_is_reported_by_signal(tmp_path: Path) -> None:
         with trio.fail_after(WAIT):
             result = await pool.run(function_ref(workjobs.segfault), [call()])
             killed = await pool.run(function_ref(workjobs.kill_self), [call()])
-        assert "killed by SIGSEGV" in error(result.outcomes[0], POISON)["message"]
-        assert "killed by SIGKILL" in error(killed.outcomes[0], POISON)["message"]
+        assert "killed by SIGSEGV" in error(result.outcomes[0], TaskStatus.POISON)["message"]
+        assert "killed by SIGKILL" in error(killed.outcomes[0], TaskStatus.POISON)["message"]
         assert pool.statistics().crashes == 2 * MAX_CRASHES
 
 
@@ -182,7 +175,7 @@ async def test_a_timeout_kills_the_worker(tmp_path: Path) -> None:
                                   timeout=0.5)
         elapsed = time.monotonic() - start
         assert value(quick.outcomes[0]) == 3
-        err = error(slow.outcomes[0], TIMEOUT)
+        err = error(slow.outcomes[0], TaskStatus.TIMEOUT)
         assert err["type"] == "TimeoutError"
         assert err["message"] == "the task exceeded its timeout of 0.5 s"
         assert 0.5 <= elapsed < 2.0
@@ -261,8 +254,9 @@ async def test_includes_and_job_files_run_in_workers(tmp_path: Path) -> None:
 CTRL_C_SCRIPT = """
 import sys, trio
 from pathlib import Path
-from p2pcluster._code import encode_call, function_ref
-from p2pcluster._workers import open_worker_pool
+from p2pcluster._refs import function_ref
+from p2pcluster._values import encode_call
+from p2pcluster._pool import open_worker_pool
 from tests.io import workjobs
 
 async def main():
@@ -328,3 +322,15 @@ async def test_a_pool_of_no_workers_opens_and_closes(tmp_path: Path) -> None:
     """A peer that only submits (workers=0) has an empty pool."""
     async with open_worker_pool(0, tmp_path) as pool:
         assert pool.statistics().slots == 0
+
+
+def test_the_worker_main_module_stays_light() -> None:
+    """A worker imports neither trio nor the network layer: a respawned worker costs little
+    more than the interpreter."""
+    code = (f"import sys, {WORKER_MAIN}; print(sorted(m for m in sys.modules if "
+            "m.split('.')[0] in ('trio', 'zeroconf', 'cryptography') or "
+            "m in ('p2pcluster._pool', 'p2pcluster._peer', 'p2pcluster._secure', "
+            "'p2pcluster._proto.codec')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
