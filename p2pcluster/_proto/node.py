@@ -40,7 +40,16 @@ from . import codec, probe, sync
 from .awareness import Awareness
 from .broadcast import BroadcastQueue, retransmit_limit
 from .envelope import DATAGRAM_OVERHEAD
-from .membership import Change, Entry, Member, MemberEvent, MemberStatus, MemberTable
+from .membership import (
+    Change,
+    Entry,
+    Member,
+    MemberEvent,
+    MemberStatus,
+    MemberTable,
+    Refutation,
+    news,
+)
 from .messages import (
     Ack,
     Alive,
@@ -57,7 +66,6 @@ from .messages import (
 )
 from .outputs import Address, Output, SendDatagram
 from .probe import Probe, ProbeOrder, Relay
-from .suspicion import Suspicion, suspicion_bounds
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -68,7 +76,6 @@ ALIVE, SUSPECT, DEAD, LEFT = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberSt
                               MemberStatus.LEFT)
 _STATUS_OF = {Alive: ALIVE, Suspect: SUSPECT, Dead: DEAD, Left: LEFT}
 FIRST_ROUND_SHARE = 0.75  # of an update's retransmit budget spent in its first gossip round
-CORRECTION_AGE = 2  # gossip rounds after which a refutation's wave is over
 LEAVE_FANOUT = 64  # members told directly of a graceful leave
 MAX_META = 512  # bytes of member metadata (memberlist's limit; see messages.Meta)
 
@@ -177,8 +184,7 @@ class MembershipMachine:
         if self._left:
             return
         self._left = True
-        self.table.set_own_status(LEFT, now)
-        left = Left(self.me.node, self.me.incarnation)
+        left = self.table.leave(now)
         self.broadcasts.add(left)
         live = [e for e in self.table if e is not self.me and e.status in (ALIVE, SUSPECT)]
         for entry in self.rng.sample(live, min(len(live), LEAVE_FANOUT)):
@@ -193,9 +199,7 @@ class MembershipMachine:
         """Publish new metadata (a new incarnation); ``ValueError`` above 512 bytes."""
         if len(meta) > MAX_META:
             raise ValueError(f"metadata is {len(meta)} bytes; the limit is {MAX_META}")
-        self.me.meta = meta
-        self.me.incarnation += 1
-        self.broadcasts.add(self.me.as_update())
+        self.broadcasts.add(self.table.publish_meta(meta))
 
     # --- the Machine protocol -------------------------------------------------------------
 
@@ -265,17 +269,14 @@ class MembershipMachine:
     # --- updates and suspicion ------------------------------------------------------------
 
     def _apply(self, now: float, update: Update, src: Address | None = None) -> None:
-        """Apply news from ``src`` (None: our own conclusion)."""
+        """Apply news from ``src`` (None: our own conclusion), through :mod:`.membership`."""
         if update.node == self.me.node:
             self._about_me(update, src)
             return
-        if src is not None and isinstance(update, Suspect):
-            held = self.table.get(update.node)
-            if held is not None and held.status == ALIVE and held.incarnation > update.incarnation:
-                # While the refutation is still spreading, the sender will hear it anyway;
-                # only a sender that missed the whole wave needs telling.
-                if now - held.updated >= CORRECTION_AGE * self.config.gossip_interval:
-                    self._correct(src, held.as_update())
+        if src is not None:
+            newer = self.table.missed_refutation(update, now, self.config.gossip_interval)
+            if newer is not None:
+                self._correct(src, newer)
                 return
         for change in self.table.apply(update, now):
             self._on_change(now, change, update)
@@ -290,33 +291,21 @@ class MembershipMachine:
     def _on_change(self, now: float, change: Change, update: Update) -> None:
         entry = change.entry
         if change.confirmation:
-            if (isinstance(update, Suspect) and update.by != sync.RELAYED and entry.suspicion
-                    and entry.suspicion.confirm(update.by)):
+            if self.table.confirm(entry, update):
                 self._count("confirmations")
                 self._watch(entry)
                 self.broadcasts.add(update)
             return
         if entry.status == SUSPECT:
-            self._suspect(now, entry, update.by if isinstance(update, Suspect) else self.me.node)
-        elif entry.status == ALIVE and change.previous in (None, DEAD, LEFT):
+            self.table.start_suspicion(entry, update, now, self.config)
+            self._watch(entry)
+        elif change.revived:
             self.order.add(entry.node)
-        if entry.node == update.node and entry.status == _STATUS_OF[type(update)]:
-            self.broadcasts.add(update)
-        elif entry.status == DEAD:  # a predecessor at the same address, declared dead by us
-            self.broadcasts.add(Dead(entry.node, entry.incarnation, self.me.node))
+        gossip = news(change, update, self.me.node)
+        if gossip is not None:
+            self.broadcasts.add(gossip)
         if change.event is not None:
             self._events.append(MemberEvent(change.event, entry.snapshot(), now))
-
-    def _suspect(self, now: float, entry: Entry, by: bytes) -> None:
-        n = self.table.live_count
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
-            k = 0
-        low, high = suspicion_bounds(self.config.suspicion_mult,
-                                     self.config.suspicion_max_timeout_mult, n,
-                                     self.config.probe_interval)
-        entry.suspicion = Suspicion(now, by, k=k, minimum=low, maximum=high)
-        self._watch(entry)
 
     def _watch(self, entry: Entry) -> None:
         assert entry.suspicion is not None
@@ -328,29 +317,21 @@ class MembershipMachine:
         heap = self._suspicions
         while heap and heap[0][0] <= now:
             _, _, node, incarnation = heapq.heappop(heap)
-            entry = self.table.get(node)
-            if (entry is None or entry.status != SUSPECT or entry.incarnation != incarnation
-                    or entry.suspicion is None or entry.suspicion.deadline() > now):
-                continue  # refuted, superseded, or a stale heap entry
-            self._count("deaths_declared")
-            self._apply(now, Dead(node, incarnation, self.me.node))
+            dead = self.table.expire(node, incarnation, now)
+            if dead is not None:
+                self._count("deaths_declared")
+                self._apply(now, dead)
 
     def _about_me(self, update: Update, src: Address | None) -> None:
-        """Refutation: only we raise our incarnation, above anything said about us."""
-        me = self.me
-        if isinstance(update, Alive):
-            return
-        if self._left:
-            self.broadcasts.add(Left(me.node, me.incarnation))
-            return
-        if isinstance(update, Suspect) and update.incarnation < me.incarnation:
-            if src is not None:  # refuted already, but the sender has not heard
-                self._correct(src, me.as_update())
-            return
-        me.incarnation = max(me.incarnation, update.incarnation) + 1
-        self.broadcasts.add(me.as_update())
-        self.awareness.apply(1)
-        self._count("refutations")
+        """An update about ourselves: refute it, or answer it (:meth:`MemberTable.refute`)."""
+        outcome = self.table.refute(update)
+        if outcome is Refutation.CORRECT and src is not None:
+            self._correct(src, self.me.as_update())
+        elif outcome in (Refutation.REPEAT_LEFT, Refutation.REFUTED):
+            self.broadcasts.add(self.me.as_update())
+        if outcome is Refutation.REFUTED:
+            self.awareness.apply(1)
+            self._count("refutations")
 
     # --- dissemination --------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 from .membership import MemberStatus
-from .messages import Alive, Left, MemberState, PushPull, Suspect
+from .messages import MemberState, PushPull
 from .outputs import Address, StreamRequest
 
 if TYPE_CHECKING:
@@ -27,9 +27,6 @@ __all__ = ["merge", "periodic_push_pull", "push_pull", "push_pull_interval", "re
 ALIVE, SUSPECT, DEAD, LEFT = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD,
                               MemberStatus.LEFT)
 SEED_RETRY = 2.0  # seconds between join attempts while we know nobody
-#: The "by" of a suspicion learned from a table: we do not know who suspected, and a relayed
-#: suspicion is not independent evidence, so it never counts as a Lifeguard confirmation.
-RELAYED = b""
 
 def push_pull_interval(m: MembershipMachine) -> float:
     """memberlist's pushPullScale: longer above 32 members, to bound the load."""
@@ -66,23 +63,7 @@ def retry_seeds(m: MembershipMachine, now: float) -> None:
 
 def merge(m: MembershipMachine, now: float, members: tuple[MemberState, ...], sender: bytes,
            src: Address) -> None:
-    """Apply ``sender``'s table. A member it holds dead is only suspected here (memberlist),
-    and a suspicion learned this way is marked :data:`RELAYED`."""
-    table = m.table
+    """Apply ``sender``'s table, by :meth:`~.membership.MemberTable.merge`'s rule."""
     for state in members:
-        held = table.get(state.node)
-        if (held is not None and held.incarnation == state.incarnation
-                and held.status == state.status == ALIVE):
-            continue  # the common case: nothing new
-        if held is None and table.learn_tombstone(state, now):
-            continue
-        alive = Alive(state.node, state.incarnation, state.name, state.host, state.port,
-                      state.meta)
-        if state.status == ALIVE:
-            m._apply(now, alive, src)
-        elif state.status in (SUSPECT, DEAD):
-            if state.status == SUSPECT and m.table.get(state.node) is None:
-                m._apply(now, alive, src)  # still a member: learn its address
-            m._apply(now, Suspect(state.node, state.incarnation, RELAYED), src)
-        elif state.status == LEFT:
-            m._apply(now, Left(state.node, state.incarnation), src)
+        for update in m.table.merge(state, now):
+            m._apply(now, update, src)
