@@ -2,7 +2,7 @@
 
 One UDP socket carries probes and gossip; push-pull exchanges and fallback probes go over
 handshaken TCP streams on the same port number. Every message is sealed by :class:`SecureWire`.
-The machine (:mod:`._proto.node`) decides everything; this module only moves bytes, keeps time
+The machine (:mod:`._proto.swim`) decides everything; this module only moves bytes, keeps time
 with ``trio.current_time()`` (so tests can use ``MockClock``) and hands events to subscribers.
 """
 
@@ -25,8 +25,8 @@ from ._netutil import choose_interface, is_specific
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.messages import Message, Ping, PushPull
-from ._proto.node import MachineStatistics, MembershipMachine
 from ._proto.outputs import SendDatagram, StreamRequest
+from ._proto.swim import MachineStatistics, MembershipMachine
 from ._secure import SecureDatagramChannel, SecureStream, SecureWire
 from ._transport import Address, StreamListener, Transport
 from ._trio_transport import TrioTransport

@@ -7,7 +7,7 @@ list, while the expected time stays about 1.6 protocol periods whatever the clus
 A probe is direct until ``probe_timeout``, then indirect (ping-req through
 ``indirect_checks`` helpers, plus one ping over a stream) until the end of the period; an ack
 at any time before that counts. The functions below operate on a
-:class:`~.node.MembershipMachine`, whose state they share.
+:class:`~.swim.MembershipMachine`, whose state they share.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .messages import Ack, Nack, Ping, PingReq, Suspect
 from .outputs import Address, StreamRequest
 
 if TYPE_CHECKING:
-    from .node import MembershipMachine
+    from .swim import MembershipMachine
 
 __all__ = ["Probe", "ProbeOrder", "Relay"]
 

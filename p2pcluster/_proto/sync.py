@@ -6,7 +6,7 @@ whole table is exchanged with one random member over a stream, and every
 each other. A member a remote table holds dead is only *suspected* here, giving it the chance
 to refute; such relayed suspicions never count as independent confirmations. Dead and left
 members we never knew are learned as tombstones. The functions below
-operate on a :class:`~.node.MembershipMachine`, whose state they share.
+operate on a :class:`~.swim.MembershipMachine`, whose state they share.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .messages import MemberState, PushPull
 from .outputs import Address, StreamRequest
 
 if TYPE_CHECKING:
-    from .node import MembershipMachine
+    from .swim import MembershipMachine
 
 __all__ = ["merge", "periodic_push_pull", "push_pull", "push_pull_interval", "reconnect",
            "retry_seeds"]

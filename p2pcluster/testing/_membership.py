@@ -14,8 +14,8 @@ from .._config import Config
 from .._proto.broadcast import BroadcastQueue
 from .._proto.membership import MemberStatus
 from .._proto.messages import MemberState
-from .._proto.node import MembershipMachine
 from .._proto.outputs import Address
+from .._proto.swim import MembershipMachine
 from .._proto.sync import merge, push_pull_interval
 from ._network import LinkConditions
 from ._sim import Simulation

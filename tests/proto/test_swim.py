@@ -22,8 +22,8 @@ from p2pcluster._proto.messages import (
     PushPull,
     Suspect,
 )
-from p2pcluster._proto.node import MembershipMachine
 from p2pcluster._proto.outputs import SendDatagram, StreamRequest
+from p2pcluster._proto.swim import MembershipMachine
 
 CONFIG = Config.lan()
 A, S, D, L = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
