@@ -85,9 +85,9 @@ Restarts and ghosts
     it is recorded dead, as a tombstone, with no event.
 
 Tombstones
-    Dead and left members stay in the table for ``dead_retention`` seconds, so stale gossip
-    about them cannot bring them back (an Alive must exceed their incarnation). A newcomer
-    learns the cluster's tombstones from push-pull tables, so every table agrees.
+    Dead and left members stay in the table for ``dead_retention`` seconds, then are purged,
+    so stale gossip cannot bring them back (an Alive must exceed their incarnation). A
+    newcomer learns the cluster's tombstones from push-pull tables, so every table agrees.
 
 Push-pull merge
     A remote table's record becomes updates here (:data:`MERGE`). A member the remote holds
@@ -96,13 +96,12 @@ Push-pull merge
     ============== ======================== ============================================
     remote holds   we hold the member       we do not know it
     ============== ======================== ============================================
-    alive(i)       Alive(i) [3]_            Alive(i): it joins
+    alive(i)       Alive(i), unless alive   Alive(i): it joins
+                   at i here already
     suspect(i)     Suspect(i, relayed)      Alive(i), then Suspect(i, relayed)
     dead(i)        Suspect(i, relayed)      learned as a tombstone
     left(i)        Left(i)                  learned as a tombstone
     ============== ======================== ============================================
-
-    .. [3] Skipped when we hold it alive at the same incarnation: the common case.
 """
 
 from __future__ import annotations
@@ -369,7 +368,7 @@ class MemberTable(Roster):
         self._set_status(self.me, LEFT, now)
         return Left(self.me.node, self.me.incarnation)
 
-    # --- push-pull ------------------------------------------------------------------------
+    # --- push-pull and tombstones ---------------------------------------------------------
 
     def merge(self, state: MemberState, now: float) -> tuple[Update, ...]:
         """The updates that a remote table's record means here, in order, by :data:`MERGE`;
@@ -391,3 +390,10 @@ class MemberTable(Roster):
         self._add(entry)
         self._hold_address(entry, replace=False)
         return True
+
+    def purge(self, now: float, retention: float) -> list[Entry]:
+        """Forget the dead and left members held for ``retention`` seconds; return them."""
+        gone = [e for e in self if e.status in (DEAD, LEFT) and now - e.since >= retention]
+        for entry in gone:
+            self._remove(entry)
+        return gone

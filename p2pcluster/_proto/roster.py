@@ -131,21 +131,17 @@ class Roster:
                                 e.meta)).encode())
         return digest.hexdigest()
 
-    def purge(self, now: float, retention: float) -> list[Entry]:
-        """Forget dead and left members older than ``retention``; return them."""
-        gone = [e for e in self._entries.values()
-                if e.status in (DEAD, LEFT) and now - e.since >= retention]
-        for entry in gone:
-            del self._entries[entry.node]
-            self._release_address(entry)
-        return gone
-
     # --- storage, for MemberTable's transitions -------------------------------------------
 
     def _add(self, entry: Entry) -> None:
         """Store a member we did not know (its address is claimed separately)."""
         self._entries[entry.node] = entry
         self._track(entry, live=entry.status in (ALIVE, SUSPECT))
+
+    def _remove(self, entry: Entry) -> None:
+        """Forget a member that is neither alive nor suspect."""
+        del self._entries[entry.node]
+        self._release_address(entry)
 
     def _holder(self, address: tuple[str, int]) -> bytes | None:
         return self._by_address.get(address)
