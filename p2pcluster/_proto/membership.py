@@ -10,7 +10,7 @@ peer is a *new* member even when it keeps its name and address. A member's recor
 raises its incarnation: to refute a suspicion, or to announce new metadata.
 
 This module decides every change of a record; the machine only carries the consequences
-out: it gossips, arms timers, sends, and reports events. The transitions, in order of a life:
+out: it gossips, arms timers, sends, and reports events. The transitions:
 
 Precedence
     News about a member arrives as an update (Alive, Suspect, Dead, Left), piggybacked on
@@ -50,16 +50,16 @@ Events
     ====================================================== =======
 
 Suspicion (Lifeguard)
-    ============ ===================================================== ======================
-    step         when                                                  then
-    ============ ===================================================== ======================
-    start        a Suspect makes a member suspect                      timeout Max (see
-                                                                       :mod:`.suspicion`)
-    confirmation a Suspect at a suspect's incarnation, from a peer not the timeout shrinks;
-                 counted yet, and not :data:`RELAYED` (from a table)   the Suspect is gossiped
-    expiry       the deadline passes, still suspect at that incarnation  Dead, signed by us
-    refutation   an Alive at a higher incarnation                      alive, suspicion gone
-    ============ ===================================================== ======================
+    ============ ============================================ ===========================
+    step         when                                         then
+    ============ ============================================ ===========================
+    start        a Suspect makes a member suspect             the timeout starts at Max
+    confirmation a Suspect at the suspect's incarnation, from the timeout shrinks toward
+                 a peer not counted yet, not :data:`RELAYED`  Min; gossip the Suspect
+    expiry       the deadline passes, the member still        we declare it Dead
+                 suspect at the same incarnation
+    refutation   an Alive at a higher incarnation             alive; the suspicion ends
+    ============ ============================================ ===========================
 
 Refutation (updates about ourselves)
     ===================== =============== ==================================================
@@ -85,9 +85,9 @@ Restarts and ghosts
     it is recorded dead, as a tombstone, with no event.
 
 Tombstones
-    Dead and left members stay in the table for ``dead_retention`` seconds, then are purged,
-    so stale gossip cannot bring them back (an Alive must exceed their incarnation). A
-    newcomer learns the cluster's tombstones from push-pull tables, so every table agrees.
+    Dead and left members stay in the table for ``dead_retention`` seconds before they are
+    purged, so stale gossip cannot bring them back (an Alive must exceed their incarnation).
+    A newcomer learns the cluster's tombstones from push-pull tables, so every table agrees.
 
 Push-pull merge
     A remote table's record becomes updates here (:data:`MERGE`). A member the remote holds
@@ -318,8 +318,8 @@ class MemberTable(Roster):
         return entry.suspicion
 
     def confirm(self, entry: Entry, update: Update) -> bool:
-        """A confirmation :class:`Change`: True if ``update`` is new, independent evidence
-        (it then shortened the suspicion). Relayed suspicions never are."""
+        """For a confirmation :class:`Change`: True if ``update`` is new, independent
+        evidence, which has then shortened the suspicion. A relayed suspicion never is."""
         return (isinstance(update, Suspect) and update.by != RELAYED
                 and entry.suspicion is not None and entry.suspicion.confirm(update.by))
 
