@@ -121,9 +121,10 @@ class MembershipMachine:
         self._counters = dict.fromkeys((f.name for f in fields(MachineStatistics)), 0)
         self._suspicions = SuspicionTimers(self._next_seq)
         self._next_gossip = now
-        ctx = Context(config, rng, self.table, self._counters, self._next_seq, self._send,
-                      self._request, self._apply)
-        jitter = rng.random()
+        ctx = Context(config=config, rng=rng, table=self.table, counters=self._counters,
+                      next_seq=self._next_seq, send=self._send, request=self._request,
+                      apply=self._apply)
+        jitter = rng.random()  # the first draw: the phases of probing and of push-pull
         self.prober = Prober(ctx, self.awareness, first_probe=now + jitter * config.probe_interval)
         self.anti_entropy = AntiEntropy(ctx, now=now, jitter=jitter)
         self.broadcasts.add(self.me.as_update())
