@@ -4,7 +4,7 @@ One UDP socket carries probes and gossip; push-pull exchanges and fallback probe
 handshaken TCP streams on the same port number. Both belong to the peer's
 :class:`~._runner.Runner`, which routes the streams that start with ``PushPull`` or ``Ping``
 here; a :class:`~._runner.Driver` carries out the machine's outputs and ticks it at its
-deadlines. The machine (:mod:`._proto.node`) decides everything; this module moves bytes,
+deadlines. The machine (:mod:`._proto.swim`) decides everything; this module moves bytes,
 keeps time with ``trio.current_time()`` (so tests can use ``MockClock``) and hands events to
 subscribers.
 """
@@ -29,8 +29,8 @@ from ._netutil import advertise_host
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.messages import Message, Ping, PushPull
-from ._proto.node import MachineStatistics, MembershipMachine
 from ._proto.outputs import SendDatagram, StreamRequest
+from ._proto.swim import MachineStatistics, MembershipMachine
 from ._runner import Driver, Runner, open_runner
 from ._secure import SecureStream, WireStatistics
 from ._transport import Address, Transport

@@ -6,25 +6,25 @@ list, while the expected time stays about 1.6 protocol periods whatever the clus
 
 A probe is direct until ``probe_timeout``, then indirect (ping-req through
 ``indirect_checks`` helpers, plus one ping over a stream) until the end of the period; an ack
-at any time before that counts. The functions below operate on a
-:class:`~.node.MembershipMachine`, whose state they share.
+at any time before that counts. :class:`Prober` owns all of it, and acts through the
+machine's :class:`~.context.Context`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from random import Random
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
+from .awareness import Awareness
+from .context import Context
 from .membership import MemberStatus
 from .messages import Ack, Nack, Ping, PingReq, Suspect
-from .outputs import Address, StreamRequest
+from .outputs import Address
 
-if TYPE_CHECKING:
-    from .node import MembershipMachine
-
-__all__ = ["Probe", "ProbeOrder", "Relay"]
+__all__ = ["Probe", "ProbeOrder", "Prober", "Relay", "TcpProbe"]
 
 ALIVE, SUSPECT, DEAD = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD
 NACK_FRACTION = 0.8  # Lifeguard: a helper nacks at 80% of its timeout
@@ -93,91 +93,154 @@ class ProbeOrder:
             self._index = 0
         return None
 
-def eligible(m: MembershipMachine, node: bytes) -> bool:
-    entry = m.table.get(node)
-    return entry is not None and entry is not m.me and entry.status in (ALIVE, SUSPECT)
 
-def tick_probe(m: MembershipMachine, now: float) -> None:
-    probe = m._probe
-    if probe is not None and not probe.indirect and now >= probe.timeout_at:
-        go_indirect(m, probe)
-    if probe is not None and now >= probe.end_at:
-        probe_failed(m, now, probe)
-    if m._probe is None and now >= m._next_probe and not m._left:
-        start_probe(m, now)
+class TcpProbe(NamedTuple):
+    """A fallback probe over a stream, awaiting its reply."""
 
-def start_probe(m: MembershipMachine, now: float) -> None:
-    interval = m.awareness.scale(m.config.probe_interval)
-    m._next_probe = now + interval
-    node = m.order.next(lambda node: eligible(m, node))
-    if node is None:
-        return
-    target = m.table.get(node)
-    assert target is not None
-    m._seq += 1
-    timeout = m.awareness.scale(m.config.probe_timeout)
-    m._probe = Probe(node, (target.host, target.port), m._seq, now + timeout,
-                        now + interval)
-    buddy = target.as_update() if target.status == SUSPECT else None
-    m._send(target.host, target.port, Ping(m._seq, node), first=buddy)
-    m._count("probes")
+    address: Address
+    seq: int
 
-def go_indirect(m: MembershipMachine, probe: Probe) -> None:
-    probe.indirect = True
-    k = m.config.indirect_checks
-    # Sample a few spares: the target and suspect members cannot help.
-    candidates = m.table.sample_live(m.rng, k + 3)
-    chosen = [e for e in candidates if e.status == ALIVE and e.node != probe.target][:k]
-    host, port = probe.address
-    for helper in chosen:
-        m._send(helper.host, helper.port, PingReq(probe.seq, probe.target, host, port))
-    probe.expected_nacks = len(chosen)
-    m._counters["indirect_probes"] += len(chosen)
-    if m.config.tcp_fallback_probe:
-        token = m.new_request("tcp-probe", probe.address, probe.seq)
-        m._outputs.append(StreamRequest(probe.address, Ping(probe.seq, probe.target),
-                                           token))
-        m._count("tcp_probes")
 
-def on_ack(m: MembershipMachine, now: float, seq: int) -> None:
-    relay = m._relays.pop(seq, None)
-    if relay is not None:
-        m._send(*relay.requester, Ack(relay.seq))
-        m._count("acks_relayed")
-        return
-    if m._probe is not None and m._probe.seq == seq:
-        m._probe = None
-        m.awareness.apply(-1)
+class Prober:
+    """SWIM's failure detector at one peer: whom to probe next, the probe in flight, the
+    ping-reqs it serves for others, and when to probe next (stretched by local health)."""
 
-def probe_failed(m: MembershipMachine, now: float, probe: Probe) -> None:
-    m._probe = None
-    missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
-    m.awareness.apply(missing)
-    m._count("probes_failed")
-    target = m.table.get(probe.target)
-    if target is not None and target.status in (ALIVE, SUSPECT):
-        # Starts a suspicion, or confirms one that another member started.
-        m._count("suspicions")
-        m._apply(now, Suspect(target.node, target.incarnation, m.me.node))
+    def __init__(self, ctx: Context, awareness: Awareness, *, first_probe: float) -> None:
+        self._ctx = ctx
+        self._awareness = awareness
+        self._order = ProbeOrder(ctx.rng)
+        self._probe: Probe | None = None
+        self._relays: dict[int, Relay] = {}
+        self._streams: dict[int, TcpProbe] = {}
+        self._next_probe = first_probe
 
-def serve_ping_req(m: MembershipMachine, now: float, src: Address, msg: PingReq) -> None:
-    m._seq += 1
-    timeout = m.config.probe_timeout
-    m._relays[m._seq] = Relay(src, msg.seq, now + NACK_FRACTION * timeout,
-                                    now + m.config.probe_interval)
-    m._send(msg.host, msg.port, Ping(m._seq, msg.target))
+    @property
+    def probe(self) -> Probe | None:
+        """Our probe in flight, if any."""
+        return self._probe
 
-def tick_relays(m: MembershipMachine, now: float) -> None:
-    for seq, relay in list(m._relays.items()):
-        if not relay.nacked and now >= relay.nack_at:
-            relay.nacked = True
-            m._send(*relay.requester, Nack(relay.seq))
-            m._count("nacks_sent")
-        if now >= relay.expire_at:
-            del m._relays[seq]
+    def add(self, node: bytes) -> None:
+        """Probe ``node`` from now on: a member that joined or came back."""
+        self._order.add(node)
 
-def reply_ack(m: MembershipMachine, src: Address, seq: int) -> None:
-    # If the pinger is a member we hold suspect or dead, tell it first: it can refute.
-    entry = m.table.at_address(src)
-    first = entry.as_update() if entry is not None and entry.status in (SUSPECT, DEAD) else None
-    m._send(*src, Ack(seq), first=first)
+    def stop(self) -> None:
+        """We leave: forget the probe in flight and start no other (relays still run)."""
+        self._probe = None
+        self._next_probe = math.inf
+
+    def next_deadline(self) -> float:
+        probe = self._probe
+        if probe is None:
+            deadlines = [self._next_probe]
+        else:
+            deadlines = [probe.end_at if probe.indirect else probe.timeout_at]
+        deadlines += [r.expire_at if r.nacked else r.nack_at for r in self._relays.values()]
+        return min(deadlines)
+
+    def tick(self, now: float) -> None:
+        probe = self._probe
+        if probe is not None and not probe.indirect and now >= probe.timeout_at:
+            self._go_indirect(probe)
+        if probe is not None and now >= probe.end_at:
+            self._failed(now, probe)
+        if self._probe is None and now >= self._next_probe:
+            self._start(now)
+        self._tick_relays(now)
+
+    # --- our probes -----------------------------------------------------------------------
+
+    def _eligible(self, node: bytes) -> bool:
+        entry = self._ctx.table.get(node)
+        return (entry is not None and entry is not self._ctx.table.me
+                and entry.status in (ALIVE, SUSPECT))
+
+    def _start(self, now: float) -> None:
+        ctx = self._ctx
+        interval = self._awareness.scale(ctx.config.probe_interval)
+        self._next_probe = now + interval
+        node = self._order.next(self._eligible)
+        if node is None:
+            return
+        target = ctx.table.get(node)
+        assert target is not None
+        seq = ctx.next_seq()
+        timeout = self._awareness.scale(ctx.config.probe_timeout)
+        self._probe = Probe(node, (target.host, target.port), seq, now + timeout,
+                            now + interval)
+        buddy = target.as_update() if target.status == SUSPECT else None
+        ctx.send((target.host, target.port), Ping(seq, node), buddy)
+        ctx.counters["probes"] += 1
+
+    def _go_indirect(self, probe: Probe) -> None:
+        ctx = self._ctx
+        probe.indirect = True
+        k = ctx.config.indirect_checks
+        # Sample a few spares: the target and suspect members cannot help.
+        candidates = ctx.table.sample_live(ctx.rng, k + 3)
+        chosen = [e for e in candidates if e.status == ALIVE and e.node != probe.target][:k]
+        host, port = probe.address
+        for helper in chosen:
+            ctx.send((helper.host, helper.port), PingReq(probe.seq, probe.target, host, port))
+        probe.expected_nacks = len(chosen)
+        ctx.counters["indirect_probes"] += len(chosen)
+        if ctx.config.tcp_fallback_probe:
+            token = ctx.request(probe.address, Ping(probe.seq, probe.target))
+            self._streams[token] = TcpProbe(probe.address, probe.seq)
+            ctx.counters["tcp_probes"] += 1
+
+    def _failed(self, now: float, probe: Probe) -> None:
+        ctx = self._ctx
+        self._probe = None
+        missing = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
+        self._awareness.apply(missing)
+        ctx.counters["probes_failed"] += 1
+        target = ctx.table.get(probe.target)
+        if target is not None and target.status in (ALIVE, SUSPECT):
+            # Starts a suspicion, or confirms one that another member started.
+            ctx.counters["suspicions"] += 1
+            ctx.apply(now, Suspect(target.node, target.incarnation, ctx.table.me.node))
+
+    def on_ack(self, now: float, seq: int) -> None:
+        """An ack: relay it if it answers a ping-req we serve, else it may end our probe."""
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._ctx.send(relay.requester, Ack(relay.seq))
+            self._ctx.counters["acks_relayed"] += 1
+            return
+        if self._probe is not None and self._probe.seq == seq:
+            self._probe = None
+            self._awareness.apply(-1)
+
+    def on_nack(self, seq: int) -> None:
+        if self._probe is not None and self._probe.seq == seq:
+            self._probe.nacks += 1
+
+    def close_stream(self, token: int) -> TcpProbe | None:
+        """The fallback probe that stream request ``token`` carried; None if not ours."""
+        return self._streams.pop(token, None)
+
+    # --- serving others -------------------------------------------------------------------
+
+    def answer_ping(self, src: Address, seq: int) -> None:
+        """Ack a ping to us. If the pinger is a member we hold suspect or dead, tell it
+        first: it can refute."""
+        entry = self._ctx.table.at_address(src)
+        first = entry.as_update() if entry is not None and entry.status in (SUSPECT, DEAD) else None
+        self._ctx.send(src, Ack(seq), first)
+
+    def serve_ping_req(self, now: float, src: Address, msg: PingReq) -> None:
+        """Ping ``msg.target`` for ``src``; relay its ack, or nack at 80% of the timeout."""
+        ctx = self._ctx
+        seq = ctx.next_seq()
+        self._relays[seq] = Relay(src, msg.seq, now + NACK_FRACTION * ctx.config.probe_timeout,
+                                  now + ctx.config.probe_interval)
+        ctx.send((msg.host, msg.port), Ping(seq, msg.target))
+
+    def _tick_relays(self, now: float) -> None:
+        for seq, relay in list(self._relays.items()):
+            if not relay.nacked and now >= relay.nack_at:
+                relay.nacked = True
+                self._ctx.send(relay.requester, Nack(relay.seq))
+                self._ctx.counters["nacks_sent"] += 1
+            if now >= relay.expire_at:
+                del self._relays[seq]

@@ -9,14 +9,17 @@ memberlist's formula (Lifeguard, arXiv 1707.00788, section IV-B)::
     Max = suspicion_max_timeout_mult * Min
     K   = suspicion_mult - 2, or 0 when fewer than K + 2 peers could confirm
 
-With K = 0 the timeout is Min from the start.
+With K = 0 the timeout is Min from the start. When a suspicion starts, is confirmed or
+expires is decided in :mod:`.membership`; :class:`SuspicionTimers` only keeps the deadlines.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable, Iterator
 
-__all__ = ["Suspicion", "suspicion_bounds"]
+__all__ = ["Suspicion", "SuspicionTimers", "suspicion_bounds"]
 
 
 def suspicion_bounds(mult: int, max_mult: int, n: int, interval: float) -> tuple[float, float]:
@@ -61,3 +64,30 @@ class Suspicion:
 
     def deadline(self) -> float:
         return self.start + self.timeout()
+
+
+class SuspicionTimers:
+    """The deadlines of the suspicions we hold, earliest first.
+
+    A confirmation queues the shortened deadline again; the superseded entry stays until it
+    is due, so the caller checks each one it gets (``MemberTable.expire``). Ties are broken
+    by ``next_seq()``, drawn at each :meth:`watch`.
+    """
+
+    __slots__ = ("_heap", "_next_seq")
+
+    def __init__(self, next_seq: Callable[[], int]) -> None:
+        self._heap: list[tuple[float, int, bytes, int]] = []
+        self._next_seq = next_seq
+
+    def watch(self, deadline: float, node: bytes, incarnation: int) -> None:
+        heapq.heappush(self._heap, (deadline, self._next_seq(), node, incarnation))
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> Iterator[tuple[bytes, int]]:
+        """(node, incarnation) of each deadline at or before ``now``, removed as it goes."""
+        while self._heap and self._heap[0][0] <= now:
+            _, _, node, incarnation = heapq.heappop(self._heap)
+            yield node, incarnation

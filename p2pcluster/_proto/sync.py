@@ -1,88 +1,121 @@
-"""State sync: joining, push-pull anti-entropy, reconnecting to the dead, merging tables.
+"""Anti-entropy: joining, push-pull exchanges of whole tables, reconnecting to the dead.
 
 Every ``push_pull_interval`` (scaled up above 32 members, as memberlist's pushPullScale) the
 whole table is exchanged with one random member over a stream, and every
 ``reconnect_interval`` with one member believed dead, so the halves of a healed partition find
-each other. A member a remote table holds dead is only *suspected* here, giving it the chance
-to refute; such relayed suspicions never count as independent confirmations. Dead and left
-members we never knew are learned as tombstones. The functions below
-operate on a :class:`~.node.MembershipMachine`, whose state they share.
+each other. While we know nobody, the seeds we joined through are retried every
+:data:`SEED_RETRY` seconds. What a remote table means here is a transition, decided by
+:meth:`~.membership.MemberTable.merge`. :class:`AntiEntropy` owns the schedules, the seeds and
+its stream requests, and acts through the machine's :class:`~.context.Context`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from .context import Context
 from .membership import MemberStatus
-from .messages import Alive, Left, MemberState, PushPull, Suspect
-from .outputs import Address, StreamRequest
+from .messages import MemberState, Message, PushPull
+from .outputs import Address
 
-if TYPE_CHECKING:
-    from .node import MembershipMachine
+__all__ = ["SEED_RETRY", "AntiEntropy"]
 
-__all__ = ["merge", "periodic_push_pull", "push_pull", "push_pull_interval", "reconnect",
-           "retry_seeds"]
-
-ALIVE, SUSPECT, DEAD, LEFT = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD,
-                              MemberStatus.LEFT)
+ALIVE, DEAD = MemberStatus.ALIVE, MemberStatus.DEAD
 SEED_RETRY = 2.0  # seconds between join attempts while we know nobody
-#: The "by" of a suspicion learned from a table: we do not know who suspected, and a relayed
-#: suspicion is not independent evidence, so it never counts as a Lifeguard confirmation.
-RELAYED = b""
 
-def push_pull_interval(m: MembershipMachine) -> float:
-    """memberlist's pushPullScale: longer above 32 members, to bound the load."""
-    n = m.table.live_count
-    interval = m.config.push_pull_interval
-    if n <= 32:
-        return interval
-    return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
-def push_pull(m: MembershipMachine, address: Address, kind: str) -> None:
-    token = m.new_request(kind, address)
-    msg = PushPull(join=kind == "join", sender=m.me.node, members=m.table.states())
-    m._outputs.append(StreamRequest(address, msg, token))
-    m._count("push_pulls")
+class AntiEntropy:
+    """Push-pull, reconnect and seed-retry for one machine. ``jitter`` (in [0, 1)) sets the
+    phase of the first periodic push-pull, so that peers started together spread out."""
 
-def periodic_push_pull(m: MembershipMachine) -> None:
-    live = [e for e in m.table if e is not m.me and e.status == ALIVE]
-    if live and not m._left:
-        entry = m.rng.choice(live)
-        push_pull(m, (entry.host, entry.port), "sync")
+    def __init__(self, ctx: Context, *, now: float, jitter: float) -> None:
+        self._ctx = ctx
+        self._seeds: list[Address] = []
+        self._streams: dict[int, Address] = {}  # push-pull token -> the peer asked
+        self._stopped = False
+        self._next_push_pull = now + (0.5 + jitter) * self.push_pull_interval()
+        self._next_reconnect = now + ctx.config.reconnect_interval
+        self._next_seed_retry = math.inf
 
-def reconnect(m: MembershipMachine, now: float) -> None:
-    m.table.purge(now, m.config.dead_retention)
-    dead = [e for e in m.table if e.status == DEAD]
-    if dead and not m._left:
-        entry = m.rng.choice(dead)
-        push_pull(m, (entry.host, entry.port), "reconnect")
+    def push_pull_interval(self) -> float:
+        """memberlist's pushPullScale: longer above 32 members, to bound the load."""
+        n = self._ctx.table.live_count
+        interval = self._ctx.config.push_pull_interval
+        if n <= 32:
+            return interval
+        return interval * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
-def retry_seeds(m: MembershipMachine, now: float) -> None:
-    if m.table.live_count > 1 or m._left:
-        m._next_seed_retry = math.inf
-        return
-    m.join(now, m._seeds)
+    def schedule_push_pull(self, at: float) -> None:
+        """Move the next periodic push-pull to ``at`` (then every interval again)."""
+        self._next_push_pull = at
 
-def merge(m: MembershipMachine, now: float, members: tuple[MemberState, ...], sender: bytes,
-           src: Address) -> None:
-    """Apply ``sender``'s table. A member it holds dead is only suspected here (memberlist),
-    and a suspicion learned this way is marked :data:`RELAYED`."""
-    table = m.table
-    for state in members:
-        held = table.get(state.node)
-        if (held is not None and held.incarnation == state.incarnation
-                and held.status == state.status == ALIVE):
-            continue  # the common case: nothing new
-        if held is None and table.learn_tombstone(state, now):
-            continue
-        alive = Alive(state.node, state.incarnation, state.name, state.host, state.port,
-                      state.meta)
-        if state.status == ALIVE:
-            m._apply(now, alive, src)
-        elif state.status in (SUSPECT, DEAD):
-            if state.status == SUSPECT and m.table.get(state.node) is None:
-                m._apply(now, alive, src)  # still a member: learn its address
-            m._apply(now, Suspect(state.node, state.incarnation, RELAYED), src)
-        elif state.status == LEFT:
-            m._apply(now, Left(state.node, state.incarnation), src)
+    def next_deadline(self) -> float:
+        return min(self._next_push_pull, self._next_reconnect, self._next_seed_retry)
+
+    # --- commands -------------------------------------------------------------------------
+
+    def join(self, now: float, seeds: list[Address]) -> None:
+        """Exchange tables with ``seeds`` (not our own address); retry while we know nobody."""
+        me = self._ctx.table.me
+        self._seeds = [s for s in seeds if s != (me.host, me.port)]
+        for seed in self._seeds:
+            self._push_pull(seed, join=True)
+        self._next_seed_retry = now + SEED_RETRY if self._seeds else math.inf
+
+    def stop(self) -> None:
+        """We leave: exchange no more tables (the schedules keep running, idle)."""
+        self._stopped = True
+
+    def tick(self, now: float) -> None:
+        config = self._ctx.config
+        if now >= self._next_push_pull:
+            self._periodic_push_pull()
+            self._next_push_pull = now + self.push_pull_interval()
+        if now >= self._next_reconnect:
+            self._reconnect(now)
+            self._next_reconnect = now + config.reconnect_interval
+        if now >= self._next_seed_retry:
+            self._retry_seeds(now)
+
+    # --- tables in and out ----------------------------------------------------------------
+
+    def merge(self, now: float, members: tuple[MemberState, ...], src: Address) -> None:
+        """Apply the table ``src`` sent, row by row, as the merge rule says."""
+        for state in members:
+            for update in self._ctx.table.merge(state, now):
+                self._ctx.apply(now, update, src)
+
+    def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
+        """The answer to our push-pull ``token``: a table to merge, or a failure."""
+        address = self._streams.pop(token)
+        if isinstance(reply, PushPull):
+            self.merge(now, reply.members, address)
+        else:
+            self._ctx.counters["push_pulls_failed"] += 1
+
+    def _push_pull(self, address: Address, *, join: bool = False) -> None:
+        ctx = self._ctx
+        msg = PushPull(join=join, sender=ctx.table.me.node, members=ctx.table.states())
+        self._streams[ctx.request(address, msg)] = address
+        ctx.counters["push_pulls"] += 1
+
+    def _periodic_push_pull(self) -> None:
+        table = self._ctx.table
+        live = [e for e in table if e is not table.me and e.status == ALIVE]
+        if live and not self._stopped:
+            entry = self._ctx.rng.choice(live)
+            self._push_pull((entry.host, entry.port))
+
+    def _reconnect(self, now: float) -> None:
+        ctx = self._ctx
+        ctx.table.purge(now, ctx.config.dead_retention)
+        dead = [e for e in ctx.table if e.status == DEAD]
+        if dead and not self._stopped:
+            entry = ctx.rng.choice(dead)
+            self._push_pull((entry.host, entry.port))
+
+    def _retry_seeds(self, now: float) -> None:
+        if self._ctx.table.live_count > 1 or self._stopped:
+            self._next_seed_retry = math.inf
+            return
+        self.join(now, self._seeds)

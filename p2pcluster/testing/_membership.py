@@ -14,9 +14,8 @@ from .._config import Config
 from .._proto.broadcast import BroadcastQueue
 from .._proto.membership import MemberStatus
 from .._proto.messages import MemberState
-from .._proto.node import MembershipMachine
 from .._proto.outputs import Address
-from .._proto.sync import merge, push_pull_interval
+from .._proto.swim import MembershipMachine
 from ._network import LinkConditions
 from ._sim import Simulation
 
@@ -62,10 +61,11 @@ class SimCluster:
                                    int(MemberStatus.ALIVE)) for m in self.machines.values())
         now = self.sim.now
         for i, machine in self.machines.items():
-            merge(machine, now, states, b"", peer_address(i))
+            sync = machine.anti_entropy
+            sync.merge(now, states, peer_address(i))
             machine.take_events()
             machine.broadcasts = BroadcastQueue(self.config.retransmit_mult)
-            machine._next_push_pull = now + machine.rng.random() * push_pull_interval(machine)
+            sync.schedule_push_pull(now + machine.rng.random() * sync.push_pull_interval())
 
     # --- faults ---------------------------------------------------------------------------
 

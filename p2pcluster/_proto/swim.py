@@ -8,7 +8,7 @@ member, round-robin (:mod:`.probe`). A probe is a Ping; if no Ack comes within
 ``probe_timeout``, ``indirect_checks`` other members are asked to probe (PingReq) and relay the
 ack, and (``tcp_fallback_probe``) one Ping also goes over a stream. Helpers that see no ack by
 80% of their timeout send a Nack. If nothing acks by the end of the period, the target becomes
-*suspect* (:mod:`.membership` holds the precedence rules).
+*suspect*.
 
 A suspicion expires into *dead* after Lifeguard's dynamic timeout (:mod:`.suspicion`), which
 shrinks as other members independently confirm it. Only the suspect can refute, by raising
@@ -21,8 +21,19 @@ News travels piggybacked on pings, acks and ping-reqs, plus a Gossip datagram to
 ``gossip_nodes`` members every ``gossip_interval`` while updates are queued
 (:mod:`.broadcast`). Every ``push_pull_interval`` (scaled up above 32 members) the whole table
 is exchanged with one random member over a stream, and every ``reconnect_interval`` with one
-member believed dead, so the halves of a healed partition find each other. A member a remote
-table holds dead is only *suspected* here, giving it the chance to refute.
+member believed dead, so the halves of a healed partition find each other (:mod:`.sync`).
+
+The machine orchestrates; it decides no member's status itself:
+
+- :class:`~.probe.Prober` owns probing: the probe order, the probe in flight, the ping-reqs
+  it relays, its schedule;
+- :class:`~.sync.AntiEntropy` owns the push-pull, reconnect and seed-retry schedules, the
+  seeds and its stream requests;
+- :mod:`.membership` makes every change of a member (precedence, suspicion, refutation,
+  restarts, tombstones, the merge rule), and the machine calls into it for each one;
+- the machine keeps the rest: the gossip queue and round, piggybacking, the suspicion
+  timers, outputs, events and statistics. The parts reach it only through the
+  :class:`~.context.Context` it lends them.
 
 All methods take ``now`` (seconds, any monotonic origin) and return nothing: outputs queue
 until the driver calls :meth:`take_outputs`, events until :meth:`take_events`.
@@ -30,45 +41,41 @@ until the driver calls :meth:`take_outputs`, events until :meth:`take_events`.
 
 from __future__ import annotations
 
-import heapq
+import itertools
 import math
 from dataclasses import dataclass, fields
 from random import Random
 from typing import TYPE_CHECKING
 
-from . import codec, probe, sync
+from . import codec
 from .awareness import Awareness
 from .broadcast import BroadcastQueue, retransmit_limit
+from .context import Context
 from .envelope import DATAGRAM_OVERHEAD
-from .membership import Change, Entry, Member, MemberEvent, MemberStatus, MemberTable
-from .messages import (
-    Ack,
-    Alive,
-    Dead,
-    Gossip,
-    Left,
-    Message,
-    Nack,
-    Ping,
-    PingReq,
-    PushPull,
-    Suspect,
-    Update,
+from .membership import (
+    Change,
+    Entry,
+    Member,
+    MemberEvent,
+    MemberStatus,
+    MemberTable,
+    Refutation,
+    news,
 )
-from .outputs import Address, Output, SendDatagram
-from .probe import Probe, ProbeOrder, Relay
-from .suspicion import Suspicion, suspicion_bounds
+from .messages import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull, Update
+from .outputs import Address, Output, SendDatagram, StreamRequest
+from .probe import Prober
+from .suspicion import SuspicionTimers
+from .sync import AntiEntropy
 
 if TYPE_CHECKING:
     from .._config import Config
 
-__all__ = ["MembershipMachine", "MachineStatistics"]
+__all__ = ["MachineStatistics", "MembershipMachine"]
 
 ALIVE, SUSPECT, DEAD, LEFT = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD,
                               MemberStatus.LEFT)
-_STATUS_OF = {Alive: ALIVE, Suspect: SUSPECT, Dead: DEAD, Left: LEFT}
 FIRST_ROUND_SHARE = 0.75  # of an update's retransmit budget spent in its first gossip round
-CORRECTION_AGE = 2  # gossip rounds after which a refutation's wave is over
 LEAVE_FANOUT = 64  # members told directly of a graceful leave
 MAX_META = 512  # bytes of member metadata (memberlist's limit; see messages.Meta)
 
@@ -105,24 +112,21 @@ class MembershipMachine:
         self.table = MemberTable(self.me)
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
-        self.order = ProbeOrder(rng)
         self.max_payload = config.max_datagram_size - DATAGRAM_OVERHEAD
-        self._probe: Probe | None = None
-        self._relays: dict[int, Relay] = {}
-        self._suspicions: list[tuple[float, int, bytes, int]] = []
-        self._requests: dict[int, tuple[str, Address, int]] = {}
-        self._seq = 0
+        # One sequence numbers probes, relays, stream tokens and timer ties, so that a seed
+        # replays the same numbers (and so the same datagram sizes) on the wire.
+        self._next_seq = itertools.count(1).__next__
         self._outputs: list[Output] = []
         self._events: list[MemberEvent] = []
         self._counters = dict.fromkeys((f.name for f in fields(MachineStatistics)), 0)
-        self._seeds: list[Address] = []
-        self._left = False
-        jitter = rng.random()
-        self._next_probe = now + jitter * config.probe_interval
+        self._suspicions = SuspicionTimers(self._next_seq)
         self._next_gossip = now
-        self._next_push_pull = now + (0.5 + jitter) * sync.push_pull_interval(self)
-        self._next_reconnect = now + config.reconnect_interval
-        self._next_seed_retry = math.inf
+        ctx = Context(config=config, rng=rng, table=self.table, counters=self._counters,
+                      next_seq=self._next_seq, send=self._send, request=self._request,
+                      apply=self._apply)
+        jitter = rng.random()  # the first draw: the phases of probing and of push-pull
+        self.prober = Prober(ctx, self.awareness, first_probe=now + jitter * config.probe_interval)
+        self.anti_entropy = AntiEntropy(ctx, now=now, jitter=jitter)
         self.broadcasts.add(self.me.as_update())
 
     # --- queries --------------------------------------------------------------------------
@@ -134,6 +138,10 @@ class MembershipMachine:
     @property
     def incarnation(self) -> int:
         return self.me.incarnation
+
+    @property
+    def has_left(self) -> bool:
+        return self.me.status == LEFT
 
     def members(self) -> list[Member]:
         """A consistent snapshot of the table, ourselves included."""
@@ -153,49 +161,29 @@ class MembershipMachine:
         events, self._events = self._events, []
         return events
 
-    def _count(self, name: str) -> None:
-        self._counters[name] += 1
-
-    def new_request(self, kind: str, address: Address, seq: int = 0) -> int:
-        """Register a stream request; its token comes back in :meth:`handle_reply`."""
-        self._seq += 1
-        self._requests[self._seq] = (kind, address, seq)
-        return self._seq
-
     # --- commands -------------------------------------------------------------------------
 
     def join(self, now: float, seeds: list[Address]) -> None:
         """Exchange tables with ``seeds``; retry every few seconds while we know nobody."""
-        own = (self.me.host, self.me.port)
-        self._seeds = [s for s in seeds if s != own]
-        for seed in self._seeds:
-            sync.push_pull(self, seed, "join")
-        self._next_seed_retry = now + sync.SEED_RETRY if self._seeds else math.inf
+        self.anti_entropy.join(now, seeds)
 
     def leave(self, now: float) -> None:
-        """Announce a graceful leave; keep gossiping it, stop probing."""
-        if self._left:
+        """Announce a graceful leave; keep gossiping it, stop probing and syncing."""
+        if self.has_left:
             return
-        self._left = True
-        self.table.set_own_status(LEFT, now)
-        left = Left(self.me.node, self.me.incarnation)
+        left = self.table.leave(now)
         self.broadcasts.add(left)
         live = [e for e in self.table if e is not self.me and e.status in (ALIVE, SUSPECT)]
         for entry in self.rng.sample(live, min(len(live), LEAVE_FANOUT)):
-            self._send(entry.host, entry.port, Gossip(updates=()), first=left)
-        self._probe = None
-
-    @property
-    def has_left(self) -> bool:
-        return self._left
+            self._send((entry.host, entry.port), Gossip(updates=()), left)
+        self.prober.stop()
+        self.anti_entropy.stop()
 
     def set_meta(self, now: float, meta: bytes) -> None:
         """Publish new metadata (a new incarnation); ``ValueError`` above 512 bytes."""
         if len(meta) > MAX_META:
             raise ValueError(f"metadata is {len(meta)} bytes; the limit is {MAX_META}")
-        self.me.meta = meta
-        self.me.incarnation += 1
-        self.broadcasts.add(self.me.as_update())
+        self.broadcasts.add(self.table.publish_meta(meta))
 
     # --- the Machine protocol -------------------------------------------------------------
 
@@ -205,156 +193,119 @@ class MembershipMachine:
                 self._apply(now, update, src)
         if isinstance(msg, Ping):
             if msg.target == self.me.node:
-                probe.reply_ack(self, src, msg.seq)
+                self.prober.answer_ping(src, msg.seq)
         elif isinstance(msg, Ack):
-            probe.on_ack(self, now, msg.seq)
+            self.prober.on_ack(now, msg.seq)
         elif isinstance(msg, PingReq):
-            probe.serve_ping_req(self, now, src, msg)
-        elif isinstance(msg, Nack) and self._probe is not None and self._probe.seq == msg.seq:
-            self._probe.nacks += 1
+            self.prober.serve_ping_req(now, src, msg)
+        elif isinstance(msg, Nack):
+            self.prober.on_nack(msg.seq)
 
     def handle_request(self, now: float, src: Address, msg: Message) -> Message | None:
         if isinstance(msg, PushPull):
-            sync.merge(self, now, msg.members, msg.sender, src)
+            self.anti_entropy.merge(now, msg.members, src)
             return PushPull(join=False, sender=self.me.node, members=self.table.states())
         if isinstance(msg, Ping) and msg.target == self.me.node:
             return Ack(seq=msg.seq)
         return None
 
     def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
-        kind, address, seq = self._requests.pop(token)
-        if isinstance(reply, PushPull):
-            sync.merge(self, now, reply.members, reply.sender, address)
-        elif isinstance(reply, Ack) and kind == "tcp-probe":
-            probe.on_ack(self, now, seq)
-        elif kind != "tcp-probe":
-            self._count("push_pulls_failed")
+        """The reply to a stream request of the prober or of anti-entropy (tokens are unique
+        across both). A table is merged whichever request it answers."""
+        tcp = self.prober.close_stream(token)
+        if tcp is None:
+            self.anti_entropy.handle_reply(now, token, reply)
+        elif isinstance(reply, PushPull):
+            self.anti_entropy.merge(now, reply.members, tcp.address)
+        elif isinstance(reply, Ack):
+            self.prober.on_ack(now, tcp.seq)
 
     def tick(self, now: float) -> None:
-        probe.tick_probe(self, now)
-        probe.tick_relays(self, now)
+        self.prober.tick(now)
         self._tick_suspicions(now)
         if now >= self._next_gossip and self.broadcasts:
             # Idle rounds are not spent: fresh news goes out at once, then rate-limited.
             self._gossip()
             self._next_gossip = now + (self.config.gossip_interval or math.inf)
-        if now >= self._next_push_pull:
-            sync.periodic_push_pull(self)
-            self._next_push_pull = now + sync.push_pull_interval(self)
-        if now >= self._next_reconnect:
-            sync.reconnect(self, now)
-            self._next_reconnect = now + self.config.reconnect_interval
-        if now >= self._next_seed_retry:
-            sync.retry_seeds(self, now)
+        self.anti_entropy.tick(now)
 
     def next_deadline(self) -> float | None:
-        current = self._probe
-        candidates = [self._next_push_pull, self._next_reconnect, self._next_seed_retry]
-        if current is not None:
-            candidates.append(current.end_at if current.indirect else current.timeout_at)
-        elif not self._left:
-            candidates.append(self._next_probe)
+        candidates = [self.prober.next_deadline(), self.anti_entropy.next_deadline()]
         if self.broadcasts:
             candidates.append(self._next_gossip)
-        if self._suspicions:
-            candidates.append(self._suspicions[0][0])
-        for relay in self._relays.values():
-            candidates.append(relay.expire_at if relay.nacked else relay.nack_at)
+        suspicion = self._suspicions.next_deadline()
+        if suspicion is not None:
+            candidates.append(suspicion)
         return min(candidates)
 
-    # --- updates and suspicion ------------------------------------------------------------
+    # --- updates, through membership's transitions ----------------------------------------
 
     def _apply(self, now: float, update: Update, src: Address | None = None) -> None:
         """Apply news from ``src`` (None: our own conclusion)."""
         if update.node == self.me.node:
             self._about_me(update, src)
             return
-        if src is not None and isinstance(update, Suspect):
-            held = self.table.get(update.node)
-            if held is not None and held.status == ALIVE and held.incarnation > update.incarnation:
-                # While the refutation is still spreading, the sender will hear it anyway;
-                # only a sender that missed the whole wave needs telling.
-                if now - held.updated >= CORRECTION_AGE * self.config.gossip_interval:
-                    self._correct(src, held.as_update())
+        if src is not None:
+            newer = self.table.missed_refutation(update, now, self.config.gossip_interval)
+            if newer is not None:
+                self._correct(src, newer)
                 return
         for change in self.table.apply(update, now):
             self._on_change(now, change, update)
+
+    def _about_me(self, update: Update, src: Address | None) -> None:
+        """An update about ourselves: refute it, or answer it (:meth:`MemberTable.refute`)."""
+        outcome = self.table.refute(update)
+        if outcome is Refutation.CORRECT and src is not None:
+            self._correct(src, self.me.as_update())
+        elif outcome in (Refutation.REPEAT_LEFT, Refutation.REFUTED):
+            self.broadcasts.add(self.me.as_update())
+        if outcome is Refutation.REFUTED:
+            self.awareness.apply(1)
+            self._counters["refutations"] += 1
 
     def _correct(self, src: Address, newer: Update) -> None:
         """``src`` sent a suspicion that a refutation answered rounds ago: it missed the
         refutation (gossip is probabilistic), so tell it directly. Without this, a peer that
         missed every copy keeps its suspicion until it expires into a false death."""
-        self._send(*src, Gossip(updates=()), first=newer)
-        self._count("corrections")
+        self._send(src, Gossip(updates=()), newer)
+        self._counters["corrections"] += 1
 
     def _on_change(self, now: float, change: Change, update: Update) -> None:
+        """Carry out what ``change`` (made by ``update``) calls for: timers, probing,
+        gossip, the event."""
         entry = change.entry
         if change.confirmation:
-            if (isinstance(update, Suspect) and update.by != sync.RELAYED and entry.suspicion
-                    and entry.suspicion.confirm(update.by)):
-                self._count("confirmations")
+            if self.table.confirm(entry, update):
+                self._counters["confirmations"] += 1
                 self._watch(entry)
                 self.broadcasts.add(update)
             return
         if entry.status == SUSPECT:
-            self._suspect(now, entry, update.by if isinstance(update, Suspect) else self.me.node)
-        elif entry.status == ALIVE and change.previous in (None, DEAD, LEFT):
-            self.order.add(entry.node)
-        if entry.node == update.node and entry.status == _STATUS_OF[type(update)]:
-            self.broadcasts.add(update)
-        elif entry.status == DEAD:  # a predecessor at the same address, declared dead by us
-            self.broadcasts.add(Dead(entry.node, entry.incarnation, self.me.node))
+            self.table.start_suspicion(entry, update, now, self.config)
+            self._watch(entry)
+        elif change.revived:
+            self.prober.add(entry.node)
+        gossip = news(change, update, self.me.node)
+        if gossip is not None:
+            self.broadcasts.add(gossip)
         if change.event is not None:
             self._events.append(MemberEvent(change.event, entry.snapshot(), now))
 
-    def _suspect(self, now: float, entry: Entry, by: bytes) -> None:
-        n = self.table.live_count
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
-            k = 0
-        low, high = suspicion_bounds(self.config.suspicion_mult,
-                                     self.config.suspicion_max_timeout_mult, n,
-                                     self.config.probe_interval)
-        entry.suspicion = Suspicion(now, by, k=k, minimum=low, maximum=high)
-        self._watch(entry)
-
     def _watch(self, entry: Entry) -> None:
         assert entry.suspicion is not None
-        self._seq += 1
-        heapq.heappush(self._suspicions, (entry.suspicion.deadline(), self._seq, entry.node,
-                                          entry.incarnation))
+        self._suspicions.watch(entry.suspicion.deadline(), entry.node, entry.incarnation)
 
     def _tick_suspicions(self, now: float) -> None:
-        heap = self._suspicions
-        while heap and heap[0][0] <= now:
-            _, _, node, incarnation = heapq.heappop(heap)
-            entry = self.table.get(node)
-            if (entry is None or entry.status != SUSPECT or entry.incarnation != incarnation
-                    or entry.suspicion is None or entry.suspicion.deadline() > now):
-                continue  # refuted, superseded, or a stale heap entry
-            self._count("deaths_declared")
-            self._apply(now, Dead(node, incarnation, self.me.node))
-
-    def _about_me(self, update: Update, src: Address | None) -> None:
-        """Refutation: only we raise our incarnation, above anything said about us."""
-        me = self.me
-        if isinstance(update, Alive):
-            return
-        if self._left:
-            self.broadcasts.add(Left(me.node, me.incarnation))
-            return
-        if isinstance(update, Suspect) and update.incarnation < me.incarnation:
-            if src is not None:  # refuted already, but the sender has not heard
-                self._correct(src, me.as_update())
-            return
-        me.incarnation = max(me.incarnation, update.incarnation) + 1
-        self.broadcasts.add(me.as_update())
-        self.awareness.apply(1)
-        self._count("refutations")
+        for node, incarnation in self._suspicions.due(now):
+            dead = self.table.expire(node, incarnation, now)
+            if dead is not None:
+                self._counters["deaths_declared"] += 1
+                self._apply(now, dead)
 
     # --- dissemination --------------------------------------------------------------------
 
-    def _send(self, host: str, port: int, msg: Message, *, first: Update | None = None) -> None:
+    def _send(self, dst: Address, msg: Message, first: Update | None = None) -> None:
         """Send ``msg`` with as many queued updates as fit (``first`` in front)."""
         if (self.broadcasts or first is not None) and isinstance(msg, (Ping, Ack, PingReq,
                                                                         Gossip)):
@@ -363,7 +314,13 @@ class MembershipMachine:
             updates = tuple(self.broadcasts.select(budget, self.table.live_count, first))
             if updates:
                 msg = _with_updates(msg, updates)
-        self._outputs.append(SendDatagram((host, port), msg))
+        self._outputs.append(SendDatagram(dst, msg))
+
+    def _request(self, dst: Address, msg: Message) -> int:
+        """Queue a stream request; its token comes back in :meth:`handle_reply`."""
+        token = self._next_seq()
+        self._outputs.append(StreamRequest(dst, msg, token))
+        return token
 
     def gossip_fanout(self) -> int:
         """Peers per gossip round: ``gossip_nodes``, or enough to spend
@@ -380,8 +337,8 @@ class MembershipMachine:
         for entry in self.table.sample_live(self.rng, self.gossip_fanout()):
             if not self.broadcasts:
                 break
-            self._send(entry.host, entry.port, Gossip(updates=()))
-            self._count("gossip_messages")
+            self._send((entry.host, entry.port), Gossip(updates=()))
+            self._counters["gossip_messages"] += 1
 
 
 def _with_updates(msg: Message, updates: tuple[Update, ...]) -> Message:

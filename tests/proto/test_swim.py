@@ -22,8 +22,8 @@ from p2pcluster._proto.messages import (
     PushPull,
     Suspect,
 )
-from p2pcluster._proto.node import MembershipMachine
 from p2pcluster._proto.outputs import SendDatagram, StreamRequest
+from p2pcluster._proto.swim import MembershipMachine
 
 CONFIG = Config.lan()
 A, S, D, L = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
@@ -86,7 +86,7 @@ def test_probe_round_robin_visits_everyone() -> None:
 def test_failed_probe_goes_indirect_then_suspects() -> None:
     m = machine(0, peers=5)
     ping = run_to_probe(m)
-    start = m._probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
+    start = m.prober.probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
     m.tick(start + CONFIG.probe_timeout)
     outs = m.take_outputs()
     reqs = [o for o in outs if isinstance(o, SendDatagram) and isinstance(o.msg, PingReq)]
@@ -105,7 +105,7 @@ def test_failed_probe_goes_indirect_then_suspects() -> None:
 def test_late_direct_ack_within_the_period_counts() -> None:
     m = machine(0, peers=3)
     ping = run_to_probe(m)
-    start = m._probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
+    start = m.prober.probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
     m.tick(start + CONFIG.probe_timeout)
     m.take_outputs()
     m.receive(start + 0.45, ("10.0.0.1", 7946), Ack(ping.seq))
@@ -288,7 +288,7 @@ def test_local_health_stretches_the_period() -> None:
     m = machine(0, peers=3)
     m.awareness.apply(3)
     run_to_probe(m)
-    probe = m._probe
+    probe = m.prober.probe
     assert probe is not None
     assert probe.end_at - (probe.timeout_at - 4 * CONFIG.probe_timeout) == pytest.approx(
         4 * CONFIG.probe_interval)
