@@ -38,7 +38,7 @@ from ._proto.messages import (
     TaskStatus,
     ValueHeader,
 )
-from ._proto.stealing import PushValue
+from ._proto.workevents import PushValue
 from ._runner import Runner
 from ._secure import SecureStream
 from ._transport import Address

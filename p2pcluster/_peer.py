@@ -45,7 +45,7 @@ from ._netutil import where as choose_where
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
-from ._proto.stealing import StealingStatistics
+from ._proto.workevents import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
 from ._transport import Address

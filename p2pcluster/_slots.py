@@ -21,7 +21,8 @@ from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
 from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskResult, TaskStatus
-from ._proto.stealing import Batch, StealingMachine
+from ._proto.stealing import StealingMachine
+from ._proto.workevents import Batch
 from ._refs import FunctionRef
 from ._values import encode_error
 

@@ -49,12 +49,12 @@ from ._proto.messages import (
 )
 from ._proto.meta import NodeMeta
 from ._proto.policy import MetaSchedule, WorkPolicy
-from ._proto.stealing import (
+from ._proto.stealing import StealingMachine
+from ._proto.workevents import (
     JobDropped,
     JobFinished,
     PushValue,
     ResultsReady,
-    StealingMachine,
     StealingStatistics,
     WorkEvent,
 )

@@ -20,11 +20,12 @@ Either way the worst case is a task run twice, whose second result is dropped as
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
 from .messages import JobSpec
 
-__all__ = ["OwnedJob", "ids_from_runs", "runs_from_ids"]
+__all__ = ["Leases", "OwnedJob", "Ownership", "ids_from_runs", "runs_from_ids"]
 
 
 class OwnedJob:
@@ -144,3 +145,63 @@ def ids_from_runs(runs: Sequence[int], limit: int) -> set[int]:
         raise ValueError(f"runs name more than {limit} tasks")
     return {start + i for start, count in zip(runs[::2], runs[1::2], strict=True)
             for i in range(count)}
+
+
+class Ownership:
+    """Every job owned here, the jobs that ended recently, and the holders' leases.
+
+    The machine queues work; this class only keeps the books: who holds what, who has been
+    heard from, and which tasks must run again (it returns them, the machine requeues)."""
+
+    def __init__(self, lease_timeout: float, check_interval: float, keep_ended: int) -> None:
+        self.jobs: dict[bytes, OwnedJob] = {}
+        self._ended: deque[bytes] = deque(maxlen=keep_ended)
+        self._ended_set: set[bytes] = set()
+        self._leases = Leases(lease_timeout)
+        self._interval = check_interval
+        self.next_check: float | None = None
+
+    def ended(self, job: bytes) -> bool:
+        """Did this peer own ``job``, which is over now (finished or cancelled)?"""
+        return job in self._ended_set
+
+    def end(self, job: bytes) -> OwnedJob:
+        """``job`` is over: forget its tasks, remember that it ended."""
+        owned = self.jobs.pop(job)
+        if len(self._ended) == self._ended.maxlen:
+            self._ended_set.discard(self._ended[0])
+        self._ended.append(job)
+        self._ended_set.add(job)
+        return owned
+
+    def heard(self, peer: bytes, now: float) -> None:
+        self._leases.heard(peer, now)
+
+    def forget(self, peer: bytes) -> None:
+        self._leases.forget(peer)
+
+    def assigned(self, holder: bytes, now: float) -> None:
+        """``holder`` got tasks: it has a whole lease to report them."""
+        self._leases.heard(holder, now)
+        if self.next_check is None:
+            self.next_check = now + self._interval
+
+    def held_by(self, peer: bytes) -> list[tuple[OwnedJob, list[int]]]:
+        """Every task ``peer`` is believed to hold, by job."""
+        return [(owned, owned.held_by(peer)) for owned in self.jobs.values()]
+
+    def reported(self, sender: bytes, reported: dict[bytes, set[int]]
+                 ) -> list[tuple[OwnedJob, list[int]]]:
+        """``sender`` holds ``reported`` (job -> task ids): the tasks it lost, by job."""
+        return [(owned, owned.reported(sender, reported.get(job, set())))
+                for job, owned in list(self.jobs.items())]
+
+    def expired(self, now: float) -> list[bytes]:
+        """The holders silent for a whole lease (their tasks must run again); schedules the
+        next check while any peer holds tasks."""
+        silent = self._leases.expired(now, self._holding())
+        self.next_check = now + self._interval if self._holding() - set(silent) else None
+        return silent
+
+    def _holding(self) -> set[bytes]:
+        return {peer for owned in self.jobs.values() for peer in owned.holding_peers()}

@@ -23,13 +23,13 @@ from p2pcluster._proto.messages import (
 )
 from p2pcluster._proto.ownership import ids_from_runs, runs_from_ids
 from p2pcluster._proto.policy import WorkPolicy
-from p2pcluster._proto.stealing import (
+from p2pcluster._proto.stealing import StealingMachine
+from p2pcluster._proto.workevents import (
     JobDropped,
     JobFinished,
     PushValue,
     ResultsReady,
     SendWork,
-    StealingMachine,
 )
 
 A, B, C = b"A" * 16, b"B" * 16, b"C" * 16
@@ -91,9 +91,16 @@ def test_a_workload_that_fits_the_free_slots_advertises_nothing() -> None:
     assert owner.take_outputs() == []
 
 
+def busy(m: StealingMachine) -> None:
+    """Occupy ``m``'s one slot with a task of a job of its own, so grants stay queued."""
+    m.submit(0.0, JobSpec(b"own", m.node_id, "mod", "fn", None, (), None), [(0, b"\x80")])
+    assert m.take(0.0, 1) is not None
+    m.take_outputs()
+
+
 def test_tasks_that_moved_twice_are_neither_advertised_nor_granted() -> None:
     thief = machine(C, 1, A, B)
-    thief.busy = 1  # its slot is busy, so the grant stays queued
+    busy(thief)  # its slot is busy, so the grant stays queued
     grant = StealGrant(B, 0, (JobTasks(spec(), tuple(TaskItem(i, 2, b"") for i in range(6))),))
     thief.receive(0.0, grant)
     assert thief.queue_length() == 6 and thief.surplus() == 0
@@ -104,7 +111,7 @@ def test_tasks_that_moved_twice_are_neither_advertised_nor_granted() -> None:
 
 def test_a_re_steal_is_reported_to_the_owner() -> None:
     middle = machine(B, 1, A, C)
-    middle.busy = 1
+    busy(middle)
     middle.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(TaskItem(i, 1, b"") for i in range(4))),)))  # noqa: E501
     middle.take_outputs()
     middle.receive(0.0, StealRequest(C, 1))

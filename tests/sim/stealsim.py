@@ -26,13 +26,13 @@ from p2pcluster._proto.messages import (
     TaskStatus,
 )
 from p2pcluster._proto.policy import WorkPolicy
-from p2pcluster._proto.stealing import (
+from p2pcluster._proto.stealing import StealingMachine
+from p2pcluster._proto.workevents import (
     Batch,
     JobDropped,
     JobFinished,
     PushValue,
     ResultsReady,
-    StealingMachine,
     WorkEvent,
     WorkOutput,
 )

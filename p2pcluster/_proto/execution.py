@@ -1,0 +1,139 @@
+"""Local execution in the stealing machine: batches out to this peer's worker slots, and where
+their results go.
+
+A batch is tasks of one job from the front of the queue (:meth:`Execution.take`), sized by
+the task times measured so far for that job (the policy's ``batch_target``), capped at a
+quarter of the queue per slot (half of it stays stealable) and at ``message_bytes`` of
+arguments. While the queue is long, ``batches_per_slot`` batches may be out per slot (the
+next waits in the worker's pipe); once it is short, one.
+
+When a batch ends (:meth:`Execution.finished`), results of a job owned here go to the owner
+role; others go to the job's owner: small ones in :class:`Results` messages of at most
+``message_bytes``, each large one pushed on a stream of its own (:class:`PushValue`) and
+still *held* here until it is delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from .holding import Holder
+from .messages import JobSpec, Results, TaskResult
+from .owner import OwnerRole
+from .workcontext import WorkContext
+from .workevents import Batch, PushValue
+
+__all__ = ["Execution"]
+
+#: Jobs whose measured task times are remembered at most.
+TIMED_JOBS_KEPT = 1024
+
+
+class Execution:
+    """The batches of one peer with ``slots`` worker slots."""
+
+    def __init__(self, ctx: WorkContext, slots: int, holder: Holder, owner: OwnerRole) -> None:
+        self._ctx = ctx
+        self.slots = slots
+        self._holder = holder
+        self._owner = owner
+        self.busy = 0  #: batches out
+        self._running: dict[bytes, tuple[bytes, int]] = {}  #: job -> (owner, batches out)
+        self._timing: dict[bytes, tuple[int, float]] = {}  #: job -> (tasks run, seconds)
+
+    def limit(self) -> int:
+        """Batches that may be out at once (see the module docstring)."""
+        per = self._ctx.policy.batches_per_slot
+        queued = len(self._ctx.queue)
+        return per * self.slots if queued >= per * self.slots else self.slots
+
+    def peek(self) -> JobSpec | None:
+        front = self._ctx.queue.front()
+        return front.spec if front is not None and self.busy < self.limit() else None
+
+    def take(self, max_tasks: int | None) -> Batch | None:
+        """A batch, or None if none may start (see :meth:`StealingMachine.take`)."""
+        queue, policy = self._ctx.queue, self._ctx.policy
+        front = queue.front()
+        if self.busy >= self.limit() or front is None:
+            return None
+        if max_tasks is None:
+            max_tasks = policy.batch_size(*self._timing.get(front.spec.job, (0, 0.0)))
+        fair = max(1, min(max_tasks, len(queue) // (4 * self.slots)))
+        spec, items = queue.take(front.spec.chunksize or fair, policy.message_bytes)
+        self.busy += 1
+        _, running = self._running.get(spec.job, (b"", 0))
+        self._running[spec.job] = (spec.owner, running + 1)
+        self._holder.hold(spec, (item.id for item in items))
+        return Batch(spec, items)
+
+    def finished(self, batch: Batch, results: Sequence[TaskResult],
+                 seconds: float | None) -> None:
+        spec = batch.spec
+        if seconds is not None and results:
+            self._measure(spec.job, len(results), seconds)
+        self.busy = max(0, self.busy - 1)
+        owner, running = self._running.pop(spec.job, (b"", 1))
+        if running > 1:
+            self._running[spec.job] = (owner, running - 1)
+        self._holder.release(spec.job, (item.id for item in batch.items))
+        self._ctx.count("executed", len(results))
+        if not results:
+            return
+        if self._owner.owns(spec.job):
+            self._owner.accept(spec.job, self._ctx.node_id, results)
+        elif spec.owner not in self._ctx.dead and not self._owner.owned.ended(spec.job):
+            self._send_results(spec, results)
+
+    def push_done(self, job: bytes, tid: int, delivered: bool,
+                  instead: TaskResult | None) -> None:
+        owner = self._holder.owner_of(job)
+        self._holder.release(job, (tid,))
+        if instead is not None:
+            if owner is not None and owner not in self._ctx.dead:
+                self._ctx.send(owner, Results(job, self._ctx.node_id, self._ctx.surplus(),
+                                              (instead,)))
+        elif not delivered:  # our reports stop naming it, so its owner runs it again
+            self._ctx.count("results_lost")
+
+    def running_jobs_of(self, owner: bytes) -> set[bytes]:
+        """Jobs of ``owner`` with batches out here."""
+        return {job for job, (who, _) in self._running.items() if who == owner}
+
+    def forget(self, job: bytes) -> None:
+        """The job is over here: its timings go; batches still out end on their own."""
+        self._timing.pop(job, None)
+        self._holder.forget(job)
+
+    def _measure(self, job: bytes, tasks: int, seconds: float) -> None:
+        done, spent = self._timing.pop(job, (0, 0.0))
+        self._timing[job] = (done + tasks, spent + seconds)  # most recent last
+        if len(self._timing) > TIMED_JOBS_KEPT:
+            del self._timing[next(iter(self._timing))]
+
+    def _send_results(self, spec: JobSpec, results: Sequence[TaskResult]) -> None:
+        policy, me = self._ctx.policy, self._ctx.node_id
+        small = [r for r in results if len(r.payload) <= policy.inline_limit]
+        for part in _parts(small, policy.message_bytes):
+            self._ctx.send(spec.owner, Results(spec.job, me, self._ctx.surplus(), part))
+        for result in results:
+            if len(result.payload) > policy.inline_limit:
+                self._holder.hold(spec, (result.id,))
+                self._ctx.outputs.append(PushValue(spec.owner, spec.job, result,
+                                                   self._ctx.surplus()))
+                self._ctx.count("results_pushed")
+
+
+def _parts(results: Sequence[TaskResult], limit: int) -> Iterator[tuple[TaskResult, ...]]:
+    """``results`` in consecutive groups of at most ``limit`` payload bytes (at least one
+    result each)."""
+    part: list[TaskResult] = []
+    size = 0
+    for result in results:
+        if part and size + len(result.payload) > limit:
+            yield tuple(part)
+            part, size = [], 0
+        part.append(result)
+        size += len(result.payload)
+    if part:
+        yield tuple(part)

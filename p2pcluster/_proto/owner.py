@@ -1,0 +1,153 @@
+"""The owner's side of the stealing machine: the jobs this peer owns.
+
+The owner queues a job's tasks, records every move of them (its own grants, and the
+``TasksMoved`` reports of thieves that re-grant), accepts the first result of each task and
+counts any other as a duplicate, and runs a task again, from the front of its queue, when
+its holder died, lost it (two holding reports without it), or went silent for a whole
+lease. When the job ends, by completion or cancellation, every peer that ever held one of its
+tasks is told to drop what is left (:class:`CancelJob`); a message about a job that ended
+here is answered the same way. The books themselves live in :mod:`.ownership`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .messages import (
+    MAX_TASKS,
+    CancelJob,
+    Holding,
+    JobSpec,
+    Results,
+    TaskItem,
+    TaskResult,
+    TasksMoved,
+)
+from .ownership import OwnedJob, Ownership, ids_from_runs
+from .workcontext import WorkContext
+from .workevents import JobFinished, ResultsReady
+
+__all__ = ["OwnerRole"]
+
+
+class OwnerRole:
+    """See the module docstring. ``forget(job)`` tells the machine a job is over here."""
+
+    def __init__(self, ctx: WorkContext, owned: Ownership,
+                 forget: Callable[[bytes], None]) -> None:
+        self._ctx = ctx
+        self.owned = owned
+        self._forget = forget
+
+    def owns(self, job: bytes) -> bool:
+        return job in self.owned.jobs
+
+    def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes]]) -> int:
+        """Own ``spec``'s job and queue its tasks; the number of tasks (none: it is over)."""
+        if spec.owner != self._ctx.node_id:
+            raise ValueError("a job is submitted to its owner")
+        if spec.job in self.owned.jobs or self.owned.ended(spec.job):
+            raise ValueError("job id already used")
+        owned = OwnedJob(spec, self._ctx.node_id)
+        for tid, payload in tasks:
+            owned.add(tid, payload)
+            self._ctx.queue.append(spec, TaskItem(tid, 0, payload))
+        self.owned.jobs[spec.job] = owned
+        self._ctx.count("submitted", len(owned))
+        if not len(owned):
+            self.end(spec.job)
+            self._ctx.emit(JobFinished(spec.job))
+        return len(owned)
+
+    def accept(self, job: bytes, peer: bytes, results: Sequence[TaskResult]) -> None:
+        """Results of ``job`` from ``peer``: the first of each task goes to the driver."""
+        owned = self.owned.jobs[job]
+        fresh = tuple(r for r in results if owned.finish(r.id))
+        self._ctx.count("duplicates", len(results) - len(fresh))
+        if fresh:
+            self._ctx.count("completed", len(fresh))
+            self._ctx.emit(ResultsReady(job, fresh, peer))
+        if not len(owned):
+            self._ctx.emit(JobFinished(job))
+            self._ctx.stats["dropped"] += self._ctx.queue.drop(lambda q: q.spec.job == job)
+            self.end(job)
+
+    def end(self, job: bytes) -> None:
+        """The job is over: tell every peer that held one of its tasks."""
+        owned = self.owned.end(job)
+        self._forget(job)
+        for peer in owned.ever_held:
+            if peer not in self._ctx.dead:
+                self._ctx.send(peer, CancelJob(job))
+
+    def moved(self, now: float, spec: JobSpec, holder: bytes, ids: list[int]) -> None:
+        """Record (as owner) or report (to the owner) that ``ids`` are now at ``holder``."""
+        if spec.owner != self._ctx.node_id:
+            self._ctx.send(spec.owner, TasksMoved(spec.job, holder, tuple(ids)))
+            return
+        owned = self.owned.jobs.get(spec.job)
+        if owned is None:
+            return
+        fresh = owned.move(ids, holder)
+        if holder == self._ctx.node_id:
+            return
+        self.owned.assigned(holder, now)
+        if holder in self._ctx.dead:
+            self.requeue(owned, fresh)
+
+    def on_moved(self, now: float, msg: TasksMoved) -> None:
+        owned = self.owned.jobs.get(msg.job)
+        if owned is None:
+            if self.owned.ended(msg.job) and msg.holder not in self._ctx.dead:
+                self._ctx.send(msg.holder, CancelJob(msg.job))
+            return
+        self.moved(now, owned.spec, msg.holder, list(msg.ids))
+
+    def on_results(self, now: float, msg: Results) -> None:
+        self.owned.heard(msg.sender, now)
+        if msg.job in self.owned.jobs:
+            self.accept(msg.job, msg.sender, msg.results)
+        elif msg.sender != self._ctx.node_id and msg.sender not in self._ctx.dead:
+            self._ctx.send(msg.sender, CancelJob(msg.job))
+
+    def on_holding(self, now: float, msg: Holding) -> None:
+        """A holder's report: run again what two reports in a row left out."""
+        self.owned.heard(msg.sender, now)
+        try:
+            reported = {h.job: ids_from_runs(h.runs, MAX_TASKS) for h in msg.jobs}
+        except ValueError:
+            return  # a malformed report says nothing
+        for job in reported:
+            if self.owned.ended(job) and msg.sender not in self._ctx.dead:
+                self._ctx.send(msg.sender, CancelJob(job))
+        for owned, lost in self.owned.reported(msg.sender, reported):
+            self.requeue(owned, lost)
+
+    def check_leases(self, now: float) -> None:
+        """Run again every task of a holder silent for a whole lease."""
+        for peer in self.owned.expired(now):
+            self._ctx.count("leases_expired")
+            self.lost_with(peer)
+
+    def lost_with(self, peer: bytes) -> None:
+        """``peer`` died, left or went silent: our tasks it held come back, at the front."""
+        for owned, ids in self.owned.held_by(peer):
+            self.requeue(owned, ids)
+
+    def requeue(self, owned: OwnedJob, ids: Sequence[int]) -> None:
+        ids = [tid for tid in ids if tid in owned.payloads]
+        if not ids:
+            return
+        owned.move(ids, self._ctx.node_id)
+        for tid in sorted(ids, reverse=True):
+            self._ctx.queue.appendleft(owned.spec, TaskItem(tid, 0, owned.payloads[tid]))
+        self._ctx.count("requeued", len(ids))
+
+    def restored(self, spec: JobSpec, item: TaskItem) -> TaskItem:
+        """A task coming back to a queue, one move less; the owner puts back the arguments
+        a grant left behind."""
+        payload, size = item.payload, item.size
+        if item.remote and spec.owner == self._ctx.node_id:
+            owned = self.owned.jobs.get(spec.job)
+            payload, size = (owned.payloads.get(item.id, b"") if owned else b""), 0
+        return TaskItem(item.id, item.moves - 1, payload, size)

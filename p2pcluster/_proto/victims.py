@@ -1,0 +1,44 @@
+"""Whom an idle peer robs, and how much a victim gives.
+
+Victim choice is random, weighted by the queue lengths the thief knows of (gossiped in
+metadata, refreshed by hints and by the ``queue`` of every grant and result): busy queues
+are robbed more often, empty ones never. A thief that knows of no queued task anywhere asks
+no one: a workload that fits the free slots causes no steal at all.
+
+A grant is half the victim's surplus (rounded up), capped at the thief's share of all the
+queued work the victim knows of, by worker slots, and at least one task if there is a
+surplus at all. With one thief this is exactly half; with many thieves at once the cap stops
+the first from carrying off half of a job to a place it could move from only once more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from random import Random
+
+__all__ = ["choose_victim", "grant_size"]
+
+
+def choose_victim(rng: Random, queues: Mapping[bytes, int]) -> bytes | None:
+    """A peer with queued tasks, chosen with probability in proportion to its queue; None if
+    no known peer has any. Draws one number from ``rng`` when there is a choice."""
+    candidates = [(peer, q) for peer, q in queues.items() if q > 0]
+    if not candidates:
+        return None
+    pick = rng.random() * sum(q for _, q in candidates)
+    for victim, q in candidates:  # noqa: B007 - victim is used after the loop
+        pick -= q
+        if pick < 0:
+            break
+    return victim
+
+
+def grant_size(surplus: int, *, thief_slots: int, total_slots: int, known_work: int) -> int:
+    """How many tasks a victim with ``surplus`` tasks to give grants a thief of
+    ``thief_slots`` slots, when the victim knows of ``total_slots`` slots in all (its own,
+    the thief's, the other peers') and ``known_work`` queued tasks (its surplus included)."""
+    if surplus == 0:
+        return 0
+    share = math.ceil(known_work * thief_slots / max(1, total_slots))
+    return max(1, min(math.ceil(surplus / 2), share))

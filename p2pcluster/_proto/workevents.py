@@ -1,0 +1,91 @@
+"""What the stealing machine hands its driver: outputs to carry out, events to act on, the
+batches it gives out, and its statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .messages import JobSpec, Message, TaskItem, TaskResult
+
+__all__ = [
+    "Batch", "JobDropped", "JobFinished", "PushValue", "ResultsReady", "SendWork",
+    "StealingStatistics", "WorkEvent", "WorkOutput",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SendWork:
+    """Send ``msg`` to peer ``dst`` over its work link (reliable, in order, may fail)."""
+
+    dst: bytes
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class PushValue:
+    """Send one large ``result`` of ``job`` to its owner ``dst`` on a data stream of its own,
+    then report the outcome with :meth:`StealingMachine.push_done`."""
+
+    dst: bytes
+    job: bytes
+    result: TaskResult
+    queue: int
+
+
+WorkOutput = SendWork | PushValue
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsReady:
+    """For the owner: first results of tasks of ``job``, run on peer ``peer``."""
+
+    job: bytes
+    results: tuple[TaskResult, ...]
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    """For the owner: every task of ``job`` has a result."""
+
+    job: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobDropped:
+    """Stop running tasks of ``job``: cancelled by its owner, finished, or its owner died."""
+
+    job: bytes
+    reason: str
+
+
+WorkEvent = ResultsReady | JobFinished | JobDropped
+
+
+class Batch(NamedTuple):
+    """Tasks of one job taken to run together on one worker."""
+
+    spec: JobSpec
+    items: list[TaskItem]
+
+
+@dataclass(frozen=True, slots=True)
+class StealingStatistics:
+    """Counters of one peer's scheduler."""
+
+    submitted: int = 0  #: tasks submitted here
+    completed: int = 0  #: first results received for jobs owned here
+    duplicates: int = 0  #: results received for tasks that already had one
+    executed: int = 0  #: tasks this peer ran (results it produced)
+    steal_requests: int = 0  #: requests sent
+    steals_granted: int = 0  #: requests answered with tasks (as thief)
+    steals_empty: int = 0  #: requests answered with none, or timed out (as thief)
+    tasks_stolen: int = 0  #: tasks received in grants
+    tasks_given: int = 0  #: tasks granted away
+    requeued: int = 0  #: tasks put back on an owner's queue (holder dead, silent or lost them)
+    dropped: int = 0  #: queued tasks dropped (owner died, job cancelled or finished)
+    results_pushed: int = 0  #: large results sent on data streams of their own
+    results_lost: int = 0  #: pushed results that could not be delivered
+    reports_sent: int = 0  #: Holding reports sent
+    leases_expired: int = 0  #: holders that went silent for lease_timeout (as owner)
