@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import trio
 
 from ._fastwrite import write_all
-from ._proto.messages import TaskStatus
+from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import encode_error
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._errors import UnsendableResult, too_large
 from ._loader import load_function, remember_sources
-from ._proto.messages import TaskStatus
+from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import decode_call, encode_error, encode_value
 

@@ -13,83 +13,56 @@ Field types are limited to what :mod:`.codec` can check strictly: ``int``, ``flo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Annotated, ClassVar
 
-#: The wire protocol version every message carries. Bump it for any incompatible change.
-#: Version 2 added task sizes, the result limit of a job, holding reports and the data
-#: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
-PROTOCOL_VERSION = 2
-#: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({2})
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """Bounds on a field: ``lo``/``hi`` for integers, ``max_len`` for str, bytes and tuples.
-
-    ``max_len`` of a str counts UTF-8 bytes.
-    """
-
-    lo: int | None = None
-    hi: int | None = None
-    max_len: int | None = None
-
-
-U64 = Limit(lo=0, hi=2**64 - 1)
-NodeId = Annotated[bytes, Limit(max_len=32)]
-Incarnation = Annotated[int, U64]
-Seq = Annotated[int, U64]
-Port = Annotated[int, Limit(lo=0, hi=65535)]
-Host = Annotated[str, Limit(max_len=255)]
-Name = Annotated[str, Limit(max_len=255)]
-#: Member metadata is opaque here; the membership layer gives it meaning. memberlist's limit.
-Meta = Annotated[bytes, Limit(max_len=512)]
-MAX_UPDATES = 256
-MAX_MEMBERS = 65536
-
-
-class MessageType(IntEnum):
-    """Top-level message type codes. APPEND-ONLY: never renumber or reuse a value."""
-
-    PING = 1
-    ACK = 2
-    PING_REQ = 3
-    NACK = 4
-    PUSH_PULL = 5
-    GOSSIP = 6
-    STEAL_REQUEST = 7
-    STEAL_GRANT = 8
-    TASKS_MOVED = 9
-    RESULTS = 10
-    CANCEL_JOB = 11
-    WORK_AVAILABLE = 12
-    FETCH_CODE = 13
-    CODE = 14
-    HOLDING = 15
-    FETCH_ARGS = 16
-    VALUE_HEADER = 17
-    PUSH_RESULT = 18
-    RESULT_ACK = 19
-
-
-class UpdateType(IntEnum):
-    """Type codes of piggybacked membership updates. APPEND-ONLY."""
-
-    ALIVE = 1
-    SUSPECT = 2
-    DEAD = 3
-    LEFT = 4
-
-
-class MemberStatus(IntEnum):
-    """A member's state, as carried in push-pull. APPEND-ONLY."""
-
-    ALIVE = 0
-    SUSPECT = 1
-    DEAD = 2
-    LEFT = 3
-
+from .wiretypes import (
+    MAX_INCLUDES,
+    MAX_MEMBERS,
+    MAX_TASKS,
+    MAX_UPDATES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    U64,
+    AckStatus,
+    Count,
+    Digest,
+    Host,
+    Ident,
+    Incarnation,
+    JobId,
+    Limit,
+    MemberStatus,
+    MessageType,
+    Meta,
+    Name,
+    NodeId,
+    Port,
+    Seq,
+    Size,
+    TaskId,
+    TaskStatus,
+    UpdateType,
+)
+from .workmessages import (
+    CancelJob,
+    Code,
+    FetchArgs,
+    FetchCode,
+    HeldTasks,
+    Holding,
+    JobSpec,
+    JobTasks,
+    PushResult,
+    ResultAck,
+    Results,
+    StealGrant,
+    StealRequest,
+    TaskItem,
+    TaskResult,
+    TasksMoved,
+    ValueHeader,
+    WorkAvailable,
+)
 
 # --- membership updates (piggybacked on ping, ping-req and ack) ---------------------------
 
@@ -220,244 +193,6 @@ class Gossip:
     updates: Updates
 
 
-# --- work stealing (over streams) ----------------------------------------------------------
-
-JobId = Annotated[bytes, Limit(max_len=16)]
-TaskId = Annotated[int, U64]
-Count = Annotated[int, Limit(lo=0, hi=2**32 - 1)]
-Digest = Annotated[str, Limit(max_len=64)]
-Ident = Annotated[str, Limit(max_len=1024)]
-#: A value's size in bytes (arguments and results may be far larger than any frame).
-Size = Annotated[int, Limit(lo=0, hi=2**62)]
-MAX_TASKS = 2**20
-MAX_INCLUDES = 64
-
-
-class TaskStatus(IntEnum):
-    """How a task ended, in a :class:`TaskResult`. APPEND-ONLY."""
-
-    OK = 0  #: ``payload`` is the CBOR-encoded return value
-    ERROR = 1  #: ``payload`` is a CBOR map: type, message, traceback
-    POISON = 2  #: the task killed 3 worker processes; ``payload`` as for ERROR
-    TIMEOUT = 3  #: the task overran the job's timeout; ``payload`` as for ERROR
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """What a peer needs to run a job's tasks: its owner, its function, and its code.
-
-    ``module``/``qualname`` name the function. ``code`` is the digest of the job file's code
-    bundle (loaded as ``module``) or None for an importable module; ``includes`` are digests of
-    bundles put on ``sys.path``. Bundles are fetched from the owner with :class:`FetchCode`.
-    ``timeout`` is per task, in seconds. ``chunksize`` is how many tasks a peer hands a worker
-    process at once; 0 lets each peer choose from the task times it measures.
-    ``max_value_size`` is the owner's limit on one result, in bytes: a peer that runs a task
-    whose result is larger fails that task with an error naming both sizes.
-    """
-
-    job: JobId
-    owner: NodeId
-    module: Ident
-    qualname: Ident
-    code: Digest | None
-    includes: Annotated[tuple[Digest, ...], Limit(max_len=MAX_INCLUDES)]
-    timeout: float | None
-    chunksize: Annotated[int, Limit(lo=0, hi=2**20)] = 0
-    max_value_size: Size = 2**31
-
-
-@dataclass(frozen=True, slots=True)
-class TaskItem:
-    """One unstarted task: its id within the job, how often it moved, its CBOR arguments.
-
-    A task whose arguments are large travels without them: ``payload`` is empty and ``size``
-    is their length, and the peer that runs it fetches them from the job's owner over a data
-    stream (:class:`FetchArgs`). ``size`` is 0 when ``payload`` holds the arguments.
-    """
-
-    id: TaskId
-    moves: Annotated[int, Limit(lo=0, hi=255)]
-    payload: bytes
-    size: Size = 0
-
-    @property
-    def remote(self) -> bool:
-        """True if the arguments stay at the owner until the task runs."""
-        return self.size > len(self.payload)
-
-
-@dataclass(frozen=True, slots=True)
-class JobTasks:
-    """Tasks of one job, with the job's spec."""
-
-    spec: JobSpec
-    tasks: Annotated[tuple[TaskItem, ...], Limit(max_len=MAX_TASKS)]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskResult:
-    """How task ``id`` ended (see :class:`TaskStatus`)."""
-
-    id: TaskId
-    status: Annotated[int, Limit(lo=0, hi=255)]
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class StealRequest:
-    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work."""
-
-    TYPE: ClassVar[int] = MessageType.STEAL_REQUEST
-    thief: NodeId
-    slots: Count
-
-
-@dataclass(frozen=True, slots=True)
-class StealGrant:
-    """The answer to a :class:`StealRequest`: half of ``victim``'s unstarted tasks, oldest
-    first (none if it has none), and how many it still has queued."""
-
-    TYPE: ClassVar[int] = MessageType.STEAL_GRANT
-    victim: NodeId
-    queue: Count
-    jobs: Annotated[tuple[JobTasks, ...], Limit(max_len=4096)]
-
-
-@dataclass(frozen=True, slots=True)
-class TasksMoved:
-    """To a job's owner: tasks ``ids`` of ``job`` are now held by ``holder``."""
-
-    TYPE: ClassVar[int] = MessageType.TASKS_MOVED
-    job: JobId
-    holder: NodeId
-    ids: Annotated[tuple[TaskId, ...], Limit(max_len=MAX_TASKS)]
-
-
-@dataclass(frozen=True, slots=True)
-class Results:
-    """To a job's owner: results from ``sender``, which has ``queue`` tasks still queued."""
-
-    TYPE: ClassVar[int] = MessageType.RESULTS
-    job: JobId
-    sender: NodeId
-    queue: Count
-    results: Annotated[tuple[TaskResult, ...], Limit(max_len=MAX_TASKS)]
-
-
-@dataclass(frozen=True, slots=True)
-class CancelJob:
-    """From a job's owner: drop ``job``'s queued tasks and stop its running ones."""
-
-    TYPE: ClassVar[int] = MessageType.CANCEL_JOB
-    job: JobId
-
-
-@dataclass(frozen=True, slots=True)
-class WorkAvailable:
-    """``sender`` has ``queue`` tasks to steal (sent when a job is submitted, and to a peer
-    that joins while there is work), so idle peers need not wait for gossip."""
-
-    TYPE: ClassVar[int] = MessageType.WORK_AVAILABLE
-    sender: NodeId
-    queue: Count
-
-
-@dataclass(frozen=True, slots=True)
-class FetchCode:
-    """Ask a job's owner for the code bundle with ``digest``; it answers :class:`Code`."""
-
-    TYPE: ClassVar[int] = MessageType.FETCH_CODE
-    digest: Digest
-
-
-@dataclass(frozen=True, slots=True)
-class Code:
-    """A code bundle (``bundle`` is empty if the peer does not have ``digest``)."""
-
-    TYPE: ClassVar[int] = MessageType.CODE
-    digest: Digest
-    bundle: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class HeldTasks:
-    """Tasks of ``job`` a peer holds: ids as ``[start, count, start, count, ...]`` runs."""
-
-    job: JobId
-    runs: Annotated[tuple[TaskId, ...], Limit(max_len=2 * MAX_TASKS)]
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """To a job's owner, every ``report_interval`` while ``sender`` holds tasks of its jobs:
-    the tasks it holds (queued, running, or whose result is on its way). The owner requeues
-    a task it believes is at ``sender`` but that two reports in a row leave out: a result
-    lost with a broken link is run again instead of being waited for forever."""
-
-    TYPE: ClassVar[int] = MessageType.HOLDING
-    sender: NodeId
-    jobs: Annotated[tuple[HeldTasks, ...], Limit(max_len=4096)]
-
-
-# --- data streams: large arguments and results ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FetchArgs:
-    """The first message of a data stream to a job's owner: send the arguments of ``ids``.
-
-    The owner answers each id, in order, with a :class:`ValueHeader` followed by the value's
-    bytes in raw frames (frames of the session, each sealed; their payloads concatenated).
-    """
-
-    TYPE: ClassVar[int] = MessageType.FETCH_ARGS
-    job: JobId
-    ids: Annotated[tuple[TaskId, ...], Limit(max_len=MAX_TASKS)]
-
-
-@dataclass(frozen=True, slots=True)
-class ValueHeader:
-    """``size`` bytes follow in raw frames (none if ``found`` is false: the owner has no
-    such task any more)."""
-
-    TYPE: ClassVar[int] = MessageType.VALUE_HEADER
-    id: TaskId
-    size: Size
-    found: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PushResult:
-    """The first message of a data stream to a job's owner: a result too large to ride in a
-    :class:`Results` message. ``size`` bytes of payload follow in raw frames; the owner
-    answers :class:`ResultAck`."""
-
-    TYPE: ClassVar[int] = MessageType.PUSH_RESULT
-    job: JobId
-    sender: NodeId
-    queue: Count
-    id: TaskId
-    status: Annotated[int, Limit(lo=0, hi=255)]
-    size: Size
-
-
-class AckStatus(IntEnum):
-    """What the owner did with a pushed result. APPEND-ONLY."""
-
-    ACCEPTED = 0  #: it is the task's result (or a duplicate)
-    REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
-    NO_JOB = 2  #: the owner no longer runs the job: nothing to do
-
-
-@dataclass(frozen=True, slots=True)
-class ResultAck:
-    """What the owner did with a pushed result (:class:`AckStatus`), and why."""
-
-    TYPE: ClassVar[int] = MessageType.RESULT_ACK
-    status: Annotated[int, Limit(lo=0, hi=255)]
-    reason: Annotated[str, Limit(max_len=4096)]
-
-
 WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | WorkAvailable
                | Holding)
 
@@ -475,3 +210,68 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
                                             CancelJob, WorkAvailable, Holding)
+
+#: This module is the one place to import any message or wire type from.
+__all__ = [
+    "Ack",
+    "AckStatus",
+    "Alive",
+    "CancelJob",
+    "Code",
+    "Count",
+    "Dead",
+    "Digest",
+    "FetchArgs",
+    "FetchCode",
+    "Gossip",
+    "HeldTasks",
+    "Holding",
+    "Host",
+    "Ident",
+    "Incarnation",
+    "JobId",
+    "JobSpec",
+    "JobTasks",
+    "Left",
+    "Limit",
+    "MAX_INCLUDES",
+    "MAX_MEMBERS",
+    "MAX_TASKS",
+    "MAX_UPDATES",
+    "MESSAGE_CLASSES",
+    "MemberState",
+    "MemberStatus",
+    "Message",
+    "MessageType",
+    "Meta",
+    "Nack",
+    "Name",
+    "NodeId",
+    "PROTOCOL_VERSION",
+    "Ping",
+    "PingReq",
+    "Port",
+    "PushPull",
+    "PushResult",
+    "ResultAck",
+    "Results",
+    "SUPPORTED_VERSIONS",
+    "Seq",
+    "Size",
+    "StealGrant",
+    "StealRequest",
+    "Suspect",
+    "TaskId",
+    "TaskItem",
+    "TaskResult",
+    "TaskStatus",
+    "TasksMoved",
+    "U64",
+    "Update",
+    "UpdateType",
+    "Updates",
+    "ValueHeader",
+    "WORK_MESSAGES",
+    "WorkAvailable",
+    "WorkMessage",
+]

@@ -41,10 +41,10 @@ Faults:
   back to the victim's queue.
 
 When a job ends the owner tells every peer that ever held one of its tasks to drop what is
-left (:mod:`.owner`). The machine never sleeps and never sends: it queues outputs (:class:`SendWork`,
-:class:`PushValue`) and :class:`WorkEvent` events, and exposes :meth:`next_deadline`. Peers are
-named by node id; the driver maps ids to addresses. Every number it uses is in its
-:class:`~.policy.WorkPolicy`.
+left (:mod:`.owner`). The machine never sleeps and never sends: it queues outputs
+(:class:`SendWork`, :class:`PushValue`) and :class:`WorkEvent` events, and exposes
+:meth:`next_deadline`. Peers are named by node id; the driver maps ids to addresses. Every
+number it uses is in its :class:`~.policy.WorkPolicy`.
 """
 
 from __future__ import annotations

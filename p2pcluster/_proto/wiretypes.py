@@ -1,0 +1,116 @@
+"""The wire's vocabulary: the protocol version, field limits, and the append-only enums.
+
+Light on purpose: a worker process imports it (for :class:`TaskStatus`) without the
+message classes. ``Annotated[T, Limit(...)]`` bounds a field; :mod:`.codec` turns the limits
+into checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+#: The wire protocol version every message carries. Bump it for any incompatible change.
+#: Version 2 added task sizes, the result limit of a job, holding reports and the data
+#: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
+PROTOCOL_VERSION = 2
+#: Versions this implementation decodes.
+SUPPORTED_VERSIONS = frozenset({2})
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Bounds on a field: ``lo``/``hi`` for integers, ``max_len`` for str, bytes and tuples.
+
+    ``max_len`` of a str counts UTF-8 bytes.
+    """
+
+    lo: int | None = None
+    hi: int | None = None
+    max_len: int | None = None
+
+
+U64 = Limit(lo=0, hi=2**64 - 1)
+NodeId = Annotated[bytes, Limit(max_len=32)]
+Incarnation = Annotated[int, U64]
+Seq = Annotated[int, U64]
+Port = Annotated[int, Limit(lo=0, hi=65535)]
+Host = Annotated[str, Limit(max_len=255)]
+Name = Annotated[str, Limit(max_len=255)]
+#: Member metadata is opaque here; the membership layer gives it meaning. memberlist's limit.
+Meta = Annotated[bytes, Limit(max_len=512)]
+MAX_UPDATES = 256
+MAX_MEMBERS = 65536
+
+
+class MessageType(IntEnum):
+    """Top-level message type codes. APPEND-ONLY: never renumber or reuse a value."""
+
+    PING = 1
+    ACK = 2
+    PING_REQ = 3
+    NACK = 4
+    PUSH_PULL = 5
+    GOSSIP = 6
+    STEAL_REQUEST = 7
+    STEAL_GRANT = 8
+    TASKS_MOVED = 9
+    RESULTS = 10
+    CANCEL_JOB = 11
+    WORK_AVAILABLE = 12
+    FETCH_CODE = 13
+    CODE = 14
+    HOLDING = 15
+    FETCH_ARGS = 16
+    VALUE_HEADER = 17
+    PUSH_RESULT = 18
+    RESULT_ACK = 19
+
+
+class UpdateType(IntEnum):
+    """Type codes of piggybacked membership updates. APPEND-ONLY."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+
+class MemberStatus(IntEnum):
+    """A member's state, as carried in push-pull. APPEND-ONLY."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+# --- work ------------------------------------------------------------------------------------
+
+JobId = Annotated[bytes, Limit(max_len=16)]
+TaskId = Annotated[int, U64]
+Count = Annotated[int, Limit(lo=0, hi=2**32 - 1)]
+Digest = Annotated[str, Limit(max_len=64)]
+Ident = Annotated[str, Limit(max_len=1024)]
+#: A value's size in bytes (arguments and results may be far larger than any frame).
+Size = Annotated[int, Limit(lo=0, hi=2**62)]
+MAX_TASKS = 2**20
+MAX_INCLUDES = 64
+
+
+class TaskStatus(IntEnum):
+    """How a task ended, in a :class:`TaskResult`. APPEND-ONLY."""
+
+    OK = 0  #: ``payload`` is the CBOR-encoded return value
+    ERROR = 1  #: ``payload`` is a CBOR map: type, message, traceback
+    POISON = 2  #: the task killed 3 worker processes; ``payload`` as for ERROR
+    TIMEOUT = 3  #: the task overran the job's timeout; ``payload`` as for ERROR
+
+
+class AckStatus(IntEnum):
+    """What the owner did with a pushed result. APPEND-ONLY."""
+
+    ACCEPTED = 0  #: it is the task's result (or a duplicate)
+    REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
+    NO_JOB = 2  #: the owner no longer runs the job: nothing to do
