@@ -34,12 +34,12 @@ from ._errors import ValueTooLarge as ValueTooLarge
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from ._cluster import Cluster as Cluster
+    from ._cluster import MemberInfo as MemberInfo
     from ._config import Config as Config
-    from ._executor import Cluster as Cluster
-    from ._executor import MapIterator as MapIterator
-    from ._executor import MemberInfo as MemberInfo
-    from ._executor import Progress as Progress
-    from ._executor import TaskFuture as TaskFuture
+    from ._futures import MapIterator as MapIterator
+    from ._futures import Progress as Progress
+    from ._futures import TaskFuture as TaskFuture
     from ._membership import Membership as Membership
     from ._membership import MembershipStatistics as MembershipStatistics
     from ._membership import serve_membership as serve_membership
@@ -55,11 +55,11 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Config": "._config",
-    "Cluster": "._executor",
-    "MemberInfo": "._executor",
-    "Progress": "._executor",
-    "TaskFuture": "._executor",
-    "MapIterator": "._executor",
+    "Cluster": "._cluster",
+    "MemberInfo": "._cluster",
+    "Progress": "._futures",
+    "TaskFuture": "._futures",
+    "MapIterator": "._futures",
     "open_peer": "._peer",
     "Peer": "._peer",
     "Job": "._peer",

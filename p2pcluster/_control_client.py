@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,9 +24,9 @@ import trio
 from ._control import FramedStream, connect
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult
+from ._outbox import Outbox, Part, blob_frames
 from ._proto.codec import decode_cbor
 from ._proto.control import (
-    CHUNK,
     CODEC,
     CONTROL_VERSION,
     INLINE,
@@ -56,7 +54,6 @@ from ._proto.messages import TaskStatus
 __all__ = ["ControlClient", "DaemonError", "JobSink", "open_control_client", "request_daemon"]
 
 log = logging.getLogger("p2pcluster.control")
-_LENGTH = struct.Struct(">I")
 #: Bytes of inline arguments per Args frame (and per write).
 ARGS_BYTES = 1024 * 1024
 #: Arguments per Args frame at most.
@@ -103,7 +100,7 @@ class ControlClient:
         self.welcome = welcome
         self.path = path
         self.max_value_size = max_value_size
-        self._outbox = _Outbox(stream)
+        self._outbox = Outbox(stream)
         self._lock = threading.Lock()  #: callers may submit from any thread
         self._jobs: dict[int, JobSink] = {}
         self._requests: dict[int, trio.MemorySendChannel[Reply]] = {}
@@ -175,13 +172,13 @@ class ControlClient:
 
     # --- the writer ---------------------------------------------------------------------------
 
-    def _job_parts(self, job: int, request: JobRequest, label: str) -> list[_Part]:
+    def _job_parts(self, job: int, request: JobRequest, label: str) -> list[Part]:
         """The frames of a job, in order: new bundles, the Submit (with as many small
         arguments as fit one frame: a one-task job is one frame), then the rest of the
         arguments. Large values are generators that encode one chunk at a time, as the
         socket takes them. (Called with the lock held: it numbers blobs.)"""
         ref = request.ref
-        parts: list[_Part] = []
+        parts: list[Part] = []
         new = [b for d, b in request.bundles.items() if d not in self._sent_bundles]
         self._sent_bundles.update(b.digest for b in new)
         bundles = tuple(self._value(b.encode(), parts) for b in new)
@@ -196,7 +193,7 @@ class ControlClient:
         return parts
 
     def _args_parts(self, job: int, payloads: Sequence[bytes], start: int,
-                    parts: list[_Part]) -> None:
+                    parts: list[Part]) -> None:
         first, size = start, 0
         values: list[Value] = []
         for index in range(start, len(payloads)):
@@ -211,11 +208,11 @@ class ControlClient:
         if values:
             parts.append(CODEC.encode(Args(job, first, tuple(values))))
 
-    def _value(self, data: bytes, parts: list[_Part]) -> Value:
+    def _value(self, data: bytes, parts: list[Part]) -> Value:
         if len(data) <= INLINE:
             return Inline(data)
         blob = self._id("blob")
-        parts.append(_blob_frames(blob, data))
+        parts.append(blob_frames(blob, data))
         return BlobRef(blob, len(data))
 
     async def _write(self) -> None:
@@ -298,90 +295,6 @@ class ControlClient:
             channel.close()
 
 
-class _Raw:
-    """Bytes already framed: the rest of a write the socket did not take whole."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-#: What goes out: an encoded frame, the rest of a write, or a generator of frames (a large
-#: value, chunk by chunk).
-_Part = bytes | _Raw | Iterator[bytes]
-
-
-class _Outbox:
-    """What the client sends, in order, from any thread.
-
-    When nothing waits to go out, a caller's frames go straight to the socket, with a
-    non-blocking write from the caller's own thread: no switch to the trio thread. What the
-    socket does not take at once, and everything queued behind it, the writer task sends.
-    """
-
-    def __init__(self, stream: FramedStream) -> None:
-        self._stream = stream
-        self._fd = stream.stream.socket.fileno()
-        self._token = trio.lowlevel.current_trio_token()
-        self._queue: deque[_Part] = deque()
-        self._busy = False  #: the writer task owns the socket
-        self._closed = False
-        self._wake = trio.Event()
-
-    def put(self, parts: list[_Part]) -> None:
-        """Send ``parts`` after everything put before (the caller holds the client's lock)."""
-        if self._closed:
-            raise trio.ClosedResourceError("the connection is closed")
-        if not self._busy and all(isinstance(p, bytes) for p in parts):
-            data = _framed([p for p in parts if isinstance(p, bytes)])
-            try:
-                written = os.write(self._fd, data)
-            except OSError:  # full (EAGAIN), or broken: the writer task meets and reports it
-                written = 0
-            if written == len(data):
-                return
-            parts = [_Raw(data[written:])]
-        self._queue.extend(parts)
-        if not self._busy:
-            self._busy = True
-            self._token.run_sync_soon(self._wake.set)
-
-    def close(self) -> None:
-        self._closed = True
-
-    async def serve(self, lock: threading.Lock) -> None:
-        """The writer task: send what is queued, in writes of about :data:`ARGS_BYTES`."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while True:
-                with lock:
-                    if not self._queue:
-                        self._busy = False
-                        break
-                    part = self._queue.popleft()
-                await self._send(part)
-
-    async def _send(self, part: _Part) -> None:
-        if isinstance(part, _Raw):
-            await self._stream.send_raw(part.data)
-        elif isinstance(part, bytes):
-            await self._stream.send_frames([part])
-        else:
-            batch: list[bytes] = []
-            size = 0
-            for frame in part:
-                batch.append(frame)
-                size += len(frame)
-                if size >= ARGS_BYTES:
-                    await self._stream.send_frames(batch)
-                    batch, size = [], 0
-            await self._stream.send_frames(batch)
-
-
-def _framed(frames: list[bytes]) -> bytes:
-    return b"".join(part for frame in frames for part in (_LENGTH.pack(len(frame)), frame))
-
-
 def _inline_prefix(payloads: Sequence[bytes]) -> int:
     """How many arguments from the start ride in the Submit itself: small ones, up to a
     frame's worth."""
@@ -391,13 +304,6 @@ def _inline_prefix(payloads: Sequence[bytes]) -> int:
         if len(payload) > INLINE or size > ARGS_BYTES or index >= ARGS_COUNT:
             return index
     return len(payloads)
-
-
-def _blob_frames(blob: int, data: bytes) -> Iterator[bytes]:
-    yield CODEC.encode(Blob(blob, len(data)))
-    view = memoryview(data)
-    for offset in range(0, len(data), CHUNK):
-        yield CODEC.encode(Chunk(blob, bytes(view[offset:offset + CHUNK])))
 
 
 def describe_client(argv: Sequence[str] | None = None) -> str:

@@ -10,7 +10,6 @@ finds one, or that it is alone once it has looked for :data:`DISCOVERY_WINDOW` s
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._bundles import bundle_file
+from ._cluster import Cluster, MemberInfo
 from ._codecache import CodeCache
 from ._config import Config
 from ._errors import P2PClusterError, TaskError
-from ._executor import Cluster
 from ._jobs import CodeRegistry
 from ._loader import load_job_module, remember_sources
 
@@ -79,14 +78,14 @@ class AsyncCluster:
             return await trio.to_thread.run_sync(collect, abandon_on_cancel=True)
         finally:
             stop.set()
-            self.executor._cancel_iterator(results)
+            results.close()
 
-    def members(self) -> list[Any]:
-        """The members (a quick call, made without awaiting, as documented)."""
-        # Cluster.members() waits for the cluster's trio thread through trio.from_thread,
-        # which trio refuses inside a trio run (main's own): wait in a helper thread instead.
-        with concurrent.futures.ThreadPoolExecutor(1) as helper:
-            return helper.submit(self.executor.members).result()
+    async def members(self) -> list[MemberInfo]:
+        """The members, as :meth:`Cluster.members` (asked from a worker thread: the answer
+        comes from the cluster's own trio thread, or from the daemon)."""
+        import trio
+
+        return await trio.to_thread.run_sync(self.executor.members)
 
 
 class ProgressBar:

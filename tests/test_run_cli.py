@@ -163,7 +163,7 @@ def test_an_async_main_gets_an_async_cluster(tmp_path: Path) -> None:
             values = await cluster.map(square, range(int(n)))
             one = await cluster.run(square, 12)
             return {"cluster": type(cluster).__name__, "values": values, "one": one,
-                    "members": [m.name for m in cluster.members()] != []}
+                    "members": [m.name for m in await cluster.members()] != []}
     """)
     done = run(tmp_path, job, "5")
     assert done.returncode == 0, done.stderr

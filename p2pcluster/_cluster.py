@@ -19,7 +19,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,13 @@ import trio
 from ._config import Config
 from ._control import NoDaemon, control_path
 from ._control_client import ControlClient, open_control_client
-from ._errors import ClusterError, P2PClusterError
-from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
+from ._errors import ClusterError
+from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
+from ._jobs import CodeRegistry, JobRequest, encode_map_args
 from ._peer import Peer, open_peer
-from ._proto.control import EndReason, member_row
-from ._proto.control import Progress as JobProgress
+from ._proto.control import member_row
 
-__all__ = ["Cluster", "MemberInfo", "Progress", "TaskFuture"]
+__all__ = ["Cluster", "MemberInfo"]
 
 log = logging.getLogger("p2pcluster")
 
@@ -56,126 +55,6 @@ class MemberInfo:
     @property
     def alive(self) -> bool:
         return self.status in ("alive", "suspect")
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Tasks submitted and finished through one :class:`Cluster`, with counts per peer."""
-
-    total: int
-    done: int
-    per_peer: dict[str, int]
-    elapsed: float
-
-
-class TaskFuture(cf.Future[Any]):
-    """The :class:`concurrent.futures.Future` of one task. ``peer`` is the name of the peer
-    that ran it, once it has a result or a task error (None until then, and if it never
-    ran: cancelled, or the cluster failed)."""
-
-    peer: str | None = None
-
-
-class _Sink:
-    """One job's consumer in the Executor; the trio thread calls it (never blocking)."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self._cluster = cluster
-        self._cancel: Callable[[], None] | None = None
-        self._cancel_requested = False
-        self.over = False
-
-    def accepted(self, job_id: bytes) -> None:
-        pass
-
-    def progress(self, progress: JobProgress) -> None:
-        pass
-
-    def results(self, batch: list[JobResult]) -> None:
-        self._cluster._count(batch)
-        self.got(batch)
-
-    # what a sink does with its news
-    def got(self, batch: list[JobResult]) -> None:
-        raise NotImplementedError
-
-    def finish(self, cancelled: bool) -> None:
-        raise NotImplementedError
-
-    def failed(self, error: BaseException) -> None:
-        raise NotImplementedError
-
-    def close(self, cancelled: bool = False, error: BaseException | None = None) -> None:
-        """The job is over: forget it, and tell the consumer (once)."""
-        if self.over:
-            return
-        self.over = True
-        self._cluster._forget(self)
-        if error is not None:
-            self.failed(error)
-        else:
-            self.finish(cancelled)
-
-    def cancel(self) -> None:
-        """Stop the job (from any thread)."""
-        self._cancel_requested = True
-        cancel = self._cancel
-        if cancel is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._cluster._token.run_sync_soon(cancel)
-
-
-class _FutureSink(_Sink):
-    def __init__(self, cluster: Cluster, future: TaskFuture) -> None:
-        super().__init__(cluster)
-        self.future = future
-
-    def got(self, batch: list[JobResult]) -> None:
-        result = batch[0]
-        self.future.peer = result.peer
-        try:
-            value = unpack(result.status, result.payload, result.peer)
-        except Exception as exc:
-            with contextlib.suppress(cf.InvalidStateError):  # cancelled meanwhile
-                self.future.set_exception(exc)
-        else:
-            with contextlib.suppress(cf.InvalidStateError):
-                self.future.set_result(value)
-
-    def finish(self, cancelled: bool) -> None:
-        if cancelled:
-            self.future.cancel()  # no-op if it is done
-        elif not self.future.done():
-            self.failed(P2PClusterError("the job ended without a result"))
-
-    def failed(self, error: BaseException) -> None:
-        with contextlib.suppress(cf.InvalidStateError):
-            self.future.set_exception(error)
-
-
-class _MapSink(_Sink):
-    def __init__(self, cluster: Cluster, total: int) -> None:
-        super().__init__(cluster)
-        self.total = total
-        self.received: dict[int, JobResult] = {}
-        self.end: BaseException | str | None = None
-        self.cond = threading.Condition()
-
-    def got(self, batch: list[JobResult]) -> None:
-        with self.cond:
-            self.received.update((r.task, r) for r in batch)
-            self.cond.notify_all()
-
-    def finish(self, cancelled: bool) -> None:
-        self._end("cancelled" if cancelled else "over")
-
-    def failed(self, error: BaseException) -> None:
-        self._end(error)
-
-    def _end(self, why: BaseException | str) -> None:
-        with self.cond:
-            self.end = why
-            self.cond.notify_all()
 
 
 class Cluster(cf.Executor):
@@ -205,12 +84,7 @@ class Cluster(cf.Executor):
         self._label = label
         self.peer: Peer | None = None
         self._client: ControlClient | None = None
-        self._lock = threading.Lock()
-        self._live: set[_Sink] = set()
-        self._total = 0
-        self._done = 0
-        self._per_peer: Counter[str] = Counter()
-        self._start = time.monotonic()
+        self._book = JobBook()
         self._shutdown = False
         self._failure: BaseException | None = None
         self._ready = threading.Event()
@@ -259,9 +133,7 @@ class Cluster(cf.Executor):
 
     def _end_all(self) -> None:
         """The trio thread is over: nothing it was to finish ever will."""
-        with self._lock:
-            live, self._live = list(self._live), set()
-        for sink in live:
+        for sink in self._book.take_all():
             sink.close(cancelled=self._failure is None, error=self._failure)
 
     async def _main(self) -> None:
@@ -290,56 +162,46 @@ class Cluster(cf.Executor):
             self._on_ready(self)
         self._ready.set()
         await self._stop.wait()
-        with self._lock:
-            live = list(self._live)
-        for sink in live:  # shutdown cancels what still runs
+        for sink in self._book.live():  # shutdown cancels what still runs
             sink.cancel()
 
     def _label_of(self, request: JobRequest) -> str:
         return f"{self._label}: {request.ref.qualname}" if self._label else request.ref.qualname
 
-    def _send_to_daemon(self, client: ControlClient, request: JobRequest, sink: _Sink) -> None:
+    def _send_to_daemon(self, client: ControlClient, request: JobRequest, sink: Sink) -> None:
         """(Any thread) hand the job to the daemon's connection."""
         try:
-            key = client.submit(request, _ClientSink(sink), self._label_of(request))
+            key = client.submit(request, sink, self._label_of(request))
         except (ClusterError, trio.ClosedResourceError):
-            self._forget(sink)
+            self._book.forget(sink)
             raise client.broken or ClusterError("the connection to the daemon is closed"
                                                 ) from None
-        sink._cancel = lambda: client.cancel(key)
+        sink.attach_cancel(lambda: client.cancel(key))
 
-    def _start_job(self, request: JobRequest, sink: _Sink) -> None:
+    def _start_job(self, request: JobRequest, sink: Sink) -> None:
         """In the trio thread: start the job on the embedded peer; its news goes to
         ``sink``."""
-        if sink._cancel_requested or sink.over:
+        if sink.cancel_requested or sink.over:
             sink.close(cancelled=True)
             return
         assert self.peer is not None
         job = self.peer.submit(request)
         job.listeners.append(sink.results)
         job.on_finish.append(lambda: sink.close(cancelled=job.cancelled))
-        sink._cancel = job.cancel
+        sink.attach_cancel(job.cancel)
 
-    # --- bookkeeping (any thread) -----------------------------------------------------------
+    def _run_soon(self, fn: Callable[[], None]) -> None:
+        """(Any thread) run ``fn`` in the trio thread, unless that is over."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn)
 
-    def _count(self, batch: list[JobResult]) -> None:
-        with self._lock:
-            self._done += len(batch)
-            self._per_peer.update(r.peer for r in batch)
-
-    def _forget(self, sink: _Sink) -> None:
-        with self._lock:
-            self._live.discard(sink)
-
-    def _submit_job(self, request: JobRequest, sink: _Sink) -> None:
+    def _submit_job(self, request: JobRequest, sink: Sink) -> None:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         failure = self._failure or (self._client.broken if self._client else None)
         if failure is not None:
             raise failure
-        with self._lock:
-            self._total += len(request.payloads)
-            self._live.add(sink)
+        self._book.add(sink, len(request.payloads))
         client = self._client
         if client is not None:  # straight from this thread: no wake-up of the trio thread
             self._send_to_daemon(client, request, sink)
@@ -347,7 +209,7 @@ class Cluster(cf.Executor):
         try:
             self._token.run_sync_soon(self._start_job, request, sink)
         except trio.RunFinishedError:
-            self._forget(sink)
+            self._book.forget(sink)
             if self._failure is not None:
                 raise self._failure from None
             raise RuntimeError("the cluster has shut down") from None
@@ -376,7 +238,7 @@ class Cluster(cf.Executor):
         request = self.registry.request(fn, [encode_call(args, kwargs)],
                                         max_value_size=self._limit(), where=self._where())
         future = TaskFuture()
-        sink = _FutureSink(self, future)
+        sink = FutureSink(self._book, self._run_soon, future)
 
         # The future stays PENDING until it has a result: a RUNNING future cannot be
         # cancelled (Future.cancel() returns False), by the caller or by shutdown().
@@ -406,14 +268,9 @@ class Cluster(cf.Executor):
                                         chunksize=chunksize, max_value_size=self._limit(),
                                         where=self._where())
         deadline = None if timeout is None else time.monotonic() + timeout
-        sink = _MapSink(self, len(payloads))
+        sink = MapSink(self._book, self._run_soon, len(payloads))
         self._submit_job(request, sink)
         return MapIterator(sink, deadline)
-
-    def _cancel_iterator(self, iterator: Iterator[Any]) -> None:
-        """Cancel the job behind an iterator from :meth:`map` (from any thread)."""
-        if isinstance(iterator, MapIterator):
-            iterator.close()
 
     def as_completed(self, futures: Iterable[cf.Future[Any]], timeout: float | None = None
                      ) -> Iterator[cf.Future[Any]]:
@@ -441,9 +298,9 @@ class Cluster(cf.Executor):
         return [member_row(m, now) for m in self.peer.members()]
 
     def progress(self) -> Progress:
-        with self._lock:
-            return Progress(self._total, self._done, dict(self._per_peer),
-                            time.monotonic() - self._start)
+        """Tasks submitted and done through this cluster, per peer, and the seconds since it
+        started."""
+        return self._book.progress()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Leave the cluster (an embedded peer) and stop the trio thread. Jobs still running
@@ -463,77 +320,6 @@ class Cluster(cf.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-class _ClientSink:
-    """Adapts an Executor sink to :class:`~._control_client.JobSink`."""
-
-    def __init__(self, sink: _Sink) -> None:
-        self._sink = sink
-
-    def accepted(self, job_id: bytes) -> None:
-        self._sink.accepted(job_id)
-
-    def results(self, batch: list[JobResult]) -> None:
-        self._sink.results(batch)
-
-    def progress(self, progress: JobProgress) -> None:
-        self._sink.progress(progress)
-
-    def ended(self, reason: EndReason, error: str) -> None:
-        if reason == EndReason.FAILED:
-            self._sink.close(error=P2PClusterError(f"the daemon could not run the job: "
-                                                   f"{error}"))
-        else:
-            self._sink.close(cancelled=reason == EndReason.CANCELLED)
-
-    def broken(self, error: ClusterError) -> None:
-        self._sink.close(error=error)
-
-
-class MapIterator(Iterator[Any]):
-    """:meth:`Cluster.map`'s results, in order. ``close()`` (or garbage collection) before
-    the end cancels the rest of the job."""
-
-    def __init__(self, sink: _MapSink, deadline: float | None) -> None:
-        self._sink = sink
-        self._deadline = deadline
-        self._next = 0
-
-    def __next__(self) -> Any:
-        index = self._next
-        if index >= self._sink.total:
-            raise StopIteration
-        try:
-            result = self._wait(index)
-            self._next += 1
-            return unpack(result.status, result.payload, result.peer)
-        except BaseException:
-            self.close()
-            raise
-
-    def _wait(self, index: int) -> JobResult:
-        sink = self._sink
-        with sink.cond:
-            while index not in sink.received:
-                if isinstance(sink.end, BaseException):
-                    raise sink.end
-                if sink.end is not None:
-                    raise P2PClusterError(f"the job ended early: {sink.end}")
-                wait = None if self._deadline is None else self._deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    raise cf.TimeoutError(f"result {index} of {sink.total} was not ready "
-                                          "in time")
-                sink.cond.wait(0.5 if wait is None else min(wait, 0.5))
-            return sink.received.pop(index)
-
-    def close(self) -> None:
-        """Cancel the rest of the job, if any is left."""
-        if self._next < self._sink.total and self._sink.end is None:
-            self._sink.cancel()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _unwrap(exc: BaseException) -> BaseException:
