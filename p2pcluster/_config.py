@@ -203,7 +203,13 @@ class Config:
         size.""", "s")
 
     def __post_init__(self) -> None:
-        checks: list[tuple[bool, str]] = [
+        errors = [msg for ok, msg in self._network_checks() + self._peer_checks() if not ok]
+        if errors:
+            raise ConfigError("invalid Config: " + "; ".join(errors))
+
+    def _network_checks(self) -> list[tuple[bool, str]]:
+        """(holds, what must hold) for the wire and membership fields."""
+        return [
             (bool(self.cluster) and len(self.cluster.encode()) <= 63,
              "cluster must be 1 to 63 bytes"),
             (0 <= self.port <= 65535, "port must be 0..65535"),
@@ -224,6 +230,11 @@ class Config:
             (self.reconnect_interval > 0, "reconnect_interval must be positive"),
             (0 <= self.awareness_max_multiplier <= 64, "awareness_max_multiplier: 0..64"),
             (self.dead_retention > 0, "dead_retention must be positive"),
+        ]
+
+    def _peer_checks(self) -> list[tuple[bool, str]]:
+        """(holds, what must hold) for the peer's name, workers and work fields."""
+        return [
             (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
              "node_name must be 1 to 255 bytes"),
             (self.node_name is None or self.node_name.isprintable(),
@@ -241,9 +252,6 @@ class Config:
             (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
             (self.meta_interval >= 0, "meta_interval must not be negative"),
         ]
-        errors = [msg for ok, msg in checks if not ok]
-        if errors:
-            raise ConfigError("invalid Config: " + "; ".join(errors))
 
     # --- presets --------------------------------------------------------------------------
 

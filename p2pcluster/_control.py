@@ -230,22 +230,7 @@ async def serve_control(path: Path, handler: Handler, *,
     _check_length(path)
     _prepare_directory(path)
     await _claim(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bound and listening under a temporary name first, then renamed into place: a client
-    # that finds the path always finds a socket that accepts.
-    staging = path.with_name(f".{os.getpid()}-{secrets.token_hex(3)}")
-    _check_length(staging)
-    try:
-        staging.unlink(missing_ok=True)
-        await sock.bind(str(staging))
-        os.chmod(staging, 0o600)
-        sock.listen(BACKLOG)
-        os.rename(staging, path)
-        inode = path.stat().st_ino
-    except BaseException:
-        sock.close()
-        staging.unlink(missing_ok=True)
-        raise
+    sock, inode = await _listen_at(path)
     listener = trio.SocketListener(sock)
     try:
         async with trio.open_nursery() as nursery:
@@ -261,6 +246,28 @@ async def serve_control(path: Path, handler: Handler, *,
                 path.unlink()
         except FileNotFoundError:
             pass
+
+
+async def _listen_at(path: Path) -> tuple[trio.socket.SocketType, int]:
+    """A socket listening at ``path`` (mode 0600), and the inode it has there.
+
+    It is bound and listening under a temporary name first, then renamed into place: a
+    client that finds the path always finds a socket that accepts.
+    """
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = path.with_name(f".{os.getpid()}-{secrets.token_hex(3)}")
+    _check_length(staging)
+    try:
+        staging.unlink(missing_ok=True)
+        await sock.bind(str(staging))
+        os.chmod(staging, 0o600)
+        sock.listen(BACKLOG)
+        os.rename(staging, path)
+        return sock, path.stat().st_ino
+    except BaseException:
+        sock.close()
+        staging.unlink(missing_ok=True)
+        raise
 
 
 async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:

@@ -22,7 +22,8 @@ import math
 import re
 import socket
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -118,11 +119,30 @@ async def serve_discovery(
     if mDNS cannot start on that interface. On cancellation the record is withdrawn (a
     goodbye packet) before returning.
     """
-    zc = await trio.to_thread.run_sync(
-        lambda: Zeroconf(interfaces=[address], ip_version=IPVersion.V4Only))
     info = ServiceInfo(SERVICE_TYPE, f"{instance_label(name)}.{SERVICE_TYPE}", port=port,
                        addresses=[socket.inet_aton(address)],
                        properties=_txt(node_id, cluster, port), server=_host_label(node_id))
+    on_change, receive = _changes()
+    async with _open_zeroconf(address) as zc:
+        # Browse first: peers already on the LAN are found while our own name is probed.
+        browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_resolve_forever, zc, receive, cluster, node_id, on_peer)
+                async with _registered(zc, info):
+                    instance = info.name.removesuffix("." + SERVICE_TYPE)
+                    log.info("advertising %r over mDNS on %s", instance, address)
+                    task_status.started(instance)
+                    await trio.sleep_forever()
+        finally:
+            browser.cancel()
+
+
+Changes = trio.MemoryReceiveChannel[tuple[ServiceStateChange, str]]
+
+
+def _changes() -> tuple[Callable[..., None], Changes]:
+    """A browser handler, and the channel where it puts each change it is told of."""
     send, receive = trio.open_memory_channel[tuple[ServiceStateChange, str]](math.inf)
     token = trio.lowlevel.current_trio_token()
 
@@ -132,34 +152,35 @@ async def serve_discovery(
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(send.send_nowait, (state_change, name))
 
-    registered = False
+    return on_change, receive
+
+
+@asynccontextmanager
+async def _open_zeroconf(address: str) -> AsyncIterator[Zeroconf]:
+    """Zeroconf on ``address``'s interface only, closed on exit (even when cancelled)."""
+    zc = await trio.to_thread.run_sync(
+        lambda: Zeroconf(interfaces=[address], ip_version=IPVersion.V4Only))
     try:
-        # Browse first: peers already on the LAN are found while our own name is probed.
-        browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_resolve_forever, zc, receive, cluster, node_id, on_peer)
-                await trio.to_thread.run_sync(
-                    lambda: zc.register_service(info, allow_name_change=True),
-                    abandon_on_cancel=True)
-                registered = True
-                instance = info.name.removesuffix("." + SERVICE_TYPE)
-                log.info("advertising %r over mDNS on %s", instance, address)
-                task_status.started(instance)
-        finally:
-            browser.cancel()
-            if registered:
-                with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT):
-                    await trio.to_thread.run_sync(zc.unregister_service, info,
-                                                  abandon_on_cancel=True)
+        yield zc
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(zc.close, abandon_on_cancel=True)
 
 
-async def _resolve_forever(zc: Zeroconf,
-                           events: trio.MemoryReceiveChannel[tuple[ServiceStateChange, str]],
-                           cluster: str, node_id: bytes,
+@asynccontextmanager
+async def _registered(zc: Zeroconf, info: ServiceInfo) -> AsyncIterator[None]:
+    """``info`` is advertised for the block (zeroconf renames it on a conflict); on exit it
+    is withdrawn with a goodbye packet, within :data:`UNREGISTER_TIMEOUT`."""
+    await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True),
+                                  abandon_on_cancel=True)
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT):
+            await trio.to_thread.run_sync(zc.unregister_service, info, abandon_on_cancel=True)
+
+
+async def _resolve_forever(zc: Zeroconf, events: Changes, cluster: str, node_id: bytes,
                            on_peer: Callable[[Discovered], None]) -> None:
     async with trio.open_nursery() as nursery:
         async for change, name in events:

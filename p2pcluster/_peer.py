@@ -41,6 +41,7 @@ from ._discovery import serve_introductions
 from ._errors import P2PClusterError
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
+from ._netutil import Where
 from ._netutil import where as choose_where
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
@@ -269,18 +270,12 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
     peers of one name the later one yields (``_names.py``). On exit the peer leaves
     gracefully and cancels the jobs it owns; its workers stop.
     """
-    config = config or Config.load()
-    source = load_secrets(secret_file=config.secret_file, create=True)
-    keyring = Keyring.from_secrets(source.secrets, config.cluster)
-    place = choose_where(config)
-    config = dataclasses.replace(config, bind_address=place.bind)
-    seeds = await resolve_seeds(config.seeds, config.port)
-    workers = workers_for(config)
+    plan = await _plan(config or Config.load())
+    config, workers, place = plan.config, plan.workers, plan.place
     cache = CodeCache(CodeCache.default_root())
-    async with open_runner(config, keyring) as runner, trio.open_nursery() as nursery:
-        work: WorkService
+    async with open_runner(config, plan.keyring) as runner, trio.open_nursery() as nursery:
         membership: Membership = await nursery.start(partial(
-            serve_membership, config, keyring, runner=runner, seeds=seeds,
+            serve_membership, config, plan.keyring, runner=runner, seeds=plan.seeds,
             meta=_first_meta(config, workers, started), advertise=place.advertise))
         async with open_worker_pool(workers, cache.root) as pool:
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
@@ -300,6 +295,27 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
                     await work.leave(LINK_DRAIN)  # the CancelJobs must go out
                     await membership.leave()
                 nursery.cancel_scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a peer needs before it opens a socket: its keys, where it binds and advertises,
+    its seeds' addresses and its worker count."""
+
+    config: Config
+    keyring: Keyring
+    place: Where
+    seeds: list[Address]
+    workers: int
+
+
+async def _plan(config: Config) -> _Plan:
+    source = load_secrets(secret_file=config.secret_file, create=True)
+    keyring = Keyring.from_secrets(source.secrets, config.cluster)
+    place = choose_where(config)
+    config = dataclasses.replace(config, bind_address=place.bind)
+    seeds = await resolve_seeds(config.seeds, config.port)
+    return _Plan(config, keyring, place, seeds, workers_for(config))
 
 
 async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:

@@ -447,24 +447,7 @@ def run_in_process(args: argparse.Namespace, only: set[str], results: Results,
         stack.callback(pool.join)
         stack.callback(pool.terminate)
         systems["pool"] = PoolSystem(pool)
-        starters: dict[str, Callable[[], System]] = {
-            "p2p": lambda: start_p2p(stack, tmp), "dask": lambda: start_dask(stack)}
-        for name, start in starters.items():
-            if name == "dask" and args.no_dask:
-                continue
-            try:
-                _log(f"starting {name}")
-                systems[name] = start()
-            except Exception as exc:
-                results.errors[name] = _error(exc)
-                _log(f"{name} unavailable: {results.errors[name]}")
-        for name, system in list(systems.items()):
-            try:
-                results.info[f"{name}_workers_used_in_warmup"] = warm_up(system)
-            except Exception as exc:
-                results.errors[name] = _error(exc)
-                _log(f"{name} failed to warm up: {results.errors[name]}")
-                del systems[name]
+        _start_systems(args, stack, tmp, systems, results)
         for rnd in range(args.repeat):
             _log(f"round {rnd + 1}/{args.repeat}")
             for name in SYSTEMS:
@@ -475,6 +458,30 @@ def run_in_process(args: argparse.Namespace, only: set[str], results: Results,
             with contextlib.suppress(Exception):
                 results.info["p2p_tasks_per_peer"] = dict(p2p.cluster.progress().per_peer)
         _log("shutting the systems down")
+
+
+def _start_systems(args: argparse.Namespace, stack: contextlib.ExitStack, tmp: Path,
+                   systems: dict[str, System], results: Results) -> None:
+    """Start p2p and Dask beside the pool and warm each up; a system that fails is left out,
+    with its error in ``results``."""
+    starters: dict[str, Callable[[], System]] = {
+        "p2p": lambda: start_p2p(stack, tmp), "dask": lambda: start_dask(stack)}
+    for name, start in starters.items():
+        if name == "dask" and args.no_dask:
+            continue
+        try:
+            _log(f"starting {name}")
+            systems[name] = start()
+        except Exception as exc:
+            results.errors[name] = _error(exc)
+            _log(f"{name} unavailable: {results.errors[name]}")
+    for name, system in list(systems.items()):
+        try:
+            results.info[f"{name}_workers_used_in_warmup"] = warm_up(system)
+        except Exception as exc:
+            results.errors[name] = _error(exc)
+            _log(f"{name} failed to warm up: {results.errors[name]}")
+            del systems[name]
 
 
 def run_round(system: System, wanted: set[str], tasks: int, results: Results) -> None:
@@ -525,23 +532,7 @@ def summarise(args: argparse.Namespace, only: set[str], results: Results) -> dic
             continue
         out[key] = min(values) if key in LOWER_IS_BETTER else max(values)
         out[f"{key}_median"] = statistics.median(values)
-    if "w1" in only and not args.no_dask:
-        out["w1_ratio_vs_dask"] = _ratio(out.get("w1_tasks_per_s"),
-                                         out.get("w1_dask_tasks_per_s"))
-    if "w2" in only:
-        out["w2_serial_s"] = TOTAL_COST
-        out["w2_gap_vs_pool"] = (None if out.get("w2_efficiency") is None
-                                 or out.get("w2_pool_efficiency") is None
-                                 else out["w2_pool_efficiency"] - out["w2_efficiency"])
-    if "w3" in only:
-        costs = w3_costs()
-        largest = max(range(len(costs)), key=costs.__getitem__)
-        out["w3_greedy_over_bound"] = greedy_makespan(costs, WORKERS) / w3_bound(costs)
-        out["w3_bound_s"] = w3_bound(costs)
-        out["w3_largest_index"] = largest
-        out["w3_largest_s"] = costs[largest]
-    if "w4" in only and not args.no_dask:
-        out["w4_wall_ratio_vs_dask"] = _ratio(out.get("w4_wall_s"), out.get("w4_dask_wall_s"))
+    out |= _derived(args, only, out)
     out["targets"] = targets(out)
     out |= results.info
     out = {k: round(v, 1 if "per_s" in k else 4) if isinstance(v, float) else v
@@ -551,6 +542,29 @@ def summarise(args: argparse.Namespace, only: set[str], results: Results) -> dic
     out["tasks"] = args.tasks
     out["machine"] = machine()
     return out
+
+
+def _derived(args: argparse.Namespace, only: set[str], out: dict[str, Any]) -> dict[str, Any]:
+    """Ratios and bounds computed from the measured figures in ``out``."""
+    more: dict[str, Any] = {}
+    if "w1" in only and not args.no_dask:
+        more["w1_ratio_vs_dask"] = _ratio(out.get("w1_tasks_per_s"),
+                                         out.get("w1_dask_tasks_per_s"))
+    if "w2" in only:
+        more["w2_serial_s"] = TOTAL_COST
+        more["w2_gap_vs_pool"] = (None if out.get("w2_efficiency") is None
+                                 or out.get("w2_pool_efficiency") is None
+                                 else out["w2_pool_efficiency"] - out["w2_efficiency"])
+    if "w3" in only:
+        costs = w3_costs()
+        largest = max(range(len(costs)), key=costs.__getitem__)
+        more["w3_greedy_over_bound"] = greedy_makespan(costs, WORKERS) / w3_bound(costs)
+        more["w3_bound_s"] = w3_bound(costs)
+        more["w3_largest_index"] = largest
+        more["w3_largest_s"] = costs[largest]
+    if "w4" in only and not args.no_dask:
+        more["w4_wall_ratio_vs_dask"] = _ratio(out.get("w4_wall_s"), out.get("w4_dask_wall_s"))
+    return more
 
 
 def targets(out: dict[str, Any]) -> dict[str, bool | None]:
