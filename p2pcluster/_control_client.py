@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -215,6 +215,22 @@ class ControlClient:
         parts.append(blob_frames(blob, data))
         return BlobRef(blob, len(data))
 
+    async def serve(self) -> None:
+        """Run the reader and the writer until cancelled. A broken connection fails the
+        jobs (:meth:`JobSink.broken`) and later calls, never this task."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._guarded, self._reader)
+            nursery.start_soon(self._guarded, self._write)
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except (OSError, ProtocolError, DaemonError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as exc:
+            if self._broken is None:
+                log.debug("control connection to %s ended: %s", self.path, exc)
+                self._fail(exc)
+
     async def _write(self) -> None:
         await self._outbox.serve(self._lock)
 
@@ -334,8 +350,7 @@ async def open_control_client(path: Path, *, max_value_size: int, client: str | 
         client_ = ControlClient(stream, welcome, path, max_value_size)
         with single_errors():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_guarded, client_, client_._reader)
-                nursery.start_soon(_guarded, client_, client_._write)
+                nursery.start_soon(client_.serve)
                 try:
                     yield client_
                 finally:
@@ -355,17 +370,6 @@ def _check_welcome(path: Path, welcome: dict[str, Any] | None) -> None:
                      f"(version {CONTROL_VERSION}); restart it with this version's "
                      "`p2pcluster join`")
         raise DaemonError(f"the daemon at {path} refused this client: {error}")
-
-
-async def _guarded(client: ControlClient, task: Any) -> None:
-    """Run the reader or the writer; a broken connection fails the jobs, not the caller."""
-    try:
-        await task()
-    except (OSError, ProtocolError, DaemonError, trio.BrokenResourceError,
-            trio.ClosedResourceError) as exc:
-        if client._broken is None:
-            log.debug("control connection to %s ended: %s", client.path, exc)
-            client._fail(exc)
 
 
 async def request_daemon(path: Path, op: str, *, timeout: float = 10.0,

@@ -19,7 +19,6 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
-from functools import partial
 
 import trio
 
@@ -212,7 +211,12 @@ class Membership:
             await stream.send(reply)
             msg = await stream.receive()
 
-    async def _serve(self, seeds: Sequence[Address]) -> None:
+    async def serve(self, seeds: Sequence[Address], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take the membership streams from the runner, run the probe, gossip and sync loops
+        until cancelled, and join through ``seeds``."""
+        self._runner.route(MEMBERSHIP_REQUESTS, self._serve_stream)
+        task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
             nursery.start_soon(self._receiver)
@@ -251,8 +255,7 @@ async def serve_membership(
                   machine.node_id.hex()[:8], config.bind_address, wire.port, host, wire.port)
         async with trio.open_nursery() as nursery:
             membership = Membership(machine, wire, nursery)
-            wire.route(MEMBERSHIP_REQUESTS, membership._serve_stream)
-            nursery.start_soon(partial(membership._serve, seeds))
+            await nursery.start(membership.serve, seeds)
             task_status.started(membership)
 
 

@@ -315,6 +315,12 @@ class WorkerPool:
     def closing(self) -> bool:
         return self._closing
 
+    async def start(self) -> None:
+        """Spawn the pool's workers; each comes up in the background (a call sent before it is
+        up waits in its pipe)."""
+        for _ in range(self.slots):
+            await self._spawn()
+
     async def _serve_worker(self, worker: _Worker) -> None:
         """Read the worker's answers in order; when it dies, fail or resend its calls and
         start another (unless the pool is closing)."""
@@ -367,7 +373,9 @@ class WorkerPool:
                 return None
             buffer += chunk
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop every worker: each idle one exits on EOF; any still busy after
+        :data:`GRACE_PERIOD` is killed."""
         self._closing = True
         for worker in list(self._workers):
             with trio.CancelScope(shield=True):
@@ -391,9 +399,8 @@ async def open_worker_pool(workers: int, cache_root: Path) -> AsyncIterator[Work
         raise ValueError(f"a worker pool cannot have {workers} workers")
     async with trio.open_nursery() as nursery:
         pool = WorkerPool(workers, cache_root, nursery)
-        for _ in range(workers):
-            await pool._spawn()
+        await pool.start()
         try:
             yield pool
         finally:
-            await pool._close()
+            await pool.aclose()

@@ -110,7 +110,9 @@ class SecureWire:
         return WireStatistics(**{f.name: self._counters[f.name]
                                  for f in fields(WireStatistics)})
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` of :class:`WireStatistics` (the wire's channels
+        and streams report their traffic here)."""
         self._counters[name] += n
 
     def take_rejected(self) -> dict[str, int]:
@@ -141,13 +143,13 @@ class SecureWire:
             msg = codec.decode(self._opener.open(data, self._wall_clock()))
         except ProtocolError as exc:
             counter = _drop_counter(exc)
-            self._count(counter)
+            self.count(counter)
             if counter != "dropped_replay":
                 self._rejected[src[0]] += 1
             log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
             return None
-        self._count("datagrams_received")
-        self._count("datagram_bytes_received", len(data))
+        self.count("datagrams_received")
+        self.count("datagram_bytes_received", len(data))
         return msg
 
     # --- streams --------------------------------------------------------------------------
@@ -168,7 +170,7 @@ class SecureWire:
                 session, proof = handshake.receive(reply)
                 await stream.send_all(proof)
             except (HandshakeError, trio.BrokenResourceError, OSError) as exc:
-                self._count("handshakes_failed")
+                self.count("handshakes_failed")
                 self._rejected[dst[0]] += 1
                 await trio.aclose_forcefully(stream)
                 if isinstance(exc, HandshakeError):
@@ -178,10 +180,10 @@ class SecureWire:
                 await trio.aclose_forcefully(stream)
                 raise
         if scope.cancelled_caught:
-            self._count("handshakes_failed")
+            self.count("handshakes_failed")
             raise HandshakeError(f"no handshake with {dst[0]}:{dst[1]} within "
                                  f"{self.config.handshake_timeout:g} s")
-        self._count("streams_opened")
+        self.count("streams_opened")
         session.feed(rest)
         return SecureStream(self, stream, session, dst)
 
@@ -202,11 +204,11 @@ class SecureWire:
                 log.debug("handshake from %s:%d failed: %s", *src, exc)
                 secure = None
         if secure is None or not secure.established:
-            self._count("handshakes_failed")
+            self.count("handshakes_failed")
             self._rejected[src[0]] += 1
             await trio.aclose_forcefully(stream)
             return None
-        self._count("streams_accepted")
+        self.count("streams_accepted")
         return secure
 
     async def serve(self, listener: StreamListener,
@@ -249,8 +251,8 @@ class SecureDatagramChannel:
     async def send(self, msg: Message, dst: Address) -> None:
         data = self.wire.seal(msg)
         await self.socket.send(data, dst)
-        self.wire._count("datagrams_sent")
-        self.wire._count("datagram_bytes_sent", len(data))
+        self.wire.count("datagrams_sent")
+        self.wire.count("datagram_bytes_sent", len(data))
 
     async def receive(self) -> tuple[Message, Address]:
         """The next valid message; invalid datagrams are dropped and counted, never raised."""
@@ -293,8 +295,8 @@ class SecureStream:
         async with self._send_lock:
             frame = self.session.seal(payload)
             await self.stream.send_all(frame)
-        self.wire._count("frames_sent")
-        self.wire._count("stream_bytes_sent", len(frame))
+        self.wire.count("frames_sent")
+        self.wire.count("stream_bytes_sent", len(frame))
 
     async def receive(self) -> Message | None:
         """The next message, or None when the peer closed cleanly.
@@ -308,7 +310,7 @@ class SecureStream:
         try:
             return codec.decode(payload)
         except ProtocolError:
-            self.wire._count("frames_rejected")
+            self.wire.count("frames_rejected")
             raise
 
     async def receive_payload(self) -> bytes | None:
@@ -317,20 +319,20 @@ class SecureStream:
             try:
                 payload = session.next_payload()
             except ProtocolError:
-                self.wire._count("frames_rejected")
+                self.wire.count("frames_rejected")
                 raise
             if payload is not None:
-                self.wire._count("frames_received")
+                self.wire.count("frames_received")
                 return payload
             data = await self.stream.receive_some(_RECEIVE_CHUNK)
             if not data:
                 if session.buffered:
-                    self.wire._count("frames_rejected")
+                    self.wire.count("frames_rejected")
                     raise AuthenticationError(
                         f"stream closed inside a frame ({session.buffered} bytes buffered)"
                     )
                 return None
-            self.wire._count("stream_bytes_received", len(data))
+            self.wire.count("stream_bytes_received", len(data))
             session.feed(bytes(data))
 
     async def wait_established(self) -> None:

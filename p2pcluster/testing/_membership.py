@@ -90,7 +90,7 @@ class SimCluster:
 
     def leave(self, i: int) -> None:
         self.machines[i].leave(self.sim.now)
-        self.sim._after_event(peer_address(i))  # send the leave at once
+        self.sim.flush(peer_address(i))  # send the leave at once
 
     # --- observations ---------------------------------------------------------------------
 

@@ -276,6 +276,11 @@ class Simulation:
         self._push(self.now + self.stream_timeout, _REPLY, src, generation, token, None, None,
                    False)
 
+    def flush(self, addr: Address) -> None:
+        """Carry out what the machine at ``addr`` has queued: call it after acting on the
+        machine from outside the simulation (a leave, a message injected by a test)."""
+        self._after_event(addr)
+
     def _after_event(self, addr: Address, *, ticked: bool = False) -> None:
         slot = self._slots.get(addr)
         if slot is None:

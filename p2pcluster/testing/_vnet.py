@@ -78,11 +78,8 @@ class VirtualNetwork:
     def __init__(self, seed: int = 0, conditions: LinkConditions | None = None) -> None:
         self.seed = seed
         self.model = NetworkModel(random.Random(f"{seed}/vnet"), conditions)
-        self._datagram: dict[Address, _VDatagramSocket] = {}
-        self._listeners: dict[Address, _VListener] = {}
-        self._next_port: dict[str, int] = {}
-        self._topology = ParkingLot()
-        self._waiters: set[_DelayQueue] = set()
+        #: The sockets and connections of every host, which its transport plugs into.
+        self.fabric = _Fabric(self.model)
 
     def host(self, ip: str) -> VirtualHost:
         """The transport of the host at ``ip`` (created on first use)."""
@@ -93,31 +90,50 @@ class VirtualNetwork:
     def partition(self, *groups: Iterable[str]) -> None:
         """Each group of host IPs only reaches itself; unlisted hosts form one more group."""
         self.model.partition(*groups)
-        self._changed()
+        self.fabric.changed()
 
     def block(self, src: str, dst: str) -> None:
         """Drop everything from ``src`` to ``dst`` only (an asymmetric link)."""
         self.model.block(src, dst)
-        self._changed()
+        self.fabric.changed()
 
     def unblock(self, src: str, dst: str) -> None:
         self.model.unblock(src, dst)
-        self._changed()
+        self.fabric.changed()
 
     def heal(self) -> None:
         """Remove every partition and block."""
         self.model.heal()
-        self._changed()
+        self.fabric.changed()
 
     def set_link(self, src: str, dst: str, conditions: LinkConditions) -> None:
         self.model.set_link(src, dst, conditions)
 
-    def _changed(self) -> None:
+
+class _Fabric:
+    """The bound sockets, listeners and open connections of a :class:`VirtualNetwork`, and
+    how bytes move between them under its :class:`NetworkModel`."""
+
+    def __init__(self, model: NetworkModel) -> None:
+        self.model = model
+        self._datagram: dict[Address, _VDatagramSocket] = {}
+        self._listeners: dict[Address, _VListener] = {}
+        self._next_port: dict[str, int] = {}
+        self._topology = ParkingLot()
+        self._waiters: set[_DelayQueue] = set()
+
+    def changed(self) -> None:
+        """The topology changed: wake whatever waits for a path to open."""
         self._topology.unpark_all()
         for queue in list(self._waiters):
             queue.wake()
 
-    # --- internals used by the hosts ------------------------------------------------------
+    def watch(self, queue: _DelayQueue) -> None:
+        """Wake ``queue`` whenever the topology changes (until :meth:`unwatch`)."""
+        self._waiters.add(queue)
+
+    def unwatch(self, queue: _DelayQueue) -> None:
+        self._waiters.discard(queue)
 
     def _bind(self, ip: str, bind: Address, table: dict[Address, Any]) -> Address:
         host, port = bind
@@ -132,7 +148,25 @@ class VirtualNetwork:
             raise OSError(errno.EADDRINUSE, f"{ip}:{port} is in use")
         return ip, port
 
-    def _deliver_datagram(self, src: Address, dst: Address, data: bytes) -> None:
+    def open_datagram(self, ip: str, bind: Address) -> _VDatagramSocket:
+        addr = self._bind(ip, bind, self._datagram)
+        sock = self._datagram[addr] = _VDatagramSocket(self, addr)
+        return sock
+
+    def open_listener(self, ip: str, bind: Address) -> _VListener:
+        addr = self._bind(ip, bind, self._listeners)
+        listener = self._listeners[addr] = _VListener(self, addr)
+        return listener
+
+    def close_datagram(self, sock: _VDatagramSocket) -> None:
+        if self._datagram.get(sock.local_address) is sock:
+            del self._datagram[sock.local_address]
+
+    def close_listener(self, listener: _VListener) -> None:
+        if self._listeners.get(listener.local_address) is listener:
+            del self._listeners[listener.local_address]
+
+    def deliver_datagram(self, src: Address, dst: Address, data: bytes) -> None:
         target = self._datagram.get(dst)
         if target is None:
             return
@@ -140,7 +174,7 @@ class VirtualNetwork:
         for delay in self.model.datagram_delays(src[0], dst[0]):
             target.queue.put(now + delay, (data, src))
 
-    async def _connect(self, src_ip: str, dst: Address) -> trio.abc.Stream:
+    async def connect(self, src_ip: str, dst: Address) -> trio.abc.Stream:
         while (syn := self.model.stream_delay(src_ip, dst[0], rto=TCP_SYN_RTO)) is None:
             await self._topology.park()  # SYNs are lost until the partition heals
         await trio.sleep(syn + (self.model.stream_delay(dst[0], src_ip) or 0.0))
@@ -166,24 +200,18 @@ class VirtualHost:
 
     async def open_datagram(self, bind: Address) -> _VDatagramSocket:
         await trio.lowlevel.checkpoint()
-        addr = self.net._bind(self.ip, bind, self.net._datagram)
-        sock = _VDatagramSocket(self.net, addr)
-        self.net._datagram[addr] = sock
-        return sock
+        return self.net.fabric.open_datagram(self.ip, bind)
 
     async def open_listener(self, bind: Address) -> _VListener:
         await trio.lowlevel.checkpoint()
-        addr = self.net._bind(self.ip, bind, self.net._listeners)
-        listener = _VListener(self.net, addr)
-        self.net._listeners[addr] = listener
-        return listener
+        return self.net.fabric.open_listener(self.ip, bind)
 
     async def open_stream(self, dst: Address) -> trio.abc.Stream:
-        return await self.net._connect(self.ip, dst)
+        return await self.net.fabric.connect(self.ip, dst)
 
 
 class _VDatagramSocket:
-    def __init__(self, net: VirtualNetwork, addr: Address) -> None:
+    def __init__(self, net: _Fabric, addr: Address) -> None:
         self._net = net
         self._addr = addr
         self.queue = _DelayQueue()
@@ -198,20 +226,19 @@ class _VDatagramSocket:
             raise trio.ClosedResourceError("socket is closed")
         if len(data) > _MAX_DATAGRAM:
             raise OSError(errno.EMSGSIZE, "datagram too large")
-        self._net._deliver_datagram(self._addr, dst, bytes(data))
+        self._net.deliver_datagram(self._addr, dst, bytes(data))
 
     async def receive(self) -> tuple[bytes, Address]:
         item: tuple[bytes, Address] = await self.queue.get()
         return item
 
     def close(self) -> None:
-        if self._net._datagram.get(self._addr) is self:
-            del self._net._datagram[self._addr]
+        self._net.close_datagram(self)
         self.queue.close()
 
 
 class _VListener:
-    def __init__(self, net: VirtualNetwork, addr: Address) -> None:
+    def __init__(self, net: _Fabric, addr: Address) -> None:
         self._net = net
         self._addr = addr
         self.queue = _DelayQueue()
@@ -226,23 +253,22 @@ class _VListener:
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
-        if self._net._listeners.get(self._addr) is self:
-            del self._net._listeners[self._addr]
+        self._net.close_listener(self)
         self.queue.close()
 
 
 class _VStream(trio.abc.Stream):
     """One end of a virtual TCP connection."""
 
-    def __init__(self, net: VirtualNetwork, local: Address, remote: Address) -> None:
+    def __init__(self, net: _Fabric, local: Address, remote: Address) -> None:
         self._net = net
         self.local = local
         self.remote = remote
         self.peer: _VStream | None = None
         self.inbox = _DelayQueue(ready=self._reachable)
-        net._waiters.add(self.inbox)
+        net.watch(self.inbox)
         self._last_at = 0.0
-        self._closed = False
+        self.closed = False
         self._eof = False
         self._pending = b""  # the rest of a chunk larger than a receive_some asked for
 
@@ -251,10 +277,10 @@ class _VStream(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
-        if self._closed:
+        if self.closed:
             raise trio.ClosedResourceError("stream is closed")
         peer = self.peer
-        if peer is None or peer._closed:
+        if peer is None or peer.closed:
             raise trio.BrokenResourceError("connection reset by peer")
         if data:
             delay = self._net.model.stream_delay(self.local[0], self.remote[0])
@@ -267,7 +293,7 @@ class _VStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._closed:
+        if self.closed:
             raise trio.ClosedResourceError("stream is closed")
         if not self._pending and not self._eof:
             try:
@@ -285,11 +311,11 @@ class _VStream(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self.inbox.close()
-            self._net._waiters.discard(self.inbox)
-            if self.peer is not None and not self.peer._closed:
+            self._net.unwatch(self.inbox)
+            if self.peer is not None and not self.peer.closed:
                 latency = self._net.model.conditions(self.local[0], self.remote[0]).latency
                 at = max(self._last_at, trio.current_time() + latency)
                 self.peer.inbox.put(at, _EOF)

@@ -85,7 +85,7 @@ def test_jitter_reorders_datagrams() -> None:
     sim.add(sender.me, sender)
     for i in range(50):
         sender._out.append(SendDatagram(sink.me, Ping(seq=i, target=b"")))
-    sim.call_at(0.0, lambda: sim._after_event(sender.me))
+    sim.call_at(0.0, lambda: sim.flush(sender.me))
     sim.run_until(1.0)
     assert sorted(arrivals) == list(range(50))
     assert arrivals != list(range(50))
@@ -179,7 +179,7 @@ def test_oversized_datagram_is_a_bug() -> None:
     sim, nodes = build(12, n=2)
     nodes[0]._out.append(SendDatagram(nodes[1].me, Ping(seq=1, target=b"x" * 2000)))
     with pytest.raises(AssertionError, match="limit") as info:
-        sim.call_at(0.5, lambda: sim._after_event(nodes[0].me))
+        sim.call_at(0.5, lambda: sim.flush(nodes[0].me))
         sim.run_until(1.0)
     assert "seed=12" in "".join(info.value.__notes__)
 
