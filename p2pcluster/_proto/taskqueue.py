@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .messages import JobSpec, TaskItem
 
-__all__ = ["Queued", "TaskQueue", "item_bytes"]
+__all__ = ["JobItems", "Queued", "TaskQueue", "item_bytes"]
 
 
 @dataclass(slots=True)
@@ -27,6 +28,13 @@ class Queued:
 
     spec: JobSpec
     item: TaskItem
+
+
+class JobItems(NamedTuple):
+    """Tasks of one job cut from a queue: a batch to run, or a grant's share of one job."""
+
+    spec: JobSpec
+    items: list[TaskItem]
 
 
 def item_bytes(item: TaskItem) -> int:
@@ -64,7 +72,7 @@ class TaskQueue:
         self._queue.appendleft(Queued(spec, item))
         self._stuck += item.moves >= self.max_moves
 
-    def take(self, max_tasks: int, max_bytes: int) -> tuple[JobSpec, list[TaskItem]]:
+    def take(self, max_tasks: int, max_bytes: int) -> JobItems:
         """The first task and those of the same job right behind it: at most ``max_tasks``
         of them, and no more than ``max_bytes`` of arguments unless the first alone is."""
         first = self._pop()
@@ -76,13 +84,12 @@ class TaskQueue:
                 break
             items.append(self._pop().item)
             size += more
-        return first.spec, items
+        return JobItems(first.spec, items)
 
-    def grant(self, want: int, max_bytes: int, inline_limit: int
-              ) -> dict[bytes, tuple[JobSpec, list[TaskItem]]]:
+    def grant(self, want: int, max_bytes: int, inline_limit: int) -> dict[bytes, JobItems]:
         """Remove up to ``want`` of the oldest movable tasks for a thief, one move further,
         grouped by job; arguments over ``inline_limit`` stay behind."""
-        granted: dict[bytes, tuple[JobSpec, list[TaskItem]]] = {}
+        granted: dict[bytes, JobItems] = {}
         kept: deque[Queued] = deque()
         size = 0
         for q in self._queue:
@@ -90,7 +97,7 @@ class TaskQueue:
                 want -= 1
                 moved = _moved(q.item, inline_limit)
                 size += len(moved.payload)
-                granted.setdefault(q.spec.job, (q.spec, []))[1].append(moved)
+                granted.setdefault(q.spec.job, JobItems(q.spec, [])).items.append(moved)
             else:
                 kept.append(q)
         self._replace(kept)
