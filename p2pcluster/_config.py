@@ -116,10 +116,17 @@ class Config:
         report_interval by a margin; shorter reacts sooner, at the risk of running tasks
         twice when a holder is merely slow.""", "s")
     batch_target: float = _doc(0.02, """
-        Seconds of work a peer hands one worker process at once, by the task times it has
-        measured for the job (one task until the first measurement). Larger amortises the
+        Seconds of work a peer hands one worker process at once, by its estimate of the job's
+        task time (a moving average over the batches it ran; one task until the first
+        measurement). Larger amortises the
         pipe round trip over more tiny tasks; smaller keeps the tail of a job stealable and
         balanced. A job's chunksize overrides it.""", "s")
+    max_batch_time: float = _doc(0.5, """
+        A batch that has run this long stops after its current task and gives the tasks it
+        has not started back to this peer's queue (where other peers may steal them). Bounds
+        what a batch sized for fast tasks costs when the job's tasks turn slow; lower cuts
+        more batches short when task times vary, each cut costing a pipe round trip. Not
+        applied to a job with a chunksize.""", "s")
     max_batch: int = _doc(1024, """
         The most tasks in one batch for a worker, whatever batch_target asks for. Bounds the
         work lost when a worker crashes in the middle of a batch.""")
@@ -249,6 +256,8 @@ class Config:
              "report_interval must be positive and below lease_timeout"),
             (self.batch_target > 0 and self.max_batch >= 1,
              "batch_target must be positive and max_batch at least 1"),
+            (self.max_batch_time >= self.batch_target,
+             "max_batch_time must be at least batch_target"),
             (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
             (self.meta_interval >= 0, "meta_interval must not be negative"),
         ]

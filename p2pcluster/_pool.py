@@ -86,7 +86,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """The outcomes of a batch, in order, and the seconds the workers spent on it."""
+    """The outcomes of a batch, in order, and the seconds the workers spent on it. A batch
+    cut short by its time limit has fewer outcomes than tasks: those of the first ones."""
 
     outcomes: list[Outcome]
     worker_seconds: float
@@ -113,6 +114,7 @@ class _Target(NamedTuple):
     ref: tuple[Any, ...]
     max_result: int
     where: str  #: whose limit max_result is, for the error
+    time_limit: float | None  #: seconds after which a batch stops after its current task
 
 
 class _Crashed(Exception):
@@ -192,25 +194,36 @@ class WorkerPool:
     async def run(
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
+        time_limit: float | None = None,
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
         limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
+        Once ``time_limit`` seconds of the batch have run, it stops after its current task;
+        the result then has outcomes for the first tasks only.
         """
         self._batches += 1
-        self._tasks += len(payloads)
-        target = _Target(ref.to_wire(), max_result, limit_where)
+        target = _Target(ref.to_wire(), max_result, limit_where, time_limit)
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, alone=False)
                 assert answer is not None  # no timeout, so an answer
+                self._tasks += len(answer[0])
                 return BatchResult(*answer)
             except _Crashed:
                 self._crashes += 1  # the culprit is unknown: run them one by one
-        results = [await self._run_alone(target, p, timeout) for p in payloads]
-        return BatchResult([o for o, _ in results], sum(s for _, s in results))
+        outcomes: list[Outcome] = []
+        seconds = 0.0
+        for payload in payloads:
+            outcome, spent = await self._run_alone(target, payload, timeout)
+            outcomes.append(outcome)
+            seconds += spent
+            if time_limit is not None and seconds >= time_limit:
+                break
+        self._tasks += len(outcomes)
+        return BatchResult(outcomes, seconds)
 
     async def _run_alone(self, target: _Target, payload: bytes, timeout: float | None
                          ) -> tuple[Outcome, float]:
@@ -242,7 +255,7 @@ class WorkerPool:
         A timed call's clock starts once it has a started worker to itself.
         """
         frame = _frame((self._cache_root, target.ref, list(payloads), target.max_result,
-                        target.where))
+                        target.where, target.time_limit))
         while True:
             worker = await self._pick(alone)
             call = _Call(frame)

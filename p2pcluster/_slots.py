@@ -13,20 +13,30 @@ the pool kills the worker running it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import trio
 
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
 from ._pool import WorkerPool
-from ._proto.messages import JobSpec, TaskResult, TaskStatus
+from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
 from ._values import encode_error
 
-__all__ = ["Slots"]
+__all__ = ["Ran", "Slots"]
+
+
+class Ran(NamedTuple):
+    """What came of a batch: results of the tasks that ran (or failed before running), the
+    worker seconds spent (None if it did not run), and the tasks it did not start because
+    it reached its time limit."""
+
+    results: list[TaskResult]
+    seconds: float | None
+    unstarted: list[TaskItem]
 
 
 class Slots:
@@ -77,39 +87,40 @@ class Slots:
         job = batch.spec.job
         scope = trio.CancelScope()
         self._running.setdefault(job, set()).add(scope)
-        results: list[TaskResult] = []
-        seconds: float | None = None
+        ran = Ran([], None, [])
         try:
             with scope:
-                results, seconds = await self._execute(batch)
+                ran = await self._execute(batch)
         finally:
             running = self._running.get(job)
             if running is not None:
                 running.discard(scope)
                 if not running:
                     del self._running[job]
-            self._machine.finished(trio.current_time(), batch, results, seconds)
+            self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
+                                   ran.unstarted)
             self._flush()
 
-    async def _execute(self, batch: Batch) -> tuple[list[TaskResult], float | None]:
-        """Bring what the batch needs, run it, and return its results with the worker
-        seconds spent (None if it did not run)."""
+    async def _execute(self, batch: Batch) -> Ran:
+        """Bring what the batch needs and run it."""
         spec = batch.spec
         try:
             await self._code.ensure(spec)
         except CodeUnavailable as exc:
             error = encode_error("CodeUnavailable", str(exc))
-            return [TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items], None
+            return Ran([TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items],
+                       None, [])
         items, failed = await self._data.fetch_args(spec, batch.items)
         if not items:
-            return failed, None
+            return Ran(failed, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
-                                   max_result=limit, limit_where=where)
+                                   max_result=limit, limit_where=where,
+                                   time_limit=batch.time_limit)
         results = [TaskResult(item.id, o.status, o.payload)
-                   for item, o in zip(items, ran.outcomes, strict=True)]
-        return failed + results, ran.worker_seconds
+                   for item, o in zip(items, ran.outcomes, strict=False)]
+        return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
 
     def _result_limit(self, spec: JobSpec) -> tuple[int, str]:
         """The largest result a task of ``spec`` may return, and whose limit that is."""

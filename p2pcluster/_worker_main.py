@@ -13,6 +13,7 @@ Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.T
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import signal
@@ -35,12 +36,14 @@ __all__ = ["run_batch", "serve", "warm_up"]
 
 
 def run_batch(
-    cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes],
-    max_result: int = 2**62, limit_where: str = "this peer",
+    cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes], *,
+    max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
 ) -> tuple[list[tuple[int, bytes]], float]:
     """Call the function ``ref_wire`` names once per payload, in order.
 
-    Returns the outcomes and the seconds spent in this process, loading included. If the
+    Returns the outcomes and the seconds spent in this process, loading included. Once
+    ``time_limit`` seconds have passed, the batch stops after the task that runs: there are
+    then fewer outcomes than payloads, one per payload from the first. If the
     function cannot be loaded, every payload gets the same ``ERROR``. A result that encodes
     to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
     (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
@@ -51,8 +54,12 @@ def run_batch(
     except BaseException as exc:
         failed = (TaskStatus.ERROR, _load_error(ref_wire, exc))
         return [failed] * len(payloads), time.perf_counter() - start
-    outcomes = [_limited(_call(fn, payload), fn, max_result, limit_where)
-                for payload in payloads]
+    stop = math.inf if time_limit is None else start + time_limit
+    outcomes = []
+    for payload in payloads:
+        outcomes.append(_limited(_call(fn, payload), fn, max_result, limit_where))
+        if time.perf_counter() >= stop:
+            break
     return outcomes, time.perf_counter() - start
 
 
@@ -166,8 +173,9 @@ def serve(rfd: int, wfd: int) -> None:
     Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
     nothing from the network is unpickled). The first request is the peer's ``sys.path``;
     the worker answers it with ``"ready"``. Then each request is ``(cache_root, ref_wire,
-    payloads)`` and each answer :func:`run_batch`'s. Requests queue up in the pipe, so a worker
-    that finishes a batch starts the next one without waiting for the peer.
+    payloads, max_result, limit_where, time_limit)`` and each answer :func:`run_batch`'s.
+    Requests queue up in the pipe, so a worker that finishes a batch starts the next one
+    without waiting for the peer.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the peer's to handle
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
@@ -185,7 +193,9 @@ def serve(rfd: int, wfd: int) -> None:
             sys.path[:] = [*request, *(p for p in sys.path if p not in request)]
             _write_frame(wfd, "ready")
             continue
-        _write_frame(wfd, run_batch(*request))
+        cache_root, ref_wire, payloads, max_result, limit_where, time_limit = request
+        _write_frame(wfd, run_batch(cache_root, ref_wire, payloads, max_result=max_result,
+                                    limit_where=limit_where, time_limit=time_limit))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 their results go.
 
 A batch is tasks of one job from the front of the queue (:meth:`Execution.take`), sized by
-the task times measured so far for that job (the policy's ``batch_target``), capped at a
+the job's estimated task time (:meth:`~.policy.WorkPolicy.task_time`, a moving average of
+the batches measured here) to last the policy's ``batch_target``, capped at a
 quarter of the queue per slot (half of it stays stealable) and at ``message_bytes`` of
 arguments. While the queue is long, ``batches_per_slot`` batches may be out per slot (the
 next waits in the worker's pipe); once it is short, one.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from .holding import Holder
-from .messages import JobSpec, Results, TaskResult
+from .messages import JobSpec, Results, TaskItem, TaskResult
 from .owner import OwnerRole
 from .workcontext import WorkContext
 from .workevents import Batch, PushValue
@@ -39,13 +40,18 @@ class Execution:
         self._owner = owner
         self.busy = 0  #: batches out
         self._running: dict[bytes, tuple[bytes, int]] = {}  #: job -> (owner, batches out)
-        self._timing: dict[bytes, tuple[int, float]] = {}  #: job -> (tasks run, seconds)
+        self._task_time: dict[bytes, float] = {}  #: job -> estimated seconds per task
 
     def limit(self) -> int:
         """Batches that may be out at once (see the module docstring)."""
         per = self._ctx.policy.batches_per_slot
         queued = len(self._ctx.queue)
         return per * self.slots if queued >= per * self.slots else self.slots
+
+    def batch_size(self, job: bytes) -> int:
+        """Tasks of ``job`` in a batch of about the policy's ``batch_target`` seconds, by the
+        task time measured here (one task until the first measurement)."""
+        return self._ctx.policy.batch_size(self._task_time.get(job))
 
     def peek(self) -> JobSpec | None:
         front = self._ctx.queue.front()
@@ -58,20 +64,24 @@ class Execution:
         if self.busy >= self.limit() or front is None:
             return None
         if max_tasks is None:
-            max_tasks = policy.batch_size(*self._timing.get(front.spec.job, (0, 0.0)))
+            max_tasks = self.batch_size(front.spec.job)
         fair = max(1, min(max_tasks, len(queue) // (4 * self.slots)))
         spec, items = queue.take(front.spec.chunksize or fair, policy.message_bytes)
         self.busy += 1
         _, running = self._running.get(spec.job, (b"", 0))
         self._running[spec.job] = (spec.owner, running + 1)
         self._holder.hold(spec, (item.id for item in items))
-        return Batch(spec, items)
+        return Batch(spec, items, None if spec.chunksize else policy.max_batch_time)
 
-    def finished(self, batch: Batch, results: Sequence[TaskResult],
-                 seconds: float | None) -> None:
+    def finished(self, batch: Batch, results: Sequence[TaskResult], seconds: float | None,
+                 unstarted: Sequence[TaskItem] = ()) -> None:
         spec = batch.spec
         if seconds is not None and results:
             self._measure(spec.job, len(results), seconds)
+        if unstarted and self._holder.owner_of(spec.job) is not None:  # the job lives on
+            for item in reversed(unstarted):
+                self._ctx.queue.appendleft(spec, item)
+            self._ctx.count("tasks_given_back", len(unstarted))
         self.busy = max(0, self.busy - 1)
         owner, running = self._running.pop(spec.job, (b"", 1))
         if running > 1:
@@ -102,14 +112,14 @@ class Execution:
 
     def forget(self, job: bytes) -> None:
         """The job is over here: its timings go; batches still out end on their own."""
-        self._timing.pop(job, None)
+        self._task_time.pop(job, None)
         self._holder.forget(job)
 
     def _measure(self, job: bytes, tasks: int, seconds: float) -> None:
-        done, spent = self._timing.pop(job, (0, 0.0))
-        self._timing[job] = (done + tasks, spent + seconds)  # most recent last
-        if len(self._timing) > TIMED_JOBS_KEPT:
-            del self._timing[next(iter(self._timing))]
+        estimate = self._task_time.pop(job, None)
+        self._task_time[job] = self._ctx.policy.task_time(estimate, tasks, seconds)
+        if len(self._task_time) > TIMED_JOBS_KEPT:  # the least recently measured goes
+            del self._task_time[next(iter(self._task_time))]
 
     def _send_results(self, spec: JobSpec, results: Sequence[TaskResult]) -> None:
         policy, me = self._ctx.policy, self._ctx.node_id

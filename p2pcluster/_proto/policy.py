@@ -38,6 +38,8 @@ class WorkPolicy:
     batch_target: float = 0.02
     #: The most tasks one batch holds.
     max_batch: int = 1024
+    #: A batch that has run this long gives back the tasks it has not started.
+    max_batch_time: float = 0.5
     #: Batches out to each worker slot at once while the queue is long (the next one waits
     #: in the worker's pipe); one per slot once it is short.
     batches_per_slot: int = 2
@@ -49,15 +51,27 @@ class WorkPolicy:
                    message_bytes=min(8 * 2**20, config.max_frame_size // 4),
                    report_interval=config.report_interval, lease_timeout=config.lease_timeout,
                    batch_target=config.batch_target, max_batch=config.max_batch,
+                   max_batch_time=config.max_batch_time,
                    batches_per_slot=config.batches_per_worker)
 
-    def batch_size(self, tasks: int, seconds: float) -> int:
-        """Tasks for about :attr:`batch_target` seconds of work, given that ``tasks`` tasks
-        of this job took ``seconds`` in all; one task until the first measurement."""
-        if tasks == 0:
+    def batch_size(self, task_time: float | None) -> int:
+        """Tasks for about :attr:`batch_target` seconds of work at ``task_time`` seconds per
+        task (:meth:`task_time`); one task until the first measurement."""
+        if task_time is None:
             return 1
-        per_task = seconds / tasks
-        return max(1, min(self.max_batch, int(self.batch_target / max(per_task, 1e-7))))
+        return max(1, min(self.max_batch, int(self.batch_target / max(task_time, 1e-7))))
+
+    @staticmethod
+    def task_time(estimate: float | None, tasks: int, seconds: float) -> float:
+        """The new estimate of one task's seconds, once ``tasks`` tasks took ``seconds``.
+
+        Each batch's mean counts as much as all history before it (an exponential moving
+        average with weight 1/2), so the estimate follows a job whose tasks turn fast or
+        slow within two or three batches, where a running mean would lag for the rest of
+        the job; a batch's mean already smooths out single odd tasks.
+        """
+        sample = seconds / max(tasks, 1)
+        return sample if estimate is None else (estimate + sample) / 2
 
 
 class MetaSchedule:

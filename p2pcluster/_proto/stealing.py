@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
+from functools import partial
 from random import Random
 
 from .execution import Execution
@@ -64,6 +65,7 @@ from .messages import (
     Results,
     StealGrant,
     StealRequest,
+    TaskItem,
     TaskResult,
     TasksMoved,
     WorkAvailable,
@@ -258,13 +260,15 @@ class StealingMachine:
         return batch
 
     def finished(self, now: float, batch: Batch, results: Sequence[TaskResult],
-                 seconds: float | None = None) -> None:
+                 seconds: float | None = None, unstarted: Sequence[TaskItem] = ()) -> None:
         """A batch taken with :meth:`take` ended; route its results to the job's owner.
 
-        Pass the results of the tasks that ran (none, if the batch was stopped), and the
-        seconds the worker spent on them, which size the job's next batches.
+        Pass the results of the tasks that ran (none, if the batch was stopped), the seconds
+        the worker spent on them, which size the job's next batches, and the tasks it did
+        not start because it reached the batch's ``time_limit``: they go back to the front
+        of the queue (unless the job is over here).
         """
-        self._execution.finished(batch, results, seconds)
+        self._execution.finished(batch, results, seconds, unstarted)
         self._maybe_steal(now)
 
     def push_done(self, now: float, job: bytes, tid: int, delivered: bool,
@@ -350,8 +354,8 @@ class StealingMachine:
             return
         self._owner.owned.heard(thief, now)
         want = self._grant_size(thief, req.slots)
-        granted = (self.queue.grant(want, self.policy.message_bytes, self.policy.inline_limit)
-                   if want else {})
+        granted = (self.queue.grant(want, self.policy.message_bytes, self.policy.inline_limit,
+                                    partial(self._last_move_cap, req.slots)) if want else {})
         jobs = tuple(JobTasks(spec, tuple(items)) for spec, items in granted.values())
         for spec, items in granted.values():
             self._owner.moved(now, spec, thief, [t.id for t in items])
@@ -359,6 +363,13 @@ class StealingMachine:
         if thief not in self.peers:  # a peer we have not heard of yet: it is alive
             self.peers[thief] = 0
         self._ctx.send(thief, StealGrant(self.node_id, self.surplus(), jobs))
+
+    def _last_move_cap(self, thief_slots: int, job: bytes) -> int:
+        """Tasks a grant may carry on their last move: what the thief starts at once, by
+        the batch size measured here (a task that moved ``max_moves`` times runs where it
+        is, so a big grant of them could strand work on one peer while others idle)."""
+        return max(1, thief_slots) * self.policy.batches_per_slot * (
+            self._execution.batch_size(job))
 
     def _grant_size(self, thief: bytes, free: int) -> int:
         """See :func:`.victims.grant_size`."""

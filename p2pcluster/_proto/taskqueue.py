@@ -86,14 +86,19 @@ class TaskQueue:
             size += more
         return JobItems(first.spec, items)
 
-    def grant(self, want: int, max_bytes: int, inline_limit: int) -> dict[bytes, JobItems]:
+    def grant(self, want: int, max_bytes: int, inline_limit: int,
+              last_move_cap: Callable[[bytes], int] | None = None) -> dict[bytes, JobItems]:
         """Remove up to ``want`` of the oldest movable tasks for a thief, one move further,
-        grouped by job; arguments over ``inline_limit`` stay behind."""
+        grouped by job; arguments over ``inline_limit`` stay behind. Of the tasks this move
+        makes stuck, at most ``last_move_cap(job)`` per job go."""
         granted: dict[bytes, JobItems] = {}
         kept: deque[Queued] = deque()
         size = 0
+        last: dict[bytes, int] = {}  #: job -> the cap left for tasks on their last move
         for q in self._queue:
-            if want and q.item.moves < self.max_moves and size < max_bytes:
+            if want and q.item.moves < self.max_moves and size < max_bytes and (
+                    last_move_cap is None or q.item.moves + 1 < self.max_moves
+                    or _spend(last, q.spec.job, last_move_cap)):
                 want -= 1
                 moved = _moved(q.item, inline_limit)
                 size += len(moved.payload)
@@ -118,6 +123,15 @@ class TaskQueue:
     def _replace(self, kept: deque[Queued]) -> None:
         self._queue = kept
         self._stuck = sum(1 for q in kept if q.item.moves >= self.max_moves)
+
+
+def _spend(left: dict[bytes, int], job: bytes, cap: Callable[[bytes], int]) -> bool:
+    """Take one from ``job``'s allowance (``cap(job)`` at first); False once it is spent."""
+    n = left.get(job)
+    if n is None:
+        n = cap(job)
+    left[job] = n - 1
+    return n > 0
 
 
 def _moved(item: TaskItem, inline_limit: int) -> TaskItem:

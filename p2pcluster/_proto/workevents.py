@@ -64,10 +64,13 @@ WorkEvent = ResultsReady | JobFinished | JobDropped
 
 
 class Batch(NamedTuple):
-    """Tasks of one job taken to run together on one worker."""
+    """Tasks of one job taken to run together on one worker. After ``time_limit`` seconds
+    (None: no limit) the worker stops after its current task; the driver gives the tasks
+    not started back with :meth:`~.stealing.StealingMachine.finished`."""
 
     spec: JobSpec
     items: list[TaskItem]
+    time_limit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class StealingStatistics:
     steals_empty: int = 0  #: requests answered with none, or timed out (as thief)
     tasks_stolen: int = 0  #: tasks received in grants
     tasks_given: int = 0  #: tasks granted away
+    tasks_given_back: int = 0  #: unstarted tasks of batches cut short by max_batch_time
     requeued: int = 0  #: tasks put back on an owner's queue (holder dead, silent or lost them)
     dropped: int = 0  #: queued tasks dropped (owner died, job cancelled or finished)
     results_pushed: int = 0  #: large results sent on data streams of their own

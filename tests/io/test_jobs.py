@@ -206,6 +206,23 @@ async def test_a_task_timeout_stops_the_task(secret: Path) -> None:
             assert await peer.run(jobfuncs.add, 1, 1, timeout=10) == 2
 
 
+
+async def test_a_batch_that_meets_slow_tasks_gives_back_what_it_did_not_start(
+        secret: Path) -> None:
+    # 3000 tasks of nothing teach the peer large batches; then 30 tasks of 50 ms each.
+    # The batch that meets them stops after max_batch_time and the rest run in small
+    # batches; every result arrives once, in order.
+    conf = config(secret, unique_cluster(), max_batch_time=0.1)
+    async with open_peer(conf, include=[JOBFUNCS]) as peer:
+        await until(lambda: warm(peer), "the worker started")
+        xs = list(range(3030))
+        naps = [0.0] * 3000 + [0.05] * 30
+        with trio.fail_after(WAIT):
+            assert await peer.map(jobfuncs.sleep_square, xs, naps) == [x * x for x in xs]
+        stats = peer.statistics().stealing
+        assert stats.tasks_given_back > 0, stats
+        assert stats.executed == 3030
+
 # --- cancellation -------------------------------------------------------------------------
 
 

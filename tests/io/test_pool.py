@@ -186,6 +186,24 @@ async def test_a_timeout_kills_the_worker(tmp_path: Path) -> None:
         assert value(after.outcomes[0]) == 4
 
 
+async def test_a_batch_stops_after_its_time_limit_and_says_how_far_it_got(
+        tmp_path: Path) -> None:
+    async with open_worker_pool(1, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            ran = await pool.run(function_ref(workjobs.nap), [call(i, 0.05) for i in range(40)],
+                                 time_limit=0.2)
+        # The worker stops after the task during which 0.2 s passed: 4 or 5 of 40 tasks.
+        assert 4 <= len(ran.outcomes) <= 6, len(ran.outcomes)
+        assert [value(o) for o in ran.outcomes] == list(range(len(ran.outcomes)))
+        assert 0.2 <= ran.worker_seconds < 0.4
+        assert pool.statistics().tasks == len(ran.outcomes)
+        with trio.fail_after(WAIT):  # with a task timeout, tasks run one by one: same limit
+            alone = await pool.run(function_ref(workjobs.nap),
+                                   [call(i, 0.05) for i in range(40)], time_limit=0.2,
+                                   timeout=5.0)
+        assert 4 <= len(alone.outcomes) <= 6, len(alone.outcomes)
+
+
 async def test_cancelling_a_run_kills_its_worker_promptly(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     ref = function_ref(workjobs.sleep_recording_pid)

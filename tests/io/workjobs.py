@@ -64,3 +64,9 @@ async def coroutine() -> int:
 def sleep_then_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def nap(index: int, seconds: float) -> int:
+    """Sleep ``seconds``; return ``index``."""
+    time.sleep(seconds)
+    return index

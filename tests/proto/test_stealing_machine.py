@@ -224,14 +224,69 @@ def test_two_batches_per_slot_while_the_queue_is_long_then_one() -> None:
 def test_a_batch_leaves_half_the_queue_stealable_unless_the_job_sets_a_chunksize() -> None:
     owner = machine(A, 1, B)
     owner.submit(0.0, spec(), tasks(100))
-    _, items = owner.take(0.0, 1000)  # type: ignore[misc]
-    assert len(items) == 25  # a quarter of the queue per slot: two batches leave half
+    batch = owner.take(0.0, 1000)
+    # A quarter of the queue per slot: two batches leave half.
+    assert batch is not None and len(batch.items) == 25
     fixed = JobSpec(b"j2", A, "mod", "fn", None, (), None, chunksize=40)
     other = machine(A, 1, B)
     other.submit(0.0, fixed, tasks(100))
-    _, items = other.take(0.0, 3)  # type: ignore[misc]
-    assert len(items) == 40
+    batch = other.take(0.0, 3)
+    assert batch is not None and len(batch.items) == 40
+    assert batch.time_limit is None  # the user's chunksize is not cut short
 
+
+
+def test_a_batch_cut_short_gives_its_unstarted_tasks_back_to_the_front() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(40))
+    batch = owner.take(0.0, 4)
+    assert batch is not None and batch.time_limit == WorkPolicy().max_batch_time
+    assert [i.id for i in batch.items] == [0, 1, 2, 3]
+    # The worker ran two tasks, reached the time limit, and did not start 2 and 3.
+    owner.finished(0.6, batch, list(ok(0, 1)), 0.6, batch.items[2:])
+    assert [q.item.id for q in owner.queue][:4] == [2, 3, 4, 5]
+    assert owner.statistics().tasks_given_back == 2
+    again = owner.take(0.6, 1)
+    assert again is not None and [i.id for i in again.items] == [2]
+
+
+def test_tasks_given_back_after_the_job_ended_are_dropped() -> None:
+    thief = machine(B, 1, A)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(), tuple(
+        TaskItem(i, 1, b"\x80") for i in range(4))),)))
+    batch = thief.take(0.0, 4)
+    assert batch is not None
+    thief.receive(0.1, CancelJob(b"j1"))
+    thief.finished(0.6, batch, [], 0.6, batch.items[1:])
+    assert len(thief.queue) == 0
+
+
+def test_batches_follow_the_measured_task_time() -> None:
+    owner = machine(A, 1)
+    owner.submit(0.0, spec(), tasks(100_000))
+    first = owner.take(0.0)
+    assert first is not None and len(first.items) == 1  # nothing measured yet
+    owner.finished(0.0, first, list(ok(0)), 0.0001)  # 0.1 ms a task: 200 fill 20 ms
+    fast = owner.take(0.0)
+    assert fast is not None and len(fast.items) == 200
+    ids = [i.id for i in fast.items]
+    owner.finished(0.0, fast, list(ok(*ids)), 200 * 0.02)  # now 20 ms a task
+    slow = owner.take(0.0)
+    assert slow is not None and len(slow.items) == 1  # (0.1 + 20) / 2 ms: one task
+
+
+def test_tasks_on_their_last_move_go_only_as_many_as_the_thief_starts_at_once() -> None:
+    # B holds tasks of A's job that moved once; C steals from B: their next move is the
+    # last (max_moves 2), so B gives two batches' worth per slot of C, not half its queue.
+    holder = machine(B, 1, A, C)
+    holder.receive(0.0, StealGrant(A, 0, (JobTasks(spec(), tuple(
+        TaskItem(i, 1, b"\x80") for i in range(1000))),)))
+    holder.take_outputs()
+    holder.receive(0.0, StealRequest(C, 2))
+    (grant,) = msgs(holder, StealGrant)
+    moved = grant.msg.jobs[0].tasks
+    assert len(moved) == 2 * 2 * 1  # slots x batches_per_slot x batch size (1 unmeasured)
+    assert all(t.moves == 2 for t in moved)
 
 # --- large values, byte caps, holding reports and leases --------------------------------------
 

@@ -5,8 +5,12 @@ messages travel over per-pair links with a seeded latency and stay in order (the
 streams in the real driver). Membership is modelled as what the driver feeds the machine:
 ``peer_up`` at start or join, ``peer_queue`` when a peer's advertised surplus changes (gossip,
 delayed by ``meta_delay``), and ``peer_down`` at every survivor ``detect`` seconds after a crash
-(plus jitter). Everything a test asserts on is recorded: every result delivered to an owner,
-every grant and the move count of every task in it, every batch run, every drop.
+(plus jitter). Batches are cut as a real peer cuts them (:meth:`StealingMachine.take` sizes
+them from the task times it was told with :meth:`~StealingMachine.finished`); each batch costs
+``batch_overhead`` seconds on top of its tasks (the round trip to a worker process), which is
+what batching saves. The surplus is published no more often than :class:`MetaSchedule`
+allows, as the driver does. Everything a test asserts on is recorded: every result delivered
+to an owner, every grant and the move count of every task in it, every batch run, every drop.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from p2pcluster._proto.messages import (
     TaskResult,
     TaskStatus,
 )
-from p2pcluster._proto.policy import WorkPolicy
+from p2pcluster._proto.policy import MetaSchedule, WorkPolicy
 from p2pcluster._proto.stealing import StealingMachine
 from p2pcluster._proto.workevents import (
     Batch,
@@ -50,9 +54,13 @@ class SimPeer:
     alive: bool = True
     running: dict[int, Batch] = field(default_factory=dict)
     executed: Counter[bytes] = field(default_factory=Counter)  # job -> tasks finished here
-    advertised: int = 0
-    published: float = -1e9
+    meta: MetaSchedule = field(default_factory=lambda: MetaSchedule(1.0))
     publish_pending: bool = False
+    batch_seconds: dict[int, float] = field(default_factory=dict)  # token -> task seconds
+    batch_ran: dict[int, int] = field(default_factory=dict)  # token -> tasks it will run
+    #: When each worker slot is next free: a batch taken while its slot is busy waits in
+    #: the worker's pipe, as in a real pool.
+    free_at: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -64,14 +72,15 @@ class Record:
     steal_requests: int = 0
     grants: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, from, to, n
     dropped: list[tuple[float, int, bytes, str]] = field(default_factory=list)
-    batches_started: list[tuple[float, int, bytes]] = field(default_factory=list)
+    batches_started: list[tuple[float, int, bytes, int]] = field(default_factory=list)
     lost: list[tuple[float, int, int, str]] = field(default_factory=list)  # t, from, to, type
 
 
 class StealSim:
     def __init__(self, n: int, *, seed: int, slots: int = 1, speeds: list[float] | None = None,
                  latency: float = 0.0005, jitter: float = 0.0005, meta_delay: float = 0.3,
-                 detect: float = 2.0, batch: int = 1, steal_timeout: float = 1.0,
+                 detect: float = 2.0, batch: int | None = None,
+                 batch_overhead: float = 0.0002, steal_timeout: float = 1.0,
                  meta_interval: float = 1.0, policy: WorkPolicy | None = None,
                  lose: Lose | None = None) -> None:
         self.seed = seed
@@ -80,6 +89,7 @@ class StealSim:
         self.latency, self.jitter, self.meta_delay, self.detect = (latency, jitter,
                                                                    meta_delay, detect)
         self.batch = batch
+        self.batch_overhead = batch_overhead
         self.meta_interval = meta_interval
         self.slots = slots
         self.policy = policy or WorkPolicy(steal_timeout=steal_timeout)
@@ -97,7 +107,7 @@ class StealSim:
         for p in self.peers:
             for q in self.peers:
                 if p is not q:
-                    p.machine.peer_up(0.0, q.machine.node_id, 0)
+                    p.machine.peer_up(0.0, q.machine.node_id, 0, self.slots)
         for p in self.peers:
             self._pump(p)
 
@@ -108,7 +118,8 @@ class StealSim:
         node = f"peer{index:03d}".encode()
         machine = StealingMachine(node, self.slots, random.Random(self.rng.getrandbits(64)),
                                   self.policy)
-        peer = SimPeer(index, machine, speed)
+        peer = SimPeer(index, machine, speed, meta=MetaSchedule(self.meta_interval),
+                       free_at=[0.0] * self.slots)
         self.peers.append(peer)
         return peer
 
@@ -143,8 +154,8 @@ class StealSim:
             if other is not peer and other.alive:
                 # push-pull on join: both learn each other, with the other's advertised queue
                 peer.machine.peer_up(self.now, other.machine.node_id,
-                                     other.machine.surplus())
-                other.machine.peer_up(self.now, peer.machine.node_id, 0)
+                                     other.machine.surplus(), self.slots)
+                other.machine.peer_up(self.now, peer.machine.node_id, 0, self.slots)
                 self._pump(other)
         self._pump(peer)
         return peer.index
@@ -192,10 +203,12 @@ class StealSim:
         if not peer.alive or token not in peer.running:
             return
         batch = peer.running.pop(token)
-        ids = [item.id for item in batch.items]
+        seconds = peer.batch_seconds.pop(token)
+        ran = peer.batch_ran.pop(token)
+        ids = [item.id for item in batch.items[:ran]]
         results = [TaskResult(tid, TaskStatus.OK, tid.to_bytes(4, "big")) for tid in ids]
         peer.executed[batch.spec.job] += len(ids)
-        peer.machine.finished(self.now, batch, results)
+        peer.machine.finished(self.now, batch, results, seconds, batch.items[ran:])
         self._pump(peer)
 
     def _on_down(self, i: int, node: bytes) -> None:
@@ -221,23 +234,19 @@ class StealSim:
     def _on_publish(self, i: int) -> None:
         peer = self.peers[i]
         peer.publish_pending = False
-        if peer.alive:
-            self._publish(peer, due=True)
-
-    def _publish(self, peer: SimPeer, due: bool = False) -> None:
-        """Gossip the surplus at most every ``meta_interval`` (as the driver rate-limits)."""
         surplus = peer.machine.surplus()
-        if surplus == peer.advertised or peer.publish_pending:
-            return
-        if not due and self.now - peer.published < self.meta_interval:
+        if peer.alive and peer.meta.publish(self.now, surplus):
+            for other in self.peers:
+                if other is not peer and other.alive:
+                    self._at(self.now + self.meta_delay * self.rng.uniform(0.5, 1.5), "meta",
+                             (other.index, peer.machine.node_id, surplus))
+
+    def _publish(self, peer: SimPeer) -> None:
+        """Gossip the surplus once it changed, when :class:`MetaSchedule` allows (as the
+        driver does)."""
+        if peer.meta.changed(peer.machine.surplus()) and not peer.publish_pending:
             peer.publish_pending = True
-            self._at(peer.published + self.meta_interval, "publish", (peer.index,))
-            return
-        peer.advertised, peer.published = surplus, self.now
-        for other in self.peers:
-            if other is not peer and other.alive:
-                self._at(self.now + self.meta_delay * self.rng.uniform(0.5, 1.5), "meta",
-                         (other.index, peer.machine.node_id, surplus))
+            self._at(peer.meta.due(self.now), "publish", (peer.index,))
 
     def _pump(self, peer: SimPeer) -> None:
         """The driver's loop: fill free slots, carry out outputs and events, tick, gossip."""
@@ -284,12 +293,22 @@ class StealSim:
             taken = m.take(self.now, self.batch)
             if taken is None:
                 return
-            spec, items = taken
+            spec, items, time_limit = taken
             self.batch_seq += 1
-            cost = sum(self.costs[spec.job](spec.job, item.id) for item in items) / peer.speed
+            cost, ran = 0.0, 0
+            for item in items:  # as the worker runs it: stop after time_limit
+                cost += self.costs[spec.job](spec.job, item.id) / peer.speed
+                ran += 1
+                if time_limit is not None and cost >= time_limit:
+                    break
             peer.running[self.batch_seq] = taken
-            self.record.batches_started.append((self.now, peer.index, spec.job))
-            self._at(self.now + cost, "done", (peer.index, self.batch_seq))
+            peer.batch_seconds[self.batch_seq] = cost
+            peer.batch_ran[self.batch_seq] = ran
+            self.record.batches_started.append((self.now, peer.index, spec.job, len(items)))
+            slot = min(range(self.slots), key=peer.free_at.__getitem__)
+            done = max(self.now, peer.free_at[slot]) + self.batch_overhead + cost
+            peer.free_at[slot] = done
+            self._at(done, "done", (peer.index, self.batch_seq))
 
     def _carry_out(self, peer: SimPeer, outputs: list[WorkOutput], events: list[WorkEvent]
                    ) -> None:
@@ -313,4 +332,6 @@ class StealSim:
                 for token, batch in list(peer.running.items()):
                     if batch.spec.job == event.job:
                         del peer.running[token]
+                        peer.batch_seconds.pop(token, None)
+                        peer.batch_ran.pop(token, None)
                         m.finished(self.now, batch, [])

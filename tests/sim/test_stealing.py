@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -225,3 +226,59 @@ def test_a_holder_cut_off_from_the_owner_loses_its_tasks_after_the_lease() -> No
     assert_exactly_once(sim, job, 900)
     assert sim.peers[0].machine.statistics().leases_expired >= 1
     assert end <= 0.5 + 3.0 + 900 * TASK / 2 + 1.0
+
+
+SLOW, FAST = 0.02, 0.0001  # seconds per task, before or after the change
+N_SLOW, N_FAST = 400, 40_000  # 8 s of slow tasks, 4 s of fast ones
+
+
+def changing(slow_first: bool) -> tuple[int, Callable[[bytes, int], float]]:
+    """A job whose task times change 200-fold once: its size, and its cost function."""
+    if slow_first:
+        return N_SLOW + N_FAST, lambda job, tid: SLOW if tid < N_SLOW else FAST
+    return N_FAST + N_SLOW, lambda job, tid: FAST if tid < N_FAST else SLOW
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+def test_batch_sizes_follow_task_times_that_change_mid_job(slow_first: bool) -> None:
+    # One peer, so that only batch sizing is at work. The estimate halves its error with each
+    # batch measured: batches hold batch_target (20 ms) of the new tasks within a dozen
+    # batches of the change (about a hundred tasks, when they turn fast). A running mean of
+    # all task times would still be off by 40x at the end of the job.
+    sim = StealSim(1, seed=1)
+    n, cost = changing(slow_first)
+    job = sim.submit(0, n, cost)
+    sim.run_until_done(job)
+    assert_exactly_once(sim, job, n)
+    target = WorkPolicy().batch_target
+    starts, sizes, first = [], [], 0
+    for _, _, _, size in sim.record.batches_started:
+        starts.append(first)
+        sizes.append(size)
+        first += size
+    new_time = FAST if slow_first else SLOW
+    ideal = max(1, round(target / new_time))
+    # After the change, and while the queue is long enough that the quarter-of-the-queue
+    # cap (half of it stays stealable) does not bind:
+    after = [size for start, size in zip(starts, sizes, strict=True)
+             if start >= (N_SLOW if slow_first else N_FAST) and n - start >= 8 * ideal]
+    settled = after[12:]  # past the adjustment
+    assert len(settled) > 10, after
+    assert all(ideal / 2 <= size <= ideal * 2 for size in settled), (ideal, after[:12])
+
+
+@pytest.mark.parametrize("slow_first", [True, False])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_four_peers_balance_a_job_whose_task_times_change(slow_first: bool, seed: int) -> None:
+    # Slow tasks first (say, largest first): thieves take them from the front and cannot
+    # pass on what moved twice, so a victim gives tasks on their last move only as many as
+    # the thief starts at once. Fast tasks first: the batch that meets the slow tasks was
+    # sized for fast ones, and gives back what it has not started after max_batch_time.
+    sim = StealSim(4, seed=seed)
+    n, cost = changing(slow_first)
+    job = sim.submit(0, n, cost)
+    makespan = sim.run_until_done(job)
+    bound = (N_SLOW * SLOW + N_FAST * FAST) / 4
+    assert makespan <= 1.1 * bound, (makespan, bound, sim.seed)
+    assert_exactly_once(sim, job, n)
+    assert max(sim.record.moves.values()) <= 2
