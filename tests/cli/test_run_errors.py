@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.test_run_cli import job_file, run
+from .test_run_cli import job_file, run
 
 
 def test_main_catches_a_remote_value_error_by_its_type(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 from p2pcluster._run import DISCOVERY_WINDOW
 from p2pcluster._secret import new_secret, write_secret_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60  # seconds for one run: generous, for a loaded machine
 _counter = itertools.count()
 

@@ -11,7 +11,7 @@ import pytest
 from p2pcluster import Config, ConfigError
 from p2pcluster._config import render_markdown
 
-DOCS = Path(__file__).parent.parent / "docs" / "config.md"
+DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 
 
 def test_every_field_is_documented_with_its_trade_off_and_unit() -> None:

@@ -135,6 +135,6 @@ def test_run_of_a_missing_job_file_fails_clearly(capsys: pytest.CaptureFixture[s
 def test_help_lists_the_commands() -> None:
     result = subprocess.run([sys.executable, "-m", "p2pcluster", "--help"],
                             capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     for command in ("join", "run", "members", "leave", "secret"):
         assert command in result.stdout
