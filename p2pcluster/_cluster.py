@@ -22,18 +22,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._config import Config
-from ._control import NoDaemon, control_path
-from ._control_client import ControlClient, open_control_client
 from ._errors import ClusterError
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
 from ._jobs import CodeRegistry, JobRequest, encode_map_args
-from ._peer import Peer, open_peer
-from ._proto.control import member_row
+from ._places import control_path
+
+if TYPE_CHECKING:  # each imported where it is used: `run` imports one path, not both
+    from ._control_client import ControlClient
+    from ._peer import Peer
 
 __all__ = ["Cluster", "MemberInfo"]
 
@@ -139,7 +140,11 @@ class Cluster(cf.Executor):
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        if self._want_daemon is not False:
+        # No socket file, no daemon: then nothing of the control protocol is imported.
+        if self._want_daemon or (self._want_daemon is None and self._control.exists()):
+            from ._control import NoDaemon
+            from ._control_client import open_control_client
+
             try:
                 async with open_control_client(self._control,
                                                max_value_size=self.config.max_value_size
@@ -152,6 +157,8 @@ class Cluster(cf.Executor):
                     raise NoDaemon(
                         f"no p2pcluster daemon answers at {self._control}; start one with "
                         f"`p2pcluster join --cluster {self.config.cluster}`") from None
+        from ._peer import open_peer
+
         async with open_peer(self.config, registry=self.registry) as peer:
             self.peer = peer
             await self._serve()
@@ -295,6 +302,8 @@ class Cluster(cf.Executor):
             return rows
         assert self.peer is not None
         now = trio.current_time()
+        from ._proto.control import member_row
+
         return [member_row(m, now) for m in self.peer.members()]
 
     def progress(self) -> Progress:

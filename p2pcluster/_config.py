@@ -262,6 +262,10 @@ class Config:
             (self.meta_interval >= 0, "meta_interval must not be negative"),
         ]
 
+    def worker_count(self) -> int:
+        """The worker processes a peer of this config runs: ``workers``, or one per CPU."""
+        return self.workers if self.workers is not None else (os.cpu_count() or 1)
+
     # --- presets --------------------------------------------------------------------------
 
     @classmethod

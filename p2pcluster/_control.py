@@ -21,12 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import re
 import secrets
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import trio
 
 from ._errors import P2PClusterError, ProtocolError
 from ._fastwrite import write_all
+from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
 
@@ -57,16 +56,6 @@ class NoDaemon(P2PClusterError):
 
 class UntrustedDaemon(P2PClusterError):
     """The control socket belongs to someone else: refused before anything was sent."""
-
-
-def control_path(cluster: str, environ: Mapping[str, str] | None = None) -> Path:
-    """Where the control socket of ``cluster`` lives."""
-    env = os.environ if environ is None else environ
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", cluster)
-    runtime = env.get("XDG_RUNTIME_DIR")
-    base = (Path(runtime) / "p2pcluster" if runtime
-            else Path(tempfile.gettempdir()) / f"p2pcluster-{os.getuid()}")
-    return base / f"{safe}.sock"
 
 
 def _check_length(path: Path) -> None:

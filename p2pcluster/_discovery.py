@@ -16,16 +16,17 @@ look-ups, registration and withdrawal run in ``trio.to_thread``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import re
 import socket
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
@@ -171,13 +172,46 @@ async def _open_zeroconf(address: str) -> AsyncIterator[Zeroconf]:
 async def _registered(zc: Zeroconf, info: ServiceInfo) -> AsyncIterator[None]:
     """``info`` is advertised for the block (zeroconf renames it on a conflict); on exit it
     is withdrawn with a goodbye packet, within :data:`UNREGISTER_TIMEOUT`."""
-    await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True),
-                                  abandon_on_cancel=True)
+    await _in_zeroconf_loop(zc, _register(zc, info))
     try:
         yield
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT):
-            await trio.to_thread.run_sync(zc.unregister_service, info, abandon_on_cancel=True)
+            await _in_zeroconf_loop(zc, _unregister(zc, info))
+
+
+async def _register(zc: Zeroconf, info: ServiceInfo) -> None:
+    """(In zeroconf's loop) probe the name, then announce it."""
+    announced = await zc.async_register_service(info, allow_name_change=True)
+    await announced
+
+
+async def _unregister(zc: Zeroconf, info: ServiceInfo) -> None:
+    """(In zeroconf's loop) send the goodbyes."""
+    await (await zc.async_unregister_service(info))
+
+
+async def _in_zeroconf_loop(zc: Zeroconf, coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in zeroconf's asyncio loop and wait for it, without a thread.
+
+    Cancelling the caller cancels ``coro`` too: a registration still probing when the peer
+    stops must not hold up :meth:`Zeroconf.close`, which waits for the loop's tasks.
+    """
+    assert zc.loop is not None
+    future = asyncio.run_coroutine_threadsafe(coro, zc.loop)
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def wake(_: object) -> None:  # on zeroconf's thread
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    future.add_done_callback(wake)
+    try:
+        await done.wait()
+    finally:
+        future.cancel()  # a no-op once it is done
+    future.result()
 
 
 async def _resolve_forever(zc: Zeroconf, events: Changes, cluster: str, node_id: bytes,

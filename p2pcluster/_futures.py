@@ -15,12 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ClusterError, P2PClusterError
 from ._jobs import JobResult, unpack
-from ._proto.control import EndReason
-from ._proto.control import Progress as JobProgress
+from ._proto.wiretypes import EndReason
+
+if TYPE_CHECKING:
+    from ._proto.control import Progress as JobProgress
 
 __all__ = ["JobBook", "MapIterator", "Progress", "Sink", "TaskFuture"]
 

@@ -26,7 +26,7 @@ from ._errors import (
     task_error,
     too_large,
 )
-from ._proto.messages import TaskStatus
+from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef, function_ref
 from ._values import decode_value, encode_call
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.abc
+import importlib.machinery
 import importlib.util
 import linecache
 import os
@@ -78,23 +78,25 @@ def _single_py(paths: Sequence[str]) -> str:
     return paths[0]
 
 
-class JobLoader(importlib.abc.InspectLoader):
+class JobLoader(importlib.machinery.SourceFileLoader):
     """Loads a job file from the code cache, compiled under ``filename`` (not the cache
     path), so that tracebacks name the job file; no bytecode is written.
 
     :func:`remember_sources` gives ``linecache`` the lines under that name before a traceback
     is formatted: ``job.py`` is no path a peer could read, and two jobs may share the name.
+    (A SourceFileLoader rather than an ``importlib.abc`` class: that module costs a worker
+    process 30 ms of imports at start.)
     """
 
-    def __init__(self, path: Path, filename: str) -> None:
-        self.path = path
+    def __init__(self, name: str, path: Path, filename: str) -> None:
+        super().__init__(name, str(path))
         self.filename = filename
 
     def get_source(self, fullname: str) -> str:
-        return importlib.util.decode_source(self.path.read_bytes())
+        return importlib.util.decode_source(Path(self.path).read_bytes())
 
     def get_code(self, fullname: str) -> CodeType:
-        return compile(self.path.read_bytes(), self.filename, "exec", dont_inherit=True)
+        return compile(Path(self.path).read_bytes(), self.filename, "exec", dont_inherit=True)
 
     def is_package(self, fullname: str) -> bool:
         return False
@@ -105,7 +107,7 @@ def _load_module(name: str, directory: Path, filename: str | None = None) -> Mod
     if module is not None:
         return module
     path = directory / _single_py(sorted(os.listdir(directory)))
-    loader = JobLoader(path, filename or path.name)
+    loader = JobLoader(name, path, filename or path.name)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     if spec is None:  # pragma: no cover - a .py path always has a spec
         raise ImportError(f"cannot load {path}")

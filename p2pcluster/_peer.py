@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -254,10 +253,6 @@ async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address
     return resolved
 
 
-def workers_for(config: Config) -> int:
-    return config.workers if config.workers is not None else (os.cpu_count() or 1)
-
-
 @asynccontextmanager
 async def open_peer(config: Config | None = None, *, include: Iterable[str | Path] = (),
                     registry: CodeRegistry | None = None,
@@ -315,7 +310,7 @@ async def _plan(config: Config) -> _Plan:
     place = choose_where(config)
     config = dataclasses.replace(config, bind_address=place.bind)
     seeds = await resolve_seeds(config.seeds, config.port)
-    return _Plan(config, keyring, place, seeds, workers_for(config))
+    return _Plan(config, keyring, place, seeds, config.worker_count())
 
 
 async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:

@@ -35,6 +35,7 @@ from .codec import Codec
 from .membership import Member
 from .messages import Limit, Size
 from .meta import NodeMeta
+from .wiretypes import EndReason
 
 __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",
@@ -79,14 +80,6 @@ class ValueType(IntEnum):
 
     INLINE = 1
     BLOB_REF = 2
-
-
-class EndReason(IntEnum):
-    """How a job ended, in :class:`Ended`. APPEND-ONLY."""
-
-    DONE = 0  #: every task has a result
-    CANCELLED = 1  #: the client cancelled it (or left)
-    FAILED = 2  #: the daemon could not run it; ``error`` says why
 
 
 # --- values -----------------------------------------------------------------------------------

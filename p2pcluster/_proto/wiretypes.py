@@ -1,8 +1,9 @@
-"""The wire's vocabulary: the protocol version, field limits, and the append-only enums.
+"""The wire's vocabulary: the protocol version, field limits, and the append-only enums (the
+control protocol's :class:`EndReason` too).
 
-Light on purpose: a worker process imports it (for :class:`TaskStatus`) without the
-message classes. ``Annotated[T, Limit(...)]`` bounds a field; :mod:`.codec` turns the limits
-into checks.
+Light on purpose: a worker process imports it (for :class:`TaskStatus`), and a client of
+the daemon (for :class:`EndReason`), without the message classes.
+``Annotated[T, Limit(...)]`` bounds a field; :mod:`.codec` turns the limits into checks.
 """
 
 from __future__ import annotations
@@ -114,3 +115,11 @@ class AckStatus(IntEnum):
     ACCEPTED = 0  #: it is the task's result (or a duplicate)
     REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
     NO_JOB = 2  #: the owner no longer runs the job: nothing to do
+
+
+class EndReason(IntEnum):
+    """How a job ended, in the control protocol's ``Ended``. APPEND-ONLY."""
+
+    DONE = 0  #: every task has a result
+    CANCELLED = 1  #: the client cancelled it (or left)
+    FAILED = 2  #: the daemon could not run it; ``error`` says why
