@@ -49,7 +49,7 @@ from ._proto.control import (
     Value,
     hello,
 )
-from ._proto.messages import TaskStatus
+from ._proto.wiretypes import TaskStatus
 
 __all__ = ["ControlClient", "DaemonError", "JobSink", "open_control_client", "request_daemon"]
 

@@ -22,6 +22,7 @@ import binascii
 import os
 import re
 import secrets
+import shlex
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,9 +90,14 @@ def read_secret_file(path: Path) -> tuple[bytes, ...]:
         _check_mode(path)
         text = path.read_text()
     except FileNotFoundError:
+        if path == default_secret_path():
+            create, where = "p2pcluster secret", ""
+        else:
+            where = f" --secret-file {shlex.quote(str(path))}"
+            create = f"p2pcluster secret --new{where}"
         raise SecretError(
-            f"no secret file at {path}; create one with `p2pcluster secret`, or import the "
-            "cluster's secret with `p2pcluster secret --import`"
+            f"no secret file at {path}; create one with `{create}`, or import the cluster's "
+            f"secret with `p2pcluster secret --import{where}`"
         ) from None
     except OSError as exc:
         raise SecretError(f"cannot read secret file {path}: {exc}") from None

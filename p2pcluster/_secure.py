@@ -27,7 +27,7 @@ from ._errors import (
     ProtocolError,
     ReplayError,
 )
-from ._proto import codec
+from ._proto import wire
 from ._proto.envelope import DatagramOpener, DatagramSealer, Entropy, Keyring
 from ._proto.handshake import HELLO_SIZE, ClientHandshake, ServerHandshake, Session
 from ._proto.messages import Message
@@ -129,7 +129,7 @@ class SecureWire:
         return SecureDatagramChannel(self, await self.transport.open_datagram(bind))
 
     def seal(self, msg: Message) -> bytes:
-        data = self._sealer.seal(codec.encode(msg), self._wall_clock())
+        data = self._sealer.seal(wire.encode(msg), self._wall_clock())
         if len(data) > self.config.max_datagram_size:
             raise MessageTooLarge(
                 f"{type(msg).__name__} needs {len(data)} bytes; the datagram limit is "
@@ -140,7 +140,7 @@ class SecureWire:
     def open(self, data: bytes, src: Address) -> Message | None:
         """The message in ``data``, or None (counted and logged) if it must be dropped."""
         try:
-            msg = codec.decode(self._opener.open(data, self._wall_clock()))
+            msg = wire.decode(self._opener.open(data, self._wall_clock()))
         except ProtocolError as exc:
             counter = _drop_counter(exc)
             self.count(counter)
@@ -288,7 +288,7 @@ class SecureStream:
         await self.aclose()
 
     async def send(self, msg: Message) -> None:
-        await self.send_payload(codec.encode(msg))
+        await self.send_payload(wire.encode(msg))
 
     async def send_payload(self, payload: bytes | bytearray | memoryview) -> None:
         """Send one frame. Safe to call from several tasks: frames never interleave."""
@@ -308,7 +308,7 @@ class SecureStream:
         if payload is None:
             return None
         try:
-            return codec.decode(payload)
+            return wire.decode(payload)
         except ProtocolError:
             self.wire.count("frames_rejected")
             raise

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import netns_lan  # noqa: E402
 
 from p2pcluster import MemberStatus  # noqa: E402
-from p2pcluster._control import NoDaemon, request  # noqa: E402
+from p2pcluster._control import NoDaemon  # noqa: E402
+from p2pcluster._control_client import DaemonError, request_daemon  # noqa: E402
 from p2pcluster._secret import encode_secret  # noqa: E402
 from p2pcluster.testing import SimCluster  # noqa: E402
 
@@ -70,9 +71,9 @@ class Daemons:
 
     def members(self, host: int) -> list[dict[str, Any]] | None:
         try:
-            answer = trio.run(lambda: request(self.control(host), {"op": "members"},
-                                              timeout=2.0))
-        except (NoDaemon, trio.TooSlowError, OSError):
+            answer = trio.run(lambda: request_daemon(self.control(host), "members",
+                                                     timeout=2.0))
+        except (NoDaemon, DaemonError, trio.TooSlowError, OSError):
             return None
         rows: list[dict[str, Any]] = answer["members"]
         return rows

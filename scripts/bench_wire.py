@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2pcluster._proto import codec
+from p2pcluster._proto import wire
 from p2pcluster._proto.envelope import DatagramOpener, DatagramSealer, Keyring
 from p2pcluster._proto.handshake import ClientHandshake, ServerHandshake
 from p2pcluster._proto.messages import Ack, Alive, Message, Ping
@@ -64,7 +64,7 @@ def bench(seconds: float) -> dict[str, Any]:
     session, proof = client.receive(reply)
     server_session.feed(proof)
     server_session.poll_proof()
-    frame_payload = codec.encode(MESSAGES["ping_6_updates"])
+    frame_payload = wire.encode(MESSAGES["ping_6_updates"])
 
     def frame_round_trip() -> None:
         server_session.feed(session.seal(frame_payload))
@@ -81,7 +81,7 @@ def message_costs(ring: Keyring, msg: Any, seconds: float) -> dict[str, Any]:
     now = time.time()
     aead = ChaCha20Poly1305(os.urandom(32))
     nonce, hdr = os.urandom(12), os.urandom(25)
-    payload = codec.encode(msg)
+    payload = wire.encode(msg)
     datagram = sealer.seal(payload, now)
     opener = DatagramOpener(ring, window=1e12, cache_size=10**9, max_size=1400)
 
@@ -89,13 +89,13 @@ def message_costs(ring: Keyring, msg: Any, seconds: float) -> dict[str, Any]:
         # The same datagram each time, so forget it first (a 1-entry dict clear) rather
         # than pre-sealing millions of distinct ones.
         opener.replay._seen.clear()
-        codec.decode(opener.open(datagram, now))
+        wire.decode(opener.open(datagram, now))
 
     raw = cbor2.loads(payload)
     sealed_ct = aead.encrypt(nonce, payload, hdr)
     return {
         "bytes_on_wire": len(datagram),
-        "encode_seal_us": round(per_call_us(lambda m=msg: sealer.seal(codec.encode(m), now),
+        "encode_seal_us": round(per_call_us(lambda m=msg: sealer.seal(wire.encode(m), now),
                                             seconds), 2),
         "open_decode_us": round(per_call_us(open_decode, seconds), 2),
         "baseline_cbor2_dumps_us": round(per_call_us(lambda r=raw: cbor2.dumps(r), seconds), 2),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .codec import update_size
 from .messages import Update
+from .wire import update_size
 
 __all__ = ["BroadcastQueue", "retransmit_limit"]
 

@@ -8,7 +8,10 @@ not an ``int``), and every :class:`~.messages.Limit`. Anything else raises
 :class:`~p2pcluster.ProtocolError` (a :class:`~p2pcluster.DecodeError` or
 :class:`~p2pcluster.MessageTooLarge`) and nothing else.
 
-The per-class encoders and decoders are compiled once, from the type hints, at import.
+The per-class encoders and decoders are compiled once, from the type hints, when a
+:class:`Codec` is made. The peer protocol's codec is :mod:`.wire`; the control protocol's is in
+:mod:`.control`. This module knows no message of either, so a program that speaks only one
+does not import the other's classes.
 """
 
 from __future__ import annotations
@@ -25,12 +28,9 @@ from typing import Any
 import cbor2
 
 from .._errors import DecodeError, MessageTooLarge, UnknownMessageType, UnsupportedVersion
-from .messages import MESSAGE_CLASSES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limit, Message
+from .wiretypes import Limit
 
-__all__ = [
-    "WIRE", "Codec", "FieldSpec", "decode", "decode_cbor", "encode", "iter_specs",
-    "record_specs", "update_size",
-]
+__all__ = ["Codec", "FieldSpec", "compile_encoder", "decode_cbor", "record_specs"]
 
 #: Nesting deeper than this is refused (ours never exceeds 4).
 MAX_DEPTH = 8
@@ -239,14 +239,14 @@ def _same(v: Any) -> Any:
     return v
 
 
-def _compile_encoder(spec: FieldSpec) -> Encoder:
+def compile_encoder(spec: FieldSpec) -> Encoder:
     if spec.kind in ("int", "float", "bool", "str", "bytes"):
         return _same
     if spec.kind == "optional":
-        inner = _compile_encoder(spec.items)
+        inner = compile_encoder(spec.items)
         return lambda v: None if v is None else inner(v)
     if spec.kind == "tuple":
-        elem = _compile_encoder(spec.items)
+        elem = compile_encoder(spec.items)
         return lambda v: [elem(x) for x in v]
     if spec.kind == "record":
         return _record_encoder(spec.items)
@@ -263,7 +263,7 @@ def _compile_encoder(spec: FieldSpec) -> Encoder:
 
 def _record_encoder(specs: tuple[FieldSpec, ...]) -> Callable[[Any], list[Any]]:
     names = [s.name for s in specs]
-    encoders = [_compile_encoder(s) for s in specs]
+    encoders = [compile_encoder(s) for s in specs]
     if len(names) == 1:
         (name,), (enc,) = names, encoders
         return lambda v: [enc(getattr(v, name))]
@@ -332,34 +332,3 @@ def decode_cbor(data: bytes | memoryview) -> Any:
     if buf.tell() != len(data):
         raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the CBOR item")
     return obj
-
-
-#: The peer-to-peer protocol's messages (``docs/protocol.md``).
-WIRE = Codec(MESSAGE_CLASSES, version=PROTOCOL_VERSION, supported=SUPPORTED_VERSIONS)
-
-
-def encode(msg: Message) -> bytes:
-    """Encode a peer message as CBOR. Does not check limits: :func:`decode` of the result
-    does."""
-    return WIRE.encode(msg)
-
-
-def decode(data: bytes | memoryview, *, max_size: int | None = None) -> Message:
-    """Decode one peer message; raise :class:`~p2pcluster.ProtocolError` on anything amiss."""
-    msg: Message = WIRE.decode(data, max_size=max_size)
-    return msg
-
-
-def iter_specs() -> Iterator[tuple[int, type, tuple[FieldSpec, ...]]]:
-    """Every top-level peer message class with its field specs, by type code."""
-    return WIRE.iter_specs()
-
-
-_UPDATE_ENCODER = _compile_encoder(
-    next(s for s in record_specs(MESSAGE_CLASSES[1]) if s.name == "updates").items
-)
-
-
-def update_size(update: Any) -> int:
-    """Bytes one piggybacked membership update takes inside a message's update array."""
-    return len(cbor2.dumps(_UPDATE_ENCODER(update)))

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from .codec import Codec
-from .membership import Member
-from .messages import Limit, Size
 from .meta import NodeMeta
-from .wiretypes import EndReason
+from .wiretypes import EndReason, Limit, Size
+
+if TYPE_CHECKING:  # a client of the daemon needs no membership machine
+    from .membership import Member
 
 __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",

@@ -47,7 +47,7 @@ from dataclasses import dataclass, fields
 from random import Random
 from typing import TYPE_CHECKING
 
-from . import codec
+from . import wire
 from .awareness import Awareness
 from .broadcast import BroadcastQueue, retransmit_limit
 from .context import Context
@@ -309,7 +309,7 @@ class MembershipMachine:
         """Send ``msg`` with as many queued updates as fit (``first`` in front)."""
         if (self.broadcasts or first is not None) and isinstance(msg, (Ping, Ack, PingReq,
                                                                         Gossip)):
-            base = len(codec.encode(msg))
+            base = len(wire.encode(msg))
             budget = self.max_payload - base - 2  # the update array's header may grow
             updates = tuple(self.broadcasts.select(budget, self.table.live_count, first))
             if updates:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._proto import codec
+from .._proto import wire
 from .._proto.envelope import DATAGRAM_OVERHEAD
 from .._proto.handshake import FRAME_OVERHEAD, HELLO_SIZE
 from .._proto.messages import Message
@@ -246,7 +246,7 @@ class Simulation:
             if latency is None or reply is None:
                 self._fail_request(origin)
             else:
-                encoded = codec.encode(reply)
+                encoded = wire.encode(reply)
                 self._count_stream(addr, src, len(encoded))
                 self._push(self.now + latency, _REPLY, src, origin[1], origin[2], encoded,
                            reply, False)
@@ -268,7 +268,7 @@ class Simulation:
             receiver.bytes_received += size + FRAME_OVERHEAD
 
     def _delivered(self, data: bytes, msg: Message) -> Message:
-        return codec.decode(data) if self.roundtrip else msg
+        return wire.decode(data) if self.roundtrip else msg
 
     def _fail_request(self, origin: tuple[Address, int, int]) -> None:
         """``origin``: the requester's address, its process generation, the token."""
@@ -303,7 +303,7 @@ class Simulation:
             self._push(slot.timer_at, _TIMER, addr, slot.generation)
 
     def _send_datagram(self, slot: _Slot, src: Address, out: SendDatagram) -> None:
-        data = codec.encode(out.msg)
+        data = wire.encode(out.msg)
         if len(data) > self.max_payload:
             slot.stats.dropped_oversize += 1
             raise AssertionError(
@@ -335,7 +335,7 @@ class Simulation:
         if delay > self.stream_timeout:
             self._fail_request(origin)
             return
-        self._push(self.now + delay, _REQUEST, out.dst, origin, codec.encode(out.msg), out.msg,
+        self._push(self.now + delay, _REQUEST, out.dst, origin, wire.encode(out.msg), out.msg,
                    False)
 
 

@@ -18,7 +18,7 @@ from p2pcluster import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from p2pcluster._proto import codec
+from p2pcluster._proto import codec, wire
 from p2pcluster._proto import messages as m
 from tests.strategies import (
     FUZZ_EXAMPLES,
@@ -41,7 +41,7 @@ def test_round_trip_every_message_type(cls: type) -> None:
     @settings(max_examples=300)
     @given(message_of(cls))
     def check(msg: m.Message) -> None:
-        assert codec.decode(codec.encode(msg)) == msg
+        assert wire.decode(wire.encode(msg)) == msg
 
     check()
 
@@ -73,7 +73,7 @@ def test_type_codes_are_append_only() -> None:
 
 
 def test_every_message_carries_the_protocol_version() -> None:
-    raw = cbor2.loads(codec.encode(m.Nack(seq=7)))
+    raw = cbor2.loads(wire.encode(m.Nack(seq=7)))
     assert raw == [m.PROTOCOL_VERSION, m.MessageType.NACK, 7]
 
 
@@ -115,31 +115,31 @@ PING_FIELDS = [5, b"t" * 16, []]
 )
 def test_strict_decoding_refuses(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
-        codec.decode(data)
+        wire.decode(data)
 
 
 def test_size_cap() -> None:
-    data = codec.encode(m.Nack(seq=1))
+    data = wire.encode(m.Nack(seq=1))
     with pytest.raises(MessageTooLarge):
-        codec.decode(data, max_size=len(data) - 1)
-    assert codec.decode(data, max_size=len(data)) == m.Nack(seq=1)
+        wire.decode(data, max_size=len(data) - 1)
+    assert wire.decode(data, max_size=len(data)) == m.Nack(seq=1)
 
 
 def test_limits_are_inclusive() -> None:
     alive = m.Alive(node=b"n" * 32, incarnation=2**64 - 1, name="é" * 127, host="h" * 255,
                     port=65535, meta=b"m" * 512)
     msg = m.Ack(seq=0, updates=(alive,) * m.MAX_UPDATES)
-    assert codec.decode(codec.encode(msg)) == msg
+    assert wire.decode(wire.encode(msg)) == msg
 
 
 def _only_protocol_errors(data: bytes) -> None:
     try:
-        msg = codec.decode(data)
+        msg = wire.decode(data)
     except ProtocolError:
         return
     # Whatever decodes must be a well-formed message that re-encodes to the same bytes.
     assert type(msg) in m.MESSAGE_CLASSES.values()
-    assert codec.decode(codec.encode(msg)) == msg
+    assert wire.decode(wire.encode(msg)) == msg
 
 
 @settings(max_examples=FUZZ_EXAMPLES)
@@ -149,7 +149,7 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
 
 
 @settings(max_examples=500)
-@given(messages.map(codec.encode).flatmap(mutated))
+@given(messages.map(wire.encode).flatmap(mutated))
 def test_fuzz_mutated_valid_messages_shrinking(data: bytes) -> None:
     """Hypothesis-native generation: slower, but shrinks a failure to a minimal input."""
     _only_protocol_errors(data)
@@ -158,7 +158,7 @@ def test_fuzz_mutated_valid_messages_shrinking(data: bytes) -> None:
 @settings(max_examples=FUZZ_EXAMPLES)
 @given(seeded)
 def test_fuzz_mutated_valid_messages(rng: random.Random) -> None:
-    _only_protocol_errors(mutate(codec.encode(random_message(rng)), rng))
+    _only_protocol_errors(mutate(wire.encode(random_message(rng)), rng))
 
 
 @settings(max_examples=300)

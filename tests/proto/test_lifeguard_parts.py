@@ -8,9 +8,9 @@ import pytest
 
 from p2pcluster._proto.awareness import Awareness
 from p2pcluster._proto.broadcast import BroadcastQueue, retransmit_limit
-from p2pcluster._proto.codec import update_size
 from p2pcluster._proto.messages import Alive, Suspect
 from p2pcluster._proto.suspicion import Suspicion, suspicion_bounds
+from p2pcluster._proto.wire import update_size
 
 
 @pytest.mark.parametrize(("n", "expected_min"), [(1, 2.0), (10, 2.0), (100, 4.0), (1000, 6.0)])

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from p2pcluster import Config
-from p2pcluster._proto import codec
+from p2pcluster._proto import wire
 from p2pcluster._proto.membership import EventKind, MemberStatus
 from p2pcluster._proto.messages import (
     Ack,
@@ -188,13 +188,13 @@ def test_suspicion_expires_into_death_and_confirmations_shorten_it() -> None:
 
 def test_piggyback_fills_but_never_exceeds_a_datagram() -> None:
     m = machine(0, peers=3)
-    update_size = len(codec.encode(Gossip((Alive(b"x" * 16, 1, "n" * 20, "10.1.1.1", 7946,
+    update_size = len(wire.encode(Gossip((Alive(b"x" * 16, 1, "n" * 20, "10.1.1.1", 7946,
                                                    b"m" * 30),)))) - 4
     for i in range(200):
         m.broadcasts.add(Alive(bytes([i]) * 16, 1, "n" * 20, "10.1.1.1", 7946, b"m" * 30))
     m.receive(0.0, ("10.0.0.2", 7946), Ping(1, m.node_id))
     (ack,) = m.take_outputs()
-    size = len(codec.encode(ack.msg)) + 41
+    size = len(wire.encode(ack.msg)) + 41
     assert CONFIG.max_datagram_size - update_size < size <= CONFIG.max_datagram_size
 
 

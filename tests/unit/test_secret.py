@@ -138,3 +138,14 @@ def test_help_lists_the_commands() -> None:
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     for command in ("join", "run", "members", "leave", "secret"):
         assert command in result.stdout
+
+
+def test_a_missing_secret_file_names_the_command_that_creates_it(tmp_path: Path) -> None:
+    from p2pcluster._secret import read_secret_file
+
+    path = tmp_path / "my secret"
+    with pytest.raises(SecretError) as info:
+        read_secret_file(path)
+    message = str(info.value)
+    assert f"`p2pcluster secret --new --secret-file '{path}'`" in message
+    assert f"`p2pcluster secret --import --secret-file '{path}'`" in message
