@@ -11,18 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from ._configtext import ENV_PREFIX, check_value, parse_text, type_name
 from ._errors import ConfigError
 
 __all__ = ["Config"]
-
-ENV_PREFIX = "P2PCLUSTER_"
 
 
 def _doc(default: Any, doc: str, unit: str = "") -> Any:
@@ -305,7 +303,7 @@ class Config:
         for f in dataclasses.fields(self):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                changes[f.name] = _parse_text(f.name, _hints()[f.name], raw)
+                changes[f.name] = parse_text(f.name, _hints()[f.name], raw)
         return dataclasses.replace(self, **changes)
 
     def with_toml(self, path: str | Path) -> Self:
@@ -319,71 +317,19 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; valid keys: {sorted(known)}")
-        changes = {k: _check_value(k, _hints()[k], v) for k, v in data.items()}
+        changes = {k: check_value(k, _hints()[k], v) for k, v in data.items()}
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str, str]]:
         """(name, type, default, unit, doc) for every field, in declaration order."""
         hints = _hints()
-        return [(f.name, _type_name(hints[f.name]), f.default, f.metadata["unit"],
+        return [(f.name, type_name(hints[f.name]), f.default, f.metadata["unit"],
                  f.metadata["doc"]) for f in dataclasses.fields(cls)]
 
 
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(Config)
-
-
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
-def _base_type(hint: Any) -> tuple[Any, bool]:
-    """(type, optional) of a field hint such as ``float`` or ``str | None``."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return inner, True
-    return hint, False
-
-
-def _is_str_tuple(hint: Any) -> bool:
-    return typing.get_origin(hint) is tuple
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _parse_text(name: str, hint: Any, raw: str) -> Any:
-    base, optional = _base_type(hint)
-    text = raw.strip()
-    if optional and text.lower() in ("", "none"):
-        return None
-    if _is_str_tuple(base):
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-    if base is bool and text.lower() in _TRUE + _FALSE:
-        return text.lower() in _TRUE
-    if base is not bool:
-        try:
-            return base(text)
-        except ValueError:
-            pass
-    raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {_type_name(hint)}")
-
-
-def _check_value(name: str, hint: Any, value: Any) -> Any:
-    base, optional = _base_type(hint)
-    if value is None and optional:
-        return None
-    if base is float and type(value) is int:
-        return float(value)
-    if _is_str_tuple(base):
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"config key {name!r} must be a list of strings, got {value!r}")
-    if type(value) is not base:
-        raise ConfigError(f"config key {name!r} must be {_type_name(hint)}, got {value!r}")
-    return value
 
 
 def render_markdown() -> str:
@@ -393,8 +339,8 @@ def render_markdown() -> str:
              "Every field can be set in a TOML file (top level or a `[p2pcluster]` table), or",
              "by an environment variable `P2PCLUSTER_<FIELD>` (upper case).", ""]
     lan, local = Config.lan(), Config.local()
-    for name, type_name, default, unit, doc in Config.describe():
-        lines.append(f"## `{name}`: {type_name}" + (f" ({unit})" if unit else ""))
+    for name, kind, default, unit, doc in Config.describe():
+        lines.append(f"## `{name}`: {kind}" + (f" ({unit})" if unit else ""))
         lines.append("")
         lines.append(doc)
         lines.append("")

@@ -42,13 +42,8 @@ from its working directory or its path, the workers can too, as with ``multiproc
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import signal
-import struct
-import subprocess
 import sys
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +56,16 @@ from ._fastwrite import write_all
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import encode_error
+from ._workerproc import (
+    Call,
+    Crashed,
+    Resend,
+    WorkerProcess,
+    frame,
+    how_it_died,
+    read_frame,
+    start_worker_process,
+)
 
 __all__ = ["MAX_CRASHES", "WORKER_MAIN", "BatchResult", "Outcome", "WorkerPool",
            "WorkerPoolStatistics", "open_worker_pool"]
@@ -73,7 +78,6 @@ MAX_CRASHES = 3
 GRACE_PERIOD = 0.5
 #: Calls queued on one worker at most (the running one and the next).
 MAX_QUEUED = 2
-_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,63 +121,6 @@ class _Target(NamedTuple):
     time_limit: float | None  #: seconds after which a batch stops after its current task
 
 
-class _Crashed(Exception):
-    """The worker died while running this call."""
-
-
-class _Resend(Exception):
-    """The worker died (or was killed) before it ran this call: send it again."""
-
-
-class _Call:
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-
-def _frame(obj: Any) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
-class _Worker:
-    """One worker process, its two pipes, and the calls queued on it, oldest first."""
-
-    def __init__(self, process: trio.Process, send: trio.lowlevel.FdStream,
-                 receive: trio.lowlevel.FdStream) -> None:
-        self.process = process
-        self.send = send
-        self.receive = receive
-        self.pending: deque[_Call] = deque()
-        self.ready = False
-        self.alive = True
-        self.killed = False
-        self.lock = trio.Lock()
-
-    def kill(self) -> None:
-        self.killed = True
-        if self.process.returncode is None:
-            self.process.kill()
-
-
-def _how_it_died(returncode: int | None) -> str:
-    if returncode is None:
-        return "the worker died"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 class WorkerPool:
     """Runs batches on ``slots`` worker processes. Create it with :func:`open_worker_pool`."""
 
@@ -181,7 +128,7 @@ class WorkerPool:
         self.slots = slots
         self._cache_root = str(cache_root)
         self._nursery = nursery
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
         self._changed = trio.Event()
         self._closing = False
         self._batches = self._tasks = self._crashes = self._timeouts = self._poisoned = 0
@@ -212,7 +159,7 @@ class WorkerPool:
                 assert answer is not None  # no timeout, so an answer
                 self._tasks += len(answer[0])
                 return BatchResult(*answer)
-            except _Crashed:
+            except Crashed:
                 self._crashes += 1  # the culprit is unknown: run them one by one
         outcomes: list[Outcome] = []
         seconds = 0.0
@@ -232,7 +179,7 @@ class WorkerPool:
             try:
                 answer = await self._call(target, [payload], alone=timeout is not None,
                                           timeout=timeout)
-            except _Crashed as exc:
+            except Crashed as exc:
                 self._crashes += 1
                 last = str(exc)
                 continue
@@ -254,16 +201,16 @@ class WorkerPool:
 
         A timed call's clock starts once it has a started worker to itself.
         """
-        frame = _frame((self._cache_root, target.ref, list(payloads), target.max_result,
-                        target.where, target.time_limit))
+        request = frame((self._cache_root, target.ref, list(payloads), target.max_result,
+                         target.where, target.time_limit))
         while True:
             worker = await self._pick(alone)
-            call = _Call(frame)
+            call = Call(request)
             worker.pending.append(call)
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
                     await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
-                                    frame)
+                                    request)
                     await call.done.wait()
                 except BaseException:
                     if not call.done.is_set():
@@ -273,14 +220,14 @@ class WorkerPool:
                     raise
             if scope.cancelled_caught:
                 return None
-            if isinstance(call.error, _Resend):
+            if isinstance(call.error, Resend):
                 continue
             if call.error is not None:
                 raise call.error
             raw, seconds = call.result
             return [Outcome(status, payload) for status, payload in raw], seconds
 
-    async def _pick(self, alone: bool) -> _Worker:
+    async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with
         none), waiting for one if need be."""
         while True:
@@ -300,24 +247,13 @@ class WorkerPool:
     async def _spawn(self) -> None:
         if self._closing:
             return
-        child_read, parent_write = os.pipe()
-        parent_read, child_write = os.pipe()
-        try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", WORKER_MAIN, str(child_read), str(child_write)],
-                pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        finally:
-            os.close(child_read)
-            os.close(child_write)
-        worker = _Worker(process, trio.lowlevel.FdStream(parent_write),
-                         trio.lowlevel.FdStream(parent_read))
+        worker = await start_worker_process(WORKER_MAIN)
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]
         try:
             async with worker.lock:
-                await worker.send.send_all(_frame(paths))
+                await worker.send.send_all(frame(paths))
         except BaseException:
             worker.kill()
             raise
@@ -334,13 +270,13 @@ class WorkerPool:
         for _ in range(self.slots):
             await self._spawn()
 
-    async def _serve_worker(self, worker: _Worker) -> None:
+    async def _serve_worker(self, worker: WorkerProcess) -> None:
         """Read the worker's answers in order; when it dies, fail or resend its calls and
         start another (unless the pool is closing)."""
         buffer = bytearray()
         try:
             while True:
-                answer = await self._read_frame(worker.receive, buffer)
+                answer = await read_frame(worker.receive, buffer)
                 if answer is None:
                     break
                 if answer == "ready":
@@ -360,31 +296,17 @@ class WorkerPool:
                 await worker.process.wait()
                 await worker.send.aclose()
                 await worker.receive.aclose()
-            how = _how_it_died(worker.process.returncode)
+            how = how_it_died(worker.process.returncode)
             first = True
             while worker.pending:
                 call = worker.pending.popleft()
                 crashed = first and not worker.killed
-                call.finish(error=_Crashed(how) if crashed else _Resend())
+                call.finish(error=Crashed(how) if crashed else Resend())
                 first = False
             self._workers.remove(worker)
             if not self._closing:
                 self._nursery.start_soon(self._spawn)
             self._notify()
-
-    @staticmethod
-    async def _read_frame(stream: trio.lowlevel.FdStream, buffer: bytearray) -> Any:
-        while True:
-            if len(buffer) >= _LENGTH.size:
-                (n,) = _LENGTH.unpack_from(buffer)
-                if len(buffer) >= _LENGTH.size + n:
-                    data = bytes(buffer[_LENGTH.size:_LENGTH.size + n])
-                    del buffer[:_LENGTH.size + n]
-                    return pickle.loads(data)
-            chunk = await stream.receive_some(1 << 20)
-            if not chunk:
-                return None
-            buffer += chunk
 
     async def aclose(self) -> None:
         """Stop every worker: each idle one exits on EOF; any still busy after

@@ -12,11 +12,12 @@ peer steals:
    every :class:`Results`). A peer that knows of no queued task anywhere sends nothing: a
    workload smaller than the free slots causes no steals at all.
 2. The victim answers with a :class:`StealGrant` holding half (rounded up) of its unstarted
-   tasks, oldest first, in one message, so one round trip moves many tasks. Large arguments
-   stay at the owner (the thief fetches them when the task runs), and a grant carries at most
-   ``message_bytes`` of arguments.
+   tasks, oldest first, in one message, so one round trip moves many tasks (:mod:`.victims`
+   sizes it). Large arguments stay at the owner (the thief fetches them when the task runs),
+   and a grant carries at most ``message_bytes`` of arguments.
 3. Each task counts its moves; a task that has moved ``max_moves`` times is never granted
-   again, so tasks cannot ping-pong between peers.
+   again, so tasks cannot ping-pong between peers. Tasks on their last move go only as many
+   as the thief starts at once, so that no thief is left with a pile it cannot pass on.
 
 The owner always knows which peer holds each unfinished task (:mod:`.ownership`). When it
 grants tasks itself it records the thief; when a *thief* re-grants stolen tasks it sends
@@ -74,7 +75,7 @@ from .owner import OwnerRole
 from .ownership import Ownership
 from .policy import WorkPolicy
 from .taskqueue import TaskQueue
-from .victims import choose_victim, grant_size
+from .victims import choose_victim, grant_size, last_move_cap
 from .workcontext import WorkContext
 from .workevents import Batch, JobDropped, StealingStatistics, WorkEvent, WorkOutput
 
@@ -123,14 +124,6 @@ class StealingMachine:
     def busy(self) -> int:
         """Batches out to the worker slots."""
         return self._execution.busy
-
-    @property
-    def dead(self) -> set[bytes]:
-        return self._ctx.dead
-
-    @property
-    def steal_timeout(self) -> float:
-        return self.policy.steal_timeout
 
     def statistics(self) -> StealingStatistics:
         stats = self._ctx.stats
@@ -189,7 +182,7 @@ class StealingMachine:
         new = peer not in self.peers
         self.peers[peer] = queue
         self.peer_slots[peer] = slots
-        self.dead.discard(peer)
+        self._ctx.dead.discard(peer)
         if new and self.surplus():
             self._ctx.send(peer, WorkAvailable(self.node_id, self.surplus()))
         self._maybe_steal(now)
@@ -206,7 +199,7 @@ class StealingMachine:
             return
         self.peers.pop(peer, None)
         self.peer_slots.pop(peer, None)
-        self.dead.add(peer)
+        self._ctx.dead.add(peer)
         self._owner.owned.forget(peer)
         # Its jobs are orphans: drop them here, and have the driver stop running ones.
         orphaned = {q.spec.job for q in self.queue if q.spec.owner == peer}
@@ -303,7 +296,7 @@ class StealingMachine:
         """The driver could not deliver ``grant``: take its tasks back, at the front."""
         for job_tasks in reversed(grant.jobs):
             spec = job_tasks.spec
-            if spec.owner in self.dead or self._owner.owned.ended(spec.job):
+            if spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job):
                 continue
             for item in reversed(job_tasks.tasks):
                 self.queue.appendleft(spec, self._owner.restored(spec, item))
@@ -319,7 +312,7 @@ class StealingMachine:
                 self.peers[victim] = 0
             self._maybe_steal(now)
         if self._holder.next_report is not None and now >= self._holder.next_report:
-            for owner, report in self._holder.report(now, self.queue, self.dead):
+            for owner, report in self._holder.report(now, self.queue, self._ctx.dead):
                 self._ctx.send(owner, report)
                 self._ctx.count("reports_sent")
         next_check = self._owner.owned.next_check
@@ -350,10 +343,13 @@ class StealingMachine:
 
     def _on_steal_request(self, now: float, req: StealRequest) -> None:
         thief = req.thief
-        if thief in self.dead or thief == self.node_id:
+        if thief in self._ctx.dead or thief == self.node_id:
             return
         self._owner.owned.heard(thief, now)
-        want = self._grant_size(thief, req.slots)
+        surplus = self.surplus()
+        want = grant_size(surplus, thief_slots=max(1, self.peer_slots.get(thief, req.slots)),
+                          total_slots=self._total_slots(thief, req.slots),
+                          known_work=surplus + sum(self.peers.values()))
         granted = (self.queue.grant(want, self.policy.message_bytes, self.policy.inline_limit,
                                     partial(self._last_move_cap, req.slots)) if want else {})
         jobs = tuple(JobTasks(spec, tuple(items)) for spec, items in granted.values())
@@ -365,21 +361,13 @@ class StealingMachine:
         self._ctx.send(thief, StealGrant(self.node_id, self.surplus(), jobs))
 
     def _last_move_cap(self, thief_slots: int, job: bytes) -> int:
-        """Tasks a grant may carry on their last move: what the thief starts at once, by
-        the batch size measured here (a task that moved ``max_moves`` times runs where it
-        is, so a big grant of them could strand work on one peer while others idle)."""
-        return max(1, thief_slots) * self.policy.batches_per_slot * (
-            self._execution.batch_size(job))
+        return last_move_cap(thief_slots, self.policy.batches_per_slot,
+                             self._execution.batch_size(job))
 
-    def _grant_size(self, thief: bytes, free: int) -> int:
-        """See :func:`.victims.grant_size`."""
-        thief_slots = max(1, self.peer_slots.get(thief, free))
-        total_slots = self.slots + sum(self.peer_slots.values())
-        if thief not in self.peer_slots:
-            total_slots += thief_slots
-        surplus = self.surplus()
-        return grant_size(surplus, thief_slots=thief_slots, total_slots=total_slots,
-                          known_work=surplus + sum(self.peers.values()))
+    def _total_slots(self, thief: bytes, free: int) -> int:
+        """The worker slots this peer knows of: its own, its peers', the thief's."""
+        total = self.slots + sum(self.peer_slots.values())
+        return total if thief in self.peer_slots else total + max(1, free)
 
     def _on_grant(self, now: float, grant: StealGrant) -> None:
         if self.stealing and self.stealing[0] == grant.victim:
@@ -388,7 +376,7 @@ class StealingMachine:
         count = 0
         for job_tasks in grant.jobs:
             spec = job_tasks.spec
-            if spec.owner in self.dead or self._owner.owned.ended(spec.job):
+            if spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job):
                 self._count_dropped(len(job_tasks.tasks))
                 continue
             for item in job_tasks.tasks:

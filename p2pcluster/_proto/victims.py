@@ -9,6 +9,11 @@ A grant is half the victim's surplus (rounded up), capped at the thief's share o
 queued work the victim knows of, by worker slots, and at least one task if there is a
 surplus at all. With one thief this is exactly half; with many thieves at once the cap stops
 the first from carrying off half of a job to a place it could move from only once more.
+
+Of the tasks whose move is their last (``max_moves``), a grant carries only what the thief
+starts at once (:func:`last_move_cap`): such tasks run wherever they land, and a pile of them
+(slow ones, say, when a job's first tasks are its longest) would keep one peer busy while the
+others idle.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 from collections.abc import Mapping
 from random import Random
 
-__all__ = ["choose_victim", "grant_size"]
+__all__ = ["choose_victim", "grant_size", "last_move_cap"]
 
 
 def choose_victim(rng: Random, queues: Mapping[bytes, int]) -> bytes | None:
@@ -42,3 +47,10 @@ def grant_size(surplus: int, *, thief_slots: int, total_slots: int, known_work: 
         return 0
     share = math.ceil(known_work * thief_slots / max(1, total_slots))
     return max(1, min(math.ceil(surplus / 2), share))
+
+
+def last_move_cap(thief_slots: int, batches_per_slot: int, batch_size: int) -> int:
+    """Tasks of one job a grant may carry on their last move: the batches a thief of
+    ``thief_slots`` slots starts at once, ``batch_size`` tasks each (as the victim sizes the
+    job's batches)."""
+    return max(1, thief_slots) * batches_per_slot * batch_size

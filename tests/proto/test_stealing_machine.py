@@ -190,9 +190,9 @@ def test_an_unanswered_steal_times_out_and_moves_on() -> None:
     thief = machine(B, 1, A, C)
     thief.peer_queue(0.0, A, 5)
     (req,) = thief.take_outputs()
-    assert thief.next_deadline() == pytest.approx(thief.steal_timeout)
+    assert thief.next_deadline() == pytest.approx(thief.policy.steal_timeout)
     thief.peer_queue(0.1, C, 5)
-    thief.tick(thief.steal_timeout)
+    thief.tick(thief.policy.steal_timeout)
     (again,) = thief.take_outputs()
     assert again.dst != req.dst
 
