@@ -99,19 +99,15 @@ class Daemon:
                     log.debug("peer %s updated its metadata", member.name)
 
     async def log_rejections(self) -> None:
-        pending: dict[str, int] = {}
-        last: dict[str, float] = {}
+        last = -REJECTION_QUIET
         while True:
             await trio.sleep(REJECTION_REPORT)
             now = trio.current_time()
-            for host, count in self.peer.take_rejected().items():
-                pending[host] = pending.get(host, 0) + count
-            for host in [h for h in pending if now - last.get(h, -REJECTION_QUIET)
-                         >= REJECTION_QUIET]:
-                log.warning("rejected %d packet(s) or connection(s) from %s that failed "
-                            "authentication: a peer with another cluster secret or cluster "
-                            "name?", pending.pop(host), host)
-                last[host] = now
+            if now - last >= REJECTION_QUIET:
+                rejected = self.peer.take_rejected()
+                if rejected:
+                    log.warning("%s", rejected.describe())
+                    last = now
 
     async def wait_for_leave(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

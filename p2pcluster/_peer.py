@@ -50,6 +50,7 @@ from ._runner import Runner, open_runner
 from ._secret import load_secrets
 from ._transport import Address
 from ._values import encode_call
+from ._wirelog import Rejected
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -133,8 +134,8 @@ class Peer:
                               self._membership.statistics(), state.queued, state.running,
                               state.jobs_owned)
 
-    def take_rejected(self) -> dict[str, int]:
-        """Hosts whose traffic failed authentication since the last call, with counts."""
+    def take_rejected(self) -> Rejected:
+        """Unauthenticated traffic refused since the last call."""
         return self._runner.take_rejected()
 
     def peer_name(self, node_id: bytes) -> str:

@@ -16,7 +16,7 @@ import math
 from .context import Context
 from .membership import MemberStatus
 from .messages import MemberState, Message, PushPull
-from .outputs import Address
+from .outputs import Address, Endpoint
 
 __all__ = ["SEED_RETRY", "AntiEntropy"]
 
@@ -79,7 +79,7 @@ class AntiEntropy:
 
     # --- tables in and out ----------------------------------------------------------------
 
-    def merge(self, now: float, members: tuple[MemberState, ...], src: Address) -> None:
+    def merge(self, now: float, members: tuple[MemberState, ...], src: Endpoint) -> None:
         """Apply the table ``src`` sent, row by row, as the merge rule says."""
         for state in members:
             for update in self._ctx.table.merge(state, now):
@@ -89,14 +89,14 @@ class AntiEntropy:
         """The answer to our push-pull ``token``: a table to merge, or a failure."""
         address = self._streams.pop(token)
         if isinstance(reply, PushPull):
-            self.merge(now, reply.members, address)
+            self.merge(now, reply.members, Endpoint(address, reply.sender))
         else:
             self._ctx.counters["push_pulls_failed"] += 1
 
     def _push_pull(self, address: Address, *, join: bool = False) -> None:
         ctx = self._ctx
         msg = PushPull(join=join, sender=ctx.table.me.node, members=ctx.table.states())
-        self._streams[ctx.request(address, msg)] = address
+        self._streams[ctx.request(address, msg, None)] = address
         ctx.counters["push_pulls"] += 1
 
     def _periodic_push_pull(self) -> None:

@@ -15,9 +15,11 @@ from typing import Annotated
 #: The wire protocol version every message carries. Bump it for any incompatible change.
 #: Version 2 added task sizes, the result limit of a job, holding reports and the data
 #: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
-PROTOCOL_VERSION = 2
+#: Version 3 binds both node ids into every datagram's envelope (envelope version 2) and into
+#: the stream handshake (handshake version 2), with each peer's current key id.
+PROTOCOL_VERSION = 3
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({2})
+SUPPORTED_VERSIONS = frozenset({3})
 
 
 @dataclass(frozen=True, slots=True)
