@@ -46,11 +46,11 @@ from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
+from ._rejections import Rejections
 from ._runner import Runner, open_runner
-from ._secret import load_secrets
+from ._secret import SecretSource, load_secrets
 from ._transport import Address
 from ._values import encode_call
-from ._wirelog import Rejected
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -134,8 +134,18 @@ class Peer:
                               self._membership.statistics(), state.queued, state.running,
                               state.jobs_owned)
 
-    def take_rejected(self) -> Rejected:
-        """Unauthenticated traffic refused since the last call."""
+    async def reload_secrets(self) -> SecretSource:
+        """Read the cluster secrets again (``Config.secret_file``, or ``P2PCLUSTER_SECRET``)
+        and switch this peer's keyring to them: seal with the first, accept them all. On
+        :class:`~p2pcluster.SecretError` the keys in use stay. Streams already open keep
+        their session keys, except those under a key now dropped: they end."""
+        source = await trio.to_thread.run_sync(partial(
+            load_secrets, secret_file=self._config.secret_file))
+        self._runner.set_keyring(Keyring.from_secrets(source.secrets, self._config.cluster))
+        return source
+
+    def take_rejected(self) -> Rejections:
+        """Hosts whose traffic failed authentication since the last call, with counts."""
         return self._runner.take_rejected()
 
     def peer_name(self, node_id: bytes) -> str:

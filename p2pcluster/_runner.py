@@ -34,10 +34,10 @@ from ._errors import AddressInUse
 from ._limits import raise_open_files
 from ._proto.envelope import NODE_ID_SIZE, Keyring
 from ._proto.messages import Message
+from ._rejections import Rejections
 from ._secure import SecureDatagramChannel, SecureStream, SecureWire, WireStatistics
 from ._transport import Address, StreamListener, Transport
 from ._trio_transport import TrioTransport
-from ._wirelog import Rejected
 
 __all__ = ["Driver", "Runner", "StreamHandler", "Ticking", "open_runner"]
 
@@ -142,9 +142,8 @@ class Runner:
     def statistics(self) -> WireStatistics:
         return self._wire.statistics()
 
-    def take_rejected(self) -> Rejected:
-        """Unauthenticated traffic refused since the last call (see
-        :meth:`SecureWire.take_rejected`)."""
+    def take_rejected(self) -> Rejections:
+        """Hosts whose traffic failed authentication since the last call, with counts."""
         return self._wire.take_rejected()
 
     def set_keyring(self, keyring: Keyring) -> None:

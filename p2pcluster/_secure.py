@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from ._clockwarnings import ClockWarnings
 from ._config import Config
 from ._errors import (
     ClockSkew,
@@ -43,6 +44,7 @@ from ._proto.envelope import ClusterKey, DatagramOpener, DatagramSealer, Entropy
 from ._proto.handshake import HELLO_SIZE, PROOF_SIZE, ClientHandshake, ServerHandshake
 from ._proto.keychoice import KeyChoice
 from ._proto.messages import Message
+from ._rejections import Rejections, RejectionTally
 from ._transport import Address, StreamListener, Transport
 from ._wirechannels import (
     ClosedDuringHandshake,
@@ -51,7 +53,6 @@ from ._wirechannels import (
     SecureStream,
     receive_exactly,
 )
-from ._wirelog import ClockWarnings, Rejected, RejectionTally
 
 __all__ = ["Incoming", "SecureDatagramChannel", "SecureStream", "SecureWire", "WireStatistics"]
 
@@ -168,10 +169,11 @@ class SecureWire:
         and streams report their traffic here)."""
         self._counters[name] += n
 
-    def take_rejected(self) -> Rejected:
+    def take_rejected(self) -> Rejections:
         """Unauthenticated traffic refused since the last call (datagrams and handshakes
-        that failed, connections refused at the gate), by source address, bounded: most
-        likely peers holding another secret or cluster name. The daemon logs it."""
+        that failed, connections refused at the gate), by source host: most likely peers
+        holding another secret or cluster name. Bounded however many sources there are
+        (:mod:`._rejections`); the daemon sums them up in one line per interval."""
         return self._rejected.take()
 
     def keys_held_by(self, node: bytes) -> frozenset[bytes]:
@@ -211,9 +213,10 @@ class SecureWire:
     def _dropped(self, exc: ProtocolError, src: Address) -> None:
         counter = _drop_counter(exc)
         self.count(counter)
-        if counter not in _AUTHENTIC:
-            self._rejected.note(src[0])
-        log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
+        # Unauthenticated junk: one debug line per source and interval (spoofed sources
+        # cannot flood the log); the daemon sums the tally up (take_rejected).
+        if counter in _AUTHENTIC or self._rejected.note(src[0]):
+            log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
         if isinstance(exc, ClockSkew) and self._clock_warnings.due(exc.sender,
                                                                     trio.current_time()):
             log.warning(
