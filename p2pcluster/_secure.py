@@ -27,7 +27,6 @@ from typing import Any
 
 import trio
 
-from ._clockwarnings import ClockWarnings
 from ._config import Config
 from ._errors import (
     ClockSkew,
@@ -39,6 +38,7 @@ from ._errors import (
     ReplayError,
 )
 from ._gate import ConnectLimits, HandshakeGate, serve_streams
+from ._pacing import Pacer
 from ._proto import wire
 from ._proto.envelope import ClusterKey, DatagramOpener, DatagramSealer, Entropy, Keyring
 from ._proto.handshake import HELLO_SIZE, PROOF_SIZE, ClientHandshake, ServerHandshake
@@ -136,7 +136,7 @@ class SecureWire:
         self._entropy = entropy
         self._counters: Counter[str] = Counter()
         self._rejected = RejectionTally()
-        self._clock_warnings = ClockWarnings(CLOCK_WARNING_INTERVAL)
+        self._clock_warnings = Pacer(CLOCK_WARNING_INTERVAL)
         self._keys = KeyChoice()
         self._connects = ConnectLimits(config.max_handshakes_per_host)
         self._streams: weakref.WeakSet[SecureStream] = weakref.WeakSet()

@@ -152,6 +152,14 @@ class StealingMachine:
         owned = self._owner.owned.jobs.get(job)
         return owned.holders() if owned else {}
 
+    def owner_of(self, job: bytes) -> bytes | None:
+        """The owner of ``job`` as its tasks here (queued, running, results on their way)
+        say; None if none is here."""
+        owner = self._holder.owner_of(job)
+        if owner is None:
+            owner = next((q.spec.owner for q in self.queue if q.spec.job == job), None)
+        return owner
+
     def payload(self, job: bytes, tid: int) -> bytes | None:
         """For an owned job: the arguments of unfinished task ``tid`` (a thief fetches the
         large ones), or None."""

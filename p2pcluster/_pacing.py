@@ -1,25 +1,25 @@
-"""When to warn that a peer's clock is off, in bounded memory.
+"""Warnings about one peer at a time, paced, in bounded memory.
 
-Only an authentic datagram can show a clock offset (its timestamp is authenticated), so a
-warning names a real peer and a trustworthy offset. Still, a peer whose clock is off sends
-many datagrams a second: :class:`ClockWarnings` allows one warning per sender per interval
-and remembers at most :data:`MAX_SENDERS` senders. Unauthenticated traffic is tallied
-elsewhere (:mod:`._rejections`).
+Some warnings are about what an authenticated peer did: its clock is off (its datagrams fall
+outside the replay window; the timestamp is authenticated, so the offset can be trusted), or
+it sent a work message in another node's name. Such a peer repeats itself many times a
+second: :class:`Pacer` allows one warning per peer per interval and remembers at most
+:data:`MAX_SENDERS` peers. Unauthenticated traffic is tallied elsewhere (:mod:`._rejections`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["MAX_SENDERS", "ClockWarnings"]
+__all__ = ["MAX_SENDERS", "Pacer"]
 
 #: Senders whose last clock warning is remembered.
 MAX_SENDERS = 1024
 
 
-class ClockWarnings:
-    """When to warn that a sender's clock is off: at most once per ``interval`` seconds per
-    sender (monotonic time)."""
+class Pacer:
+    """When to warn about a peer: at most once per ``interval`` seconds per peer (monotonic
+    time)."""
 
     __slots__ = ("_last", "interval")
 
