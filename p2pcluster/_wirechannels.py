@@ -8,8 +8,6 @@ stream ends (:meth:`SecureStream.revoke`).
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from typing import TYPE_CHECKING, NamedTuple
 
 import trio
@@ -88,6 +86,7 @@ class SecureStream:
         self.remote = remote
         self._send_lock = trio.StrictFIFOLock()
         self._revoked = False
+        self._receiving = trio.CancelScope()  #: around a wait for bytes; revoke cancels it
 
     @property
     def peer(self) -> bytes:
@@ -100,13 +99,10 @@ class SecureStream:
         return self.session.origin.key_id
 
     def revoke(self) -> None:
-        """The session's key was revoked: end the stream (a receive that waits wakes, on a
-        socket; every later send or receive raises)."""
+        """The session's key was revoked: end the stream. A receive that waits wakes and
+        raises, as does every later send or receive."""
         self._revoked = True
-        sock = getattr(self.stream, "socket", None)
-        if isinstance(sock, trio.socket.SocketType):
-            with contextlib.suppress(OSError):  # closed already
-                sock.shutdown(socket.SHUT_RDWR)
+        self._receiving.cancel()
 
     def _check(self) -> None:
         if self._revoked:
@@ -158,7 +154,9 @@ class SecureStream:
             if payload is not None:
                 self.wire.count("frames_received")
                 return payload
-            data = await self.stream.receive_some(_RECEIVE_CHUNK)
+            self._receiving = trio.CancelScope()
+            with self._receiving:
+                data = await self.stream.receive_some(_RECEIVE_CHUNK)
             self._check()
             if not data:
                 if session.buffered:

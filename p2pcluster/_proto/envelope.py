@@ -24,10 +24,11 @@ Both node ids are authenticated: a datagram recorded on its way to one peer fail
 other (its receiver id is not theirs), and the sender's id keys its replay state
 (:mod:`.replay`) and the choice of key toward it (:mod:`.keychoice`).
 
-A receiver checks, in this order: the size, the envelope version, the receiver id (a datagram
-for another id is :class:`~p2pcluster._errors.Misdirected`: it reached a peer that restarted
-at an address the sender still knows), the key id, the AEAD, then the timestamp and the nonce
-(:class:`~.replay.ReplayWindow`). Only then is the payload decoded, by the caller.
+A receiver checks, in this order: the size, the envelope version, the key id, the AEAD, the
+receiver id (an authentic datagram for another id is
+:class:`~p2pcluster._errors.Misdirected`: it reached a peer that restarted at an address the
+sender still knows, or it was recorded on its way to another peer), then the timestamp and
+the nonce (:class:`~.replay.ReplayWindow`). Only then is the payload decoded, by the caller.
 
 Nothing here reads a clock or a random source: callers pass ``now`` (wall-clock seconds) and an
 ``entropy`` function.
@@ -229,13 +230,13 @@ class DatagramOpener:
         version, key_id, current, millis, nonce, sender, receiver = _HEADER.unpack_from(datagram)
         if version != ENVELOPE_VERSION:
             raise AuthenticationError(f"unknown envelope version {version}")
-        if receiver != self.node_id:
-            raise Misdirected(f"datagram for node {receiver.hex()[:8]}, not us")
         aead = self.keyring.datagram_aead(key_id)
         try:
             payload = aead.decrypt(nonce, datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
         except InvalidTag:
             raise AuthenticationError("datagram failed authentication") from None
+        if receiver != self.node_id:
+            raise Misdirected(f"datagram for node {receiver.hex()[:8]}, not us")
         self.replay.check(sender, nonce, millis / 1000, now)
         return Opened(payload, Origin(sender, key_id, current))
 
