@@ -289,18 +289,22 @@ class SecureWire:
         ``handshake_timeout``; nothing but their exact sizes is read."""
         handshake = ServerHandshake(self.keyring, self._entropy, node_id=self.node_id,
                                     max_frame=self.config.max_frame_size)
-        session = None
+        session, why = None, "no handshake within handshake_timeout"
         with trio.move_on_after(self.config.handshake_timeout):
             try:
                 with trio.fail_after(self.config.hello_timeout):
                     hello = await receive_exactly(stream, HELLO_SIZE)
                 await stream.send_all(handshake.receive(hello))
                 session = handshake.finish(await receive_exactly(stream, PROOF_SIZE))
-            except (ProtocolError, trio.BrokenResourceError, OSError, trio.TooSlowError) as exc:
-                log.debug("handshake from %s:%d failed: %s", *src, exc or type(exc).__name__)
+            except trio.TooSlowError:
+                why = "no hello within hello_timeout"
+            except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
         if session is None:
             self.count("handshakes_failed")
-            self._rejected.note(src[0])
+            # One debug line per source and interval; the daemon sums the rest up.
+            if self._rejected.note(src[0]):
+                log.debug("handshake from %s:%d failed: %s", *src, why)
             await trio.aclose_forcefully(stream)
             return None
         self._keys.heard(session.origin)  # not its address: the client's port is ephemeral
