@@ -81,8 +81,7 @@ from .workevents import Batch, JobDropped, StealingStatistics, WorkEvent, WorkOu
 
 __all__ = ["StealingMachine"]
 
-#: Finished or cancelled jobs remembered, to answer late messages with CancelJob.
-ENDED_JOBS_KEPT = 1024
+ENDED_JOBS_KEPT = 1024  #: finished or cancelled jobs remembered, to answer late messages
 
 
 class StealingMachine:
@@ -153,12 +152,8 @@ class StealingMachine:
         return owned.holders() if owned else {}
 
     def owner_of(self, job: bytes) -> bytes | None:
-        """The owner of ``job`` as its tasks here (queued, running, results on their way)
-        say; None if none is here."""
-        owner = self._holder.owner_of(job)
-        if owner is None:
-            owner = next((q.spec.owner for q in self.queue if q.spec.job == job), None)
-        return owner
+        """The owner ``job``'s tasks here (queued, running, results due) name; None: none."""
+        return self._holder.owner_of(job) or self.queue.owner_of(job)
 
     def payload(self, job: bytes, tid: int) -> bytes | None:
         """For an owned job: the arguments of unfinished task ``tid`` (a thief fetches the

@@ -61,6 +61,10 @@ class TaskQueue:
         """Queued tasks that may still be granted."""
         return len(self._queue) - self._stuck
 
+    def owner_of(self, job: bytes) -> bytes | None:
+        """The owner of ``job`` if a task of it is queued here."""
+        return next((q.spec.owner for q in self._queue if q.spec.job == job), None)
+
     def front(self) -> Queued | None:
         return self._queue[0] if self._queue else None
 

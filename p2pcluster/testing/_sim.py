@@ -229,15 +229,7 @@ class Simulation:
             machine.tick(self.now)
             return True
         elif kind == _DATAGRAM:
-            _, src, data, msg, sender, to, _delayed = payload
-            slot.stats.msgs_received += 1
-            slot.stats.bytes_received += len(data) + DATAGRAM_OVERHEAD
-            if to != machine.node_id:  # the envelope binds the receiver's id: dropped
-                self._record(kind, src, addr, "misdirected")
-                return False
-            msg = self._delivered(data, msg)
-            self._record(kind, src, addr, type(msg).__name__)
-            machine.receive(self.now, src, msg, sender)
+            self._receive_datagram(slot, addr, payload)
         elif kind == _REQUEST:
             _, origin, data, msg, _delayed = payload
             src = origin[0]
@@ -260,6 +252,17 @@ class Simulation:
             self._record(kind, addr, token, type(reply).__name__)
             machine.handle_reply(self.now, token, reply)
         return False
+
+    def _receive_datagram(self, slot: _Slot, addr: Address, payload: list[Any]) -> None:
+        _, src, data, msg, sender, to, _delayed = payload
+        slot.stats.msgs_received += 1
+        slot.stats.bytes_received += len(data) + DATAGRAM_OVERHEAD
+        if to != slot.machine.node_id:  # the envelope binds the receiver's id: dropped
+            self._record(_DATAGRAM, src, addr, "misdirected")
+            return
+        msg = self._delivered(data, msg)
+        self._record(_DATAGRAM, src, addr, type(msg).__name__)
+        slot.machine.receive(self.now, src, msg, sender)
 
     def _count_stream(self, src: Address, dst: Address, size: int) -> None:
         sender, receiver = self._stats.get(src), self._stats.get(dst)
