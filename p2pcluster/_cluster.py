@@ -204,8 +204,8 @@ class Cluster(cf.Executor):
         assert self.peer is not None
         job = self.peer.submit(request)
         job.listeners.append(sink.results)
-        job.on_placement.append(self.placement.note)
-        job.on_finish.append(lambda: sink.close(
+        job.watch_placement(self.placement.note)
+        job.watch_finish(lambda: sink.close(
             cancelled=job.cancelled, error=ClusterError(job.failure) if job.failure else None))
         sink.attach_cancel(job.cancel)
 

@@ -225,8 +225,8 @@ class ControlSession:
         running = _Running(submit.job, job, submit.label or submit.ref.qualname)
         self._running[submit.job] = running
         job.listeners.append(lambda batch: self._delivered(running, batch))
-        job.on_finish.append(lambda: self._finished(running))
-        job.on_placement.append(lambda note: self._placement(running, note))
+        job.watch_placement(lambda note: self._placement(running, note))
+        job.watch_finish(lambda: self._finished(running))
         log.info("job %s (%s, %d task(s)) from %s started", job.id.hex()[:8], running.label,
                  job.total, self.client)
         # Accepted goes out with the first results (one write, not two), or within a

@@ -70,6 +70,21 @@ class Job:
                               self.id.hex()[:8])
                 self.listeners.remove(listener)
 
+    def watch_finish(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the job is over: now if it is already (a job no live peer
+        can run may end before :meth:`WorkService.submit` returns)."""
+        if self.finished.is_set():
+            callback()
+        else:
+            self.on_finish.append(callback)
+
+    def watch_placement(self, callback: Callable[[PlacementNote], None]) -> None:
+        """Call ``callback`` with every placement note so far (the first may come before
+        :meth:`WorkService.submit` returns), and with each one to come."""
+        for note in self.notes:
+            callback(note)
+        self.on_placement.append(callback)
+
     def placement(self, note: PlacementNote) -> None:
         """(The work service) news of where the tasks may go."""
         self.notes.append(note)
