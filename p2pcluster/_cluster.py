@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -325,7 +326,7 @@ class Cluster(cf.Executor):
     def progress(self) -> Progress:
         """Tasks submitted and done through this cluster, per peer, and the seconds since it
         started."""
-        return self._book.progress()
+        return dataclasses.replace(self._book.progress(), waiting=self.placement.waiting)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Leave the cluster (an embedded peer) and stop the trio thread. Jobs still running

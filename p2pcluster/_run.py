@@ -122,7 +122,7 @@ class ProgressBar:
         # One column short of the width: a line that fills the last column makes some
         # terminals wrap, and the next redraw would start a line lower.
         columns = terminal_columns(self.stream) - 1
-        waiting = self.cluster.placement.waiting
+        waiting = p.waiting
         if waiting:  # the tasks wait for a peer with a tag: say why, first
             waiting = f"  waiting: {waiting}"[:max(0, columns // 2)]
         line = render_progress(p.done, p.total, p.elapsed, p.per_peer,

@@ -78,6 +78,23 @@ def test_a_jobs_sibling_module_and_package_ship_by_themselves(make_lan  # type: 
     assert "ModuleNotFoundError" not in err
 
 
+def test_a_script_using_cluster_ships_its_sibling_imports_too(make_lan  # type: ignore[no-untyped-def]
+                                                              ) -> None:
+    peers = make_lan(2)
+    for host in (1, 2):
+        peers.start(host, *WORKERS, env=peers.host_env(host))
+    peers.wait_everyone_sees([1, 2])
+    n = 200
+    process = peers.lan.popen(
+        1, [sys.executable, str(JOBS / "siblings" / "script.py"), str(n)],
+        env=peers.env(1, **peers.host_env(1)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    result, err = run_finished(process, 90)
+    assert result["values"] == [3 * i + i * i for i in range(n)]
+    assert set(result["hosts"]) == {"h1", "h2"}, result["hosts"]
+    assert "shipping helper.py, shapes/ with script.py" in err, err
+
+
 def test_a_job_runs_only_where_its_distribution_is(make_lan, tmp_path: Path  # type: ignore[no-untyped-def]
                                                    ) -> None:
     here = make_dist(tmp_path / "dist-1.2.3", "1.2.3")
