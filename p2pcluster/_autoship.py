@@ -57,7 +57,7 @@ def scan_imports(job: str | Path, search: Iterable[str] | None = None) -> Import
     ``search`` is where modules are looked for: the job's directory, then ``sys.path``."""
     job = Path(job).resolve()
     path = [str(job.parent), *(sys.path if search is None else search)]
-    dists_of = _packages_distributions()
+    dists_of = cache(_packages_distributions)
     local: dict[Path, None] = {}
     dists: dict[str, None] = {}
     unresolved: dict[str, None] = {}
@@ -102,13 +102,13 @@ def _sources(found: Path) -> list[Path]:
     return sorted(p for p in found.rglob("*.py") if not _SKIP_DIRS & set(p.parts))
 
 
-def _classify(name: str, path: list[str], dists_of: Mapping[str, list[str]]
+def _classify(name: str, path: list[str], dists_of: Callable[[], Mapping[str, list[str]]]
               ) -> tuple[str, tuple[str, ...]]:
-    """(``"std"``, ``"dist"``, ``"local"`` or ``"missing"``, the distributions or the path)."""
+    """(``"std"``, ``"dist"``, ``"local"`` or ``"missing"``, the distributions or the path).
+    ``dists_of`` is called only for a module installed outside the standard library (it
+    reads every distribution's metadata)."""
     if name in sys.stdlib_module_names or name in sys.builtin_module_names or name in _OURS:
         return "std", ()
-    if name in dists_of:
-        return "dist", tuple(normalize(d) for d in dists_of[name])
     spec = importlib.machinery.PathFinder.find_spec(name, path)
     if spec is None:
         return "missing", ()
@@ -118,9 +118,10 @@ def _classify(name: str, path: list[str], dists_of: Mapping[str, list[str]]
         where = Path(spec.origin)
     else:
         return "std", ()
-    if _installed(where):
-        return "std", ()
-    return "local", (str(where),)
+    if not _installed(where):
+        return "local", (str(where),)
+    dists = dists_of().get(name)
+    return ("dist", tuple(normalize(d) for d in dists)) if dists else ("std", ())
 
 
 @cache
