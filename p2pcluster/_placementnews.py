@@ -30,18 +30,20 @@ class PlacementReporter:
         self.waiting = ""
 
     def note(self, note: PlacementNote) -> None:
-        if note.kind == PlacementKind.WAITING:
-            self.waiting = ", ".join(note.reasons) or "no live peer can take them"
-        elif note.kind == PlacementKind.RESUMED:
-            self.waiting = ""
-        key = (note.kind, note.peer, note.reasons)
+        """Say ``note`` unless it was said: each exclusion once; waiting and resuming each
+        time the state changes."""
         with self._lock:
-            if key in self._said:
-                return
-            self._said.add(key)
             if note.kind in (PlacementKind.WAITING, PlacementKind.RESUMED):
-                self._said.discard((PlacementKind.RESUMED if note.kind == PlacementKind.WAITING
-                                    else PlacementKind.WAITING, note.peer, ()))
+                waiting = (", ".join(note.reasons) or "no live peer can take them"
+                           if note.kind == PlacementKind.WAITING else "")
+                if waiting == self.waiting:
+                    return
+                self.waiting = waiting
+            else:
+                key = (note.kind, note.peer, note.reasons)
+                if key in self._said:
+                    return
+                self._said.add(key)
         line = placement_line(self._label, note)
         if line is not None:
             self._write(line)

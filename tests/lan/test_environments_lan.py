@@ -44,11 +44,11 @@ def pythonpath(*dirs: Path) -> dict[str, str]:
     return {"PYTHONPATH": ":".join([str(ROOT), *map(str, dirs)])}
 
 
-def run(peers: Peers, host: int, job: Path, *args: str, env: dict[str, str] | None = None
-        ) -> subprocess.Popen[str]:
-    """`p2pcluster run --daemon` in ``host`` (``env`` added to the daemon's)."""
-    argv = [sys.executable, "-m", "p2pcluster", "run", "--daemon", *args[:-1], str(job),
-            args[-1]]
+def run(peers: Peers, host: int, job: Path, *args: str, env: dict[str, str] | None = None,
+        options: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """`p2pcluster run --daemon OPTIONS JOB ARGS` in ``host`` (``env`` added to the
+    daemon's)."""
+    argv = [sys.executable, "-m", "p2pcluster", "run", "--daemon", *options, str(job), *args]
     process: subprocess.Popen[str] = peers.lan.popen(
         host, argv, env={**peers.env(host, **peers.host_env(host)), **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -137,21 +137,41 @@ def test_a_job_no_peer_can_run_fails_at_once_with_the_list(make_lan, tmp_path: P
     assert "h1: p2ptestdist missing" in err and "h2: p2ptestdist missing" in err, err
 
 
+def ended(logs: Path, host: str) -> int:
+    try:
+        return (logs / f"{host}.log").read_text().count("end ")
+    except FileNotFoundError:
+        return 0
+
+
 def test_tasks_that_require_a_tag_run_only_there_and_wait_while_it_is_down(  # type: ignore[no-untyped-def]
-        make_lan) -> None:
+        make_lan, tmp_path: Path) -> None:
+    logs = tmp_path / "tasks"
+    logs.mkdir()
     peers = make_lan(3)
     for host in (1, 3):
         peers.start(host, *WORKERS, env=peers.host_env(host))
     peers.wait_everyone_sees([1, 3])
-    n = 100
-    process = run(peers, 1, JOBS / "tagged.py", "--requires", "gpu", str(n))
+    n = 300
+    process = run(peers, 1, JOBS / "tagged.py", str(n), "0.05", str(logs),
+                  options=("--requires", "gpu"))
     time.sleep(4.0)  # no peer has the tag: nothing runs, nothing fails
     assert process.poll() is None, process.communicate()
+    assert not any(logs.iterdir()), list(logs.iterdir())
     peers.start(2, *WORKERS, "--tag", "gpu", env=peers.host_env(2))
-    result, err = run_finished(process, 90)
+    wait_until(lambda: ended(logs, "h2") >= 20, 60, "h2 runs tasks", interval=0.05)
+    peers.kill9_all(2)  # the tagged peer crashes mid-job: its tasks wait again
+    wait_until(lambda: peers.status_of(1, "h2") == {"dead"}, 30, "h1 declares h2 dead")
+    time.sleep(2.0)
+    assert process.poll() is None, process.communicate()
+    assert ended(logs, "h1") == ended(logs, "h3") == 0
+    peers.start(2, *WORKERS, "--tag", "gpu", env=peers.host_env(2))
+    result, err = run_finished(process, 120)
     assert result["values"] == [i * i for i in range(n)]
     assert set(result["hosts"]) == {"h2"}, result["hosts"]
-    assert "p2pcluster: tagged.py's tasks wait: no live peer has tag gpu" in err, err
+    assert ended(logs, "h1") == ended(logs, "h3") == 0
+    waits = err.count("p2pcluster: tagged.py's tasks wait: no live peer has tag gpu")
+    assert waits == 2, err
     rows = {r["name"]: r for r in peers.members(1)}
     assert rows["h2"]["tags"] == ["gpu"] and rows["h1"]["tags"] == []
-    wait_until(lambda: "gpu" in peers.cli(1, "members").stdout, 5, "members shows the tag")
+    assert "gpu" in peers.cli(1, "members").stdout
