@@ -18,13 +18,16 @@ def print_table(table: Sequence[Sequence[str]]) -> None:
 
 
 def print_members(rows: list[dict[str, Any]], self_id: str) -> None:
-    header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE", "TAGS")
+    """The members table; a TAGS column when some peer has tags (`join --tag`)."""
+    tagged = any(r.get("tags") for r in rows)
+    header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE") + (
+        ("TAGS",) if tagged else ())
     table = [header] + [
         (r["name"] + (" *" if r["id"] == self_id else ""), f"{r['host']}:{r['port']}",
          r["status"], str(r["incarnation"]), str(r["workers"]), str(r["queue"]),
-         age(r["age"]), ",".join(r.get("tags", ()))) for r in rows]
+         age(r["age"])) + ((",".join(r.get("tags", ())),) if tagged else ())
+        for r in rows]
     print_table(table)
-
 
 
 def versions_table(peers: Sequence[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
