@@ -21,7 +21,7 @@ from p2pcluster import Config
 from p2pcluster.testing import LinkConditions
 
 from .peermachine import TaskRunner
-from .soakchaos import Chaos, ChaosRates
+from .soakchaos import DENSE, Chaos, ChaosRates
 from .soakchecks import Checker, Violation, not_alive
 from .soakcluster import SoakCluster
 from .soakjobs import run_task
@@ -45,8 +45,16 @@ class SoakParams:
     digest: bool = False  #: hash every event, to prove that a seed replays bit for bit
 
     def replay(self) -> str:
-        hours = self.duration / 3600
-        return f"python scripts/soak.py --seed {self.seed} --hours {hours:g} --peers {self.peers}"
+        """The command that replays this run."""
+        cmd = (f"python scripts/soak.py --seed {self.seed} --hours {self.duration / 3600!r} "
+               f"--peers {self.peers} --loss {self.loss!r}")
+        if self.rates == DENSE:
+            cmd += " --dense"
+        elif self.rates != ChaosRates():
+            cmd += f"  (with rates {self.rates})"
+        if not self.roundtrip:
+            cmd += " --no-roundtrip"
+        return cmd
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from .soakchecks import Checker
 from .soakcluster import SoakCluster
 from .soakjobs import JobRecord, make_job
 
-__all__ = ["Chaos", "ChaosRates"]
+__all__ = ["DENSE", "Chaos", "ChaosRates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,12 @@ class ChaosRates:
     owners: int = 6  #: peers 0 .. owners-1 submit the jobs
     median_cost: float = 0.2  #: seconds of a typical task at speed 1
     cancel_share: float = 0.03
+
+
+#: CI's rates (``tests/sim/test_soak.py``, ``scripts/soak.py --dense``): every kind of fault
+#: within a few virtual minutes.
+DENSE = ChaosRates(crash_every=25.0, restart_after=(5.0, 60.0), freeze_every=15.0,
+                   partition_every=20.0, job_every=4.0)
 
 
 class Chaos:
