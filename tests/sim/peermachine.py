@@ -12,7 +12,7 @@ sans-IO machines of a peer, and does with them what the trio layer does (``_work
   allows;
 - worker slots take batches from the machine, run them (each task costs virtual seconds, and
   a batch stops at its ``time_limit`` and gives back what it did not start), and hand back
-  the results and the seconds spent; a dropped job's running batches are stopped;
+  the results and the seconds spent; a finished or dropped job's running batches are stopped;
 - work messages leave through a :class:`WorkSender` (in-order links, ``worklinks.py``), and
   arrive through :meth:`PeerMachine.deliver`; what a link could not deliver comes back
   through :meth:`PeerMachine.undeliverable` (a grant's tasks return to the queue).
@@ -39,7 +39,7 @@ from p2pcluster._proto.outputs import Address, Output
 from p2pcluster._proto.policy import MetaSchedule, WorkPolicy
 from p2pcluster._proto.stealing import StealingMachine
 from p2pcluster._proto.swim import MembershipMachine
-from p2pcluster._proto.workevents import Batch, JobDropped, PushValue, WorkEvent
+from p2pcluster._proto.workevents import Batch, JobDropped, JobFinished, PushValue, WorkEvent
 
 __all__ = ["PeerMachine", "PeerObserver", "Step", "TaskRunner", "WorkSender"]
 
@@ -248,7 +248,7 @@ class PeerMachine:
 
     def _work_event(self, now: float, event: WorkEvent) -> None:
         self._observer.work_event(self, event)
-        if isinstance(event, JobDropped):  # Slots.stop: the pool kills the batch's worker
+        if isinstance(event, JobFinished | JobDropped):  # Slots.stop: the batch is cancelled
             for token, running in list(self._running.items()):
                 if running.batch.spec.job == event.job:
                     del self._running[token]

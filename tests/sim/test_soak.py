@@ -27,7 +27,7 @@ from .soakchecks import Violation
 from .soakjobs import JobRecord, make_job, run_task
 
 ROOT = Path(__file__).resolve().parents[2]
-CI_SECONDS = 150.0  #: virtual seconds of chaos per CI seed
+CI_SECONDS = 120.0  #: virtual seconds of chaos per CI seed
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
