@@ -64,7 +64,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def params_for(args: argparse.Namespace, seed: int) -> SoakParams:
     rates = DENSE if args.dense else ChaosRates()
-    return SoakParams(seed=seed, peers=args.peers, duration=args.hours * 3600.0,
+    return SoakParams(seed=seed, peers=args.peers, duration=round(args.hours * 3600.0, 6),
                       loss=args.loss, rates=rates, roundtrip=args.roundtrip)
 
 
