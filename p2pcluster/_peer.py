@@ -267,13 +267,14 @@ async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address
 @asynccontextmanager
 async def open_peer(config: Config | None = None, *, include: Iterable[str | Path] = (),
                     registry: CodeRegistry | None = None,
-                    started: int = 0) -> AsyncIterator[Peer]:
+                    started: int = 0, label_output: bool = False) -> AsyncIterator[Peer]:
     """Run a peer for the duration of the block: join the cluster, take part in its work.
 
     ``config`` defaults to :meth:`Config.lan` with ``P2PCLUSTER_*`` variables applied.
     ``include`` names extra files or packages shipped with every job submitted here.
     ``started`` (Unix seconds) is published in the metadata; a daemon sets it so that of two
-    peers of one name the later one yields (``_names.py``). On exit the peer leaves
+    peers of one name the later one yields (``_names.py``). With ``label_output`` (a daemon),
+    what tasks print goes to the log, labelled with job and task. On exit the peer leaves
     gracefully and cancels the jobs it owns; its workers stop.
     """
     plan = await _plan(config or Config.load())
@@ -283,7 +284,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
         membership: Membership = await nursery.start(partial(
             serve_membership, config, plan.keyring, runner=runner, seeds=plan.seeds,
             meta=_first_meta(config, workers, started), advertise=place.advertise))
-        async with open_worker_pool(workers, cache.root) as pool:
+        async with open_worker_pool(workers, cache.root, label_output=label_output) as pool:
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)

@@ -115,9 +115,11 @@ class Slots:
             return Ran(failed, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
+        job = spec.job.hex()[:8]
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
-                                   time_limit=batch.time_limit)
+                                   time_limit=batch.time_limit,
+                                   labels=[f"job {job} task {item.id}" for item in items])
         results = [TaskResult(item.id, o.status, o.payload)
                    for item, o in zip(items, ran.outcomes, strict=False)]
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
