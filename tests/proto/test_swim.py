@@ -22,8 +22,9 @@ from p2pcluster._proto.messages import (
     PushPull,
     Suspect,
 )
-from p2pcluster._proto.outputs import SendDatagram, StreamRequest
+from p2pcluster._proto.outputs import Address, SendDatagram, StreamRequest
 from p2pcluster._proto.swim import MembershipMachine
+from p2pcluster._proto.sync import MAX_CANDIDATES
 
 CONFIG = Config.lan()
 A, S, D, L = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
@@ -225,6 +226,36 @@ def test_join_push_pull_and_seed_retry() -> None:
         retries += [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
         t = m.next_deadline()  # type: ignore[assignment]
     assert [r.msg.join for r in retries] == [True]  # type: ignore[union-attr]
+
+
+def retried(m: MembershipMachine, start: float, until: float) -> list[Address]:
+    """The addresses the join retries ask between ``start`` and ``until``."""
+    asked: list[Address] = []
+    t = start
+    while t <= until:
+        m.tick(t)
+        asked += [o.dst for o in m.take_outputs() if isinstance(o, StreamRequest)]
+        t = m.next_deadline()  # type: ignore[assignment]
+    return asked
+
+
+def test_introduced_candidates_add_to_the_seeds_and_never_replace_them() -> None:
+    # Anyone on the LAN can publish an mDNS record: it must not cut us off the seeds.
+    seed = ("10.0.0.1", 7946)
+    m = machine(7)
+    m.join(0.0, [seed])
+    m.take_outputs()
+    m.introduce(0.5, [("6.6.6.6", 7946)])
+    (req,) = m.take_outputs()  # the candidate is tried at once
+    assert req.dst == ("6.6.6.6", 7946) and req.msg.join  # type: ignore[union-attr]
+    asked = retried(m, 0.5, 2.1)
+    assert asked == [seed, ("6.6.6.6", 7946)]
+    fakes = [(f"6.6.{i // 256}.{i % 256}", 7946) for i in range(100)]
+    for i, fake in enumerate(fakes):
+        m.introduce(2.2 + i / 1000, [fake])
+    m.take_outputs()
+    asked = retried(m, 2.3, 4.4)
+    assert asked == [seed, *fakes[-MAX_CANDIDATES:]]  # bounded; the seed stays first
 
 
 def test_push_pull_merge_suspects_what_the_remote_holds_dead() -> None:
