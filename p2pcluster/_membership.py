@@ -123,6 +123,11 @@ class Membership:
         self._machine.join(trio.current_time(), list(seeds))
         self._driver.flush()
 
+    def set_host(self, host: str) -> None:
+        """Advertise ``host`` as this peer's address from now on (it changed)."""
+        self._machine.set_host(trio.current_time(), host)
+        self._driver.flush()
+
     def introduce(self, candidates: Sequence[Address]) -> None:
         """Exchange tables with ``candidates`` (mDNS calls this): they add to the seeds,
         never replace them."""

@@ -5,7 +5,8 @@ the others with explicit callbacks:
 
 - a :class:`~._runner.Runner` owns the port (UDP and TCP) and routes incoming streams;
 - :func:`~._membership.serve_membership` runs SWIM with the Lifeguard refinements;
-- :func:`~._discovery.serve_introductions` introduces peers found over mDNS;
+- :func:`~._addresswatch.serve_place` runs :func:`~._discovery.serve_introductions`, which
+  introduces peers found over mDNS, and follows this peer's address if it changes;
 - a worker pool (:func:`~._pool.open_worker_pool`) runs tasks in processes;
 - the :class:`~._work.WorkService` runs the stealing machine and owns the jobs submitted
   here.
@@ -34,9 +35,9 @@ from typing import Any
 
 import trio
 
+from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
-from ._discovery import serve_introductions
 from ._errors import P2PClusterError
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
@@ -288,11 +289,9 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)
-            discovery = trio.CancelScope()
-            if place.mdns_address is not None:
-                nursery.start_soon(_within, discovery, partial(
-                    serve_introductions, membership, cluster=config.cluster,
-                    address=place.mdns_address))
+            discovery = trio.CancelScope()  # mDNS, and following our address if it moves
+            nursery.start_soon(_within, discovery, partial(serve_place, membership, config,
+                                                           place))
             try:
                 yield Peer(config, runner, membership, work, workers=workers, how=place.how,
                            registry=registry or CodeRegistry(include))

@@ -190,6 +190,11 @@ class MembershipMachine:
             raise ValueError(f"metadata is {len(meta)} bytes; the limit is {MAX_META}")
         self.broadcasts.add(self.table.publish_meta(meta))
 
+    def set_host(self, now: float, host: str) -> None:
+        """This machine's address changed: advertise ``host`` (a new incarnation)."""
+        if host != self.me.host:
+            self.broadcasts.add(self.table.move_me(host))
+
     # --- the Machine protocol -------------------------------------------------------------
 
     def receive(self, now: float, src: Address, msg: Message) -> None:

@@ -315,6 +315,29 @@ def test_set_meta_raises_incarnation_and_gossips() -> None:
     assert Alive(m.node_id, 1, "n0", "10.0.0.0", 7946, b"new") in updates
 
 
+def test_a_new_address_is_gossiped_and_taken_by_the_others() -> None:
+    m = machine(0, peers=1)
+    m.set_host(0.0, "10.0.1.50")
+    assert m.incarnation == 1 and m.me.host == "10.0.1.50"
+    m.tick(m.next_deadline())  # type: ignore[arg-type]
+    updates = [u for o in m.take_outputs() for u in getattr(o.msg, "updates", ())]
+    moved = Alive(m.node_id, 1, "n0", "10.0.1.50", 7946, b"")
+    assert moved in updates
+    m.set_host(1.0, "10.0.1.50")  # no change, no news
+    assert m.incarnation == 1
+
+    other = machine(1, peers=1)
+    other.handle_request(1.0, ("10.0.0.0", 7946), PushPull(False, b"", (
+        MemberState(m.node_id, 0, "n0", "10.0.0.0", 7946, b"", 0),)))
+    assert [e.kind for e in other.take_events()] == [EventKind.JOIN]
+    other.receive(2.0, ("10.0.1.50", 7946), Gossip((moved,)))
+    entry = other.table.get(m.node_id)
+    assert entry is not None and (entry.host, entry.status) == ("10.0.1.50", A)
+    assert [e.kind for e in other.take_events()] == [EventKind.UPDATE]
+    assert other.table.at_address(("10.0.1.50", 7946)) is entry
+    assert other.table.at_address(("10.0.0.0", 7946)) is None
+
+
 def test_local_health_stretches_the_period() -> None:
     m = machine(0, peers=3)
     m.awareness.apply(3)
