@@ -60,6 +60,7 @@ from ._fastwrite import write_all
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._tasklog import log_task_output
+from ._taskoutput import TaskLabels
 from ._values import encode_error
 from ._workerproc import (
     Call,
@@ -150,7 +151,7 @@ class WorkerPool:
     async def run(
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
-        time_limit: float | None = None, labels: Sequence[str] | None = None,
+        time_limit: float | None = None, labels: TaskLabels | None = None,
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
@@ -158,10 +159,11 @@ class WorkerPool:
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
         limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
         Once ``time_limit`` seconds of the batch have run, it stops after its current task;
-        the result then has outcomes for the first tasks only. ``labels``, one per payload,
-        label what each task prints in the log, if the pool was opened with ``label_output``.
+        the result then has outcomes for the first tasks only. ``labels`` (the job, a task id
+        per payload) label what each task prints in the log, if the pool was opened with
+        ``label_output``.
         """
-        tags: Sequence[str | None] = labels if labels is not None else [None] * len(payloads)
+        labels = labels if self._label_output else None
         self._batches += 1
         target = _Target(ref.to_wire(), max_result, limit_where, time_limit)
         if timeout is None and len(payloads) > 1:
@@ -174,8 +176,9 @@ class WorkerPool:
                 self._crashes += 1  # the culprit is unknown: run them one by one
         outcomes: list[Outcome] = []
         seconds = 0.0
-        for payload, tag in zip(payloads, tags, strict=True):
-            outcome, spent = await self._run_alone(target, payload, tag, timeout)
+        for i, payload in enumerate(payloads):
+            outcome, spent = await self._run_alone(
+                target, payload, None if labels is None else labels.one(i), timeout)
             outcomes.append(outcome)
             seconds += spent
             if time_limit is not None and seconds >= time_limit:
@@ -183,13 +186,12 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: bytes, label: str | None,
+    async def _run_alone(self, target: _Target, payload: bytes, labels: TaskLabels | None,
                          timeout: float | None) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
             try:
-                answer = await self._call(target, [payload],
-                                          None if label is None else [label],
+                answer = await self._call(target, [payload], labels,
                                           alone=timeout is not None, timeout=timeout)
             except Crashed as exc:
                 self._crashes += 1
@@ -208,7 +210,7 @@ class WorkerPool:
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
     async def _call(self, target: _Target, payloads: Sequence[bytes],
-                    labels: Sequence[str] | None, *, alone: bool,
+                    labels: TaskLabels | None, *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
         """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
 
@@ -216,7 +218,7 @@ class WorkerPool:
         """
         request = frame((self._cache_root, target.ref, list(payloads), target.max_result,
                          target.where, target.time_limit,
-                         None if labels is None else list(labels)))
+                         None if labels is None else (labels.job, list(labels.tasks))))
         while True:
             worker = await self._pick(alone)
             call = Call(request)
@@ -300,6 +302,8 @@ class WorkerPool:
         finally:
             worker.alive = False
             with trio.CancelScope(shield=True):
+                if worker.process.returncode is None:  # its pipe ended, DRAIN ago: done for
+                    worker.kill_group()
                 await worker.process.wait()
                 worker.kill_group()  # what its tasks forked goes with it
                 await worker.send.aclose()

@@ -38,14 +38,14 @@ async def log_task_output(stream: _Receiver, name: str, worker: int) -> None:
             pending = pending[MAX_LINE:]
         for line in lines:
             text, mark, new_label = line.partition(MARK)
-            if text:  # output that bypassed sys.stdout may precede a marker on its line
-                _log_line(label, name, worker, text)
+            _log_text(label, name, worker, text)  # may precede a marker: a child's output
             if mark:
                 label = printable(new_label.decode("utf-8", "replace"), 200)
-    if pending:
-        _log_line(label, name, worker, pending)
+    _log_text(label, name, worker, pending)
 
 
-def _log_line(label: str, name: str, worker: int, line: bytes) -> None:
-    text = printable(line.decode("utf-8", "replace"))
-    log.info("%s %s (worker %d): %s", label, name, worker, text)
+def _log_text(label: str, name: str, worker: int, text: bytes) -> None:
+    """Log one line of output, in pieces of :data:`MAX_LINE` bytes, made printable."""
+    for start in range(0, len(text), MAX_LINE):
+        piece = text[start:start + MAX_LINE].decode("utf-8", "replace")
+        log.info("%s %s (worker %d): %s", label, name, worker, printable(piece, 4 * MAX_LINE))

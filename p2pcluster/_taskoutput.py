@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TextIO
 
-__all__ = ["IDLE", "MARK", "MAX_LINE", "MarkedStream", "printable", "set_label"]
+__all__ = ["IDLE", "MARK", "MAX_LINE", "MarkedStream", "TaskLabels", "printable",
+           "set_label"]
 
 #: A marker line starts with these bytes; the rest of the line is the label.
 MARK = b"\x00p2pcluster-task "
@@ -35,12 +37,32 @@ MAX_LINE = 4096
 #: The label of output between tasks.
 IDLE = "worker"
 
-_label = [IDLE]  # this process's current label, one item
 
 
-def set_label(label: str) -> None:
-    """The label of whatever this worker process writes next (worker side)."""
-    _label[0] = label
+class TaskLabels(NamedTuple):
+    """The labels of a batch's tasks: its job (the short hex id) and the task ids, in order.
+    Sent as it is, and formatted only when a task writes: a batch of tiny tasks costs a few
+    bytes per task."""
+
+    job: str
+    tasks: Sequence[int]
+
+    def one(self, i: int) -> TaskLabels:
+        """The labels of the batch of task ``i`` alone."""
+        return TaskLabels(self.job, [self.tasks[i]])
+
+
+_label: list[tuple[str, int]] = [("", 0)]  # this process's current (job, task); "": none
+
+
+def set_label(job: str = "", task: int = 0) -> None:
+    """What whatever this worker process writes next belongs to (worker side): task ``task``
+    of job ``job``, or no task (the default)."""
+    _label[0] = (job, task)
+
+
+def _text(label: tuple[str, int]) -> str:
+    return f"job {label[0]} task {label[1]}" if label[0] else IDLE
 
 
 def printable(text: str, limit: int = MAX_LINE) -> str:
@@ -58,7 +80,7 @@ class MarkedStream(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._fd = stream.fileno()
-        self._marked = IDLE
+        self._marked = ("", 0)
         self._open_line = False  # the last write did not end its line
 
     def write(self, s: str) -> int:
@@ -66,7 +88,7 @@ class MarkedStream(io.TextIOBase):
         if self._marked != label:
             self._stream.flush()
             self._marked = label
-            os.write(self._fd, MARK + label.encode("utf-8", "replace") + b"\n")
+            os.write(self._fd, MARK + _text(label).encode("utf-8", "replace") + b"\n")
         n = self._stream.write(s)
         if s:
             self._open_line = not s.endswith("\n")

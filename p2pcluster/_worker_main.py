@@ -31,7 +31,7 @@ from ._errors import UnsendableResult, too_large
 from ._loader import load_function, remember_sources
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
-from ._taskoutput import IDLE, MarkedStream, set_label
+from ._taskoutput import MarkedStream, set_label
 from ._values import decode_call, encode_error, encode_value
 
 __all__ = ["run_batch", "serve", "warm_up"]
@@ -40,7 +40,7 @@ __all__ = ["run_batch", "serve", "warm_up"]
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
-    labels: Sequence[str] | None = None,
+    labels: tuple[str, Sequence[int]] | None = None,
 ) -> tuple[list[tuple[int, bytes]], float]:
     """Call the function ``ref_wire`` names once per payload, in order.
 
@@ -50,8 +50,8 @@ def run_batch(
     function cannot be loaded, every payload gets the same ``ERROR``. A result that encodes
     to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
     (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
-    With ``labels`` (one per payload), what each task prints is marked with its label
-    (:mod:`._taskoutput`).
+    With ``labels`` (a :class:`~._taskoutput.TaskLabels`: the job, a task id per payload),
+    what each task prints is marked with its job and task (:mod:`._taskoutput`).
     """
     start = time.perf_counter()
     try:
@@ -63,13 +63,13 @@ def run_batch(
     outcomes = []
     for i, payload in enumerate(payloads):
         if labels is not None:
-            set_label(labels[i])
+            set_label(labels[0], labels[1][i])
         outcomes.append(_limited(_call(fn, payload), fn, max_result, limit_where))
         if labels is not None:
             _flush_output()
         if time.perf_counter() >= stop:
             break
-    set_label(IDLE)
+    set_label()
     return outcomes, time.perf_counter() - start
 
 
