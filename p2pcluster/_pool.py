@@ -339,12 +339,13 @@ class WorkerPool:
                 worker.pending.popleft().finish(answer)
             self._notify()
 
-    @staticmethod
-    async def _watch_exit(worker: WorkerProcess, reading: trio.CancelScope) -> None:
+    async def _watch_exit(self, worker: WorkerProcess, reading: trio.CancelScope) -> None:
         """A worker is dead when its process exits, not when its pipe ends: a child that a
-        task forked may hold the pipe open. On exit, kill the group and give the reader
-        :data:`DRAIN` seconds for what the worker wrote before it died."""
+        task forked may hold the pipe open. On exit, no call goes to it any more; kill the
+        group and give the reader :data:`DRAIN` seconds for what it wrote before it died."""
         await worker.process.wait()
+        worker.alive = False
+        self._notify()
         worker.kill_group()
         _drain(reading)
 
