@@ -60,6 +60,7 @@ def joins_anyone(peers: Peers, secret: str, seconds: float) -> bool:
     seeds = [arg for h in HOSTS for arg in ("--seed", peers.lan.address(h))]
     peers.start(4, "--no-mdns", *seeds, secret=secret)
     try:
+        wait_until(lambda: "h4" in peers.alive(4), 30, "h4 is up")  # else proves nothing
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if peers.alive(4) - {"h4"}:
