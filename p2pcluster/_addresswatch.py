@@ -5,10 +5,11 @@ A peer that binds the wildcard address and advertises the address of the default
 interface (the default) checks that address every :data:`ADDRESS_CHECK` seconds. When it
 changes, the peer logs a warning, gossips its new address under a new incarnation (the others
 update their table, as for a restart at a new address, without a death), and moves its mDNS
-record: the old one is withdrawn, a new one published on the new address. A peer whose
-address is fixed (``advertise_address``, or bound to one address) is not watched: it could
-not move anyway. With no network left (only loopback), the peer keeps its address until one
-comes back.
+record: the old one is withdrawn, a new one published on the new address. A peer bound to
+the address of an interface it was given (``interface``) cannot follow, since its socket is
+bound to the old address: it logs a warning that says to restart it. A peer whose address is
+set by hand (``advertise_address``, ``bind_address``) is not watched. With no network left
+(only loopback), the peer keeps its address until one comes back.
 """
 
 from __future__ import annotations
@@ -52,12 +53,25 @@ async def serve_place(membership: Placed, config: Config, place: Where, *,
             if place.mdns_address is not None:
                 nursery.start_soon(_introductions, membership, config, place.mdns_address)
             if not follows_interface(config):
-                await trio.sleep_forever()
+                await _warn_when_moved(config, place, check)  # returns never
             moved = await wait_for_move(config, place, check)
             nursery.cancel_scope.cancel()  # the old mDNS record is withdrawn
         log.warning("this peer's address changed from %s to %s (%s): advertising the new "
                     "one", place.advertise, moved.advertise, moved.how)
         membership.set_host(moved.advertise)
+        place = moved
+
+
+async def _warn_when_moved(config: Config, place: Where, check: float) -> None:
+    """For a peer bound to its interface's address: say so each time that address changes,
+    since the peer cannot follow. Until cancelled."""
+    if not config.interface:
+        await trio.sleep_forever()
+    while True:
+        moved = await wait_for_move(config, place, check)
+        log.warning("the address of interface %s changed from %s to %s, but this peer is "
+                    "bound to %s and cannot follow: restart it", config.interface,
+                    place.advertise, moved.advertise, place.bind)
         place = moved
 
 
