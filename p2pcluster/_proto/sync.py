@@ -6,10 +6,11 @@ whole table is exchanged with one random member over a stream, and every
 each other. While we know nobody, the seeds we joined through are retried every
 :data:`SEED_RETRY` seconds, with the last :data:`MAX_CANDIDATES` candidates that discovery
 introduced. A candidate (an mDNS record, which anyone on the LAN can publish) is tried and
-remembered, but never replaces a configured seed. What a remote table means here is a
-transition, decided by :meth:`~.membership.MemberTable.merge`. :class:`AntiEntropy` owns the
-schedules, the seeds and its stream requests, and acts through the machine's
-:class:`~.context.Context`.
+remembered, but never replaces a configured seed; at most :data:`MAX_CANDIDATES` exchanges
+with candidates are under way at once (a flood of records costs no more). What a remote
+table means here is a transition, decided by :meth:`~.membership.MemberTable.merge`.
+:class:`AntiEntropy` owns the schedules, the seeds and its stream requests, and acts through
+the machine's :class:`~.context.Context`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class AntiEntropy:
         self._ctx = ctx
         self._seeds: list[Address] = []  # configured: kept for good
         self._candidates: list[Address] = []  # introduced, the latest MAX_CANDIDATES
+        self._introducing: set[int] = set()  # push-pull tokens to candidates, under way
         self._streams: dict[int, Address] = {}  # push-pull token -> the peer asked
         self._stopped = False
         self._next_push_pull = now + (0.5 + jitter) * self.push_pull_interval()
@@ -73,17 +75,18 @@ class AntiEntropy:
                  and not self._me(c)]
         kept = [c for c in self._candidates if c not in fresh]
         self._candidates = [*kept, *fresh][-MAX_CANDIDATES:]
-        self._try(now, fresh)
+        room = max(0, MAX_CANDIDATES - len(self._introducing))
+        self._introducing.update(self._try(now, fresh[-room:] if room else []))
 
     def _me(self, address: Address) -> bool:
         me = self._ctx.table.me
         return address == (me.host, me.port)
 
-    def _try(self, now: float, addresses: list[Address]) -> None:
-        for address in addresses:
-            self._push_pull(address, join=True)
+    def _try(self, now: float, addresses: list[Address]) -> list[int]:
+        tokens = [self._push_pull(address, join=True) for address in addresses]
         if self._seeds or self._candidates:
             self._next_seed_retry = min(self._next_seed_retry, now + SEED_RETRY)
+        return tokens
 
     def stop(self) -> None:
         """We leave: exchange no more tables (the schedules keep running, idle)."""
@@ -111,16 +114,19 @@ class AntiEntropy:
     def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
         """The answer to our push-pull ``token``: a table to merge, or a failure."""
         address = self._streams.pop(token)
+        self._introducing.discard(token)
         if isinstance(reply, PushPull):
             self.merge(now, reply.members, address)
         else:
             self._ctx.counters["push_pulls_failed"] += 1
 
-    def _push_pull(self, address: Address, *, join: bool = False) -> None:
+    def _push_pull(self, address: Address, *, join: bool = False) -> int:
         ctx = self._ctx
         msg = PushPull(join=join, sender=ctx.table.me.node, members=ctx.table.states())
-        self._streams[ctx.request(address, msg)] = address
+        token = ctx.request(address, msg)
+        self._streams[token] = address
         ctx.counters["push_pulls"] += 1
+        return token
 
     def _periodic_push_pull(self) -> None:
         table = self._ctx.table

@@ -258,6 +258,19 @@ def test_introduced_candidates_add_to_the_seeds_and_never_replace_them() -> None
     assert asked == [seed, *fakes[-MAX_CANDIDATES:]]  # bounded; the seed stays first
 
 
+def test_a_flood_of_candidates_costs_at_most_max_candidates_exchanges_at_once() -> None:
+    m = machine(7, peers=3)  # we know peers: no retries, only the introductions
+    fakes = [(f"6.6.{i // 256}.{i % 256}", 7946) for i in range(200)]
+    for fake in fakes:
+        m.introduce(0.0, [fake])
+    asked = [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
+    assert [r.dst for r in asked] == fakes[:MAX_CANDIDATES]
+    for request in asked[:3]:  # three of them fail: room for three more
+        m.handle_reply(0.5, request.token, None)
+    m.introduce(1.0, fakes[-5:])
+    assert [o.dst for o in m.take_outputs() if isinstance(o, StreamRequest)] == fakes[-3:]
+
+
 def test_push_pull_merge_suspects_what_the_remote_holds_dead() -> None:
     m = machine(0, peers=3)
     x = bytes([2]) * 16
