@@ -37,7 +37,7 @@ class AntiEntropy:
         self._ctx = ctx
         self._seeds: list[Address] = []  # configured: kept for good
         self._candidates: list[Address] = []  # introduced, the latest MAX_CANDIDATES
-        self._introducing: set[int] = set()  # push-pull tokens to candidates, under way
+        self._introducing: set[Address] = set()  # candidates asked, no answer yet
         self._streams: dict[int, Address] = {}  # push-pull token -> the peer asked
         self._stopped = False
         self._next_push_pull = now + (0.5 + jitter) * self.push_pull_interval()
@@ -76,17 +76,19 @@ class AntiEntropy:
         kept = [c for c in self._candidates if c not in fresh]
         self._candidates = [*kept, *fresh][-MAX_CANDIDATES:]
         room = max(0, MAX_CANDIDATES - len(self._introducing))
-        self._introducing.update(self._try(now, fresh[-room:] if room else []))
+        asked = fresh[-room:] if room else []
+        self._introducing.update(asked)
+        self._try(now, asked)
 
     def _me(self, address: Address) -> bool:
         me = self._ctx.table.me
         return address == (me.host, me.port)
 
-    def _try(self, now: float, addresses: list[Address]) -> list[int]:
-        tokens = [self._push_pull(address, join=True) for address in addresses]
+    def _try(self, now: float, addresses: list[Address]) -> None:
+        for address in addresses:
+            self._push_pull(address, join=True)
         if self._seeds or self._candidates:
             self._next_seed_retry = min(self._next_seed_retry, now + SEED_RETRY)
-        return tokens
 
     def stop(self) -> None:
         """We leave: exchange no more tables (the schedules keep running, idle)."""
@@ -114,19 +116,17 @@ class AntiEntropy:
     def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
         """The answer to our push-pull ``token``: a table to merge, or a failure."""
         address = self._streams.pop(token)
-        self._introducing.discard(token)
+        self._introducing.discard(address)
         if isinstance(reply, PushPull):
             self.merge(now, reply.members, address)
         else:
             self._ctx.counters["push_pulls_failed"] += 1
 
-    def _push_pull(self, address: Address, *, join: bool = False) -> int:
+    def _push_pull(self, address: Address, *, join: bool = False) -> None:
         ctx = self._ctx
         msg = PushPull(join=join, sender=ctx.table.me.node, members=ctx.table.states())
-        token = ctx.request(address, msg)
-        self._streams[token] = address
+        self._streams[ctx.request(address, msg)] = address
         ctx.counters["push_pulls"] += 1
-        return token
 
     def _periodic_push_pull(self) -> None:
         table = self._ctx.table
