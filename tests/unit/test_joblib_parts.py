@@ -1,0 +1,63 @@
+"""The joblib backend's pure parts: pickles with out-of-band buffers, the worker's outcome of
+a batch, and what a pickled batch needs of a peer."""
+
+from __future__ import annotations
+
+import pickle
+import platform
+
+import pytest
+
+pytest.importorskip("cloudpickle", reason="needs the [joblib] extra")
+pytest.importorskip("joblib", reason="needs the [joblib] extra")
+
+from p2pcluster._joblib_needs import batch_needs, modules_named
+from p2pcluster._joblib_task import Failure, dumps, loads, run_pickled
+
+
+def test_numpy_arrays_travel_out_of_band() -> None:
+    np = pytest.importorskip("numpy")
+    big = np.arange(100_000, dtype=np.float64)
+    parts = dumps({"x": big, "z": big[:10]})
+    assert len(parts) == 3 and len(parts[0]) < 1000 and len(parts[1]) == big.nbytes
+    parts = dumps({"x": big, "y": big[::2]})  # y is not contiguous: in band, as pickle does
+    assert len(parts) == 2 and len(parts[1]) == big.nbytes
+    back = loads(parts)
+    assert np.array_equal(back["x"], big) and np.array_equal(back["y"], big[::2])
+
+
+def test_loads_refuses_what_is_not_a_list_of_bytes() -> None:
+    with pytest.raises(ValueError):
+        loads([])
+    with pytest.raises(ValueError):
+        loads(["text"])  # type: ignore[list-item]
+
+
+def test_run_pickled_returns_the_result_or_the_failure() -> None:
+    assert loads(run_pickled(*dumps(lambda: [1, 2]))) == [1, 2]
+    failure = loads(run_pickled(*dumps(lambda: {}["missing"])))
+    assert isinstance(failure, Failure) and isinstance(failure.error, KeyError)
+    assert failure.type_name == "KeyError" and "missing" in failure.traceback
+    broken = loads(run_pickled(b"not a pickle"))
+    assert isinstance(broken, Failure) and broken.type_name == "_pickle.UnpicklingError"
+
+
+def test_a_batch_needs_the_distributions_its_pickle_names() -> None:
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.svm import SVC
+
+    head = dumps([SVC(C=2.0)])[0]
+    assert "sklearn" in modules_named(head)
+    needs = batch_needs(head)
+    assert needs.python == platform.python_version()
+    found = dict(needs.dists)
+    assert found["scikit-learn"] == sklearn.__version__
+    assert {"joblib", "cloudpickle"} <= set(found)
+
+
+def test_modules_named_reads_old_and_new_global_opcodes() -> None:
+    import fractions
+
+    for protocol in (0, 2, 5):
+        assert "fractions" in modules_named(pickle.dumps(fractions.Fraction(1, 3),
+                                                         protocol=protocol))
