@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import collections
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -90,6 +91,7 @@ class _Shared:
         self.clusters: dict[tuple[Config | None, bool | None], Cluster] = {}
         self.calls: collections.Counter[str] = collections.Counter()
         self.callbacks = _Callbacks()
+        self.by_value: set[str] = set()  #: job modules registered with cloudpickle
 
     def cluster(self, config: Config | None, daemon: bool | None) -> Cluster:
         with self.lock:
@@ -169,6 +171,7 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, **backend_kwargs: Any) -> int:
         self.parallel = parallel
+        _job_files_by_value()
         return self.effective_n_jobs(n_jobs)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -221,6 +224,18 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         """Inside a task, nested parallel calls run sequentially in that worker."""
         level = (self.nesting_level or 0) + 1
         return SequentialBackend(nesting_level=level), None
+
+
+def _job_files_by_value() -> None:
+    """Job files (``p2pcluster run job.py``) load as modules no other peer can import by
+    name: their functions and classes travel by value, like those of ``__main__``."""
+    import cloudpickle
+
+    with _shared.lock:
+        for name in [n for n in sys.modules if n.startswith("p2pjob_")]:
+            if name not in _shared.by_value:
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+                _shared.by_value.add(name)
 
 
 def with_needs(request: JobRequest, needs: Needs) -> JobRequest:

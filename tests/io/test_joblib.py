@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -182,3 +184,32 @@ def test_through_the_daemon(daemon: tuple[Daemon, Path]) -> None:
     assert pj.calls_by_peer() == {"d1": 5}
     pj.shutdown()
     started.check_alive()
+
+
+JOB = """
+import joblib
+import p2pcluster.joblib
+
+
+def cube(x):
+    return x ** 3
+
+
+def main(cluster, n):
+    with joblib.parallel_config(backend="p2pcluster", cluster=cluster):
+        return joblib.Parallel()(joblib.delayed(cube)(i) for i in range(int(n)))
+"""
+
+
+def test_a_job_file_of_p2pcluster_run_uses_the_backend(daemon: tuple[Daemon, Path],
+                                                       tmp_path: Path) -> None:
+    started, secret = daemon
+    job = tmp_path / "jobjl.py"
+    job.write_text(JOB)  # its functions travel by value: no other peer can import the job
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pcluster", "run", str(job), "6", "--cluster",
+         started.cluster, "--secret-file", str(secret), "--no-mdns", "--preset", "local"],
+        env=started.env, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "submitting through the local daemon" in done.stderr
+    assert json.loads(done.stdout) == [x ** 3 for x in range(6)]
