@@ -1,7 +1,8 @@
 """A scikit-learn user's script, for the joblib LAN test: the same cross_val_score and
 GridSearchCV with loky and with the p2pcluster backend (through the local daemon), printed
 as JSON. Each fit's scorer appends the host it ran on (``$P2P_TEST_HOST`` of the worker) to
-the file named by argv[1], so the test checks where fits ran without trusting the backend.
+the file named by argv[1] (``--no-loky``: only the p2pcluster fits), so the test checks
+where fits ran without trusting the backend.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def main() -> None:
     global HOSTS_LOG  # noqa: PLW0603
     HOSTS_LOG = sys.argv[1]
     X, y = load_digits(return_X_y=True)
-    with joblib.parallel_config(backend="loky", n_jobs=2):
-        loky = fits(X, y)
+    loky = None
+    if "--no-loky" not in sys.argv:
+        with joblib.parallel_config(backend="loky", n_jobs=2):
+            loky = fits(X, y)
     Path(sys.argv[1]).write_text("")  # only the p2pcluster fits from here on
     with joblib.parallel_config(backend="p2pcluster", daemon=True):
         p2p = fits(X, y)
