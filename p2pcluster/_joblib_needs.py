@@ -4,8 +4,10 @@ versions.
 
 A pickle names every class and function it holds by reference as ``module`` and
 ``qualname`` (cloudpickle sends by value only what cannot be imported: ``__main__``,
-lambdas, closures). :func:`modules_named` reads them from the pickle's opcodes without
-unpickling; :func:`batch_needs` maps them to distributions
+lambdas, closures). :func:`dumps_noting_modules` pickles as :func:`._joblib_task.dumps`
+does and notes the module of every object it meets (the pickler's ``reducer_override`` is
+called for each but the plain builtins, so a long list of numbers costs nothing more);
+:func:`batch_needs` maps them to distributions
 (:func:`importlib.metadata.packages_distributions`) and adds joblib and cloudpickle, which
 every batch needs. A peer whose Python or any of those versions differ must get none of the
 batch: an estimator pickled by scikit-learn 1.5 may unpickle wrongly, or not at all, with
@@ -16,17 +18,20 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import pickletools
+import io
+import pickle
 import platform
-import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from types import BuiltinFunctionType, FunctionType
+from typing import Any
 
-__all__ = ["Needs", "batch_needs", "modules_named"]
+from ._joblib_task import PROTOCOL, raw
+
+__all__ = ["Needs", "batch_needs", "dumps_noting_modules"]
 
 #: Distributions every pickled batch needs, whatever it holds.
 ALWAYS = ("cloudpickle", "joblib")
-_GLOBAL_OPS = frozenset({"GLOBAL", "INST"})
-_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +43,26 @@ class Needs:
     dists: tuple[tuple[str, str], ...]
 
 
-def modules_named(head: bytes) -> set[str]:
-    """The top-level names of the modules ``head`` (a pickle) refers to, among those
-    imported in this process. Unpickles nothing."""
-    found: set[str] = set()
-    for op, arg, _ in pickletools.genops(head):
-        if op.name in _GLOBAL_OPS and isinstance(arg, str):
-            found.add(arg.split(" ", 1)[0].split(".", 1)[0])
-        elif op.name in _STRING_OPS and isinstance(arg, str) and arg in sys.modules:
-            found.add(arg.split(".", 1)[0])  # STACK_GLOBAL's module name
-    return found
+def dumps_noting_modules(obj: Any) -> tuple[list[bytes], set[str]]:
+    """``obj`` as :func:`._joblib_task.dumps` pickles it, and the top-level names of the
+    modules of the classes, functions and objects in it."""
+    import cloudpickle  # the [joblib] extra
+
+    modules: set[str] = set()
+
+    class Noting(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, item: Any) -> Any:
+            owner = item if isinstance(item, type | FunctionType | BuiltinFunctionType) else (
+                type(item))
+            module = getattr(owner, "__module__", None)
+            if isinstance(module, str):
+                modules.add(module.split(".", 1)[0])
+            return super().reducer_override(item)
+
+    out = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    Noting(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
+    return [out.getvalue(), *(raw(b) for b in buffers)], modules
 
 
 @functools.cache
@@ -67,10 +82,11 @@ def _normalize(name: str) -> str:
     return name.replace("_", "-").replace(".", "-").lower()
 
 
-def batch_needs(head: bytes) -> Needs:
-    """What a peer must have to run the pickled batch ``head`` (module docstring)."""
+def batch_needs(modules: Iterable[str]) -> Needs:
+    """What a peer must have to run a batch whose pickle holds objects of ``modules``
+    (top-level names; module docstring)."""
     names = set(ALWAYS)
-    for module in modules_named(head):
+    for module in modules:
         names.update(_distributions().get(module, ()))
     dists = sorted({(_normalize(n), v) for n in names if (v := _version(n))})
     return Needs(platform.python_version(), tuple(dists))

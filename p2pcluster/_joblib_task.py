@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Failure", "dumps", "loads", "run_pickled"]
+__all__ = ["PROTOCOL", "Failure", "dumps", "loads", "raw", "run_pickled"]
 
 #: The pickle protocol: 5 is the first with out-of-band buffers (PEP 574).
 PROTOCOL = 5
@@ -50,10 +50,11 @@ def dumps(obj: Any) -> list[bytes]:
 
     buffers: list[pickle.PickleBuffer] = []
     head = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
-    return [head, *(_raw(b) for b in buffers)]
+    return [head, *(raw(b) for b in buffers)]
 
 
-def _raw(buffer: pickle.PickleBuffer) -> bytes:
+def raw(buffer: pickle.PickleBuffer) -> bytes:
+    """An out-of-band buffer's bytes."""
     try:
         view = buffer.raw()
     except BufferError:  # not contiguous: pickle copies it anyway

@@ -43,8 +43,8 @@ from joblib._parallel_backends import (
 from ._cluster import Cluster
 from ._config import Config
 from ._futures import TaskFuture
-from ._joblib_needs import Needs, batch_needs
-from ._joblib_task import Failure, dumps, loads, run_pickled
+from ._joblib_needs import Needs, batch_needs, dumps_noting_modules
+from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
 
 __all__ = ["P2PClusterBackend", "RemoteTraceback", "calls_by_peer", "shutdown"]
@@ -187,9 +187,9 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
                ) -> TaskFuture:
         """Send one batch to the cluster; ``callback(future)`` runs when it is done."""
-        parts = dumps(func)
+        parts, modules = dumps_noting_modules(func)
         cluster = self.cluster
-        request = with_needs(cluster.prepare(run_pickled, tuple(parts)), batch_needs(parts[0]))
+        request = with_needs(cluster.prepare(run_pickled, tuple(parts)), batch_needs(modules))
         future = cluster.submit_request(request)
         with self._lock:
             self._pending[future] = len(func) if hasattr(func, "__len__") else 1

@@ -3,7 +3,6 @@ a batch, and what a pickled batch needs of a peer."""
 
 from __future__ import annotations
 
-import pickle
 import platform
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 pytest.importorskip("cloudpickle", reason="needs the [joblib] extra")
 pytest.importorskip("joblib", reason="needs the [joblib] extra")
 
-from p2pcluster._joblib_needs import batch_needs, modules_named
+from p2pcluster._joblib_needs import batch_needs, dumps_noting_modules
 from p2pcluster._joblib_task import Failure, dumps, loads, run_pickled
 
 
@@ -46,18 +45,23 @@ def test_a_batch_needs_the_distributions_its_pickle_names() -> None:
     sklearn = pytest.importorskip("sklearn")
     from sklearn.svm import SVC
 
-    head = dumps([SVC(C=2.0)])[0]
-    assert "sklearn" in modules_named(head)
-    needs = batch_needs(head)
+    parts, modules = dumps_noting_modules([SVC(C=2.0)])
+    assert "sklearn" in modules
+    assert isinstance(loads(parts)[0], SVC) and loads(parts)[0].C == 2.0
+    needs = batch_needs(modules)
     assert needs.python == platform.python_version()
     found = dict(needs.dists)
     assert found["scikit-learn"] == sklearn.__version__
     assert {"joblib", "cloudpickle"} <= set(found)
 
 
-def test_modules_named_reads_old_and_new_global_opcodes() -> None:
+def test_the_modules_noted_are_those_of_classes_functions_and_objects() -> None:
     import fractions
+    import json
 
-    for protocol in (0, 2, 5):
-        assert "fractions" in modules_named(pickle.dumps(fractions.Fraction(1, 3),
-                                                         protocol=protocol))
+    np = pytest.importorskip("numpy")
+    parts, modules = dumps_noting_modules(
+        {"f": fractions.Fraction(1, 3), "g": json.dumps, "t": fractions.Fraction,
+         "a": np.zeros(3), "n": [1.5] * 10, "local": lambda: 1})
+    assert {"fractions", "json", "numpy"} <= modules
+    assert loads(parts)["f"] == fractions.Fraction(1, 3)
