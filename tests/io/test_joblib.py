@@ -111,9 +111,10 @@ def test_an_error_aborts_the_rest_and_the_backend_still_works(backend: None,
     with pytest.raises(ValueError, match="early failure"):
         joblib.Parallel(n_jobs=2, batch_size=1, pre_dispatch="all", timeout=WAIT)(
             joblib.delayed(mark_and_sleep)(str(tmp_path), i, 2) for i in range(60))
-    time.sleep(2.0)  # what was not cancelled would run meanwhile: about 20 tasks
     ran = len(list(tmp_path.iterdir()))
-    assert ran < 12, f"{ran} of 60 tasks ran after the error"
+    time.sleep(2.0)  # what was not cancelled would run meanwhile: about 20 tasks
+    more = len(list(tmp_path.iterdir())) - ran
+    assert more <= 4, f"{more} tasks started in the 2 s after the error ({ran} before)"
     assert joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(4)) == [
         0, 1, 4, 9]
 
