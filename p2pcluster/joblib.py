@@ -33,12 +33,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import joblib
-from joblib._parallel_backends import (
-    AutoBatchingMixin,
-    ParallelBackendBase,
-    SequentialBackend,
-)
+try:
+    import cloudpickle  # noqa: F401 (what the batches travel as)
+    import joblib
+    from joblib._parallel_backends import (
+        AutoBatchingMixin,
+        ParallelBackendBase,
+        SequentialBackend,
+    )
+except ImportError as exc:
+    raise ImportError(f"p2pcluster.joblib needs joblib and cloudpickle ({exc}): "
+                      "pip install 'p2pcluster[joblib]'") from exc
 
 from ._cluster import Cluster
 from ._config import Config

@@ -119,6 +119,18 @@ def test_an_error_aborts_the_rest_and_the_backend_still_works(backend: None,
         0, 1, 4, 9]
 
 
+def test_a_timeout_raises_and_stops_the_batch(backend: None, tmp_path: Path) -> None:
+    import multiprocessing
+
+    started = time.monotonic()
+    with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises, whatever backend
+        joblib.Parallel(n_jobs=2, timeout=1.0)(joblib.delayed(time.sleep)(s)
+                                               for s in (0.01, 30, 0.01))
+    assert time.monotonic() - started < 10
+    assert joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(4)) == [
+        0, 1, 4, 9]
+
+
 def test_generators_ordered_and_unordered(backend: None) -> None:
     gen = joblib.Parallel(n_jobs=2, return_as="generator")(
         joblib.delayed(square)(i) for i in range(30))
