@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import queue
 import sys
 import threading
@@ -53,6 +54,8 @@ from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
 
 __all__ = ["P2PClusterBackend", "RemoteTraceback", "calls_by_peer", "shutdown"]
+
+log = logging.getLogger("p2pcluster")
 
 #: The name under which the backend is registered with joblib.
 NAME = "p2pcluster"
@@ -84,7 +87,11 @@ class _Callbacks:
 
     def _serve(self) -> None:
         while True:
-            self._queue.get()()
+            callback = self._queue.get()
+            try:
+                callback()
+            except BaseException:  # joblib's own bug: say it, and keep serving the others
+                log.exception("a joblib completion callback failed")
 
 
 class _Shared:
@@ -192,10 +199,15 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
                ) -> TaskFuture:
         """Send one batch to the cluster; ``callback(future)`` runs when it is done."""
-        parts, modules = dumps_noting_modules(func)
-        cluster = self.cluster
-        request = with_needs(cluster.prepare(run_pickled, tuple(parts)), batch_needs(modules))
-        future = cluster.submit_request(request)
+        try:
+            parts, modules = dumps_noting_modules(func)
+            cluster = self.cluster
+            request = with_needs(cluster.prepare(run_pickled, tuple(parts)),
+                                 batch_needs(modules))
+            future = cluster.submit_request(request)
+        except Exception as exc:  # cannot be sent (unpicklable, too large, no cluster):
+            future = TaskFuture()  # joblib re-raises it, as it does a task's error
+            future.set_exception(exc)
         with self._lock:
             self._pending[future] = len(func) if hasattr(func, "__len__") else 1
         future.add_done_callback(lambda _: _shared.callbacks.put(
