@@ -172,7 +172,7 @@ def test_unpicklable_results_and_exceptions_are_reported(backend: None) -> None:
     # come back (from the callback thread): joblib raises its TypeError, nothing hangs.
     items = [*range(8), threading.Lock(), 9, 10]
     with pytest.raises(TypeError, match="lock"):
-        joblib.Parallel(n_jobs=2, batch_size=1, pre_dispatch=2)(
+        joblib.Parallel(n_jobs=2, batch_size=1, pre_dispatch=2, timeout=WAIT)(
             joblib.delayed(square)(x) for x in items)
     assert joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(4)) == [
         0, 1, 4, 9]
