@@ -48,6 +48,7 @@ from .workmessages import (
     Code,
     FetchArgs,
     FetchCode,
+    FetchVersions,
     HeldTasks,
     Holding,
     JobSpec,
@@ -61,6 +62,7 @@ from .workmessages import (
     TaskResult,
     TasksMoved,
     ValueHeader,
+    Versions,
     WorkAvailable,
 )
 
@@ -198,14 +200,14 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchVersions | Versions)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck)
+                              ResultAck, FetchVersions, Versions)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -223,6 +225,7 @@ __all__ = [
     "Digest",
     "FetchArgs",
     "FetchCode",
+    "FetchVersions",
     "Gossip",
     "HeldTasks",
     "Holding",
@@ -271,6 +274,7 @@ __all__ = [
     "UpdateType",
     "Updates",
     "ValueHeader",
+    "Versions",
     "WORK_MESSAGES",
     "WorkAvailable",
     "WorkMessage",
