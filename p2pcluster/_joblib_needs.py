@@ -11,7 +11,8 @@ called for each but the plain builtins, so a long list of numbers costs nothing 
 (:func:`importlib.metadata.packages_distributions`) and adds joblib and cloudpickle, which
 every batch needs. A peer whose Python or any of those versions differ must get none of the
 batch: an estimator pickled by scikit-learn 1.5 may unpickle wrongly, or not at all, with
-1.4. The environment check of the cluster (``JobSpec.needs``) applies the rule.
+1.4. The environment check of the cluster (``JobSpec.needs``, :mod:`._proto.eligibility`)
+applies the rule.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 from ._joblib_task import PROTOCOL, raw
+from ._proto.eligibility import normalize
 
 __all__ = ["Needs", "batch_needs", "dumps_noting_modules"]
 
@@ -78,15 +80,11 @@ def _version(dist: str) -> str:
         return ""
 
 
-def _normalize(name: str) -> str:
-    return name.replace("_", "-").replace(".", "-").lower()
-
-
 def batch_needs(modules: Iterable[str]) -> Needs:
     """What a peer must have to run a batch whose pickle holds objects of ``modules``
     (top-level names; module docstring)."""
     names = set(ALWAYS)
     for module in modules:
         names.update(_distributions().get(module, ()))
-    dists = sorted({(_normalize(n), v) for n in names if (v := _version(n))})
+    dists = sorted({(normalize(n), v) for n in names if (v := _version(n))})
     return Needs(platform.python_version(), tuple(dists))

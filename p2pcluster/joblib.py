@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import logging
 import queue
 import sys
@@ -52,6 +53,7 @@ from ._futures import TaskFuture
 from ._joblib_needs import Needs, batch_needs, dumps_noting_modules
 from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
+from ._proto.eligibility import Dist, JobNeeds
 
 __all__ = ["P2PClusterBackend", "RemoteTraceback", "calls_by_peer", "shutdown"]
 
@@ -256,12 +258,14 @@ def _job_files_by_value() -> None:
 
 
 def with_needs(request: JobRequest, needs: Needs) -> JobRequest:
-    """``request``, to go only to peers that have what ``needs`` says.
-
-    Not yet enforced: the environment check (``JobSpec.needs``, the environments issue) is
-    not in this branch; once it is, this becomes ``replace(request, needs=JobNeeds(
-    needs.python, tuple(Dist(n, v) for n, v in needs.dists)))``."""
-    return request
+    """``request``, to go only to peers whose Python minor version and versions of the
+    distributions in ``needs`` match this process's (the environment check,
+    :mod:`._proto.eligibility`), besides what the request needs already (its tags)."""
+    have = request.needs
+    versions = {d.name: d.version for d in have.dists} | dict(needs.dists)
+    dists = tuple(Dist(name, version) for name, version in sorted(versions.items()))
+    return dataclasses.replace(request, needs=JobNeeds(needs.python, dists, have.tags,
+                                                       have.strict))
 
 
 def _rebuilt(failure: Failure, peer: str | None) -> BaseException:

@@ -59,8 +59,6 @@ def test_scikit_learn_gives_loky_s_scores_with_fits_on_both_peers(
         assert peers.processes[host].poll() is None, peers.log(host)[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="the environment check (issue 12, JobSpec.needs) is "
-                   "not merged yet: p2pcluster.joblib.with_needs cannot enforce the needs")
 def test_a_peer_with_another_scikit_learn_gets_none_of_the_fits(
         make_lan: Any, tmp_path: Path) -> None:
     sklearn = pytest.importorskip("sklearn", reason="needs scikit-learn (the [sklearn] extra)")
