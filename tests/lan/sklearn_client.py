@@ -7,9 +7,11 @@ where fits ran without trusting the backend.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +42,19 @@ def fits(X: Any, y: Any) -> dict[str, Any]:
 def main() -> None:
     global HOSTS_LOG  # noqa: PLW0603
     HOSTS_LOG = sys.argv[1]
+    faulthandler.dump_traceback_later(200)  # if it hangs, the test's failure shows where
     X, y = load_digits(return_X_y=True)
     loky = None
+    start = time.monotonic()
     if "--no-loky" not in sys.argv:
         with joblib.parallel_config(backend="loky", n_jobs=2):
             loky = fits(X, y)
     Path(sys.argv[1]).write_text("")  # only the p2pcluster fits from here on
+    middle = time.monotonic()
     with joblib.parallel_config(backend="p2pcluster", daemon=True):
         p2p = fits(X, y)
-    print(json.dumps({"loky": loky, "p2p": p2p, "calls": pj.calls_by_peer()}))
+    print(json.dumps({"loky": loky, "p2p": p2p, "calls": pj.calls_by_peer(),
+                      "seconds": [middle - start, time.monotonic() - middle]}))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def run_client(peers: Peers, host: int, hosts_log: Path, *args: str
     done = peers.lan.run(host, [sys.executable, str(CLIENT), str(hosts_log), *args],
                          env=peers.env(host, **peers.host_env(host)), timeout=240)
     assert done.returncode == 0, done.stderr
+    print("the script's stderr:", done.stderr, sep="\n")
     result: dict[str, Any] = json.loads(done.stdout)
     return result, done.stderr
 
