@@ -117,7 +117,7 @@ class Checker:
         self.job_latency: list[tuple[float, float]] = []  # (took, deadline - submitted)
         self._cluster: SoakCluster | None = None
         #: (declarer, subject) of each death verdict judged when its declarer made it
-        self._verdicts: set[tuple[bytes, bytes]] = set()
+        self._verdicts: set[tuple[bytes, bytes, int]] = set()  # and its incarnation
 
     @property
     def cluster(self) -> SoakCluster:
@@ -143,7 +143,7 @@ class Checker:
             self._recent_cause(peer, event, step)
             return
         for declarer in self._declarers(peer, subject.id, step):
-            if (declarer.node_id, subject.id) in self._verdicts:
+            if self._judged(event, step, declarer):
                 excuse = "judged when it was made"  # and now relayed, perhaps much later
             else:
                 excuse = self.cluster.log.excuse(declarer, subject.address,
@@ -154,7 +154,7 @@ class Checker:
                           f"crashed, frozen or cut off, and neither was {declarer} within "
                           f"{self.window:.1f} s")
             if declarer is peer:
-                self._verdicts.add((peer.node_id, subject.id))
+                self._verdicts.add((peer.node_id, subject.id, subject.incarnation))
                 self.counts["stale_deaths_declared"] += 1
             elif self.cluster.log.excuse(peer, subject.address, self.cluster.sim.now,
                                          self.window) is None:
@@ -171,8 +171,8 @@ class Checker:
             return
         for declarer in self._declarers(peer, subject.id, step):
             if declarer is peer:
-                self._verdicts.add((peer.node_id, subject.id))
-            elif (declarer.node_id, subject.id) in self._verdicts:
+                self._verdicts.add((peer.node_id, subject.id, subject.incarnation))
+            elif self._judged(event, step, declarer):
                 continue  # judged when it was made, and now relayed
             if (log.excuse(declarer, subject.address, now, self.window) is None
                     and log.excuse(process, declarer.address, now, self.window) is None):
@@ -180,6 +180,16 @@ class Checker:
                           f"(seen at {peer} on a {step.kind}); {subject.name} was faulted "
                           f"({log.faulted[subject.id]}), but neither it nor {declarer} was "
                           f"frozen or cut off within {self.window:.1f} s")
+
+    def _judged(self, event: MemberEvent, step: Step, declarer: PeerMachine) -> bool:
+        """Is the Dead from ``declarer`` in ``step`` a verdict judged when it was made, at an
+        incarnation no older than the one the receiver held? (A stale Dead that overrides a
+        refutation the receiver knew is a new false death, not a relayed verdict.)"""
+        subject = event.member
+        return any(isinstance(u, Dead) and u.node == subject.id and u.by == declarer.node_id
+                   and u.incarnation >= subject.incarnation
+                   and (declarer.node_id, subject.id, u.incarnation) in self._verdicts
+                   for u in getattr(step.msg, "updates", ()))
 
     def _declarers(self, peer: PeerMachine, subject: bytes, step: Step) -> list[PeerMachine]:
         """Who declared ``subject`` dead, by the step that made ``peer`` see it so."""
