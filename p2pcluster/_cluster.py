@@ -29,7 +29,7 @@ import trio
 from ._config import Config
 from ._errors import ClusterError
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
-from ._jobs import CodeRegistry, JobRequest, encode_map_args
+from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
 from ._places import control_path
 
 if TYPE_CHECKING:  # each imported where it is used: `run` imports one path, not both
@@ -240,9 +240,7 @@ class Cluster(cf.Executor):
         also an instance of the task's own exception class when this process can resolve it
         (``except ValueError:`` works).
         """
-        from ._values import encode_call
-
-        request = self.registry.request(fn, [encode_call(args, kwargs)],
+        request = self.registry.request(fn, [encode_args(args, kwargs)],
                                         max_value_size=self._limit(), where=self._where())
         future = TaskFuture()
         sink = FutureSink(self._book, self._run_soon, future)

@@ -38,7 +38,7 @@ from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
 from ._errors import P2PClusterError
-from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
+from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
 from ._netutil import where as choose_where
@@ -49,7 +49,6 @@ from ._proto.workevents import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
 from ._transport import Address
-from ._values import encode_call
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -157,7 +156,7 @@ class Peer:
                   **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
         :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds."""
-        request = self.request(fn, [encode_call(args, kwargs)], timeout=timeout)
+        request = self.request(fn, [encode_args(args, kwargs)], timeout=timeout)
         async with self.open_job(request) as job:
             results = _collect(job)
             await job.wait()

@@ -41,10 +41,11 @@ from its working directory or its path, the workers can too, as with ``multiproc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,10 @@ from typing import Any, NamedTuple
 
 import trio
 
+from ._errors import P2PClusterError
 from ._fastwrite import write_all
+from ._handoff import SegmentRef, WireValue, open_ref, to_ref
+from ._packed import Packed, Payload
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import encode_error
@@ -82,10 +86,11 @@ MAX_QUEUED = 2
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload."""
+    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload
+    (a large one packed, its buffers in shared memory)."""
 
     status: int
-    payload: bytes
+    payload: Payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ class _Target(NamedTuple):
     max_result: int
     where: str  #: whose limit max_result is, for the error
     time_limit: float | None  #: seconds after which a batch stops after its current task
+    shared: Mapping[bytes, Payload]  #: the shared values the calls use, by digest
 
 
 class WorkerPool:
@@ -139,11 +145,12 @@ class WorkerPool:
                                     self._crashes, self._timeouts, self._poisoned)
 
     async def run(
-        self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
+        self, ref: FunctionRef, payloads: Sequence[Payload], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
-        time_limit: float | None = None,
+        time_limit: float | None = None, shared: Mapping[bytes, Payload] | None = None,
     ) -> BatchResult:
-        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
+        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order;
+        ``shared`` holds the shared values the calls use, by digest.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
@@ -152,7 +159,7 @@ class WorkerPool:
         the result then has outcomes for the first tasks only.
         """
         self._batches += 1
-        target = _Target(ref.to_wire(), max_result, limit_where, time_limit)
+        target = _Target(ref.to_wire(), max_result, limit_where, time_limit, shared or {})
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, alone=False)
@@ -172,7 +179,7 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: bytes, timeout: float | None
+    async def _run_alone(self, target: _Target, payload: Payload, timeout: float | None
                          ) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
@@ -195,14 +202,17 @@ class WorkerPool:
                    "not retried again")
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, target: _Target, payloads: Sequence[bytes], *, alone: bool,
+    async def _call(self, target: _Target, payloads: Sequence[Payload], *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
         """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
 
         A timed call's clock starts once it has a started worker to itself.
         """
-        request = frame((self._cache_root, target.ref, list(payloads), target.max_result,
-                         target.where, target.time_limit))
+        placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
+        wires = [self._wire(p, placed) for p in payloads]
+        shared = {d: self._wire(p, placed) for d, p in target.shared.items()}
+        request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
+                         target.where, target.time_limit, shared))
         while True:
             worker = await self._pick(alone)
             call = Call(request)
@@ -225,7 +235,44 @@ class WorkerPool:
             if call.error is not None:
                 raise call.error
             raw, seconds = call.result
-            return [Outcome(status, payload) for status, payload in raw], seconds
+            return await self._outcomes(worker, raw), seconds
+
+    @staticmethod
+    def _wire(payload: Payload, placed: list[Packed | None]) -> WireValue:
+        wire, kept = to_ref(payload)
+        placed.append(kept)
+        return wire
+
+    async def _outcomes(self, worker: WorkerProcess, raw: list[tuple[int, WireValue]]
+                        ) -> list[Outcome]:
+        """The answer's outcomes, each large result mapped here; then the worker may let go
+        of them."""
+        outcomes, mapped = [], []
+        for status, wire in raw:
+            try:
+                outcome = Outcome(status, open_ref(wire, keep=True))
+            except (OSError, P2PClusterError) as exc:  # the worker died right after answering
+                outcome = Outcome(TaskStatus.ERROR, encode_error(
+                    "OSError", f"the result was lost with its worker process: {exc}"))
+            if isinstance(wire, SegmentRef):
+                mapped.append(wire.fd)
+            outcomes.append(outcome)
+        if mapped:
+            await self._tell(worker, ("drop", mapped, []))
+        return outcomes
+
+    async def _tell(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        """A frame the worker takes between batches and does not answer (if it lives)."""
+        if worker.alive and not worker.killed:
+            # if it died, what it held went with it
+            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
+                                frame(message))
+
+    async def drop_shared(self, digests: Sequence[bytes]) -> None:
+        """Every worker forgets these shared values (their memory goes with the last)."""
+        for worker in list(self._workers):
+            await self._tell(worker, ("drop", [], list(digests)))
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with

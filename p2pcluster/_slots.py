@@ -19,6 +19,7 @@ import trio
 
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
+from ._packed import as_bytes
 from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
@@ -118,7 +119,7 @@ class Slots:
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
                                    time_limit=batch.time_limit)
-        results = [TaskResult(item.id, o.status, o.payload)
+        results = [TaskResult(item.id, o.status, as_bytes(o.payload))
                    for item, o in zip(items, ran.outcomes, strict=False)]
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
 
