@@ -25,7 +25,8 @@ from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
-from ._values import encode_error
+from ._values import decode_value, encode_error
+from ._worker_main import NUMPY_UNAVAILABLE
 
 __all__ = ["Ran", "Slots"]
 
@@ -100,6 +101,8 @@ class Slots:
                     del self._running[job]
             self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
                                    ran.unstarted)
+            if any(map(_lacks_numpy, ran.results)):  # the rest of the job goes elsewhere
+                self._machine.decline(trio.current_time(), job)
             self._flush()
 
     async def _execute(self, batch: Batch) -> Ran:
@@ -130,3 +133,14 @@ class Slots:
             return self._limit, f"peer {self._name_of(me)}, which ran the task"
         owner = "this peer" if spec.owner == me else f"peer {self._name_of(spec.owner)}"
         return spec.max_value_size, f"{owner}, which owns the job"
+
+
+def _lacks_numpy(result: TaskResult) -> bool:
+    """The task failed because its values hold arrays and this peer has no NumPy."""
+    if result.status != TaskStatus.ERROR or len(result.payload) > 64 * 1024:
+        return False
+    try:
+        info = decode_value(result.payload)
+    except Exception:  # not ours to judge: the owner reports it
+        return False
+    return isinstance(info, dict) and info.get("type") == NUMPY_UNAVAILABLE

@@ -41,6 +41,7 @@ class Execution:
         self.busy = 0  #: batches out
         self._running: dict[bytes, tuple[bytes, int]] = {}  #: job -> (owner, batches out)
         self._task_time: dict[bytes, float] = {}  #: job -> estimated seconds per task
+        self.declined: set[bytes] = set()  #: jobs this peer cannot run (see decline)
 
     def limit(self) -> int:
         """Batches that may be out at once (see the module docstring)."""
@@ -114,6 +115,21 @@ class Execution:
         """The job is over here: its timings go; batches still out end on their own."""
         self._task_time.pop(job, None)
         self._holder.forget(job)
+
+    def decline(self, now: float, job: bytes) -> int:
+        """This peer cannot run ``job`` (its values need what is missing here, NumPy): its
+        queued tasks go, and so do those of later grants; the next two :class:`Holding`
+        reports leave them out, so the owner runs them elsewhere. Returns how many went."""
+        if len(self.declined) >= TIMED_JOBS_KEPT:
+            self.declined.pop()
+        self.declined.add(job)
+        owner = self._holder.owner_of(job) or next(
+            (q.spec.owner for q in self._ctx.queue if q.spec.job == job), None)
+        dropped = self._ctx.queue.drop(lambda q: q.spec.job == job)
+        self.forget(job)
+        if owner is not None:
+            self._holder.owe(now, owner)
+        return dropped
 
     def _measure(self, job: bytes, tasks: int, seconds: float) -> None:
         estimate = self._task_time.pop(job, None)

@@ -13,8 +13,7 @@ peer steals:
    workload smaller than the free slots causes no steals at all.
 2. The victim answers with a :class:`StealGrant` holding half (rounded up) of its unstarted
    tasks, oldest first, in one message, so one round trip moves many tasks (:mod:`.victims`
-   sizes it). Large arguments stay at the owner (the thief fetches them when the task runs),
-   and a grant carries at most ``message_bytes`` of arguments.
+   sizes it), with at most ``message_bytes`` of arguments (large ones stay at the owner).
 3. Each task counts its moves; a task that has moved ``max_moves`` times is never granted
    again, so tasks cannot ping-pong between peers. Tasks on their last move go only as many
    as the thief starts at once, so that no thief is left with a pile it cannot pass on.
@@ -135,8 +134,7 @@ class StealingMachine:
 
     def surplus(self) -> int:
         """Queued tasks that may still move, beyond what this peer's free slots are about to
-        take: what it advertises, and what it grants from. Zero for a workload that fits
-        locally."""
+        take: what it advertises, and what it grants from (zero for a local workload)."""
         free = max(0, self.slots - self.busy)
         return max(0, min(self.queue.movable, len(self.queue) - free))
 
@@ -149,12 +147,10 @@ class StealingMachine:
 
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For an owned job: unfinished task id -> the peer believed to hold it."""
-        owned = self._owner.owned.jobs.get(job)
-        return owned.holders() if owned else {}
+        return owned.holders() if (owned := self._owner.owned.jobs.get(job)) else {}
 
     def payload(self, job: bytes, tid: int) -> bytes | None:
-        """For an owned job: the arguments of unfinished task ``tid`` (a thief fetches the
-        large ones), or None."""
+        """For an owned job: the arguments of unfinished task ``tid``, or None."""
         owned = self._owner.owned.jobs.get(job)
         return owned.payloads.get(tid) if owned else None
 
@@ -270,6 +266,12 @@ class StealingMachine:
         is a small result to send in its place (the owner refused the large one)."""
         self._execution.push_done(job, tid, delivered, instead)
 
+    def decline(self, now: float, job: bytes) -> None:
+        """This peer cannot run ``job`` (see :meth:`.Execution.decline`); never an owned one."""
+        if not self._owner.owns(job):
+            self._count_dropped(self._execution.decline(now, job))
+            self._maybe_steal(now)
+
     # --- network ----------------------------------------------------------------------------
 
     def receive(self, now: float, msg: Message) -> None:
@@ -376,7 +378,8 @@ class StealingMachine:
         count = 0
         for job_tasks in grant.jobs:
             spec = job_tasks.spec
-            if spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job):
+            if (spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job)
+                    or spec.job in self._execution.declined):
                 self._count_dropped(len(job_tasks.tasks))
                 continue
             for item in job_tasks.tasks:
