@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from .holding import Holder
 from .messages import JobSpec, Results, TaskItem, TaskResult
 from .owner import OwnerRole
+from .wiretypes import MAX_DECLINED
 from .workcontext import WorkContext
 from .workevents import Batch, PushValue
 
@@ -41,7 +42,7 @@ class Execution:
         self.busy = 0  #: batches out
         self._running: dict[bytes, tuple[bytes, int]] = {}  #: job -> (owner, batches out)
         self._task_time: dict[bytes, float] = {}  #: job -> estimated seconds per task
-        self.declined: set[bytes] = set()  #: jobs this peer cannot run (see decline)
+        self.declined: dict[bytes, None] = {}  #: jobs this peer cannot run, oldest first
 
     def limit(self) -> int:
         """Batches that may be out at once (see the module docstring)."""
@@ -120,9 +121,9 @@ class Execution:
         """This peer cannot run ``job`` (its values need what is missing here, NumPy): its
         queued tasks go, and so do those of later grants; the next two :class:`Holding`
         reports leave them out, so the owner runs them elsewhere. Returns how many went."""
-        if len(self.declined) >= TIMED_JOBS_KEPT:
-            self.declined.pop()
-        self.declined.add(job)
+        self.declined[job] = None
+        if len(self.declined) > MAX_DECLINED:
+            del self.declined[next(iter(self.declined))]
         owner = self._holder.owner_of(job) or next(
             (q.spec.owner for q in self._ctx.queue if q.spec.job == job), None)
         dropped = self._ctx.queue.drop(lambda q: q.spec.job == job)

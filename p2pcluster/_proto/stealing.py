@@ -107,7 +107,7 @@ class StealingMachine:
         self._holder = Holder(node_id, self.policy.report_interval)
         self._owner = OwnerRole(self._ctx, Ownership(
             self.policy.lease_timeout, self.policy.report_interval, ENDED_JOBS_KEPT),
-            self._forget)
+            lambda job: self._execution.forget(job))  # noqa: PLW0108 (not built yet)
         self._execution = Execution(self._ctx, slots, self._holder, self._owner)
         self.peers: dict[bytes, int] = {}  #: live peer -> its surplus as last heard
         self.peer_slots: dict[bytes, int] = {}  #: live peer -> its worker slots
@@ -202,7 +202,7 @@ class StealingMachine:
         orphaned.update(self._execution.running_jobs_of(peer))
         self._count_dropped(self.queue.drop(lambda q: q.spec.owner == peer))
         for job in orphaned:
-            self._forget(job)
+            self._execution.forget(job)
             self._ctx.emit(JobDropped(job, "its owner left or died"))
         self._owner.lost_with(peer)  # our tasks it held come back to us, at the front
         if self.stealing and self.stealing[0] == peer:
@@ -323,9 +323,6 @@ class StealingMachine:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _forget(self, job: bytes) -> None:
-        self._execution.forget(job)
-
     def _count_dropped(self, n: int) -> None:
         self._ctx.count("dropped", n)
 
@@ -341,7 +338,8 @@ class StealingMachine:
             return
         self.stealing = (victim, now + self.policy.steal_timeout)
         self._ctx.count("steal_requests")
-        self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy))
+        self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy,
+                                            tuple(self._execution.declined)))
 
     def _on_steal_request(self, now: float, req: StealRequest) -> None:
         thief = req.thief
@@ -353,7 +351,8 @@ class StealingMachine:
                           total_slots=self._total_slots(thief, req.slots),
                           known_work=surplus + sum(self.peers.values()))
         granted = (self.queue.grant(want, self.policy.message_bytes, self.policy.inline_limit,
-                                    partial(self._last_move_cap, req.slots)) if want else {})
+                                    partial(self._last_move_cap, req.slots), req.declined)
+                   if want else {})
         jobs = tuple(JobTasks(spec, tuple(items)) for spec, items in granted.values())
         for spec, items in granted.values():
             self._owner.moved(now, spec, thief, [t.id for t in items])
@@ -395,6 +394,6 @@ class StealingMachine:
         if self._owner.owns(msg.job):  # only an owner ends its job
             return
         self._count_dropped(self.queue.drop(lambda q: q.spec.job == msg.job))
-        self._forget(msg.job)
+        self._execution.forget(msg.job)
         self._ctx.emit(JobDropped(msg.job, "ended by its owner"))
         self._maybe_steal(now)

@@ -13,7 +13,7 @@ that runs it fetches them from the job's owner.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -87,16 +87,19 @@ class TaskQueue:
         return JobItems(first.spec, items)
 
     def grant(self, want: int, max_bytes: int, inline_limit: int,
-              last_move_cap: Callable[[bytes], int] | None = None) -> dict[bytes, JobItems]:
+              last_move_cap: Callable[[bytes], int] | None = None,
+              skip: Collection[bytes] = ()) -> dict[bytes, JobItems]:
         """Remove up to ``want`` of the oldest movable tasks for a thief, one move further,
-        grouped by job; arguments over ``inline_limit`` stay behind. Of the tasks this move
-        makes stuck, at most ``last_move_cap(job)`` per job go."""
+        grouped by job, none of the jobs in ``skip``; arguments over ``inline_limit`` stay
+        behind. Of the tasks this move makes stuck, at most ``last_move_cap(job)`` per job
+        go."""
         granted: dict[bytes, JobItems] = {}
         kept: deque[Queued] = deque()
         size = 0
         last: dict[bytes, int] = {}  #: job -> the cap left for tasks on their last move
         for q in self._queue:
             if want and q.item.moves < self.max_moves and size < max_bytes and (
+                    q.spec.job not in skip) and (
                     last_move_cap is None or q.item.moves + 1 < self.max_moves
                     or _spend(last, q.spec.job, last_move_cap)):
                 want -= 1

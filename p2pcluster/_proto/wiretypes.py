@@ -15,9 +15,9 @@ from typing import Annotated
 #: The wire protocol version every message carries. Bump it for any incompatible change.
 #: Version 2 added task sizes, the result limit of a job, holding reports and the data
 #: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({2})
+SUPPORTED_VERSIONS = frozenset({3})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,8 @@ Ident = Annotated[str, Limit(max_len=1024)]
 Size = Annotated[int, Limit(lo=0, hi=2**62)]
 MAX_TASKS = 2**20
 MAX_INCLUDES = 64
+#: Jobs a steal request may decline (the most recent; older ones may still be granted).
+MAX_DECLINED = 64
 
 
 class TaskStatus(IntEnum):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from .wiretypes import (
+    MAX_DECLINED,
     MAX_INCLUDES,
     MAX_TASKS,
     Count,
@@ -86,11 +87,13 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class StealRequest:
-    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work."""
+    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work, of
+    any job but the ``declined`` ones (jobs it cannot run: their values need NumPy)."""
 
     TYPE: ClassVar[int] = MessageType.STEAL_REQUEST
     thief: NodeId
     slots: Count
+    declined: Annotated[tuple[JobId, ...], Limit(max_len=MAX_DECLINED)] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,3 +40,10 @@ def scaled(arr: Any, factor: float) -> Any:
 
 def nbytes(*values: Any) -> int:
     return sum(int(v.nbytes) for v in values)
+
+
+def slow_total(arr: Any, seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return total(arr)

@@ -466,3 +466,14 @@ def test_a_declined_job_goes_back_to_its_owner_and_is_never_taken_again() -> Non
     assert [(q.spec.job, q.item.id) for q in thief.queue] == [(b"j2", 0)]
     owner.decline(3.0, b"j1")  # an owner never declines its own job
     assert len(owner.queue) > 0
+    # Its steal requests name the declined job, and a victim grants none of its tasks.
+    fresh = small_machine(C, 1, A)
+    fresh.decline(3.0, b"j1")
+    fresh.peer_queue(3.0, A, 9)
+    assert fresh.take(3.0, 1) is None
+    (request,) = msgs(fresh, StealRequest)
+    assert request.msg.declined == (b"j1",)
+    owner.submit(3.0, spec(job=b"j3"), tasks(6))
+    owner.receive(3.0, request.msg)
+    (grant,) = msgs(owner, StealGrant)
+    assert {jt.spec.job for jt in grant.msg.jobs} == {b"j3"}
