@@ -37,18 +37,22 @@ import trio
 from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
-from ._errors import P2PClusterError
+from ._errors import P2PClusterError, ValueTooLarge, too_large
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
 from ._netutil import where as choose_where
+from ._packed import as_bytes
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
+from ._shared import Shared
+from ._sharing import SharingStatistics
 from ._transport import Address
+from ._values import encode_shared
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -68,6 +72,7 @@ class PeerStatistics:
     queued: int
     running: int
     jobs_owned: int
+    sharing: SharingStatistics
 
 
 class Peer:
@@ -130,7 +135,27 @@ class Peer:
         state = self._work.state()
         return PeerStatistics(self._work.statistics(), self._work.pool_statistics(),
                               self._membership.statistics(), state.queued, state.running,
-                              state.jobs_owned)
+                              state.jobs_owned, self._work.shared.statistics())
+
+    async def share(self, value: Any) -> Shared:
+        """Share ``value`` with the cluster; pass the handle in task arguments, and each
+        task gets the value itself. Every peer fetches it once (``docs/jobs.md``, "Shared
+        inputs"); this peer keeps it until it closes."""
+        await trio.lowlevel.checkpoint()
+        return self.share_payload(as_bytes(encode_shared(value)))
+
+    def share_payload(self, payload: bytes, holder: object = None) -> Shared:
+        """Keep an encoded value for ``holder`` (see :meth:`share`) until
+        :meth:`release_shared`; raises :class:`~p2pcluster.ValueTooLarge` over the limit."""
+        limit = self._config.max_value_size
+        if len(payload) > limit:
+            raise ValueTooLarge(too_large("the value to share", len(payload), limit,
+                                          f"peer {self.me.name}"))
+        return self._work.shared.add(payload, holder)
+
+    def release_shared(self, holder: object) -> None:
+        """``holder`` is gone: the values only it shared go."""
+        self._work.shared.release(holder)
 
     def take_rejected(self) -> dict[str, int]:
         """Hosts whose traffic failed authentication since the last call, with counts."""

@@ -210,9 +210,8 @@ class WorkerPool:
         """
         placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
         wires = [self._wire(p, placed) for p in payloads]
-        shared = {d: self._wire(p, placed) for d, p in target.shared.items()}
         request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
-                         target.where, target.time_limit, shared))
+                         target.where, target.time_limit, list(target.shared)))
         while True:
             worker = await self._pick(alone)
             call = Call(request)
@@ -220,7 +219,7 @@ class WorkerPool:
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
                     await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
-                                    request)
+                                    self._shares(worker, target.shared, placed) + request)
                     await call.done.wait()
                 except BaseException:
                     if not call.done.is_set():
@@ -236,6 +235,14 @@ class WorkerPool:
                 raise call.error
             raw, seconds = call.result
             return await self._outcomes(worker, raw), seconds
+
+    def _shares(self, worker: WorkerProcess, shared: Mapping[bytes, Payload],
+                placed: list[Packed | None]) -> bytes:
+        """The frame that gives ``worker`` the shared values it has not had yet (none if
+        it has them all): each worker gets, and decodes, a shared value once."""
+        new = {d: self._wire(p, placed) for d, p in shared.items() if d not in worker.shared}
+        worker.shared.update(new)
+        return frame(("share", new)) if new else b""
 
     @staticmethod
     def _wire(payload: Payload, placed: list[Packed | None]) -> WireValue:
@@ -272,7 +279,9 @@ class WorkerPool:
     async def drop_shared(self, digests: Sequence[bytes]) -> None:
         """Every worker forgets these shared values (their memory goes with the last)."""
         for worker in list(self._workers):
-            await self._tell(worker, ("drop", [], list(digests)))
+            if worker.shared.intersection(digests):
+                worker.shared.difference_update(digests)
+                await self._tell(worker, ("drop", [], list(digests)))
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with

@@ -53,6 +53,3 @@ class Shared:
 
     def __repr__(self) -> str:
         return f"<Shared {self.size:,} bytes, sha256 {self.digest.hex()[:16]}>"
-
-
-Shared.__module__ = "p2pcluster"  # its public name, in messages and reprs

@@ -2,7 +2,8 @@
 
 A peer runs ``batches_per_worker`` runners per worker process. Each takes a batch from the
 machine (the machine decides how many may be out, and how large each is), brings what the
-batch needs (its code from the job's owner, large arguments that stayed there), runs it in
+batch needs (its code from the job's owner, large arguments that stayed there, the shared
+values its arguments name), runs it in
 the pool, and hands the results and the worker seconds spent back to the machine. A runner
 with nothing to take waits until the work service wakes one (:meth:`Slots.wake`).
 
@@ -19,12 +20,14 @@ import trio
 
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
-from ._packed import as_bytes
+from ._errors import ProtocolError, ValueTooLarge
+from ._packed import as_bytes, uses
 from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
+from ._sharing import SharedValues
 from ._values import decode_value, encode_error
 from ._worker_main import NUMPY_UNAVAILABLE
 
@@ -46,12 +49,13 @@ class Slots:
     to the machine. ``name_of(peer)`` names a peer (for messages about limits)."""
 
     def __init__(self, machine: StealingMachine, pool: WorkerPool, code: CodeShipping,
-                 data: DataPlane, *, flush: Callable[[], None],
+                 data: DataPlane, shared: SharedValues, *, flush: Callable[[], None],
                  name_of: Callable[[bytes], str], max_value_size: int) -> None:
         self._machine = machine
         self._pool = pool
         self._code = code
         self._data = data
+        self._shared = shared
         self._flush = flush
         self._name_of = name_of
         self._limit = max_value_size
@@ -117,14 +121,27 @@ class Slots:
         items, failed = await self._data.fetch_args(spec, batch.items)
         if not items:
             return Ran(failed, None, [])
+        shared, unshared = await self._shared_values(spec, items)
+        if unshared:
+            return Ran(failed + unshared, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
-                                   time_limit=batch.time_limit)
+                                   time_limit=batch.time_limit, shared=shared)
         results = [TaskResult(item.id, o.status, as_bytes(o.payload))
                    for item, o in zip(items, ran.outcomes, strict=False)]
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
+
+    async def _shared_values(self, spec: JobSpec, items: list[TaskItem]
+                             ) -> tuple[dict[bytes, bytes], list[TaskResult]]:
+        """The shared values the tasks use; or, if they cannot be had, each task's error."""
+        try:
+            digests = {d for item in items for d in uses(item.payload)}
+            return (await self._shared.ensure(spec, digests) if digests else {}), []
+        except (ProtocolError, ValueTooLarge) as exc:
+            error = encode_error(type(exc).__name__, str(exc))
+            return {}, [TaskResult(item.id, TaskStatus.ERROR, error) for item in items]
 
     def _result_limit(self, spec: JobSpec) -> tuple[int, str]:
         """The largest result a task of ``spec`` may return, and whose limit that is."""

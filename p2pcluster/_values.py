@@ -174,7 +174,7 @@ _ACCEPTED = (
 )
 
 
-def _tag_hook(buffers: Sequence[memoryview], shared: Mapping[bytes, Payload] | None
+def _tag_hook(buffers: Sequence[memoryview], shared: Mapping[bytes, Any] | None
               ) -> Callable[[cbor2.CBORTag, bool], Any]:
     """Decodes our tags: arrays (their data in the CBOR, or buffer ``i`` of ``buffers``),
     and handles of shared values (the value itself, from ``shared``)."""
@@ -199,11 +199,11 @@ def _tag_hook(buffers: Sequence[memoryview], shared: Mapping[bytes, Payload] | N
 _PLAIN_HOOK = _tag_hook((), None)
 
 
-def _resolve(digest: Any, shared: Mapping[bytes, Payload] | None) -> Any:
+def _resolve(digest: Any, shared: Mapping[bytes, Any] | None) -> Any:
     if type(digest) is not bytes or shared is None or digest not in shared:
         raise DecodeError("a shared value the task uses did not reach this peer "
                           f"(sha256 {digest.hex()[:16] if type(digest) is bytes else '?'})")
-    return decode_value(shared[digest])
+    return shared[digest]
 
 
 def _dumps(value: Any) -> bytes:
@@ -348,11 +348,11 @@ def encode_error(type_name: str, message: str, tb: str = "") -> bytes:
     return _dumps({"type": type_name, "message": message, "traceback": tb})
 
 
-def decode_value(payload: Payload, *, shared: Mapping[bytes, Payload] | None = None) -> Any:
+def decode_value(payload: Payload, *, shared: Mapping[bytes, Any] | None = None) -> Any:
     """Decode one value; refuse odd and unknown tags with :class:`~p2pcluster.DecodeError`
     (:class:`~p2pcluster.NumPyUnavailable` for an array where NumPy is missing). The arrays
     of a packed value are its buffers themselves, not copies. ``shared`` holds the shared
-    values a call's handles name.
+    values a call's handles name, decoded.
 
     Bytes after the value go unnoticed: ``cbor2.loads`` does not report them, and it is four
     times faster than a ``CBORDecoder`` that would. The frame that carries a payload already
@@ -379,7 +379,7 @@ def decode_value(payload: Payload, *, shared: Mapping[bytes, Payload] | None = N
         raise DecodeError(f"malformed value: {exc}") from exc
 
 
-def decode_call(payload: Payload, *, shared: Mapping[bytes, Payload] | None = None
+def decode_call(payload: Payload, *, shared: Mapping[bytes, Any] | None = None
                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The inverse of :func:`encode_call`; tuples among the arguments arrive as lists, and
     each handle of a shared value as the value (from ``shared``)."""

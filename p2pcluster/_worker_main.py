@@ -26,7 +26,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import NumPyUnavailable, P2PClusterError, UnsendableResult, too_large
 from ._handoff import WireValue, open_ref, to_ref
@@ -34,7 +34,7 @@ from ._loader import load_function, remember_sources
 from ._packed import Packed, Payload
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
-from ._values import decode_call, encode_error, encode_value
+from ._values import decode_call, decode_value, encode_error, encode_value
 
 __all__ = ["NUMPY_UNAVAILABLE", "run_batch", "serve", "warm_up"]
 
@@ -46,7 +46,7 @@ Outcome = tuple[int, Payload]
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[Payload], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
-    shared: Mapping[bytes, Payload] | None = None,
+    shared: Mapping[bytes, Any] | None = None,
 ) -> tuple[list[Outcome], float]:
     """Call the function ``ref_wire`` names once per payload, in order (``shared``: the
     shared values the calls' handles name).
@@ -88,7 +88,7 @@ def warm_up() -> None:
     """A no-op that makes a fresh worker import this module (and cbor2) before any task."""
 
 
-def _call(fn: Callable[..., Any], payload: Payload, shared: Mapping[bytes, Payload] | None
+def _call(fn: Callable[..., Any], payload: Payload, shared: Mapping[bytes, Any] | None
           ) -> tuple[Outcome, bool]:
     """The task's outcome, and whether this peer cannot run its job (no NumPy)."""
     try:
@@ -185,8 +185,9 @@ def _watch_parent(parent: int) -> None:
 
 #: Results in segments of ours, by descriptor, until the peer has mapped them ("drop").
 _HELD: dict[int, Packed] = {}
-#: Shared values mapped here (read-only), by digest, until the peer drops them.
-_SHARED: dict[bytes, Payload] = {}
+#: Shared values decoded here (their arrays read-only), by digest, until the peer drops them;
+#: or the exception that decoding one raised.
+_SHARED: dict[bytes, Any] = {}
 
 
 def _answer(outcomes: list[Outcome], seconds: float) -> tuple[list[tuple[int, WireValue]],
@@ -201,19 +202,49 @@ def _answer(outcomes: list[Outcome], seconds: float) -> tuple[list[tuple[int, Wi
     return answer, seconds
 
 
+def _share(values: Mapping[bytes, WireValue]) -> None:
+    """Shared values, each decoded once, for every task that uses it."""
+    for digest, wire in values.items():
+        try:
+            _SHARED[digest] = _read_only(decode_value(open_ref(wire, access=mmap.ACCESS_READ)))
+        except Exception as exc:  # each task that uses it fails with it
+            _SHARED[digest] = _Failed(exc)
+
+
+class _Failed(NamedTuple):
+    error: Exception
+
+
+def _read_only(value: Any) -> Any:
+    """Shared arrays are seen by every task of the worker: none may change them."""
+    flags = getattr(value, "flags", None)
+    if flags is not None and hasattr(flags, "writeable"):
+        flags.writeable = False
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _read_only(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _read_only(item)
+    return value
+
+
 def _run(request: Sequence[Any]) -> tuple[list[tuple[int, WireValue]], float]:
-    _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, shared = request
+    _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests = request
+    failed = next((v.error for d in digests if isinstance(v := _SHARED.get(d), _Failed)), None)
     try:
-        for digest, wire in shared.items():
-            if digest not in _SHARED:
-                _SHARED[digest] = open_ref(wire, access=mmap.ACCESS_READ)
+        if failed is not None:
+            raise failed
         payloads = [open_ref(w) for w in wires]
+    except NumPyUnavailable as exc:
+        error = encode_error(NUMPY_UNAVAILABLE, _message(exc))
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0
     except (OSError, ValueError, P2PClusterError) as exc:  # the peer let go of them
-        error = encode_error("OSError", f"the task's arguments could not be mapped: {exc}")
+        error = encode_error(type(exc).__name__, f"the task's values could not be had: {exc}")
         return [(TaskStatus.ERROR, error)] * len(wires), 0.0
     outcomes, seconds = run_batch(
         cache_root, ref_wire, payloads, max_result=max_result, limit_where=limit_where,
-        time_limit=time_limit, shared={d: _SHARED[d] for d in shared})
+        time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED})
     return _answer(outcomes, seconds)
 
 
@@ -230,8 +261,9 @@ def serve(rfd: int, wfd: int) -> None:
     Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
     nothing from the network is unpickled). The first request is the peer's ``sys.path``;
     the worker answers it with ``"ready"``. Then each request is ``("run", cache_root,
-    ref_wire, payloads, max_result, limit_where, time_limit, shared)``, answered with
+    ref_wire, payloads, max_result, limit_where, time_limit, digests)``, answered with
     :func:`run_batch`'s outcomes (large values as :class:`~._handoff.SegmentRef`), or
+    ``("share", {digest: value})``, unanswered: shared values to decode once and keep, or
     ``("drop", fds, digests)``, unanswered: results the peer has mapped, shared values it
     no longer holds. Requests queue up in the pipe, so a worker that finishes a batch
     starts the next one without waiting for the peer.
@@ -253,6 +285,8 @@ def serve(rfd: int, wfd: int) -> None:
             _write_frame(wfd, "ready")
         elif request[0] == "drop":
             _drop(request[1], request[2])
+        elif request[0] == "share":
+            _share(request[1])
         else:
             _write_frame(wfd, _run(request))
 

@@ -64,6 +64,7 @@ class WorkerProcess:
         self.alive = True
         self.killed = False
         self.lock = trio.Lock()
+        self.shared: set[bytes] = set()  #: digests of the shared values it holds
 
     def kill(self) -> None:
         self.killed = True

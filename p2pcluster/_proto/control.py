@@ -42,7 +42,7 @@ __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",
     "Accepted", "Args", "Blob", "BlobRef", "Cancel", "Chunk", "ControlMessage", "ControlType",
     "EndReason", "Ended", "Inline", "PeerCount", "Progress", "Ref", "Reply", "Request",
-    "ResultItem", "Results", "Submit", "Value", "hello", "member_row", "welcome",
+    "ResultItem", "Results", "Share", "Submit", "Value", "hello", "member_row", "welcome",
 ]
 
 #: The version of this protocol (the peers' wire protocol has its own).
@@ -74,6 +74,7 @@ class ControlType(IntEnum):
     ENDED = 9
     REQUEST = 10
     REPLY = 11
+    SHARE = 12
 
 
 class ValueType(IntEnum):
@@ -250,6 +251,17 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Keep ``value`` (an encoded value) for tasks whose arguments name it by its SHA-256,
+    until the connection closes; numbered ``req``, answered by a :class:`Reply` whose body
+    is ``{"digest": bytes, "size": int}``."""
+
+    TYPE: ClassVar[int] = ControlType.SHARE
+    req: U64
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to request ``req``: ``body`` (a CBOR map) if ``ok``, else ``error``."""
 
@@ -261,11 +273,11 @@ class Reply:
 
 
 ControlMessage = (Blob | Chunk | Submit | Args | Cancel | Accepted | Results | Progress
-                  | Ended | Request | Reply)
+                  | Ended | Request | Reply | Share)
 
 #: Strict CBOR for the typed messages, by type code.
 CODEC = Codec({cls.TYPE: cls for cls in (Blob, Chunk, Submit, Args, Cancel, Accepted, Results,
-                                          Progress, Ended, Request, Reply)},
+                                          Progress, Ended, Request, Reply, Share)},
               version=CONTROL_VERSION, supported=frozenset({CONTROL_VERSION}))
 
 

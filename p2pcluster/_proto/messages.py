@@ -48,6 +48,7 @@ from .workmessages import (
     Code,
     FetchArgs,
     FetchCode,
+    FetchShared,
     HeldTasks,
     Holding,
     JobSpec,
@@ -198,14 +199,14 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck)
+                              ResultAck, FetchShared)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -222,6 +223,7 @@ __all__ = [
     "Dead",
     "Digest",
     "FetchArgs",
+    "FetchShared",
     "FetchCode",
     "Gossip",
     "HeldTasks",

@@ -67,6 +67,7 @@ class MessageType(IntEnum):
     VALUE_HEADER = 17
     PUSH_RESULT = 18
     RESULT_ACK = 19
+    FETCH_SHARED = 20
 
 
 class UpdateType(IntEnum):

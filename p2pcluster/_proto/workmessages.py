@@ -232,3 +232,13 @@ class ResultAck:
     TYPE: ClassVar[int] = MessageType.RESULT_ACK
     status: Annotated[int, Limit(lo=0, hi=255)]
     reason: Annotated[str, Limit(max_len=4096)]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchShared:
+    """The first message of a data stream to the peer that shared a value: send the value
+    whose SHA-256 is ``digest``. It answers with a :class:`ValueHeader` (``id`` 0; not
+    ``found`` if it no longer holds the value) and the value's bytes in raw frames."""
+
+    TYPE: ClassVar[int] = MessageType.FETCH_SHARED
+    digest: Annotated[bytes, Limit(max_len=32)]

@@ -47,3 +47,12 @@ def slow_total(arr: Any, seconds: float) -> float:
 
     time.sleep(seconds)
     return total(arr)
+
+
+def dot_row(matrix: Any, row: int) -> float:
+    """A task that uses a shared matrix: the sum of one of its rows."""
+    return float(matrix[row].sum())
+
+
+def shared_info(value: Any, extra: int) -> list[Any]:
+    return [type(value).__name__, bool(value.flags.writeable), int(value.nbytes), extra]
