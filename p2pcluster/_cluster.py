@@ -303,7 +303,7 @@ class Cluster(cf.Executor):
     async def _share(self, payload: bytes) -> Shared:
         if self._client is None:
             assert self.peer is not None
-            return self.peer.share_payload(payload)
+            return await self.peer.share_payload(payload)
         from ._control_client import DaemonError
         from ._shared import Shared
 

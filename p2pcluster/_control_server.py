@@ -256,7 +256,7 @@ class ControlSession:
     async def _share(self, share: Share) -> None:
         """Keep a value for this client's tasks (see :mod:`._sharing`)."""
         try:
-            handle = self._peer.share_payload(self._value(share.value), holder=self)
+            handle = await self._peer.share_payload(self._value(share.value), holder=self)
             reply = Reply(share.req, True, cbor2.dumps({"digest": handle.digest,
                                                        "size": handle.size}), "")
         except (_Refused, ValueTooLarge) as exc:

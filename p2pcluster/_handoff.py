@@ -23,10 +23,12 @@ import mmap
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ._packed import ALIGN, Packed, Payload
+from ._packed import ALIGN, Packed, Payload, unpack_flat
 from ._shm import Segment, available
 
-__all__ = ["SegmentRef", "WireValue", "aligned", "open_ref", "place", "to_ref"]
+__all__ = [
+    "SegmentRef", "WireValue", "aligned", "open_ref", "place", "to_ref", "wire_value",
+]
 
 
 class SegmentRef(NamedTuple):
@@ -95,3 +97,13 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
         return Packed(value.heads, views, segment=segment, offsets=value.offsets)
     segment.close()  # the mapping stays while the views live; the descriptor is not needed
     return Packed(value.heads, views)
+
+
+def wire_value(payload: Payload, placed: list[Packed | None]) -> WireValue:
+    """A value for the pipe, its large arrays in shared memory wherever it came from (a
+    value received as plain CBOR is cut first: :func:`~._packed.unpack_flat`); what must
+    stay alive until the worker has mapped it goes in ``placed``."""
+    wire, kept = to_ref(unpack_flat(payload) if isinstance(payload, bytes) else payload)
+    placed.append(kept)
+    return wire
+

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "Packed", "Payload", "Tagged", "as_bytes",
-    "decode_input", "marker", "payload_size", "split_markers", "uses", "uses_prefix",
+    "decode_input", "marker", "unpack_flat", "payload_size", "split_markers", "uses", "uses_prefix",
 ]
 
 #: Arrays of this many bytes or more travel beside the CBOR, never through the encoder.
@@ -151,6 +151,71 @@ def split_markers(data: bytes, buffers: Sequence[memoryview]) -> Packed:
         start = at + 16
     heads.append(data[start:])
     return Packed(heads, buffers)
+
+
+#: Items :func:`unpack_flat` reads at most before it gives up on a value (then it stays
+#: plain CBOR: correct, only copied once more).
+MAX_WALK = 100_000
+_TYPED_ARRAY = range(64, 88)
+_TAG_NDARRAY = 0x70327041  #: :data:`._arrays.TAG_NDARRAY` (NumPy is not imported here)
+
+
+def unpack_flat(data: bytes) -> Payload:
+    """A value received as plain CBOR, as a :class:`Packed` whose buffers are the contents
+    (views of ``data``, no copy) of its typed arrays of :data:`OUT_OF_BAND` bytes or more:
+    so that a worker process maps them instead of copying. ``data`` itself if it holds no
+    such array, or is not worth walking (more than :data:`MAX_WALK` items, or malformed:
+    the decoder will say so)."""
+    if len(data) < OUT_OF_BAND:
+        return data
+    view = memoryview(data)
+    cuts: list[tuple[int, int]] = []
+    try:
+        end = _walk(view, 0, cuts, [MAX_WALK], 0)
+    except (IndexError, ValueError, RecursionError):
+        return data
+    if end != len(data) or not cuts:
+        return data
+    heads, buffers, pos = [], [], 0
+    for start, size in cuts:
+        heads.append(bytes(view[pos:start]))
+        buffers.append(view[start:start + size])
+        pos = start + size
+    heads.append(bytes(view[pos:]))
+    return Packed(heads, buffers)
+
+
+def _walk(view: memoryview, pos: int, cuts: list[tuple[int, int]], budget: list[int],
+          context: int) -> int:
+    """Skip the item at ``pos``; record the typed-array byte strings to cut. ``context`` 1:
+    this item is a typed array's content; 2: it is a :data:`_TAG_NDARRAY`'s list."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError("too many items")
+    first = view[pos]
+    major, info = first >> 5, first & 31
+    start = pos
+    pos += 1
+    if info >= 28:
+        raise ValueError("indefinite length or reserved")
+    size = 0 if info < 24 else 1 << (info - 24)
+    n = info if info < 24 else int.from_bytes(view[pos:pos + size], "big")
+    pos += size
+    if major in (0, 1, 7):
+        return pos
+    if major in (2, 3):
+        if major == 2 and context == 1 and n >= OUT_OF_BAND and (
+                bytes(view[start:pos]) == _head(2, n)):
+            cuts.append((pos, n))
+        if pos + n > len(view):
+            raise ValueError("truncated")
+        return pos + n
+    if major == 6:
+        inner = 1 if n in _TYPED_ARRAY else 2 if n == _TAG_NDARRAY else 0
+        return _walk(view, pos, cuts, budget, inner)
+    for index in range(n if major == 4 else 2 * n):
+        pos = _walk(view, pos, cuts, budget, 1 if context == 2 and index == 3 else 0)
+    return pos
 
 
 def decode_input(heads: Sequence[bytes], sizes: Sequence[int]) -> bytes:

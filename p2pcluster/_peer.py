@@ -49,7 +49,7 @@ from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
-from ._shared import Shared
+from ._shared import Shared, digest_of
 from ._sharing import SharingStatistics
 from ._transport import Address
 from ._values import encode_shared
@@ -141,17 +141,18 @@ class Peer:
         """Share ``value`` with the cluster; pass the handle in task arguments, and each
         task gets the value itself. Every peer fetches it once (``docs/jobs.md``, "Shared
         inputs"); this peer keeps it until it closes."""
-        await trio.lowlevel.checkpoint()
-        return self.share_payload(as_bytes(encode_shared(value)))
+        payload = await trio.to_thread.run_sync(lambda: as_bytes(encode_shared(value)))
+        return await self.share_payload(payload)
 
-    def share_payload(self, payload: bytes, holder: object = None) -> Shared:
+    async def share_payload(self, payload: bytes, holder: object = None) -> Shared:
         """Keep an encoded value for ``holder`` (see :meth:`share`) until
         :meth:`release_shared`; raises :class:`~p2pcluster.ValueTooLarge` over the limit."""
         limit = self._config.max_value_size
         if len(payload) > limit:
             raise ValueTooLarge(too_large("the value to share", len(payload), limit,
                                           f"peer {self.me.name}"))
-        return self._work.shared.add(payload, holder)
+        digest = await trio.to_thread.run_sync(digest_of, payload)
+        return self._work.shared.add(payload, holder, digest)
 
     def release_shared(self, holder: object) -> None:
         """``holder`` is gone: the values only it shared go."""

@@ -45,18 +45,19 @@ import contextlib
 import math
 import pickle
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import trio
 
 from ._errors import P2PClusterError
 from ._fastwrite import write_all
-from ._handoff import SegmentRef, WireValue, open_ref, to_ref
+from ._handoff import SegmentRef, WireValue, open_ref, wire_value
 from ._packed import Packed, Payload
+from ._poolshare import SharedWires
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import encode_error
@@ -82,6 +83,7 @@ MAX_CRASHES = 3
 GRACE_PERIOD = 0.5
 #: Calls queued on one worker at most (the running one and the next).
 MAX_QUEUED = 2
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,7 @@ class WorkerPool:
         self._cache_root = str(cache_root)
         self._nursery = nursery
         self._workers: list[WorkerProcess] = []
+        self._shared = SharedWires()  #: shared values, in shared memory for the workers
         self._changed = trio.Event()
         self._closing = False
         self._batches = self._tasks = self._crashes = self._timeouts = self._poisoned = 0
@@ -209,17 +212,21 @@ class WorkerPool:
         A timed call's clock starts once it has a started worker to itself.
         """
         placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
-        wires = [self._wire(p, placed) for p in payloads]
+        wires = await _off_loop(lambda: [wire_value(p, placed) for p in payloads],
+                               sum(map(len, payloads)))
         request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
                          target.where, target.time_limit, list(target.shared)))
         while True:
+            await self._shared.ready(target.shared)
             worker = await self._pick(alone)
+            # From here to the write, no checkpoint: calls reach the pipe in pending's order.
+            shares = self._shared.for_worker(worker.shared, target.shared)
             call = Call(request)
             worker.pending.append(call)
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
                     await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
-                                    self._shares(worker, target.shared, placed) + request)
+                                    (frame(("share", shares)) if shares else b"") + request)
                     await call.done.wait()
                 except BaseException:
                     if not call.done.is_set():
@@ -235,20 +242,6 @@ class WorkerPool:
                 raise call.error
             raw, seconds = call.result
             return await self._outcomes(worker, raw), seconds
-
-    def _shares(self, worker: WorkerProcess, shared: Mapping[bytes, Payload],
-                placed: list[Packed | None]) -> bytes:
-        """The frame that gives ``worker`` the shared values it has not had yet (none if
-        it has them all): each worker gets, and decodes, a shared value once."""
-        new = {d: self._wire(p, placed) for d, p in shared.items() if d not in worker.shared}
-        worker.shared.update(new)
-        return frame(("share", new)) if new else b""
-
-    @staticmethod
-    def _wire(payload: Payload, placed: list[Packed | None]) -> WireValue:
-        wire, kept = to_ref(payload)
-        placed.append(kept)
-        return wire
 
     async def _outcomes(self, worker: WorkerProcess, raw: list[tuple[int, WireValue]]
                         ) -> list[Outcome]:
@@ -278,6 +271,7 @@ class WorkerPool:
 
     async def drop_shared(self, digests: Sequence[bytes]) -> None:
         """Every worker forgets these shared values (their memory goes with the last)."""
+        self._shared.drop(digests)
         for worker in list(self._workers):
             if worker.shared.intersection(digests):
                 worker.shared.difference_update(digests)
@@ -395,3 +389,9 @@ async def open_worker_pool(workers: int, cache_root: Path) -> AsyncIterator[Work
             yield pool
         finally:
             await pool.aclose()
+
+
+async def _off_loop(fn: Callable[[], T], size: int) -> T:
+    """``fn()``, in a thread when it handles ``size`` bytes or more (placing hundreds of
+    megabytes in shared memory takes a while: the trio loop must not wait for it)."""
+    return await trio.to_thread.run_sync(fn) if size >= 4 * 1024 * 1024 else fn()

@@ -85,9 +85,11 @@ class SharedValues:
 
     # --- as the owner -----------------------------------------------------------------------
 
-    def add(self, payload: bytes, holder: object = None) -> Shared:
-        """Keep ``payload`` (an encoded value) for ``holder`` until :meth:`release`."""
-        digest = digest_of(payload)
+    def add(self, payload: bytes, holder: object = None, digest: bytes | None = None
+            ) -> Shared:
+        """Keep ``payload`` (an encoded value whose SHA-256 is ``digest``, computed if not
+        given) for ``holder`` until :meth:`release`."""
+        digest = digest or digest_of(payload)
         self._owned.setdefault(digest, payload)
         self._holders.setdefault(digest, set()).add(holder)
         return Shared(digest, len(payload))
@@ -179,10 +181,17 @@ class SharedValues:
                 if header.size > self._limit:  # refused unread: nothing is buffered
                     raise ValueTooLarge(too_large(what, header.size, self._limit,
                                                   f"peer {self._name}"))
-                payload = bytes(await receive_value(stream, header.size))
+                value = await receive_value(stream, header.size)
         except (OSError, trio.BrokenResourceError) as exc:
             raise ProtocolError(f"{what}: fetching it from {address[0]}:{address[1]} "
                                 f"failed: {exc}") from None
-        if digest_of(payload) != digest:
+        payload, actual = await trio.to_thread.run_sync(_bytes_and_digest, value)
+        if actual != digest:
             raise ProtocolError(f"{what}: the bytes received do not match its digest")
         return payload
+
+
+def _bytes_and_digest(value: bytearray) -> tuple[bytes, bytes]:
+    """(In a thread: a copy and a hash of hundreds of megabytes take a while.)"""
+    payload = bytes(value)
+    return payload, digest_of(payload)
