@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from p2pcluster import Cluster, Config, SubmitError, TaskError, ValueTooLarge  # noqa: E402
+from p2pcluster._control_client import request_daemon  # noqa: E402
 from p2pcluster._jobs import JobResult, encode_args, unpack  # noqa: E402
 from p2pcluster._peer import open_peer  # noqa: E402
 from p2pcluster._secret import new_secret, write_secret_file  # noqa: E402
@@ -173,19 +175,32 @@ def test_an_array_over_the_budget_is_refused_before_it_travels(secret: Path, tmp
 def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`p2pcluster join`, and a Cluster that submits through its control socket."""
-    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as daemon, \
-            Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
-        assert c.via_daemon
-        rng = np.random.default_rng(7)
-        values = [rng.standard_normal(n) for n in (10, 100_000, 1_000_000)]
-        assert list(c.map(arrayfuncs.total, values, timeout=WAIT)) == [
-            float(np.sum(v)) for v in values]
-        big = np.asfortranarray(rng.integers(0, 1000, (1500, 1000), dtype=np.int32))
-        back = c.submit(arrayfuncs.echo, big).result(timeout=WAIT)
-        assert same(back, big) and back.flags.f_contiguous
-        assert same(c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT),
-                    np.arange(2_000_000, dtype=np.float64) + 5)
-        daemon.check_alive()
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as daemon:
+        with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
+            assert c.via_daemon
+            rng = np.random.default_rng(7)
+            values = [rng.standard_normal(n) for n in (10, 100_000, 1_000_000)]
+            assert list(c.map(arrayfuncs.total, values, timeout=WAIT)) == [
+                float(np.sum(v)) for v in values]
+            big = np.asfortranarray(rng.integers(0, 1000, (1500, 1000), dtype=np.int32))
+            back = c.submit(arrayfuncs.echo, big).result(timeout=WAIT)
+            assert same(back, big) and back.flags.f_contiguous
+            assert same(c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT),
+                        np.arange(2_000_000, dtype=np.float64) + 5)
+            matrix = rng.standard_normal((1000, 500))
+            handle = c.share(matrix)
+            assert c.share(matrix) is handle  # shared already: nothing is sent again
+            assert list(c.map(arrayfuncs.dot_row, [handle] * 20, range(20), timeout=WAIT)) == [
+                float(matrix[i].sum()) for i in range(20)]
+            status = trio.run(request_daemon, daemon.control, "status")
+            assert status["sharing"]["owned"] == 1
+            assert status["sharing"]["owned_bytes"] == handle.size
+            daemon.check_alive()
+        # The client is gone: so is what it shared.
+        deadline = time.monotonic() + WAIT
+        while trio.run(request_daemon, daemon.control, "status")["sharing"]["owned"]:
+            assert time.monotonic() < deadline, "the daemon kept what the client shared"
+            time.sleep(0.05)
 
 
 def test_a_peer_without_numpy_fails_one_task_and_takes_no_more_of_the_job(
@@ -234,3 +249,82 @@ async def _owner_runs_a_job_of_arrays(cfg: Config) -> list[JobResult]:
                 job.listeners.append(results.extend)
                 await job.wait()
         return results
+
+
+# --- shared values -----------------------------------------------------------------------------
+
+
+async def _until(predicate: Any, what: str, timeout: float = WAIT) -> None:
+    try:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.02)
+    except trio.TooSlowError:
+        pytest.fail(f"{what}: not within {timeout} s")
+
+
+def _alive(peer: Any) -> set[str]:
+    return {m.name for m in peer.members() if m.alive}
+
+
+async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    cluster = unique_cluster()
+    matrix = np.random.default_rng(3).standard_normal((1000, 1000))  # 8 MB
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=2, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            handle = await a.share(matrix)
+            assert await a.share(matrix.copy()) == handle  # the same bytes: the same value
+            with trio.fail_after(WAIT):
+                sums = await a.map(arrayfuncs.dot_row, [handle] * 64, range(64))
+                info = await a.run(arrayfuncs.shared_info, handle, 1)
+            assert sums == [float(matrix[i].sum()) for i in range(64)]
+            assert info == ["ndarray", False, matrix.nbytes, 1]  # read-only in the task
+            owner, runner = a.statistics().sharing, b.statistics().sharing
+            assert (owner.owned, owner.owned_bytes) == (1, handle.size)
+            assert owner.served == 2 and owner.served_bytes == 2 * handle.size  # two jobs
+            assert runner.fetches == 2 and runner.fetched_bytes == 2 * handle.size
+            await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
+
+
+async def test_a_peer_that_joins_mid_job_fetches_the_value_and_the_owner_leaving_frees_it(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    cluster = unique_cluster()
+    matrix = np.random.default_rng(4).standard_normal((500, 1000))
+    async with open_peer(config(secret, cluster, node_name="b", workers=1),
+                         include=[ARRAYFUNCS]) as b:
+        seed = (f"127.0.0.1:{b.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="a", workers=0, seeds=seed),
+                             include=[ARRAYFUNCS]) as a:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            handle = await a.share(matrix)
+            payloads = [encode_args((handle, 0.1), {}) for _ in range(40)]
+            results: list[JobResult] = []
+            async with a.open_job(a.request(arrayfuncs.slow_total, payloads)) as job:
+                job.listeners.append(results.extend)
+                await _until(lambda: b.statistics().sharing.fetches == 1, "b fetched it")
+                async with open_peer(config(secret, cluster, node_name="c", workers=1,
+                                            seeds=seed), include=[ARRAYFUNCS]) as c:
+                    with trio.fail_after(WAIT):
+                        await job.wait()
+                    assert {r.peer for r in results} == {"b", "c"}
+                    assert all(unpack(r.status, r.payload, r.peer) == float(matrix.sum())
+                               for r in results)
+                    assert c.statistics().sharing.fetches == 1
+                    assert c.statistics().sharing.fetched_bytes == handle.size
+                    # A second job: the value is cached again where it runs, until the
+                    # owner leaves (cancelling its jobs).
+                    more = [encode_args((handle, 5.0), {}) for _ in range(4)]
+                    job2 = a.submit(a.request(arrayfuncs.slow_total, more))
+                    await _until(lambda: b.statistics().sharing.cached == 1, "b caches it")
+                    del job2
+        # a has left: b let go of the value it had fetched from a.
+        await _until(lambda: b.statistics().sharing.cached == 0, "b freed a's value")
