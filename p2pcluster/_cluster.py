@@ -310,7 +310,9 @@ class Cluster(cf.Executor):
         try:
             answer = await self._client.request("share", value=payload)
         except DaemonError as exc:
-            raise ValueTooLarge(str(exc)) from None
+            if "over the limit" in str(exc):  # the daemon's max_value_size
+                raise ValueTooLarge(str(exc)) from None
+            raise
         return Shared(answer["digest"], answer["size"])
 
     def _in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -170,6 +170,10 @@ def test_an_array_over_the_budget_is_refused_before_it_travels(secret: Path, tmp
         assert failed.value.type_name == "ValueTooLarge"
         assert "the result of ramp: 1,600,0" in failed.value.remote_message
         assert "max_value_size" in failed.value.remote_message
+        with pytest.raises(ValueTooLarge) as info:
+            c.share(np.zeros(200_000))
+        assert "the value to share: 1,600,0" in str(info.value)
+        assert "over the limit of 1,048,576 bytes" in str(info.value)
 
 
 def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
