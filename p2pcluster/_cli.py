@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._errors import P2PClusterError
+from ._secret_cli import add_secret_command
 from ._version import __version__
 
 EXIT_OK = 0
@@ -22,17 +22,6 @@ _DESCRIPTION = """\
 A peer-to-peer compute cluster for a LAN. Run `p2pcluster join` on each machine; the peers
 find each other over mDNS, and any of them can run work on all of them with `p2pcluster run`.
 Every peer must hold the same cluster secret: see `p2pcluster secret --help`."""
-
-_SECRET_EPILOG = """\
-examples:
-  p2pcluster secret                      print the secret (created on first use)
-  p2pcluster secret | ssh lab2 p2pcluster secret --import
-                                         give another machine the same secret
-  p2pcluster secret --new                rotate: a new current secret, old ones still accepted
-
-The secret lives in $XDG_CONFIG_HOME/p2pcluster/secret (mode 0600). P2PCLUSTER_SECRET
-(the secret itself) or --secret-file override it. Anyone holding it can run code on every
-peer of the cluster: share it only over a secure channel."""
 
 _JOIN_EPILOG = """\
 examples:
@@ -63,20 +52,29 @@ bytes, lists, dicts, sets, datetimes, Decimals... (see docs/jobs.md).
 
 examples:
   p2pcluster run examples/pi.py                  estimate pi on every peer
-  p2pcluster run job.py 1000 --include mylib/    ship the package mylib with the job
+  p2pcluster run job.py 1000 --include data/     ship a data directory with the job
+  p2pcluster run --requires gpu job.py           run the tasks only on peers tagged gpu
   p2pcluster run job.py --quiet > result.json    the result alone; stderr only for errors
 
 Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
 cluster. Without one, `run` starts an ephemeral peer here (its workers start at once) and
 joins any peers it finds over mDNS: it names them as soon as it finds one, and says it is
-alone only after looking for a whole second (a job done sooner gets no such line). A failing
+alone only after looking for a whole second (a job done sooner gets no such line).
+
+The modules and packages job.py imports from its own directory (or from any directory that
+is neither the standard library nor an installed distribution) ship with it by themselves;
+a line on stderr lists them. Tasks go only to peers with this Python's minor version and
+every installed distribution the job imports at the same minor version (exactly, with
+--strict-versions); a line on stderr names each peer left out, and why. A failing
 task prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
 
 _MEMBERS_EPILOG = """\
 Asks the peer running on this machine (started with `p2pcluster join`) for its view of the
 cluster. STATE is alive, suspect (missed probes; it may yet answer), dead or left; AGE is
 the time since the state last changed. Peers that left or died more than 10 minutes ago are
-hidden (the last line says how many), in the table and in --json, unless --all is given."""
+hidden (the last line says how many), in the table and in --json, unless --all is given.
+--versions asks every live peer for its Python, platform and the versions of p2pcluster's
+dependencies (and of each --package NAME), and prints what differs between them."""
 
 
 def _add_local_options(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +100,10 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_MEMBERS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_local_options(members)
     members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    members.add_argument("--versions", action="store_true",
+                         help="compare the peers' Python, platform and package versions")
+    members.add_argument("--package", action="append", default=[], metavar="NAME",
+                         help="with --versions: a distribution to compare too (repeatable)")
     members.add_argument("--all", action="store_true",
                          help="also list the peers that left or died more than 10 minutes ago")
     members.set_defaults(handler=_cmd_members)
@@ -110,7 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Ask the peer running on this machine to leave the cluster and exit.")
     _add_local_options(leave)
     leave.set_defaults(handler=_cmd_leave)
-    _add_secret(commands)
+    add_secret_command(commands)
     return parser
 
 
@@ -156,7 +158,13 @@ def _add_run(commands: Any) -> None:
     _add_local_options(run)
     run.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
     run.add_argument("--include", action="append", default=[], metavar="PATH",
-                     help="a file or package to ship with the job (repeatable)")
+                     help="a file or package to ship with the job, beyond the modules its "
+                          "imports ship by themselves (repeatable)")
+    run.add_argument("--requires", action="append", default=[], metavar="TAG",
+                     help="run the tasks only on peers with this tag (repeatable)")
+    run.add_argument("--strict-versions", action="store_true",
+                     help="run the tasks only where Python and the distributions the job "
+                          "imports have exactly this machine's versions")
     run.add_argument("--workers", type=int, metavar="N",
                      help="worker processes of an ephemeral peer (default: the CPU count)")
     daemon = run.add_mutually_exclusive_group()
@@ -176,23 +184,6 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="log level on stderr (default: warning; error with --quiet)")
     run.set_defaults(handler=_cmd_run)
-
-
-def _add_secret(commands: Any) -> None:
-    secret = commands.add_parser(
-        "secret", help="print, create, rotate or import the cluster secret",
-        description="Print the cluster secret, creating it on first use.",
-        epilog=_SECRET_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    action = secret.add_mutually_exclusive_group()
-    action.add_argument("--new", action="store_true",
-                        help="rotate: make a new current secret and keep the old ones accepted")
-    action.add_argument("--import", dest="import_", action="store_true",
-                        help="read a secret from standard input and make it current")
-    action.add_argument("--path", action="store_true", help="print the secret file's path")
-    secret.add_argument("--secret-file", metavar="PATH",
-                        help="use this file instead of the per-user default")
-    secret.set_defaults(handler=_cmd_secret)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -215,6 +206,8 @@ def _config(args: argparse.Namespace) -> Any:
         changes["tags"] = tuple(args.tag)
     if getattr(args, "no_mdns", False):
         changes["mdns"] = False
+    if getattr(args, "strict_versions", False):
+        changes["strict_versions"] = True
     return Config.load(preset=getattr(args, "preset", "lan"),
                        toml=getattr(args, "config", None), **changes)
 
@@ -246,34 +239,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     daemon = False if args.local else (True if args.daemon else None)
     return run_job_file(args.job, args.args, config=config,
                         control=Path(args.control) if args.control else None, daemon=daemon,
-                        include=args.include, quiet=args.quiet)
+                        include=args.include, quiet=args.quiet, requires=args.requires)
 
 
 def _ask(args: argparse.Namespace, op: str, **body: Any) -> dict[str, Any]:
-    import trio
+    from ._ask import ask_daemon
 
-    from ._control import NoDaemon
-    from ._control_client import request_daemon
-
-    cluster = args.cluster or os.environ.get("P2PCLUSTER_CLUSTER") or "default"
-    path = _control_path(args, cluster)
-    try:
-        return trio.run(lambda: request_daemon(path, op, **body))
-    except NoDaemon:
-        raise P2PClusterError(
-            f"no p2pcluster peer is running for cluster {cluster!r} on this machine (no "
-            f"control socket at {path}); start one with `p2pcluster join`") from None
-    except trio.TooSlowError:
-        raise P2PClusterError(f"the peer at {path} did not answer within 10 s") from None
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return ask_daemon(args.cluster, args.control, op, **body)
 
 
 #: Seconds after which `members` hides a peer that left or died, unless ``--all``.
@@ -281,6 +253,11 @@ DEPARTED_HIDDEN_AFTER = 600.0
 
 
 def _cmd_members(args: argparse.Namespace) -> int:
+    if args.versions:
+        from ._tables import print_versions
+
+        return print_versions(_ask(args, "versions", packages=args.package),
+                              as_json=args.json)
     answer = _ask(args, "members")
     rows = sorted(answer["members"], key=lambda r: (r["status"] != "alive", r["name"]))
     shown = rows if args.all else [r for r in rows if not _long_departed(r)]
@@ -289,7 +266,9 @@ def _cmd_members(args: argparse.Namespace) -> int:
         print(json.dumps({"cluster": answer["cluster"], "self": answer["self"],
                           "members": shown, "hidden": hidden}, indent=2))
         return EXIT_OK
-    _print_members(shown, answer["self"])
+    from ._tables import print_members
+
+    print_members(shown, answer["self"])
     alive = sum(r["status"] == "alive" for r in rows)
     print(f"\ncluster {answer['cluster']!r}: {alive} alive of {len(rows)} known (* this peer)")
     if hidden:
@@ -303,50 +282,9 @@ def _long_departed(row: dict[str, Any]) -> bool:
     return row["status"] in ("left", "dead") and row["age"] > DEPARTED_HIDDEN_AFTER
 
 
-def _print_members(rows: list[dict[str, Any]], self_id: str) -> None:
-    header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE")
-    table = [header] + [
-        (r["name"] + (" *" if r["id"] == self_id else ""), f"{r['host']}:{r['port']}",
-         r["status"], str(r["incarnation"]), str(r["workers"]), str(r["queue"]),
-         _age(r["age"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
-
-
 def _cmd_leave(args: argparse.Namespace) -> int:
     answer = _ask(args, "leave")
     print(f"peer {answer['name']} is leaving the cluster", file=sys.stderr)
-    return EXIT_OK
-
-
-def _cmd_secret(args: argparse.Namespace) -> int:
-    from . import _secret
-
-    path = Path(args.secret_file) if args.secret_file else _secret.default_secret_path()
-    if args.path:
-        print(path)
-        return EXIT_OK
-    if (args.new or args.import_) and _secret.ENV_VAR in os.environ:
-        raise P2PClusterError(
-            f"{_secret.ENV_VAR} is set, so the secret file is not used; unset it to "
-            "rotate or import"
-        )
-    if args.new:
-        current = _secret.rotate_secret_file(path)[0]
-        print(f"rotated: new current secret in {path}; older ones are still accepted. "
-              "Import it on every machine, then restart the peers.", file=sys.stderr)
-    elif args.import_:
-        current = _secret.import_secret(path, sys.stdin.read())[0]
-        print(f"imported the secret into {path}", file=sys.stderr)
-    else:
-        existed = path.exists()
-        source = _secret.load_secrets(secret_file=args.secret_file, create=True)
-        if not existed and source.path is not None:
-            print(f"created a new cluster secret in {path}", file=sys.stderr)
-        current = source.secrets[0]
-    print(_secret.encode_secret(current))
     return EXIT_OK
 
 

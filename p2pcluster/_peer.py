@@ -37,7 +37,7 @@ import trio
 from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
-from ._errors import P2PClusterError, ValueTooLarge, too_large
+from ._errors import ClusterError, P2PClusterError, ValueTooLarge, too_large
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
@@ -47,12 +47,14 @@ from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
+from ._rejections import Rejections
 from ._runner import Runner, open_runner
-from ._secret import load_secrets
+from ._secret import SecretSource, load_secrets
 from ._shared import Shared, digest_of
 from ._sharing import SharingStatistics
 from ._transport import Address
 from ._values import encode_shared
+from ._versions import gather_versions
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -158,7 +160,17 @@ class Peer:
         """``holder`` is gone: the values only it shared go."""
         self._work.shared.release(holder)
 
-    def take_rejected(self) -> dict[str, int]:
+    async def reload_secrets(self) -> SecretSource:
+        """Read the cluster secrets again (``Config.secret_file``, or ``P2PCLUSTER_SECRET``)
+        and switch this peer's keyring to them: seal with the first, accept them all. On
+        :class:`~p2pcluster.SecretError` the keys in use stay. Streams already open keep
+        their session keys."""
+        source = await trio.to_thread.run_sync(partial(
+            load_secrets, secret_file=self._config.secret_file))
+        self._runner.set_keyring(Keyring.from_secrets(source.secrets, self._config.cluster))
+        return source
+
+    def take_rejected(self) -> Rejections:
         """Hosts whose traffic failed authentication since the last call, with counts."""
         return self._runner.take_rejected()
 
@@ -170,35 +182,52 @@ class Peer:
         """For a job owned here: unfinished task index -> the peer believed to hold it."""
         return self._work.holders(job)
 
+    async def versions(self, peers: Sequence[tuple[bytes, str]],
+                       packages: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Ask ``peers`` (id, name) for their Python and installed versions (see
+        :func:`~._versions.gather_versions`)."""
+        return await gather_versions(self._work.versions, peers, packages)
+
     # --- work -------------------------------------------------------------------------------
 
     def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
-                timeout: float | None = None, chunksize: int | None = None) -> JobRequest:
-        """A job for ``fn`` over encoded calls, checked here (see :class:`CodeRegistry`)."""
+                timeout: float | None = None, chunksize: int | None = None,
+                requires: Iterable[str] = ()) -> JobRequest:
+        """A job for ``fn`` over encoded calls, checked here (see :class:`CodeRegistry`);
+        its tasks go only to peers with every tag in ``requires``."""
         return self._registry.request(fn, payloads, timeout=timeout, chunksize=chunksize,
-                                      max_value_size=self._config.max_value_size)
+                                      max_value_size=self._config.max_value_size,
+                                      requires=requires)
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
-                  **kwargs: Any) -> Any:
+                  requires: Iterable[str] = (), **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
-        :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds."""
-        request = self.request(fn, [encode_args(args, kwargs)], timeout=timeout)
+        :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds;
+        ``requires`` names the tags the peer must have."""
+        request = self.request(fn, [encode_args(args, kwargs)], timeout=timeout,
+                               requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await job.wait()
+        _check_failure(job)
         return unpack(*results[0][1:])
 
     async def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-                  timeout: float | None = None, chunksize: int | None = None) -> list[Any]:
+                  timeout: float | None = None, chunksize: int | None = None,
+                  requires: Iterable[str] = ()) -> list[Any]:
         """``[fn(*xs) for xs in zip(*iterables)]``, across the cluster, in order.
 
-        The first task error is raised (after the job is cancelled). ``timeout`` is per task.
+        The first task error is raised (after the job is cancelled). ``timeout`` is per task;
+        ``requires`` names the tags a peer must have to run the tasks (they wait while no
+        live peer has them). A :class:`~p2pcluster.ClusterError` if no live peer can run
+        them (their Python or distributions differ from this process's).
         """
         request = self.request(fn, encode_map_args(iterables), timeout=timeout,
-                               chunksize=chunksize)
+                               chunksize=chunksize, requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await _wait_or_first_error(job)
+            _check_failure(job)
             first_error = next((i for i in sorted(results) if results[i].status), None)
             if first_error is not None:
                 unpack(*results[first_error][1:])
@@ -240,6 +269,11 @@ class Peer:
         ``max_value_size`` lowers this peer's limit on the job's results (a client that
         takes less)."""
         return self._work.submit(request, max_value_size=max_value_size)
+
+
+def _check_failure(job: Job) -> None:
+    if job.failure:
+        raise ClusterError(job.failure)
 
 
 def _collect(job: Job) -> dict[int, JobResult]:
@@ -308,7 +342,9 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
                     address=place.mdns_address))
             try:
                 yield Peer(config, runner, membership, work, workers=workers, how=place.how,
-                           registry=registry or CodeRegistry(include))
+                           registry=registry or CodeRegistry(
+                               include, auto_limit=config.auto_include_limit,
+                               strict=config.strict_versions))
             finally:
                 discovery.cancel()  # the mDNS goodbye goes out while we tell the peers
                 with trio.CancelScope(shield=True):
@@ -344,7 +380,9 @@ async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) ->
 
 
 def _first_meta(config: Config, workers: int, started: int) -> bytes:
+    from ._environment import environment_meta
     from ._proto.meta import NodeMeta
     from ._version import __version__
 
-    return NodeMeta(workers, 0, config.tags, __version__, started).encode()
+    return NodeMeta(workers, 0, config.tags, __version__, started,
+                    *environment_meta()).encode()

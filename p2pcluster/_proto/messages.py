@@ -49,6 +49,7 @@ from .workmessages import (
     FetchArgs,
     FetchCode,
     FetchShared,
+    FetchVersions,
     HeldTasks,
     Holding,
     JobSpec,
@@ -62,6 +63,7 @@ from .workmessages import (
     TaskResult,
     TasksMoved,
     ValueHeader,
+    Versions,
     WorkAvailable,
 )
 
@@ -199,14 +201,15 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared | FetchVersions
+           | Versions)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck, FetchShared)
+                              ResultAck, FetchShared, FetchVersions, Versions)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -225,6 +228,7 @@ __all__ = [
     "FetchArgs",
     "FetchShared",
     "FetchCode",
+    "FetchVersions",
     "Gossip",
     "HeldTasks",
     "Holding",
@@ -273,6 +277,7 @@ __all__ = [
     "UpdateType",
     "Updates",
     "ValueHeader",
+    "Versions",
     "WORK_MESSAGES",
     "WorkAvailable",
     "WorkMessage",
