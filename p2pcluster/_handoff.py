@@ -20,14 +20,17 @@ Without memfds (not Linux) a packed value crosses the pipe as its plain CBOR ins
 from __future__ import annotations
 
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from ._errors import ProtocolError
 from ._packed import ALIGN, Packed, Payload, unpack_flat
+from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available
 
 __all__ = [
-    "SegmentRef", "WireValue", "aligned", "open_ref", "place", "to_ref", "wire_value",
+    "SegmentRef", "WireValue", "aligned", "open_ref", "open_results", "place", "to_ref",
+    "wire_value",
 ]
 
 
@@ -107,3 +110,20 @@ def wire_value(payload: Payload, placed: list[Packed | None]) -> WireValue:
     placed.append(kept)
     return wire
 
+
+def open_results(raw: Sequence[tuple[int, WireValue]], error: Callable[[str, str], bytes]
+                 ) -> tuple[list[tuple[int, Payload]], list[int]]:
+    """A worker's outcomes with each large result mapped here (keeping its descriptor), and
+    the worker's descriptors of those, which it may now close. A result whose segment is
+    gone (the worker died right after answering) becomes an error made by ``error``."""
+    outcomes: list[tuple[int, Payload]] = []
+    mapped = []
+    for status, wire in raw:
+        try:
+            outcomes.append((status, open_ref(wire, keep=True)))
+        except (OSError, ProtocolError) as exc:
+            outcomes.append((TaskStatus.ERROR, error(
+                "OSError", f"the result was lost with its worker process: {exc}")))
+        if isinstance(wire, SegmentRef):
+            mapped.append(wire.fd)
+    return outcomes, mapped

@@ -2,38 +2,37 @@
 
 Each worker is a process of its own (``python -m p2pcluster._worker_main``) that reads batch
 requests from a pipe and writes the answers to another, in order. The peer may queue a second
-request behind the running one (the peer runs two calls per worker when it has plenty of
-work): a worker that finishes a batch starts the next at once, without waiting for the peer's
-process to be scheduled. On a loaded machine that wait is the whole difference between
-0.85 and 0.97 of the ideal throughput for 50 ms tasks (waking a sleeping process takes
-milliseconds on a busy virtual machine).
+request behind the running one (two calls per worker when it has plenty of work): a worker
+that finishes a batch starts the next at once, without waiting for the peer's process to be
+scheduled, which on a loaded machine makes 0.97 of the ideal throughput for 50 ms tasks
+instead of 0.85. Large values cross through shared memory, not the pipe (:mod:`._handoff`).
 
 - **Batches.** :meth:`WorkerPool.run` sends a whole batch to one worker in one round trip, so
   tiny tasks cost microseconds, not a pipe round trip each.
 - **Poison tasks.** When a worker dies in a batch, the batch is re-run one task at a time to
-  find the culprit; the others complete normally. A task that has killed
-  :data:`MAX_CRASHES` workers on its own is ``TaskStatus.POISON`` and is not run again. The
-  crash of the whole batch is attributed to no one, so every task gets :data:`MAX_CRASHES`
-  tries alone. Tasks of the batch that ran before the crash run again: execution is at least
-  once. A call queued behind the one that crashed did not run: it is sent again to a live
-  worker, without counting a crash.
+  find the culprit; the others complete normally. A task that has killed :data:`MAX_CRASHES`
+  workers on its own is ``TaskStatus.POISON`` and is not run again (the crash of the whole
+  batch is attributed to no one). Tasks of the batch that ran before the crash run again:
+  execution is at least once. A call queued behind the one that crashed is sent again to a
+  live worker, without counting a crash.
 - **Timeouts.** With ``timeout``, each task runs alone, on a started worker with nothing else
-  queued (a batch cannot be timed per task), and its worker is killed when time is up: the
-  outcome is ``TaskStatus.TIMEOUT``. Killing, rather than interrupting the task inside a
-  worker that lives on, is the only way to stop C code and to be sure no half-updated state
-  survives; the price is a process start-up (0.2 to 1 s) for that worker, which happens
-  before the next timed task's clock starts.
+  queued, and its worker is killed when time is up: ``TaskStatus.TIMEOUT``. Killing, rather
+  than interrupting the task in a worker that lives on, is the only way to stop C code and to
+  be sure no half-updated state survives; the price is a process start-up (0.2 to 1 s), before
+  the next timed task's clock starts.
 - **Cancellation.** A request cannot be taken back from a pipe: cancelling a call kills its
   worker (the other call queued on it is sent again elsewhere) and a new one starts.
+- **Forks.** Each worker leads a process group of its own, and a task's children are in it:
+  a kill (timeout, cancellation, the pool's exit) is a ``SIGKILL`` to the whole group. A
+  worker is dead when its process exits, whoever still holds its pipes (a child that
+  called ``setsid`` escapes the group, but not this).
 
 Lifetime: no worker outlives the ``async with`` of :func:`open_worker_pool`: at exit the
-request pipes close, idle workers exit, busy ones are killed. If the peer process itself is
-killed, each worker notices within half a second (its parent changes) and exits, even in the
-middle of a task.
+request pipes close, idle workers exit, busy ones are killed. If the peer process is killed,
+each worker notices within half a second (its parent changes) and exits, even mid-task.
 
-Ctrl-C: workers start in a session of their own and ignore ``SIGINT``, so the signal a terminal
-sends to its foreground process group reaches only the peer, which cancels its calls and kills
-the busy workers. No worker prints anything.
+Ctrl-C: workers start in a session of their own and ignore ``SIGINT``, so a terminal's signal
+reaches only the peer, which cancels its calls and kills the busy workers.
 
 The workers put the peer's ``sys.path`` in front of their own, so a module the peer can import
 from its working directory or its path, the workers can too, as with ``multiprocessing``.
@@ -41,25 +40,25 @@ from its working directory or its path, the workers can too, as with ``multiproc
 
 from __future__ import annotations
 
-import contextlib
 import math
 import pickle
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import trio
 
-from ._errors import P2PClusterError
 from ._fastwrite import write_all
-from ._handoff import SegmentRef, WireValue, open_ref, wire_value
+from ._handoff import wire_value
 from ._packed import Packed, Payload
-from ._poolshare import SharedWires
+from ._poolshare import SharedWires, mapped_outcomes, off_loop
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
+from ._tasklog import log_task_output
+from ._taskoutput import TaskLabels
 from ._values import encode_error
 from ._workerproc import (
     Call,
@@ -83,13 +82,13 @@ MAX_CRASHES = 3
 GRACE_PERIOD = 0.5
 #: Calls queued on one worker at most (the running one and the next).
 MAX_QUEUED = 2
-T = TypeVar("T")
+#: Seconds the pool reads a dead worker's pipe for answers it wrote before it exited.
+DRAIN = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload
-    (a large one packed, its buffers in shared memory)."""
+    """One task's result: its ``TaskStatus`` and its CBOR payload (a large one packed)."""
 
     status: int
     payload: Payload
@@ -132,8 +131,10 @@ class _Target(NamedTuple):
 class WorkerPool:
     """Runs batches on ``slots`` worker processes. Create it with :func:`open_worker_pool`."""
 
-    def __init__(self, slots: int, cache_root: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, slots: int, cache_root: Path, nursery: trio.Nursery, *,
+                 label_output: bool = False) -> None:
         self.slots = slots
+        self._label_output = label_output
         self._cache_root = str(cache_root)
         self._nursery = nursery
         self._workers: list[WorkerProcess] = []
@@ -149,23 +150,25 @@ class WorkerPool:
 
     async def run(
         self, ref: FunctionRef, payloads: Sequence[Payload], *, timeout: float | None = None,
-        max_result: int = 2**62, limit_where: str = "this peer",
-        time_limit: float | None = None, shared: Mapping[bytes, Payload] | None = None,
+        max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
+        labels: TaskLabels | None = None, shared: Mapping[bytes, Payload] | None = None,
     ) -> BatchResult:
-        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order;
-        ``shared`` holds the shared values the calls use, by digest.
+        """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
         Up to two calls per worker are queued; more wait for room. Cancelling a call kills
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
         limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
         Once ``time_limit`` seconds of the batch have run, it stops after its current task;
-        the result then has outcomes for the first tasks only.
+        the result then has outcomes for the first tasks only. ``labels`` (the job, a task id
+        per payload) label what each task prints in the log, if the pool was opened with
+        ``label_output``. ``shared`` holds the shared values the calls use, by digest.
         """
+        labels = labels if self._label_output else None
         self._batches += 1
         target = _Target(ref.to_wire(), max_result, limit_where, time_limit, shared or {})
         if timeout is None and len(payloads) > 1:
             try:
-                answer = await self._call(target, payloads, alone=False)
+                answer = await self._call(target, payloads, labels, alone=False)
                 assert answer is not None  # no timeout, so an answer
                 self._tasks += len(answer[0])
                 return BatchResult(*answer)
@@ -173,8 +176,9 @@ class WorkerPool:
                 self._crashes += 1  # the culprit is unknown: run them one by one
         outcomes: list[Outcome] = []
         seconds = 0.0
-        for payload in payloads:
-            outcome, spent = await self._run_alone(target, payload, timeout)
+        for i, payload in enumerate(payloads):
+            outcome, spent = await self._run_alone(
+                target, payload, None if labels is None else labels.one(i), timeout)
             outcomes.append(outcome)
             seconds += spent
             if time_limit is not None and seconds >= time_limit:
@@ -182,13 +186,13 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: Payload, timeout: float | None
-                         ) -> tuple[Outcome, float]:
+    async def _run_alone(self, target: _Target, payload: Payload, labels: TaskLabels | None,
+                         timeout: float | None) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
             try:
-                answer = await self._call(target, [payload], alone=timeout is not None,
-                                          timeout=timeout)
+                answer = await self._call(target, [payload], labels,
+                                          alone=timeout is not None, timeout=timeout)
             except Crashed as exc:
                 self._crashes += 1
                 last = str(exc)
@@ -205,17 +209,19 @@ class WorkerPool:
                    "not retried again")
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, target: _Target, payloads: Sequence[Payload], *, alone: bool,
+    async def _call(self, target: _Target, payloads: Sequence[Payload],
+                    labels: TaskLabels | None, *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
         """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
 
         A timed call's clock starts once it has a started worker to itself.
         """
         placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
-        wires = await _off_loop(lambda: [wire_value(p, placed) for p in payloads],
+        wires = await off_loop(lambda: [wire_value(p, placed) for p in payloads],
                                sum(map(len, payloads)))
         request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
-                         target.where, target.time_limit, list(target.shared)))
+                         target.where, target.time_limit, list(target.shared),
+                         None if labels is None else (labels.job, list(labels.tasks))))
         while True:
             await self._shared.ready(target.shared)
             worker = await self._pick(alone)
@@ -241,41 +247,12 @@ class WorkerPool:
             if call.error is not None:
                 raise call.error
             raw, seconds = call.result
-            return await self._outcomes(worker, raw), seconds
-
-    async def _outcomes(self, worker: WorkerProcess, raw: list[tuple[int, WireValue]]
-                        ) -> list[Outcome]:
-        """The answer's outcomes, each large result mapped here; then the worker may let go
-        of them."""
-        outcomes, mapped = [], []
-        for status, wire in raw:
-            try:
-                outcome = Outcome(status, open_ref(wire, keep=True))
-            except (OSError, P2PClusterError) as exc:  # the worker died right after answering
-                outcome = Outcome(TaskStatus.ERROR, encode_error(
-                    "OSError", f"the result was lost with its worker process: {exc}"))
-            if isinstance(wire, SegmentRef):
-                mapped.append(wire.fd)
-            outcomes.append(outcome)
-        if mapped:
-            await self._tell(worker, ("drop", mapped, []))
-        return outcomes
-
-    async def _tell(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
-        """A frame the worker takes between batches and does not answer (if it lives)."""
-        if worker.alive and not worker.killed:
-            # if it died, what it held went with it
-            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
-                                frame(message))
+            outcomes = await mapped_outcomes(worker, raw, encode_error)
+            return [Outcome(status, payload) for status, payload in outcomes], seconds
 
     async def drop_shared(self, digests: Sequence[bytes]) -> None:
         """Every worker forgets these shared values (their memory goes with the last)."""
-        self._shared.drop(digests)
-        for worker in list(self._workers):
-            if worker.shared.intersection(digests):
-                worker.shared.difference_update(digests)
-                await self._tell(worker, ("drop", [], list(digests)))
+        await self._shared.drop(self._workers, digests)
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with
@@ -297,7 +274,7 @@ class WorkerPool:
     async def _spawn(self) -> None:
         if self._closing:
             return
-        worker = await start_worker_process(WORKER_MAIN)
+        worker = await start_worker_process(WORKER_MAIN, label_output=self._label_output)
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]
@@ -323,29 +300,27 @@ class WorkerPool:
     async def _serve_worker(self, worker: WorkerProcess) -> None:
         """Read the worker's answers in order; when it dies, fail or resend its calls and
         start another (unless the pool is closing)."""
-        buffer = bytearray()
         try:
-            while True:
-                answer = await read_frame(worker.receive, buffer)
-                if answer is None:
-                    break
-                if answer == "ready":
-                    worker.ready = True
-                elif worker.pending:
-                    worker.pending.popleft().finish(answer)
-                self._notify()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                pickle.UnpicklingError, EOFError):
-            pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_exit, worker, nursery.cancel_scope)
+                for name, stream in worker.outputs():
+                    nursery.start_soon(log_task_output, stream, name, worker.process.pid)
+                await self._read_answers(worker)
+                _drain(nursery.cancel_scope)
         except BaseException:  # cancelled: the pool is going away (Ctrl-C, an error)
             worker.kill()
             raise
         finally:
             worker.alive = False
             with trio.CancelScope(shield=True):
+                if worker.process.returncode is None:  # its pipe ended, DRAIN ago: done for
+                    worker.kill_group()
                 await worker.process.wait()
+                worker.kill_group()  # what its tasks forked goes with it
                 await worker.send.aclose()
                 await worker.receive.aclose()
+                for _, stream in worker.outputs():
+                    await stream.aclose()
             how = how_it_died(worker.process.returncode)
             first = True
             while worker.pending:
@@ -357,6 +332,33 @@ class WorkerPool:
             if not self._closing:
                 self._nursery.start_soon(self._spawn)
             self._notify()
+
+    async def _read_answers(self, worker: WorkerProcess) -> None:
+        """Hand the worker's answers to its calls, in order, until its pipe ends or breaks."""
+        buffer = bytearray()
+        while True:
+            try:
+                answer = await read_frame(worker.receive, buffer)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    pickle.UnpicklingError, EOFError):
+                return
+            if answer is None:
+                return
+            if answer == "ready":
+                worker.ready = True
+            elif worker.pending:
+                worker.pending.popleft().finish(answer)
+            self._notify()
+
+    async def _watch_exit(self, worker: WorkerProcess, reading: trio.CancelScope) -> None:
+        """A worker is dead when its process exits, not when its pipe ends: a child that a
+        task forked may hold the pipe open. On exit, no call goes to it any more; kill the
+        group and give the reader :data:`DRAIN` seconds for what it wrote before it died."""
+        await worker.process.wait()
+        worker.alive = False
+        self._notify()
+        worker.kill_group()
+        _drain(reading)
 
     async def aclose(self) -> None:
         """Stop every worker: each idle one exits on EOF; any still busy after
@@ -373,25 +375,26 @@ class WorkerPool:
             worker.kill()
 
 
+def _drain(reading: trio.CancelScope) -> None:
+    reading.deadline = min(reading.deadline, trio.current_time() + DRAIN)
+
+
 @asynccontextmanager
-async def open_worker_pool(workers: int, cache_root: Path) -> AsyncIterator[WorkerPool]:
+async def open_worker_pool(workers: int, cache_root: Path, *, label_output: bool = False
+                           ) -> AsyncIterator[WorkerPool]:
     """Start ``workers`` worker processes; stop them all when the block exits.
 
     The workers start in the background: the pool is usable at once, and requests sent
-    before a worker is up wait in its pipe.
+    before a worker is up wait in its pipe. With ``label_output`` (a daemon), what tasks
+    print goes to the log, each line labelled (:mod:`._taskoutput`); without, the workers
+    write to this process's stdout and stderr.
     """
     if workers < 0:
         raise ValueError(f"a worker pool cannot have {workers} workers")
     async with trio.open_nursery() as nursery:
-        pool = WorkerPool(workers, cache_root, nursery)
+        pool = WorkerPool(workers, cache_root, nursery, label_output=label_output)
         await pool.start()
         try:
             yield pool
         finally:
             await pool.aclose()
-
-
-async def _off_loop(fn: Callable[[], T], size: int) -> T:
-    """``fn()``, in a thread when it handles ``size`` bytes or more (placing hundreds of
-    megabytes in shared memory takes a while: the trio loop must not wait for it)."""
-    return await trio.to_thread.run_sync(fn) if size >= 4 * 1024 * 1024 else fn()

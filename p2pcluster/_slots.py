@@ -28,6 +28,7 @@ from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
 from ._sharing import SharedValues
+from ._taskoutput import TaskLabels
 from ._values import decode_value, encode_error
 from ._worker_main import NUMPY_UNAVAILABLE
 
@@ -126,9 +127,10 @@ class Slots:
             return Ran(failed + unshared, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
+        labels = TaskLabels(spec.job.hex()[:8], [item.id for item in items])
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
-                                   time_limit=batch.time_limit, shared=shared)
+                                   time_limit=batch.time_limit, shared=shared, labels=labels)
         results = [TaskResult(item.id, o.status, as_bytes(o.payload))
                    for item, o in zip(items, ran.outcomes, strict=False)]
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])

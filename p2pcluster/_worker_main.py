@@ -14,6 +14,7 @@ Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.T
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -34,6 +35,7 @@ from ._loader import load_function, remember_sources
 from ._packed import Packed, Payload
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
+from ._taskoutput import MarkedStream, set_label
 from ._values import decode_call, decode_value, encode_error, encode_value
 
 __all__ = ["NUMPY_UNAVAILABLE", "run_batch", "serve", "warm_up"]
@@ -46,7 +48,7 @@ Outcome = tuple[int, Payload]
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[Payload], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
-    shared: Mapping[bytes, Any] | None = None,
+    shared: Mapping[bytes, Any] | None = None, labels: tuple[str, Sequence[int]] | None = None,
 ) -> tuple[list[Outcome], float]:
     """Call the function ``ref_wire`` names once per payload, in order (``shared``: the
     shared values the calls' handles name).
@@ -58,7 +60,9 @@ def run_batch(
     rest of the job to others). If the function cannot be loaded, every payload gets the
     same ``ERROR``. A result that encodes to more than ``max_result`` bytes (the limit of
     ``limit_where``) is an ``ERROR`` too (``ValueTooLarge``), decided here, on the peer that
-    ran the task, before it goes anywhere.
+    ran the task, before it goes anywhere. With ``labels`` (a
+    :class:`~._taskoutput.TaskLabels`: the job, a task id per payload), what each task
+    prints is marked with its job and task (:mod:`._taskoutput`).
     """
     start = time.perf_counter()
     try:
@@ -68,12 +72,26 @@ def run_batch(
         return [failed] * len(payloads), time.perf_counter() - start
     stop = math.inf if time_limit is None else start + time_limit
     outcomes = []
-    for payload in payloads:
+    for i, payload in enumerate(payloads):
+        if labels is not None:
+            set_label(labels[0], labels[1][i])
         outcome, unrunnable = _call(fn, payload, shared)
         outcomes.append(_limited(outcome, fn, max_result, limit_where))
+        if labels is not None:
+            _flush_output()
         if unrunnable or time.perf_counter() >= stop:
             break
+    set_label()
     return outcomes, time.perf_counter() - start
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a task may have closed or replaced them
+            if isinstance(stream, MarkedStream):
+                stream.end_line()
+            else:
+                stream.flush()
 
 
 def _limited(outcome: Outcome, fn: Callable[..., Any], limit: int, where: str) -> Outcome:
@@ -176,10 +194,12 @@ def _write_frame(fd: int, obj: Any) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the peer process is gone, even in the middle of a task."""
+    """Exit when the peer process is gone, even in the middle of a task, and take the
+    process group (this worker and what its tasks forked) with it."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            os.killpg(0, signal.SIGKILL)  # with whatever our tasks forked (our group)
             os._exit(0)
 
 
@@ -229,8 +249,10 @@ def _read_only(value: Any) -> Any:
     return value
 
 
-def _run(request: Sequence[Any]) -> tuple[list[tuple[int, WireValue]], float]:
-    _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests = request
+def _run(request: Sequence[Any], label_output: bool
+         ) -> tuple[list[tuple[int, WireValue]], float]:
+    _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests, labels = (
+        request)
     failed = next((v.error for d in digests if isinstance(v := _SHARED.get(d), _Failed)), None)
     try:
         if failed is not None:
@@ -244,7 +266,8 @@ def _run(request: Sequence[Any]) -> tuple[list[tuple[int, WireValue]], float]:
         return [(TaskStatus.ERROR, error)] * len(wires), 0.0
     outcomes, seconds = run_batch(
         cache_root, ref_wire, payloads, max_result=max_result, limit_where=limit_where,
-        time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED})
+        time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED},
+        labels=labels if label_output else None)
     return _answer(outcomes, seconds)
 
 
@@ -255,21 +278,25 @@ def _drop(fds: Sequence[int], digests: Sequence[bytes]) -> None:
         _SHARED.pop(digest, None)
 
 
-def serve(rfd: int, wfd: int) -> None:
+def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
     """Answer batch requests from the peer, in order, until the request pipe closes.
 
     Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
     nothing from the network is unpickled). The first request is the peer's ``sys.path``;
     the worker answers it with ``"ready"``. Then each request is ``("run", cache_root,
-    ref_wire, payloads, max_result, limit_where, time_limit, digests)``, answered with
-    :func:`run_batch`'s outcomes (large values as :class:`~._handoff.SegmentRef`), or
+    ref_wire, payloads, max_result, limit_where, time_limit, digests, labels)``, answered
+    with :func:`run_batch`'s outcomes (large values as :class:`~._handoff.SegmentRef`), or
     ``("share", {digest: value})``, unanswered: shared values to decode once and keep, or
     ``("drop", fds, digests)``, unanswered: results the peer has mapped, shared values it
-    no longer holds. Requests queue up in the pipe, so a worker that finishes a batch
-    starts the next one without waiting for the peer.
+    no longer holds. With ``label_output``, stdout and stderr mark what each task writes.
+    Requests queue up in the pipe, so a worker that finishes a batch starts the next one
+    without waiting for the peer.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the peer's to handle
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    if label_output:
+        sys.stdout = MarkedStream(sys.stdout)
+        sys.stderr = MarkedStream(sys.stderr)
     first = True
     while True:
         header = _read_exactly(rfd, _LENGTH.size)
@@ -288,8 +315,8 @@ def serve(rfd: int, wfd: int) -> None:
         elif request[0] == "share":
             _share(request[1])
         else:
-            _write_frame(wfd, _run(request))
+            _write_frame(wfd, _run(request, label_output))
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), label_output="--label-output" in sys.argv[3:])
