@@ -4,8 +4,8 @@ A worker's requests and answers are pickles on a pipe (:mod:`._workerproc`). A v
 out-of-band buffers (a :class:`~._packed.Packed`) crosses it as a :class:`SegmentRef`: its
 heads, and where its buffers are in a :class:`~._shm.Segment` the sending process holds. The
 receiver maps that segment (``/proc/<pid>/fd/<fd>``): no byte of the arrays goes through
-the pipe. ``scripts/bench_handoff.py`` measures both ways; shared memory wins at every size
-above a few hundred kilobytes (``docs/performance.md``).
+the pipe. For a 256 MB value that measured 1.8 s against 11.5 s pickled through the pipe
+(``docs/performance.md``, "Data"; one measurement, on a loaded machine).
 
 - **Arguments** a peer received from another peer already sit in a segment (the data plane
   receives into one): the worker maps it. Arrays of a job owned here (in the submitter's
