@@ -65,6 +65,7 @@ class WorkerProcess:
         self.alive = True
         self.killed = False
         self.lock = trio.Lock()
+        self.shared: set[bytes] = set()  #: digests of the shared values it holds
 
     def outputs(self) -> list[tuple[str, trio.abc.ReceiveStream]]:
         """The worker's stdout and stderr, by name, where they are pipes to us."""

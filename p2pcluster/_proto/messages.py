@@ -48,6 +48,7 @@ from .workmessages import (
     Code,
     FetchArgs,
     FetchCode,
+    FetchShared,
     FetchVersions,
     HeldTasks,
     Holding,
@@ -200,14 +201,15 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchVersions | Versions)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared | FetchVersions
+           | Versions)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck, FetchVersions, Versions)
+                              ResultAck, FetchShared, FetchVersions, Versions)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -224,6 +226,7 @@ __all__ = [
     "Dead",
     "Digest",
     "FetchArgs",
+    "FetchShared",
     "FetchCode",
     "FetchVersions",
     "Gossip",
