@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ import trio
 from ._fastwrite import write_all
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
+from ._tasklog import TaskRun
 from ._values import encode_error
 from ._workerproc import (
     Call,
@@ -82,10 +84,12 @@ MAX_QUEUED = 2
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload."""
+    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload;
+    how it ran (None for a task that never ran to its end in a worker: poison)."""
 
     status: int
     payload: bytes
+    run: TaskRun | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +160,7 @@ class WorkerPool:
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, alone=False)
-                assert answer is not None  # no timeout, so an answer
+                assert not isinstance(answer, TaskRun)  # no timeout, so an answer
                 self._tasks += len(answer[0])
                 return BatchResult(*answer)
             except Crashed:
@@ -183,11 +187,12 @@ class WorkerPool:
                 self._crashes += 1
                 last = str(exc)
                 continue
-            if answer is None:
+            if isinstance(answer, TaskRun):  # the timeout ran out
                 assert timeout is not None
                 self._timeouts += 1
                 return Outcome(TaskStatus.TIMEOUT, encode_error(
-                    "TimeoutError", f"the task exceeded its timeout of {timeout:g} s")), timeout
+                    "TimeoutError", f"the task exceeded its timeout of {timeout:g} s"),
+                    answer), timeout
             (outcome,), seconds = answer
             return outcome, seconds
         self._poisoned += 1
@@ -196,8 +201,9 @@ class WorkerPool:
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
     async def _call(self, target: _Target, payloads: Sequence[bytes], *, alone: bool,
-                    timeout: float | None = None) -> tuple[list[Outcome], float] | None:
-        """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
+                    timeout: float | None = None) -> tuple[list[Outcome], float] | TaskRun:
+        """Run one request on a worker; if ``timeout`` ran out (the worker is killed), the
+        run that it cut short.
 
         A timed call's clock starts once it has a started worker to itself.
         """
@@ -207,6 +213,7 @@ class WorkerPool:
             worker = await self._pick(alone)
             call = Call(request)
             worker.pending.append(call)
+            began = time.time()
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
                     await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
@@ -219,13 +226,13 @@ class WorkerPool:
                             await worker.process.wait()  # reaped before the caller goes on
                     raise
             if scope.cancelled_caught:
-                return None
+                return TaskRun(began, time.time() - began, worker.slot)
             if isinstance(call.error, Resend):
                 continue
             if call.error is not None:
                 raise call.error
-            raw, seconds = call.result
-            return [Outcome(status, payload) for status, payload in raw], seconds
+            raw, seconds, runs = call.result
+            return _outcomes(raw, runs, worker.slot), seconds
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with
@@ -248,6 +255,8 @@ class WorkerPool:
         if self._closing:
             return
         worker = await start_worker_process(WORKER_MAIN)
+        taken = {w.slot for w in self._workers}
+        worker.slot = next(i for i in range(len(self._workers) + 1) if i not in taken)
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]
@@ -263,6 +272,10 @@ class WorkerPool:
 
     def closing(self) -> bool:
         return self._closing
+
+    def pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return [w.process.pid for w in self._workers if w.alive]
 
     async def start(self) -> None:
         """Spawn the pool's workers; each comes up in the background (a call sent before it is
@@ -321,6 +334,15 @@ class WorkerPool:
                 await worker.process.wait()
         for worker in list(self._workers):
             worker.kill()
+
+
+def _outcomes(raw: list[tuple[int, bytes]], runs: list[tuple[float, float, str, str]],
+              slot: int) -> list[Outcome]:
+    """A worker's answer as outcomes; ``runs`` is empty if the function did not load."""
+    if not runs:
+        return [Outcome(status, payload) for status, payload in raw]
+    return [Outcome(status, payload, TaskRun(began, seconds, slot, out, err))
+            for (status, payload), (began, seconds, out, err) in zip(raw, runs, strict=True)]
 
 
 @asynccontextmanager

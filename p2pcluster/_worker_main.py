@@ -7,8 +7,9 @@ interpreter.
 
 Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.TaskStatus`:
 ``OK`` with the encoded result, or ``ERROR`` with the CBOR map ``{"type", "message",
-"traceback"}``. Nothing a task does is allowed to escape as an exception, not even
-``SystemExit``: the worker must live on to answer the next batch.
+"traceback"}``. Beside each outcome goes how the call ran: when it started, for how long,
+and what it printed (:mod:`._capture`, bounded). Nothing a task does is allowed to escape as
+an exception, not even ``SystemExit``: the worker must live on to answer the next batch.
 """
 
 from __future__ import annotations
@@ -26,25 +27,30 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._capture import captured
 from ._errors import UnsendableResult, too_large
 from ._loader import load_function, remember_sources
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._values import decode_call, encode_error, encode_value
 
-__all__ = ["run_batch", "serve", "warm_up"]
+__all__ = ["Run", "run_batch", "serve", "warm_up"]
+
+#: How one call ran: its start (Unix seconds), its seconds, its stdout and its stderr.
+Run = tuple[float, float, str, str]
 
 
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
-) -> tuple[list[tuple[int, bytes]], float]:
+) -> tuple[list[tuple[int, bytes]], float, list[Run]]:
     """Call the function ``ref_wire`` names once per payload, in order.
 
-    Returns the outcomes and the seconds spent in this process, loading included. Once
-    ``time_limit`` seconds have passed, the batch stops after the task that runs: there are
-    then fewer outcomes than payloads, one per payload from the first. If the
-    function cannot be loaded, every payload gets the same ``ERROR``. A result that encodes
+    Returns the outcomes, the seconds spent in this process (loading included), and the
+    :data:`Run` of each call. Once ``time_limit`` seconds have passed, the batch stops after
+    the task that runs: there are then fewer outcomes than payloads, one per payload from
+    the first. If the function cannot be loaded, every payload gets the same ``ERROR`` (and
+    no run). A result that encodes
     to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
     (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
     """
@@ -53,14 +59,19 @@ def run_batch(
         fn = load_function(FunctionRef.from_wire(ref_wire), cache_root)
     except BaseException as exc:
         failed = (TaskStatus.ERROR, _load_error(ref_wire, exc))
-        return [failed] * len(payloads), time.perf_counter() - start
+        return [failed] * len(payloads), time.perf_counter() - start, []
     stop = math.inf if time_limit is None else start + time_limit
     outcomes = []
+    runs: list[Run] = []
     for payload in payloads:
-        outcomes.append(_limited(_call(fn, payload), fn, max_result, limit_where))
+        began, clock = time.time(), time.perf_counter()
+        with captured() as output:
+            outcome = _call(fn, payload)
+        runs.append((began, time.perf_counter() - clock, *output.texts()))
+        outcomes.append(_limited(outcome, fn, max_result, limit_where))
         if time.perf_counter() >= stop:
             break
-    return outcomes, time.perf_counter() - start
+    return outcomes, time.perf_counter() - start, runs
 
 
 def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int, where: str

@@ -64,6 +64,7 @@ class WorkerProcess:
         self.alive = True
         self.killed = False
         self.lock = trio.Lock()
+        self.slot = 0  #: which of the pool's slots it fills (the pool numbers them)
 
     def kill(self) -> None:
         self.killed = True
