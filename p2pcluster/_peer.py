@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 
+from ._activity import Activity
 from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
@@ -48,7 +49,9 @@ from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
 from ._runner import Runner, open_runner
 from ._secret import load_secrets
+from ._secure import WireStatistics
 from ._transport import Address
+from ._usage import serve_usage
 from ._values import encode_call
 from ._work import Job, WorkService
 
@@ -82,6 +85,8 @@ class Peer:
     def __init__(self, config: Config, runner: Runner, membership: Membership,
                  work: WorkService, *, registry: CodeRegistry, workers: int, how: str) -> None:
         self._config = config
+        #: What this peer tells others about its work, and asks them (the dashboard's source).
+        self.activity = Activity(config, runner, work)
         self._runner = runner
         self._membership = membership
         self._work = work
@@ -132,6 +137,10 @@ class Peer:
         return PeerStatistics(self._work.statistics(), self._work.pool_statistics(),
                               self._membership.statistics(), state.queued, state.running,
                               state.jobs_owned)
+
+    def wire_statistics(self) -> WireStatistics:
+        """The counters of this peer's wire: datagrams, streams, bytes, what it rejected."""
+        return self._runner.statistics()
 
     def take_rejected(self) -> dict[str, int]:
         """Hosts whose traffic failed authentication since the last call, with counts."""
@@ -276,6 +285,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)
+            nursery.start_soon(serve_usage, config.usage_interval, pool.pids, work.set_usage)
             discovery = trio.CancelScope()
             if place.mdns_address is not None:
                 nursery.start_soon(_within, discovery, partial(

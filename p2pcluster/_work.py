@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
@@ -47,7 +47,7 @@ from ._proto.messages import (
     StealGrant,
     TaskResult,
 )
-from ._proto.meta import NodeMeta
+from ._proto.meta import NodeMeta, Usage
 from ._proto.policy import MetaSchedule, WorkPolicy
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import (
@@ -61,12 +61,15 @@ from ._proto.workevents import (
 from ._runner import Driver, Runner
 from ._secure import SecureStream
 from ._slots import Slots
+from ._tasklog import TaskLog
 from ._transport import Address
 from ._version import __version__
 
 __all__ = ["Job", "WorkService"]
 
 log = logging.getLogger("p2pcluster.peer")
+#: Ended jobs a peer remembers, for `p2pcluster jobs` and the dashboard.
+RECENT_JOBS = 50
 
 
 class Job:
@@ -74,7 +77,8 @@ class Job:
 
     Listeners get each batch of new results (first results only, as :class:`JobResult`),
     in the peer's trio thread; a listener must not block. The job keeps no results itself:
-    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks.
+    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks,
+    ``errors`` those that failed; ``label`` names the job for people (the job file).
     """
 
     def __init__(self, cancel: Callable[[Job], None], spec: JobSpec, total: int,
@@ -84,6 +88,9 @@ class Job:
         self.total = total
         self.started = started
         self.done = 0
+        self.errors = 0
+        self.label = ""
+        self.ended: float | None = None  #: trio time of the end
         self.per_peer: Counter[str] = Counter()
         self.finished = trio.Event()
         self.cancelled = False
@@ -106,6 +113,7 @@ class Job:
     def deliver(self, batch: list[JobResult]) -> None:
         """(The work service) hand new results to the listeners."""
         self.done += len(batch)
+        self.errors += sum(1 for result in batch if result.status)
         self.per_peer.update(result.peer for result in batch)
         for listener in list(self.listeners):
             try:
@@ -119,6 +127,7 @@ class Job:
         """(The work service) the job is over: wake its waiters and call ``on_finish``."""
         if self.finished.is_set():
             return
+        self.ended = trio.current_time()
         self.finished.set()
         for callback in self.on_finish:
             try:
@@ -157,6 +166,10 @@ class WorkService:
         self._names: dict[bytes, str] = {self._me.id: self._me.name}
         self._gone: set[bytes] = set()  #: peers membership declared dead or left
         self._jobs: dict[bytes, Job] = {}
+        self._ended: deque[Job] = deque(maxlen=RECENT_JOBS)
+        self.tasks = TaskLog(config.task_history)  #: the tasks this peer ran
+        self._usage: Usage | None = None
+        self._usage_news = False
         self._meta = MetaSchedule(config.meta_interval)
         self._meta_due = trio.Event()
         self._links = WorkLinks(runner, nursery, address_of=self.address_of,
@@ -165,7 +178,8 @@ class WorkService:
         self._data = DataPlane(runner, self._owner(), me=self._me.id, name=self._me.name,
                                max_value_size=config.max_value_size)
         self._slots = Slots(self._machine, pool, self._code, self._data, flush=self.flush,
-                            name_of=self.name_of, max_value_size=config.max_value_size)
+                            name_of=self.name_of, max_value_size=config.max_value_size,
+                            tasks=self.tasks)
         runner.route((FetchCode,), self._code.serve)
         runner.route((FetchArgs, PushResult), self._serve_data)
         runner.route(WORK_MESSAGES, self._serve_work)
@@ -193,9 +207,18 @@ class WorkService:
         """The jobs owned here that still run."""
         return list(self._jobs.values())
 
+    def recent_jobs(self) -> list[Job]:
+        """The jobs owned here that ended most recently (at most :data:`RECENT_JOBS`), then
+        those that still run."""
+        return [*self._ended, *self._jobs.values()]
+
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For a job owned here: unfinished task index -> the peer believed to hold it."""
         return self._machine.holders(job)
+
+    @property
+    def node_id(self) -> bytes:
+        return self._me.id
 
     def name_of(self, peer: bytes) -> str:
         """The name of the member with id ``peer`` (its id's prefix if unknown)."""
@@ -208,7 +231,13 @@ class WorkService:
     def meta(self, surplus: int = 0) -> NodeMeta:
         """What this peer publishes about itself, with ``surplus`` tasks to give."""
         return NodeMeta(self._pool.slots, surplus, self._config.tags, __version__,
-                        self._started)
+                        self._started, self._usage)
+
+    def set_usage(self, usage: Usage) -> None:
+        """Publish what this peer uses, if it moved enough to be news (:meth:`Usage.differs`)."""
+        if usage.differs(self._usage):
+            self._usage, self._usage_news = usage, True
+            self._meta_due.set()
 
     def state(self) -> WorkState:
         return WorkState(self._machine.queue_length(), self._machine.busy, len(self._jobs))
@@ -268,6 +297,7 @@ class WorkService:
         job = self._jobs.pop(event.job, None)
         if job is not None:
             job.finish()
+            self._ended.append(job)
         self._slots.stop(event.job)
         if job is None and isinstance(event, JobDropped):
             log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
@@ -349,6 +379,7 @@ class WorkService:
             self._meta_due = trio.Event()
             await trio.sleep_until(self._meta.due(trio.current_time()))
             surplus = self._machine.surplus()
-            if self._meta.publish(trio.current_time(), surplus):
+            if self._meta.publish(trio.current_time(), surplus) or self._usage_news:
+                self._usage_news = False
                 self._membership.set_meta(self.meta(surplus).encode())
 

@@ -67,6 +67,8 @@ class MessageType(IntEnum):
     VALUE_HEADER = 17
     PUSH_RESULT = 18
     RESULT_ACK = 19
+    ACTIVITY_QUERY = 28
+    ACTIVITY_REPORT = 29
 
 
 class UpdateType(IntEnum):
