@@ -13,6 +13,7 @@ from typing import Any
 
 from ._errors import P2PClusterError
 from ._version import __version__
+from ._viewcli import add_view_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -110,6 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Ask the peer running on this machine to leave the cluster and exit.")
     _add_local_options(leave)
     leave.set_defaults(handler=_cmd_leave)
+    add_view_commands(commands, _add_local_options, _ask)
     _add_secret(commands)
     return parser
 
@@ -137,6 +139,13 @@ def _add_join(commands: Any) -> None:
     join.add_argument("--tag", action="append", metavar="TAG",
                       help="a label advertised with this peer; repeatable")
     join.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
+    dashboard = join.add_mutually_exclusive_group()
+    dashboard.add_argument("--dashboard", metavar="HOST:PORT",
+                           help="serve the web dashboard here (default: 127.0.0.1:8797; on "
+                                "an address other than loopback it asks for a token, printed "
+                                "at start)")
+    dashboard.add_argument("--no-dashboard", action="store_true",
+                           help="do not serve the web dashboard")
     join.add_argument("--config", metavar="FILE", help="a TOML file of Config fields")
     join.add_argument("--preset", choices=("lan", "local"), default="lan",
                       help="timing preset (default: lan; local: all peers on this machine)")
@@ -205,7 +214,7 @@ def _config(args: argparse.Namespace) -> Any:
     for option, field in (("cluster", "cluster"), ("name", "node_name"),
                           ("workers", "workers"), ("port", "port"),
                           ("interface", "interface"), ("advertise", "advertise_address"),
-                          ("secret_file", "secret_file")):
+                          ("secret_file", "secret_file"), ("dashboard", "dashboard")):
         value = getattr(args, option, None)
         if value is not None:
             changes[field] = value
@@ -215,6 +224,8 @@ def _config(args: argparse.Namespace) -> Any:
         changes["tags"] = tuple(args.tag)
     if getattr(args, "no_mdns", False):
         changes["mdns"] = False
+    if getattr(args, "no_dashboard", False):
+        changes["dashboard"] = ""
     return Config.load(preset=getattr(args, "preset", "lan"),
                        toml=getattr(args, "config", None), **changes)
 

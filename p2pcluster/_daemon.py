@@ -21,7 +21,9 @@ import trio
 from ._config import Config
 from ._control import FramedStream, serve_control
 from ._control_server import ControlSession
+from ._dashboard import DashboardPlace, answer_view, serve_dashboard
 from ._errors import P2PClusterError
+from ._lookout import Lookout
 from ._names import serve_name_guard
 from ._peer import Peer, open_peer
 from ._proto.control import CONTROL_VERSION, member_row, welcome
@@ -42,6 +44,8 @@ class Daemon:
         self.peer = peer
         self.config = config
         self.leave_requested = trio.Event()
+        self.lookout = Lookout(peer)  #: the cluster as this peer sees it (jobs, top, dashboard)
+        self.dashboard = DashboardPlace("", "the dashboard has not started yet")
 
     # --- control --------------------------------------------------------------------------
 
@@ -68,7 +72,10 @@ class Daemon:
         await ControlSession(stream, self.peer, self.admin, client, limit).serve()
 
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A control request other than a job: members, status or leave."""
+        """A control request other than a job: members, status, leave, or a view (jobs,
+        overview, dashboard)."""
+        if op in ("jobs", "overview", "dashboard"):
+            return await answer_view(op, self.lookout, self.dashboard)
         now = trio.current_time()
         if op == "members":
             rows = [member_row(m, now) for m in self.peer.members()]
@@ -139,6 +146,8 @@ async def run_daemon(config: Config, *, control: Path) -> None:
             log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
                      me.name, me.id.hex()[:8], config.cluster, me.host, me.port,
                      peer.workers, control)
+            daemon.dashboard = await nursery.start(serve_dashboard, peer, config,
+                                                   daemon.lookout)
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
             nursery.start_soon(partial(serve_name_guard, peer, started=started))
