@@ -48,7 +48,7 @@ def render_metrics(stats: PeerStatistics, wire: WireStatistics, members: list[Me
     """The text of ``/metrics`` for one peer."""
     states = Counter(m.status for m in members)
     usage = NodeMeta.decode(me.meta).usage
-    steal, pool = stats.stealing, stats.workers
+    pool = stats.workers
     families: list[Family] = [
         ("p2pcluster_info", "gauge", "This peer: its name, cluster and versions (always 1).",
          [({"name": me.name, "cluster": cluster, "version": __version__,
@@ -62,6 +62,25 @@ def render_metrics(stats: PeerStatistics, wire: WireStatistics, members: list[Me
         ("p2pcluster_queued_tasks", "gauge", "Unstarted tasks queued here.", _one(stats.queued)),
         ("p2pcluster_jobs_owned", "gauge", "Jobs this peer owns that still run.",
          _one(stats.jobs_owned)),
+        *_work_families(stats),
+        *_wire_families(wire),
+        ("p2pcluster_worker_crashes_total", "counter", "Worker processes that died.",
+         _one(pool.crashes)),
+        ("p2pcluster_task_timeouts_total", "counter", "Tasks stopped by their timeout.",
+         _one(pool.timeouts)),
+        ("p2pcluster_poisoned_tasks_total", "counter", "Tasks that crashed 3 workers.",
+         _one(pool.poisoned)),
+        ("p2pcluster_health_score", "gauge", "Lifeguard's local health (0 is healthy).",
+         _one(stats.membership.health_score)),
+        *_usage_families(usage),
+    ]
+    lines = [line for family in families for line in _family(*family)]
+    return "\n".join(lines) + "\n"
+
+
+def _work_families(stats: PeerStatistics) -> list[Family]:
+    steal = stats.stealing
+    return [
         ("p2pcluster_tasks_run_total", "counter", "Tasks this peer ran (results it produced).",
          _one(steal.executed)),
         ("p2pcluster_tasks_submitted_total", "counter", "Tasks of jobs submitted here.",
@@ -80,19 +99,7 @@ def render_metrics(stats: PeerStatistics, wire: WireStatistics, members: list[Me
         ("p2pcluster_tasks_requeued_total", "counter",
          "Tasks queued again by their owner (holder dead, silent, or lost them).",
          _one(steal.requeued)),
-        *_wire_families(wire),
-        ("p2pcluster_worker_crashes_total", "counter", "Worker processes that died.",
-         _one(pool.crashes)),
-        ("p2pcluster_task_timeouts_total", "counter", "Tasks stopped by their timeout.",
-         _one(pool.timeouts)),
-        ("p2pcluster_poisoned_tasks_total", "counter", "Tasks that crashed 3 workers.",
-         _one(pool.poisoned)),
-        ("p2pcluster_health_score", "gauge", "Lifeguard's local health (0 is healthy).",
-         _one(stats.membership.health_score)),
-        *_usage_families(usage),
     ]
-    lines = [line for family in families for line in _family(*family)]
-    return "\n".join(lines) + "\n"
 
 
 def _wire_families(wire: WireStatistics) -> list[Family]:
