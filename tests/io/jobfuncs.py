@@ -57,3 +57,14 @@ def digest(data: bytes) -> str:
 def sleep_square(x: int, seconds: float) -> int:
     time.sleep(seconds)
     return x * x
+
+
+def shout(x: int, bad: int = -1) -> int:
+    """Print to stdout and stderr (the dashboard's job detail shows both), fail on ``bad``."""
+    import sys
+
+    print(f"shout {x}")
+    print(f"whisper {x}", file=sys.stderr)
+    if x == bad:
+        raise ValueError("unlucky")
+    return x
