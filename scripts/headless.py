@@ -2,10 +2,11 @@
 condition holds, every console error, and a screenshot.
 
     python scripts/headless.py URL [--until JS] [--timeout 30] [--screenshot out.png]
-                               [--size 1400x1000] [--chromium /usr/bin/chromium]
+                               [--after JS] [--size 1400x1000] [--chromium /usr/bin/chromium]
 
 Prints one JSON object: ``{"ok": bool, "waited": s, "errors": [...], "dom": "..."}``.
 ``ok`` is false if ``--until`` (a JavaScript expression) never became true in time.
+``--after`` is evaluated once it is (to click something before the screenshot, say).
 
 It speaks the Chrome DevTools Protocol over ``--remote-debugging-pipe`` (file descriptors 3
 and 4, one JSON message per NUL-terminated frame) rather than over a websocket: no port to
@@ -146,7 +147,8 @@ def console_errors(events: list[dict[str, Any]]) -> list[str]:
 
 def load(url: str, *, until: str = "true", timeout: float = 30.0,
          screenshot: Path | None = None, size: tuple[int, int] = (1400, 1000),
-         chromium: str | None = None, settle: float = 0.5) -> dict[str, Any]:
+         chromium: str | None = None, settle: float = 0.5,
+         after: str | None = None) -> dict[str, Any]:
     """Open ``url``, wait until ``until`` is true, and return the report (see above)."""
     path = chromium or find_chromium()
     if path is None:
@@ -165,6 +167,8 @@ def load(url: str, *, until: str = "true", timeout: float = 30.0,
         browser.send("Page.navigate", {"url": url}, session=session)
         ok = _wait(browser, session, until, began + timeout)
         waited = time.monotonic() - began
+        if ok and after:
+            _evaluate(browser, session, after)
         browser.pump(settle)  # late errors (a failed fetch after the first paint)
         dom = _evaluate(browser, session, "document.documentElement.outerHTML")
         if screenshot is not None:
@@ -197,12 +201,16 @@ def main() -> int:
     parser.add_argument("--until", default="true", help="a JavaScript expression to wait for")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--after", help="JavaScript to run once --until holds")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds to wait after that, before the screenshot")
     parser.add_argument("--size", default="1400x1000", help="viewport WIDTHxHEIGHT")
     parser.add_argument("--chromium", help="the browser (default: chromium on PATH)")
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
     report = load(args.url, until=args.until, timeout=args.timeout, screenshot=args.screenshot,
-                  size=(width, height), chromium=args.chromium)
+                  size=(width, height), chromium=args.chromium, settle=args.settle,
+                  after=args.after)
     print(json.dumps(report))
     return 0 if report["ok"] else 1
 

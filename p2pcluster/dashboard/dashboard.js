@@ -25,9 +25,10 @@ function el(tag, attrs, ...children) {
 }
 
 function hue(text) {
-  let h = 0;
-  for (const c of text) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return h % 360;
+  // FNV-1a, then the golden angle: names that differ in one letter get distant hues.
+  let h = 2166136261;
+  for (const c of text) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  return Math.round((h % 1000) * 137.508) % 360;
 }
 const jobColour = (id) => `hsl(${hue(id)}, 62%, 52%)`;
 const peerColour = (name) => `hsl(${hue(name)}, 45%, 58%)`;
