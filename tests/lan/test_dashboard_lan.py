@@ -171,3 +171,25 @@ def test_no_dashboard_turns_it_off(make_lan: Any) -> None:
                                 "import socket; socket.create_connection(('127.0.0.1', 8797))"],
                             env=peers.env(1), timeout=30)
     assert refused.returncode != 0 and "ConnectionRefused" in refused.stderr
+
+
+@needs_chromium
+def test_the_page_works_from_another_machine_with_its_token(make_lan: Any) -> None:
+    """h2's browser opens h1's LAN dashboard by the tokened URL: the page's script, style and
+    event stream load too (the token rides in a cookie and in the stream's query)."""
+    peers = make_lan(2)
+    start_two(peers, "--dashboard", f"{peers.lan.address(1)}:8797")
+    url = dashboard_url(peers, 1)
+    ready = ("document.querySelectorAll('#members tbody tr .state-alive').length === 2 && "
+             "document.getElementById('status').textContent === 'live'")
+    browse = peers.lan.run(2, [sys.executable, str(ROOT / "scripts" / "headless.py"), url,
+                               "--until", ready, "--timeout", "40", "--chromium", CHROMIUM],
+                           env=peers.env(2), timeout=120)
+    report = json.loads(browse.stdout)
+    assert report["ok"], report["dom"][:4000]
+    assert report["errors"] == []
+    untokened = peers.lan.run(2, [sys.executable, str(ROOT / "scripts" / "headless.py"),
+                                  url.partition("?")[0], "--until", ready, "--timeout", "5",
+                                  "--chromium", CHROMIUM], env=peers.env(2), timeout=60)
+    refused = json.loads(untokened.stdout)
+    assert not refused["ok"] and "needs its token" in refused["dom"]
