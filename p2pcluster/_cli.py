@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._errors import P2PClusterError
+from ._secret_cli import add_secret_command
 from ._version import __version__
 from ._viewcli import add_view_commands
 
@@ -23,17 +23,6 @@ _DESCRIPTION = """\
 A peer-to-peer compute cluster for a LAN. Run `p2pcluster join` on each machine; the peers
 find each other over mDNS, and any of them can run work on all of them with `p2pcluster run`.
 Every peer must hold the same cluster secret: see `p2pcluster secret --help`."""
-
-_SECRET_EPILOG = """\
-examples:
-  p2pcluster secret                      print the secret (created on first use)
-  p2pcluster secret | ssh lab2 p2pcluster secret --import
-                                         give another machine the same secret
-  p2pcluster secret --new                rotate: a new current secret, old ones still accepted
-
-The secret lives in $XDG_CONFIG_HOME/p2pcluster/secret (mode 0600). P2PCLUSTER_SECRET
-(the secret itself) or --secret-file override it. Anyone holding it can run code on every
-peer of the cluster: share it only over a secure channel."""
 
 _JOIN_EPILOG = """\
 examples:
@@ -112,7 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_local_options(leave)
     leave.set_defaults(handler=_cmd_leave)
     add_view_commands(commands, _add_local_options, _ask)
-    _add_secret(commands)
+    add_secret_command(commands)
     return parser
 
 
@@ -187,23 +176,6 @@ def _add_run(commands: Any) -> None:
     run.set_defaults(handler=_cmd_run)
 
 
-def _add_secret(commands: Any) -> None:
-    secret = commands.add_parser(
-        "secret", help="print, create, rotate or import the cluster secret",
-        description="Print the cluster secret, creating it on first use.",
-        epilog=_SECRET_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    action = secret.add_mutually_exclusive_group()
-    action.add_argument("--new", action="store_true",
-                        help="rotate: make a new current secret and keep the old ones accepted")
-    action.add_argument("--import", dest="import_", action="store_true",
-                        help="read a secret from standard input and make it current")
-    action.add_argument("--path", action="store_true", help="print the secret file's path")
-    secret.add_argument("--secret-file", metavar="PATH",
-                        help="use this file instead of the per-user default")
-    secret.set_defaults(handler=_cmd_secret)
-
-
 # --- commands -------------------------------------------------------------------------------
 
 
@@ -261,21 +233,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace, op: str, **body: Any) -> dict[str, Any]:
-    import trio
+    from ._ask import ask_daemon
 
-    from ._control import NoDaemon
-    from ._control_client import request_daemon
-
-    cluster = args.cluster or os.environ.get("P2PCLUSTER_CLUSTER") or "default"
-    path = _control_path(args, cluster)
-    try:
-        return trio.run(lambda: request_daemon(path, op, **body))
-    except NoDaemon:
-        raise P2PClusterError(
-            f"no p2pcluster peer is running for cluster {cluster!r} on this machine (no "
-            f"control socket at {path}); start one with `p2pcluster join`") from None
-    except trio.TooSlowError:
-        raise P2PClusterError(f"the peer at {path} did not answer within 10 s") from None
+    return ask_daemon(args.cluster, args.control, op, **body)
 
 
 def _age(seconds: float) -> str:
@@ -329,35 +289,6 @@ def _print_members(rows: list[dict[str, Any]], self_id: str) -> None:
 def _cmd_leave(args: argparse.Namespace) -> int:
     answer = _ask(args, "leave")
     print(f"peer {answer['name']} is leaving the cluster", file=sys.stderr)
-    return EXIT_OK
-
-
-def _cmd_secret(args: argparse.Namespace) -> int:
-    from . import _secret
-
-    path = Path(args.secret_file) if args.secret_file else _secret.default_secret_path()
-    if args.path:
-        print(path)
-        return EXIT_OK
-    if (args.new or args.import_) and _secret.ENV_VAR in os.environ:
-        raise P2PClusterError(
-            f"{_secret.ENV_VAR} is set, so the secret file is not used; unset it to "
-            "rotate or import"
-        )
-    if args.new:
-        current = _secret.rotate_secret_file(path)[0]
-        print(f"rotated: new current secret in {path}; older ones are still accepted. "
-              "Import it on every machine, then restart the peers.", file=sys.stderr)
-    elif args.import_:
-        current = _secret.import_secret(path, sys.stdin.read())[0]
-        print(f"imported the secret into {path}", file=sys.stderr)
-    else:
-        existed = path.exists()
-        source = _secret.load_secrets(secret_file=args.secret_file, create=True)
-        if not existed and source.path is not None:
-            print(f"created a new cluster secret in {path}", file=sys.stderr)
-        current = source.secrets[0]
-    print(_secret.encode_secret(current))
     return EXIT_OK
 
 

@@ -3,11 +3,13 @@
 It loads the secret, picks the interface, runs membership, advertises and browses over mDNS,
 serves the local control socket, and logs what happens in the cluster in plain words. A
 graceful leave tells the cluster (left, not failed), withdraws the mDNS record, and returns
-within two seconds.
+within two seconds. SIGHUP, or the control request ``reload-secrets`` (`p2pcluster secret
+--reload`), makes it read its secrets again, with no restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -22,19 +24,20 @@ from ._config import Config
 from ._control import FramedStream, serve_control
 from ._control_server import ControlSession
 from ._dashboard import DashboardPlace, answer_view, serve_dashboard
-from ._errors import P2PClusterError
+from ._errors import P2PClusterError, SecretError
 from ._lookout import Lookout
 from ._names import serve_name_guard
 from ._peer import Peer, open_peer
 from ._proto.control import CONTROL_VERSION, member_row, welcome
 from ._proto.membership import EventKind
+from ._rejections import RejectionReport
 from ._version import __version__
 
 __all__ = ["run_daemon"]
 
 log = logging.getLogger("p2pcluster")
 REJECTION_REPORT = 5.0  # seconds between checks for rejected traffic
-REJECTION_QUIET = 60.0  # at most one warning per source this often
+REJECTION_QUIET = 60.0  # at most one warning about rejected traffic this often
 
 
 class Daemon:
@@ -72,8 +75,8 @@ class Daemon:
         await ControlSession(stream, self.peer, self.admin, client, limit).serve()
 
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A control request other than a job: members, status, leave, or a view (jobs,
-        overview, dashboard)."""
+        """A control request other than a job: members, status, leave, reload-secrets, or a
+        view (jobs, overview, dashboard)."""
         if op in ("jobs", "overview", "dashboard"):
             return await answer_view(op, self.lookout, self.dashboard)
         now = trio.current_time()
@@ -88,6 +91,8 @@ class Daemon:
         if op == "leave":
             self.leave_requested.set()
             return {"name": self.peer.me.name}
+        if op == "reload-secrets":
+            return await self.reload_secrets()
         raise P2PClusterError(f"unknown operation {op!r}")
 
     # --- background tasks -----------------------------------------------------------------
@@ -106,19 +111,40 @@ class Daemon:
                     log.debug("peer %s updated its metadata", member.name)
 
     async def log_rejections(self) -> None:
-        pending: dict[str, int] = {}
-        last: dict[str, float] = {}
+        """One warning line at most every :data:`REJECTION_QUIET` seconds about traffic
+        that failed authentication, however many sources sent it."""
+        report = RejectionReport(REJECTION_QUIET)
         while True:
             await trio.sleep(REJECTION_REPORT)
-            now = trio.current_time()
-            for host, count in self.peer.take_rejected().items():
-                pending[host] = pending.get(host, 0) + count
-            for host in [h for h in pending if now - last.get(h, -REJECTION_QUIET)
-                         >= REJECTION_QUIET]:
-                log.warning("rejected %d packet(s) or connection(s) from %s that failed "
-                            "authentication: a peer with another cluster secret or cluster "
-                            "name?", pending.pop(host), host)
-                last[host] = now
+            report.add(self.peer.take_rejected())
+            line = report.due(trio.current_time())
+            if line is not None:
+                log.warning("%s", line)
+
+    async def reload_secrets(self) -> dict[str, Any]:
+        """Read the secrets again (SIGHUP, `p2pcluster secret --reload`); raise
+        :class:`~p2pcluster.SecretError` and keep the keys in use if they cannot be read."""
+        try:
+            source = await self.peer.reload_secrets()
+        except SecretError as exc:
+            log.error("could not reload the cluster secrets; keeping the keys in use: %s",  # noqa: TRY400 - the message says it all
+                      exc)
+            raise
+        held = source.fingerprints
+        log.info("reloaded the cluster secrets from %s: sending with %s, accepting %s",
+                 source.where, held[0], ", ".join(held))
+        return {"peer": self.peer.me.name, "source": source.where, "fingerprints": list(held)}
+
+    async def serve_reload_signal(self, *, task_status: trio.TaskStatus[None]
+                                  = trio.TASK_STATUS_IGNORED) -> None:
+        """Reload the secrets on every SIGHUP (none is lost to the default action, which
+        would end the process, once this has started)."""
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            task_status.started()
+            async for _ in signals:
+                log.info("received SIGHUP: reloading the cluster secrets")
+                with contextlib.suppress(SecretError):
+                    await self.reload_secrets()
 
     async def wait_for_leave(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -141,6 +167,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
         log.info("using %s", peer.where)
         daemon = Daemon(peer, config)
         async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve_reload_signal)
             await nursery.start(serve_control, control, daemon.serve_connection)
             me = peer.me
             log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",

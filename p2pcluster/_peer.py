@@ -47,8 +47,9 @@ from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
 from ._proto.workevents import StealingStatistics
+from ._rejections import Rejections
 from ._runner import Runner, open_runner
-from ._secret import load_secrets
+from ._secret import SecretSource, load_secrets
 from ._secure import WireStatistics
 from ._transport import Address
 from ._usage import serve_usage
@@ -142,7 +143,17 @@ class Peer:
         """The counters of this peer's wire: datagrams, streams, bytes, what it rejected."""
         return self._runner.statistics()
 
-    def take_rejected(self) -> dict[str, int]:
+    async def reload_secrets(self) -> SecretSource:
+        """Read the cluster secrets again (``Config.secret_file``, or ``P2PCLUSTER_SECRET``)
+        and switch this peer's keyring to them: seal with the first, accept them all. On
+        :class:`~p2pcluster.SecretError` the keys in use stay. Streams already open keep
+        their session keys."""
+        source = await trio.to_thread.run_sync(partial(
+            load_secrets, secret_file=self._config.secret_file))
+        self._runner.set_keyring(Keyring.from_secrets(source.secrets, self._config.cluster))
+        return source
+
+    def take_rejected(self) -> Rejections:
         """Hosts whose traffic failed authentication since the last call, with counts."""
         return self._runner.take_rejected()
 

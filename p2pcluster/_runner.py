@@ -32,6 +32,7 @@ from ._config import Config
 from ._errors import AddressInUse
 from ._proto.envelope import Keyring
 from ._proto.messages import Message
+from ._rejections import Rejections
 from ._secure import SecureDatagramChannel, SecureStream, SecureWire, WireStatistics
 from ._transport import Address, StreamListener, Transport
 from ._trio_transport import TrioTransport
@@ -130,7 +131,7 @@ class Runner:
     def statistics(self) -> WireStatistics:
         return self._wire.statistics()
 
-    def take_rejected(self) -> dict[str, int]:
+    def take_rejected(self) -> Rejections:
         """Hosts whose traffic failed authentication since the last call, with counts."""
         return self._wire.take_rejected()
 

@@ -1,41 +1,59 @@
-"""The cluster secret: where it lives, how it is created, rotated, imported and checked.
+"""The cluster secrets: where they come from, and the steps of a rotation.
 
-A secret is 32 random bytes, written as 43 characters of unpadded base64url. The secret file
-holds one secret per line: the first is the current one, which seals everything; the lines
-after it are older secrets still accepted, so a rotation can roll across the machines without a
-partition. Blank lines and lines starting with ``#`` are ignored.
+A secret is 32 random bytes, written as 43 characters of unpadded base64url. A peer holds a
+short list of them, its *keyring*: the first is the **current** secret, which this peer
+seals everything with; the others are **accepted**: traffic sealed with them is let in.
+Each secret is named by its *fingerprint*, 12 hex digits of a hash that reveals nothing of
+it (``p2pcluster secret --list``).
 
-Where the secret comes from, first match wins:
+A rotation on a live cluster is three steps, each done on every peer before the next
+(``docs/security.md``), so that no two peers ever hold disjoint lists:
 
-1. ``P2PCLUSTER_SECRET`` (the secret itself; several may be given, comma-separated);
+1. **add** the new secret: peers accept it (:func:`add_secret`, ``secret --add``);
+2. **promote** it: peers send with it (:func:`promote_secret`, ``secret --promote``);
+3. **revoke** the old one: nobody accepts it any more (:func:`revoke_secret`).
+
+Two commands start over instead: :func:`new_secret_file`'s first use creates the file, and
+:func:`import_secret` makes the file hold exactly one given secret (a new machine, or a
+cluster re-keyed all at once after a leak).
+
+The secret file holds one secret per line, the current one first; blank lines and lines
+starting with ``#`` are ignored. Where the secrets come from, first match wins:
+
+1. ``P2PCLUSTER_SECRET`` (the secret itself; several may be given, comma-separated, the
+   current one first);
 2. ``--secret-file PATH`` / ``Config.secret_file``;
 3. ``$XDG_CONFIG_HOME/p2pcluster/secret`` (``~/.config/p2pcluster/secret``).
 
-A file readable or writable by group or others is refused: whoever reads the secret can run
-code on every peer.
+How the file is read and written safely is :mod:`._secretfile`'s business.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 import secrets
 import shlex
-import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import SecretError
+from ._secretfile import read_private_file, write_private_file
 
-__all__ = ["SecretSource", "default_secret_path", "load_secrets"]
+__all__ = ["SecretSource", "default_secret_path", "fingerprint", "load_secrets"]
 
 SECRET_BYTES = 32
 ENV_VAR = "P2PCLUSTER_SECRET"
-KEEP_OLD = 2  # older secrets kept by a rotation
+#: Secrets one file may hold: a rotation needs two; more means old ones were never revoked.
+MAX_SECRETS = 8
 _TEXT = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_HEX = re.compile(r"^[0-9a-f]{4,12}$")
+_HEADER = ("# p2pcluster cluster secrets. The first is current (this peer sends with it); the\n"
+           "# others are accepted. Change with `p2pcluster secret --add/--promote/--revoke`.\n")
 
 
 def encode_secret(secret: bytes) -> str:
@@ -53,6 +71,11 @@ def decode_secret(text: str, where: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=")
     except binascii.Error as exc:  # pragma: no cover - the regex already rules this out
         raise SecretError(f"{where}: {exc}") from None
+
+
+def fingerprint(secret: bytes) -> str:
+    """The secret's public name: 12 hex digits of a domain-separated SHA-256."""
+    return hashlib.sha256(b"p2pcluster/v1 fingerprint\x00" + secret).hexdigest()[:12]
 
 
 def new_secret() -> bytes:
@@ -73,34 +96,27 @@ class SecretSource:
     secrets: tuple[bytes, ...]
     path: Path | None
 
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return tuple(fingerprint(s) for s in self.secrets)
 
-def _check_mode(path: Path) -> None:
-    mode = path.stat().st_mode
-    if mode & 0o077:
-        raise SecretError(
-            f"secret file {path} is accessible by group or others (mode "
-            f"{stat.S_IMODE(mode):04o}); anyone who can read it can run code on the cluster. "
-            f"Fix it with: chmod 600 {path}"
-        )
+
+def _missing(path: Path) -> SecretError:
+    if path == default_secret_path():
+        create, where = "p2pcluster secret", ""
+    else:
+        where = f" --secret-file {shlex.quote(str(path))}"
+        create = f"p2pcluster secret --new{where}"
+    return SecretError(f"no secret file at {path}; create one with `{create}`, or import the "
+                       f"cluster's secret with `p2pcluster secret --import{where}`")
 
 
 def read_secret_file(path: Path) -> tuple[bytes, ...]:
-    """The secrets in ``path``, current first. Refuses unsafe modes and malformed lines."""
+    """The secrets in ``path``, current first. Refuses unsafe files and malformed lines."""
     try:
-        _check_mode(path)
-        text = path.read_text()
+        text = read_private_file(path)
     except FileNotFoundError:
-        if path == default_secret_path():
-            create, where = "p2pcluster secret", ""
-        else:
-            where = f" --secret-file {shlex.quote(str(path))}"
-            create = f"p2pcluster secret --new{where}"
-        raise SecretError(
-            f"no secret file at {path}; create one with `{create}`, or import the cluster's "
-            f"secret with `p2pcluster secret --import{where}`"
-        ) from None
-    except OSError as exc:
-        raise SecretError(f"cannot read secret file {path}: {exc}") from None
+        raise _missing(path) from None
     lines = [ln.strip() for ln in text.splitlines()]
     found = tuple(decode_secret(ln, f"{path}:{i}") for i, ln in enumerate(lines, 1)
                   if ln and not ln.startswith("#"))
@@ -109,19 +125,12 @@ def read_secret_file(path: Path) -> tuple[bytes, ...]:
     return found
 
 
-def write_secret_file(path: Path, secrets_: tuple[bytes, ...]) -> None:
-    """Atomically replace ``path`` with ``secrets_``; the file is created with mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    body = "".join(encode_secret(s) + "\n" for s in secrets_)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def write_secret_file(path: Path, secrets_: Sequence[bytes]) -> None:
+    """Replace ``path`` with ``secrets_`` (current first), atomically, mode 0600."""
+    unique = tuple(dict.fromkeys(secrets_))
+    if not unique:
+        raise SecretError("a secret file must hold at least one secret")
+    write_private_file(path, _HEADER + "".join(encode_secret(s) + "\n" for s in unique))
 
 
 def load_secrets(*, secret_file: str | Path | None = None,
@@ -134,23 +143,88 @@ def load_secrets(*, secret_file: str | Path | None = None,
         found = tuple(decode_secret(p, ENV_VAR) for p in parts)
         return SecretSource(ENV_VAR, found, None)
     path = Path(secret_file) if secret_file else default_secret_path(env)
-    if create and not secret_file and not path.exists():
+    if create and not secret_file and not os.path.lexists(path):
         write_secret_file(path, (new_secret(),))
     return SecretSource(str(path), read_secret_file(path), path)
 
 
-def rotate_secret_file(path: Path) -> tuple[bytes, ...]:
-    """Put a new secret first, keep up to :data:`KEEP_OLD` older ones; return the new list."""
-    old = read_secret_file(path) if path.exists() else ()
-    updated = (new_secret(), *old[:KEEP_OLD])
+# --- the steps of a rotation ------------------------------------------------------------------
+
+
+def _held(path: Path) -> tuple[bytes, ...]:
+    return read_secret_file(path) if os.path.lexists(path) else ()
+
+
+def find_secret(held: Sequence[bytes], key: str, where: str) -> bytes:
+    """The secret of ``held`` that ``key`` names: the secret itself, or a prefix (at least 4
+    hex digits) of its fingerprint."""
+    key = key.strip()
+    if _TEXT.match(key):
+        wanted = decode_secret(key, "the secret given")
+        matches = [s for s in held if s == wanted]
+    elif _HEX.match(key.lower()):
+        matches = [s for s in held if fingerprint(s).startswith(key.lower())]
+    else:
+        raise SecretError(f"{key!r} is neither a secret (43 characters) nor a fingerprint "
+                          "(4 to 12 hex digits, as `p2pcluster secret --list` shows)")
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(fingerprint(s) for s in held) or "none"
+    if matches:
+        raise SecretError(f"{key!r} matches several secrets in {where}: give more digits "
+                          f"(held: {listed})")
+    raise SecretError(f"{where} holds no secret {key!r} (held: {listed})")
+
+
+def add_secret(path: Path, secret: bytes) -> tuple[bytes, ...]:
+    """Step 1: accept ``secret`` as well, the current one unchanged (a missing file is
+    created with it as its current secret). Returns the new list."""
+    held = _held(path)
+    if secret in held:
+        return held
+    if len(held) >= MAX_SECRETS:
+        raise SecretError(f"{path} already holds {len(held)} secrets; revoke old ones first "
+                          "(`p2pcluster secret --list`, then `--revoke FINGERPRINT`)")
+    updated = (*held, secret)
     write_secret_file(path, updated)
     return updated
+
+
+def promote_secret(path: Path, key: str) -> tuple[bytes, ...]:
+    """Step 2: make the accepted secret ``key`` names current; the old current one stays
+    accepted."""
+    held = _held(path)
+    secret = find_secret(held, key, str(path))
+    updated = (secret, *(s for s in held if s != secret))
+    if updated != held:
+        write_secret_file(path, updated)
+    return updated
+
+
+def revoke_secret(path: Path, key: str) -> tuple[bytes, ...]:
+    """Step 3: stop accepting the secret ``key`` names. The current one cannot be revoked:
+    promote another first."""
+    held = _held(path)
+    secret = find_secret(held, key, str(path))
+    if secret == held[0]:
+        raise SecretError(
+            f"{fingerprint(secret)} is the current secret of {path}: this peer sends with it. "
+            "Promote the new secret first (`p2pcluster secret --promote FINGERPRINT`), on "
+            "every peer, then revoke this one")
+    updated = tuple(s for s in held if s != secret)
+    write_secret_file(path, updated)
+    return updated
+
+
+def new_secret_file(path: Path) -> tuple[bytes, tuple[bytes, ...]]:
+    """A fresh secret, added as in step 1 (current only if the file did not exist).
+    Returns it and the new list."""
+    secret = new_secret()
+    return secret, add_secret(path, secret)
 
 
 def import_secret(path: Path, text: str) -> tuple[bytes, ...]:
-    """Make the secret in ``text`` current in ``path``, keeping older ones accepted."""
+    """Make ``path`` hold exactly the secret in ``text``: every other one is dropped."""
     secret = decode_secret(text, "imported secret")
-    old = read_secret_file(path) if path.exists() else ()
-    updated = (secret, *[s for s in old if s != secret][:KEEP_OLD])
-    write_secret_file(path, updated)
-    return updated
+    write_secret_file(path, (secret,))
+    return (secret,)

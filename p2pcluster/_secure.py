@@ -31,6 +31,7 @@ from ._proto import wire
 from ._proto.envelope import DatagramOpener, DatagramSealer, Entropy, Keyring
 from ._proto.handshake import HELLO_SIZE, ClientHandshake, ServerHandshake, Session
 from ._proto.messages import Message
+from ._rejections import Rejections, RejectionTally
 from ._transport import Address, DatagramSocket, StreamListener, Transport
 
 __all__ = ["SecureDatagramChannel", "SecureStream", "SecureWire", "WireStatistics"]
@@ -91,7 +92,7 @@ class SecureWire:
         self._wall_clock = wall_clock
         self._entropy = entropy
         self._counters: Counter[str] = Counter()
-        self._rejected: Counter[str] = Counter()  # host -> refused packets and handshakes
+        self._rejected = RejectionTally()  # host -> refused packets and handshakes, bounded
         self._sealer = DatagramSealer(keyring, entropy)
         self._opener = DatagramOpener(keyring, window=config.replay_window,
                                       cache_size=config.replay_cache_size,
@@ -115,12 +116,12 @@ class SecureWire:
         and streams report their traffic here)."""
         self._counters[name] += n
 
-    def take_rejected(self) -> dict[str, int]:
+    def take_rejected(self) -> Rejections:
         """Hosts whose datagrams failed authentication or whose handshakes failed, with
         counts, since the last call: most likely peers holding another secret or cluster
-        name. The daemon logs them."""
-        rejected, self._rejected = dict(self._rejected), Counter()
-        return rejected
+        name. Bounded however many sources there are (:mod:`._rejections`); the daemon sums
+        them up in one line per interval."""
+        return self._rejected.take()
 
     # --- datagrams ------------------------------------------------------------------------
 
@@ -144,9 +145,10 @@ class SecureWire:
         except ProtocolError as exc:
             counter = _drop_counter(exc)
             self.count(counter)
-            if counter != "dropped_replay":
-                self._rejected[src[0]] += 1
-            log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
+            # Unauthenticated junk: one line per source and interval (spoofed sources cannot
+            # flood the log); the daemon sums the tally up (take_rejected).
+            if counter == "dropped_replay" or self._rejected.note(src[0]):
+                log.debug("dropped datagram from %s:%d (%s): %s", *src, counter, exc)
             return None
         self.count("datagrams_received")
         self.count("datagram_bytes_received", len(data))

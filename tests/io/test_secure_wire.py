@@ -13,6 +13,7 @@ from p2pcluster import Config, HandshakeError, ProtocolError
 from p2pcluster._proto.envelope import Keyring
 from p2pcluster._proto.handshake import ClientHandshake
 from p2pcluster._proto.messages import Ack, Nack, Ping, PushPull
+from p2pcluster._rejections import Rejections
 from p2pcluster._secure import SecureStream, SecureWire
 from p2pcluster.testing import VirtualNetwork
 
@@ -61,8 +62,8 @@ async def test_wrong_key_or_cluster_is_dropped_and_counted(
     assert wb.statistics().dropped_auth == 1
     assert wb.statistics().datagrams_received == 1
     assert "dropped datagram" in caplog.text
-    assert wb.take_rejected() == {hosts.a_ip: 1}
-    assert wb.take_rejected() == {}
+    assert wb.take_rejected() == Rejections({hosts.a_ip: 1})
+    assert not wb.take_rejected()
     for s in (a, b, good):
         s.close()
 

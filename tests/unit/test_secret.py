@@ -16,6 +16,7 @@ from p2pcluster._secret import (
     decode_secret,
     default_secret_path,
     encode_secret,
+    fingerprint,
     load_secrets,
     read_secret_file,
 )
@@ -25,6 +26,7 @@ from p2pcluster._secret import (
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("P2PCLUSTER_SECRET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))  # no daemon to reload
     return tmp_path
 
 
@@ -51,28 +53,34 @@ def test_first_use_creates_a_private_secret(home: Path, capsys: pytest.CaptureFi
     assert (code, again, err) == (0, out, "")  # the same secret, not a new one
 
 
-def test_rotation_keeps_older_secrets_accepted(home: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_new_adds_a_secret_that_is_accepted_but_not_yet_sent_with(
+        home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, first, _ = run(capsys, "secret")
     code, second, err = run(capsys, "secret", "--new")
-    assert code == 0 and second != first and "rotated" in err
+    assert code == 0 and second != first
+    fp = fingerprint(decode_secret(second, "stdout"))
+    assert f"added the new secret {fp}" in err and "promote" in err
     kept = read_secret_file(secret_path(home))
-    assert [encode_secret(s) for s in kept] == [second.strip(), first.strip()]
-    for _ in range(3):
-        run(capsys, "secret", "--new")
-    assert len(read_secret_file(secret_path(home))) == 3  # current + 2 older
+    assert [encode_secret(s) for s in kept] == [first.strip(), second.strip()]
+    code, current, _ = run(capsys, "secret")
+    assert current == first  # still sending with the first one
 
 
-def test_import(home: Path, capsys: pytest.CaptureFixture[str],
-                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_replaces_every_secret_and_echoes_nothing(
+        home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(capsys, "secret")
+    run(capsys, "secret", "--new")
     shared = encode_secret(bytes(range(32)))
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(shared + "\n"))
-    code, out, _ = run(capsys, "secret", "--import")
-    assert code == 0 and out.strip() == shared
+    code, out, err = run(capsys, "secret", "--import")
+    assert code == 0 and out == ""
+    assert shared not in err and fingerprint(bytes(range(32))) in err
+    assert read_secret_file(secret_path(home)) == (bytes(range(32)),)
     assert stat.S_IMODE(secret_path(home).stat().st_mode) == 0o600
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("hunter2"))
     code, _, err = run(capsys, "secret", "--import")
-    assert code == 1 and "43 characters" in err
+    assert code == 1 and "43 characters" in err and "hunter2" not in err
 
 
 def test_group_readable_file_is_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
