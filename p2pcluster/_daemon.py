@@ -49,6 +49,7 @@ class Daemon:
         self.leave_requested = trio.Event()
         self.lookout = Lookout(peer)  #: the cluster as this peer sees it (jobs, top, dashboard)
         self.dashboard = DashboardPlace("", "the dashboard has not started yet")
+        self.dashboard_up = trio.Event()  #: set once ``dashboard`` says where it is (or not)
 
     # --- control --------------------------------------------------------------------------
 
@@ -77,6 +78,9 @@ class Daemon:
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """A control request other than a job: members, status, leave, reload-secrets, or a
         view (jobs, overview, dashboard)."""
+        if op == "dashboard":  # it may be starting still
+            with trio.move_on_after(10):
+                await self.dashboard_up.wait()
         if op in ("jobs", "overview", "dashboard"):
             return await answer_view(op, self.lookout, self.dashboard)
         now = trio.current_time()
@@ -96,6 +100,17 @@ class Daemon:
         raise P2PClusterError(f"unknown operation {op!r}")
 
     # --- background tasks -----------------------------------------------------------------
+
+    async def run_dashboard(self) -> None:
+        """Serve the dashboard; the peer does not wait for it (hypercorn loads in a thread),
+        but an error (its address in use) ends the daemon."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self.dashboard = await nursery.start(serve_dashboard, self.peer, self.config,
+                                                     self.lookout)
+                self.dashboard_up.set()
+        finally:
+            self.dashboard_up.set()
 
     async def log_events(self) -> None:
         words = {EventKind.JOIN: "joined", EventKind.LEAVE: "left the cluster",
@@ -173,11 +188,10 @@ async def run_daemon(config: Config, *, control: Path) -> None:
             log.info("peer %s (id %s) in cluster %r at %s:%d, %d workers; control socket %s",
                      me.name, me.id.hex()[:8], config.cluster, me.host, me.port,
                      peer.workers, control)
-            daemon.dashboard = await nursery.start(serve_dashboard, peer, config,
-                                                   daemon.lookout)
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
             nursery.start_soon(partial(serve_name_guard, peer, started=started))
+            nursery.start_soon(daemon.run_dashboard)
             await daemon.wait_for_leave()
             log.info("leaving cluster %r", config.cluster)
             nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ it over the control socket, which only the daemon's user can open.
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import secrets
 import socket
@@ -53,7 +54,8 @@ async def serve_dashboard(peer: Peer, config: Config, lookout: Lookout, *,
     if not config.dashboard:
         task_status.started(DashboardPlace("", "the dashboard is off (--no-dashboard)"))
         return
-    try:
+    try:  # in a thread: its import takes a while, and the peer's loop must not stall
+        await trio.to_thread.run_sync(importlib.import_module, "hypercorn.trio")
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
     except ImportError:

@@ -221,7 +221,7 @@ def test_the_event_stream_sends_snapshots(daemon: tuple[Daemon, str]) -> None:
     assert {"members", "jobs", "rows", "bars", "window", "cluster", "self", "time"} <= set(first)
     assert first["rows"] == [{"peer": "d1", "slots": 2}] and first["window"] == 60
     assert 0.5 < snapshots[1][0] - snapshots[0][0] < 5, "about one a second"
-    assert snapshots[0][0] - began < 5
+    assert snapshots[0][0] - began < 10
 
 
 def test_an_explicit_address_in_use_is_an_error(tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_jobs_json_during_a_run_and_after_the_owner_has_gone(make_lan: Any,
     start_two(peers)
     logdir = tmp_path / "tally"
     logdir.mkdir()
-    job = peers.run_job(1, JOBS / "tally.py", "40", "0.3", str(logdir))
+    job = peers.run_job(1, JOBS / "tally.py", "60", "0.5", str(logdir))  # 15 s on 2 workers
 
     def running_at_both() -> dict[str, Any] | None:
         rows = jobs_json(peers, 2)["jobs"]
@@ -142,7 +142,7 @@ def test_jobs_json_during_a_run_and_after_the_owner_has_gone(make_lan: Any,
 
     wait_until(running_at_both, 30, "h2's `jobs --json` shows h1's job run by both")
     row = running_at_both() or {}
-    assert row["owner"] == "h1" and row["total"] == 40 and 0 < row["done"] < 40
+    assert row["owner"] == "h1" and row["total"] == 60 and 0 < row["done"] < 60
     assert row["stale"] is False and row["errors"] == 0 and row["rate"] > 0
     assert sum(row["done_by"].values()) == row["done"]
     table = peers.cli(2, "jobs")
