@@ -147,7 +147,7 @@ def test_jobs_json_during_a_run_and_after_the_owner_has_gone(make_lan: Any,
     assert sum(row["done_by"].values()) == row["done"]
     table = peers.cli(2, "jobs")
     assert table.returncode == 0 and "tally.py: square" in table.stdout
-    assert "running" in table.stdout and "ran by" in table.stdout
+    assert "ran by" in table.stdout
     peers.kill9_all(1)  # the owner's machine crashes mid-job
     job.wait(timeout=30)
 
