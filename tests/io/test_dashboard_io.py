@@ -271,3 +271,31 @@ def test_top_draws_under_a_pseudo_terminal_and_q_quits(daemon: tuple[Daemon, str
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
         os.close(fd)
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["jobs", "--json"], ["top"], ["dashboard"]])
+def test_the_viewing_commands_without_a_daemon_say_how_to_start_one(
+        tmp_path: Path, command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pcluster", *command, "--control", str(tmp_path / "none.sock")],
+        check=False, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TERM": "xterm"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no p2pcluster peer is running" in result.stderr
+    assert "p2pcluster join" in result.stderr
+
+
+def test_jobs_table_through_the_daemon(daemon: tuple[Daemon, str], tmp_path: Path) -> None:
+    started, _ = daemon
+    result = subprocess.run([sys.executable, "-m", "p2pcluster", "jobs", "--control",
+                             str(started.control)], check=False, capture_output=True,
+                            text=True, timeout=60, env=started.env)
+    assert result.returncode == 0 and "no jobs yet" in result.stdout
+    run_shouts(tmp_path, started)
+    result = subprocess.run([sys.executable, "-m", "p2pcluster", "jobs", "--control",
+                             str(started.control)], check=False, capture_output=True,
+                            text=True, timeout=60, env=started.env)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["JOB", "OWNER", "FUNCTION"]
+    assert any("20/20 100%" in line and "done" in line for line in lines)
+    assert "    ran by    d1: 20" in lines
