@@ -30,9 +30,12 @@ examples:
   p2pcluster join --name lab1 --workers 6  advertise 6 worker slots under the name lab1
   p2pcluster join --seed 192.168.1.20      where multicast does not pass (add --no-mdns)
   p2pcluster join --interface eth1         several NICs: choose the LAN one
+  p2pcluster join --dashboard 0.0.0.0:8797 the dashboard on every address (with a token)
 
-The peer runs in the foreground and logs to stderr. Ctrl-C or SIGTERM (or `p2pcluster
-leave` from another terminal) leaves gracefully: the others see it as left, not failed.
+The peer runs in the foreground and logs to stderr. It serves a web dashboard of the whole
+cluster on http://127.0.0.1:8797/ (logged at start; `p2pcluster dashboard` prints it).
+Ctrl-C or SIGTERM (or `p2pcluster leave` from another terminal) leaves gracefully: the
+others see it as left, not failed.
 Every option may also come from the environment (P2PCLUSTER_<FIELD>, for example
 P2PCLUSTER_SEEDS=a:7946,b:7946) or a TOML file (--config); see docs/config.md.
 The firewall must let UDP and TCP through on the port (7946), and mDNS (UDP 5353)."""
