@@ -299,3 +299,23 @@ def test_jobs_table_through_the_daemon(daemon: tuple[Daemon, str], tmp_path: Pat
     assert lines[0].split()[:3] == ["JOB", "OWNER", "FUNCTION"]
     assert any("20/20 100%" in line and "done" in line for line in lines)
     assert "    ran by    d1: 20" in lines
+
+
+def test_dashboard_open_hands_the_url_to_the_browser(daemon: tuple[Daemon, str],
+                                                     tmp_path: Path) -> None:
+    started, url = daemon
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    result = subprocess.run([sys.executable, "-m", "p2pcluster", "dashboard", "--open",
+                             "--control", str(started.control)], check=False,
+                            capture_output=True, text=True, timeout=60,
+                            env={**started.env, "BROWSER": str(browser)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == url
+    deadline = time.monotonic() + 10
+    while not opened.exists():
+        assert time.monotonic() < deadline, "the browser was not started"
+        time.sleep(0.05)
+    assert opened.read_text().strip() == url
