@@ -66,6 +66,7 @@ async def serve_dashboard(peer: Peer, config: Config, lookout: Lookout, *,
     host, _, port = config.dashboard.rpartition(":")
     host = host.strip("[]")
     sock = _bind(host, int(port), spare=SPARE_PORTS if config.dashboard == DEFAULT else 0)
+    sock.listen(100)  # before anyone is told the URL: connections wait for hypercorn's accept
     token = None if is_loopback_host(host) else secrets.token_urlsafe(24)
     place = DashboardPlace(_url(host, sock.getsockname()[1], peer, token))
     settings = HypercornConfig()
