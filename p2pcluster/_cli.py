@@ -56,20 +56,29 @@ bytes, lists, dicts, sets, datetimes, Decimals... (see docs/jobs.md).
 
 examples:
   p2pcluster run examples/pi.py                  estimate pi on every peer
-  p2pcluster run job.py 1000 --include mylib/    ship the package mylib with the job
+  p2pcluster run job.py 1000 --include data/     ship a data directory with the job
+  p2pcluster run --requires gpu job.py           run the tasks only on peers tagged gpu
   p2pcluster run job.py --quiet > result.json    the result alone; stderr only for errors
 
 Where a `p2pcluster join` daemon runs on this machine, the job goes through it, to the whole
 cluster. Without one, `run` starts an ephemeral peer here (its workers start at once) and
 joins any peers it finds over mDNS: it names them as soon as it finds one, and says it is
-alone only after looking for a whole second (a job done sooner gets no such line). A failing
+alone only after looking for a whole second (a job done sooner gets no such line).
+
+The modules and packages job.py imports from its own directory (or from any directory that
+is neither the standard library nor an installed distribution) ship with it by themselves;
+a line on stderr lists them. Tasks go only to peers with this Python's minor version and
+every installed distribution the job imports at the same minor version (exactly, with
+--strict-versions); a line on stderr names each peer left out, and why. A failing
 task prints its remote traceback and `run` exits 1; Ctrl-C cancels the job on every peer."""
 
 _MEMBERS_EPILOG = """\
 Asks the peer running on this machine (started with `p2pcluster join`) for its view of the
 cluster. STATE is alive, suspect (missed probes; it may yet answer), dead or left; AGE is
 the time since the state last changed. Peers that left or died more than 10 minutes ago are
-hidden (the last line says how many), in the table and in --json, unless --all is given."""
+hidden (the last line says how many), in the table and in --json, unless --all is given.
+--versions asks every live peer for its Python, platform and the versions of p2pcluster's
+dependencies (and of each --package NAME), and prints what differs between them."""
 
 
 def _add_local_options(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +104,10 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_MEMBERS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_local_options(members)
     members.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    members.add_argument("--versions", action="store_true",
+                         help="compare the peers' Python, platform and package versions")
+    members.add_argument("--package", action="append", default=[], metavar="NAME",
+                         help="with --versions: a distribution to compare too (repeatable)")
     members.add_argument("--all", action="store_true",
                          help="also list the peers that left or died more than 10 minutes ago")
     members.set_defaults(handler=_cmd_members)
@@ -157,7 +170,13 @@ def _add_run(commands: Any) -> None:
     _add_local_options(run)
     run.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
     run.add_argument("--include", action="append", default=[], metavar="PATH",
-                     help="a file or package to ship with the job (repeatable)")
+                     help="a file or package to ship with the job, beyond the modules its "
+                          "imports ship by themselves (repeatable)")
+    run.add_argument("--requires", action="append", default=[], metavar="TAG",
+                     help="run the tasks only on peers with this tag (repeatable)")
+    run.add_argument("--strict-versions", action="store_true",
+                     help="run the tasks only where Python and the distributions the job "
+                          "imports have exactly this machine's versions")
     run.add_argument("--workers", type=int, metavar="N",
                      help="worker processes of an ephemeral peer (default: the CPU count)")
     daemon = run.add_mutually_exclusive_group()
@@ -201,6 +220,8 @@ def _config(args: argparse.Namespace) -> Any:
         changes["mdns"] = False
     if getattr(args, "no_dashboard", False):
         changes["dashboard"] = ""
+    if getattr(args, "strict_versions", False):
+        changes["strict_versions"] = True
     return Config.load(preset=getattr(args, "preset", "lan"),
                        toml=getattr(args, "config", None), **changes)
 
@@ -232,7 +253,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     daemon = False if args.local else (True if args.daemon else None)
     return run_job_file(args.job, args.args, config=config,
                         control=Path(args.control) if args.control else None, daemon=daemon,
-                        include=args.include, quiet=args.quiet)
+                        include=args.include, quiet=args.quiet, requires=args.requires)
 
 
 def _ask(args: argparse.Namespace, op: str, **body: Any) -> dict[str, Any]:
@@ -241,20 +262,16 @@ def _ask(args: argparse.Namespace, op: str, **body: Any) -> dict[str, Any]:
     return ask_daemon(args.cluster, args.control, op, **body)
 
 
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 #: Seconds after which `members` hides a peer that left or died, unless ``--all``.
 DEPARTED_HIDDEN_AFTER = 600.0
 
 
 def _cmd_members(args: argparse.Namespace) -> int:
+    if args.versions:
+        from ._tables import print_versions
+
+        return print_versions(_ask(args, "versions", packages=args.package),
+                              as_json=args.json)
     answer = _ask(args, "members")
     rows = sorted(answer["members"], key=lambda r: (r["status"] != "alive", r["name"]))
     shown = rows if args.all else [r for r in rows if not _long_departed(r)]
@@ -263,7 +280,9 @@ def _cmd_members(args: argparse.Namespace) -> int:
         print(json.dumps({"cluster": answer["cluster"], "self": answer["self"],
                           "members": shown, "hidden": hidden}, indent=2))
         return EXIT_OK
-    _print_members(shown, answer["self"])
+    from ._tables import print_members
+
+    print_members(shown, answer["self"])
     alive = sum(r["status"] == "alive" for r in rows)
     print(f"\ncluster {answer['cluster']!r}: {alive} alive of {len(rows)} known (* this peer)")
     if hidden:
@@ -275,18 +294,6 @@ def _long_departed(row: dict[str, Any]) -> bool:
     """Left or dead, and for longer than :data:`DEPARTED_HIDDEN_AFTER` (AGE is the time since
     the state changed)."""
     return row["status"] in ("left", "dead") and row["age"] > DEPARTED_HIDDEN_AFTER
-
-
-def _print_members(rows: list[dict[str, Any]], self_id: str) -> None:
-    header = ("NAME", "ADDRESS", "STATE", "INC", "WORKERS", "QUEUE", "AGE")
-    table = [header] + [
-        (r["name"] + (" *" if r["id"] == self_id else ""), f"{r['host']}:{r['port']}",
-         r["status"], str(r["incarnation"]), str(r["workers"]), str(r["queue"]),
-         _age(r["age"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
 
 
 def _cmd_leave(args: argparse.Namespace) -> int:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
@@ -30,6 +31,7 @@ from ._config import Config
 from ._errors import ClusterError
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
 from ._jobs import CodeRegistry, JobRequest, encode_map_args
+from ._placementnews import PlacementReporter
 from ._places import control_path
 
 if TYPE_CHECKING:  # each imported where it is used: `run` imports one path, not both
@@ -66,8 +68,11 @@ class Cluster(cf.Executor):
     answers on its control socket, and otherwise through a peer embedded in this process
     (which joins the cluster, runs tasks with ``config.workers`` processes, and leaves on
     :meth:`shutdown`). ``daemon=True`` requires the daemon; ``daemon=False`` always embeds.
-    ``include`` lists extra files or packages to ship with every job; ``label`` names this
-    program's jobs in the daemon's log.
+    ``include`` lists extra files or packages to ship with every job (the modules the script
+    imports from its own directory ship by themselves); ``label`` names this program's jobs
+    in the daemon's log; ``err`` gets its lines for the user (default stderr). Tasks go only
+    to peers whose Python and installed distributions match this process's (the same minor
+    version, or exactly with ``config.strict_versions``); a line names each peer left out.
 
     Task functions must be module-level functions; arguments and results travel as CBOR.
     A script that uses an embedded peer must guard its top level with
@@ -77,9 +82,14 @@ class Cluster(cf.Executor):
     def __init__(self, config: Config | None = None, *, include: Iterable[str | Path] = (),
                  daemon: bool | None = None, control: str | Path | None = None,
                  registry: CodeRegistry | None = None, label: str = "",
-                 on_ready: Callable[[Cluster], None] | None = None) -> None:
+                 on_ready: Callable[[Cluster], None] | None = None,
+                 err: TextIO | None = None) -> None:
         self.config = config or Config.load()
-        self.registry = registry or CodeRegistry(include)
+        self.registry = registry or CodeRegistry(
+            include, auto_limit=self.config.auto_include_limit,
+            strict=self.config.strict_versions)
+        self.placement = PlacementReporter(
+            label, None if err is None else lambda line: print(line, file=err, flush=True))
         self._control = Path(control) if control else control_path(self.config.cluster)
         self._want_daemon = daemon
         self._label = label
@@ -150,6 +160,7 @@ class Cluster(cf.Executor):
                                                max_value_size=self.config.max_value_size
                                                ) as client:
                     self._client = client
+                    client.on_placement = self.placement.note
                     await self._serve()
                     return
             except NoDaemon:
@@ -194,7 +205,9 @@ class Cluster(cf.Executor):
         assert self.peer is not None
         job = self.peer.submit(request)
         job.listeners.append(sink.results)
-        job.on_finish.append(lambda: sink.close(cancelled=job.cancelled))
+        job.watch_placement(self.placement.note)
+        job.watch_finish(lambda: sink.close(
+            cancelled=job.cancelled, error=ClusterError(job.failure) if job.failure else None))
         sink.attach_cancel(job.cancel)
 
     def _run_soon(self, fn: Callable[[], None]) -> None:
@@ -231,9 +244,12 @@ class Cluster(cf.Executor):
 
     # --- the Executor -----------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+    def submit(self, fn: Callable[..., Any], /, *args: Any,  # type: ignore[override]
+               requires: Iterable[str] = (), **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` on some peer; a real :class:`concurrent.futures.Future`
-        (a :class:`TaskFuture`, whose ``peer`` names where it ran).
+        (a :class:`TaskFuture`, whose ``peer`` names where it ran). ``requires`` names tags
+        the peer must have (``p2pcluster join --tag``); while no live peer has them the task
+        waits. (``fn`` cannot take a keyword argument named ``requires`` this way.)
 
         Cancelling the future stops the task. The future's exception is a
         :class:`~p2pcluster.TaskError` (with the remote traceback) if the task raised; it is
@@ -243,7 +259,8 @@ class Cluster(cf.Executor):
         from ._values import encode_call
 
         request = self.registry.request(fn, [encode_call(args, kwargs)],
-                                        max_value_size=self._limit(), where=self._where())
+                                        max_value_size=self._limit(), where=self._where(),
+                                        requires=requires)
         future = TaskFuture()
         sink = FutureSink(self._book, self._run_soon, future)
 
@@ -260,7 +277,7 @@ class Cluster(cf.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int | None = None,
-            task_timeout: float | None = None) -> MapIterator:
+            task_timeout: float | None = None, requires: Iterable[str] = ()) -> MapIterator:
         """Like :meth:`concurrent.futures.Executor.map`: results in order, as a
         :class:`MapIterator`.
 
@@ -268,12 +285,12 @@ class Cluster(cf.Executor):
         or ``chunksize`` tasks at a time. ``timeout`` (seconds, from this call) limits the
         wait for results, as in PEP 3148; ``task_timeout`` limits each task. A task's error is
         raised when its result is reached; leaving the iterator early (or its ``close()``)
-        cancels the job.
+        cancels the job. ``requires`` names tags a peer must have to run the tasks.
         """
         payloads = encode_map_args(iterables)
         request = self.registry.request(fn, payloads, timeout=task_timeout,
                                         chunksize=chunksize, max_value_size=self._limit(),
-                                        where=self._where())
+                                        where=self._where(), requires=requires)
         deadline = None if timeout is None else time.monotonic() + timeout
         sink = MapSink(self._book, self._run_soon, len(payloads))
         self._submit_job(request, sink)
@@ -309,7 +326,7 @@ class Cluster(cf.Executor):
     def progress(self) -> Progress:
         """Tasks submitted and done through this cluster, per peer, and the seconds since it
         started."""
-        return self._book.progress()
+        return dataclasses.replace(self._book.progress(), waiting=self.placement.waiting)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Leave the cluster (an embedded peer) and stop the trio thread. Jobs still running

@@ -165,6 +165,25 @@ class Config:
         their output, of which a peer keeps 4 MiB in all (each task's stdout and stderr cut
         to 4096 characters).""")
 
+    # --- environments: what a job ships and needs ---------------------------------------------
+    auto_include_limit: int = _doc(16 * 1024 * 1024, """
+        The most bytes of the job's own modules shipped with it automatically: the modules
+        and packages the job file (or the script using Cluster) imports, directly or in
+        turn, that are neither in the standard library nor an installed distribution (16 MiB).
+        A module that would pass the limit is not shipped, and a line on stderr says so
+        (ship it with --include, or raise the limit); 0 ships nothing automatically.""",
+        "bytes")
+    strict_versions: bool = _doc(False, """
+        Jobs submitted from here run only on peers with exactly the versions the submitter
+        has of Python and of every installed distribution the job imports. Off, the same
+        minor release is enough (numpy 2.5.1 runs a job submitted with 2.5.5, 1.26.4 does
+        not). `p2pcluster run --strict-versions` sets it for one run.""")
+    versions_ttl: float = _doc(10.0, """
+        A peer's answer about its installed versions serves new jobs this long; a job
+        submitted later asks again. Shorter notices a peer's `pip install` sooner, at one
+        question per peer and job more; a job that runs keeps the answers it started with
+        unless a peer's metadata changes.""", "s")
+
     # --- membership (SWIM with the Lifeguard refinements) -----------------------------------
     node_name: str | None = _doc(None, """
         This peer's name, shown by `p2pcluster members`. None uses the host name. A restarted
@@ -287,6 +306,8 @@ class Config:
             (self.task_history >= 0, "task_history must not be negative"),
             (self.dashboard == "" or _host_port(self.dashboard),
              f"dashboard {self.dashboard!r} must be HOST:PORT (port 0..65535), or empty"),
+            (self.auto_include_limit >= 0, "auto_include_limit must not be negative"),
+            (self.versions_ttl > 0, "versions_ttl must be positive"),
         ]
 
     def worker_count(self) -> int:

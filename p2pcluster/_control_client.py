@@ -23,7 +23,7 @@ import trio
 
 from ._control import FramedStream, connect
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
-from ._jobs import JobRequest, JobResult
+from ._jobs import JobRequest, JobResult, PlacementNote
 from ._outbox import Outbox, Part, blob_frames
 from ._proto.codec import decode_cbor
 from ._proto.control import (
@@ -40,6 +40,7 @@ from ._proto.control import (
     Ended,
     EndReason,
     Inline,
+    Placement,
     Progress,
     Ref,
     Reply,
@@ -108,6 +109,8 @@ class ControlClient:
         self._sent_bundles: set[str] = set()  #: the daemon keeps these for the connection
         self._next = {"job": 0, "req": 0, "blob": 0}
         self._broken: BaseException | None = None
+        #: Called (in the trio run, never blocking) with news of where a job's tasks may go.
+        self.on_placement: Callable[[PlacementNote], None] | None = None
 
     @property
     def peer(self) -> str:
@@ -187,7 +190,7 @@ class ControlClient:
         parts.append(CODEC.encode(Submit(
             job, Ref(ref.module, ref.qualname, ref.job, ref.includes), bundles, len(payloads),
             request.timeout, request.chunksize, label[:4096],
-            tuple(Inline(p) for p in payloads[:first]))))
+            tuple(Inline(p) for p in payloads[:first]), request.needs)))
         if first < len(payloads):
             self._args_parts(job, payloads, first, parts)
         return parts
@@ -255,6 +258,9 @@ class ControlClient:
             waiting = self._requests.pop(message.req, None)
             if waiting is not None:
                 waiting.send_nowait(message)
+        elif isinstance(message, Placement):
+            if self.on_placement is not None and message.job in self._jobs:
+                self.on_placement(PlacementNote(message.kind, message.peer, message.reasons))
         else:
             self._job_news(message)
 

@@ -24,7 +24,7 @@ import trio
 from ._bundles import CodeBundle
 from ._control import FramedStream
 from ._errors import P2PClusterError, ProtocolError, too_large
-from ._jobs import JobRequest, JobResult
+from ._jobs import JobRequest, JobResult, PlacementNote
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
 from ._proto.control import (
@@ -42,6 +42,7 @@ from ._proto.control import (
     EndReason,
     Inline,
     PeerCount,
+    Placement,
     Progress,
     Reply,
     Request,
@@ -225,7 +226,8 @@ class ControlSession:
         job.label = running.label
         self._running[submit.job] = running
         job.listeners.append(lambda batch: self._delivered(running, batch))
-        job.on_finish.append(lambda: self._finished(running))
+        job.watch_placement(lambda note: self._placement(running, note))
+        job.watch_finish(lambda: self._finished(running))
         log.info("job %s (%s, %d task(s)) from %s started", job.id.hex()[:8], running.label,
                  job.total, self.client)
         # Accepted goes out with the first results (one write, not two), or within a
@@ -260,6 +262,11 @@ class ControlSession:
         running.finished = True
         self._mark(running)
 
+    def _placement(self, running: _Running, note: PlacementNote) -> None:
+        self._queue_out(Placement(running.key, note.kind, note.peer[:255],
+                                  tuple(r[:4096] for r in note.reasons[:256])))
+        self._mark(running)
+
     def _mark(self, running: _Running) -> None:
         if not running.queued:
             running.queued = True
@@ -288,8 +295,9 @@ class ControlSession:
         if running.finished and running.key in self._running:
             del self._running[running.key]
             job = running.job
-            reason = EndReason.CANCELLED if job.cancelled else EndReason.DONE
-            self._queue_out(Ended(running.key, reason, ""))
+            reason = (EndReason.FAILED if job.failure else EndReason.CANCELLED
+                      if job.cancelled else EndReason.DONE)
+            self._queue_out(Ended(running.key, reason, job.failure[:4096]))
             _log_end(job, running.label, reason)
 
     async def _results(self, running: _Running) -> None:
@@ -366,11 +374,12 @@ def _job_request(submit: Submit, pending: _Pending) -> JobRequest:
     if submit.timeout is not None and not submit.timeout > 0:
         raise P2PClusterError("bad job: timeout must be a positive number of seconds")
     bundles = {d: pending.bundles[d] for d in needed}
-    return JobRequest(ref, bundles, pending.payloads, submit.timeout, submit.chunksize)
+    return JobRequest(ref, bundles, pending.payloads, submit.timeout, submit.chunksize,
+                      submit.needs)
 
 
 def _log_end(job: Job, label: str, reason: EndReason) -> None:
-    word = "cancelled" if reason == EndReason.CANCELLED else "done"
+    word = {EndReason.CANCELLED: "cancelled", EndReason.FAILED: "failed"}.get(reason, "done")
     peers = ", ".join(f"{name} {n}" for name, n in job.per_peer.most_common())
     elapsed = trio.current_time() - job.started
     log.info("job %s (%s) %s in %.1f s: %d of %d task(s)%s", job.id.hex()[:8], label, word,

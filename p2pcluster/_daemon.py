@@ -92,6 +92,19 @@ class Daemon:
             stats = dataclasses.asdict(self.peer.statistics().membership)
             return {"cluster": self.config.cluster, "version": __version__,
                     "self": member_row(self.peer.me, now), "statistics": stats}
+        if op == "versions":
+            packages = body.get("packages", [])
+            if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+                raise P2PClusterError("packages must be a list of distribution names")
+            members = self.peer.members()
+            rows = await self.peer.versions(
+                [(m.id, m.name) for m in members if m.alive], packages[:64])
+            meta = {m.name: member_row(m, now) for m in members}
+            for row in rows:
+                known = meta.get(row["name"], {})
+                row.update(system=known.get("system", ""), machine=known.get("machine", ""),
+                           software=known.get("version", ""))
+            return {"cluster": self.config.cluster, "self": self.peer.me.name, "peers": rows}
         if op == "leave":
             self.leave_requested.set()
             return {"name": self.peer.me.name}

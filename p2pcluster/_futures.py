@@ -36,6 +36,8 @@ class Progress:
     done: int
     per_peer: dict[str, int]
     elapsed: float
+    #: Why tasks wait ("" while none do): no live peer has the tags they require.
+    waiting: str = ""
 
 
 class TaskFuture(cf.Future[Any]):

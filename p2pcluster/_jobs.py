@@ -17,7 +17,9 @@ from pathlib import Path
 from types import FunctionType
 from typing import Any, NamedTuple
 
+from ._autoship import AutoShip
 from ._bundles import CodeBundle, bundle_file, bundle_tree
+from ._environment import job_needs
 from ._errors import (
     PoisonTaskError,
     TaskError,
@@ -26,11 +28,15 @@ from ._errors import (
     task_error,
     too_large,
 )
-from ._proto.wiretypes import TaskStatus
+from ._proto.eligibility import NO_NEEDS, JobNeeds
+from ._proto.wiretypes import PlacementKind, TaskStatus
 from ._refs import FunctionRef, function_ref
 from ._values import decode_value, encode_call
 
-__all__ = ["CodeRegistry", "JobRequest", "JobResult", "encode_map_args", "unpack"]
+__all__ = [
+    "CodeRegistry", "JobRequest", "JobResult", "PlacementNote", "encode_map_args",
+    "placement_line", "unpack", "unrunnable_message",
+]
 
 
 _ERRORS: dict[int, type[TaskError]] = {
@@ -63,6 +69,39 @@ class JobResult(NamedTuple):
     peer: str
 
 
+class PlacementNote(NamedTuple):
+    """News from a job's owner of where its tasks may go: ``kind`` a
+    :class:`~._proto.wiretypes.PlacementKind`, ``peer`` the name of the peer excluded (for
+    the others, the owner's), ``reasons`` in words (``numpy missing``)."""
+
+    kind: int
+    peer: str
+    reasons: tuple[str, ...]
+
+
+def unrunnable_message(notes: Iterable[PlacementNote]) -> str:
+    """Why no live peer can run a job: ``lab3: numpy missing; lab4: numpy 1.26.4 (here
+    2.5.5)``."""
+    excluded = [f"{n.peer}: {', '.join(n.reasons)}" for n in notes
+                if n.kind == PlacementKind.EXCLUDED]
+    return ("no live peer can run this job's tasks, this one included: "
+            + ("; ".join(excluded) or "none fits"))
+
+
+def placement_line(label: str, note: PlacementNote) -> str | None:
+    """The stderr line a submitter prints for ``note`` (None: nothing to say)."""
+    what = f"{label}'s tasks" if label else "the tasks"
+    if note.kind == PlacementKind.EXCLUDED:
+        return f"p2pcluster: {note.peer} cannot take {what}: {', '.join(note.reasons)}"
+    if note.kind == PlacementKind.ALONE:
+        return f"p2pcluster: no other peer can take {what}: {note.peer} runs them alone"
+    if note.kind == PlacementKind.WAITING:
+        return f"p2pcluster: {what} wait: {', '.join(note.reasons)}"
+    if note.kind == PlacementKind.RESUMED:
+        return f"p2pcluster: a peer that can take {what} is back"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     """Everything a peer needs to own a job."""
@@ -72,6 +111,8 @@ class JobRequest:
     payloads: Sequence[bytes]
     timeout: float | None = None
     chunksize: int = 0
+    #: What a peer must have to take the job's tasks (:mod:`._proto.eligibility`).
+    needs: JobNeeds = NO_NEEDS
 
 
 def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[bytes]:
@@ -105,25 +146,47 @@ class CodeRegistry:
     Give the registry each shipped module with :meth:`add_job_module`; functions of
     ``__main__`` ship the script they come from. :meth:`request` names a function and lists
     the bundles a peer will need for it.
+
+    The job file's own modules ship by themselves, found by scanning its imports (or, for a
+    script that uses Cluster, those of ``__main__``): see :class:`~._autoship.AutoShip`,
+    which also finds the installed distributions the job needs (``strict``: at exactly
+    this process's versions). ``requires`` are tags every job requires besides its own.
+    ``say`` writes one line for the user (stderr).
     """
 
-    def __init__(self, include: Iterable[str | Path] = ()) -> None:
+    def __init__(self, include: Iterable[str | Path] = (), *, auto_limit: int = 16 * 2**20,
+                 strict: bool = False, requires: Iterable[str] = (),
+                 say: Callable[[str], None] | None = None) -> None:
         self._refs: dict[FunctionType, FunctionRef] = {}
         self._bundles: dict[str, CodeBundle] = {}
         self._job_modules: dict[str, str] = {}
         self._includes: list[str] = []
+        self.strict = strict
+        self.requires = _check_tags(requires)  #: tags every job of this registry requires
+        self._needs: dict[tuple[tuple[str, ...], tuple[str, ...]], JobNeeds] = {}
         for path in include:
-            bundle = bundle_tree(path)
-            self._bundles[bundle.digest] = bundle
-            self._includes.append(bundle.digest)
-            parent = str(Path(path).resolve().parent)
-            if parent not in sys.path:  # so this process resolves included modules too
-                sys.path.append(parent)
+            self._include(path, bundle_tree(path))
+        self._auto = AutoShip(auto_limit, [Path(p) for p in include], say)
 
-    def add_job_module(self, name: str, bundle: CodeBundle) -> None:
+    def _include(self, path: str | Path, bundle: CodeBundle) -> None:
+        self._bundles[bundle.digest] = bundle
+        if bundle.digest not in self._includes:
+            self._includes.append(bundle.digest)
+        self._refs.clear()
+        parent = str(Path(path).resolve().parent)
+        if parent not in sys.path:  # so this process resolves included modules too
+            sys.path.append(parent)
+
+    def add_job_module(self, name: str, bundle: CodeBundle,
+                       path: str | Path | None = None) -> None:
+        """Ship ``bundle`` as module ``name``; with ``path`` (its file), what it imports
+        too."""
         self._bundles[bundle.digest] = bundle
         self._job_modules[name] = bundle.digest
         self._refs.clear()
+        if path is not None:
+            for found, included in self._auto.scan(path):
+                self._include(found, included)
 
     def ref(self, fn: Callable[..., Any]) -> FunctionRef:
         """The :class:`FunctionRef` of ``fn``; remembered per function, and checked again
@@ -136,7 +199,7 @@ class CodeRegistry:
         if module == "__main__" and "__main__" not in self._job_modules:
             main_file = getattr(sys.modules["__main__"], "__file__", None)
             if main_file and Path(main_file).is_file():
-                self.add_job_module("__main__", bundle_file(main_file))
+                self.add_job_module("__main__", bundle_file(main_file), main_file)
         ref = function_ref(fn, job_modules=self._job_modules, includes=self._includes)
         if isinstance(fn, FunctionType):
             self._refs[fn] = ref
@@ -144,10 +207,13 @@ class CodeRegistry:
 
     def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
                 timeout: float | None = None, chunksize: int | None = None,
-                max_value_size: int | None = None, where: str = "this peer") -> JobRequest:
+                max_value_size: int | None = None, where: str = "this peer",
+                requires: Iterable[str] = ()) -> JobRequest:
         """A :class:`JobRequest`; raises :class:`~p2pcluster.SubmitError` on a bad ``fn``,
         and :class:`~p2pcluster.ValueTooLarge` on an argument over ``max_value_size``
-        (the limit ``where``)."""
+        (the limit ``where``). Its tasks go only to peers with every tag in ``requires``
+        and the job's environment (:meth:`needs`)."""
+        self._scan_main()
         ref = self.ref(fn)
         if max_value_size is not None:
             _check_sizes(fn, payloads, max_value_size, where)
@@ -157,4 +223,36 @@ class CodeRegistry:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be at least 1")
         return JobRequest(ref, {d: self._bundles[d] for d in needed}, payloads,
-                          None if timeout is None else float(timeout), chunksize or 0)
+                          None if timeout is None else float(timeout), chunksize or 0,
+                          self.needs(requires))
+
+    def needs(self, requires: Iterable[str] = ()) -> JobNeeds:
+        """What a job submitted now needs: this Python's minor version (exact, if
+        ``strict``), the distributions the shipped code imports at this process's versions,
+        and the tags ``requires``."""
+        key = (tuple(sorted({*self.requires, *_check_tags(requires)})), self._auto.dists)
+        needs = self._needs.get(key)
+        if needs is None:  # reading versions costs a look at the disk: once per set
+            needs = self._needs[key] = job_needs(self._auto.dists, requires=key[0],
+                                                 strict=self.strict)
+        return needs
+
+    def _scan_main(self) -> None:
+        """A script that uses Cluster ships what its ``__main__`` imports (once)."""
+        if self._job_modules or not self._auto.first_scan():
+            return
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file and Path(main_file).is_file() and not AutoShip.installed(main_file):
+            for found, included in self._auto.scan(main_file):
+                self._include(found, included)
+
+
+def _check_tags(requires: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(requires, str):
+        requires = (requires,)
+    tags = tuple(sorted(set(requires)))
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or len(tag) > 64:
+            raise ValueError(f"a required tag is a non-empty string of at most 64 "
+                             f"characters, not {tag!r}")
+    return tags

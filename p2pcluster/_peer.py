@@ -38,7 +38,7 @@ from ._activity import Activity
 from ._codecache import CodeCache
 from ._config import Config
 from ._discovery import serve_introductions
-from ._errors import P2PClusterError
+from ._errors import ClusterError, P2PClusterError
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
@@ -54,6 +54,7 @@ from ._secure import WireStatistics
 from ._transport import Address
 from ._usage import serve_usage
 from ._values import encode_call
+from ._versions import gather_versions
 from ._work import Job, WorkService
 
 __all__ = ["Job", "Peer", "PeerStatistics", "open_peer"]
@@ -165,35 +166,52 @@ class Peer:
         """For a job owned here: unfinished task index -> the peer believed to hold it."""
         return self._work.holders(job)
 
+    async def versions(self, peers: Sequence[tuple[bytes, str]],
+                       packages: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Ask ``peers`` (id, name) for their Python and installed versions (see
+        :func:`~._versions.gather_versions`)."""
+        return await gather_versions(self._work.versions, peers, packages)
+
     # --- work -------------------------------------------------------------------------------
 
     def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
-                timeout: float | None = None, chunksize: int | None = None) -> JobRequest:
-        """A job for ``fn`` over encoded calls, checked here (see :class:`CodeRegistry`)."""
+                timeout: float | None = None, chunksize: int | None = None,
+                requires: Iterable[str] = ()) -> JobRequest:
+        """A job for ``fn`` over encoded calls, checked here (see :class:`CodeRegistry`);
+        its tasks go only to peers with every tag in ``requires``."""
         return self._registry.request(fn, payloads, timeout=timeout, chunksize=chunksize,
-                                      max_value_size=self._config.max_value_size)
+                                      max_value_size=self._config.max_value_size,
+                                      requires=requires)
 
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
-                  **kwargs: Any) -> Any:
+                  requires: Iterable[str] = (), **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
-        :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds."""
-        request = self.request(fn, [encode_call(args, kwargs)], timeout=timeout)
+        :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds;
+        ``requires`` names the tags the peer must have."""
+        request = self.request(fn, [encode_call(args, kwargs)], timeout=timeout,
+                               requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await job.wait()
+        _check_failure(job)
         return unpack(*results[0][1:])
 
     async def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-                  timeout: float | None = None, chunksize: int | None = None) -> list[Any]:
+                  timeout: float | None = None, chunksize: int | None = None,
+                  requires: Iterable[str] = ()) -> list[Any]:
         """``[fn(*xs) for xs in zip(*iterables)]``, across the cluster, in order.
 
-        The first task error is raised (after the job is cancelled). ``timeout`` is per task.
+        The first task error is raised (after the job is cancelled). ``timeout`` is per task;
+        ``requires`` names the tags a peer must have to run the tasks (they wait while no
+        live peer has them). A :class:`~p2pcluster.ClusterError` if no live peer can run
+        them (their Python or distributions differ from this process's).
         """
         request = self.request(fn, encode_map_args(iterables), timeout=timeout,
-                               chunksize=chunksize)
+                               chunksize=chunksize, requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await _wait_or_first_error(job)
+            _check_failure(job)
             first_error = next((i for i in sorted(results) if results[i].status), None)
             if first_error is not None:
                 unpack(*results[first_error][1:])
@@ -235,6 +253,11 @@ class Peer:
         ``max_value_size`` lowers this peer's limit on the job's results (a client that
         takes less)."""
         return self._work.submit(request, max_value_size=max_value_size)
+
+
+def _check_failure(job: Job) -> None:
+    if job.failure:
+        raise ClusterError(job.failure)
 
 
 def _collect(job: Job) -> dict[int, JobResult]:
@@ -304,7 +327,9 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
                     address=place.mdns_address))
             try:
                 yield Peer(config, runner, membership, work, workers=workers, how=place.how,
-                           registry=registry or CodeRegistry(include))
+                           registry=registry or CodeRegistry(
+                               include, auto_limit=config.auto_include_limit,
+                               strict=config.strict_versions))
             finally:
                 discovery.cancel()  # the mDNS goodbye goes out while we tell the peers
                 with trio.CancelScope(shield=True):
@@ -340,7 +365,9 @@ async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) ->
 
 
 def _first_meta(config: Config, workers: int, started: int) -> bytes:
+    from ._environment import environment_meta
     from ._proto.meta import NodeMeta
     from ._version import __version__
 
-    return NodeMeta(workers, 0, config.tags, __version__, started).encode()
+    return NodeMeta(workers, 0, config.tags, __version__, started,
+                    *environment_meta()).encode()

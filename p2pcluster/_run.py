@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from ._bundles import bundle_file
 from ._cluster import Cluster, MemberInfo
@@ -121,8 +121,12 @@ class ProgressBar:
             return
         # One column short of the width: a line that fills the last column makes some
         # terminals wrap, and the next redraw would start a line lower.
+        columns = terminal_columns(self.stream) - 1
+        waiting = p.waiting
+        if waiting:  # the tasks wait for a peer with a tag: say why, first
+            waiting = f"  waiting: {waiting}"[:max(0, columns // 2)]
         line = render_progress(p.done, p.total, p.elapsed, p.per_peer,
-                               columns=terminal_columns(self.stream) - 1)
+                               columns=columns - len(waiting)) + waiting
         self.stream.write("\r\x1b[K" + line)
         self.stream.flush()
         self._drawn = True
@@ -219,16 +223,21 @@ class _Failed(Exception):
 def run_job_file(path: str, args: Sequence[str], *, config: Config,
                  control: Path | None = None, daemon: bool | None = None,
                  include: Sequence[str] = (), quiet: bool = False,
-                 out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The whole `run` command; returns the exit status."""
+                 out: TextIO | None = None, err: TextIO | None = None,
+                 requires: Sequence[str] = ()) -> int:
+    """The whole `run` command; returns the exit status. ``requires``: tags every task of
+    the run requires."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        main, registry = _load_main(path, include)
+        registry = CodeRegistry(include, auto_limit=config.auto_include_limit,
+                                strict=config.strict_versions, requires=requires,
+                                say=lambda line: print(line, file=err, flush=True))
+        main = _load_main(path, registry)
         if config.port == Config().port:  # an ephemeral peer takes any free port
             config = dataclasses.replace(config, port=0)
         cluster = Cluster(config, registry=registry, daemon=daemon, control=control,
-                          label=Path(path).name)
+                          label=Path(path).name, err=err)
         try:
             result = _call_main(cluster, main, args, err, quiet)
         finally:
@@ -241,17 +250,17 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,
     return 0
 
 
-def _load_main(path: str, include: Sequence[str]) -> tuple[Callable[..., Any], CodeRegistry]:
-    """Import the job file as its ``p2pjob_`` module; its ``main`` and the code to ship."""
+def _load_main(path: str, registry: CodeRegistry) -> Callable[..., Any]:
+    """Import the job file as its ``p2pjob_`` module; its ``main`` (and ``registry`` ships
+    the code)."""
     job_path = Path(path)
     if not job_path.is_file():
         raise P2PClusterError(f"no job file at {path}")
     cache = CodeCache(CodeCache.default_root())
     bundle = bundle_file(job_path)
     sys.path.insert(0, str(job_path.resolve().parent))  # the job may import its neighbours
-    registry = CodeRegistry(include)  # first: it puts the --include files on sys.path...
-    try:
-        module = load_job_module(bundle, cache, filename=path)  # ...for the job to import
+    try:  # the registry put the --include files on sys.path, for the job to import
+        module = load_job_module(bundle, cache, filename=path)
     except SyntaxError as exc:
         raise _Failed(format_syntax_error(exc)) from None
     except Exception as exc:
@@ -260,8 +269,8 @@ def _load_main(path: str, include: Sequence[str]) -> tuple[Callable[..., Any], C
     main = getattr(module, "main", None)
     if not callable(main):
         raise P2PClusterError(f"{path} has no main(cluster, *args) function; see docs/jobs.md")
-    registry.add_job_module(module.__name__, bundle)
-    return main, registry
+    registry.add_job_module(module.__name__, bundle, job_path)
+    return cast(Callable[..., Any], main)
 
 
 def _import_hint(exc: Exception) -> str:

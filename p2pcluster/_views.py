@@ -47,7 +47,6 @@ def member_json(member: Member, now: float, me: bytes, seen: Seen | None) -> dic
         cpu=None if usage is None else usage.cpu,
         rss=None if usage is None else usage.rss * 1024,
         load=None if usage is None else usage.load,
-        python=report.python if report else None,
         slots=report.slots if report else None,
         busy=report.busy if report and seen and seen.answered else None,
         queued=report.queued if report and seen and seen.answered else None,

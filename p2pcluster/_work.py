@@ -20,8 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -31,15 +30,18 @@ from ._codecache import CodeCache
 from ._codeship import CodeShipping
 from ._config import Config
 from ._dataplane import DataPlane, Owner
-from ._jobs import JobRequest, JobResult
+from ._environment import environment_meta, local_env
+from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
+from ._ownedjob import Job
 from ._pool import WorkerPool, WorkerPoolStatistics
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
     WORK_MESSAGES,
     FetchArgs,
     FetchCode,
+    FetchVersions,
     JobSpec,
     Message,
     PushResult,
@@ -51,8 +53,10 @@ from ._proto.meta import NodeMeta, Usage
 from ._proto.policy import MetaSchedule, WorkPolicy
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import (
+    AskVersions,
     JobDropped,
     JobFinished,
+    PlacementNews,
     PushValue,
     ResultsReady,
     StealingStatistics,
@@ -64,76 +68,13 @@ from ._slots import Slots
 from ._tasklog import TaskLog
 from ._transport import Address
 from ._version import __version__
+from ._versions import VersionQuestions, VersionsUnavailable
 
 __all__ = ["Job", "WorkService"]
 
 log = logging.getLogger("p2pcluster.peer")
 #: Ended jobs a peer remembers, for `p2pcluster jobs` and the dashboard.
 RECENT_JOBS = 50
-
-
-class Job:
-    """A job owned by this peer: its results as they arrive, and its end.
-
-    Listeners get each batch of new results (first results only, as :class:`JobResult`),
-    in the peer's trio thread; a listener must not block. The job keeps no results itself:
-    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks,
-    ``errors`` those that failed; ``label`` names the job for people (the job file).
-    """
-
-    def __init__(self, cancel: Callable[[Job], None], spec: JobSpec, total: int,
-                 started: float = 0.0) -> None:
-        self._cancel = cancel
-        self.spec = spec
-        self.total = total
-        self.started = started
-        self.done = 0
-        self.errors = 0
-        self.label = ""
-        self.ended: float | None = None  #: trio time of the end
-        self.per_peer: Counter[str] = Counter()
-        self.finished = trio.Event()
-        self.cancelled = False
-        self.listeners: list[Callable[[list[JobResult]], None]] = []
-        self.on_finish: list[Callable[[], None]] = []
-
-    @property
-    def id(self) -> bytes:
-        return self.spec.job
-
-    def cancel(self) -> None:
-        """Stop the job everywhere (within a round trip); results that arrive are ignored."""
-        if not self.finished.is_set():
-            self.cancelled = True
-            self._cancel(self)
-
-    async def wait(self) -> None:
-        await self.finished.wait()
-
-    def deliver(self, batch: list[JobResult]) -> None:
-        """(The work service) hand new results to the listeners."""
-        self.done += len(batch)
-        self.errors += sum(1 for result in batch if result.status)
-        self.per_peer.update(result.peer for result in batch)
-        for listener in list(self.listeners):
-            try:
-                listener(batch)
-            except Exception:  # one consumer's bug must not take the peer (and others' jobs) down
-                log.exception("a listener of job %s failed; it gets no more results",
-                              self.id.hex()[:8])
-                self.listeners.remove(listener)
-
-    def finish(self) -> None:
-        """(The work service) the job is over: wake its waiters and call ``on_finish``."""
-        if self.finished.is_set():
-            return
-        self.ended = trio.current_time()
-        self.finished.set()
-        for callback in self.on_finish:
-            try:
-                callback()
-            except Exception:
-                log.exception("an end listener of job %s failed", self.id.hex()[:8])
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +101,7 @@ class WorkService:
         policy = WorkPolicy.from_config(config)
         self._machine = StealingMachine(
             self._me.id, pool.slots, random.Random(int.from_bytes(os.urandom(8), "big")),
-            policy)
+            policy, local_env(config.tags))
         self._driver = Driver(self._machine, self._carry_out)
         self._addresses: dict[bytes, Address] = {}
         self._names: dict[bytes, str] = {self._me.id: self._me.name}
@@ -180,6 +121,8 @@ class WorkService:
         self._slots = Slots(self._machine, pool, self._code, self._data, flush=self.flush,
                             name_of=self.name_of, max_value_size=config.max_value_size,
                             tasks=self.tasks)
+        self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
+        runner.route((FetchVersions,), self.versions.serve)
         runner.route((FetchCode,), self._code.serve)
         runner.route((FetchArgs, PushResult), self._serve_data)
         runner.route(WORK_MESSAGES, self._serve_work)
@@ -195,7 +138,8 @@ class WorkService:
         ref = request.ref
         spec = JobSpec(os.urandom(16), self._me.id, ref.module, ref.qualname, ref.job,
                        ref.includes, request.timeout, request.chunksize,
-                       min(self._config.max_value_size, max_value_size or 2**62))
+                       min(self._config.max_value_size, max_value_size or 2**62),
+                       request.needs)
         now = trio.current_time()
         job = Job(self._cancel, spec, len(request.payloads), now)
         self._jobs[spec.job] = job
@@ -231,7 +175,7 @@ class WorkService:
     def meta(self, surplus: int = 0) -> NodeMeta:
         """What this peer publishes about itself, with ``surplus`` tasks to give."""
         return NodeMeta(self._pool.slots, surplus, self._config.tags, __version__,
-                        self._started, self._usage)
+                        self._started, *environment_meta(), self._usage)
 
     def set_usage(self, usage: Usage) -> None:
         """Publish what this peer uses, if it moved enough to be news (:meth:`Usage.differs`)."""
@@ -278,6 +222,8 @@ class WorkService:
         for out in machine.take_outputs():
             if isinstance(out, PushValue):
                 self._nursery.start_soon(self._data.push, out)
+            elif isinstance(out, AskVersions):
+                self._nursery.start_soon(self._ask_versions, out)
             else:
                 self._links.send(out.dst, out.msg)
         for event in machine.take_events():
@@ -287,7 +233,25 @@ class WorkService:
         if machine.peek() is not None:
             self._slots.wake()
 
+    async def _ask_versions(self, ask: AskVersions) -> None:
+        """Carry out the machine's question; its answer (or failure) goes back to it."""
+        try:
+            answer = await self.versions.ask(ask.dst, ask.names)
+        except VersionsUnavailable as exc:
+            self._machine.versions_failed(trio.current_time(), ask.dst, str(exc))
+        else:
+            self._machine.peer_versions(trio.current_time(), ask.dst, answer.python,
+                                        answer.tags, {d.name: d.version for d in answer.dists})
+        self.flush()
+
     def _job_event(self, event: WorkEvent) -> None:
+        if isinstance(event, PlacementNews):
+            job = self._jobs.get(event.job)
+            note = PlacementNote(event.kind, self.name_of(event.peer), event.reasons)
+            log.info("job %s: %s", event.job.hex()[:8], placement_line("", note) or note)
+            if job is not None:
+                job.placement(note)
+            return
         if isinstance(event, ResultsReady):
             job = self._jobs.get(event.job)
             if job is not None:
@@ -371,6 +335,7 @@ class WorkService:
         self._names[member.id] = member.name
         meta = NodeMeta.decode(member.meta)
         self._machine.peer_up(now, member.id, meta.queue, max(1, meta.workers))
+        self._machine.peer_env(now, member.id, meta.python_version, meta.tags)
 
     async def _publish_meta(self) -> NoReturn:
         """This peer's surplus, in its metadata, no more often than the policy allows."""

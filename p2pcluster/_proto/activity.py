@@ -2,7 +2,7 @@
 
 Any peer can show the whole cluster (the dashboard, `p2pcluster jobs`, `top`) because every
 peer answers an :class:`ActivityQuery` with an :class:`ActivityReport`, on a stream of its
-own over the authenticated wire (``docs/protocol.md``, section 3.8):
+own over the authenticated wire (``docs/protocol.md``, section 3.9):
 
 - the jobs it owns, running or recently ended (:class:`JobReport`): their progress, the
   peers that ran their tasks and the peers that hold the rest;

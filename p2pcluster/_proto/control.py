@@ -19,7 +19,8 @@ process carries any number of jobs at once (``docs/protocol.md``, section 8):
 - **A job**: :class:`Submit` (the function, the code, the number of tasks), then the tasks'
   arguments in order in :class:`Args` messages; the daemon answers :class:`Accepted`, then
   :class:`Results` (each with the name of the peer that ran the task) and :class:`Progress`
-  as they come, and :class:`Ended` last. :class:`Cancel` ends a job early. Closing the
+  as they come, :class:`Placement` news of where its tasks may go (a peer excluded, the
+  tasks waiting for a tag), and :class:`Ended` last. :class:`Cancel` ends a job early. Closing the
   connection cancels every job it carried.
 - **Everything else** (members, status, leave, ...) is a :class:`Request` with an operation
   name and a CBOR map, answered by a :class:`Reply`.
@@ -32,6 +33,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from .codec import Codec
+from .eligibility import NO_NEEDS, JobNeeds
 from .meta import NodeMeta
 from .wiretypes import EndReason, Limit, Size
 
@@ -41,12 +43,12 @@ if TYPE_CHECKING:  # a client of the daemon needs no membership machine
 __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",
     "Accepted", "Args", "Blob", "BlobRef", "Cancel", "Chunk", "ControlMessage", "ControlType",
-    "EndReason", "Ended", "Inline", "PeerCount", "Progress", "Ref", "Reply", "Request",
+    "EndReason", "Ended", "Inline", "PeerCount", "Placement", "Progress", "Ref", "Reply", "Request",
     "ResultItem", "Results", "Submit", "Value", "hello", "member_row", "welcome",
 ]
 
 #: The version of this protocol (the peers' wire protocol has its own).
-CONTROL_VERSION = 2
+CONTROL_VERSION = 3
 #: Largest frame either side accepts, in bytes: a chunk plus headroom.
 MAX_FRAME = 4 * 1024 * 1024
 #: Bytes of value per Chunk frame.
@@ -74,6 +76,8 @@ class ControlType(IntEnum):
     ENDED = 9
     REQUEST = 10
     REPLY = 11
+    # 12-14: reserved
+    PLACEMENT = 15
 
 
 class ValueType(IntEnum):
@@ -147,7 +151,8 @@ class Submit:
     needs (canonical CBOR, see :class:`~p2pcluster._bundles.CodeBundle`) that this connection
     has not sent before: the daemon keeps each for the connection's life. ``timeout``
     is per task in seconds; ``chunksize`` 0 lets the peers choose; ``label`` names the job in
-    logs (the job file, or the script)."""
+    logs (the job file, or the script); ``needs`` is what a peer must have to take its
+    tasks (:class:`~.eligibility.JobNeeds`)."""
 
     TYPE: ClassVar[int] = ControlType.SUBMIT
     job: U64
@@ -158,6 +163,7 @@ class Submit:
     chunksize: Annotated[int, Limit(lo=0, hi=2**20)]
     label: Text
     values: Annotated[tuple[Value, ...], Limit(max_len=MAX_ITEMS)]
+    needs: JobNeeds = NO_NEEDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +242,19 @@ class Ended:
     error: Text
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """News of where ``job``'s tasks may go: ``kind`` a
+    :class:`~.wiretypes.PlacementKind`, ``peer`` the name of the peer excluded (else the
+    daemon's), ``reasons`` in words."""
+
+    TYPE: ClassVar[int] = ControlType.PLACEMENT
+    job: U64
+    kind: Annotated[int, Limit(lo=0, hi=255)]
+    peer: Annotated[str, Limit(max_len=255)]
+    reasons: Annotated[tuple[Text, ...], Limit(max_len=256)]
+
+
 # --- everything else --------------------------------------------------------------------------
 
 
@@ -261,11 +280,11 @@ class Reply:
 
 
 ControlMessage = (Blob | Chunk | Submit | Args | Cancel | Accepted | Results | Progress
-                  | Ended | Request | Reply)
+                  | Ended | Request | Reply | Placement)
 
 #: Strict CBOR for the typed messages, by type code.
 CODEC = Codec({cls.TYPE: cls for cls in (Blob, Chunk, Submit, Args, Cancel, Accepted, Results,
-                                          Progress, Ended, Request, Reply)},
+                                          Progress, Ended, Request, Reply, Placement)},
               version=CONTROL_VERSION, supported=frozenset({CONTROL_VERSION}))
 
 
@@ -290,5 +309,6 @@ def member_row(member: Member, now: float) -> dict[str, Any]:
         "name": member.name, "id": member.id.hex(), "host": member.host, "port": member.port,
         "status": member.status.name.lower(), "incarnation": member.incarnation,
         "workers": meta.workers, "queue": meta.queue, "tags": list(meta.tags),
-        "version": meta.version, "age": round(max(0.0, now - member.since), 1),
+        "version": meta.version, "python": meta.python, "system": meta.system,
+        "machine": meta.machine, "age": round(max(0.0, now - member.since), 1),
     }

@@ -54,19 +54,25 @@ class Execution:
         return self._ctx.policy.batch_size(self._task_time.get(job))
 
     def peek(self) -> JobSpec | None:
-        front = self._ctx.queue.front()
-        return front.spec if front is not None and self.busy < self.limit() else None
+        if self.busy >= self.limit():
+            return None
+        front = self._ctx.queue.front(self._ctx.runnable)
+        return front.spec if front is not None else None
 
     def take(self, max_tasks: int | None) -> Batch | None:
-        """A batch, or None if none may start (see :meth:`StealingMachine.take`)."""
+        """A batch, or None if none may start (see :meth:`StealingMachine.take`). Only tasks
+        of jobs this peer may run are taken (``WorkContext.runnable``)."""
         queue, policy = self._ctx.queue, self._ctx.policy
-        front = queue.front()
-        if self.busy >= self.limit() or front is None:
+        if self.busy >= self.limit():
+            return None
+        front = queue.front(self._ctx.runnable)
+        if front is None:
             return None
         if max_tasks is None:
             max_tasks = self.batch_size(front.spec.job)
         fair = max(1, min(max_tasks, len(queue) // (4 * self.slots)))
-        spec, items = queue.take(front.spec.chunksize or fair, policy.message_bytes)
+        spec, items = queue.take(front.spec.chunksize or fair, policy.message_bytes,
+                                 self._ctx.runnable)
         self.busy += 1
         _, running = self._running.get(spec.job, (b"", 0))
         self._running[spec.job] = (spec.owner, running + 1)

@@ -49,6 +49,7 @@ from .workmessages import (
     Code,
     FetchArgs,
     FetchCode,
+    FetchVersions,
     HeldTasks,
     Holding,
     JobSpec,
@@ -62,6 +63,7 @@ from .workmessages import (
     TaskResult,
     TasksMoved,
     ValueHeader,
+    Versions,
     WorkAvailable,
 )
 
@@ -199,15 +201,16 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck | ActivityQuery
-           | ActivityReport)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchVersions | Versions
+           | ActivityQuery | ActivityReport)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck, ActivityQuery, ActivityReport)
+                              ResultAck, FetchVersions, Versions, ActivityQuery,
+                              ActivityReport)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -227,6 +230,7 @@ __all__ = [
     "Digest",
     "FetchArgs",
     "FetchCode",
+    "FetchVersions",
     "Gossip",
     "HeldTasks",
     "Holding",
@@ -275,6 +279,7 @@ __all__ = [
     "UpdateType",
     "Updates",
     "ValueHeader",
+    "Versions",
     "WORK_MESSAGES",
     "WorkAvailable",
     "WorkMessage",

@@ -2,7 +2,11 @@
 
 A CBOR map with short keys: ``w`` worker capacity, ``q`` queued tasks, ``t`` tags, ``v`` the
 software version, ``s`` when the peer started (Unix seconds, rounded; left out while 0, which
-means unknown: it decides which of two peers of the same name yields, see ``_names.py``).
+means unknown: it decides which of two peers of the same name yields, see ``_names.py``),
+and the peer's environment: ``y`` its Python (implementation and version, ``CPython
+3.11.7``), ``o`` its operating system (``Linux``), ``a`` its architecture (``x86_64``); each
+left out while empty. The Python version decides which jobs a peer may take
+(:mod:`.eligibility`); about 40 bytes in all.
 ``c``, ``m`` and ``l`` are what the peer uses (:class:`Usage`): CPU percent of the machine,
 KiB resident in the peer and its workers, and the load average times 100, all integers
 (about 15 bytes); left out until first measured, and dropped rather than going over the
@@ -56,13 +60,24 @@ class NodeMeta:
     tags: tuple[str, ...] = ()
     version: str = ""
     started: int = 0
+    python: str = ""  #: implementation and version: ``CPython 3.11.7``
+    system: str = ""  #: ``Linux``, ``Darwin``, ``Windows``
+    machine: str = ""  #: ``x86_64``, ``arm64``
     usage: Usage | None = None
+
+    @property
+    def python_version(self) -> str | None:
+        """The Python version alone (``3.11.7``), or None if the peer did not say."""
+        return self.python.rpartition(" ")[2] or None
 
     def encode(self) -> bytes:
         fields: dict[str, Any] = {"w": self.workers, "q": self.queue, "t": list(self.tags),
                                   "v": self.version}
         if self.started:
             fields["s"] = self.started
+        for key, value in (("y", self.python), ("o", self.system), ("a", self.machine)):
+            if value:
+                fields[key] = value
         data = cbor2.dumps(fields)
         if self.usage is not None:
             usage = self.usage
@@ -88,10 +103,18 @@ class NodeMeta:
             workers=_count(workers),
             queue=_count(queue),
             tags=tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
-            version=version if isinstance(version, str) else "",
+            version=_text(version),
             started=_count(started),
+            python=_text(raw.get("y")),
+            system=_text(raw.get("o")),
+            machine=_text(raw.get("a")),
             usage=_usage(raw),
         )
+
+
+def _text(value: Any) -> str:
+    """A string, or "" for anything else."""
+    return value if isinstance(value, str) else ""
 
 
 def _usage(raw: dict[Any, Any]) -> Usage | None:

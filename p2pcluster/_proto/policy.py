@@ -43,6 +43,9 @@ class WorkPolicy:
     #: Batches out to each worker slot at once while the queue is long (the next one waits
     #: in the worker's pipe); one per slot once it is short.
     batches_per_slot: int = 2
+    #: A peer's answer about its installed versions serves new jobs this long; after
+    #: that a new job asks again (the old answer serves until the new one arrives).
+    versions_ttl: float = 10.0
 
     @classmethod
     def from_config(cls, config: Config) -> WorkPolicy:
@@ -52,7 +55,8 @@ class WorkPolicy:
                    report_interval=config.report_interval, lease_timeout=config.lease_timeout,
                    batch_target=config.batch_target, max_batch=config.max_batch,
                    max_batch_time=config.max_batch_time,
-                   batches_per_slot=config.batches_per_worker)
+                   batches_per_slot=config.batches_per_worker,
+                   versions_ttl=config.versions_ttl)
 
     def batch_size(self, task_time: float | None) -> int:
         """Tasks for about :attr:`batch_target` seconds of work at ``task_time`` seconds per

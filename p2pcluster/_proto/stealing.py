@@ -41,6 +41,10 @@ Faults:
 - A grant that cannot be delivered (the driver reports it with :meth:`grant_failed`) goes
   back to the victim's queue.
 
+Not every peer may run every job (:mod:`.eligibility`): a victim grants a job's tasks only
+to a thief that can run them, a peer runs only the jobs it can, and the owner says who
+cannot, or fails a job no live peer can run (:mod:`.placement`).
+
 When a job ends the owner tells every peer that ever held one of its tasks to drop what is
 left (:mod:`.owner`). The machine never sleeps and never sends: it queues outputs
 (:class:`SendWork`, :class:`PushValue`) and :class:`WorkEvent` events, and exposes
@@ -50,18 +54,18 @@ number it uses is in its :class:`~.policy.WorkPolicy`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
-from functools import partial
 from random import Random
 
+from .eligibility import Fit, PeerEnv
 from .execution import Execution
+from .granting import Granting
 from .holding import Holder
 from .messages import (
     CancelJob,
     Holding,
     JobSpec,
-    JobTasks,
     Message,
     Results,
     StealGrant,
@@ -73,9 +77,10 @@ from .messages import (
 )
 from .owner import OwnerRole
 from .ownership import Ownership
+from .placement import Placement
 from .policy import WorkPolicy
 from .taskqueue import TaskQueue
-from .victims import choose_victim, grant_size, last_move_cap
+from .victims import choose_victim
 from .workcontext import WorkContext
 from .workevents import Batch, JobDropped, StealingStatistics, WorkEvent, WorkOutput
 
@@ -88,16 +93,20 @@ ENDED_JOBS_KEPT = 1024
 class StealingMachine:
     """One peer's queue, its owned jobs, and the stealing protocol.
 
-    ``slots`` is how many batches this peer runs at once. The driver calls :meth:`take` when
-    a slot is free and :meth:`finished` when the batch is done; it feeds membership changes to
-    :meth:`peer_up`, :meth:`peer_queue` and :meth:`peer_down`, messages to :meth:`receive`,
-    and calls :meth:`tick` at :meth:`next_deadline`. The owner's books are an
-    :class:`~.owner.OwnerRole`'s, the batches an :class:`~.execution.Execution`'s, the
-    holder's reports a :class:`~.holding.Holder`'s; this class steals, and routes.
+    ``slots`` is how many batches this peer runs at once; ``env`` what this peer has (its
+    Python version and tags; its distributions it is asked for with :class:`AskVersions`).
+    The driver calls :meth:`take` when a slot is free and :meth:`finished` when the batch is
+    done; it feeds membership changes to :meth:`peer_up`, :meth:`peer_env`,
+    :meth:`peer_queue` and :meth:`peer_down`, messages to :meth:`receive`, answers to
+    :meth:`peer_versions`, and calls :meth:`tick` at :meth:`next_deadline`. The owner's books
+    are an :class:`~.owner.OwnerRole`'s, the batches an :class:`~.execution.Execution`'s, the
+    holder's reports a :class:`~.holding.Holder`'s, the grants a
+    :class:`~.granting.Granting`'s, who may take what a :class:`~.placement.Placement`'s;
+    this class steals, and routes.
     """
 
     def __init__(self, node_id: bytes, slots: int, rng: Random,
-                 policy: WorkPolicy | None = None) -> None:
+                 policy: WorkPolicy | None = None, env: PeerEnv | None = None) -> None:
         if slots < 0:
             raise ValueError("slots must be >= 0")
         self.node_id = node_id
@@ -113,6 +122,11 @@ class StealingMachine:
         self.peers: dict[bytes, int] = {}  #: live peer -> its surplus as last heard
         self.peer_slots: dict[bytes, int] = {}  #: live peer -> its worker slots
         self.stealing: tuple[bytes, float] | None = None  #: (victim, deadline)
+        self._placement = Placement(self._ctx, env or PeerEnv(), self.policy.versions_ttl,
+                                    self.cancel)
+        self._ctx.runnable = self._placement.runnable_here
+        self._granting = Granting(self._ctx, self._owner, self._execution, self._placement,
+                                  peers=self.peers, peer_slots=self.peer_slots)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -137,11 +151,12 @@ class StealingMachine:
         """Queued tasks that may still move, beyond what this peer's free slots are about to
         take: what it advertises, and what it grants from. Zero for a workload that fits
         locally."""
-        free = max(0, self.slots - self.busy)
+        free = min(max(0, self.slots - self.busy), self._runnable())
         return max(0, min(self.queue.movable, len(self.queue) - free))
 
     def idle(self) -> bool:
-        return self.busy < self.slots and not self.queue
+        """A free slot, and nothing queued that this peer may run."""
+        return self.busy < self.slots and not self._runnable()
 
     def owned_remaining(self, job: bytes) -> int:
         owned = self._owner.owned.jobs.get(job)
@@ -183,8 +198,28 @@ class StealingMachine:
         self.peers[peer] = queue
         self.peer_slots[peer] = slots
         self._ctx.dead.discard(peer)
+        self._placement.peer_up(now, peer)
         if new and self.surplus():
             self._ctx.send(peer, WorkAvailable(self.node_id, self.surplus()))
+        self._maybe_steal(now)
+
+    def peer_env(self, now: float, peer: bytes, python: str | None,
+                 tags: Iterable[str]) -> None:
+        """``peer``'s metadata says its Python version (None: not said) and its tags."""
+        if peer != self.node_id:
+            self._placement.peer_env(now, peer, python, tags)
+            self._maybe_steal(now)
+
+    def peer_versions(self, now: float, peer: bytes, python: str, tags: Iterable[str],
+                      versions: Mapping[str, str]) -> None:
+        """The answer to :class:`AskVersions`: ``peer``'s Python version, tags and versions
+        of the distributions asked (``""``: not installed)."""
+        self._placement.learned(now, peer, python, tags, versions)
+        self._maybe_steal(now)
+
+    def versions_failed(self, now: float, peer: bytes, why: str) -> None:
+        """An :class:`AskVersions` could not be answered."""
+        self._placement.failed(now, peer, why)
         self._maybe_steal(now)
 
     def peer_queue(self, now: float, peer: bytes, queue: int) -> None:
@@ -211,6 +246,7 @@ class StealingMachine:
         self._owner.lost_with(peer)  # our tasks it held come back to us, at the front
         if self.stealing and self.stealing[0] == peer:
             self.stealing = None
+        self._placement.peer_down(now, peer)
         self._maybe_steal(now)
 
     # --- the owner's side -------------------------------------------------------------------
@@ -218,10 +254,14 @@ class StealingMachine:
     def submit(self, now: float, spec: JobSpec, tasks: Iterable[tuple[int, bytes]]) -> None:
         """Own job ``spec.job``, and queue its tasks (id, CBOR arguments) here."""
         before = self.surplus()
-        if self._owner.add(spec, tasks) and before == 0 and self.surplus():
+        if not self._owner.add(spec, tasks):
+            return
+        self._placement.own(now, spec)
+        if before == 0 and self.surplus():
             hint = WorkAvailable(self.node_id, self.surplus())
             for peer in self.peers:
-                self._ctx.send(peer, hint)
+                if self._placement.verdict(spec, peer).fit is not Fit.NO:
+                    self._ctx.send(peer, hint)
 
     def cancel(self, now: float, job: bytes) -> None:
         """Cancel an owned job everywhere: drop it here and tell every peer that held it."""
@@ -275,7 +315,7 @@ class StealingMachine:
     def receive(self, now: float, msg: Message) -> None:
         """A work message arrived (from any peer; messages name their sender)."""
         if isinstance(msg, StealRequest):
-            self._on_steal_request(now, msg)
+            self._granting.on_steal_request(now, msg)
         elif isinstance(msg, StealGrant):
             self._on_grant(now, msg)
         elif isinstance(msg, Results):
@@ -294,14 +334,7 @@ class StealingMachine:
 
     def grant_failed(self, now: float, grant: StealGrant) -> None:
         """The driver could not deliver ``grant``: take its tasks back, at the front."""
-        for job_tasks in reversed(grant.jobs):
-            spec = job_tasks.spec
-            if spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job):
-                continue
-            for item in reversed(job_tasks.tasks):
-                self.queue.appendleft(spec, self._owner.restored(spec, item))
-            self._owner.moved(now, spec, self.node_id, [t.id for t in job_tasks.tasks])
-        self._ctx.count("tasks_given", -sum(len(jt.tasks) for jt in grant.jobs))
+        self._granting.grant_failed(now, grant)
 
     def tick(self, now: float) -> None:
         if self.stealing and now >= self.stealing[1]:
@@ -323,6 +356,13 @@ class StealingMachine:
 
     def _forget(self, job: bytes) -> None:
         self._execution.forget(job)
+        self._placement.forget(job)
+
+    def _runnable(self) -> int:
+        """Queued tasks this peer may run."""
+        runnable = self._placement.runnable_here
+        return len(self.queue) if self.queue.everywhere(runnable) else self.queue.count(
+            runnable)
 
     def _count_dropped(self, n: int) -> None:
         self._ctx.count("dropped", n)
@@ -341,49 +381,11 @@ class StealingMachine:
         self._ctx.count("steal_requests")
         self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy))
 
-    def _on_steal_request(self, now: float, req: StealRequest) -> None:
-        thief = req.thief
-        if thief in self._ctx.dead or thief == self.node_id:
-            return
-        self._owner.owned.heard(thief, now)
-        surplus = self.surplus()
-        want = grant_size(surplus, thief_slots=max(1, self.peer_slots.get(thief, req.slots)),
-                          total_slots=self._total_slots(thief, req.slots),
-                          known_work=surplus + sum(self.peers.values()))
-        granted = (self.queue.grant(want, self.policy.message_bytes, self.policy.inline_limit,
-                                    partial(self._last_move_cap, req.slots)) if want else {})
-        jobs = tuple(JobTasks(spec, tuple(items)) for spec, items in granted.values())
-        for spec, items in granted.values():
-            self._owner.moved(now, spec, thief, [t.id for t in items])
-            self._ctx.count("tasks_given", len(items))
-        if thief not in self.peers:  # a peer we have not heard of yet: it is alive
-            self.peers[thief] = 0
-        self._ctx.send(thief, StealGrant(self.node_id, self.surplus(), jobs))
-
-    def _last_move_cap(self, thief_slots: int, job: bytes) -> int:
-        return last_move_cap(thief_slots, self.policy.batches_per_slot,
-                             self._execution.batch_size(job))
-
-    def _total_slots(self, thief: bytes, free: int) -> int:
-        """The worker slots this peer knows of: its own, its peers', the thief's."""
-        total = self.slots + sum(self.peer_slots.values())
-        return total if thief in self.peer_slots else total + max(1, free)
-
     def _on_grant(self, now: float, grant: StealGrant) -> None:
         if self.stealing and self.stealing[0] == grant.victim:
             self.stealing = None
         self._note_queue(grant.victim, grant.queue)
-        count = 0
-        for job_tasks in grant.jobs:
-            spec = job_tasks.spec
-            if spec.owner in self._ctx.dead or self._owner.owned.ended(spec.job):
-                self._count_dropped(len(job_tasks.tasks))
-                continue
-            for item in job_tasks.tasks:
-                self.queue.append(spec, item)
-            count += len(job_tasks.tasks)
-            if spec.owner != self.node_id:
-                self._holder.schedule(now)
+        count = self._granting.received(now, grant, self._holder)
         self._ctx.count("steals_granted" if count else "steals_empty")
         self._ctx.count("tasks_stolen", count)
         self._maybe_steal(now)

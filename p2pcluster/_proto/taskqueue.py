@@ -5,9 +5,11 @@ slots (:meth:`TaskQueue.take`: a batch of one job, capped by count and by bytes)
 may be stolen (:meth:`TaskQueue.grant`: the oldest movable tasks, each one move further).
 
 A task that has moved ``max_moves`` times is *stuck*: it runs here and is never granted again,
-so tasks cannot ping-pong. Large arguments never travel in a grant: a granted task whose
-arguments exceed ``inline_limit`` leaves them behind (:attr:`TaskItem.remote`), and the peer
-that runs it fetches them from the job's owner.
+so tasks cannot ping-pong. Batches and grants may be limited to the jobs a predicate allows
+(the jobs this peer may run, or the thief may take): the queue counts its tasks per job so
+that such limits cost a look at each job, not at each task. Large arguments never travel in
+a grant: a granted task whose arguments exceed ``inline_limit`` leaves them behind
+(:attr:`TaskItem.remote`), and the peer that runs it fetches them from the job's owner.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .messages import JobSpec, TaskItem
+
+#: Whether tasks of a job may go somewhere (run here, go to a thief).
+Allowed = Callable[[JobSpec], bool]
 
 __all__ = ["JobItems", "Queued", "TaskQueue", "item_bytes"]
 
@@ -49,6 +54,7 @@ class TaskQueue:
         self.max_moves = max_moves
         self._queue: deque[Queued] = deque()
         self._stuck = 0
+        self._jobs: dict[bytes, _JobCount] = {}  #: job -> its spec and counts here
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -61,20 +67,38 @@ class TaskQueue:
         """Queued tasks that may still be granted."""
         return len(self._queue) - self._stuck
 
-    def front(self) -> Queued | None:
-        return self._queue[0] if self._queue else None
+    def front(self, allowed: Allowed | None = None) -> Queued | None:
+        """The oldest task (of a job ``allowed`` allows)."""
+        if allowed is None or self.everywhere(allowed):
+            return self._queue[0] if self._queue else None
+        return next((q for q in self._queue if allowed(q.spec)), None)
+
+    def count(self, allowed: Allowed, *, movable: bool = False) -> int:
+        """Tasks (or movable tasks) of the jobs ``allowed`` allows."""
+        return sum(c.movable if movable else c.total
+                   for c in self._jobs.values() if allowed(c.spec))
+
+    def everywhere(self, allowed: Allowed) -> bool:
+        """Does ``allowed`` allow every job queued here?"""
+        return all(allowed(c.spec) for c in self._jobs.values())
 
     def append(self, spec: JobSpec, item: TaskItem) -> None:
         self._queue.append(Queued(spec, item))
-        self._stuck += item.moves >= self.max_moves
+        self._stuck += self._counted(spec, item, 1)
 
     def appendleft(self, spec: JobSpec, item: TaskItem) -> None:
         self._queue.appendleft(Queued(spec, item))
-        self._stuck += item.moves >= self.max_moves
+        self._stuck += self._counted(spec, item, 1)
 
-    def take(self, max_tasks: int, max_bytes: int) -> JobItems:
-        """The first task and those of the same job right behind it: at most ``max_tasks``
-        of them, and no more than ``max_bytes`` of arguments unless the first alone is."""
+    def take(self, max_tasks: int, max_bytes: int, allowed: Allowed | None = None
+             ) -> JobItems:
+        """The first task (of a job ``allowed`` allows; there must be one) and those of the
+        same job right behind it: at most ``max_tasks`` of them, and no more than
+        ``max_bytes`` of arguments unless the first alone is."""
+        skip = 0
+        if allowed is not None and not self.everywhere(allowed):
+            skip = next(i for i, q in enumerate(self._queue) if allowed(q.spec))
+        self._queue.rotate(-skip)  # the tasks skipped wait at the back, in order...
         first = self._pop()
         items, size = [first.item], item_bytes(first.item)
         job = first.spec.job
@@ -84,19 +108,24 @@ class TaskQueue:
                 break
             items.append(self._pop().item)
             size += more
+        self._queue.rotate(skip)  # ...and come back to the front
         return JobItems(first.spec, items)
 
     def grant(self, want: int, max_bytes: int, inline_limit: int,
-              last_move_cap: Callable[[bytes], int] | None = None) -> dict[bytes, JobItems]:
+              last_move_cap: Callable[[bytes], int] | None = None,
+              allowed: Allowed | None = None) -> dict[bytes, JobItems]:
         """Remove up to ``want`` of the oldest movable tasks for a thief, one move further,
-        grouped by job; arguments over ``inline_limit`` stay behind. Of the tasks this move
-        makes stuck, at most ``last_move_cap(job)`` per job go."""
+        grouped by job, only of jobs ``allowed`` allows; arguments over ``inline_limit``
+        stay behind. Of the tasks this move makes stuck, at most ``last_move_cap(job)`` per
+        job go."""
         granted: dict[bytes, JobItems] = {}
         kept: deque[Queued] = deque()
         size = 0
         last: dict[bytes, int] = {}  #: job -> the cap left for tasks on their last move
+        ok = {job: allowed(c.spec) for job, c in self._jobs.items()} if allowed else None
         for q in self._queue:
             if want and q.item.moves < self.max_moves and size < max_bytes and (
+                    ok is None or ok[q.spec.job]) and (
                     last_move_cap is None or q.item.moves + 1 < self.max_moves
                     or _spend(last, q.spec.job, last_move_cap)):
                 want -= 1
@@ -117,12 +146,34 @@ class TaskQueue:
 
     def _pop(self) -> Queued:
         q = self._queue.popleft()
-        self._stuck -= q.item.moves >= self.max_moves
+        self._stuck -= self._counted(q.spec, q.item, -1)
         return q
+
+    def _counted(self, spec: JobSpec, item: TaskItem, n: int) -> bool:
+        """Count ``n`` (1 or -1) task of ``spec``'s job; True if the task is stuck."""
+        stuck = item.moves >= self.max_moves
+        count = self._jobs.get(spec.job)
+        if count is None:
+            count = self._jobs[spec.job] = _JobCount(spec)
+        count.total += n
+        count.movable += 0 if stuck else n
+        if not count.total:
+            del self._jobs[spec.job]
+        return stuck
 
     def _replace(self, kept: deque[Queued]) -> None:
         self._queue = kept
-        self._stuck = sum(1 for q in kept if q.item.moves >= self.max_moves)
+        self._jobs = {}
+        self._stuck = sum(self._counted(q.spec, q.item, 1) for q in kept)
+
+
+@dataclass(slots=True)
+class _JobCount:
+    """One job's tasks in a queue: how many, and how many may still move."""
+
+    spec: JobSpec
+    total: int = 0
+    movable: int = 0
 
 
 def _spend(left: dict[bytes, int], job: bytes, cap: Callable[[bytes], int]) -> bool:

@@ -15,9 +15,11 @@ from typing import Annotated
 #: The wire protocol version every message carries. Bump it for any incompatible change.
 #: Version 2 added task sizes, the result limit of a job, holding reports and the data
 #: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
-PROTOCOL_VERSION = 2
+#: Version 3 added what a job needs (``JobSpec.needs``) and the version questions
+#: (``FetchVersions``/``Versions``).
+PROTOCOL_VERSION = 3
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({2})
+SUPPORTED_VERSIONS = frozenset({3})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,9 @@ class MessageType(IntEnum):
     VALUE_HEADER = 17
     PUSH_RESULT = 18
     RESULT_ACK = 19
+    # 20-24: reserved
+    FETCH_VERSIONS = 25
+    VERSIONS = 26
     ACTIVITY_QUERY = 28
     ACTIVITY_REPORT = 29
 
@@ -117,6 +122,17 @@ class AckStatus(IntEnum):
     ACCEPTED = 0  #: it is the task's result (or a duplicate)
     REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
     NO_JOB = 2  #: the owner no longer runs the job: nothing to do
+
+
+class PlacementKind(IntEnum):
+    """News of where a job's tasks may go, from its owner (and, in the control protocol's
+    ``Placement``, to its client). APPEND-ONLY."""
+
+    EXCLUDED = 0  #: a peer cannot run the job's tasks: its environment does not fit
+    ALONE = 1  #: only the owner can take them: it runs them all
+    WAITING = 2  #: no live peer that can run them has the tags they require: they wait
+    RESUMED = 3  #: a peer that can take them is back: they run again
+    UNRUNNABLE = 4  #: no live peer can run them, the owner included: the job fails
 
 
 class EndReason(IntEnum):

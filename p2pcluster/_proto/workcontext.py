@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .messages import Message
+from .messages import JobSpec, Message
 from .policy import WorkPolicy
 from .taskqueue import TaskQueue
 from .workevents import SendWork, WorkEvent, WorkOutput
@@ -26,6 +26,8 @@ class WorkContext:
     queue: TaskQueue
     #: How many queued tasks this peer would give away now (the machine's surplus).
     surplus: Callable[[], int]
+    #: Whether this peer may run tasks of a job (set by the machine: its placement's).
+    runnable: Callable[[JobSpec], bool] = field(default=lambda spec: True)
     dead: set[bytes] = field(default_factory=set)
     stats: Counter[str] = field(default_factory=Counter)
     outputs: list[WorkOutput] = field(default_factory=list)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .messages import JobSpec, Message, TaskItem, TaskResult
+from .wiretypes import PlacementKind
 
 __all__ = [
-    "Batch", "JobDropped", "JobFinished", "PushValue", "ResultsReady", "SendWork",
-    "StealingStatistics", "WorkEvent", "WorkOutput",
+    "AskVersions", "Batch", "JobDropped", "JobFinished", "PlacementNews", "PushValue",
+    "ResultsReady", "SendWork", "StealingStatistics", "WorkEvent", "WorkOutput",
 ]
 
 
@@ -33,7 +34,18 @@ class PushValue:
     queue: int
 
 
-WorkOutput = SendWork | PushValue
+@dataclass(frozen=True, slots=True)
+class AskVersions:
+    """Ask peer ``dst`` (possibly this peer: the driver looks up its own) which versions of
+    the distributions ``names`` it has, with its Python version and tags; report the answer
+    with :meth:`StealingMachine.peer_versions`, or the failure with
+    :meth:`StealingMachine.versions_failed`."""
+
+    dst: bytes
+    names: tuple[str, ...]
+
+
+WorkOutput = SendWork | PushValue | AskVersions
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +72,19 @@ class JobDropped:
     reason: str
 
 
-WorkEvent = ResultsReady | JobFinished | JobDropped
+@dataclass(frozen=True, slots=True)
+class PlacementNews:
+    """For the owner: where ``job``'s tasks may go (:class:`~.wiretypes.PlacementKind`).
+    ``peer`` is the peer excluded (for ``EXCLUDED``; else this peer), ``reasons`` why in
+    words (``numpy missing``), or for ``WAITING`` what the tasks wait for."""
+
+    job: bytes
+    kind: PlacementKind
+    peer: bytes
+    reasons: tuple[str, ...]
+
+
+WorkEvent = ResultsReady | JobFinished | JobDropped | PlacementNews
 
 
 class Batch(NamedTuple):
@@ -93,3 +117,5 @@ class StealingStatistics:
     results_lost: int = 0  #: pushed results that could not be delivered
     reports_sent: int = 0  #: Holding reports sent
     leases_expired: int = 0  #: holders that went silent for lease_timeout (as owner)
+    questions: int = 0  #: questions asked of peers (this one too) about their versions
+    refused: int = 0  #: tasks of other owners' jobs dropped here: this peer cannot run them

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
+from .eligibility import MAX_NEEDED, NO_NEEDS, Dist, JobNeeds, Tag
 from .wiretypes import (
     MAX_INCLUDES,
     MAX_TASKS,
@@ -33,7 +34,8 @@ class JobSpec:
     ``timeout`` is per task, in seconds. ``chunksize`` is how many tasks a peer hands a worker
     process at once; 0 lets each peer choose from the task times it measures.
     ``max_value_size`` is the owner's limit on one result, in bytes: a peer that runs a task
-    whose result is larger fails that task with an error naming both sizes.
+    whose result is larger fails that task with an error naming both sizes. ``needs`` is
+    what a peer must have to take the job's tasks (:mod:`.eligibility`).
     """
 
     job: JobId
@@ -45,6 +47,7 @@ class JobSpec:
     timeout: float | None
     chunksize: Annotated[int, Limit(lo=0, hi=2**20)] = 0
     max_value_size: Size = 2**31
+    needs: JobNeeds = NO_NEEDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +232,27 @@ class ResultAck:
     TYPE: ClassVar[int] = MessageType.RESULT_ACK
     status: Annotated[int, Limit(lo=0, hi=255)]
     reason: Annotated[str, Limit(max_len=4096)]
+
+
+# --- environments: what a peer has installed -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchVersions:
+    """Ask a peer which versions of the distributions ``names`` (normalized) it has; it
+    answers :class:`Versions` on the same stream."""
+
+    TYPE: ClassVar[int] = MessageType.FETCH_VERSIONS
+    names: Annotated[tuple[Annotated[str, Limit(max_len=128)], ...], Limit(max_len=MAX_NEEDED)]
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """A peer's environment: its Python ``implementation`` and ``python`` version, its tags,
+    and the asked distributions in the order asked (version ``""``: not installed)."""
+
+    TYPE: ClassVar[int] = MessageType.VERSIONS
+    implementation: Annotated[str, Limit(max_len=64)]
+    python: Annotated[str, Limit(max_len=64)]
+    tags: Annotated[tuple[Tag, ...], Limit(max_len=MAX_NEEDED)]
+    dists: Annotated[tuple[Dist, ...], Limit(max_len=MAX_NEEDED)]

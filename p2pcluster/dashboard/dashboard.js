@@ -70,7 +70,7 @@ function renderMembers(data) {
       el("td", {"class": "num"}, bytes(m.rss)),
       el("td", {"class": "num"}, dash(m.load, (v) => v.toFixed(2))),
       el("td", {}, m.version || "–"),
-      el("td", {}, dash(m.python)),
+      el("td", {}, m.python || "–"),
       el("td", {}, m.tags.join(", ")));
   }));
   const alive = data.members.filter((m) => m.status === "alive" || m.status === "suspect");

@@ -238,7 +238,7 @@ def test_an_old_client_is_told_what_is_wrong(daemon: Daemon) -> None:
 
     answer = trio.run(old_client)
     assert answer is not None and answer["ok"] is False
-    assert "this daemon speaks control protocol 2" in answer["error"]
+    assert "this daemon speaks control protocol 3" in answer["error"]
 
 
 def test_a_client_is_told_when_the_daemon_is_older(tmp_path: Path) -> None:

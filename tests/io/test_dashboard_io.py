@@ -45,7 +45,7 @@ MEMBER_KEYS = {"name": str, "id": str, "host": str, "port": int, "status": str,
                "incarnation": int, "workers": int, "queue": int, "tags": list,
                "version": str, "age": float, "self": bool, "cpu": (float, type(None)),
                "rss": (int, type(None)), "load": (float, type(None)),
-               "python": (str, type(None)), "slots": (int, type(None)),
+               "python": str, "system": str, "machine": str, "slots": (int, type(None)),
                "busy": (int, type(None)), "queued": (int, type(None)),
                "answered": (bool, type(None)), "error": str}
 JOB_KEYS = {"id": str, "owner": str, "owner_id": str, "function": str, "label": str,
@@ -110,7 +110,7 @@ def test_the_json_endpoints(daemon: tuple[Daemon, str], tmp_path: Path) -> None:
     (me,) = members["members"]
     check(me, MEMBER_KEYS)
     assert me["self"] and me["name"] == "d1" and me["slots"] == 2 and me["answered"]
-    assert me["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert me["python"].endswith(" " + ".".join(map(str, sys.version_info[:3])))
 
     jobs = get_json(url + "api/jobs")
     assert set(jobs) == {"time", "jobs", "peers"}

@@ -1,4 +1,4 @@
-"""ActivityQuery and ActivityReport on the wire (docs/protocol.md, section 3.8)."""
+"""ActivityQuery and ActivityReport on the wire (docs/protocol.md, section 3.9)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from p2pcluster._proto.activity import (
     PeerTasks,
     TaskRecord,
 )
+from p2pcluster._proto.wiretypes import PROTOCOL_VERSION as V
 
 JOB = bytes(range(16))
 RECORD = TaskRecord(7, JOB, b"o" * 16, "square", 3, 1, 1_700_000_000.5, 0.25, 0, "out\n", "")
@@ -30,9 +31,9 @@ def test_round_trips_and_layout() -> None:
     for message in (REPORT, ActivityQuery(0, 0.0, 5000, None),
                     ActivityQuery(12, math.inf, 0, JOB)):
         assert wire.decode(wire.encode(message)) == message
-    assert cbor2.loads(wire.encode(ActivityQuery(3, 1.5, 10, None))) == [2, 28, 3, 1.5, 10, None]
+    assert cbor2.loads(wire.encode(ActivityQuery(3, 1.5, 10, None))) == [V, 28, 3, 1.5, 10, None]
     raw = cbor2.loads(wire.encode(REPORT))
-    assert raw[:8] == [2, 29, 1_700_000_001.0, "3.11.7", 4, 1, 12, 7]
+    assert raw[:8] == [V, 29, 1_700_000_001.0, "3.11.7", 4, 1, 12, 7]
     assert raw[8][0][9] == [["a", 30], ["b", 10]]
     assert raw[9][0] == [7, JOB, b"o" * 16, "square", 3, 1, 1_700_000_000.5, 0.25, 0,
                          "out\n", ""]

@@ -9,8 +9,12 @@ delayed by ``meta_delay``), and ``peer_down`` at every survivor ``detect`` secon
 them from the task times it was told with :meth:`~StealingMachine.finished`); each batch costs
 ``batch_overhead`` seconds on top of its tasks (the round trip to a worker process), which is
 what batching saves. The surplus is published no more often than :class:`MetaSchedule`
-allows, as the driver does. Everything a test asserts on is recorded: every result delivered
-to an owner, every grant and the move count of every task in it, every batch run, every drop.
+allows, as the driver does. Each peer has an environment (:class:`SimEnv`: its Python
+version, tags and installed distributions); the driver's part is played too: metadata gives
+``peer_env``, and every :class:`AskVersions` is answered after a round trip from the asked
+peer's environment (or fails, if it is down). Everything a test asserts on is recorded: every
+result delivered to an owner, every grant and the move count of every task in it, which
+peer received tasks of which job, every batch run, every drop, every placement news.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from p2pcluster._proto.eligibility import NO_NEEDS, JobNeeds, PeerEnv
 from p2pcluster._proto.messages import (
     JobSpec,
     Results,
@@ -32,9 +37,11 @@ from p2pcluster._proto.messages import (
 from p2pcluster._proto.policy import MetaSchedule, WorkPolicy
 from p2pcluster._proto.stealing import StealingMachine
 from p2pcluster._proto.workevents import (
+    AskVersions,
     Batch,
     JobDropped,
     JobFinished,
+    PlacementNews,
     PushValue,
     ResultsReady,
     WorkEvent,
@@ -46,11 +53,21 @@ Cost = Callable[[bytes, int], float]
 Lose = Callable[[int, int, object], bool]
 
 
+@dataclass(frozen=True)
+class SimEnv:
+    """What a simulated peer has: its Python version, its tags, its distributions."""
+
+    python: str = "3.11.7"
+    tags: frozenset[str] = frozenset()
+    versions: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class SimPeer:
     index: int
     machine: StealingMachine
     speed: float
+    env: SimEnv = field(default_factory=SimEnv)
     alive: bool = True
     running: dict[int, Batch] = field(default_factory=dict)
     executed: Counter[bytes] = field(default_factory=Counter)  # job -> tasks finished here
@@ -74,6 +91,10 @@ class Record:
     dropped: list[tuple[float, int, bytes, str]] = field(default_factory=list)
     batches_started: list[tuple[float, int, bytes, int]] = field(default_factory=list)
     lost: list[tuple[float, int, int, str]] = field(default_factory=list)  # t, from, to, type
+    #: (peer index, job) -> tasks of that job the peer received in grants
+    received: Counter[tuple[int, bytes]] = field(default_factory=Counter)
+    news: list[tuple[float, int, PlacementNews]] = field(default_factory=list)
+    questions: list[tuple[float, int, int, tuple[str, ...]]] = field(default_factory=list)
 
 
 class StealSim:
@@ -82,7 +103,7 @@ class StealSim:
                  detect: float = 2.0, batch: int | None = None,
                  batch_overhead: float = 0.0002, steal_timeout: float = 1.0,
                  meta_interval: float = 1.0, policy: WorkPolicy | None = None,
-                 lose: Lose | None = None) -> None:
+                 lose: Lose | None = None, envs: list[SimEnv] | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -103,25 +124,31 @@ class StealSim:
         self.batch_seq = 0
         speeds = speeds or [1.0] * n
         for i in range(n):
-            self._add_peer(speeds[i])
+            self._add_peer(speeds[i], envs[i] if envs else SimEnv())
         for p in self.peers:
             for q in self.peers:
                 if p is not q:
-                    p.machine.peer_up(0.0, q.machine.node_id, 0, self.slots)
+                    self._introduce(p, q, 0)
         for p in self.peers:
             self._pump(p)
 
     # --- setup ----------------------------------------------------------------------------
 
-    def _add_peer(self, speed: float) -> SimPeer:
+    def _add_peer(self, speed: float, env: SimEnv) -> SimPeer:
         index = len(self.peers)
         node = f"peer{index:03d}".encode()
         machine = StealingMachine(node, self.slots, random.Random(self.rng.getrandbits(64)),
-                                  self.policy)
-        peer = SimPeer(index, machine, speed, meta=MetaSchedule(self.meta_interval),
+                                  self.policy, PeerEnv(env.python, env.tags))
+        peer = SimPeer(index, machine, speed, env, meta=MetaSchedule(self.meta_interval),
                        free_at=[0.0] * self.slots)
         self.peers.append(peer)
         return peer
+
+    def _introduce(self, peer: SimPeer, other: SimPeer, queue: int) -> None:
+        """``peer`` learns of ``other`` as membership tells it: alive, with its metadata."""
+        peer.machine.peer_up(self.now, other.machine.node_id, queue, self.slots)
+        peer.machine.peer_env(self.now, other.machine.node_id, other.env.python,
+                              other.env.tags)
 
     def node(self, i: int) -> bytes:
         return self.peers[i].machine.node_id
@@ -131,9 +158,10 @@ class StealSim:
 
     # --- scenario API ---------------------------------------------------------------------
 
-    def submit(self, owner: int, n_tasks: int, cost: Cost, job: bytes = b"job1") -> bytes:
+    def submit(self, owner: int, n_tasks: int, cost: Cost, job: bytes = b"job1",
+               needs: JobNeeds = NO_NEEDS) -> bytes:
         peer = self.peers[owner]
-        spec = JobSpec(job, peer.machine.node_id, "m", "f", None, (), None)
+        spec = JobSpec(job, peer.machine.node_id, "m", "f", None, (), None, needs=needs)
         self.costs[job] = cost
         peer.machine.submit(self.now, spec, ((i, i.to_bytes(4, "big")) for i in range(n_tasks)))
         self._pump(peer)
@@ -148,14 +176,13 @@ class StealSim:
                 delay = self.detect + self.rng.uniform(0, 0.5)
                 self._at(self.now + delay, "down", (other.index, peer.machine.node_id))
 
-    def join(self, speed: float = 1.0) -> int:
-        peer = self._add_peer(speed)
+    def join(self, speed: float = 1.0, env: SimEnv | None = None) -> int:
+        peer = self._add_peer(speed, env or SimEnv())
         for other in self.peers:
             if other is not peer and other.alive:
                 # push-pull on join: both learn each other, with the other's advertised queue
-                peer.machine.peer_up(self.now, other.machine.node_id,
-                                     other.machine.surplus(), self.slots)
-                other.machine.peer_up(self.now, peer.machine.node_id, 0, self.slots)
+                self._introduce(peer, other, other.machine.surplus())
+                self._introduce(other, peer, 0)
                 self._pump(other)
         self._pump(peer)
         return peer.index
@@ -225,6 +252,19 @@ class StealSim:
                 peer.machine.tick(self.now)
                 self._pump(peer)
 
+    def _on_answer(self, i: int, node: bytes, names: tuple[str, ...]) -> None:
+        """Peer ``i``'s question to ``node`` comes back: answered, or failed if it is down."""
+        peer, asked = self.peers[i], self.peers[self.index_of(node)]
+        if not peer.alive:
+            return
+        if asked.alive:
+            env = asked.env
+            peer.machine.peer_versions(self.now, node, env.python, env.tags,
+                                       {n: env.versions.get(n, "") for n in names})
+        else:
+            peer.machine.versions_failed(self.now, node, "connection refused")
+        self._pump(peer)
+
     def _on_meta(self, i: int, node: bytes, queue: int) -> None:
         peer = self.peers[i]
         if peer.alive:
@@ -269,6 +309,7 @@ class StealSim:
         if isinstance(msg, StealGrant):
             n = 0
             for jt in msg.jobs:
+                self.record.received[(self.index_of(dst), jt.spec.job)] += len(jt.tasks)
                 for item in jt.tasks:
                     self.record.moves[item.id] += 1
                     self.record.max_moves_field = max(self.record.max_moves_field, item.moves)
@@ -314,6 +355,12 @@ class StealSim:
                    ) -> None:
         m = peer.machine
         for out in outputs:
+            if isinstance(out, AskVersions):  # a question: a round trip, or a local look-up
+                target = self.index_of(out.dst)
+                self.record.questions.append((self.now, peer.index, target, out.names))
+                delay = 0.0001 if target == peer.index else 2 * self.latency
+                self._at(self.now + delay, "answer", (peer.index, out.dst, out.names))
+                continue
             if isinstance(out, PushValue):  # a data stream: the result, then push_done
                 msg: object = Results(out.job, m.node_id, out.queue, (out.result,))
                 self._transmit(peer, out.dst, msg)
@@ -327,6 +374,8 @@ class StealSim:
                     self.record.delivered[event.job][r.id] += 1
             elif isinstance(event, JobFinished):
                 self.record.finished[event.job] = self.now
+            elif isinstance(event, PlacementNews):
+                self.record.news.append((self.now, peer.index, event))
             elif isinstance(event, JobDropped):
                 self.record.dropped.append((self.now, peer.index, event.job, event.reason))
                 for token, batch in list(peer.running.items()):

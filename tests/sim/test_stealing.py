@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
+from p2pcluster._proto.eligibility import Dist, JobNeeds
 from p2pcluster._proto.messages import Results
 from p2pcluster._proto.policy import WorkPolicy
+from p2pcluster._proto.wiretypes import PlacementKind
 
-from .stealsim import StealSim
+from .stealsim import SimEnv, StealSim
 
 TASK = 0.01  # seconds per task in the balance scenarios
 
@@ -282,3 +284,95 @@ def test_four_peers_balance_a_job_whose_task_times_change(slow_first: bool, seed
     assert makespan <= 1.1 * bound, (makespan, bound, sim.seed)
     assert_exactly_once(sim, job, n)
     assert max(sim.record.moves.values()) <= 2
+
+
+# --- placement: a peer that cannot run a job never receives its tasks -------------------------
+
+NUMPY = JobNeeds("3.11.7", (Dist("numpy", "2.5.5"),))
+
+
+def news(sim: StealSim, kind: PlacementKind, job: bytes | None = None
+         ) -> list[tuple[int, tuple[str, ...]]]:
+    """(peer index, reasons) of each news of ``kind`` (about ``job``) an owner gave."""
+    return [(sim.index_of(n.peer), n.reasons) for _, _, n in sim.record.news
+            if n.kind == kind and job in (None, n.job)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_peer_without_the_distribution_never_receives_the_jobs_tasks(seed: int) -> None:
+    # Peer 3 lacks numpy, peer 4 has another major version; peers 1 and 2 have another
+    # patch release (enough). A straggler (peer 1) makes thieves rob thieves: second moves.
+    envs = [SimEnv(versions={"numpy": "2.5.5"}), SimEnv(versions={"numpy": "2.5.1"}),
+            SimEnv(versions={"numpy": "2.5.9"}), SimEnv(), SimEnv(versions={"numpy": "1.26.4"})]
+    sim = StealSim(5, seed=seed, envs=envs, speeds=[1.0, 0.3, 1.0, 1.0, 1.0])
+    job = sim.submit(0, 1500, flat, needs=NUMPY)
+    other = sim.submit(1, 400, flat, job=b"other")  # needs nothing: everyone takes it
+    sim.run_until_done(job)
+    sim.run_until_done(other)
+    assert_exactly_once(sim, job, 1500)
+    assert_exactly_once(sim, other, 400)
+    for excluded in (3, 4):
+        assert sim.record.received[(excluded, job)] == 0, sim.seed
+        assert sim.peers[excluded].executed[job] == 0
+        assert sim.record.received[(excluded, b"other")] > 0  # the gate is per job
+    assert all(sim.peers[i].executed[job] > 0 for i in (0, 1, 2))
+    assert sum(1 for v in sim.record.moves.values() if v == 2) > 0  # thieves robbed thieves
+    assert sorted(news(sim, PlacementKind.EXCLUDED)) == [
+        (3, ("numpy missing",)), (4, ("numpy 1.26.4 (here 2.5.5)",))]
+    assert news(sim, PlacementKind.UNRUNNABLE) == []
+
+
+def test_strict_versions_and_the_python_minor_version_exclude_too() -> None:
+    envs = [SimEnv(versions={"numpy": "2.5.5"}), SimEnv(versions={"numpy": "2.5.1"}),
+            SimEnv("3.12.1", versions={"numpy": "2.5.5"}), SimEnv(versions={"numpy": "2.5.5"})]
+    sim = StealSim(4, seed=5, envs=envs)
+    strict = JobNeeds("3.11.7", (Dist("numpy", "2.5.5"),), strict=True)
+    job = sim.submit(0, 800, flat, needs=strict)
+    sim.run_until_done(job)
+    assert_exactly_once(sim, job, 800)
+    assert [sim.record.received[(i, job)] for i in (1, 2)] == [0, 0]
+    assert sim.peers[3].executed[job] > 0
+    assert sorted(news(sim, PlacementKind.EXCLUDED)) == [
+        (1, ("numpy 2.5.1 (here 2.5.5)",)), (2, ("Python 3.12.1 (here 3.11.7)",))]
+
+
+def test_the_owner_runs_alone_what_no_other_peer_can_and_fails_what_none_can() -> None:
+    envs = [SimEnv(versions={"numpy": "2.5.5"}), SimEnv(), SimEnv()]
+    sim = StealSim(3, seed=2, envs=envs)
+    job = sim.submit(0, 300, flat, needs=NUMPY)
+    sim.run_until_done(job)
+    assert sim.peers[0].executed[job] == 300
+    assert news(sim, PlacementKind.ALONE) == [(0, ())]
+    scipy = JobNeeds("3.11.7", (Dist("scipy", "1.14.0"),))
+    doomed = sim.submit(0, 300, flat, job=b"doomed", needs=scipy)
+    sim.run_quiet()
+    assert doomed not in sim.record.finished and not sim.record.delivered[doomed]
+    assert sorted(news(sim, PlacementKind.EXCLUDED, job)) == [
+        (1, ("numpy missing",)), (2, ("numpy missing",))]
+    assert sorted(news(sim, PlacementKind.EXCLUDED, doomed)) == [
+        (0, ("scipy missing",)), (1, ("scipy missing",)), (2, ("scipy missing",))]
+    assert news(sim, PlacementKind.UNRUNNABLE) == [(0, ())]
+    assert not any(sim.record.received[(i, doomed)] for i in (1, 2))
+    assert (0, doomed, "cancelled") in [d[1:] for d in sim.record.dropped]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tasks_that_require_a_tag_run_only_there_and_wait_while_it_is_down(seed: int) -> None:
+    gpu = SimEnv(tags=frozenset({"gpu"}))
+    sim = StealSim(4, seed=seed, envs=[SimEnv(), SimEnv(), gpu, SimEnv()], detect=1.0)
+    needs = JobNeeds("3.11.7", tags=("gpu",))
+    job = sim.submit(0, 600, flat, needs=needs)
+    sim.run_until(1.0)
+    assert sim.peers[2].executed[job] > 0
+    sim.crash(2)
+    sim.run_until(20.0)  # the gpu peer is dead: nothing runs its tasks, nothing is lost
+    assert job not in sim.record.finished
+    waiting = news(sim, PlacementKind.WAITING)
+    assert waiting == [(0, ("no live peer has tag gpu",))], waiting
+    newcomer = sim.join(env=gpu)
+    sim.run_until_done(job)
+    assert_exactly_once(sim, job, 600)
+    assert news(sim, PlacementKind.RESUMED) == [(0, ())]
+    for plain in (0, 1, 3):
+        assert sim.peers[plain].executed[job] == 0 and sim.record.received[(plain, job)] == 0
+    assert sim.peers[2].executed[job] + sim.peers[newcomer].executed[job] >= 600

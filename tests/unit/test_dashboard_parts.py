@@ -100,10 +100,12 @@ def test_captured_swaps_and_restores_the_streams() -> None:
 
 
 def test_usage_travels_in_the_metadata_under_c_m_l() -> None:
-    meta = NodeMeta(4, 2, ("gpu",), "0.1.0", 1_700_000_000, Usage(37.4, 123_456, 1.234))
+    meta = NodeMeta(4, 2, ("gpu",), "0.1.0", 1_700_000_000, "CPython 3.11.7", "Linux",
+                    "x86_64", usage=Usage(37.4, 123_456, 1.234))
     decoded = NodeMeta.decode(meta.encode())
     assert decoded.usage == Usage(37.0, 123_456, 1.23)
     assert (decoded.workers, decoded.queue, decoded.tags) == (4, 2, ("gpu",))
+    assert decoded.python_version == "3.11.7" and decoded.machine == "x86_64"
     assert NodeMeta.decode(NodeMeta(4).encode()).usage is None
     import cbor2
 

@@ -1,0 +1,1 @@
+"""A sibling package of job.py."""
