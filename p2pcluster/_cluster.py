@@ -256,11 +256,25 @@ class Cluster(cf.Executor):
         also an instance of the task's own exception class when this process can resolve it
         (``except ValueError:`` works).
         """
+        return self.submit_request(self.prepare(fn, args, kwargs, requires=requires))
+
+    def prepare(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                kwargs: dict[str, Any] | None = None, *, requires: Iterable[str] = ()
+                ) -> JobRequest:
+        """The :class:`JobRequest` of one call ``fn(*args, **kwargs)``, named and encoded as
+        :meth:`submit` does (and failing as it does), its tasks for peers with the tags
+        ``requires``; :meth:`submit_request` runs it."""
         from ._values import encode_call
 
-        request = self.registry.request(fn, [encode_call(args, kwargs)],
-                                        max_value_size=self._limit(), where=self._where(),
-                                        requires=requires)
+        return self.registry.request(fn, [encode_call(args, kwargs or {})],
+                                     max_value_size=self._limit(), where=self._where(),
+                                     requires=requires)
+
+    def submit_request(self, request: JobRequest) -> TaskFuture:
+        """Run a one-task job from :meth:`prepare`, perhaps amended (what layers such as
+        :mod:`p2pcluster.joblib` build on); a :class:`TaskFuture` as from :meth:`submit`."""
+        if len(request.payloads) != 1:
+            raise ValueError("submit_request takes a request of exactly one task")
         future = TaskFuture()
         sink = FutureSink(self._book, self._run_soon, future)
 

@@ -85,19 +85,15 @@ class Config:
         Free-form labels advertised in this peer's metadata (for example gpu or big-memory).
         They share the 512-byte metadata limit with the rest.""")
     dashboard: str = _doc("127.0.0.1:8797", """
-        Where `p2pcluster join` serves its web dashboard and its /api and /metrics endpoints,
-        as HOST:PORT; empty turns it off (--no-dashboard). On loopback (the default) only
-        this machine's users reach it and no token is asked; on any other address a token,
-        printed at start, is required, since the dashboard shows every peer's jobs and what
-        their tasks print. If the default port is taken, the next free one of the following
-        ten is used, else any free port (the URL printed at start, and `p2pcluster
-        dashboard`, say which); an address given explicitly must be free. Needs the dashboard extra:
-        pip install 'p2pcluster[dashboard]'.""")
+        Where `p2pcluster join` serves its web dashboard, /api and /metrics (HOST:PORT; empty:
+        off). Loopback (the default) asks no token; any other address requires the token
+        printed at start, since it shows every peer's jobs and what their tasks print. If the
+        default port is taken, one of the next ten is used, else any free port (as logged); an
+        explicit address must be free. Needs pip install 'p2pcluster[dashboard]'.""")
     activity_timeout: float = _doc(0.5, """
-        How long a dashboard, `p2pcluster jobs` or `top` waits for each peer's account of its
-        jobs and tasks; a peer that has not answered by then is shown as not answering, with
-        what it said last. Longer waits out loaded peers; shorter keeps the view
-        moving.""", "s")
+        How long the dashboard, `jobs` or `top` waits for each peer's account of its work; one
+        that has not answered is shown as such, with what it said last. Longer waits out
+        loaded peers; shorter keeps the view moving.""", "s")
 
     # --- work: values, stealing, batching -----------------------------------------------------
     max_value_size: int = _doc(2 * 1024**3, """
@@ -160,10 +156,8 @@ class Config:
         5% of memory, 0.1 of load), since every publication reaches every peer; shorter
         shows changes sooner at more gossip. 0 turns the measurements off.""", "s")
     task_history: int = _doc(10_000, """
-        Tasks a peer remembers having run (job, function, worker slot, times, status and
-        what they printed), for the dashboards of every peer. About 250 bytes each, plus
-        their output, of which a peer keeps 4 MiB in all (each task's stdout and stderr cut
-        to 4096 characters).""")
+        Tasks a peer remembers having run (job, function, slot, times, status, output) for
+        every peer's dashboard: about 250 bytes each, plus at most 4 MiB of output in all.""")
 
     # --- environments: what a job ships and needs ---------------------------------------------
     auto_include_limit: int = _doc(16 * 1024 * 1024, """
@@ -301,9 +295,8 @@ class Config:
              "max_batch_time must be at least batch_target"),
             (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
             (self.meta_interval >= 0, "meta_interval must not be negative"),
-            (self.usage_interval >= 0 and self.activity_timeout > 0,
-             "usage_interval must not be negative and activity_timeout must be positive"),
-            (self.task_history >= 0, "task_history must not be negative"),
+            (min(self.usage_interval, self.task_history) >= 0 < self.activity_timeout,
+             "usage_interval, task_history must not be negative, activity_timeout positive"),
             (self.dashboard == "" or _host_port(self.dashboard),
              f"dashboard {self.dashboard!r} must be HOST:PORT (port 0..65535), or empty"),
             (self.auto_include_limit >= 0, "auto_include_limit must not be negative"),

@@ -191,7 +191,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
     """Run a peer until a signal or a `leave` request, then leave gracefully: gossip "left"
     and withdraw the mDNS record concurrently (under 2 s)."""
     started = round(time.time())
-    async with open_peer(config, started=started) as peer:
+    async with open_peer(config, started=started, label_output=True) as peer:
         log.info("using %s", peer.where)
         daemon = Daemon(peer, config)
         async with trio.open_nursery() as nursery:

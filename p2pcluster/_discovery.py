@@ -248,7 +248,7 @@ class Introduced(Protocol):
     @property
     def me(self) -> Member: ...
     def members(self) -> list[Member]: ...
-    def join(self, seeds: Sequence[Address]) -> None: ...
+    def introduce(self, candidates: Sequence[Address]) -> None: ...
 
 
 async def serve_introductions(membership: Introduced, *, cluster: str, address: str) -> None:
@@ -261,7 +261,7 @@ async def serve_introductions(membership: Introduced, *, cluster: str, address: 
         known = {m.id for m in membership.members() if m.alive}
         if peer.node_id not in known:
             log.debug("mDNS introduced %s at %s:%d", peer.instance, *peer.address)
-            membership.join([peer.address])
+            membership.introduce([peer.address])
 
     try:
         await serve_discovery(cluster=cluster, node_id=me.id, name=me.name, address=address,

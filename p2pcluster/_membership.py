@@ -119,8 +119,19 @@ class Membership:
         return receive
 
     def join(self, seeds: Sequence[Address]) -> None:
-        """Exchange tables with ``seeds`` (more peers to introduce; mDNS calls this)."""
+        """Exchange tables with ``seeds``, retried while we know nobody."""
         self._machine.join(trio.current_time(), list(seeds))
+        self._driver.flush()
+
+    def set_host(self, host: str) -> None:
+        """Advertise ``host`` as this peer's address from now on (it changed)."""
+        self._machine.set_host(trio.current_time(), host)
+        self._driver.flush()
+
+    def introduce(self, candidates: Sequence[Address]) -> None:
+        """Exchange tables with ``candidates`` (mDNS calls this): they add to the seeds,
+        never replace them."""
+        self._machine.introduce(trio.current_time(), list(candidates))
         self._driver.flush()
 
     def set_meta(self, meta: bytes) -> None:

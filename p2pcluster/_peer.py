@@ -5,7 +5,8 @@ the others with explicit callbacks:
 
 - a :class:`~._runner.Runner` owns the port (UDP and TCP) and routes incoming streams;
 - :func:`~._membership.serve_membership` runs SWIM with the Lifeguard refinements;
-- :func:`~._discovery.serve_introductions` introduces peers found over mDNS;
+- :func:`~._addresswatch.serve_place` runs :func:`~._discovery.serve_introductions`, which
+  introduces peers found over mDNS, and follows this peer's address if it changes;
 - a worker pool (:func:`~._pool.open_worker_pool`) runs tasks in processes;
 - the :class:`~._work.WorkService` runs the stealing machine and owns the jobs submitted
   here.
@@ -35,9 +36,9 @@ from typing import Any
 import trio
 
 from ._activity import Activity
+from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
-from ._discovery import serve_introductions
 from ._errors import ClusterError, P2PClusterError
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
@@ -299,13 +300,14 @@ async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address
 @asynccontextmanager
 async def open_peer(config: Config | None = None, *, include: Iterable[str | Path] = (),
                     registry: CodeRegistry | None = None,
-                    started: int = 0) -> AsyncIterator[Peer]:
+                    started: int = 0, label_output: bool = False) -> AsyncIterator[Peer]:
     """Run a peer for the duration of the block: join the cluster, take part in its work.
 
     ``config`` defaults to :meth:`Config.lan` with ``P2PCLUSTER_*`` variables applied.
     ``include`` names extra files or packages shipped with every job submitted here.
     ``started`` (Unix seconds) is published in the metadata; a daemon sets it so that of two
-    peers of one name the later one yields (``_names.py``). On exit the peer leaves
+    peers of one name the later one yields (``_names.py``). With ``label_output`` (a daemon),
+    what tasks print goes to the log, labelled with job and task. On exit the peer leaves
     gracefully and cancels the jobs it owns; its workers stop.
     """
     plan = await _plan(config or Config.load())
@@ -315,16 +317,14 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
         membership: Membership = await nursery.start(partial(
             serve_membership, config, plan.keyring, runner=runner, seeds=plan.seeds,
             meta=_first_meta(config, workers, started), advertise=place.advertise))
-        async with open_worker_pool(workers, cache.root) as pool:
+        async with open_worker_pool(workers, cache.root, label_output=label_output) as pool:
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)
             nursery.start_soon(serve_usage, config.usage_interval, pool.pids, work.set_usage)
-            discovery = trio.CancelScope()
-            if place.mdns_address is not None:
-                nursery.start_soon(_within, discovery, partial(
-                    serve_introductions, membership, cluster=config.cluster,
-                    address=place.mdns_address))
+            discovery = trio.CancelScope()  # mDNS, and following our address if it moves
+            nursery.start_soon(_within, discovery, partial(serve_place, membership, config,
+                                                           place))
             try:
                 yield Peer(config, runner, membership, work, workers=workers, how=place.how,
                            registry=registry or CodeRegistry(

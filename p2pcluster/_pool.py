@@ -25,6 +25,10 @@ milliseconds on a busy virtual machine).
   before the next timed task's clock starts.
 - **Cancellation.** A request cannot be taken back from a pipe: cancelling a call kills its
   worker (the other call queued on it is sent again elsewhere) and a new one starts.
+- **Forks.** Each worker leads a process group of its own, and a task's children are in it:
+  a kill (timeout, cancellation, the pool's exit) is a ``SIGKILL`` to the whole group. A
+  worker is dead when its process exits, whoever still holds its pipes (a child that
+  called ``setsid`` escapes the group, but not this).
 
 Lifetime: no worker outlives the ``async with`` of :func:`open_worker_pool`: at exit the
 request pipes close, idle workers exit, busy ones are killed. If the peer process itself is
@@ -56,7 +60,9 @@ import trio
 from ._fastwrite import write_all
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
-from ._tasklog import TaskRun
+from ._tasklog import log_task_output
+from ._taskoutput import TaskLabels
+from ._taskring import TaskRun, task_runs
 from ._values import encode_error
 from ._workerproc import (
     Call,
@@ -80,12 +86,13 @@ MAX_CRASHES = 3
 GRACE_PERIOD = 0.5
 #: Calls queued on one worker at most (the running one and the next).
 MAX_QUEUED = 2
+#: Seconds the pool reads a dead worker's pipe for answers it wrote before it exited.
+DRAIN = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: its :class:`~._proto.messages.TaskStatus` and its CBOR payload;
-    how it ran (None for a task that never ran to its end in a worker: poison)."""
+    """One task's :class:`~._proto.messages.TaskStatus`, CBOR payload, and run (if any)."""
 
     status: int
     payload: bytes
@@ -128,8 +135,10 @@ class _Target(NamedTuple):
 class WorkerPool:
     """Runs batches on ``slots`` worker processes. Create it with :func:`open_worker_pool`."""
 
-    def __init__(self, slots: int, cache_root: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, slots: int, cache_root: Path, nursery: trio.Nursery, *,
+                 label_output: bool = False) -> None:
         self.slots = slots
+        self._label_output = label_output
         self._cache_root = str(cache_root)
         self._nursery = nursery
         self._workers: list[WorkerProcess] = []
@@ -145,7 +154,7 @@ class WorkerPool:
     async def run(
         self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
         max_result: int = 2**62, limit_where: str = "this peer",
-        time_limit: float | None = None,
+        time_limit: float | None = None, labels: TaskLabels | None = None,
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
@@ -153,13 +162,16 @@ class WorkerPool:
         the worker that has it. A result that encodes to more than ``max_result`` bytes (the
         limit of ``limit_where``) fails its task instead (:func:`~._worker_main.run_batch`).
         Once ``time_limit`` seconds of the batch have run, it stops after its current task;
-        the result then has outcomes for the first tasks only.
+        the result then has outcomes for the first tasks only. ``labels`` (the job, a task id
+        per payload) label what each task prints in the log, if the pool was opened with
+        ``label_output``.
         """
+        labels = labels if self._label_output else None
         self._batches += 1
         target = _Target(ref.to_wire(), max_result, limit_where, time_limit)
         if timeout is None and len(payloads) > 1:
             try:
-                answer = await self._call(target, payloads, alone=False)
+                answer = await self._call(target, payloads, labels, alone=False)
                 assert not isinstance(answer, TaskRun)  # no timeout, so an answer
                 self._tasks += len(answer[0])
                 return BatchResult(*answer)
@@ -167,8 +179,9 @@ class WorkerPool:
                 self._crashes += 1  # the culprit is unknown: run them one by one
         outcomes: list[Outcome] = []
         seconds = 0.0
-        for payload in payloads:
-            outcome, spent = await self._run_alone(target, payload, timeout)
+        for i, payload in enumerate(payloads):
+            outcome, spent = await self._run_alone(
+                target, payload, None if labels is None else labels.one(i), timeout)
             outcomes.append(outcome)
             seconds += spent
             if time_limit is not None and seconds >= time_limit:
@@ -176,13 +189,13 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: bytes, timeout: float | None
-                         ) -> tuple[Outcome, float]:
+    async def _run_alone(self, target: _Target, payload: bytes, labels: TaskLabels | None,
+                         timeout: float | None) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
             try:
-                answer = await self._call(target, [payload], alone=timeout is not None,
-                                          timeout=timeout)
+                answer = await self._call(target, [payload], labels,
+                                          alone=timeout is not None, timeout=timeout)
             except Crashed as exc:
                 self._crashes += 1
                 last = str(exc)
@@ -200,15 +213,16 @@ class WorkerPool:
                    "not retried again")
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, target: _Target, payloads: Sequence[bytes], *, alone: bool,
+    async def _call(self, target: _Target, payloads: Sequence[bytes],
+                    labels: TaskLabels | None, *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | TaskRun:
-        """Run one request on a worker; if ``timeout`` ran out (the worker is killed), the
-        run that it cut short.
+        """Run one request on a worker; if ``timeout`` ran out (it is killed), the run cut.
 
         A timed call's clock starts once it has a started worker to itself.
         """
         request = frame((self._cache_root, target.ref, list(payloads), target.max_result,
-                         target.where, target.time_limit))
+                         target.where, target.time_limit,
+                         None if labels is None else (labels.job, list(labels.tasks))))
         while True:
             worker = await self._pick(alone)
             call = Call(request)
@@ -232,7 +246,8 @@ class WorkerPool:
             if call.error is not None:
                 raise call.error
             raw, seconds, runs = call.result
-            return _outcomes(raw, runs, worker.slot), seconds
+            return [Outcome(status, payload, run) for (status, payload), run
+                    in zip(raw, task_runs(runs, worker.slot, len(raw)), strict=True)], seconds
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with
@@ -254,7 +269,7 @@ class WorkerPool:
     async def _spawn(self) -> None:
         if self._closing:
             return
-        worker = await start_worker_process(WORKER_MAIN)
+        worker = await start_worker_process(WORKER_MAIN, label_output=self._label_output)
         taken = {w.slot for w in self._workers}
         worker.slot = next(i for i in range(len(self._workers) + 1) if i not in taken)
         self._workers.append(worker)
@@ -273,8 +288,7 @@ class WorkerPool:
     def closing(self) -> bool:
         return self._closing
 
-    def pids(self) -> list[int]:
-        """The process ids of the live workers."""
+    def pids(self) -> list[int]:  # of the live workers
         return [w.process.pid for w in self._workers if w.alive]
 
     async def start(self) -> None:
@@ -286,29 +300,27 @@ class WorkerPool:
     async def _serve_worker(self, worker: WorkerProcess) -> None:
         """Read the worker's answers in order; when it dies, fail or resend its calls and
         start another (unless the pool is closing)."""
-        buffer = bytearray()
         try:
-            while True:
-                answer = await read_frame(worker.receive, buffer)
-                if answer is None:
-                    break
-                if answer == "ready":
-                    worker.ready = True
-                elif worker.pending:
-                    worker.pending.popleft().finish(answer)
-                self._notify()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                pickle.UnpicklingError, EOFError):
-            pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_exit, worker, nursery.cancel_scope)
+                for name, stream in worker.outputs():
+                    nursery.start_soon(log_task_output, stream, name, worker.process.pid)
+                await self._read_answers(worker)
+                _drain(nursery.cancel_scope)
         except BaseException:  # cancelled: the pool is going away (Ctrl-C, an error)
             worker.kill()
             raise
         finally:
             worker.alive = False
             with trio.CancelScope(shield=True):
+                if worker.process.returncode is None:  # its pipe ended, DRAIN ago: done for
+                    worker.kill_group()
                 await worker.process.wait()
+                worker.kill_group()  # what its tasks forked goes with it
                 await worker.send.aclose()
                 await worker.receive.aclose()
+                for _, stream in worker.outputs():
+                    await stream.aclose()
             how = how_it_died(worker.process.returncode)
             first = True
             while worker.pending:
@@ -320,6 +332,33 @@ class WorkerPool:
             if not self._closing:
                 self._nursery.start_soon(self._spawn)
             self._notify()
+
+    async def _read_answers(self, worker: WorkerProcess) -> None:
+        """Hand the worker's answers to its calls, in order, until its pipe ends or breaks."""
+        buffer = bytearray()
+        while True:
+            try:
+                answer = await read_frame(worker.receive, buffer)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                    pickle.UnpicklingError, EOFError):
+                return
+            if answer is None:
+                return
+            if answer == "ready":
+                worker.ready = True
+            elif worker.pending:
+                worker.pending.popleft().finish(answer)
+            self._notify()
+
+    async def _watch_exit(self, worker: WorkerProcess, reading: trio.CancelScope) -> None:
+        """A worker is dead when its process exits, not when its pipe ends: a child that a
+        task forked may hold the pipe open. On exit, no call goes to it any more; kill the
+        group and give the reader :data:`DRAIN` seconds for what it wrote before it died."""
+        await worker.process.wait()
+        worker.alive = False
+        self._notify()
+        worker.kill_group()
+        _drain(reading)
 
     async def aclose(self) -> None:
         """Stop every worker: each idle one exits on EOF; any still busy after
@@ -336,26 +375,24 @@ class WorkerPool:
             worker.kill()
 
 
-def _outcomes(raw: list[tuple[int, bytes]], runs: list[tuple[float, float, str, str]],
-              slot: int) -> list[Outcome]:
-    """A worker's answer as outcomes; ``runs`` is empty if the function did not load."""
-    if not runs:
-        return [Outcome(status, payload) for status, payload in raw]
-    return [Outcome(status, payload, TaskRun(began, seconds, slot, out, err))
-            for (status, payload), (began, seconds, out, err) in zip(raw, runs, strict=True)]
+def _drain(reading: trio.CancelScope) -> None:
+    reading.deadline = min(reading.deadline, trio.current_time() + DRAIN)
 
 
 @asynccontextmanager
-async def open_worker_pool(workers: int, cache_root: Path) -> AsyncIterator[WorkerPool]:
+async def open_worker_pool(workers: int, cache_root: Path, *, label_output: bool = False
+                           ) -> AsyncIterator[WorkerPool]:
     """Start ``workers`` worker processes; stop them all when the block exits.
 
     The workers start in the background: the pool is usable at once, and requests sent
-    before a worker is up wait in its pipe.
+    before a worker is up wait in its pipe. With ``label_output`` (a daemon), what tasks
+    print goes to the log, each line labelled (:mod:`._taskoutput`); without, the workers
+    write to this process's stdout and stderr.
     """
     if workers < 0:
         raise ValueError(f"a worker pool cannot have {workers} workers")
     async with trio.open_nursery() as nursery:
-        pool = WorkerPool(workers, cache_root, nursery)
+        pool = WorkerPool(workers, cache_root, nursery, label_output=label_output)
         await pool.start()
         try:
             yield pool

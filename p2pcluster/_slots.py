@@ -24,7 +24,8 @@ from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
-from ._tasklog import TaskLog
+from ._taskoutput import TaskLabels
+from ._taskring import TaskLog
 from ._values import encode_error
 
 __all__ = ["Ran", "Slots"]
@@ -119,9 +120,10 @@ class Slots:
             return Ran(failed, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
+        labels = TaskLabels(spec.job.hex()[:8], [item.id for item in items])
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
-                                   time_limit=batch.time_limit)
+                                   time_limit=batch.time_limit, labels=labels)
         results = [TaskResult(item.id, o.status, o.payload)
                    for item, o in zip(items, ran.outcomes, strict=False)]
         for item, outcome in zip(items, ran.outcomes, strict=False):

@@ -65,7 +65,7 @@ from ._proto.workevents import (
 from ._runner import Driver, Runner
 from ._secure import SecureStream
 from ._slots import Slots
-from ._tasklog import TaskLog
+from ._taskring import TaskLog
 from ._transport import Address
 from ._version import __version__
 from ._versions import VersionQuestions, VersionsUnavailable

@@ -14,6 +14,7 @@ an exception, not even ``SystemExit``: the worker must live on to answer the nex
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -32,6 +33,7 @@ from ._errors import UnsendableResult, too_large
 from ._loader import load_function, remember_sources
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
+from ._taskoutput import MarkedStream, set_label
 from ._values import decode_call, encode_error, encode_value
 
 __all__ = ["Run", "run_batch", "serve", "warm_up"]
@@ -43,6 +45,7 @@ Run = tuple[float, float, str, str]
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
+    labels: tuple[str, Sequence[int]] | None = None,
 ) -> tuple[list[tuple[int, bytes]], float, list[Run]]:
     """Call the function ``ref_wire`` names once per payload, in order.
 
@@ -53,6 +56,8 @@ def run_batch(
     no run). A result that encodes
     to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
     (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
+    With ``labels`` (a :class:`~._taskoutput.TaskLabels`: the job, a task id per payload),
+    what each task prints is marked with its job and task (:mod:`._taskoutput`).
     """
     start = time.perf_counter()
     try:
@@ -63,15 +68,36 @@ def run_batch(
     stop = math.inf if time_limit is None else start + time_limit
     outcomes = []
     runs: list[Run] = []
-    for payload in payloads:
-        began, clock = time.time(), time.perf_counter()
-        with captured() as output:
-            outcome = _call(fn, payload)
-        runs.append((began, time.perf_counter() - clock, *output.texts()))
+    for i, payload in enumerate(payloads):
+        if labels is not None:
+            set_label(labels[0], labels[1][i])
+        outcome, run = _timed_call(fn, payload)
+        runs.append(run)
         outcomes.append(_limited(outcome, fn, max_result, limit_where))
+        if labels is not None:
+            _flush_output()
         if time.perf_counter() >= stop:
             break
+    set_label()
     return outcomes, time.perf_counter() - start, runs
+
+
+def _timed_call(fn: Callable[..., Any], payload: bytes) -> tuple[tuple[int, bytes], Run]:
+    """One call, with when it started, how long it took and what it printed (which goes
+    on to the worker's own streams too)."""
+    began, clock = time.time(), time.perf_counter()
+    with captured() as output:
+        outcome = _call(fn, payload)
+    return outcome, (began, time.perf_counter() - clock, *output.texts())
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a task may have closed or replaced them
+            if isinstance(stream, MarkedStream):
+                stream.end_line()
+            else:
+                stream.flush()
 
 
 def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int, where: str
@@ -171,25 +197,31 @@ def _write_frame(fd: int, obj: Any) -> None:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the peer process is gone, even in the middle of a task."""
+    """Exit when the peer process is gone, even in the middle of a task, and take the
+    process group (this worker and what its tasks forked) with it."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            os.killpg(0, signal.SIGKILL)  # with whatever our tasks forked (our group)
             os._exit(0)
 
 
-def serve(rfd: int, wfd: int) -> None:
+def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
     """Answer batch requests from the peer, in order, until the request pipe closes.
 
     Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
     nothing from the network is unpickled). The first request is the peer's ``sys.path``;
     the worker answers it with ``"ready"``. Then each request is ``(cache_root, ref_wire,
-    payloads, max_result, limit_where, time_limit)`` and each answer :func:`run_batch`'s.
+    payloads, max_result, limit_where, time_limit, labels)`` and each answer
+    :func:`run_batch`'s. With ``label_output``, stdout and stderr mark what each task writes.
     Requests queue up in the pipe, so a worker that finishes a batch starts the next one
     without waiting for the peer.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the peer's to handle
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    if label_output:
+        sys.stdout = MarkedStream(sys.stdout)
+        sys.stderr = MarkedStream(sys.stderr)
     first = True
     while True:
         header = _read_exactly(rfd, _LENGTH.size)
@@ -204,10 +236,11 @@ def serve(rfd: int, wfd: int) -> None:
             sys.path[:] = [*request, *(p for p in sys.path if p not in request)]
             _write_frame(wfd, "ready")
             continue
-        cache_root, ref_wire, payloads, max_result, limit_where, time_limit = request
+        cache_root, ref_wire, payloads, max_result, limit_where, time_limit, labels = request
         _write_frame(wfd, run_batch(cache_root, ref_wire, payloads, max_result=max_result,
-                                    limit_where=limit_where, time_limit=time_limit))
+                                    limit_where=limit_where, time_limit=time_limit,
+                                    labels=labels if label_output else None))
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), label_output="--label-output" in sys.argv[3:])

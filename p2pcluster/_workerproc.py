@@ -8,6 +8,7 @@ workers only, and nothing from the network is ever unpickled
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -66,8 +67,24 @@ class WorkerProcess:
         self.lock = trio.Lock()
         self.slot = 0  #: which of the pool's slots it fills (the pool numbers them)
 
+    def outputs(self) -> list[tuple[str, trio.abc.ReceiveStream]]:
+        """The worker's stdout and stderr, by name, where they are pipes to us."""
+        streams = [("stdout", self.process.stdout), ("stderr", self.process.stderr)]
+        return [(name, stream) for name, stream in streams if stream is not None]
+
     def kill(self) -> None:
+        """Kill the worker and every process of its group: what a task forked dies with it."""
         self.killed = True
+        self.kill_group()
+
+    def kill_group(self) -> None:
+        """SIGKILL the worker's process group (its pid: it leads a session of its own).
+
+        Also right after the worker has died and been reaped: a pid that still names a live
+        process group is not reused, so this reaches only what its tasks left behind.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.returncode is None:
             self.process.kill()
 
@@ -84,16 +101,20 @@ def how_it_died(returncode: int | None) -> str:
     return f"exit code {returncode}"
 
 
-async def start_worker_process(main_module: str) -> WorkerProcess:
+async def start_worker_process(main_module: str, *, label_output: bool = False
+                               ) -> WorkerProcess:
     """``python -m main_module READ_FD WRITE_FD`` in a session of its own (a terminal's
-    Ctrl-C reaches only the peer), its pipes open on our side."""
+    Ctrl-C reaches only the peer; the worker leads a process group that holds whatever its
+    tasks fork, killed as one), its pipes open on our side. With ``label_output``, its
+    stdout and stderr are pipes too (:meth:`WorkerProcess.outputs`)."""
+    extra, output = (["--label-output"], subprocess.PIPE) if label_output else ([], None)
     child_read, parent_write = os.pipe()
     parent_read, child_write = os.pipe()
     try:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", main_module, str(child_read), str(child_write)],
+            [sys.executable, "-m", main_module, str(child_read), str(child_write), *extra],
             pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            stdout=output, stderr=output, start_new_session=True)
     finally:
         os.close(child_read)
         os.close(child_write)

@@ -36,7 +36,8 @@ def for_spec(spec: FieldSpec) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one 
     if spec.kind == "bool":
         return st.booleans()
     if spec.kind == "str":
-        return _utf8_at_most(lim.max_len if lim and lim.max_len else 64)
+        text = _utf8_at_most(lim.max_len if lim and lim.max_len else 64)
+        return text.filter(str.isprintable) if lim and lim.printable else text
     if spec.kind == "bytes":
         return st.binary(max_size=lim.max_len if lim and lim.max_len else 64)
     if spec.kind == "optional":

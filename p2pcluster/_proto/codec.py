@@ -98,14 +98,18 @@ def _int_decoder(limit: Limit | None, path: str) -> Decoder:
 
 
 def _sized_decoder(pytype: type, limit: Limit | None, path: str) -> Decoder:
-    """str or bytes; a str's length limit counts UTF-8 bytes."""
+    """str or bytes; a str's length limit counts UTF-8 bytes; a printable str's characters
+    are all printable."""
     cap = limit.max_len if limit else None
+    printable = limit is not None and limit.printable
 
     def decode_sized(v: Any) -> Any:
         if type(v) is not pytype:
             _expect(v, pytype, path)
         if cap is not None and len(v) > cap // 4:  # cheap test first: UTF-8 is <= 4x chars
             _check_len(path, len(v.encode()) if pytype is str else len(v), limit)
+        if printable and not v.isprintable():
+            _fail(path, f"{v!r} has a control character")
         return v
 
     return decode_sized

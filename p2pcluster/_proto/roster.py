@@ -133,6 +133,15 @@ class Roster:
 
     # --- storage, for MemberTable's transitions -------------------------------------------
 
+    def move_me(self, host: str) -> Update:
+        """Our own address changed to ``host``: index it under a new incarnation. Returns
+        the Alive to gossip, which tells the others (an Alive carries the address)."""
+        self._release_address(self.me)
+        self.me.host = host
+        self._hold_address(self.me)
+        self.me.incarnation += 1
+        return self.me.as_update()
+
     def _add(self, entry: Entry) -> None:
         """Store a member we did not know (its address is claimed separately)."""
         self._entries[entry.node] = entry

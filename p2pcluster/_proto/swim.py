@@ -167,6 +167,11 @@ class MembershipMachine:
         """Exchange tables with ``seeds``; retry every few seconds while we know nobody."""
         self.anti_entropy.join(now, seeds)
 
+    def introduce(self, now: float, candidates: list[Address]) -> None:
+        """Exchange tables with ``candidates`` found by discovery; they add to the seeds,
+        never replace them."""
+        self.anti_entropy.introduce(now, candidates)
+
     def leave(self, now: float) -> None:
         """Announce a graceful leave; keep gossiping it, stop probing and syncing."""
         if self.has_left:
@@ -184,6 +189,11 @@ class MembershipMachine:
         if len(meta) > MAX_META:
             raise ValueError(f"metadata is {len(meta)} bytes; the limit is {MAX_META}")
         self.broadcasts.add(self.table.publish_meta(meta))
+
+    def set_host(self, now: float, host: str) -> None:
+        """This machine's address changed: advertise ``host`` (a new incarnation)."""
+        if host != self.me.host:
+            self.broadcasts.add(self.table.move_me(host))
 
     # --- the Machine protocol -------------------------------------------------------------
 

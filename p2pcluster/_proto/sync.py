@@ -4,9 +4,13 @@ Every ``push_pull_interval`` (scaled up above 32 members, as memberlist's pushPu
 whole table is exchanged with one random member over a stream, and every
 ``reconnect_interval`` with one member believed dead, so the halves of a healed partition find
 each other. While we know nobody, the seeds we joined through are retried every
-:data:`SEED_RETRY` seconds. What a remote table means here is a transition, decided by
-:meth:`~.membership.MemberTable.merge`. :class:`AntiEntropy` owns the schedules, the seeds and
-its stream requests, and acts through the machine's :class:`~.context.Context`.
+:data:`SEED_RETRY` seconds, with the last :data:`MAX_CANDIDATES` candidates that discovery
+introduced. A candidate (an mDNS record, which anyone on the LAN can publish) is tried and
+remembered, but never replaces a configured seed; at most :data:`MAX_CANDIDATES` exchanges
+with candidates are under way at once (a flood of records costs no more). What a remote
+table means here is a transition, decided by :meth:`~.membership.MemberTable.merge`.
+:class:`AntiEntropy` owns the schedules, the seeds and its stream requests, and acts through
+the machine's :class:`~.context.Context`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from .membership import MemberStatus
 from .messages import MemberState, Message, PushPull
 from .outputs import Address
 
-__all__ = ["SEED_RETRY", "AntiEntropy"]
+__all__ = ["MAX_CANDIDATES", "SEED_RETRY", "AntiEntropy"]
 
 ALIVE, DEAD = MemberStatus.ALIVE, MemberStatus.DEAD
 SEED_RETRY = 2.0  # seconds between join attempts while we know nobody
+MAX_CANDIDATES = 16  # introduced addresses kept for the retries, the latest
 
 
 class AntiEntropy:
@@ -30,7 +35,9 @@ class AntiEntropy:
 
     def __init__(self, ctx: Context, *, now: float, jitter: float) -> None:
         self._ctx = ctx
-        self._seeds: list[Address] = []
+        self._seeds: list[Address] = []  # configured: kept for good
+        self._candidates: list[Address] = []  # introduced, the latest MAX_CANDIDATES
+        self._introducing: set[Address] = set()  # candidates asked, no answer yet
         self._streams: dict[int, Address] = {}  # push-pull token -> the peer asked
         self._stopped = False
         self._next_push_pull = now + (0.5 + jitter) * self.push_pull_interval()
@@ -55,12 +62,33 @@ class AntiEntropy:
     # --- commands -------------------------------------------------------------------------
 
     def join(self, now: float, seeds: list[Address]) -> None:
-        """Exchange tables with ``seeds`` (not our own address); retry while we know nobody."""
+        """Exchange tables with ``seeds`` (not our own address), and add them to the seeds
+        retried while we know nobody."""
+        fresh = [s for s in dict.fromkeys(seeds) if s not in self._seeds and not self._me(s)]
+        self._seeds += fresh
+        self._try(now, fresh)
+
+    def introduce(self, now: float, candidates: list[Address]) -> None:
+        """Exchange tables with ``candidates`` (found by discovery, unauthenticated), and
+        remember the latest :data:`MAX_CANDIDATES` for the retries; the seeds stay."""
+        fresh = [c for c in dict.fromkeys(candidates) if c not in self._seeds
+                 and not self._me(c)]
+        kept = [c for c in self._candidates if c not in fresh]
+        self._candidates = [*kept, *fresh][-MAX_CANDIDATES:]
+        room = max(0, MAX_CANDIDATES - len(self._introducing))
+        asked = fresh[-room:] if room else []
+        self._introducing.update(asked)
+        self._try(now, asked)
+
+    def _me(self, address: Address) -> bool:
         me = self._ctx.table.me
-        self._seeds = [s for s in seeds if s != (me.host, me.port)]
-        for seed in self._seeds:
-            self._push_pull(seed, join=True)
-        self._next_seed_retry = now + SEED_RETRY if self._seeds else math.inf
+        return address == (me.host, me.port)
+
+    def _try(self, now: float, addresses: list[Address]) -> None:
+        for address in addresses:
+            self._push_pull(address, join=True)
+        if self._seeds or self._candidates:
+            self._next_seed_retry = min(self._next_seed_retry, now + SEED_RETRY)
 
     def stop(self) -> None:
         """We leave: exchange no more tables (the schedules keep running, idle)."""
@@ -88,6 +116,7 @@ class AntiEntropy:
     def handle_reply(self, now: float, token: int, reply: Message | None) -> None:
         """The answer to our push-pull ``token``: a table to merge, or a failure."""
         address = self._streams.pop(token)
+        self._introducing.discard(address)
         if isinstance(reply, PushPull):
             self.merge(now, reply.members, address)
         else:
@@ -118,4 +147,6 @@ class AntiEntropy:
         if self._ctx.table.live_count > 1 or self._stopped:
             self._next_seed_retry = math.inf
             return
-        self.join(now, self._seeds)
+        for address in [*self._seeds, *self._candidates]:
+            self._push_pull(address, join=True)
+        self._next_seed_retry = now + SEED_RETRY

@@ -26,12 +26,14 @@ SUPPORTED_VERSIONS = frozenset({3})
 class Limit:
     """Bounds on a field: ``lo``/``hi`` for integers, ``max_len`` for str, bytes and tuples.
 
-    ``max_len`` of a str counts UTF-8 bytes.
+    ``max_len`` of a str counts UTF-8 bytes. A ``printable`` str has no control characters
+    (:meth:`str.isprintable`): a name that is logged cannot forge a log line.
     """
 
     lo: int | None = None
     hi: int | None = None
     max_len: int | None = None
+    printable: bool = False
 
 
 U64 = Limit(lo=0, hi=2**64 - 1)
@@ -39,8 +41,8 @@ NodeId = Annotated[bytes, Limit(max_len=32)]
 Incarnation = Annotated[int, U64]
 Seq = Annotated[int, U64]
 Port = Annotated[int, Limit(lo=0, hi=65535)]
-Host = Annotated[str, Limit(max_len=255)]
-Name = Annotated[str, Limit(max_len=255)]
+Host = Annotated[str, Limit(max_len=255, printable=True)]
+Name = Annotated[str, Limit(max_len=255, printable=True)]
 #: Member metadata is opaque here; the membership layer gives it meaning. memberlist's limit.
 Meta = Annotated[bytes, Limit(max_len=512)]
 MAX_UPDATES = 256

@@ -59,6 +59,28 @@ def sleep_square(x: int, seconds: float) -> int:
     return x * x
 
 
+def fork_and_sleep(pid_file: str, seconds: float) -> float:
+    """Fork a child that sleeps a minute with the worker's pipes open (its pid goes to
+    ``pid_file``), then sleep ``seconds``."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(pid_file).write_text(str(child))
+    time.sleep(seconds)
+    return seconds
+
+
+def chatter(x: int) -> int:
+    """Print two lines on stdout (one with a forged log line and an escape sequence) and
+    one, unfinished, on stderr."""
+    print(f"out {x}")
+    print(f"line {x}\n2026-01-01 00:00:00 ERROR forged\x1b[2J")
+    import sys
+
+    sys.stderr.write(f"err {x}")
+
+
 def shout(x: int, bad: int = -1) -> int:
     """Print to stdout and stderr (the dashboard's job detail shows both), fail on ``bad``."""
     import sys

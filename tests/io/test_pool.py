@@ -186,6 +186,42 @@ async def test_a_timeout_kills_the_worker(tmp_path: Path) -> None:
         assert value(after.outcomes[0]) == 4
 
 
+async def test_a_timeout_kills_what_the_task_forked(tmp_path: Path) -> None:
+    # The child holds the worker's answer pipe: the old pool waited for its EOF (60 s).
+    pid_file = tmp_path / "child"
+    async with open_worker_pool(1, tmp_path / "cache") as pool:
+        await worker_pids(pool)  # warm
+        start = trio.current_time()
+        with trio.fail_after(WAIT):
+            slow = await pool.run(function_ref(workjobs.fork_then_sleep),
+                                  [call(str(pid_file), 30)], timeout=1.0)
+        error(slow.outcomes[0], TaskStatus.TIMEOUT)
+        assert trio.current_time() - start < 3.0
+        child = int(pid_file.read_text())
+        with trio.fail_after(5):
+            while alive(child):  # killed with the group; reaped by init, not us
+                await trio.sleep(0.02)
+        with trio.fail_after(WAIT):
+            after = await pool.run(function_ref(workjobs.add), [call(2, 3)], timeout=1.0)
+        assert value(after.outcomes[0]) == 5
+
+
+async def test_a_worker_is_dead_when_its_process_exits_not_when_its_pipe_ends(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "child"
+    async with open_worker_pool(1, tmp_path / "cache") as pool:
+        await worker_pids(pool)  # warm
+        start = trio.current_time()
+        with trio.fail_after(WAIT):
+            dead = await pool.run(function_ref(workjobs.fork_then_die), [call(str(pid_file))])
+        assert "exit code 5" in error(dead.outcomes[0], TaskStatus.POISON)["message"]
+        # Three crashes, each noticed at the exit (plus a re-spawn), not 60 s later.
+        assert trio.current_time() - start < WAIT
+        with trio.fail_after(5):
+            while alive(int(pid_file.read_text())):
+                await trio.sleep(0.02)
+
+
 async def test_a_batch_stops_after_its_time_limit_and_says_how_far_it_got(
         tmp_path: Path) -> None:
     async with open_worker_pool(1, tmp_path) as pool:

@@ -70,3 +70,24 @@ def nap(index: int, seconds: float) -> int:
     """Sleep ``seconds``; return ``index``."""
     time.sleep(seconds)
     return index
+
+
+def fork_then_sleep(pid_file: str, seconds: float) -> None:
+    """Fork a child that sleeps 60 s holding every pipe the worker has (its pid goes to
+    ``pid_file``), then sleep ``seconds`` in the worker."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(pid_file).write_text(str(child))
+    time.sleep(seconds)
+
+
+def fork_then_die(pid_file: str) -> None:
+    """Fork a child that sleeps 60 s holding the worker's pipes, then kill the worker."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    Path(pid_file).write_text(str(child))
+    os._exit(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import fields
@@ -131,6 +132,15 @@ def test_limits_are_inclusive() -> None:
                     port=65535, meta=b"m" * 512)
     msg = m.Ack(seq=0, updates=(alive,) * m.MAX_UPDATES)
     assert wire.decode(wire.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("name", ["lab\n1", "lab\r1", "\x1b[31mred", "lab\u20281"])
+def test_a_name_or_host_with_a_control_character_is_refused(name: str) -> None:
+    # A peer's name and host end up in other peers' logs: a newline there forges a line.
+    good = m.Alive(node=b"n", incarnation=1, name="lab1", host="10.0.0.1", port=1, meta=b"")
+    for bad in (dataclasses.replace(good, name=name), dataclasses.replace(good, host=name)):
+        with pytest.raises(DecodeError, match="has a control character"):
+            wire.decode(wire.encode(m.Ack(seq=1, updates=(bad,))))
 
 
 def _only_protocol_errors(data: bytes) -> None:

@@ -22,8 +22,9 @@ from p2pcluster._proto.messages import (
     PushPull,
     Suspect,
 )
-from p2pcluster._proto.outputs import SendDatagram, StreamRequest
+from p2pcluster._proto.outputs import Address, SendDatagram, StreamRequest
 from p2pcluster._proto.swim import MembershipMachine
+from p2pcluster._proto.sync import MAX_CANDIDATES
 
 CONFIG = Config.lan()
 A, S, D, L = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
@@ -227,6 +228,49 @@ def test_join_push_pull_and_seed_retry() -> None:
     assert [r.msg.join for r in retries] == [True]  # type: ignore[union-attr]
 
 
+def retried(m: MembershipMachine, start: float, until: float) -> list[Address]:
+    """The addresses the join retries ask between ``start`` and ``until``."""
+    asked: list[Address] = []
+    t = start
+    while t <= until:
+        m.tick(t)
+        asked += [o.dst for o in m.take_outputs() if isinstance(o, StreamRequest)]
+        t = m.next_deadline()  # type: ignore[assignment]
+    return asked
+
+
+def test_introduced_candidates_add_to_the_seeds_and_never_replace_them() -> None:
+    # Anyone on the LAN can publish an mDNS record: it must not cut us off the seeds.
+    seed = ("10.0.0.1", 7946)
+    m = machine(7)
+    m.join(0.0, [seed])
+    m.take_outputs()
+    m.introduce(0.5, [("6.6.6.6", 7946)])
+    (req,) = m.take_outputs()  # the candidate is tried at once
+    assert req.dst == ("6.6.6.6", 7946) and req.msg.join  # type: ignore[union-attr]
+    asked = retried(m, 0.5, 2.1)
+    assert asked == [seed, ("6.6.6.6", 7946)]
+    fakes = [(f"6.6.{i // 256}.{i % 256}", 7946) for i in range(100)]
+    for i, fake in enumerate(fakes):
+        m.introduce(2.2 + i / 1000, [fake])
+    m.take_outputs()
+    asked = retried(m, 2.3, 4.4)
+    assert asked == [seed, *fakes[-MAX_CANDIDATES:]]  # bounded; the seed stays first
+
+
+def test_a_flood_of_candidates_costs_at_most_max_candidates_exchanges_at_once() -> None:
+    m = machine(7, peers=3)  # we know peers: no retries, only the introductions
+    fakes = [(f"6.6.{i // 256}.{i % 256}", 7946) for i in range(200)]
+    for fake in fakes:
+        m.introduce(0.0, [fake])
+    asked = [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
+    assert [r.dst for r in asked] == fakes[:MAX_CANDIDATES]
+    for request in asked[:3]:  # three of them fail: room for three more
+        m.handle_reply(0.5, request.token, None)
+    m.introduce(1.0, fakes[-5:])
+    assert [o.dst for o in m.take_outputs() if isinstance(o, StreamRequest)] == fakes[-3:]
+
+
 def test_push_pull_merge_suspects_what_the_remote_holds_dead() -> None:
     m = machine(0, peers=3)
     x = bytes([2]) * 16
@@ -282,6 +326,29 @@ def test_set_meta_raises_incarnation_and_gossips() -> None:
     m.tick(m.next_deadline())  # type: ignore[arg-type]
     updates = [u for o in m.take_outputs() for u in getattr(o.msg, "updates", ())]
     assert Alive(m.node_id, 1, "n0", "10.0.0.0", 7946, b"new") in updates
+
+
+def test_a_new_address_is_gossiped_and_taken_by_the_others() -> None:
+    m = machine(0, peers=1)
+    m.set_host(0.0, "10.0.1.50")
+    assert m.incarnation == 1 and m.me.host == "10.0.1.50"
+    m.tick(m.next_deadline())  # type: ignore[arg-type]
+    updates = [u for o in m.take_outputs() for u in getattr(o.msg, "updates", ())]
+    moved = Alive(m.node_id, 1, "n0", "10.0.1.50", 7946, b"")
+    assert moved in updates
+    m.set_host(1.0, "10.0.1.50")  # no change, no news
+    assert m.incarnation == 1
+
+    other = machine(1, peers=1)
+    other.handle_request(1.0, ("10.0.0.0", 7946), PushPull(False, b"", (
+        MemberState(m.node_id, 0, "n0", "10.0.0.0", 7946, b"", 0),)))
+    assert [e.kind for e in other.take_events()] == [EventKind.JOIN]
+    other.receive(2.0, ("10.0.1.50", 7946), Gossip((moved,)))
+    entry = other.table.get(m.node_id)
+    assert entry is not None and (entry.host, entry.status) == ("10.0.1.50", A)
+    assert [e.kind for e in other.take_events()] == [EventKind.UPDATE]
+    assert other.table.at_address(("10.0.1.50", 7946)) is entry
+    assert other.table.at_address(("10.0.0.0", 7946)) is None
 
 
 def test_local_health_stretches_the_period() -> None:

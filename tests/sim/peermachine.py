@@ -39,7 +39,14 @@ from p2pcluster._proto.outputs import Address, Output
 from p2pcluster._proto.policy import MetaSchedule, WorkPolicy
 from p2pcluster._proto.stealing import StealingMachine
 from p2pcluster._proto.swim import MembershipMachine
-from p2pcluster._proto.workevents import Batch, JobDropped, JobFinished, PushValue, WorkEvent
+from p2pcluster._proto.workevents import (
+    AskVersions,
+    Batch,
+    JobDropped,
+    JobFinished,
+    PushValue,
+    WorkEvent,
+)
 
 __all__ = ["PeerMachine", "PeerObserver", "Step", "TaskRunner", "WorkSender"]
 
@@ -215,8 +222,9 @@ class PeerMachine:
             if not outputs and not events:
                 break
             for out in outputs:
-                if isinstance(out, PushValue):
-                    raise AssertionError("the soak's results are small: no data streams")  # noqa: TRY004
+                if isinstance(out, PushValue | AskVersions):
+                    what = "the soak's results are small and its jobs need nothing"
+                    raise AssertionError(f"{what}: no data streams, no questions ({out})")  # noqa: TRY004
                 self._send(now, out.dst, out.msg)
             for event in events:
                 self._work_event(now, event)
@@ -233,6 +241,7 @@ class PeerMachine:
             self._addresses[member.id] = member.address
             meta = NodeMeta.decode(member.meta)
             self.work.peer_up(now, member.id, meta.queue, max(1, meta.workers))
+            self.work.peer_env(now, member.id, meta.python_version, meta.tags)
         elif event.kind in (EventKind.FAIL, EventKind.LEAVE):
             self._gone.add(member.id)
             self.work.peer_down(now, member.id)

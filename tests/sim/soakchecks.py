@@ -19,7 +19,9 @@ No false deaths (at every FAIL or LEAVE event, on every peer):
     the refutation). Who declared a death is read from the step that caused the event: a
     peer's own suspicion expiring (a tick), or the ``by`` of the ``Dead`` update it received.
     An excused verdict may spread (SWIM gossips it) and is then refuted; those are counted.
-    Nobody leaves gracefully in the soak, so a LEAVE is always a violation.
+    Nobody leaves gracefully in the soak, so a LEAVE is always a violation. Stricter than
+    that: a process once faulted that still runs is declared dead only for a recent cause
+    (it, or its declarer, frozen or cut off from the other within the window).
 
 Partitions heal (:meth:`Checker.watch_heal`):
     after a heal, within :func:`heal_bound`, there is a moment when every peer that stayed
@@ -135,6 +137,7 @@ class Checker:
         subject = event.member
         if subject.id in self.cluster.log.faulted:
             self.counts["deaths_of_faulted"] += 1
+            self._recent_cause(peer, event, step)
             return
         for declarer in self._declarers(peer, subject.id, step):
             excuse = self.cluster.log.excuse(declarer, subject.address, self.cluster.sim.now,
@@ -151,6 +154,21 @@ class Checker:
                 self.counts["stale_deaths_spread"] += 1  # to a peer that was not cut off
             else:
                 self.counts["stale_deaths_heard"] += 1
+
+    def _recent_cause(self, peer: PeerMachine, event: MemberEvent, step: Step) -> None:
+        """A faulted process that still runs is declared dead only for a recent cause: it,
+        or its declarer, was frozen or cut off from the other within the stale window."""
+        log, now, subject = self.cluster.log, self.cluster.sim.now, event.member
+        process = self.cluster.processes.get(subject.id)
+        if process is None or process.crashed:
+            return
+        for declarer in self._declarers(peer, subject.id, step):
+            if (log.excuse(declarer, subject.address, now, self.window) is None
+                    and log.excuse(process, declarer.address, now, self.window) is None):
+                self.fail(f"{declarer} declared {subject.name} ({subject.id.hex()[:8]}) dead "
+                          f"(seen at {peer} on a {step.kind}); {subject.name} was faulted "
+                          f"({log.faulted[subject.id]}), but neither it nor {declarer} was "
+                          f"frozen or cut off within {self.window:.1f} s")
 
     def _declarers(self, peer: PeerMachine, subject: bytes, step: Step) -> list[PeerMachine]:
         """Who declared ``subject`` dead, by the step that made ``peer`` see it so."""

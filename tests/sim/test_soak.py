@@ -182,3 +182,15 @@ def test_script_refuses_bad_arguments() -> None:
     for bad in (["--hours", "0"], ["--loss", "1.5"], ["--peers", "1"]):
         with pytest.raises(SystemExit):
             script.parse(bad)
+
+
+def test_a_death_long_after_a_fault_is_caught() -> None:
+    soak = booted()
+    cluster = soak.cluster
+    cluster.freeze(2, 1.0)
+    a, b = cluster.peers[1], cluster.peers[2]
+    event = MemberEvent(EventKind.FAIL, b.members.me.snapshot(), cluster.sim.now)
+    soak.checker.member_event(a, event, Step("tick"))  # while frozen: a fair verdict
+    cluster.sim.run_until(cluster.sim.now + soak.checker.window + 2.0)
+    with pytest.raises(Violation, match="was faulted"):
+        soak.checker.member_event(a, event, Step("tick"))

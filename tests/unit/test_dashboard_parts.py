@@ -18,7 +18,7 @@ from p2pcluster._proto.meta import MAX_META, NodeMeta, Usage
 from p2pcluster._proto.roster import Member
 from p2pcluster._proto.wiretypes import MemberStatus
 from p2pcluster._proto.workmessages import JobSpec
-from p2pcluster._tasklog import TaskLog, TaskRun
+from p2pcluster._taskring import TaskLog, TaskRun
 from p2pcluster._usage import CpuMeter, load_average, resident_kib
 from p2pcluster._viewcli import format_jobs, format_members
 from p2pcluster._views import job_json, member_json, merge_bar, new_bar

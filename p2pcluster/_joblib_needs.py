@@ -1,0 +1,90 @@
+"""What a pickled joblib batch needs of the peer that unpickles it: the owner's Python minor
+version, and the installed distributions whose modules the pickle names, at the owner's
+versions.
+
+A pickle names every class and function it holds by reference as ``module`` and
+``qualname`` (cloudpickle sends by value only what cannot be imported: ``__main__``,
+lambdas, closures). :func:`dumps_noting_modules` pickles as :func:`._joblib_task.dumps`
+does and notes the module of every object it meets (the pickler's ``reducer_override`` is
+called for each but the plain builtins, so a long list of numbers costs nothing more);
+:func:`batch_needs` maps them to distributions
+(:func:`importlib.metadata.packages_distributions`) and adds joblib and cloudpickle, which
+every batch needs. A peer whose Python or any of those versions differ must get none of the
+batch: an estimator pickled by scikit-learn 1.5 may unpickle wrongly, or not at all, with
+1.4. The environment check of the cluster (``JobSpec.needs``, :mod:`._proto.eligibility`)
+applies the rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import io
+import pickle
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import BuiltinFunctionType, FunctionType
+from typing import Any
+
+from ._joblib_task import PROTOCOL, raw
+from ._proto.eligibility import normalize
+
+__all__ = ["Needs", "batch_needs", "dumps_noting_modules"]
+
+#: Distributions every pickled batch needs, whatever it holds.
+ALWAYS = ("cloudpickle", "joblib")
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """The owner's Python version and ``(distribution, version)`` pairs, sorted by name.
+    The same fields as the environment check's ``JobNeeds`` (``python``, ``dists``)."""
+
+    python: str
+    dists: tuple[tuple[str, str], ...]
+
+
+def dumps_noting_modules(obj: Any) -> tuple[list[bytes], set[str]]:
+    """``obj`` as :func:`._joblib_task.dumps` pickles it, and the top-level names of the
+    modules of the classes, functions and objects in it."""
+    import cloudpickle  # the [joblib] extra
+
+    modules: set[str] = set()
+
+    class Noting(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, item: Any) -> Any:
+            owner = item if isinstance(item, type | FunctionType | BuiltinFunctionType) else (
+                type(item))
+            module = getattr(owner, "__module__", None)
+            if isinstance(module, str):
+                modules.add(module.split(".", 1)[0])
+            return super().reducer_override(item)
+
+    out = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    Noting(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
+    return [out.getvalue(), *(raw(b) for b in buffers)], modules
+
+
+@functools.cache
+def _distributions() -> dict[str, tuple[str, ...]]:
+    return {k: tuple(v) for k, v in importlib.metadata.packages_distributions().items()}
+
+
+@functools.cache
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def batch_needs(modules: Iterable[str]) -> Needs:
+    """What a peer must have to run a batch whose pickle holds objects of ``modules``
+    (top-level names; module docstring)."""
+    names = set(ALWAYS)
+    for module in modules:
+        names.update(_distributions().get(module, ()))
+    dists = sorted({(normalize(n), v) for n in names if (v := _version(n))})
+    return Needs(platform.python_version(), tuple(dists))

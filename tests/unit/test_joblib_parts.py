@@ -1,0 +1,67 @@
+"""The joblib backend's pure parts: pickles with out-of-band buffers, the worker's outcome of
+a batch, and what a pickled batch needs of a peer."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+pytest.importorskip("cloudpickle", reason="needs the [joblib] extra")
+pytest.importorskip("joblib", reason="needs the [joblib] extra")
+
+from p2pcluster._joblib_needs import batch_needs, dumps_noting_modules
+from p2pcluster._joblib_task import Failure, dumps, loads, run_pickled
+
+
+def test_numpy_arrays_travel_out_of_band() -> None:
+    np = pytest.importorskip("numpy")
+    big = np.arange(100_000, dtype=np.float64)
+    parts = dumps({"x": big, "z": big[:10]})
+    assert len(parts) == 3 and len(parts[0]) < 1000 and len(parts[1]) == big.nbytes
+    parts = dumps({"x": big, "y": big[::2]})  # y is not contiguous: in band, as pickle does
+    assert len(parts) == 2 and len(parts[1]) == big.nbytes
+    back = loads(parts)
+    assert np.array_equal(back["x"], big) and np.array_equal(back["y"], big[::2])
+
+
+def test_loads_refuses_what_is_not_a_list_of_bytes() -> None:
+    with pytest.raises(ValueError):
+        loads([])
+    with pytest.raises(ValueError):
+        loads(["text"])  # type: ignore[list-item]
+
+
+def test_run_pickled_returns_the_result_or_the_failure() -> None:
+    assert loads(run_pickled(*dumps(lambda: [1, 2]))) == [1, 2]
+    failure = loads(run_pickled(*dumps(lambda: {}["missing"])))
+    assert isinstance(failure, Failure) and isinstance(failure.error, KeyError)
+    assert failure.type_name == "KeyError" and "missing" in failure.traceback
+    broken = loads(run_pickled(b"not a pickle"))
+    assert isinstance(broken, Failure) and broken.type_name == "_pickle.UnpicklingError"
+
+
+def test_a_batch_needs_the_distributions_its_pickle_names() -> None:
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.svm import SVC
+
+    parts, modules = dumps_noting_modules([SVC(C=2.0)])
+    assert "sklearn" in modules
+    assert isinstance(loads(parts)[0], SVC) and loads(parts)[0].C == 2.0
+    needs = batch_needs(modules)
+    assert needs.python == platform.python_version()
+    found = dict(needs.dists)
+    assert found["scikit-learn"] == sklearn.__version__
+    assert {"joblib", "cloudpickle"} <= set(found)
+
+
+def test_the_modules_noted_are_those_of_classes_functions_and_objects() -> None:
+    import fractions
+    import json
+
+    np = pytest.importorskip("numpy")
+    parts, modules = dumps_noting_modules(
+        {"f": fractions.Fraction(1, 3), "g": json.dumps, "t": fractions.Fraction,
+         "a": np.zeros(3), "n": [1.5] * 10, "local": lambda: 1})
+    assert {"fractions", "json", "numpy"} <= modules
+    assert loads(parts)["f"] == fractions.Fraction(1, 3)
