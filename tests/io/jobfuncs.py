@@ -79,6 +79,7 @@ def chatter(x: int) -> int:
     import sys
 
     sys.stderr.write(f"err {x}")
+    return x
 
 
 def shout(x: int, bad: int = -1) -> int:
