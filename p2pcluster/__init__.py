@@ -18,6 +18,7 @@ from ._errors import DecodeError as DecodeError
 from ._errors import HandshakeError as HandshakeError
 from ._errors import MessageTooLarge as MessageTooLarge
 from ._errors import NameTaken as NameTaken
+from ._errors import NumPyUnavailable as NumPyUnavailable
 from ._errors import P2PClusterError as P2PClusterError
 from ._errors import PoisonTaskError as PoisonTaskError
 from ._errors import ProtocolError as ProtocolError
@@ -52,8 +53,12 @@ if TYPE_CHECKING:
     from ._proto.membership import MemberEvent as MemberEvent
     from ._proto.messages import MemberStatus as MemberStatus
     from ._secure import WireStatistics as WireStatistics
+    from ._shared import Shared as Shared
+    from ._sharing import SharingStatistics as SharingStatistics
 
 _LAZY = {
+    "Shared": "._shared",
+    "SharingStatistics": "._sharing",
     "Config": "._config",
     "Cluster": "._cluster",
     "MemberInfo": "._cluster",
@@ -95,6 +100,9 @@ __all__ = [
     "MemberEvent",
     "EventKind",
     "MembershipStatistics",
+    # data
+    "Shared",
+    "SharingStatistics",
     # errors
     "P2PClusterError",
     "ClusterError",
@@ -110,6 +118,7 @@ __all__ = [
     "UnsendableResult",
     "ProtocolError",
     "DecodeError",
+    "NumPyUnavailable",
     "UnknownMessageType",
     "UnsupportedVersion",
     "MessageTooLarge",

@@ -118,10 +118,20 @@ def _classify(name: str, path: list[str], dists_of: Callable[[], Mapping[str, li
         where = Path(spec.origin)
     else:
         return "std", ()
-    if not _installed(where):
-        return "local", (str(where),)
-    dists = dists_of().get(name)
-    return ("dist", tuple(normalize(d) for d in dists)) if dists else ("std", ())
+    installed = _installed(where)
+    if installed or _has_metadata(where.parent):  # a distribution, maybe (pip --target)
+        dists = dists_of().get(name)
+        if dists:
+            return "dist", tuple(normalize(d) for d in dists)
+    return ("std", ()) if installed else ("local", (str(where),))
+
+
+def _has_metadata(directory: Path) -> bool:
+    """Whether ``directory`` holds distribution metadata (``*.dist-info``, ``*.egg-info``)."""
+    try:
+        return any(p.suffix in (".dist-info", ".egg-info") for p in directory.iterdir())
+    except OSError:
+        return False
 
 
 @cache

@@ -28,15 +28,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 import trio
 
 from ._config import Config
-from ._errors import ClusterError
+from ._errors import ClusterError, ValueTooLarge
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
-from ._jobs import CodeRegistry, JobRequest, encode_map_args
+from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
 from ._placementnews import PlacementReporter
 from ._places import control_path
 
 if TYPE_CHECKING:  # each imported where it is used: `run` imports one path, not both
     from ._control_client import ControlClient
     from ._peer import Peer
+    from ._shared import Shared
 
 __all__ = ["Cluster", "MemberInfo"]
 
@@ -97,6 +98,7 @@ class Cluster(cf.Executor):
         self._client: ControlClient | None = None
         self._book = JobBook()
         self._shutdown = False
+        self._shared: dict[bytes, Shared] = {}  #: every value shared, by digest
         self._failure: BaseException | None = None
         self._ready = threading.Event()
         self._stop: trio.Event | None = None
@@ -264,9 +266,7 @@ class Cluster(cf.Executor):
         """The :class:`JobRequest` of one call ``fn(*args, **kwargs)``, named and encoded as
         :meth:`submit` does (and failing as it does), its tasks for peers with the tags
         ``requires``; :meth:`submit_request` runs it."""
-        from ._values import encode_call
-
-        return self.registry.request(fn, [encode_call(args, kwargs or {})],
+        return self.registry.request(fn, [encode_args(args, kwargs or {})],
                                      max_value_size=self._limit(), where=self._where(),
                                      requires=requires)
 
@@ -315,14 +315,48 @@ class Cluster(cf.Executor):
         """:func:`concurrent.futures.as_completed`, for convenience."""
         return cf.as_completed(futures, timeout)
 
-    def members(self) -> list[MemberInfo]:
-        """The cluster's members as this peer (or the daemon) sees them."""
+    def share(self, value: Any) -> Shared:
+        """Share ``value`` with the cluster and return its handle: pass the handle as a
+        task argument (or inside one), and the task receives the value itself. Each peer
+        fetches it once, however many tasks use it; sharing the same value again costs
+        nothing (``docs/jobs.md``, "Shared inputs"). Raises :class:`~p2pcluster.SubmitError`
+        for a value that cannot travel, :class:`~p2pcluster.ValueTooLarge` over the limit."""
+        from ._packed import as_bytes
+        from ._shared import digest_of
+        from ._values import encode_shared
+
+        payload = as_bytes(encode_shared(value))
+        digest = digest_of(payload)
+        if digest not in self._shared:
+            self._shared[digest] = self._in_trio(self._share, payload)
+        return self._shared[digest]
+
+    async def _share(self, payload: bytes) -> Shared:
+        if self._client is None:
+            assert self.peer is not None
+            return await self.peer.share_payload(payload)
+        from ._control_client import DaemonError
+        from ._shared import Shared
+
         try:
-            table = trio.from_thread.run(self._members, trio_token=self._token)
+            answer = await self._client.request("share", value=payload)
+        except DaemonError as exc:
+            if "over the limit" in str(exc):  # the daemon's max_value_size
+                raise ValueTooLarge(str(exc)) from None
+            raise
+        return Shared(answer["digest"], answer["size"])
+
+    def _in_trio(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=self._token)
         except trio.RunFinishedError:
             if self._failure is not None:
                 raise self._failure from None
             raise RuntimeError("the cluster has shut down") from None
+
+    def members(self) -> list[MemberInfo]:
+        """The cluster's members as this peer (or the daemon) sees them."""
+        table = self._in_trio(self._members)
         return [MemberInfo(r["name"], r["id"], r["host"], r["port"], r["status"],
                            r["workers"], r["queue"]) for r in table]
 

@@ -46,6 +46,7 @@ from ._proto.control import (
     Reply,
     Request,
     Results,
+    Share,
     Submit,
     Value,
     hello,
@@ -151,14 +152,19 @@ class ControlClient:
             if job in self._jobs and self._broken is None:
                 self._outbox.put([CODEC.encode(Cancel(job))])
 
-    async def request(self, op: str, **body: Any) -> dict[str, Any]:
-        """Run operation ``op`` at the daemon; its answer, or :class:`DaemonError`."""
+    async def request(self, op: str, *, value: bytes | None = None, **body: Any
+                      ) -> dict[str, Any]:
+        """Run operation ``op`` at the daemon; its answer, or :class:`DaemonError`. With
+        ``value``, ``op`` is "share": the daemon keeps that value for this connection."""
         send, receive = trio.open_memory_channel[Reply](1)
         with self._lock:
             self._check()
             req = self._id("req")
             self._requests[req] = send
-            self._outbox.put([CODEC.encode(Request(req, op, cbor2.dumps(body)))])
+            parts: list[Part] = []
+            parts.append(CODEC.encode(Request(req, op, cbor2.dumps(body)) if value is None
+                                      else Share(req, self._value(value, parts))))
+            self._outbox.put(parts)
         try:
             reply = await receive.receive()
         except trio.EndOfChannel:

@@ -23,7 +23,7 @@ import trio
 
 from ._bundles import CodeBundle
 from ._control import FramedStream
-from ._errors import P2PClusterError, ProtocolError, too_large
+from ._errors import P2PClusterError, ProtocolError, ValueTooLarge, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
@@ -48,6 +48,7 @@ from ._proto.control import (
     Request,
     ResultItem,
     Results,
+    Share,
     Submit,
     Value,
 )
@@ -142,6 +143,7 @@ class ControlSession:
                 running.job.cancel()
         self._running.clear()
         self._pending.clear()
+        self._peer.release_shared(self)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class ControlSession:
             await self._cancel(message.job)
         elif isinstance(message, Request):
             nursery.start_soon(self._request, message)
+        elif isinstance(message, Share):
+            await self._share(message)
         else:
             raise ProtocolError(f"a client does not send {type(message).__name__}")
 
@@ -250,6 +254,16 @@ class ControlSession:
             reply = Reply(request.req, True, cbor2.dumps(answer), "")
         except P2PClusterError as exc:
             reply = Reply(request.req, False, b"", str(exc))
+        await self._stream.send_message(reply)
+
+    async def _share(self, share: Share) -> None:
+        """Keep a value for this client's tasks (see :mod:`._sharing`)."""
+        try:
+            handle = await self._peer.share_payload(self._value(share.value), holder=self)
+            reply = Reply(share.req, True, cbor2.dumps({"digest": handle.digest,
+                                                       "size": handle.size}), "")
+        except (_Refused, ValueTooLarge) as exc:
+            reply = Reply(share.req, False, b"", str(exc))
         await self._stream.send_message(reply)
 
     # --- forwarding ---------------------------------------------------------------------------

@@ -89,9 +89,11 @@ class Daemon:
             return {"cluster": self.config.cluster, "self": self.peer.me.id.hex(),
                     "members": rows}
         if op == "status":
-            stats = dataclasses.asdict(self.peer.statistics().membership)
+            stats = self.peer.statistics()
             return {"cluster": self.config.cluster, "version": __version__,
-                    "self": member_row(self.peer.me, now), "statistics": stats}
+                    "self": member_row(self.peer.me, now),
+                    "statistics": dataclasses.asdict(stats.membership),
+                    "sharing": dataclasses.asdict(stats.sharing)}
         if op == "versions":
             packages = body.get("packages", [])
             if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):

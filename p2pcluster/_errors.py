@@ -70,6 +70,11 @@ class DecodeError(ProtocolError):
     """Malformed CBOR, trailing bytes, or a missing, extra or mistyped field."""
 
 
+class NumPyUnavailable(DecodeError):
+    """A value holds a NumPy array or scalar, and NumPy is not installed where it arrived.
+    A task that fails with it makes its peer take no more tasks of that job."""
+
+
 class UnknownMessageType(DecodeError):
     """The type code is not one this version knows."""
 

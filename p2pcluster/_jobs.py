@@ -28,13 +28,14 @@ from ._errors import (
     task_error,
     too_large,
 )
+from ._packed import as_bytes
 from ._proto.eligibility import NO_NEEDS, JobNeeds
 from ._proto.wiretypes import PlacementKind, TaskStatus
 from ._refs import FunctionRef, function_ref
 from ._values import decode_value, encode_call
 
 __all__ = [
-    "CodeRegistry", "JobRequest", "JobResult", "PlacementNote", "encode_map_args",
+    "CodeRegistry", "JobRequest", "JobResult", "PlacementNote", "encode_args", "encode_map_args",
     "placement_line", "unpack", "unrunnable_message",
 ]
 
@@ -115,11 +116,17 @@ class JobRequest:
     needs: JobNeeds = NO_NEEDS
 
 
+def encode_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
+    """One call's arguments as one task payload (its arrays' bytes joined after the CBOR
+    heads, never through the encoder)."""
+    return as_bytes(encode_call(args, kwargs))
+
+
 def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[bytes]:
     """``map``'s argument tuples, each as one task payload (the shortest iterable wins)."""
     if len(iterables) == 1:
-        return [encode_call((x,), {}) for x in iterables[0]]
-    return [encode_call(tuple(xs), {}) for xs in zip(*iterables, strict=False)]
+        return [as_bytes(encode_call((x,), {})) for x in iterables[0]]
+    return [as_bytes(encode_call(tuple(xs), {})) for xs in zip(*iterables, strict=False)]
 
 
 def _check_sizes(fn: Callable[..., Any], payloads: Sequence[bytes], limit: int,

@@ -39,11 +39,12 @@ from ._activity import Activity
 from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
-from ._errors import ClusterError, P2PClusterError
-from ._jobs import CodeRegistry, JobRequest, JobResult, encode_map_args, unpack
+from ._errors import ClusterError, P2PClusterError, ValueTooLarge, too_large
+from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
 from ._netutil import where as choose_where
+from ._packed import as_bytes
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
@@ -52,9 +53,11 @@ from ._rejections import Rejections
 from ._runner import Runner, open_runner
 from ._secret import SecretSource, load_secrets
 from ._secure import WireStatistics
+from ._shared import Shared, digest_of
+from ._sharing import SharingStatistics
 from ._transport import Address
-from ._usage import serve_usage
-from ._values import encode_call
+from ._usage import child_pids, serve_usage
+from ._values import encode_shared
 from ._versions import gather_versions
 from ._work import Job, WorkService
 
@@ -75,6 +78,7 @@ class PeerStatistics:
     queued: int
     running: int
     jobs_owned: int
+    sharing: SharingStatistics
 
 
 class Peer:
@@ -139,7 +143,28 @@ class Peer:
         state = self._work.state()
         return PeerStatistics(self._work.statistics(), self._work.pool_statistics(),
                               self._membership.statistics(), state.queued, state.running,
-                              state.jobs_owned)
+                              state.jobs_owned, self._work.shared.statistics())
+
+    async def share(self, value: Any) -> Shared:
+        """Share ``value`` with the cluster; pass the handle in task arguments, and each
+        task gets the value itself. Every peer fetches it once (``docs/jobs.md``, "Shared
+        inputs"); this peer keeps it until it closes."""
+        payload = await trio.to_thread.run_sync(lambda: as_bytes(encode_shared(value)))
+        return await self.share_payload(payload)
+
+    async def share_payload(self, payload: bytes, holder: object = None) -> Shared:
+        """Keep an encoded value for ``holder`` (see :meth:`share`) until
+        :meth:`release_shared`; raises :class:`~p2pcluster.ValueTooLarge` over the limit."""
+        limit = self._config.max_value_size
+        if len(payload) > limit:
+            raise ValueTooLarge(too_large("the value to share", len(payload), limit,
+                                          f"peer {self.me.name}"))
+        digest = await trio.to_thread.run_sync(digest_of, payload)
+        return self._work.shared.add(payload, holder, digest)
+
+    def release_shared(self, holder: object) -> None:
+        """``holder`` is gone: the values only it shared go."""
+        self._work.shared.release(holder)
 
     def wire_statistics(self) -> WireStatistics:
         """The counters of this peer's wire: datagrams, streams, bytes, what it rejected."""
@@ -189,7 +214,7 @@ class Peer:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
         :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds;
         ``requires`` names the tags the peer must have."""
-        request = self.request(fn, [encode_call(args, kwargs)], timeout=timeout,
+        request = self.request(fn, [encode_args(args, kwargs)], timeout=timeout,
                                requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
@@ -321,7 +346,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)
-            nursery.start_soon(serve_usage, config.usage_interval, pool.pids, work.set_usage)
+            nursery.start_soon(serve_usage, config.usage_interval, child_pids, work.set_usage)
             discovery = trio.CancelScope()  # mDNS, and following our address if it moves
             nursery.start_soon(_within, discovery, partial(serve_place, membership, config,
                                                            place))

@@ -2,43 +2,35 @@
 
 Each worker is a process of its own (``python -m p2pcluster._worker_main``) that reads batch
 requests from a pipe and writes the answers to another, in order. The peer may queue a second
-request behind the running one (the peer runs two calls per worker when it has plenty of
-work): a worker that finishes a batch starts the next at once, without waiting for the peer's
-process to be scheduled. On a loaded machine that wait is the whole difference between
-0.85 and 0.97 of the ideal throughput for 50 ms tasks (waking a sleeping process takes
-milliseconds on a busy virtual machine).
+request behind the running one (two calls per worker when it has plenty of work): a worker
+that finishes a batch starts the next at once, without waiting for the peer's process to be
+scheduled, which on a loaded machine makes 0.97 of the ideal throughput for 50 ms tasks
+instead of 0.85. Large values cross through shared memory, not the pipe (:mod:`._handoff`).
 
 - **Batches.** :meth:`WorkerPool.run` sends a whole batch to one worker in one round trip, so
   tiny tasks cost microseconds, not a pipe round trip each.
 - **Poison tasks.** When a worker dies in a batch, the batch is re-run one task at a time to
-  find the culprit; the others complete normally. A task that has killed
-  :data:`MAX_CRASHES` workers on its own is ``TaskStatus.POISON`` and is not run again. The
-  crash of the whole batch is attributed to no one, so every task gets :data:`MAX_CRASHES`
-  tries alone. Tasks of the batch that ran before the crash run again: execution is at least
-  once. A call queued behind the one that crashed did not run: it is sent again to a live
-  worker, without counting a crash.
+  find the culprit; the others complete normally. A task that has killed :data:`MAX_CRASHES`
+  workers on its own is ``TaskStatus.POISON`` and is not run again (the crash of the whole
+  batch is attributed to no one). Tasks of the batch that ran before the crash run again:
+  execution is at least once. A call queued behind the one that crashed is sent again to a
+  live worker, without counting a crash.
 - **Timeouts.** With ``timeout``, each task runs alone, on a started worker with nothing else
-  queued (a batch cannot be timed per task), and its worker is killed when time is up: the
-  outcome is ``TaskStatus.TIMEOUT``. Killing, rather than interrupting the task inside a
-  worker that lives on, is the only way to stop C code and to be sure no half-updated state
-  survives; the price is a process start-up (0.2 to 1 s) for that worker, which happens
-  before the next timed task's clock starts.
+  queued, and its worker is killed when time is up: ``TaskStatus.TIMEOUT``. Killing, rather
+  than interrupting the task in a worker that lives on, is the only way to stop C code and to
+  be sure no half-updated state survives; the price is a process start-up (0.2 to 1 s), before
+  the next timed task's clock starts.
 - **Cancellation.** A request cannot be taken back from a pipe: cancelling a call kills its
   worker (the other call queued on it is sent again elsewhere) and a new one starts.
 - **Forks.** Each worker leads a process group of its own, and a task's children are in it:
   a kill (timeout, cancellation, the pool's exit) is a ``SIGKILL`` to the whole group. A
   worker is dead when its process exits, whoever still holds its pipes (a child that
   called ``setsid`` escapes the group, but not this).
-
 Lifetime: no worker outlives the ``async with`` of :func:`open_worker_pool`: at exit the
-request pipes close, idle workers exit, busy ones are killed. If the peer process itself is
-killed, each worker notices within half a second (its parent changes) and exits, even in the
-middle of a task.
-
-Ctrl-C: workers start in a session of their own and ignore ``SIGINT``, so the signal a terminal
-sends to its foreground process group reaches only the peer, which cancels its calls and kills
-the busy workers. No worker prints anything.
-
+request pipes close, idle workers exit, busy ones are killed. If the peer process is killed,
+each worker notices within half a second (its parent changes) and exits, even mid-task.
+Ctrl-C: workers start in a session of their own and ignore ``SIGINT``, so a terminal's signal
+reaches only the peer, which cancels its calls and kills the busy workers.
 The workers put the peer's ``sys.path`` in front of their own, so a module the peer can import
 from its working directory or its path, the workers can too, as with ``multiprocessing``.
 """
@@ -48,8 +40,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +49,9 @@ from typing import Any, NamedTuple
 import trio
 
 from ._fastwrite import write_all
+from ._handoff import wire_value
+from ._packed import Packed, Payload
+from ._poolshare import SharedWires, mapped_outcomes, off_loop
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._tasklog import log_task_output
@@ -92,10 +86,9 @@ DRAIN = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's :class:`~._proto.messages.TaskStatus`, CBOR payload, and run (if any)."""
-
+    """One task's ``TaskStatus``, CBOR payload (a large one packed), and run (if any)."""
     status: int
-    payload: bytes
+    payload: Payload
     run: TaskRun | None = None
 
 
@@ -130,6 +123,7 @@ class _Target(NamedTuple):
     max_result: int
     where: str  #: whose limit max_result is, for the error
     time_limit: float | None  #: seconds after which a batch stops after its current task
+    shared: Mapping[bytes, Payload]  #: the shared values the calls use, by digest
 
 
 class WorkerPool:
@@ -142,6 +136,7 @@ class WorkerPool:
         self._cache_root = str(cache_root)
         self._nursery = nursery
         self._workers: list[WorkerProcess] = []
+        self._shared = SharedWires()  #: shared values, in shared memory for the workers
         self._changed = trio.Event()
         self._closing = False
         self._batches = self._tasks = self._crashes = self._timeouts = self._poisoned = 0
@@ -152,9 +147,9 @@ class WorkerPool:
                                     self._crashes, self._timeouts, self._poisoned)
 
     async def run(
-        self, ref: FunctionRef, payloads: Sequence[bytes], *, timeout: float | None = None,
-        max_result: int = 2**62, limit_where: str = "this peer",
-        time_limit: float | None = None, labels: TaskLabels | None = None,
+        self, ref: FunctionRef, payloads: Sequence[Payload], *, timeout: float | None = None,
+        max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
+        labels: TaskLabels | None = None, shared: Mapping[bytes, Payload] | None = None,
     ) -> BatchResult:
         """Run ``ref`` once per payload (each from :func:`~._values.encode_call`), in order.
 
@@ -164,15 +159,15 @@ class WorkerPool:
         Once ``time_limit`` seconds of the batch have run, it stops after its current task;
         the result then has outcomes for the first tasks only. ``labels`` (the job, a task id
         per payload) label what each task prints in the log, if the pool was opened with
-        ``label_output``.
+        ``label_output``. ``shared`` holds the shared values the calls use, by digest.
         """
         labels = labels if self._label_output else None
         self._batches += 1
-        target = _Target(ref.to_wire(), max_result, limit_where, time_limit)
+        target = _Target(ref.to_wire(), max_result, limit_where, time_limit, shared or {})
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, labels, alone=False)
-                assert not isinstance(answer, TaskRun)  # no timeout, so an answer
+                assert answer is not None  # no timeout, so an answer
                 self._tasks += len(answer[0])
                 return BatchResult(*answer)
             except Crashed:
@@ -189,7 +184,7 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: bytes, labels: TaskLabels | None,
+    async def _run_alone(self, target: _Target, payload: Payload, labels: TaskLabels | None,
                          timeout: float | None) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
@@ -200,12 +195,11 @@ class WorkerPool:
                 self._crashes += 1
                 last = str(exc)
                 continue
-            if isinstance(answer, TaskRun):  # the timeout ran out
+            if answer is None:
                 assert timeout is not None
                 self._timeouts += 1
                 return Outcome(TaskStatus.TIMEOUT, encode_error(
-                    "TimeoutError", f"the task exceeded its timeout of {timeout:g} s"),
-                    answer), timeout
+                    "TimeoutError", f"the task exceeded its timeout of {timeout:g} s")), timeout
             (outcome,), seconds = answer
             return outcome, seconds
         self._poisoned += 1
@@ -213,25 +207,30 @@ class WorkerPool:
                    "not retried again")
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, target: _Target, payloads: Sequence[bytes],
+    async def _call(self, target: _Target, payloads: Sequence[Payload],
                     labels: TaskLabels | None, *, alone: bool,
-                    timeout: float | None = None) -> tuple[list[Outcome], float] | TaskRun:
-        """Run one request on a worker; if ``timeout`` ran out (it is killed), the run cut.
+                    timeout: float | None = None) -> tuple[list[Outcome], float] | None:
+        """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
 
         A timed call's clock starts once it has a started worker to itself.
         """
-        request = frame((self._cache_root, target.ref, list(payloads), target.max_result,
-                         target.where, target.time_limit,
+        placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
+        wires = await off_loop(lambda: [wire_value(p, placed) for p in payloads],
+                               sum(map(len, payloads)))
+        request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
+                         target.where, target.time_limit, list(target.shared),
                          None if labels is None else (labels.job, list(labels.tasks))))
         while True:
+            await self._shared.ready(target.shared)
             worker = await self._pick(alone)
+            # From here to the write, no checkpoint: calls reach the pipe in pending's order.
+            shares = self._shared.for_worker(worker.shared, target.shared)
             call = Call(request)
             worker.pending.append(call)
-            began = time.time()
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 try:
                     await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
-                                    request)
+                                    (frame(("share", shares)) if shares else b"") + request)
                     await call.done.wait()
                 except BaseException:
                     if not call.done.is_set():
@@ -240,14 +239,19 @@ class WorkerPool:
                             await worker.process.wait()  # reaped before the caller goes on
                     raise
             if scope.cancelled_caught:
-                return TaskRun(began, time.time() - began, worker.slot)
+                return None
             if isinstance(call.error, Resend):
                 continue
             if call.error is not None:
                 raise call.error
             raw, seconds, runs = call.result
-            return [Outcome(status, payload, run) for (status, payload), run
-                    in zip(raw, task_runs(runs, worker.slot, len(raw)), strict=True)], seconds
+            outcomes = await mapped_outcomes(worker, raw, encode_error)
+            ran = task_runs(runs, worker.slot, len(outcomes))
+            return [Outcome(s, p, r) for (s, p), r in zip(outcomes, ran, strict=True)], seconds
+
+    async def drop_shared(self, digests: Sequence[bytes]) -> None:
+        """Every worker forgets these shared values (their memory goes with the last)."""
+        await self._shared.drop(self._workers, digests)
 
     async def _pick(self, alone: bool) -> WorkerProcess:
         """The live worker with the fewest calls queued (for ``alone``: a started one with
@@ -270,8 +274,7 @@ class WorkerPool:
         if self._closing:
             return
         worker = await start_worker_process(WORKER_MAIN, label_output=self._label_output)
-        taken = {w.slot for w in self._workers}
-        worker.slot = next(i for i in range(len(self._workers) + 1) if i not in taken)
+        worker.slot = min(set(range(len(self._workers) + 1)) - {w.slot for w in self._workers})
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]
@@ -287,9 +290,6 @@ class WorkerPool:
 
     def closing(self) -> bool:
         return self._closing
-
-    def pids(self) -> list[int]:  # of the live workers
-        return [w.process.pid for w in self._workers if w.alive]
 
     async def start(self) -> None:
         """Spawn the pool's workers; each comes up in the background (a call sent before it is

@@ -2,7 +2,8 @@
 
 A peer runs ``batches_per_worker`` runners per worker process. Each takes a batch from the
 machine (the machine decides how many may be out, and how large each is), brings what the
-batch needs (its code from the job's owner, large arguments that stayed there), runs it in
+batch needs (its code from the job's owner, large arguments that stayed there, the shared
+values its arguments name), runs it in
 the pool, and hands the results and the worker seconds spent back to the machine. A runner
 with nothing to take waits until the work service wakes one (:meth:`Slots.wake`).
 
@@ -19,14 +20,18 @@ import trio
 
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
+from ._errors import ProtocolError, ValueTooLarge
+from ._packed import as_bytes, uses
 from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
 from ._refs import FunctionRef
+from ._sharing import SharedValues
 from ._taskoutput import TaskLabels
 from ._taskring import TaskLog
-from ._values import encode_error
+from ._values import decode_value, encode_error
+from ._worker_main import NUMPY_UNAVAILABLE
 
 __all__ = ["Ran", "Slots"]
 
@@ -47,7 +52,7 @@ class Slots:
     that runs in a worker is recorded in ``tasks``."""
 
     def __init__(self, machine: StealingMachine, pool: WorkerPool, code: CodeShipping,
-                 data: DataPlane, *, flush: Callable[[], None],
+                 data: DataPlane, shared: SharedValues, *, flush: Callable[[], None],
                  name_of: Callable[[bytes], str], max_value_size: int,
                  tasks: TaskLog | None = None) -> None:
         self._tasks = tasks or TaskLog()
@@ -55,6 +60,7 @@ class Slots:
         self._pool = pool
         self._code = code
         self._data = data
+        self._shared = shared
         self._flush = flush
         self._name_of = name_of
         self._limit = max_value_size
@@ -104,6 +110,8 @@ class Slots:
                     del self._running[job]
             self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
                                    ran.unstarted)
+            if any(map(_lacks_numpy, ran.results)):  # the rest of the job goes elsewhere
+                self._machine.decline(trio.current_time(), job)
             self._flush()
 
     async def _execute(self, batch: Batch) -> Ran:
@@ -118,18 +126,31 @@ class Slots:
         items, failed = await self._data.fetch_args(spec, batch.items)
         if not items:
             return Ran(failed, None, [])
+        shared, unshared = await self._shared_values(spec, items)
+        if unshared:
+            return Ran(failed + unshared, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
         labels = TaskLabels(spec.job.hex()[:8], [item.id for item in items])
         ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
-                                   time_limit=batch.time_limit, labels=labels)
-        results = [TaskResult(item.id, o.status, o.payload)
+                                   time_limit=batch.time_limit, shared=shared, labels=labels)
+        results = [TaskResult(item.id, o.status, as_bytes(o.payload))
                    for item, o in zip(items, ran.outcomes, strict=False)]
         for item, outcome in zip(items, ran.outcomes, strict=False):
             if outcome.run is not None:
                 self._tasks.record(spec, item.id, outcome.status, outcome.run)
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
+
+    async def _shared_values(self, spec: JobSpec, items: list[TaskItem]
+                             ) -> tuple[dict[bytes, bytes], list[TaskResult]]:
+        """The shared values the tasks use; or, if they cannot be had, each task's error."""
+        try:
+            digests = {d for item in items for d in uses(item.payload)}
+            return (await self._shared.ensure(spec, digests) if digests else {}), []
+        except (ProtocolError, ValueTooLarge) as exc:
+            error = encode_error(type(exc).__name__, str(exc))
+            return {}, [TaskResult(item.id, TaskStatus.ERROR, error) for item in items]
 
     def _result_limit(self, spec: JobSpec) -> tuple[int, str]:
         """The largest result a task of ``spec`` may return, and whose limit that is."""
@@ -138,3 +159,14 @@ class Slots:
             return self._limit, f"peer {self._name_of(me)}, which ran the task"
         owner = "this peer" if spec.owner == me else f"peer {self._name_of(spec.owner)}"
         return spec.max_value_size, f"{owner}, which owns the job"
+
+
+def _lacks_numpy(result: TaskResult) -> bool:
+    """The task failed because its values hold arrays and this peer has no NumPy."""
+    if result.status != TaskStatus.ERROR or len(result.payload) > 64 * 1024:
+        return False
+    try:
+        info = decode_value(result.payload)
+    except Exception:  # not ours to judge: the owner reports it
+        return False
+    return isinstance(info, dict) and info.get("type") == NUMPY_UNAVAILABLE

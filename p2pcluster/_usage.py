@@ -19,7 +19,7 @@ import trio
 
 from ._proto.meta import Usage
 
-__all__ = ["CpuMeter", "load_average", "resident_kib", "serve_usage"]
+__all__ = ["CpuMeter", "child_pids", "load_average", "resident_kib", "serve_usage"]
 
 log = logging.getLogger("p2pcluster.usage")
 PROC = Path("/proc")
@@ -60,6 +60,18 @@ def resident_kib(pids: Iterable[int]) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def child_pids() -> list[int]:
+    """The process ids of this process's children (its worker processes), from
+    ``/proc/self/task/*/children``; [] where that cannot be read."""
+    found: list[int] = []
+    try:
+        for task in (PROC / "self" / "task").iterdir():
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return found
+    return found
 
 
 def load_average() -> float:

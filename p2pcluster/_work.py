@@ -41,6 +41,7 @@ from ._proto.messages import (
     WORK_MESSAGES,
     FetchArgs,
     FetchCode,
+    FetchShared,
     FetchVersions,
     JobSpec,
     Message,
@@ -64,6 +65,7 @@ from ._proto.workevents import (
 )
 from ._runner import Driver, Runner
 from ._secure import SecureStream
+from ._sharing import SharedValues
 from ._slots import Slots
 from ._taskring import TaskLog
 from ._transport import Address
@@ -118,13 +120,18 @@ class WorkService:
         self._code = CodeShipping(runner, cache, self.address_of)
         self._data = DataPlane(runner, self._owner(), me=self._me.id, name=self._me.name,
                                max_value_size=config.max_value_size)
-        self._slots = Slots(self._machine, pool, self._code, self._data, flush=self.flush,
+        self.shared = SharedValues(runner, me=self._me.id, name=self._me.name,
+                                   max_value_size=config.max_value_size,
+                                   address_of=self.address_of, drop=self._drop_shared)
+        self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
+                            flush=self.flush,
                             name_of=self.name_of, max_value_size=config.max_value_size,
                             tasks=self.tasks)
         self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
         runner.route((FetchVersions,), self.versions.serve)
         runner.route((FetchCode,), self._code.serve)
         runner.route((FetchArgs, PushResult), self._serve_data)
+        runner.route((FetchShared,), self._serve_shared)
         runner.route(WORK_MESSAGES, self._serve_work)
 
     # --- for the peer ---------------------------------------------------------------------------
@@ -263,6 +270,7 @@ class WorkService:
             job.finish()
             self._ended.append(job)
         self._slots.stop(event.job)
+        self.shared.job_over(event.job)
         if job is None and isinstance(event, JobDropped):
             log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
         assert isinstance(event, JobFinished | JobDropped)
@@ -307,6 +315,13 @@ class WorkService:
             self.flush()
             msg = await stream.receive()
 
+    async def _serve_shared(self, stream: SecureStream, first: Message) -> None:
+        assert isinstance(first, FetchShared)
+        await self.shared.serve(stream, first)
+
+    def _drop_shared(self, digests: list[bytes]) -> None:
+        self._nursery.start_soon(self._pool.drop_shared, digests)
+
     async def _serve_data(self, stream: SecureStream, first: Message) -> None:
         assert isinstance(first, FetchArgs | PushResult)
         await self._data.serve(stream, first)
@@ -327,6 +342,7 @@ class WorkService:
             self._gone.add(member.id)
             self._machine.peer_down(trio.current_time(), member.id)
             self._links.close(member.id)
+            self.shared.owner_gone(member.id)
         self.flush()
 
     def _peer_up(self, now: float, member: Member) -> None:

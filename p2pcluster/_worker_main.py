@@ -2,8 +2,9 @@
 
 This module is the main module of the worker processes (:func:`serve`), so it stays light:
 no trio, no network layer, only the code modules (:mod:`._refs`, :mod:`._loader`,
-:mod:`._values`) and cbor2. A worker respawned after a crash pays for little more than the
-interpreter.
+:mod:`._values`, :mod:`._handoff`) and cbor2. A worker respawned after a crash pays for little
+more than the interpreter. Large arrays come and go through shared memory
+(:mod:`._handoff`), never through the pipe.
 
 Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.TaskStatus`:
 ``OK`` with the encoded result, or ``ERROR`` with the CBOR map ``{"type", "message",
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import pickle
 import signal
@@ -25,39 +27,47 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from ._capture import captured
-from ._errors import UnsendableResult, too_large
+from ._errors import NumPyUnavailable, P2PClusterError, UnsendableResult, too_large
+from ._handoff import WireValue, open_ref, to_ref
 from ._loader import load_function, remember_sources
+from ._packed import Packed, Payload
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._taskoutput import MarkedStream, set_label
-from ._values import decode_call, encode_error, encode_value
+from ._values import decode_call, decode_value, encode_error, encode_value
 
-__all__ = ["Run", "run_batch", "serve", "warm_up"]
+__all__ = ["NUMPY_UNAVAILABLE", "Run", "run_batch", "serve", "warm_up"]
 
+#: The type name of a task that failed for want of NumPy: the peer takes no more of its job.
+NUMPY_UNAVAILABLE = "p2pcluster._errors.NumPyUnavailable"
+Outcome = tuple[int, Payload]
 #: How one call ran: its start (Unix seconds), its seconds, its stdout and its stderr.
 Run = tuple[float, float, str, str]
 
 
 def run_batch(
-    cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[bytes], *,
+    cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[Payload], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
-    labels: tuple[str, Sequence[int]] | None = None,
-) -> tuple[list[tuple[int, bytes]], float, list[Run]]:
-    """Call the function ``ref_wire`` names once per payload, in order.
+    shared: Mapping[bytes, Any] | None = None, labels: tuple[str, Sequence[int]] | None = None,
+) -> tuple[list[Outcome], float, list[Run]]:
+    """Call the function ``ref_wire`` names once per payload, in order (``shared``: the
+    shared values the calls' handles name).
 
-    Returns the outcomes, the seconds spent in this process (loading included), and the
-    :data:`Run` of each call. Once ``time_limit`` seconds have passed, the batch stops after
-    the task that runs: there are then fewer outcomes than payloads, one per payload from
-    the first. If the function cannot be loaded, every payload gets the same ``ERROR`` (and
-    no run). A result that encodes
-    to more than ``max_result`` bytes (the limit of ``limit_where``) is an ``ERROR`` too
-    (``ValueTooLarge``), decided here, on the peer that ran the task, before it goes anywhere.
-    With ``labels`` (a :class:`~._taskoutput.TaskLabels`: the job, a task id per payload),
-    what each task prints is marked with its job and task (:mod:`._taskoutput`).
+    Returns the outcomes, the seconds spent in this process (loading included) and the
+    :data:`Run` of each call (none if the function did not load). Once
+    ``time_limit`` seconds have passed, the batch stops after the task that runs: there are
+    then fewer outcomes than payloads, one per payload from the first. It stops after a
+    task whose arguments hold an array NumPy is not here to decode, too (the peer gives the
+    rest of the job to others). If the function cannot be loaded, every payload gets the
+    same ``ERROR``. A result that encodes to more than ``max_result`` bytes (the limit of
+    ``limit_where``) is an ``ERROR`` too (``ValueTooLarge``), decided here, on the peer that
+    ran the task, before it goes anywhere. With ``labels`` (a
+    :class:`~._taskoutput.TaskLabels`: the job, a task id per payload), what each task
+    prints is marked with its job and task (:mod:`._taskoutput`).
     """
     start = time.perf_counter()
     try:
@@ -71,24 +81,25 @@ def run_batch(
     for i, payload in enumerate(payloads):
         if labels is not None:
             set_label(labels[0], labels[1][i])
-        outcome, run = _timed_call(fn, payload)
+        (outcome, unrunnable), run = _timed_call(fn, payload, shared)
         runs.append(run)
         outcomes.append(_limited(outcome, fn, max_result, limit_where))
         if labels is not None:
             _flush_output()
-        if time.perf_counter() >= stop:
+        if unrunnable or time.perf_counter() >= stop:
             break
     set_label()
     return outcomes, time.perf_counter() - start, runs
 
 
-def _timed_call(fn: Callable[..., Any], payload: bytes) -> tuple[tuple[int, bytes], Run]:
-    """One call, with when it started, how long it took and what it printed (which goes
-    on to the worker's own streams too)."""
+def _timed_call(fn: Callable[..., Any], payload: Payload, shared: Mapping[bytes, Any] | None
+                ) -> tuple[tuple[Outcome, bool], Run]:
+    """:func:`_call`, with when it started, how long it took and what it printed (which
+    goes on to the worker's own streams too)."""
     began, clock = time.time(), time.perf_counter()
     with captured() as output:
-        outcome = _call(fn, payload)
-    return outcome, (began, time.perf_counter() - clock, *output.texts())
+        called = _call(fn, payload, shared)
+    return called, (began, time.perf_counter() - clock, *output.texts())
 
 
 def _flush_output() -> None:
@@ -100,8 +111,7 @@ def _flush_output() -> None:
                 stream.flush()
 
 
-def _limited(outcome: tuple[int, bytes], fn: Callable[..., Any], limit: int, where: str
-             ) -> tuple[int, bytes]:
+def _limited(outcome: Outcome, fn: Callable[..., Any], limit: int, where: str) -> Outcome:
     if len(outcome[1]) <= limit:
         return outcome
     name = getattr(fn, "__qualname__", "the task")
@@ -113,15 +123,19 @@ def warm_up() -> None:
     """A no-op that makes a fresh worker import this module (and cbor2) before any task."""
 
 
-def _call(fn: Callable[..., Any], payload: bytes) -> tuple[int, bytes]:
+def _call(fn: Callable[..., Any], payload: Payload, shared: Mapping[bytes, Any] | None
+          ) -> tuple[Outcome, bool]:
+    """The task's outcome, and whether this peer cannot run its job (no NumPy)."""
     try:
-        args, kwargs = decode_call(payload)
+        args, kwargs = decode_call(payload, shared=shared)
         result = _check_sync(fn, fn(*args, **kwargs))
-        return TaskStatus.OK, encode_value(result, what=f"the result of {_name(fn)}")
+        return (TaskStatus.OK, encode_value(result, what=f"the result of {_name(fn)}")), False
     except UnsendableResult as exc:  # no traceback: no line of the task is at fault
-        return TaskStatus.ERROR, encode_error(UNSENDABLE, _message(exc))
+        return (TaskStatus.ERROR, encode_error(UNSENDABLE, _message(exc))), False
+    except NumPyUnavailable as exc:  # nor here: the task never started
+        return (TaskStatus.ERROR, encode_error(NUMPY_UNAVAILABLE, _message(exc))), True
     except BaseException as exc:
-        return TaskStatus.ERROR, _exception_payload(exc)
+        return (TaskStatus.ERROR, _exception_payload(exc)), False
 
 
 #: The type name of an :class:`UnsendableResult`, as the submitter resolves it.
@@ -206,14 +220,92 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
+#: Results in segments of ours, by descriptor, until the peer has mapped them ("drop").
+_HELD: dict[int, Packed] = {}
+#: Shared values decoded here (their arrays read-only), by digest, until the peer drops them;
+#: or the exception that decoding one raised.
+_SHARED: dict[bytes, Any] = {}
+
+
+def _answer(outcomes: list[Outcome], seconds: float) -> tuple[list[tuple[int, WireValue]],
+                                                             float]:
+    """The answer to a batch: each large result placed in a segment held until dropped."""
+    answer = []
+    for status, payload in outcomes:
+        wire, placed = to_ref(payload)
+        if placed is not None and placed.segment is not None:
+            _HELD[placed.segment.fd] = placed
+        answer.append((status, wire))
+    return answer, seconds
+
+
+def _share(values: Mapping[bytes, WireValue]) -> None:
+    """Shared values, each decoded once, for every task that uses it."""
+    for digest, wire in values.items():
+        try:
+            _SHARED[digest] = _read_only(decode_value(open_ref(wire, access=mmap.ACCESS_READ)))
+        except Exception as exc:  # each task that uses it fails with it
+            _SHARED[digest] = _Failed(exc)
+
+
+class _Failed(NamedTuple):
+    error: Exception
+
+
+def _read_only(value: Any) -> Any:
+    """Shared arrays are seen by every task of the worker: none may change them."""
+    flags = getattr(value, "flags", None)
+    if flags is not None and hasattr(flags, "writeable"):
+        flags.writeable = False
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _read_only(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _read_only(item)
+    return value
+
+
+def _run(request: Sequence[Any], label_output: bool
+         ) -> tuple[list[tuple[int, WireValue]], float, list[Run]]:
+    _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests, labels = (
+        request)
+    failed = next((v.error for d in digests if isinstance(v := _SHARED.get(d), _Failed)), None)
+    try:
+        if failed is not None:
+            raise failed
+        payloads = [open_ref(w) for w in wires]
+    except NumPyUnavailable as exc:
+        error = encode_error(NUMPY_UNAVAILABLE, _message(exc))
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
+    except (OSError, ValueError, P2PClusterError) as exc:  # the peer let go of them
+        error = encode_error(type(exc).__name__, f"the task's values could not be had: {exc}")
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
+    outcomes, seconds, runs = run_batch(
+        cache_root, ref_wire, payloads, max_result=max_result, limit_where=limit_where,
+        time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED},
+        labels=labels if label_output else None)
+    return (*_answer(outcomes, seconds), runs)
+
+
+def _drop(fds: Sequence[int], digests: Sequence[bytes]) -> None:
+    for fd in fds:
+        _HELD.pop(fd, None)
+    for digest in digests:
+        _SHARED.pop(digest, None)
+
+
 def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
     """Answer batch requests from the peer, in order, until the request pipe closes.
 
     Each frame is a 4-byte big-endian length and a pickle (the peer and its own workers only:
     nothing from the network is unpickled). The first request is the peer's ``sys.path``;
-    the worker answers it with ``"ready"``. Then each request is ``(cache_root, ref_wire,
-    payloads, max_result, limit_where, time_limit, labels)`` and each answer
-    :func:`run_batch`'s. With ``label_output``, stdout and stderr mark what each task writes.
+    the worker answers it with ``"ready"``. Then each request is ``("run", cache_root,
+    ref_wire, payloads, max_result, limit_where, time_limit, digests, labels)``, answered
+    with :func:`run_batch`'s outcomes (large values as :class:`~._handoff.SegmentRef`), or
+    ``("share", {digest: value})``, unanswered: shared values to decode once and keep, or
+    ``("drop", fds, digests)``, unanswered: results the peer has mapped, shared values it
+    no longer holds. With ``label_output``, stdout and stderr mark what each task writes.
     Requests queue up in the pipe, so a worker that finishes a batch starts the next one
     without waiting for the peer.
     """
@@ -235,11 +327,12 @@ def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
             first = False
             sys.path[:] = [*request, *(p for p in sys.path if p not in request)]
             _write_frame(wfd, "ready")
-            continue
-        cache_root, ref_wire, payloads, max_result, limit_where, time_limit, labels = request
-        _write_frame(wfd, run_batch(cache_root, ref_wire, payloads, max_result=max_result,
-                                    limit_where=limit_where, time_limit=time_limit,
-                                    labels=labels if label_output else None))
+        elif request[0] == "drop":
+            _drop(request[1], request[2])
+        elif request[0] == "share":
+            _share(request[1])
+        else:
+            _write_frame(wfd, _run(request, label_output))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class WorkerProcess:
         self.killed = False
         self.lock = trio.Lock()
         self.slot = 0  #: which of the pool's slots it fills (the pool numbers them)
+        self.shared: set[bytes] = set()  #: digests of the shared values it holds
 
     def outputs(self) -> list[tuple[str, trio.abc.ReceiveStream]]:
         """The worker's stdout and stderr, by name, where they are pipes to us."""

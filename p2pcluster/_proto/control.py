@@ -43,8 +43,9 @@ if TYPE_CHECKING:  # a client of the daemon needs no membership machine
 __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",
     "Accepted", "Args", "Blob", "BlobRef", "Cancel", "Chunk", "ControlMessage", "ControlType",
-    "EndReason", "Ended", "Inline", "PeerCount", "Placement", "Progress", "Ref", "Reply", "Request",
-    "ResultItem", "Results", "Submit", "Value", "hello", "member_row", "welcome",
+    "EndReason", "Ended", "Inline", "PeerCount", "Placement", "Progress", "Ref", "Reply",
+    "Request", "ResultItem", "Results", "Share", "Submit", "Value", "hello", "member_row",
+    "welcome",
 ]
 
 #: The version of this protocol (the peers' wire protocol has its own).
@@ -76,7 +77,8 @@ class ControlType(IntEnum):
     ENDED = 9
     REQUEST = 10
     REPLY = 11
-    # 12-14: reserved
+    SHARE = 12
+    # 13-14: reserved
     PLACEMENT = 15
 
 
@@ -269,6 +271,17 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Keep ``value`` (an encoded value) for tasks whose arguments name it by its SHA-256,
+    until the connection closes; numbered ``req``, answered by a :class:`Reply` whose body
+    is ``{"digest": bytes, "size": int}``."""
+
+    TYPE: ClassVar[int] = ControlType.SHARE
+    req: U64
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to request ``req``: ``body`` (a CBOR map) if ``ok``, else ``error``."""
 
@@ -280,11 +293,11 @@ class Reply:
 
 
 ControlMessage = (Blob | Chunk | Submit | Args | Cancel | Accepted | Results | Progress
-                  | Ended | Request | Reply | Placement)
+                  | Ended | Request | Reply | Share | Placement)
 
 #: Strict CBOR for the typed messages, by type code.
 CODEC = Codec({cls.TYPE: cls for cls in (Blob, Chunk, Submit, Args, Cancel, Accepted, Results,
-                                          Progress, Ended, Request, Reply, Placement)},
+                                          Progress, Ended, Request, Reply, Share, Placement)},
               version=CONTROL_VERSION, supported=frozenset({CONTROL_VERSION}))
 
 

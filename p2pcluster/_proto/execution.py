@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from .holding import Holder
 from .messages import JobSpec, Results, TaskItem, TaskResult
 from .owner import OwnerRole
+from .wiretypes import MAX_DECLINED
 from .workcontext import WorkContext
 from .workevents import Batch, PushValue
 
@@ -41,6 +42,7 @@ class Execution:
         self.busy = 0  #: batches out
         self._running: dict[bytes, tuple[bytes, int]] = {}  #: job -> (owner, batches out)
         self._task_time: dict[bytes, float] = {}  #: job -> estimated seconds per task
+        self.declined: dict[bytes, None] = {}  #: jobs this peer cannot run, oldest first
 
     def limit(self) -> int:
         """Batches that may be out at once (see the module docstring)."""
@@ -120,6 +122,24 @@ class Execution:
         """The job is over here: its timings go; batches still out end on their own."""
         self._task_time.pop(job, None)
         self._holder.forget(job)
+
+    def decline(self, now: float, job: bytes) -> int:
+        """This peer cannot run ``job`` (its values need what is missing here, NumPy): its
+        queued tasks go, and so do those of later grants; the next two :class:`Holding`
+        reports leave them out, so the owner runs them elsewhere. Returns how many went. An
+        owner never declines its own job (nobody else would run it)."""
+        if self._owner.owns(job):
+            return 0
+        self.declined[job] = None
+        if len(self.declined) > MAX_DECLINED:
+            del self.declined[next(iter(self.declined))]
+        owner = self._holder.owner_of(job) or next(
+            (q.spec.owner for q in self._ctx.queue if q.spec.job == job), None)
+        dropped = self._ctx.queue.drop(lambda q: q.spec.job == job)
+        self.forget(job)
+        if owner is not None:
+            self._holder.owe(now, owner)
+        return dropped
 
     def _measure(self, job: bytes, tasks: int, seconds: float) -> None:
         estimate = self._task_time.pop(job, None)

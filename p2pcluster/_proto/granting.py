@@ -46,8 +46,12 @@ class Granting:
         if thief in ctx.dead or thief == ctx.node_id:
             return
         self._owner.owned.heard(thief, now)
-        allowed: Callable[[JobSpec], bool] = partial(self._placement.may_take, now,
-                                                     peer=thief)
+        declined = frozenset(req.declined)  # jobs the thief cannot run (no NumPy there)
+        may_take = partial(self._placement.may_take, now, peer=thief)
+
+        def allowed(spec: JobSpec) -> bool:
+            return spec.job not in declined and may_take(spec)
+
         surplus = self._surplus(allowed)
         want = grant_size(surplus, thief_slots=max(1, self._peer_slots.get(thief, req.slots)),
                           total_slots=self._total_slots(thief, req.slots),
@@ -84,6 +88,10 @@ class Granting:
         for job_tasks in grant.jobs:
             spec = job_tasks.spec
             if spec.owner in ctx.dead or self._owner.owned.ended(spec.job):
+                ctx.count("dropped", len(job_tasks.tasks))
+                continue
+            if spec.job in self._execution.declined:  # our next reports leave them out
+                holder.owe(now, spec.owner)
                 ctx.count("dropped", len(job_tasks.tasks))
                 continue
             if spec.owner != ctx.node_id:

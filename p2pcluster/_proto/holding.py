@@ -54,6 +54,11 @@ class Holder:
         """The job is over here (dropped, cancelled): nothing of it is in hand."""
         self._in_hand.pop(job, None)
 
+    def owe(self, now: float, owner: bytes) -> None:
+        """``owner`` gets its two reports after the last, even if none named its tasks."""
+        self._owed[owner] = REPORTS_AFTER_LAST
+        self.schedule(now)
+
     def owner_of(self, job: bytes) -> bytes | None:
         entry = self._in_hand.get(job)
         return entry[0] if entry is not None else None

@@ -49,6 +49,7 @@ from .workmessages import (
     Code,
     FetchArgs,
     FetchCode,
+    FetchShared,
     FetchVersions,
     HeldTasks,
     Holding,
@@ -201,16 +202,16 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
-           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchVersions | Versions
-           | ActivityQuery | ActivityReport)
+           | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared | FetchVersions
+           | Versions | ActivityQuery | ActivityReport)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck, FetchVersions, Versions, ActivityQuery,
-                              ActivityReport)
+                              ResultAck, FetchShared, FetchVersions, Versions,
+                              ActivityQuery, ActivityReport)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -229,6 +230,7 @@ __all__ = [
     "Dead",
     "Digest",
     "FetchArgs",
+    "FetchShared",
     "FetchCode",
     "FetchVersions",
     "Gossip",

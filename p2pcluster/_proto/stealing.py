@@ -13,8 +13,7 @@ peer steals:
    workload smaller than the free slots causes no steals at all.
 2. The victim answers with a :class:`StealGrant` holding half (rounded up) of its unstarted
    tasks, oldest first, in one message, so one round trip moves many tasks (:mod:`.victims`
-   sizes it). Large arguments stay at the owner (the thief fetches them when the task runs),
-   and a grant carries at most ``message_bytes`` of arguments.
+   sizes it), with at most ``message_bytes`` of arguments (large ones stay at the owner).
 3. Each task counts its moves; a task that has moved ``max_moves`` times is never granted
    again, so tasks cannot ping-pong between peers. Tasks on their last move go only as many
    as the thief starts at once, so that no thief is left with a pile it cannot pass on.
@@ -100,9 +99,8 @@ class StealingMachine:
     :meth:`peer_queue` and :meth:`peer_down`, messages to :meth:`receive`, answers to
     :meth:`peer_versions`, and calls :meth:`tick` at :meth:`next_deadline`. The owner's books
     are an :class:`~.owner.OwnerRole`'s, the batches an :class:`~.execution.Execution`'s, the
-    holder's reports a :class:`~.holding.Holder`'s, the grants a
-    :class:`~.granting.Granting`'s, who may take what a :class:`~.placement.Placement`'s;
-    this class steals, and routes.
+    holder's reports a :class:`~.holding.Holder`'s, the grants a :class:`~.granting.Granting`'s,
+    who may take what a :class:`~.placement.Placement`'s; this class steals, and routes.
     """
 
     def __init__(self, node_id: bytes, slots: int, rng: Random,
@@ -149,8 +147,7 @@ class StealingMachine:
 
     def surplus(self) -> int:
         """Queued tasks that may still move, beyond what this peer's free slots are about to
-        take: what it advertises, and what it grants from. Zero for a workload that fits
-        locally."""
+        take: what it advertises, and what it grants from (zero for a local workload)."""
         free = min(max(0, self.slots - self.busy), self._runnable())
         return max(0, min(self.queue.movable, len(self.queue) - free))
 
@@ -164,12 +161,10 @@ class StealingMachine:
 
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For an owned job: unfinished task id -> the peer believed to hold it."""
-        owned = self._owner.owned.jobs.get(job)
-        return owned.holders() if owned else {}
+        return owned.holders() if (owned := self._owner.owned.jobs.get(job)) else {}
 
     def payload(self, job: bytes, tid: int) -> bytes | None:
-        """For an owned job: the arguments of unfinished task ``tid`` (a thief fetches the
-        large ones), or None."""
+        """For an owned job: the arguments of unfinished task ``tid``, or None."""
         owned = self._owner.owned.jobs.get(job)
         return owned.payloads.get(tid) if owned else None
 
@@ -310,6 +305,11 @@ class StealingMachine:
         is a small result to send in its place (the owner refused the large one)."""
         self._execution.push_done(job, tid, delivered, instead)
 
+    def decline(self, now: float, job: bytes) -> None:
+        """This peer cannot run ``job`` (see :meth:`.Execution.decline`)."""
+        self._count_dropped(self._execution.decline(now, job))
+        self._maybe_steal(now)
+
     # --- network ----------------------------------------------------------------------------
 
     def receive(self, now: float, msg: Message) -> None:
@@ -379,7 +379,8 @@ class StealingMachine:
             return
         self.stealing = (victim, now + self.policy.steal_timeout)
         self._ctx.count("steal_requests")
-        self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy))
+        self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy,
+                                            tuple(self._execution.declined)))
 
     def _on_grant(self, now: float, grant: StealGrant) -> None:
         if self.stealing and self.stealing[0] == grant.victim:

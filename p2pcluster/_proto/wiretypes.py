@@ -71,7 +71,8 @@ class MessageType(IntEnum):
     VALUE_HEADER = 17
     PUSH_RESULT = 18
     RESULT_ACK = 19
-    # 20-24: reserved
+    FETCH_SHARED = 20
+    # 21-24: reserved
     FETCH_VERSIONS = 25
     VERSIONS = 26
     ACTIVITY_QUERY = 28
@@ -107,6 +108,8 @@ Ident = Annotated[str, Limit(max_len=1024)]
 Size = Annotated[int, Limit(lo=0, hi=2**62)]
 MAX_TASKS = 2**20
 MAX_INCLUDES = 64
+#: Jobs a steal request may decline (the most recent; older ones may still be granted).
+MAX_DECLINED = 64
 
 
 class TaskStatus(IntEnum):

@@ -10,6 +10,7 @@ from typing import Annotated, ClassVar
 
 from .eligibility import MAX_NEEDED, NO_NEEDS, Dist, JobNeeds, Tag
 from .wiretypes import (
+    MAX_DECLINED,
     MAX_INCLUDES,
     MAX_TASKS,
     Count,
@@ -89,11 +90,13 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class StealRequest:
-    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work."""
+    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work, of
+    any job but the ``declined`` ones (jobs it cannot run: their values need NumPy)."""
 
     TYPE: ClassVar[int] = MessageType.STEAL_REQUEST
     thief: NodeId
     slots: Count
+    declined: Annotated[tuple[JobId, ...], Limit(max_len=MAX_DECLINED)] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,16 @@ class ResultAck:
     TYPE: ClassVar[int] = MessageType.RESULT_ACK
     status: Annotated[int, Limit(lo=0, hi=255)]
     reason: Annotated[str, Limit(max_len=4096)]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchShared:
+    """The first message of a data stream to the peer that shared a value: send the value
+    whose SHA-256 is ``digest``. It answers with a :class:`ValueHeader` (``id`` 0; not
+    ``found`` if it no longer holds the value) and the value's bytes in raw frames."""
+
+    TYPE: ClassVar[int] = MessageType.FETCH_SHARED
+    digest: Annotated[bytes, Limit(max_len=32)]
 
 
 # --- environments: what a peer has installed -------------------------------------------------

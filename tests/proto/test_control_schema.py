@@ -30,7 +30,7 @@ def test_round_trip_every_control_message(cls: type) -> None:
 def test_control_type_codes_are_append_only() -> None:
     assert {t.name: int(t) for t in c.ControlType} == {
         "BLOB": 1, "CHUNK": 2, "SUBMIT": 3, "ARGS": 4, "CANCEL": 5, "ACCEPTED": 6,
-        "RESULTS": 7, "PROGRESS": 8, "ENDED": 9, "REQUEST": 10, "REPLY": 11,
+        "RESULTS": 7, "PROGRESS": 8, "ENDED": 9, "REQUEST": 10, "REPLY": 11, "SHARE": 12,
         "PLACEMENT": 15,
     }
     assert {t.name: int(t) for t in c.ValueType} == {"INLINE": 1, "BLOB_REF": 2}

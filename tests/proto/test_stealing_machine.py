@@ -431,3 +431,49 @@ def test_many_small_results_are_split_into_messages_within_the_byte_cap() -> Non
     assert len(sent) >= 2
     assert all(sum(len(r.payload) for r in m.results) <= 1000 for m in sent)
     assert sorted(r.id for m in sent for r in m.results) == [t.id for t in batch.items]
+
+
+def test_a_declined_job_goes_back_to_its_owner_and_is_never_taken_again() -> None:
+    """A peer that cannot run a job (no NumPy for its arrays) drops its queued tasks of it,
+    its reports stop naming them so the owner runs them elsewhere, and later grants of that
+    job are dropped on arrival."""
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(10))
+    owner.take(0.0, 1)
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    thief = small_machine(B, 1, A)
+    thief.receive(0.0, grant.msg)
+    batch = thief.take(0.0, 1)
+    assert batch is not None and [i.id for i in batch.items] == [1]
+    failed = TaskResult(1, TaskStatus.ERROR, b"\xa0")
+    thief.finished(0.1, batch, [failed], 0.1)
+    thief.decline(0.1, b"j1")
+    assert len(thief.queue) == 0 and thief.statistics().dropped == 4
+    for o in thief.take_outputs():
+        if isinstance(o.msg, Results):
+            owner.receive(0.1, o.msg)
+    for now in (1.0, 2.0):
+        thief.tick(now)
+        for report in [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]:
+            owner.receive(now, report)
+        owner.tick(now)
+    assert set(owner.holders(b"j1").values()) == {A}  # tasks 2-5 are the owner's again
+    assert owner.statistics().requeued == 4
+    # A later grant of the same job is dropped; one of another job is taken.
+    thief.receive(3.0, StealGrant(A, 0, (JobTasks(spec(), (TaskItem(7, 1, b"\x80"),)),
+                                         JobTasks(spec(job=b"j2"), (TaskItem(0, 1, b"\x80"),)))))
+    assert [(q.spec.job, q.item.id) for q in thief.queue] == [(b"j2", 0)]
+    owner.decline(3.0, b"j1")  # an owner never declines its own job
+    assert len(owner.queue) > 0
+    # Its steal requests name the declined job, and a victim grants none of its tasks.
+    fresh = small_machine(C, 1, A)
+    fresh.decline(3.0, b"j1")
+    fresh.peer_queue(3.0, A, 9)
+    assert fresh.take(3.0, 1) is None
+    (request,) = msgs(fresh, StealRequest)
+    assert request.msg.declined == (b"j1",)
+    owner.submit(3.0, spec(job=b"j3"), tasks(6))
+    owner.receive(3.0, request.msg)
+    (grant,) = msgs(owner, StealGrant)
+    assert {jt.spec.job for jt in grant.msg.jobs} == {b"j3"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from p2pcluster._autoship import AutoShip, scan_imports
 from p2pcluster._jobs import CodeRegistry
 
@@ -70,3 +72,18 @@ def test_the_registry_ships_them_as_includes_and_records_the_needs(tmp_path: Pat
     assert {d.name for d in needs.dists} == {"cbor2", "trio", "zeroconf", "cryptography"}
     assert all(d.version for d in needs.dists)
     assert needs.tags == ("bigmem", "gpu") and not needs.strict
+
+
+def test_a_distribution_outside_site_packages_is_a_distribution(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dist = tmp_path / "target"  # as `pip install --target` or PYTHONPATH leave it
+    write(dist / "p2punitdist" / "__init__.py", "")
+    write(dist / "p2punitdist-1.2.3.dist-info" / "METADATA",
+          "Metadata-Version: 2.1\nName: p2punitdist\nVersion: 1.2.3\n")
+    write(dist / "p2punitdist-1.2.3.dist-info" / "top_level.txt", "p2punitdist\n")
+    monkeypatch.syspath_prepend(str(dist))
+    job = write(tmp_path / "job" / "job.py", "import p2punitdist\nimport helper\n")
+    write(tmp_path / "job" / "helper.py", "")
+    found = scan_imports(job)
+    assert found.dists == ("p2punitdist",)
+    assert [p.name for p in found.local] == ["helper.py"]

@@ -13,7 +13,7 @@ PUBLIC = {
     "MembershipStatistics", "Cluster", "open_peer", "Peer", "Job", "MemberInfo", "Progress",
     "PeerStatistics", "SubmitError", "TaskError", "PoisonTaskError", "TaskTimeoutError",
     "ValueTooLarge", "ClusterError", "TaskFuture", "MapIterator", "UnsendableResult",
-    "AddressInUse", "NameTaken",
+    "AddressInUse", "NameTaken", "Shared", "SharingStatistics", "NumPyUnavailable",
 }
 TESTING = {"LinkConditions", "NetworkModel", "NodeStats", "Simulation", "VirtualHost",
            "VirtualNetwork", "SimCluster", "peer_address"}

@@ -1,0 +1,197 @@
+"""Shared values on one peer: those shared here, and those fetched from the peers that shared
+them (``docs/jobs.md``, "Shared inputs"; ``docs/protocol.md``, section 3.7).
+
+A value shared with :meth:`Cluster.share <p2pcluster.Cluster.share>` or
+:meth:`Peer.share <p2pcluster.Peer.share>` is encoded once and named by the SHA-256 of its
+encoding. The peer that owns the job keeps it (:meth:`SharedValues.add`) for as long as
+whoever shared it holds on: the embedded peer's life, or the client's connection to the
+daemon. Sharing the same bytes twice adds nothing.
+
+A peer about to run tasks whose arguments hold handles (:func:`~._packed.uses` reads their
+digests from the start of each call) asks :meth:`SharedValues.ensure` for the values: those
+shared here are at hand; any other it fetches from the job's owner, on a data stream of its
+own (:class:`~._proto.messages.FetchShared`), once, however many batches ask at the same time,
+after checking the announced size against ``max_value_size`` before it reads a byte. It keeps
+the value while jobs that used it run here: when the last of them ends here
+(:meth:`SharedValues.job_over`), or its owner dies or leaves (:meth:`SharedValues.owner_gone`),
+the value goes, and the worker processes let go of it too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from ._dataplane import receive_value, send_value
+from ._errors import ProtocolError, ValueTooLarge, too_large
+from ._proto.messages import FetchShared, JobSpec, ValueHeader
+from ._runner import Runner
+from ._secure import SecureStream
+from ._shared import Shared, digest_of
+from ._transport import Address
+
+__all__ = ["SharedValues", "SharingStatistics"]
+
+log = logging.getLogger("p2pcluster.peer")
+
+
+@dataclass(frozen=True, slots=True)
+class SharingStatistics:
+    """Shared values on this peer: shared here (``owned``), fetched and kept (``cached``),
+    and the traffic of fetching (bytes of values received) and serving them."""
+
+    owned: int
+    owned_bytes: int
+    cached: int
+    cached_bytes: int
+    fetches: int
+    fetched_bytes: int
+    served: int
+    served_bytes: int
+
+
+@dataclass(slots=True)
+class _Cached:
+    payload: bytes
+    owner: bytes
+    jobs: set[bytes] = field(default_factory=set)
+
+
+class SharedValues:
+    """See the module docstring. ``drop`` tells the worker processes to let go of values."""
+
+    def __init__(self, runner: Runner, *, me: bytes, name: str, max_value_size: int,
+                 address_of: Callable[[bytes], Address | None],
+                 drop: Callable[[list[bytes]], None]) -> None:
+        self._runner = runner
+        self._me = me
+        self._name = name
+        self._limit = max_value_size
+        self._address_of = address_of
+        self._drop = drop
+        self._owned: dict[bytes, bytes] = {}
+        self._holders: dict[bytes, set[object]] = {}  #: digest -> who shared it here
+        self._cached: dict[bytes, _Cached] = {}
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._counts = dict.fromkeys(("fetches", "fetched_bytes", "served", "served_bytes"), 0)
+
+    def statistics(self) -> SharingStatistics:
+        return SharingStatistics(
+            len(self._owned), sum(map(len, self._owned.values())), len(self._cached),
+            sum(len(c.payload) for c in self._cached.values()), **self._counts)
+
+    # --- as the owner -----------------------------------------------------------------------
+
+    def add(self, payload: bytes, holder: object = None, digest: bytes | None = None
+            ) -> Shared:
+        """Keep ``payload`` (an encoded value whose SHA-256 is ``digest``, computed if not
+        given) for ``holder`` until :meth:`release`."""
+        digest = digest or digest_of(payload)
+        self._owned.setdefault(digest, payload)
+        self._holders.setdefault(digest, set()).add(holder)
+        return Shared(digest, len(payload))
+
+    def release(self, holder: object) -> None:
+        """``holder`` is gone: the values only it shared go."""
+        freed = []
+        for digest, holders in list(self._holders.items()):
+            holders.discard(holder)
+            if not holders:
+                del self._holders[digest], self._owned[digest]
+                if digest not in self._cached:
+                    freed.append(digest)
+        if freed:
+            self._drop(freed)
+
+    async def serve(self, stream: SecureStream, request: FetchShared) -> None:
+        """A peer fetches a value shared here."""
+        payload = self._owned.get(request.digest)
+        await stream.send(ValueHeader(0, len(payload or b""), payload is not None))
+        if payload is not None:
+            await send_value(stream, payload)
+            self._counts["served"] += 1
+            self._counts["served_bytes"] += len(payload)
+
+    # --- as the peer that runs the tasks ----------------------------------------------------
+
+    async def ensure(self, spec: JobSpec, digests: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The values of ``digests`` for tasks of ``spec``'s job, fetched from its owner if
+        need be; raises :class:`~p2pcluster.ProtocolError` (with the reason) if one cannot
+        be had, :class:`~p2pcluster.ValueTooLarge` if one is over ``max_value_size``."""
+        values = {}
+        for digest in digests:
+            while digest in self._fetching:  # another batch fetches it: wait for that one
+                await self._fetching[digest].wait()
+            payload = self._owned.get(digest)
+            cached = self._cached.get(digest)
+            if payload is None and cached is None:
+                cached = await self._fetch_once(spec, digest)
+            if cached is not None:
+                cached.jobs.add(spec.job)
+                payload = cached.payload
+            assert payload is not None
+            values[digest] = payload
+        return values
+
+    def job_over(self, job: bytes) -> None:
+        """``job`` ended here: values no other job here uses go."""
+        self._free([d for d, c in self._cached.items() if job in c.jobs and not (
+            c.jobs - {job})], job)
+
+    def owner_gone(self, owner: bytes) -> None:
+        """``owner`` died or left: the values fetched from it go."""
+        self._free([d for d, c in self._cached.items() if c.owner == owner])
+
+    def _free(self, digests: list[bytes], job: bytes | None = None) -> None:
+        if job is not None:
+            for cached in self._cached.values():
+                cached.jobs.discard(job)
+        for digest in digests:
+            del self._cached[digest]
+        freed = [d for d in digests if d not in self._owned]
+        if freed:
+            self._drop(freed)
+
+    async def _fetch_once(self, spec: JobSpec, digest: bytes) -> _Cached:
+        self._fetching[digest] = done = trio.Event()
+        try:
+            payload = await self._fetch(spec, digest)
+        finally:
+            del self._fetching[digest]
+            done.set()
+        self._counts["fetches"] += 1
+        self._counts["fetched_bytes"] += len(payload)
+        cached = self._cached[digest] = _Cached(payload, spec.owner)
+        return cached
+
+    async def _fetch(self, spec: JobSpec, digest: bytes) -> bytes:
+        address = self._address_of(spec.owner)
+        what = f"the shared value {digest.hex()[:16]} of job {spec.job.hex()[:8]}"
+        if address is None:
+            raise ProtocolError(f"{what}: its owner is not a live member")
+        try:
+            async with await self._runner.connect(address) as stream:
+                await stream.send(FetchShared(digest))
+                header = await stream.receive()
+                if not isinstance(header, ValueHeader) or not header.found:
+                    raise ProtocolError(f"{what}: its owner no longer holds it")
+                if header.size > self._limit:  # refused unread: nothing is buffered
+                    raise ValueTooLarge(too_large(what, header.size, self._limit,
+                                                  f"peer {self._name}"))
+                value = await receive_value(stream, header.size)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise ProtocolError(f"{what}: fetching it from {address[0]}:{address[1]} "
+                                f"failed: {exc}") from None
+        payload, actual = await trio.to_thread.run_sync(_bytes_and_digest, value)
+        if actual != digest:
+            raise ProtocolError(f"{what}: the bytes received do not match its digest")
+        return payload
+
+
+def _bytes_and_digest(value: bytearray) -> tuple[bytes, bytes]:
+    """(In a thread: a copy and a hash of hundreds of megabytes take a while.)"""
+    payload = bytes(value)
+    return payload, digest_of(payload)

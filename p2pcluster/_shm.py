@@ -1,0 +1,107 @@
+"""Shared memory between a peer, its worker processes and its local clients: memfds.
+
+A :class:`Segment` is an anonymous memory file (``memfd_create``) mapped into this process.
+Another process of the same user maps the same pages, without a copy: a worker through
+``/proc/<pid>/fd/<fd>`` of the process that holds it (:meth:`Segment.path`), a client or a
+daemon through a descriptor passed on the control socket. Nothing is left behind when a
+process dies: the memory goes with the last descriptor and mapping.
+
+A segment another process hands over is *sealed* first (``F_SEAL_SHRINK | F_SEAL_GROW``):
+its size can no longer change, so mapping it can never fault past its end (SIGBUS), whatever
+the other process does. :meth:`Segment.adopt` refuses an unsealed one, or one of another
+size than announced.
+
+Linux only (``os.memfd_create``); :func:`available` says whether this process has it.
+Where it has not, values travel through pipes and sockets instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from functools import cache
+
+from ._errors import ProtocolError
+
+__all__ = ["Segment", "available"]
+
+_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
+
+
+@cache
+def available() -> bool:
+    """Whether memfds and ``/proc/<pid>/fd`` work in this process."""
+    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+        return False
+    try:
+        fd = os.memfd_create("p2pcluster-probe", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return False
+    try:
+        return os.path.exists(f"/proc/{os.getpid()}/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+class Segment:
+    """``size`` bytes of memory another process can map. Holds one descriptor until
+    :meth:`close` (or garbage collection); the mapping lives as long as views of it do."""
+
+    __slots__ = ("__weakref__", "fd", "size", "view")
+
+    def __init__(self, fd: int, size: int, *, access: int = mmap.ACCESS_WRITE) -> None:
+        self.fd = fd
+        self.size = size
+        self.view = memoryview(mmap.mmap(fd, size, access=access)) if size else memoryview(
+            bytearray())
+
+    @classmethod
+    def create(cls, size: int, name: str = "p2pcluster") -> Segment:
+        """A new zero-filled segment, mapped read-write here, its size sealed."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            return cls(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def adopt(cls, fd: int, size: int, *, access: int = mmap.ACCESS_COPY) -> Segment:
+        """Map a segment another process sealed and handed over as ``fd`` (now ours).
+        Raises :class:`~p2pcluster.ProtocolError` (and closes ``fd``) if it is not sealed
+        against resizing, or not ``size`` bytes long."""
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            actual = os.fstat(fd).st_size
+            if seals & _SEALS == _SEALS and actual == size:
+                return cls(fd, size, access=access)
+            raise ProtocolError(f"a shared-memory segment of {actual} bytes, announced as "  # noqa: TRY301
+                                f"{size}, or not sealed against resizing")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def open(cls, path: str, size: int, *, access: int = mmap.ACCESS_COPY) -> Segment:
+        """Map the segment another process holds at ``path`` (``/proc/<pid>/fd/<fd>``)."""
+        flags = os.O_RDWR if access == mmap.ACCESS_WRITE else os.O_RDONLY
+        return cls.adopt(os.open(path, flags | os.O_CLOEXEC), size, access=access)
+
+    def path(self) -> str:
+        """Where another process of this user opens it, while this one holds it."""
+        return f"/proc/{os.getpid()}/fd/{self.fd}"
+
+    def close(self) -> None:
+        """Give up the descriptor; the memory goes once no view of it is left."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Segment fd {self.fd}, {self.size:,} bytes>"

@@ -1,0 +1,275 @@
+"""Moving data: NumPy arrays, shared inputs and large results, p2pcluster beside Dask.
+
+    python scripts/bench_data.py [--json] [--quick] [--no-dask]
+
+(``pip install -e '.[bench,numpy]'``.) Every figure comes from this one run on this machine:
+
+- **p2pcluster**: this process's embedded ``Cluster`` with **no workers** (it owns the jobs,
+  so every byte crosses a peer link), and one ``p2pcluster join --workers 2`` subprocess on
+  127.0.0.1 (local preset, no mDNS, a fresh cluster name and secret).
+- **Dask**: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` + ``Client``,
+  started after p2pcluster's figures are taken.
+- **D1**: 64 float64 arrays of 16 MB, one ``np.sum`` task each: GB/s of array bytes
+  (``d1_gbps``; Dask ``Client.map`` over the same arrays held by the client,
+  ``d1_dask_gbps``), and ``d1_aead_limit_gbps``: one core's ChaCha20-Poly1305 seal then open
+  of the same bytes in 1 MiB chunks, the cost every byte p2pcluster moves pays.
+- **D2**: one 256 MB array shared by 256 tasks that each sum a slice: the bytes the other peer
+  received for it (``d2_bytes_per_peer``, from its ``statistics()``), the array's size
+  (``d2_array_bytes``), and the wall time from ``share`` to the last result (``d2_wall_s``);
+  Dask: ``scatter(..., broadcast=True)`` plus the same map (``d2_dask_wall_s``).
+- **D3**: one 200 MB result back from the other peer: wall time (``d3_wall_s``), and peak
+  RSS (``d3_peak_rss_mb``: this process, the owner, which runs D3 first, before it holds any
+  other data; ``d3_remote_peak_rss_mb``: the join peer and its workers, summed).
+
+``d1_owner_peak_rss_mb`` is this process's peak RSS after D1 (it holds the 1 GiB of arrays
+it submits). ``--quick`` shrinks everything (for a check that the script runs, not for
+figures). A system that fails gets ``null`` figures and an entry in ``errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+WORK_FILE = SCRIPTS / "bench_data_work.py"
+sys.path[:0] = [str(ROOT), str(SCRIPTS)]
+import bench_data_work  # noqa: E402
+
+READY_TIMEOUT = 60.0
+MB = 10**6
+FULL = {"d1_count": 64, "d1_bytes": 16 * MB, "d2_bytes": 256 * MB, "d2_tasks": 256,
+        "d3_bytes": 200 * MB, "aead_bytes": 256 * MB}
+QUICK = {"d1_count": 8, "d1_bytes": MB, "d2_bytes": 8 * MB, "d2_tasks": 16,
+         "d3_bytes": 4 * MB, "aead_bytes": 16 * MB}
+
+
+def _log(message: str) -> None:
+    print(f"bench_data: {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """VmHWM of ``pid`` and its children (a daemon and its worker processes), summed."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    for p in pids:
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+            total += int(next(x for x in status if x.startswith("VmHWM:")).split()[1]) / 1024
+    return total
+
+
+def aead_limit_gbps(nbytes: int) -> float:
+    """One core sealing then opening ``nbytes`` in 1 MiB chunks with ChaCha20-Poly1305."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead = ChaCha20Poly1305(os.urandom(32))
+    chunk = os.urandom(2**20)
+    count = max(1, nbytes // len(chunk))
+    nonce = bytes(12)
+    start = time.perf_counter()
+    for _ in range(count):
+        aead.decrypt(nonce, aead.encrypt(nonce, chunk, None), None)
+    return count * len(chunk) / (time.perf_counter() - start) / 1e9
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class P2P:
+    """The embedded owner (no workers) and the join peer (two workers)."""
+
+    def __init__(self, stack: contextlib.ExitStack, tmp: Path) -> None:
+        import p2pcluster
+        from p2pcluster._secret import new_secret, write_secret_file
+
+        secret = tmp / "secret"
+        write_secret_file(secret, (new_secret(),))
+        name = f"bench-data-{os.getpid()}-{secrets.token_hex(3)}"
+        ours, theirs = free_port(), free_port()
+        self.control = tmp / "peer.sock"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_RUNTIME_DIR": str(tmp / "run"),
+               "XDG_CACHE_HOME": str(tmp / "cache")}
+        log = stack.enter_context((tmp / "join.log").open("w"))
+        self.peer = subprocess.Popen(
+            [sys.executable, "-m", "p2pcluster", "join", "--preset", "local", "--cluster",
+             name, "--secret-file", str(secret), "--port", str(theirs), "--workers", "2",
+             "--no-mdns", "--seed", f"127.0.0.1:{ours}", "--name", "bench-peer",
+             "--control", str(self.control), "--log-level", "warning"],
+            env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stack.callback(kill_group, self.peer)
+        config = p2pcluster.Config.local(
+            cluster=name, secret_file=str(secret), seeds=(f"127.0.0.1:{theirs}",), workers=0,
+            mdns=False, port=ours, node_name="bench-owner")
+        self.cluster = stack.enter_context(
+            p2pcluster.Cluster(config, include=[WORK_FILE], daemon=False))
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "bench-peer" not in {m.name for m in self.cluster.members() if m.alive}:
+            if self.peer.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the join peer did not come up: "
+                                   + (tmp / "join.log").read_text()[-400:])
+            time.sleep(0.1)
+        self.cluster.submit(bench_data_work.total, [1.0]).result(READY_TIMEOUT)  # warm
+
+    def sharing(self) -> dict[str, int]:
+        import trio
+
+        from p2pcluster._control_client import request_daemon
+
+        answer = trio.run(request_daemon, self.control, "status")
+        counters: dict[str, int] = answer["sharing"]
+        return counters
+
+
+def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
+    import numpy as np
+
+    with contextlib.ExitStack() as stack:
+        p2p = P2P(stack, tmp)
+        start = time.perf_counter()
+        result = p2p.cluster.submit(bench_data_work.make, sizes["d3_bytes"]).result()
+        out["d3_wall_s"] = time.perf_counter() - start
+        assert result.nbytes == sizes["d3_bytes"] // 8 * 8
+        del result
+        out["d3_peak_rss_mb"] = peak_rss_mb()
+        out["d3_remote_peak_rss_mb"] = tree_peak_rss_mb(p2p.peer.pid)
+        _log(f"D3 {out['d3_wall_s']:.2f} s")
+
+        arrays = d1_arrays(sizes)
+        start = time.perf_counter()
+        sums = list(p2p.cluster.map(bench_data_work.total, arrays))
+        wall = time.perf_counter() - start
+        assert sums == [float(np.sum(a)) for a in arrays], "D1 results differ"
+        out["d1_gbps"] = sum(a.nbytes for a in arrays) / wall / 1e9
+        out["d1_owner_peak_rss_mb"] = peak_rss_mb()
+        del arrays
+        _log(f"D1 {out['d1_gbps']:.3f} GB/s")
+
+        arr, tasks = d2_array(sizes), sizes["d2_tasks"]
+        before = p2p.sharing()["fetched_bytes"]
+        start = time.perf_counter()
+        handle = p2p.cluster.share(arr)
+        got = list(p2p.cluster.map(bench_data_work.slice_total, [handle] * tasks,
+                                   range(tasks), [tasks] * tasks))
+        out["d2_wall_s"] = time.perf_counter() - start
+        assert got == [bench_data_work.slice_total(arr, i, tasks) for i in range(tasks)]
+        out["d2_bytes_per_peer"] = p2p.sharing()["fetched_bytes"] - before
+        out["d2_array_bytes"] = int(arr.nbytes)
+        _log(f"D2 {out['d2_wall_s']:.2f} s, {out['d2_bytes_per_peer']:,} bytes")
+
+
+def d1_arrays(sizes: dict[str, int]) -> list[Any]:
+    import numpy as np
+
+    n = sizes["d1_bytes"] // 8
+    return [np.random.default_rng(i).standard_normal(n) for i in range(sizes["d1_count"])]
+
+
+def d2_array(sizes: dict[str, int]) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal(sizes["d2_bytes"] // 8)
+
+
+def measure_dask(sizes: dict[str, int], out: dict[str, Any]) -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
+                      dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # type: ignore[no-untyped-call]
+        client.wait_for_workers(2, timeout=READY_TIMEOUT)
+        client.gather(client.map(bench_data_work.total, [[1.0]] * 4))
+        arrays = d1_arrays(sizes)
+        start = time.perf_counter()
+        client.gather(client.map(bench_data_work.total, arrays, pure=False))
+        out["d1_dask_gbps"] = sum(a.nbytes for a in arrays) / (time.perf_counter() - start) / 1e9
+        del arrays
+        _log(f"D1 Dask {out['d1_dask_gbps']:.3f} GB/s")
+        arr, tasks = d2_array(sizes), sizes["d2_tasks"]
+        start = time.perf_counter()
+        future = client.scatter(arr, broadcast=True)
+        client.gather(client.map(bench_data_work.slice_total, [future] * tasks, range(tasks),
+                                 [tasks] * tasks, pure=False))
+        out["d2_dask_wall_s"] = time.perf_counter() - start
+        _log(f"D2 Dask {out['d2_dask_wall_s']:.2f} s")
+
+
+KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_owner_peak_rss_mb",
+        "d2_bytes_per_peer", "d2_array_bytes", "d2_wall_s", "d2_dask_wall_s", "d3_wall_s",
+        "d3_peak_rss_mb", "d3_remote_peak_rss_mb")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a check, not figures")
+    parser.add_argument("--no-dask", action="store_true", help="skip Dask")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    out: dict[str, Any] = dict.fromkeys(KEYS)
+    out["errors"] = {}
+    out["sizes"] = sizes
+    out["d1_aead_limit_gbps"] = aead_limit_gbps(sizes["aead_bytes"])
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        try:
+            measure_p2p(sizes, Path(tmp), out)
+        except Exception as exc:
+            out["errors"]["p2p"] = f"{type(exc).__name__}: {exc}"[:600]
+    if not args.no_dask:
+        try:
+            measure_dask(sizes, out)
+        except Exception as exc:
+            out["errors"]["dask"] = f"{type(exc).__name__}: {exc}"[:600]
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key in KEYS:
+            value = out[key]
+            print(f"{key:24} {value:.3f}" if isinstance(value, float) else f"{key:24} {value}")
+        for system, error in out["errors"].items():
+            print(f"error ({system}): {error}")
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

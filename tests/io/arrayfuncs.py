@@ -1,0 +1,58 @@
+"""Task functions on NumPy arrays, for tests/io/test_arrays.py and tests/lan.
+
+Shipped with ``include=[...]`` and imported by peers as the top-level module ``arrayfuncs``.
+NumPy is imported inside the functions, so a peer without NumPy can still load this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def echo(value: Any) -> Any:
+    """The argument, as the task received it."""
+    return value
+
+
+def describe(arr: Any) -> list[Any]:
+    """What the task sees of an array: its type, dtype, shape, order and writability."""
+    return [type(arr).__name__, arr.dtype.str, list(arr.shape),
+            bool(arr.flags.f_contiguous and not arr.flags.c_contiguous),
+            bool(arr.flags.writeable)]
+
+
+def total(arr: Any) -> float:
+    import numpy as np
+
+    return float(np.sum(arr))
+
+
+def ramp(n: int, seed: int) -> Any:
+    """``n`` float64 values, ``seed`` and up: a result made on the peer."""
+    import numpy as np
+
+    return np.arange(n, dtype=np.float64) + seed
+
+
+def scaled(arr: Any, factor: float) -> Any:
+    return arr * factor
+
+
+def nbytes(*values: Any) -> int:
+    return sum(int(v.nbytes) for v in values)
+
+
+def slow_total(arr: Any, seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return total(arr)
+
+
+def dot_row(matrix: Any, row: int) -> float:
+    """A task that uses a shared matrix: the sum of one of its rows."""
+    return float(matrix[row].sum())
+
+
+def shared_info(value: Any, extra: int) -> list[Any]:
+    return [type(value).__name__, bool(value.flags.writeable), int(value.nbytes), extra]

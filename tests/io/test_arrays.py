@@ -1,0 +1,334 @@
+"""NumPy arrays as task arguments and results, through real worker processes, an embedded
+peer, a `p2pcluster join` daemon, and a peer that has no NumPy (loopback only).
+
+Task functions live in ``arrayfuncs.py``, shipped with ``include=`` like ``jobfuncs.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+np = pytest.importorskip("numpy")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from p2pcluster import Cluster, Config, SubmitError, TaskError, ValueTooLarge  # noqa: E402
+from p2pcluster._control_client import request_daemon  # noqa: E402
+from p2pcluster._jobs import JobResult, encode_args, unpack  # noqa: E402
+from p2pcluster._peer import open_peer  # noqa: E402
+from p2pcluster._secret import new_secret, write_secret_file  # noqa: E402
+
+from .daemons import running_daemon  # noqa: E402
+
+ARRAYFUNCS = Path(__file__).with_name("arrayfuncs.py")
+sys.path.append(str(ARRAYFUNCS.parent))
+import arrayfuncs  # noqa: E402
+
+WAIT = 30
+_counter = itertools.count()
+
+#: Every dtype that travels: bool, signed and unsigned integers, floats and complex, in
+#: both byte orders.
+DTYPES = st.one_of(
+    hnp.boolean_dtypes(), hnp.integer_dtypes(endianness="?"),
+    hnp.unsigned_integer_dtypes(endianness="?"),
+    hnp.floating_dtypes(endianness="?", sizes=(16, 32, 64)),
+    hnp.complex_number_dtypes(endianness="?"),
+)
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6)
+
+
+@st.composite
+def arrays(draw: st.DrawFn) -> Any:
+    """An array of any supported dtype and shape, in C or Fortran order, or a strided view."""
+    arr = draw(hnp.arrays(DTYPES, SHAPES))
+    layout = draw(st.sampled_from(["C", "F", "view"]))
+    if layout == "F":
+        return np.asfortranarray(arr)
+    if layout == "view" and arr.ndim >= 1 and arr.shape[0] > 1:
+        return arr[::2]
+    return arr
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exactly the same array: type, dtype (byte order included), shape, bits."""
+    return (type(a) is type(b) and a.dtype == b.dtype and a.dtype.str == b.dtype.str
+            and a.shape == b.shape
+            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
+
+
+def config(secret: Path, cluster: str, **changes: Any) -> Config:
+    return Config.local(mdns=False, port=0, secret_file=str(secret), cluster=cluster,
+                        **{"workers": 1, **changes})
+
+
+def unique_cluster() -> str:
+    return f"arrays-{os.getpid()}-{next(_counter)}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """An embedded peer with one worker process, for the whole module."""
+    tmp = tmp_path_factory.mktemp("arrays")
+    secret = tmp / "secret"
+    write_secret_file(secret, (new_secret(),))
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+            mp.setenv(name, str(tmp / name.lower()))
+        with Cluster(config(secret, unique_cluster()), daemon=False,
+                     include=[ARRAYFUNCS]) as c:
+            yield c
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(arr=arrays())
+def test_arrays_round_trip_as_argument_and_result_through_a_worker(cluster: Cluster,
+                                                                   arr: Any) -> None:
+    back = cluster.submit(arrayfuncs.echo, arr).result(timeout=WAIT)
+    expected = np.ascontiguousarray(arr) if not (
+        arr.flags.c_contiguous or arr.flags.f_contiguous) else arr
+    assert same(back, expected)
+    fortran = arr.ndim >= 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    seen = cluster.submit(arrayfuncs.describe, arr).result(timeout=WAIT)
+    assert seen[:4] == ["ndarray", arr.dtype.str, list(arr.shape), fortran]
+    assert seen[4] is True  # an argument array is the task's own to change
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=arrays().filter(lambda a: a.size > 0).map(lambda a: a.flat[0]))
+def test_numpy_scalars_come_back_as_the_same_type(cluster: Cluster, value: Any) -> None:
+    back = cluster.submit(arrayfuncs.echo, value).result(timeout=WAIT)
+    assert type(back) is type(value)
+    assert np.asarray(back).tobytes() == np.asarray(value).tobytes()
+
+
+def test_large_arrays_in_nested_values_and_results_made_on_the_peer(cluster: Cluster) -> None:
+    big = np.random.default_rng(1).standard_normal((1000, 700))  # 5.6 MB: out of band
+    nested = {"a": [big, np.arange(5)], "b": (big.T, np.float32(2.5))}
+    back = cluster.submit(arrayfuncs.echo, nested).result(timeout=WAIT)
+    assert same(back["a"][0], big) and same(back["b"][0], big.T)
+    assert same(back["a"][1], np.arange(5)) and type(back["b"][1]) is np.float32
+    ramp = cluster.submit(arrayfuncs.ramp, 3_000_000, 2).result(timeout=WAIT)
+    assert same(ramp, np.arange(3_000_000, dtype=np.float64) + 2)
+    assert ramp.flags.writeable
+
+
+def test_object_and_structured_arrays_are_refused_with_what_to_do(cluster: Cluster) -> None:
+    with pytest.raises(SubmitError) as info:
+        cluster.submit(arrayfuncs.echo, np.array([1, "a"], dtype=object))
+    message = str(info.value)
+    assert message.startswith("argument 0 cannot be sent to the cluster: it is a "
+                              "numpy.ndarray of dtype object")
+    assert "convert it to a numeric dtype (arr.astype(float)), or to a list" in message
+    with pytest.raises(SubmitError) as info:
+        cluster.submit(arrayfuncs.echo, x=np.zeros(3, dtype=[("x", "f8"), ("y", "i4")]))
+    assert "keyword argument 'x'" in str(info.value)
+    assert "send each field as an array of its own" in str(info.value)
+    with pytest.raises(TaskError) as failed:
+        cluster.submit(arrayfuncs.scaled, np.arange(3), "ab").result(timeout=WAIT)
+    assert failed.value.type_name in ("numpy._core._exceptions._UFuncNoLoopError",
+                                      "numpy.core._exceptions._UFuncNoLoopError",
+                                      "numpy._core._exceptions.UFuncTypeError",
+                                      "numpy.core._exceptions.UFuncTypeError") or (
+        "ufunc" in failed.value.remote_message)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    write_secret_file(path, (new_secret(),))
+    return path
+
+
+def test_an_array_over_the_budget_is_refused_before_it_travels(secret: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    with Cluster(config(secret, unique_cluster(), max_value_size=1024 * 1024), daemon=False,
+                 include=[ARRAYFUNCS]) as c:
+        with pytest.raises(ValueTooLarge) as info:
+            c.submit(arrayfuncs.total, np.zeros(200_000))  # 1.6 MB of float64
+        message = str(info.value)
+        assert "the arguments of total: 1,600,0" in message
+        assert "over the limit of 1,048,576 bytes on this peer" in message
+        assert "max_value_size" in message
+        with pytest.raises(TaskError) as failed:
+            c.submit(arrayfuncs.ramp, 200_000, 0).result(timeout=WAIT)
+        assert failed.value.type_name == "ValueTooLarge"
+        assert "the result of ramp: 1,600,0" in failed.value.remote_message
+        assert "max_value_size" in failed.value.remote_message
+        with pytest.raises(ValueTooLarge) as info:
+            c.share(np.zeros(200_000))
+        assert "the value to share: 1,600,0" in str(info.value)
+        assert "over the limit of 1,048,576 bytes" in str(info.value)
+
+
+def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`p2pcluster join`, and a Cluster that submits through its control socket."""
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as daemon:
+        with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
+            assert c.via_daemon
+            rng = np.random.default_rng(7)
+            values = [rng.standard_normal(n) for n in (10, 100_000, 1_000_000)]
+            assert list(c.map(arrayfuncs.total, values, timeout=WAIT)) == [
+                float(np.sum(v)) for v in values]
+            big = np.asfortranarray(rng.integers(0, 1000, (1500, 1000), dtype=np.int32))
+            back = c.submit(arrayfuncs.echo, big).result(timeout=WAIT)
+            assert same(back, big) and back.flags.f_contiguous
+            assert same(c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT),
+                        np.arange(2_000_000, dtype=np.float64) + 5)
+            matrix = rng.standard_normal((1000, 500))
+            handle = c.share(matrix)
+            assert c.share(matrix) is handle  # shared already: nothing is sent again
+            assert list(c.map(arrayfuncs.dot_row, [handle] * 20, range(20), timeout=WAIT)) == [
+                float(matrix[i].sum()) for i in range(20)]
+            status = trio.run(request_daemon, daemon.control, "status")
+            assert status["sharing"]["owned"] == 1
+            assert status["sharing"]["owned_bytes"] == handle.size
+            daemon.check_alive()
+        # The client is gone: so is what it shared.
+        deadline = time.monotonic() + WAIT
+        while trio.run(request_daemon, daemon.control, "status")["sharing"]["owned"]:
+            assert time.monotonic() < deadline, "the daemon kept what the client shared"
+            time.sleep(0.05)
+
+
+def test_a_peer_without_numpy_fails_one_task_and_takes_no_more_of_the_job(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon here cannot import NumPy (a package named numpy that refuses to load
+    comes first on its path). It steals tasks of a job of arrays, fails the first it runs
+    with a clear error, and leaves the rest of the job to the owner."""
+    hidden = tmp_path / "no-numpy" / "numpy"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('NumPy is hidden from this peer')\n")
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": f"{hidden.parent}{os.pathsep}{root}"}
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch, env=env) as daemon:
+        (row,) = daemon.members()
+        seed = f"127.0.0.1:{row['port']}"
+        results = trio.run(_owner_runs_a_job_of_arrays, config(
+            secret, daemon.cluster, node_name="owner", seeds=(seed,)))
+        daemon.check_alive()
+    assert sorted(r.task for r in results) == list(range(24))
+    from_d1 = [r for r in results if r.peer == "d1"]
+    assert 1 <= len(from_d1) <= 2, [(r.task, r.peer) for r in results]
+    for r in from_d1:
+        with pytest.raises(TaskError) as failed:
+            unpack(r.status, r.payload, r.peer)
+        assert failed.value.type_name == "p2pcluster._errors.NumPyUnavailable"
+        assert "NumPy is not installed" in failed.value.remote_message
+        assert "pip install 'p2pcluster[numpy]'" in failed.value.remote_message
+    for r in results:
+        if r.peer == "owner":
+            assert unpack(r.status, r.payload, r.peer) == 10.0 * r.task
+
+
+async def _owner_runs_a_job_of_arrays(cfg: Config) -> list[JobResult]:
+    """An owner with one worker submits one job of 24 slow tasks and waits for all of
+    them, errors included (Peer.map would stop at the first)."""
+    async with open_peer(cfg, include=[ARRAYFUNCS]) as owner:
+        with trio.fail_after(WAIT):
+            while {m.name for m in owner.members() if m.alive} != {"owner", "d1"}:
+                await trio.sleep(0.05)
+        payloads = [encode_args((np.full(10, float(i)), 0.3), {}) for i in range(24)]
+        results: list[JobResult] = []
+        with trio.fail_after(30):  # 7 s of work; tasks going back and forth would take 60
+            async with owner.open_job(owner.request(arrayfuncs.slow_total, payloads)) as job:
+                job.listeners.append(results.extend)
+                await job.wait()
+        return results
+
+
+# --- shared values -----------------------------------------------------------------------------
+
+
+async def _until(predicate: Any, what: str, timeout: float = WAIT) -> None:
+    try:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.02)
+    except trio.TooSlowError:
+        pytest.fail(f"{what}: not within {timeout} s")
+
+
+def _alive(peer: Any) -> set[str]:
+    return {m.name for m in peer.members() if m.alive}
+
+
+async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    cluster = unique_cluster()
+    matrix = np.random.default_rng(3).standard_normal((1000, 1000))  # 8 MB
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=2, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            handle = await a.share(matrix)
+            assert await a.share(matrix.copy()) == handle  # the same bytes: the same value
+            with trio.fail_after(WAIT):
+                sums = await a.map(arrayfuncs.dot_row, [handle] * 64, range(64))
+                info = await a.run(arrayfuncs.shared_info, handle, 1)
+            assert sums == [float(matrix[i].sum()) for i in range(64)]
+            assert info == ["ndarray", False, matrix.nbytes, 1]  # read-only in the task
+            owner, runner = a.statistics().sharing, b.statistics().sharing
+            assert (owner.owned, owner.owned_bytes) == (1, handle.size)
+            assert owner.served == 2 and owner.served_bytes == 2 * handle.size  # two jobs
+            assert runner.fetches == 2 and runner.fetched_bytes == 2 * handle.size
+            await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
+
+
+async def test_a_peer_that_joins_mid_job_fetches_the_value_and_the_owner_leaving_frees_it(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    cluster = unique_cluster()
+    matrix = np.random.default_rng(4).standard_normal((500, 1000))
+    async with open_peer(config(secret, cluster, node_name="b", workers=1),
+                         include=[ARRAYFUNCS]) as b:
+        seed = (f"127.0.0.1:{b.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="a", workers=0, seeds=seed),
+                             include=[ARRAYFUNCS]) as a:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            handle = await a.share(matrix)
+            payloads = [encode_args((handle, 0.1), {}) for _ in range(40)]
+            results: list[JobResult] = []
+            async with a.open_job(a.request(arrayfuncs.slow_total, payloads)) as job:
+                job.listeners.append(results.extend)
+                await _until(lambda: b.statistics().sharing.fetches == 1, "b fetched it")
+                async with open_peer(config(secret, cluster, node_name="c", workers=1,
+                                            seeds=seed), include=[ARRAYFUNCS]) as c:
+                    with trio.fail_after(WAIT):
+                        await job.wait()
+                    assert {r.peer for r in results} == {"b", "c"}
+                    assert all(unpack(r.status, r.payload, r.peer) == float(matrix.sum())
+                               for r in results)
+                    assert c.statistics().sharing.fetches == 1
+                    assert c.statistics().sharing.fetched_bytes == handle.size
+                    # A second job: the value is cached again where it runs, until the
+                    # owner leaves (cancelling its jobs).
+                    more = [encode_args((handle, 5.0), {}) for _ in range(4)]
+                    job2 = a.submit(a.request(arrayfuncs.slow_total, more))
+                    await _until(lambda: b.statistics().sharing.cached == 1, "b caches it")
+                    del job2
+        # a has left: b let go of the value it had fetched from a.
+        await _until(lambda: b.statistics().sharing.cached == 0, "b freed a's value")

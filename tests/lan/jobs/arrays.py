@@ -1,0 +1,67 @@
+"""LAN test job: NumPy arrays through `p2pcluster run`, plain and shared.
+
+    p2pcluster run tests/lan/jobs/arrays.py map COUNT MEGABYTES
+    p2pcluster run tests/lan/jobs/arrays.py shared MEGABYTES TASKS SECONDS
+
+``map`` sums COUNT float64 arrays of MEGABYTES each on the cluster and compares each sum
+with the one computed here, bit for bit. ``shared`` shares one float64 array of MEGABYTES and
+runs TASKS tasks that each sum one slice of it (sleeping SECONDS first), and compares. Both
+print a JSON object: whether every value is exact, the hosts that ran the tasks, the wall
+time, and this process's peak RSS (MiB).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+import numpy as np
+
+
+def total(arr: Any) -> list[Any]:
+    return [float(np.sum(arr)), os.environ.get("P2P_TEST_HOST", "?")]
+
+
+def slice_total(arr: Any, index: int, parts: int, seconds: float) -> list[Any]:
+    time.sleep(seconds)
+    step = len(arr) // parts
+    return [float(np.sum(arr[index * step:(index + 1) * step])),
+            os.environ.get("P2P_TEST_HOST", "?"), bool(arr.flags.writeable)]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _map(cluster: Any, count: int, megabytes: int) -> dict[str, Any]:
+    n = megabytes * 2**20 // 8
+    arrays = [np.random.default_rng(i).standard_normal(n) for i in range(count)]
+    expected = [float(np.sum(a)) for a in arrays]
+    start = time.monotonic()
+    got = list(cluster.map(total, arrays))
+    wall = time.monotonic() - start
+    return {"exact": [g[0] for g in got] == expected, "hosts": sorted({g[1] for g in got}),
+            "wall": wall, "bytes": sum(a.nbytes for a in arrays), "peak_mb": _peak_mb()}
+
+
+def _shared(cluster: Any, megabytes: int, tasks: int, seconds: float) -> dict[str, Any]:
+    arr = np.random.default_rng(0).standard_normal(megabytes * 2**20 // 8)
+    start = time.monotonic()
+    handle = cluster.share(arr)
+    again = cluster.share(arr)  # the same bytes: the same handle, nothing sent
+    step = len(arr) // tasks
+    expected = [float(np.sum(arr[i * step:(i + 1) * step])) for i in range(tasks)]
+    got = list(cluster.map(slice_total, [handle] * tasks, range(tasks), [tasks] * tasks,
+                           [seconds] * tasks))
+    return {"exact": [g[0] for g in got] == expected, "same_handle": again == handle,
+            "hosts": sorted({g[1] for g in got}), "writeable": any(g[2] for g in got),
+            "wall": time.monotonic() - start, "bytes": int(arr.nbytes),
+            "peak_mb": _peak_mb()}
+
+
+def main(cluster: Any, kind: str, *args: str) -> dict[str, Any]:
+    if kind == "map":
+        return _map(cluster, int(args[0]), int(args[1]))
+    return _shared(cluster, int(args[0]), int(args[1]), float(args[2]))
