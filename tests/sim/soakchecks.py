@@ -18,6 +18,7 @@ No false deaths (at every FAIL or LEAVE event, on every peer):
     last :func:`stale_window` seconds (its suspicion then started while it could not hear
     the refutation). Who declared a death is read from the step that caused the event: a
     peer's own suspicion expiring (a tick), or the ``by`` of the ``Dead`` update it received.
+    A verdict is judged when its declarer makes it; gossip may relay it much later.
     An excused verdict may spread (SWIM gossips it) and is then refuted; those are counted.
     Nobody leaves gracefully in the soak, so a LEAVE is always a violation. Stricter than
     that: a process once faulted that still runs is declared dead only for a recent cause
@@ -115,6 +116,8 @@ class Checker:
         self.heal_times: list[float] = []
         self.job_latency: list[tuple[float, float]] = []  # (took, deadline - submitted)
         self._cluster: SoakCluster | None = None
+        #: (declarer, subject) of each death verdict judged when its declarer made it
+        self._verdicts: set[tuple[bytes, bytes, int]] = set()  # and its incarnation
 
     @property
     def cluster(self) -> SoakCluster:
@@ -140,14 +143,18 @@ class Checker:
             self._recent_cause(peer, event, step)
             return
         for declarer in self._declarers(peer, subject.id, step):
-            excuse = self.cluster.log.excuse(declarer, subject.address, self.cluster.sim.now,
-                                             self.window)
+            if self._judged(event, step, declarer):
+                excuse = "judged when it was made"  # and now relayed, perhaps much later
+            else:
+                excuse = self.cluster.log.excuse(declarer, subject.address,
+                                                 self.cluster.sim.now, self.window)
             if excuse is None:
                 self.fail(f"{declarer} declared {subject.name} ({subject.id.hex()[:8]}) dead "
                           f"(seen at {peer} on a {step.kind}), but {subject.name} was never "
                           f"crashed, frozen or cut off, and neither was {declarer} within "
                           f"{self.window:.1f} s")
             if declarer is peer:
+                self._verdicts.add((peer.node_id, subject.id, subject.incarnation))
                 self.counts["stale_deaths_declared"] += 1
             elif self.cluster.log.excuse(peer, subject.address, self.cluster.sim.now,
                                          self.window) is None:
@@ -163,12 +170,26 @@ class Checker:
         if process is None or process.crashed:
             return
         for declarer in self._declarers(peer, subject.id, step):
+            if declarer is peer:
+                self._verdicts.add((peer.node_id, subject.id, subject.incarnation))
+            elif self._judged(event, step, declarer):
+                continue  # judged when it was made, and now relayed
             if (log.excuse(declarer, subject.address, now, self.window) is None
                     and log.excuse(process, declarer.address, now, self.window) is None):
                 self.fail(f"{declarer} declared {subject.name} ({subject.id.hex()[:8]}) dead "
                           f"(seen at {peer} on a {step.kind}); {subject.name} was faulted "
                           f"({log.faulted[subject.id]}), but neither it nor {declarer} was "
                           f"frozen or cut off within {self.window:.1f} s")
+
+    def _judged(self, event: MemberEvent, step: Step, declarer: PeerMachine) -> bool:
+        """Is the Dead from ``declarer`` in ``step`` a verdict judged when it was made, at an
+        incarnation no older than the one the receiver held? (A stale Dead that overrides a
+        refutation the receiver knew is a new false death, not a relayed verdict.)"""
+        subject = event.member
+        return any(isinstance(u, Dead) and u.node == subject.id and u.by == declarer.node_id
+                   and u.incarnation >= subject.incarnation
+                   and (declarer.node_id, subject.id, u.incarnation) in self._verdicts
+                   for u in getattr(step.msg, "updates", ()))
 
     def _declarers(self, peer: PeerMachine, subject: bytes, step: Step) -> list[PeerMachine]:
         """Who declared ``subject`` dead, by the step that made ``peer`` see it so."""
