@@ -13,6 +13,7 @@ from typing import Any
 from ._errors import P2PClusterError
 from ._secret_cli import add_secret_command
 from ._version import __version__
+from ._viewcli import add_view_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -29,9 +30,12 @@ examples:
   p2pcluster join --name lab1 --workers 6  advertise 6 worker slots under the name lab1
   p2pcluster join --seed 192.168.1.20      where multicast does not pass (add --no-mdns)
   p2pcluster join --interface eth1         several NICs: choose the LAN one
+  p2pcluster join --dashboard 0.0.0.0:8797 the dashboard on every address (with a token)
 
-The peer runs in the foreground and logs to stderr. Ctrl-C or SIGTERM (or `p2pcluster
-leave` from another terminal) leaves gracefully: the others see it as left, not failed.
+The peer runs in the foreground and logs to stderr. It serves a web dashboard of the whole
+cluster on http://127.0.0.1:8797/ (logged at start; `p2pcluster dashboard` prints it).
+Ctrl-C or SIGTERM (or `p2pcluster leave` from another terminal) leaves gracefully: the
+others see it as left, not failed.
 Every option may also come from the environment (P2PCLUSTER_<FIELD>, for example
 P2PCLUSTER_SEEDS=a:7946,b:7946) or a TOML file (--config); see docs/config.md.
 The firewall must let UDP and TCP through on the port (7946), and mDNS (UDP 5353)."""
@@ -112,6 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Ask the peer running on this machine to leave the cluster and exit.")
     _add_local_options(leave)
     leave.set_defaults(handler=_cmd_leave)
+    add_view_commands(commands, _add_local_options, _ask)
     add_secret_command(commands)
     return parser
 
@@ -139,6 +144,13 @@ def _add_join(commands: Any) -> None:
     join.add_argument("--tag", action="append", metavar="TAG",
                       help="a label advertised with this peer; repeatable")
     join.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
+    dashboard = join.add_mutually_exclusive_group()
+    dashboard.add_argument("--dashboard", metavar="HOST:PORT",
+                           help="serve the web dashboard here (default: 127.0.0.1:8797; on "
+                                "an address other than loopback it asks for a token, printed "
+                                "at start)")
+    dashboard.add_argument("--no-dashboard", action="store_true",
+                           help="do not serve the web dashboard")
     join.add_argument("--config", metavar="FILE", help="a TOML file of Config fields")
     join.add_argument("--preset", choices=("lan", "local"), default="lan",
                       help="timing preset (default: lan; local: all peers on this machine)")
@@ -196,7 +208,7 @@ def _config(args: argparse.Namespace) -> Any:
     for option, field in (("cluster", "cluster"), ("name", "node_name"),
                           ("workers", "workers"), ("port", "port"),
                           ("interface", "interface"), ("advertise", "advertise_address"),
-                          ("secret_file", "secret_file")):
+                          ("secret_file", "secret_file"), ("dashboard", "dashboard")):
         value = getattr(args, option, None)
         if value is not None:
             changes[field] = value
@@ -206,6 +218,8 @@ def _config(args: argparse.Namespace) -> Any:
         changes["tags"] = tuple(args.tag)
     if getattr(args, "no_mdns", False):
         changes["mdns"] = False
+    if getattr(args, "no_dashboard", False):
+        changes["dashboard"] = ""
     if getattr(args, "strict_versions", False):
         changes["strict_versions"] = True
     return Config.load(preset=getattr(args, "preset", "lan"),

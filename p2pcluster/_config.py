@@ -104,6 +104,16 @@ class Config:
     tags: tuple[str, ...] = _doc((), """
         Free-form labels advertised in this peer's metadata (for example gpu or big-memory).
         They share the 512-byte metadata limit with the rest.""")
+    dashboard: str = _doc("127.0.0.1:8797", """
+        Where `p2pcluster join` serves its web dashboard, /api and /metrics (HOST:PORT; empty:
+        off). Loopback (the default) asks no token; any other address requires the token
+        printed at start, since it shows every peer's jobs and what their tasks print. If the
+        default port is taken, one of the next ten is used, else any free port (as logged); an
+        explicit address must be free. Needs pip install 'p2pcluster[dashboard]'.""")
+    activity_timeout: float = _doc(0.5, """
+        How long the dashboard, `jobs` or `top` waits for each peer's account of its work; one
+        that has not answered is shown as such, with what it said last. Longer waits out
+        loaded peers; shorter keeps the view moving.""", "s")
 
     # --- work: values, stealing, batching -----------------------------------------------------
     max_value_size: int = _doc(2 * 1024**3, """
@@ -160,6 +170,14 @@ class Config:
         others may steal) in its gossiped metadata. Each publication is a membership update
         every peer receives; shorter lets idle peers see new work sooner, at more gossip.""",
         "s")
+    usage_interval: float = _doc(5.0, """
+        How often a peer measures its CPU, memory and load (from /proc) for the dashboard.
+        A measurement goes out in the gossiped metadata only when it moved (5 points of CPU,
+        5% of memory, 0.1 of load), since every publication reaches every peer; shorter
+        shows changes sooner at more gossip. 0 turns the measurements off.""", "s")
+    task_history: int = _doc(10_000, """
+        Tasks a peer remembers having run (job, function, slot, times, status, output) for
+        every peer's dashboard: about 250 bytes each, plus at most 4 MiB of output in all.""")
 
     # --- environments: what a job ships and needs ---------------------------------------------
     auto_include_limit: int = _doc(16 * 1024 * 1024, """
@@ -301,6 +319,10 @@ class Config:
              "max_batch_time must be at least batch_target"),
             (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
             (self.meta_interval >= 0, "meta_interval must not be negative"),
+            (min(self.usage_interval, self.task_history) >= 0 < self.activity_timeout,
+             "usage_interval, task_history must not be negative, activity_timeout positive"),
+            (self.dashboard == "" or _host_port(self.dashboard),
+             f"dashboard {self.dashboard!r} must be HOST:PORT (port 0..65535), or empty"),
             (self.auto_include_limit >= 0, "auto_include_limit must not be negative"),
             (self.versions_ttl > 0, "versions_ttl must be positive"),
         ]
@@ -371,6 +393,12 @@ class Config:
         hints = _hints()
         return [(f.name, type_name(hints[f.name]), f.default, f.metadata["unit"],
                  f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+def _host_port(text: str) -> bool:
+    """``HOST:PORT`` (an IPv6 host in brackets), with a port number of 0..65535."""
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
 
 
 def _hints() -> dict[str, Any]:

@@ -227,6 +227,7 @@ class ControlSession:
             await self._stream.send_message(Ended(submit.job, EndReason.FAILED, str(exc)))
             return
         running = _Running(submit.job, job, submit.label or submit.ref.qualname)
+        job.label = running.label
         self._running[submit.job] = running
         job.listeners.append(lambda batch: self._delivered(running, batch))
         job.watch_placement(lambda note: self._placement(running, note))

@@ -23,7 +23,9 @@ import trio
 from ._config import Config
 from ._control import FramedStream, serve_control
 from ._control_server import ControlSession
+from ._dashboard import DashboardPlace, answer_view, serve_dashboard
 from ._errors import P2PClusterError, SecretError
+from ._lookout import Lookout
 from ._names import serve_name_guard
 from ._peer import Peer, open_peer
 from ._proto.control import CONTROL_VERSION, member_row, welcome
@@ -45,6 +47,9 @@ class Daemon:
         self.peer = peer
         self.config = config
         self.leave_requested = trio.Event()
+        self.lookout = Lookout(peer)  #: the cluster as this peer sees it (jobs, top, dashboard)
+        self.dashboard = DashboardPlace("", "the dashboard has not started yet")
+        self.dashboard_up = trio.Event()  #: set once ``dashboard`` says where it is (or not)
 
     # --- control --------------------------------------------------------------------------
 
@@ -71,7 +76,13 @@ class Daemon:
         await ControlSession(stream, self.peer, self.admin, client, limit).serve()
 
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A control request other than a job: members, status, leave or reload-secrets."""
+        """A control request other than a job: members, status, leave, reload-secrets, or a
+        view (jobs, overview, dashboard)."""
+        if op == "dashboard":  # it may be starting still
+            with trio.move_on_after(10):
+                await self.dashboard_up.wait()
+        if op in ("jobs", "overview", "dashboard"):
+            return await answer_view(op, self.lookout, self.dashboard)
         now = trio.current_time()
         if op == "members":
             rows = [member_row(m, now) for m in self.peer.members()]
@@ -104,6 +115,17 @@ class Daemon:
         raise P2PClusterError(f"unknown operation {op!r}")
 
     # --- background tasks -----------------------------------------------------------------
+
+    async def run_dashboard(self) -> None:
+        """Serve the dashboard; the peer does not wait for it (hypercorn loads in a thread),
+        but an error (its address in use) ends the daemon."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self.dashboard = await nursery.start(serve_dashboard, self.peer, self.config,
+                                                     self.lookout)
+                self.dashboard_up.set()
+        finally:
+            self.dashboard_up.set()
 
     async def log_events(self) -> None:
         words = {EventKind.JOIN: "joined", EventKind.LEAVE: "left the cluster",
@@ -184,6 +206,7 @@ async def run_daemon(config: Config, *, control: Path) -> None:
             nursery.start_soon(daemon.log_events)
             nursery.start_soon(daemon.log_rejections)
             nursery.start_soon(partial(serve_name_guard, peer, started=started))
+            nursery.start_soon(daemon.run_dashboard)
             await daemon.wait_for_leave()
             log.info("leaving cluster %r", config.cluster)
             nursery.cancel_scope.cancel()

@@ -23,7 +23,8 @@ class Job:
 
     Listeners get each batch of new results (first results only, as :class:`JobResult`),
     in the peer's trio thread; a listener must not block. The job keeps no results itself:
-    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks.
+    whoever consumes them holds them. ``done`` and ``per_peer`` count finished tasks,
+    ``errors`` those that failed; ``label`` names the job for people (the job file).
     """
 
     def __init__(self, cancel: Callable[[Job], None], spec: JobSpec, total: int,
@@ -33,6 +34,9 @@ class Job:
         self.total = total
         self.started = started
         self.done = 0
+        self.errors = 0
+        self.label = ""
+        self.ended: float | None = None  #: trio time of the end
         self.per_peer: Counter[str] = Counter()
         self.finished = trio.Event()
         self.cancelled = False
@@ -61,6 +65,7 @@ class Job:
     def deliver(self, batch: list[JobResult]) -> None:
         """(The work service) hand new results to the listeners."""
         self.done += len(batch)
+        self.errors += sum(1 for result in batch if result.status)
         self.per_peer.update(result.peer for result in batch)
         for listener in list(self.listeners):
             try:
@@ -100,6 +105,7 @@ class Job:
         """(The work service) the job is over: wake its waiters and call ``on_finish``."""
         if self.finished.is_set():
             return
+        self.ended = trio.current_time()
         self.finished.set()
         for callback in self.on_finish:
             try:

@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from ._activity import Activity
 from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
@@ -51,9 +52,11 @@ from ._proto.workevents import StealingStatistics
 from ._rejections import Rejections
 from ._runner import Runner, open_runner
 from ._secret import SecretSource, load_secrets
+from ._secure import WireStatistics
 from ._shared import Shared, digest_of
 from ._sharing import SharingStatistics
 from ._transport import Address
+from ._usage import child_pids, serve_usage
 from ._values import encode_shared
 from ._versions import gather_versions
 from ._work import Job, WorkService
@@ -89,6 +92,8 @@ class Peer:
     def __init__(self, config: Config, runner: Runner, membership: Membership,
                  work: WorkService, *, registry: CodeRegistry, workers: int, how: str) -> None:
         self._config = config
+        #: What this peer tells others about its work, and asks them (the dashboard's source).
+        self.activity = Activity(config, runner, work)
         self._runner = runner
         self._membership = membership
         self._work = work
@@ -160,6 +165,10 @@ class Peer:
     def release_shared(self, holder: object) -> None:
         """``holder`` is gone: the values only it shared go."""
         self._work.shared.release(holder)
+
+    def wire_statistics(self) -> WireStatistics:
+        """The counters of this peer's wire: datagrams, streams, bytes, what it rejected."""
+        return self._runner.statistics()
 
     async def reload_secrets(self) -> SecretSource:
         """Read the cluster secrets again (``Config.secret_file``, or ``P2PCLUSTER_SECRET``)
@@ -337,6 +346,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             work = WorkService(config, runner, membership, pool=pool, cache=cache,
                                nursery=nursery, started=started)
             await nursery.start(work.serve)
+            nursery.start_soon(serve_usage, config.usage_interval, child_pids, work.set_usage)
             discovery = trio.CancelScope()  # mDNS, and following our address if it moves
             nursery.start_soon(_within, discovery, partial(serve_place, membership, config,
                                                            place))

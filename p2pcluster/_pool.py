@@ -26,14 +26,11 @@ instead of 0.85. Large values cross through shared memory, not the pipe (:mod:`.
   a kill (timeout, cancellation, the pool's exit) is a ``SIGKILL`` to the whole group. A
   worker is dead when its process exits, whoever still holds its pipes (a child that
   called ``setsid`` escapes the group, but not this).
-
 Lifetime: no worker outlives the ``async with`` of :func:`open_worker_pool`: at exit the
 request pipes close, idle workers exit, busy ones are killed. If the peer process is killed,
 each worker notices within half a second (its parent changes) and exits, even mid-task.
-
 Ctrl-C: workers start in a session of their own and ignore ``SIGINT``, so a terminal's signal
 reaches only the peer, which cancels its calls and kills the busy workers.
-
 The workers put the peer's ``sys.path`` in front of their own, so a module the peer can import
 from its working directory or its path, the workers can too, as with ``multiprocessing``.
 """
@@ -59,6 +56,7 @@ from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
 from ._tasklog import log_task_output
 from ._taskoutput import TaskLabels
+from ._taskring import TaskRun, task_runs
 from ._values import encode_error
 from ._workerproc import (
     Call,
@@ -88,10 +86,10 @@ DRAIN = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One task's result: its ``TaskStatus`` and its CBOR payload (a large one packed)."""
-
+    """One task's ``TaskStatus``, CBOR payload (a large one packed), and run (if any)."""
     status: int
     payload: Payload
+    run: TaskRun | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +244,10 @@ class WorkerPool:
                 continue
             if call.error is not None:
                 raise call.error
-            raw, seconds = call.result
+            raw, seconds, runs = call.result
             outcomes = await mapped_outcomes(worker, raw, encode_error)
-            return [Outcome(status, payload) for status, payload in outcomes], seconds
+            ran = task_runs(runs, worker.slot, len(outcomes))
+            return [Outcome(s, p, r) for (s, p), r in zip(outcomes, ran, strict=True)], seconds
 
     async def drop_shared(self, digests: Sequence[bytes]) -> None:
         """Every worker forgets these shared values (their memory goes with the last)."""
@@ -275,6 +274,7 @@ class WorkerPool:
         if self._closing:
             return
         worker = await start_worker_process(WORKER_MAIN, label_output=self._label_output)
+        worker.slot = min(set(range(len(self._workers) + 1)) - {w.slot for w in self._workers})
         self._workers.append(worker)
         self._nursery.start_soon(self._serve_worker, worker)
         paths = [p for p in sys.path if p]

@@ -29,6 +29,7 @@ from ._proto.workevents import Batch
 from ._refs import FunctionRef
 from ._sharing import SharedValues
 from ._taskoutput import TaskLabels
+from ._taskring import TaskLog
 from ._values import decode_value, encode_error
 from ._worker_main import NUMPY_UNAVAILABLE
 
@@ -47,11 +48,14 @@ class Ran(NamedTuple):
 
 class Slots:
     """The runners of a peer. ``flush()`` is the work service's: call it after every change
-    to the machine. ``name_of(peer)`` names a peer (for messages about limits)."""
+    to the machine. ``name_of(peer)`` names a peer (for messages about limits). Every task
+    that runs in a worker is recorded in ``tasks``."""
 
     def __init__(self, machine: StealingMachine, pool: WorkerPool, code: CodeShipping,
                  data: DataPlane, shared: SharedValues, *, flush: Callable[[], None],
-                 name_of: Callable[[bytes], str], max_value_size: int) -> None:
+                 name_of: Callable[[bytes], str], max_value_size: int,
+                 tasks: TaskLog | None = None) -> None:
+        self._tasks = tasks or TaskLog()
         self._machine = machine
         self._pool = pool
         self._code = code
@@ -133,6 +137,9 @@ class Slots:
                                    time_limit=batch.time_limit, shared=shared, labels=labels)
         results = [TaskResult(item.id, o.status, as_bytes(o.payload))
                    for item, o in zip(items, ran.outcomes, strict=False)]
+        for item, outcome in zip(items, ran.outcomes, strict=False):
+            if outcome.run is not None:
+                self._tasks.record(spec, item.id, outcome.status, outcome.run)
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
 
     async def _shared_values(self, spec: JobSpec, items: list[TaskItem]

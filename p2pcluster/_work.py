@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -50,7 +51,7 @@ from ._proto.messages import (
     StealGrant,
     TaskResult,
 )
-from ._proto.meta import NodeMeta
+from ._proto.meta import NodeMeta, Usage
 from ._proto.policy import MetaSchedule, WorkPolicy
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import (
@@ -68,6 +69,7 @@ from ._runner import Driver, Runner
 from ._secure import SecureStream
 from ._sharing import SharedValues
 from ._slots import Slots
+from ._taskring import TaskLog
 from ._transport import Address
 from ._version import __version__
 from ._versions import VersionQuestions, VersionsUnavailable
@@ -77,6 +79,8 @@ __all__ = ["Job", "WorkService"]
 log = logging.getLogger("p2pcluster.peer")
 #: Seconds between two warnings about one peer's refused work messages.
 REFUSAL_WARNING_INTERVAL = 60.0
+#: Ended jobs a peer remembers, for `p2pcluster jobs` and the dashboard.
+RECENT_JOBS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,10 @@ class WorkService:
         self._gone: set[bytes] = set()  #: peers membership declared dead or left
         self._refusals = Pacer(REFUSAL_WARNING_INTERVAL)
         self._jobs: dict[bytes, Job] = {}
+        self._ended: deque[Job] = deque(maxlen=RECENT_JOBS)
+        self.tasks = TaskLog(config.task_history)  #: the tasks this peer ran
+        self._usage: Usage | None = None
+        self._usage_news = False
         self._meta = MetaSchedule(config.meta_interval)
         self._meta_due = trio.Event()
         self._links = WorkLinks(runner, nursery, address_of=self.address_of,
@@ -122,7 +130,8 @@ class WorkService:
                                    address_of=self.address_of, drop=self._drop_shared)
         self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
                             flush=self.flush,
-                            name_of=self.name_of, max_value_size=config.max_value_size)
+                            name_of=self.name_of, max_value_size=config.max_value_size,
+                            tasks=self.tasks)
         self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
         runner.route((FetchVersions,), self.versions.serve)
         runner.route((FetchCode,), self._code.serve)
@@ -154,9 +163,18 @@ class WorkService:
         """The jobs owned here that still run."""
         return list(self._jobs.values())
 
+    def recent_jobs(self) -> list[Job]:
+        """The jobs owned here that ended most recently (at most :data:`RECENT_JOBS`), then
+        those that still run."""
+        return [*self._ended, *self._jobs.values()]
+
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For a job owned here: unfinished task index -> the peer believed to hold it."""
         return self._machine.holders(job)
+
+    @property
+    def node_id(self) -> bytes:
+        return self._me.id
 
     def name_of(self, peer: bytes) -> str:
         """The name of the member with id ``peer`` (its id's prefix if unknown)."""
@@ -169,7 +187,13 @@ class WorkService:
     def meta(self, surplus: int = 0) -> NodeMeta:
         """What this peer publishes about itself, with ``surplus`` tasks to give."""
         return NodeMeta(self._pool.slots, surplus, self._config.tags, __version__,
-                        self._started, *environment_meta())
+                        self._started, *environment_meta(), self._usage)
+
+    def set_usage(self, usage: Usage) -> None:
+        """Publish what this peer uses, if it moved enough to be news (:meth:`Usage.differs`)."""
+        if usage.differs(self._usage):
+            self._usage, self._usage_news = usage, True
+            self._meta_due.set()
 
     def state(self) -> WorkState:
         return WorkState(self._machine.queue_length(), self._machine.busy, len(self._jobs))
@@ -249,6 +273,7 @@ class WorkService:
         job = self._jobs.pop(event.job, None)
         if job is not None:
             job.finish()
+            self._ended.append(job)
         self._slots.stop(event.job)
         self.shared.job_over(event.job)
         if job is None and isinstance(event, JobDropped):
@@ -354,6 +379,7 @@ class WorkService:
             self._meta_due = trio.Event()
             await trio.sleep_until(self._meta.due(trio.current_time()))
             surplus = self._machine.surplus()
-            if self._meta.publish(trio.current_time(), surplus):
+            if self._meta.publish(trio.current_time(), surplus) or self._usage_news:
+                self._usage_news = False
                 self._membership.set_meta(self.meta(surplus).encode())
 

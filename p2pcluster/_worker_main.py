@@ -8,8 +8,9 @@ more than the interpreter. Large arrays come and go through shared memory
 
 Every outcome is ``(status, payload)``, ``status`` a :class:`~._proto.messages.TaskStatus`:
 ``OK`` with the encoded result, or ``ERROR`` with the CBOR map ``{"type", "message",
-"traceback"}``. Nothing a task does is allowed to escape as an exception, not even
-``SystemExit``: the worker must live on to answer the next batch.
+"traceback"}``. Beside each outcome goes how the call ran: when it started, for how long,
+and what it printed (:mod:`._capture`, bounded). Nothing a task does is allowed to escape as
+an exception, not even ``SystemExit``: the worker must live on to answer the next batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ._capture import captured
 from ._errors import NumPyUnavailable, P2PClusterError, UnsendableResult, too_large
 from ._handoff import WireValue, open_ref, to_ref
 from ._loader import load_function, remember_sources
@@ -38,22 +40,25 @@ from ._refs import FunctionRef
 from ._taskoutput import MarkedStream, set_label
 from ._values import decode_call, decode_value, encode_error, encode_value
 
-__all__ = ["NUMPY_UNAVAILABLE", "run_batch", "serve", "warm_up"]
+__all__ = ["NUMPY_UNAVAILABLE", "Run", "run_batch", "serve", "warm_up"]
 
 #: The type name of a task that failed for want of NumPy: the peer takes no more of its job.
 NUMPY_UNAVAILABLE = "p2pcluster._errors.NumPyUnavailable"
 Outcome = tuple[int, Payload]
+#: How one call ran: its start (Unix seconds), its seconds, its stdout and its stderr.
+Run = tuple[float, float, str, str]
 
 
 def run_batch(
     cache_root: str, ref_wire: Sequence[Any], payloads: Sequence[Payload], *,
     max_result: int = 2**62, limit_where: str = "this peer", time_limit: float | None = None,
     shared: Mapping[bytes, Any] | None = None, labels: tuple[str, Sequence[int]] | None = None,
-) -> tuple[list[Outcome], float]:
+) -> tuple[list[Outcome], float, list[Run]]:
     """Call the function ``ref_wire`` names once per payload, in order (``shared``: the
     shared values the calls' handles name).
 
-    Returns the outcomes and the seconds spent in this process, loading included. Once
+    Returns the outcomes, the seconds spent in this process (loading included) and the
+    :data:`Run` of each call (none if the function did not load). Once
     ``time_limit`` seconds have passed, the batch stops after the task that runs: there are
     then fewer outcomes than payloads, one per payload from the first. It stops after a
     task whose arguments hold an array NumPy is not here to decode, too (the peer gives the
@@ -69,20 +74,32 @@ def run_batch(
         fn = load_function(FunctionRef.from_wire(ref_wire), cache_root)
     except BaseException as exc:
         failed = (TaskStatus.ERROR, _load_error(ref_wire, exc))
-        return [failed] * len(payloads), time.perf_counter() - start
+        return [failed] * len(payloads), time.perf_counter() - start, []
     stop = math.inf if time_limit is None else start + time_limit
     outcomes = []
+    runs: list[Run] = []
     for i, payload in enumerate(payloads):
         if labels is not None:
             set_label(labels[0], labels[1][i])
-        outcome, unrunnable = _call(fn, payload, shared)
+        (outcome, unrunnable), run = _timed_call(fn, payload, shared)
+        runs.append(run)
         outcomes.append(_limited(outcome, fn, max_result, limit_where))
         if labels is not None:
             _flush_output()
         if unrunnable or time.perf_counter() >= stop:
             break
     set_label()
-    return outcomes, time.perf_counter() - start
+    return outcomes, time.perf_counter() - start, runs
+
+
+def _timed_call(fn: Callable[..., Any], payload: Payload, shared: Mapping[bytes, Any] | None
+                ) -> tuple[tuple[Outcome, bool], Run]:
+    """:func:`_call`, with when it started, how long it took and what it printed (which
+    goes on to the worker's own streams too)."""
+    began, clock = time.time(), time.perf_counter()
+    with captured() as output:
+        called = _call(fn, payload, shared)
+    return called, (began, time.perf_counter() - clock, *output.texts())
 
 
 def _flush_output() -> None:
@@ -250,7 +267,7 @@ def _read_only(value: Any) -> Any:
 
 
 def _run(request: Sequence[Any], label_output: bool
-         ) -> tuple[list[tuple[int, WireValue]], float]:
+         ) -> tuple[list[tuple[int, WireValue]], float, list[Run]]:
     _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests, labels = (
         request)
     failed = next((v.error for d in digests if isinstance(v := _SHARED.get(d), _Failed)), None)
@@ -260,15 +277,15 @@ def _run(request: Sequence[Any], label_output: bool
         payloads = [open_ref(w) for w in wires]
     except NumPyUnavailable as exc:
         error = encode_error(NUMPY_UNAVAILABLE, _message(exc))
-        return [(TaskStatus.ERROR, error)] * len(wires), 0.0
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
     except (OSError, ValueError, P2PClusterError) as exc:  # the peer let go of them
         error = encode_error(type(exc).__name__, f"the task's values could not be had: {exc}")
-        return [(TaskStatus.ERROR, error)] * len(wires), 0.0
-    outcomes, seconds = run_batch(
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
+    outcomes, seconds, runs = run_batch(
         cache_root, ref_wire, payloads, max_result=max_result, limit_where=limit_where,
         time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED},
         labels=labels if label_output else None)
-    return _answer(outcomes, seconds)
+    return (*_answer(outcomes, seconds), runs)
 
 
 def _drop(fds: Sequence[int], digests: Sequence[bytes]) -> None:

@@ -65,6 +65,7 @@ class WorkerProcess:
         self.alive = True
         self.killed = False
         self.lock = trio.Lock()
+        self.slot = 0  #: which of the pool's slots it fills (the pool numbers them)
         self.shared: set[bytes] = set()  #: digests of the shared values it holds
 
     def outputs(self) -> list[tuple[str, trio.abc.ReceiveStream]]:

@@ -1,6 +1,6 @@
 """Real `p2pcluster join` processes on a virtual LAN: joining, detection, idle cost.
 
-    python scripts/bench_cluster.py [--json] [--sizes 3,8,16] [--kills 3]
+    python scripts/bench_cluster.py [--json] [--sizes 3,8,16] [--kills 3] [--dashboard-pairs 3]
 
 Needs root (network namespaces; see scripts/netns_lan.py). For each N, N daemons start at
 once on a fresh virtual LAN, with mDNS only (no seeds), and:
@@ -13,6 +13,13 @@ once on a fresh virtual LAN, with mDNS only (no seeds), and:
   the same N and the same procedure, measured in this run, and ``detect_vs_sim`` the ratio;
 - ``rss_mb_per_idle_peer`` and ``cpu_percent_per_idle_peer``: from /proc, averaged over the
   peers, after 20 idle seconds (CPU as a percentage of one core).
+
+Then the dashboard's cost to an idle peer (the budget: 5 MB of RSS, 0.5% of a core): one
+cluster of ``2 * --dashboard-pairs`` daemons, half serving the dashboard (the default) and
+half with ``--no-dashboard``, idle and unwatched; ``dashboard_rss_mb`` and
+``dashboard_cpu_percent`` are the differences of the two halves' means (daemon process
+only: the workers are the same either way). ``--dashboard-pairs 0`` skips it, ``--sizes ''``
+skips the rest.
 
 The daemons are polled through their control sockets (Unix sockets are filesystem objects,
 reachable across namespaces), so measuring costs them almost nothing. Python bytecode is
@@ -59,14 +66,14 @@ class Daemons:
     def control(self, host: int) -> Path:
         return self.workdir / f"run{host}" / "p2pcluster" / "default.sock"
 
-    def start(self, host: int) -> None:
+    def start(self, host: int, *args: str) -> None:
         runtime = self.workdir / f"run{host}"
         runtime.mkdir(mode=0o700, exist_ok=True)
         env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "P2PCLUSTER_SECRET": SECRET,
                "PYTHONPATH": str(ROOT)}
         log = (self.workdir / f"peer{host}.log").open("w")
         self.processes[host] = self.lan.popen(
-            host, [sys.executable, "-m", "p2pcluster", "join", "--name", f"h{host}"],
+            host, [sys.executable, "-m", "p2pcluster", "join", "--name", f"h{host}", *args],
             env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def members(self, host: int) -> list[dict[str, Any]] | None:
@@ -157,11 +164,42 @@ def bench_size(n: int, kills: int, workdir: Path) -> dict[str, Any]:
             "cpu_percent_per_idle_peer": cpu}
 
 
+def bench_dashboard(pairs: int, workdir: Path) -> dict[str, Any]:
+    """The dashboard's idle cost: see the module docstring."""
+    n = 2 * pairs
+    names = {f"h{i}" for i in range(1, n + 1)}
+    served = range(1, pairs + 1)  # the others run with --no-dashboard
+    with netns_lan.VirtualLan(n, prefix="bcd") as lan:
+        daemons = Daemons(lan, workdir)
+        for host in range(1, n + 1):
+            daemons.start(host, *(() if host in served else ("--no-dashboard",)))
+        daemons.wait(lambda: all(_alive(daemons.members(h)) == names
+                                 for h in range(1, n + 1)), 90, "all see all")
+        for host in served:  # fails unless it serves one (the dashboard extra is installed)
+            trio.run(lambda h=host: request_daemon(daemons.control(h), "dashboard"))
+        time.sleep(IDLE_SECONDS / 2)
+        before = {h: proc_stats(p.pid) for h, p in daemons.processes.items()}
+        time.sleep(IDLE_SECONDS)
+        after = {h: proc_stats(p.pid) for h, p in daemons.processes.items()}
+    rss = {h: after[h][0] for h in after}
+    cpu = {h: (after[h][1] - before[h][1]) / IDLE_SECONDS * 100 for h in after}
+
+    def cost(values: dict[int, float]) -> float:
+        return (statistics.mean(v for h, v in values.items() if h in served)
+                - statistics.mean(v for h, v in values.items() if h not in served))
+
+    return {"dashboard_rss_mb": cost(rss), "dashboard_cpu_percent": cost(cpu),
+            "rss_mb_with_dashboard": statistics.mean(rss[h] for h in served),
+            "rss_mb_without": statistics.mean(v for h, v in rss.items() if h not in served)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sizes", default="3,8,16")
     parser.add_argument("--kills", type=int, default=3, help="sequential kill -9 per size")
+    parser.add_argument("--dashboard-pairs", type=int, default=3,
+                        help="daemons with and without the dashboard, each (0: skip)")
     args = parser.parse_args()
     reason = netns_lan.available()
     if reason:
@@ -169,17 +207,24 @@ def main() -> int:
         return 1
     compileall.compile_dir(str(ROOT / "p2pcluster"), quiet=1)
     rows = []
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (int(s) for s in args.sizes.split(",")):
+        for n in (int(s) for s in args.sizes.split(",") if s):
             workdir = Path(tmp) / f"n{n}"
             workdir.mkdir()
             row = bench_size(n, args.kills, workdir)
             print(f"N={n}: {row}", file=sys.stderr, flush=True)
             rows.append(row)
-    result = {key: [round(r[key], 3) if isinstance(r[key], float) else r[key] for r in rows]
-              for key in rows[0]}
+        if args.dashboard_pairs > 0:
+            workdir = Path(tmp) / "dashboard"
+            workdir.mkdir()
+            cost = bench_dashboard(args.dashboard_pairs, workdir)
+            result.update({k: round(v, 3) for k, v in cost.items()})
+    if rows:
+        result.update({key: [round(r[key], 3) if isinstance(r[key], float) else r[key]
+                             for r in rows] for key in rows[0]})
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in
-                                                          result.items()))
+                                                           result.items()))
     return 0
 
 

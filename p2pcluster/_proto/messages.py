@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
+from .activity import ActivityQuery, ActivityReport
 from .wiretypes import (
     MAX_INCLUDES,
     MAX_MEMBERS,
@@ -202,14 +203,15 @@ WorkMessage = (StealRequest | StealGrant | TasksMoved | Results | CancelJob | Wo
 Message = (Ping | Ack | PingReq | Nack | PushPull | Gossip | StealRequest | StealGrant
            | TasksMoved | Results | CancelJob | WorkAvailable | FetchCode | Code | Holding
            | FetchArgs | ValueHeader | PushResult | ResultAck | FetchShared | FetchVersions
-           | Versions)
+           | Versions | ActivityQuery | ActivityReport)
 
 #: Every top-level message class, by type code.
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Ping, Ack, PingReq, Nack, PushPull, Gossip, StealRequest,
                               StealGrant, TasksMoved, Results, CancelJob, WorkAvailable,
                               FetchCode, Code, Holding, FetchArgs, ValueHeader, PushResult,
-                              ResultAck, FetchShared, FetchVersions, Versions)
+                              ResultAck, FetchShared, FetchVersions, Versions,
+                              ActivityQuery, ActivityReport)
 }
 #: The messages a peer's work link carries (one-way, in order, over a stream).
 WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved, Results,
@@ -218,6 +220,8 @@ WORK_MESSAGES: tuple[type[Message], ...] = (StealRequest, StealGrant, TasksMoved
 #: This module is the one place to import any message or wire type from.
 __all__ = [
     "Ack",
+    "ActivityQuery",
+    "ActivityReport",
     "AckStatus",
     "Alive",
     "CancelJob",

@@ -77,6 +77,8 @@ class MessageType(IntEnum):
     # 21-24: reserved
     FETCH_VERSIONS = 25
     VERSIONS = 26
+    ACTIVITY_QUERY = 28
+    ACTIVITY_REPORT = 29
 
 
 class UpdateType(IntEnum):

@@ -80,3 +80,14 @@ def chatter(x: int) -> int:
 
     sys.stderr.write(f"err {x}")
     return x
+
+
+def shout(x: int, bad: int = -1) -> int:
+    """Print to stdout and stderr (the dashboard's job detail shows both), fail on ``bad``."""
+    import sys
+
+    print(f"shout {x}")
+    print(f"whisper {x}", file=sys.stderr)
+    if x == bad:
+        raise ValueError("unlucky")
+    return x

@@ -64,6 +64,7 @@ def test_type_codes_are_append_only() -> None:
         "CANCEL_JOB": 11, "WORK_AVAILABLE": 12, "FETCH_CODE": 13, "CODE": 14,
         "HOLDING": 15, "FETCH_ARGS": 16, "VALUE_HEADER": 17, "PUSH_RESULT": 18,
         "RESULT_ACK": 19, "FETCH_SHARED": 20, "FETCH_VERSIONS": 25, "VERSIONS": 26,
+        "ACTIVITY_QUERY": 28, "ACTIVITY_REPORT": 29,
     }
     assert {t.name: int(t) for t in m.TaskStatus} == {
         "OK": 0, "ERROR": 1, "POISON": 2, "TIMEOUT": 3,
