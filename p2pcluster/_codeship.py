@@ -4,10 +4,15 @@ A job names its code by digest (the job file, the ``--include`` bundles). The ow
 bundles of the jobs it owns and answers :class:`FetchCode` on a stream of its own. A peer
 about to run a task fetches the bundles its code cache lacks from the job's owner, one fetch
 per digest at a time however many batches wait for it, checks the digest, and stores them.
+
+A cache that cannot be written (disk full, a name too long, permissions) fails the tasks that
+need the code, with :class:`CodeUnavailable`, and logs one warning a minute: the peer lives on.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 
 import trio
@@ -22,8 +27,12 @@ from ._transport import Address
 
 __all__ = ["CodeShipping", "CodeUnavailable"]
 
+log = logging.getLogger("p2pcluster.peer")
+
 #: Seconds allowed to fetch a code bundle from a job's owner.
 FETCH_TIMEOUT = 30.0
+#: Seconds between two warnings that the code cache cannot be written.
+STORE_WARNING_INTERVAL = 60.0
 
 
 class CodeUnavailable(P2PClusterError):
@@ -40,13 +49,12 @@ class CodeShipping:
         self._address_of = address_of
         self._bundles: dict[str, CodeBundle] = {}  #: of the jobs owned here, to serve
         self._fetching: dict[str, trio.Event] = {}
+        self._store_warned = -math.inf
 
     def add(self, bundles: Mapping[str, CodeBundle]) -> None:
-        """Keep (and serve) the bundles of a job owned here."""
-        for digest, bundle in bundles.items():
-            self._bundles[digest] = bundle
-            if not self._cache.has(digest):
-                self._cache.store(bundle)
+        """Keep (and serve) the bundles of a job owned here. Storing them in the cache is
+        left to :meth:`ensure`: a cache that cannot be written fails only tasks run here."""
+        self._bundles.update(bundles)
 
     async def serve(self, stream: SecureStream, first: Message) -> None:
         """Answer :class:`FetchCode` requests, as long as the stream brings them."""
@@ -59,7 +67,11 @@ class CodeShipping:
     async def ensure(self, spec: JobSpec) -> None:
         """Have every bundle ``spec`` needs in the cache; :class:`CodeUnavailable` if not."""
         for digest in [spec.code, *spec.includes]:
-            if digest is None or digest in self._bundles or self._cache.has(digest):
+            if digest is None or self._cache.has(digest):
+                continue
+            own = self._bundles.get(digest)
+            if own is not None:
+                self._store(own)
                 continue
             pending = self._fetching.get(digest)
             if pending is not None:
@@ -69,9 +81,23 @@ class CodeShipping:
                 continue
             self._fetching[digest] = trio.Event()
             try:
-                self._cache.store(await self._fetch(spec.owner, digest))
+                self._store(await self._fetch(spec.owner, digest))
             finally:
                 self._fetching.pop(digest).set()
+
+    def _store(self, bundle: CodeBundle) -> None:
+        """Put ``bundle`` in the cache; :class:`CodeUnavailable` (and a warning, at most
+        one a minute) if the cache cannot be written."""
+        try:
+            self._cache.store(bundle)
+        except OSError as exc:
+            why = (f"cannot store code {bundle.digest[:12]} in the code cache "
+                   f"{self._cache.root}: {exc.strerror or exc}")
+            now = trio.current_time()
+            if now - self._store_warned >= STORE_WARNING_INTERVAL:
+                self._store_warned = now
+                log.warning("%s; the tasks that need it fail until there is room", why)
+            raise CodeUnavailable(why) from None
 
     async def _fetch(self, owner: bytes, digest: str) -> CodeBundle:
         address = self._address_of(owner)

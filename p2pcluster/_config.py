@@ -66,6 +66,26 @@ class Config:
     handshake_timeout: float = _doc(5.0, """
         Time allowed to connect a stream and finish its handshake. Longer tolerates loaded
         peers; shorter fails faster on unreachable ones.""", "s")
+    hello_timeout: float = _doc(1.0, """
+        A connection whose handshake hello has not fully arrived this long after it was
+        accepted is closed. Bounds how long an outsider's idle connection holds a
+        handshake slot; a peer sends its hello at once, so it needs only a round trip.
+        At most handshake_timeout.""", "s")
+    max_handshakes: int = _doc(256, """
+        Incoming connections still in their handshake (not yet authenticated) at once. At
+        the cap the peer stops accepting until one finishes, and new connections wait in the
+        kernel's backlog. Bounds what a flood of connections costs (a few KiB and one file
+        descriptor each); larger admits bigger bursts of honest connections.""")
+    max_handshakes_per_host: int = _doc(32, """
+        Of max_handshakes, those from one source address at once; a further connection
+        from that address is closed at once, unread. Keeps one host from filling every
+        slot. A peer never opens more than this many handshakes to one address at once
+        itself (it waits instead), so honest peers are not refused.""")
+    clock_offset: float = _doc(0.0, """
+        Seconds added to this machine's wall clock when it stamps datagrams and checks
+        their timestamps against replay_window. Leave at 0 and run NTP; it corrects a clock
+        known to be off that cannot be fixed, and tests use it to fake a skewed clock.""",
+        "s")
 
     # --- discovery and the peer daemon -------------------------------------------------------
     interface: str | None = _doc(None, """
@@ -260,6 +280,10 @@ class Config:
             (self.replay_window > 0, "replay_window must be positive"),
             (self.replay_cache_size >= 1000, "replay_cache_size must be at least 1000"),
             (self.handshake_timeout > 0, "handshake_timeout must be positive"),
+            (0 < self.hello_timeout <= self.handshake_timeout,
+             "hello_timeout must be positive and at most handshake_timeout"),
+            (1 <= self.max_handshakes_per_host <= self.max_handshakes,
+             "max_handshakes_per_host must be 1..max_handshakes"),
             (0 < self.probe_timeout < self.probe_interval,
              "probe_timeout must be positive and below probe_interval"),
             (self.indirect_checks >= 0, "indirect_checks must not be negative"),

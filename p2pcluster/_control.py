@@ -34,6 +34,7 @@ import trio
 
 from ._errors import P2PClusterError, ProtocolError
 from ._fastwrite import write_all
+from ._gate import RESOURCE_ERRORS, AcceptBackoff
 from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
@@ -224,8 +225,16 @@ async def serve_control(path: Path, handler: Handler, *,
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
+            backoff = AcceptBackoff()  # out of descriptors (a flood on the port): wait, go on
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in RESOURCE_ERRORS:
+                        raise
+                    await backoff.failed(exc)
+                    continue
+                backoff.succeeded()
                 nursery.start_soon(_serve_one, stream, handler)
     finally:
         with trio.CancelScope(shield=True):

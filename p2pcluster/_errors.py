@@ -99,6 +99,22 @@ class ReplayError(ProtocolError):
     """A datagram was seen before, or its timestamp is outside the replay window."""
 
 
+class ClockSkew(ReplayError):
+    """An authentic datagram's timestamp is outside the replay window. ``offset`` is the
+    sender's clock minus ours, in seconds (positive: the sender's is ahead); ``sender`` its
+    node id. The timestamp is authenticated, so the offset can be trusted."""
+
+    def __init__(self, message: str, offset: float, sender: bytes) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.sender = sender
+
+
+class Misdirected(ProtocolError):
+    """A datagram sealed for another node id: it reached a peer that restarted (with a new
+    id) at an address the sender still knows, or it was recorded on its way elsewhere."""
+
+
 class HandshakeError(ProtocolError):
     """A stream handshake failed: the peer holds another secret or broke the protocol."""
 

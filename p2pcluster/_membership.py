@@ -84,7 +84,7 @@ class Membership:
         self._machine = machine
         self._runner = runner
         self._nursery = nursery
-        self._send, self._outbox = trio.open_memory_channel[tuple[Address, Message]](math.inf)
+        self._send, self._outbox = trio.open_memory_channel[SendDatagram](math.inf)
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._driver = Driver(machine, self._carry_out)
 
@@ -174,7 +174,7 @@ class Membership:
         each in a task, events to the subscribers."""
         for out in self._machine.take_outputs():
             if isinstance(out, SendDatagram):
-                self._send.send_nowait((out.dst, out.msg))
+                self._send.send_nowait(out)
             elif isinstance(out, StreamRequest):
                 self._nursery.start_soon(self._request, out)
         events = self._machine.take_events()
@@ -190,13 +190,13 @@ class Membership:
                 self._subscribers.remove(channel)
 
     async def _sender(self) -> None:
-        async for dst, msg in self._outbox:
-            await self._runner.udp.send(msg, dst)
+        async for out in self._outbox:
+            await self._runner.udp.send(out.msg, out.dst, out.to)
 
     async def _receiver(self) -> None:
         while True:
-            msg, src = await self._runner.udp.receive()
-            self._machine.receive(trio.current_time(), src, msg)
+            msg, src, sender = await self._runner.udp.receive()
+            self._machine.receive(trio.current_time(), src, msg, sender)
             self._driver.flush()
 
     async def _request(self, out: StreamRequest) -> None:
@@ -205,7 +205,7 @@ class Membership:
             try:
                 async with await self._runner.connect(out.dst) as stream:
                     await stream.send(out.msg)
-                    reply = await stream.receive()
+                    reply = _from(stream, await stream.receive(), out.to)
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("request to %s:%d failed: %s", *out.dst, exc)
         self._machine.handle_reply(trio.current_time(), out.token, reply)
@@ -215,6 +215,8 @@ class Membership:
         """A PushPull or a Ping over TCP, and what follows on that stream."""
         msg: Message | None = first
         while isinstance(msg, MEMBERSHIP_REQUESTS):
+            if _from(stream, msg, None) is None:
+                return
             reply = self._machine.handle_request(trio.current_time(), stream.remote, msg)
             self._driver.flush()
             if reply is None:
@@ -235,6 +237,23 @@ class Membership:
             if seeds:
                 self.join(seeds)
             await trio.sleep_forever()
+
+
+def _from(stream: SecureStream, msg: Message | None, expected: bytes | None
+          ) -> Message | None:
+    """``msg`` if the stream's authenticated peer may have sent it: it is node ``expected``
+    (when given), and it is the ``sender`` a PushPull claims. Else None (logged)."""
+    peer = stream.peer
+    claimed = msg.sender if isinstance(msg, PushPull) else peer
+    if expected is not None and expected != peer:
+        why = f"we expected node {expected.hex()[:8]}"
+    elif claimed != peer:
+        why = f"its message names node {claimed.hex()[:8]} as sender"
+    else:
+        return msg
+    log.debug("refused a %s from %s:%d, node %s: %s", type(msg).__name__, *stream.remote,
+              peer.hex()[:8], why)
+    return None
 
 
 async def serve_membership(
@@ -259,7 +278,7 @@ async def serve_membership(
     async with _runner_for(config, keyring, transport, runner) as wire:
         host = advertise or advertise_host(config)
         machine = MembershipMachine(
-            config, node_id=os.urandom(16), name=config.node_name or socket.gethostname(),
+            config, node_id=wire.node_id, name=config.node_name or socket.gethostname(),
             host=host, port=wire.port, rng=random.Random(int.from_bytes(os.urandom(8), "big")),
             now=trio.current_time(), meta=meta)
         log.debug("membership: %s (%s) on %s:%d, advertising %s:%d", machine.me.name,

@@ -174,7 +174,7 @@ class Peer:
         """Read the cluster secrets again (``Config.secret_file``, or ``P2PCLUSTER_SECRET``)
         and switch this peer's keyring to them: seal with the first, accept them all. On
         :class:`~p2pcluster.SecretError` the keys in use stay. Streams already open keep
-        their session keys."""
+        their session keys, except those under a key now dropped: they end."""
         source = await trio.to_thread.run_sync(partial(
             load_secrets, secret_file=self._config.secret_file))
         self._runner.set_keyring(Keyring.from_secrets(source.secrets, self._config.cluster))

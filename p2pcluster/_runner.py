@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn, Protocol
@@ -30,7 +31,8 @@ import trio
 
 from ._config import Config
 from ._errors import AddressInUse
-from ._proto.envelope import Keyring
+from ._limits import raise_open_files
+from ._proto.envelope import NODE_ID_SIZE, Keyring
 from ._proto.messages import Message
 from ._rejections import Rejections
 from ._secure import SecureDatagramChannel, SecureStream, SecureWire, WireStatistics
@@ -116,6 +118,15 @@ class Runner:
     def config(self) -> Config:
         return self._wire.config
 
+    @property
+    def node_id(self) -> bytes:
+        """This peer's node id, bound into everything the wire seals."""
+        return self._wire.node_id
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._wire.keyring
+
     def route(self, types: tuple[type, ...], handler: StreamHandler) -> None:
         """Hand every incoming stream whose first message is one of ``types`` to
         ``handler``."""
@@ -136,7 +147,12 @@ class Runner:
         return self._wire.take_rejected()
 
     def set_keyring(self, keyring: Keyring) -> None:
+        """Rotate keys live (see :meth:`SecureWire.set_keyring`)."""
         self._wire.set_keyring(keyring)
+
+    def keys_held_by(self, node: bytes) -> frozenset[bytes]:
+        """The key ids peer ``node`` showed it holds in its latest authentic message."""
+        return self._wire.keys_held_by(node)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -157,14 +173,20 @@ class Runner:
 
 @asynccontextmanager
 async def open_runner(config: Config, keyring: Keyring, *,
-                      transport: Transport | None = None) -> AsyncIterator[Runner]:
+                      transport: Transport | None = None,
+                      node_id: bytes | None = None) -> AsyncIterator[Runner]:
     """Bind UDP and TCP on ``config.bind_address:config.port`` (port 0: one number free for
-    both) and serve incoming streams for the duration of the block.
+    both) and serve incoming streams for the duration of the block, as node ``node_id``
+    (default: 16 random bytes).
 
+    On real sockets it first raises the process's soft limit on open files to the hard one.
     Raises :class:`~p2pcluster.AddressInUse` if the port is taken.
     """
-    transport = transport or TrioTransport()
-    wire = SecureWire(transport, keyring, config)
+    if transport is None:
+        transport = TrioTransport()
+        raise_open_files()
+    node_id = node_id or os.urandom(NODE_ID_SIZE)
+    wire = SecureWire(transport, keyring, config, node_id=node_id)
     udp, listener = await _bind(wire, transport, config)
     runner = Runner(wire, udp, listener)
     try:

@@ -35,6 +35,7 @@ from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
 from ._ownedjob import Job
+from ._pacing import Pacer
 from ._pool import WorkerPool, WorkerPoolStatistics
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
@@ -63,6 +64,7 @@ from ._proto.workevents import (
     StealingStatistics,
     WorkEvent,
 )
+from ._proto.workorigin import refusal
 from ._runner import Driver, Runner
 from ._secure import SecureStream
 from ._sharing import SharedValues
@@ -75,6 +77,8 @@ from ._versions import VersionQuestions, VersionsUnavailable
 __all__ = ["Job", "WorkService"]
 
 log = logging.getLogger("p2pcluster.peer")
+#: Seconds between two warnings about one peer's refused work messages.
+REFUSAL_WARNING_INTERVAL = 60.0
 #: Ended jobs a peer remembers, for `p2pcluster jobs` and the dashboard.
 RECENT_JOBS = 50
 
@@ -108,6 +112,7 @@ class WorkService:
         self._addresses: dict[bytes, Address] = {}
         self._names: dict[bytes, str] = {self._me.id: self._me.name}
         self._gone: set[bytes] = set()  #: peers membership declared dead or left
+        self._refusals = Pacer(REFUSAL_WARNING_INTERVAL)
         self._jobs: dict[bytes, Job] = {}
         self._ended: deque[Job] = deque(maxlen=RECENT_JOBS)
         self.tasks = TaskLog(config.task_history)  #: the tasks this peer ran
@@ -311,8 +316,9 @@ class WorkService:
         """A peer's work link: its messages, in order, for as long as it stays open."""
         msg: Message | None = first
         while isinstance(msg, WORK_MESSAGES):
-            self._machine.receive(trio.current_time(), msg)
-            self.flush()
+            if self._vouched(stream, msg):
+                self._machine.receive(trio.current_time(), msg)
+                self.flush()
             msg = await stream.receive()
 
     async def _serve_shared(self, stream: SecureStream, first: Message) -> None:
@@ -324,7 +330,20 @@ class WorkService:
 
     async def _serve_data(self, stream: SecureStream, first: Message) -> None:
         assert isinstance(first, FetchArgs | PushResult)
-        await self._data.serve(stream, first)
+        if self._vouched(stream, first):
+            await self._data.serve(stream, first)
+
+    def _vouched(self, stream: SecureStream, msg: Message) -> bool:
+        """Whether ``msg`` may come from the stream's authenticated peer (it speaks only for
+        itself, and cancels only its own jobs: :mod:`._proto.workorigin`); else a warning,
+        at most one a minute per peer."""
+        why = refusal(msg, stream.peer, self._machine.owner_of)
+        if why is None:
+            return True
+        if self._refusals.due(stream.peer, trio.current_time()):
+            log.warning("refused a %s from peer %s (%s:%d): %s", type(msg).__name__,
+                        self.name_of(stream.peer), *stream.remote, why)
+        return False
 
     # --- membership ----------------------------------------------------------------------------
 

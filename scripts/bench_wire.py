@@ -27,6 +27,7 @@ from p2pcluster._proto.handshake import ClientHandshake, ServerHandshake
 from p2pcluster._proto.messages import Ack, Alive, Message, Ping
 
 NODE = bytes(range(16))
+PEER = bytes(range(16, 32))
 MESSAGES: dict[str, Message] = {
     "ping_empty": Ping(seq=123456, target=NODE),
     "ack_empty": Ack(seq=123456),
@@ -58,12 +59,10 @@ def bench(seconds: float) -> dict[str, Any]:
     ring = Keyring.from_secrets([os.urandom(32)], "default")
     results: dict[str, Any] = {name: message_costs(ring, msg, seconds)
                                for name, msg in MESSAGES.items()}
-    client = ClientHandshake(ring, os.urandom, max_frame=1 << 26)
-    server = ServerHandshake(ring, os.urandom, max_frame=1 << 26)
-    server_session, reply = server.receive(client.hello())
-    session, proof = client.receive(reply)
-    server_session.feed(proof)
-    server_session.poll_proof()
+    client = ClientHandshake(ring, os.urandom, node_id=NODE, max_frame=1 << 26)
+    server = ServerHandshake(ring, os.urandom, node_id=PEER, max_frame=1 << 26)
+    session, proof = client.receive(server.receive(client.hello()))
+    server_session = server.finish(proof)
     frame_payload = wire.encode(MESSAGES["ping_6_updates"])
 
     def frame_round_trip() -> None:
@@ -77,25 +76,25 @@ def bench(seconds: float) -> dict[str, Any]:
 
 def message_costs(ring: Keyring, msg: Any, seconds: float) -> dict[str, Any]:
     """One message's size on the wire and costs, beside cbor2's and the bare AEAD's."""
-    sealer = DatagramSealer(ring, os.urandom)
+    sealer = DatagramSealer(ring, os.urandom, NODE)
     now = time.time()
     aead = ChaCha20Poly1305(os.urandom(32))
-    nonce, hdr = os.urandom(12), os.urandom(25)
+    nonce, hdr = os.urandom(12), os.urandom(61)
     payload = wire.encode(msg)
-    datagram = sealer.seal(payload, now)
-    opener = DatagramOpener(ring, window=1e12, cache_size=10**9, max_size=1400)
+    datagram = sealer.seal(payload, now, PEER)
+    opener = DatagramOpener(ring, PEER, window=1e12, cache_size=10**9, max_size=1400)
 
     def open_decode() -> None:
         # The same datagram each time, so forget it first (a 1-entry dict clear) rather
         # than pre-sealing millions of distinct ones.
         opener.replay._seen.clear()
-        wire.decode(opener.open(datagram, now))
+        wire.decode(opener.open(datagram, now).payload)
 
     raw = cbor2.loads(payload)
     sealed_ct = aead.encrypt(nonce, payload, hdr)
     return {
         "bytes_on_wire": len(datagram),
-        "encode_seal_us": round(per_call_us(lambda m=msg: sealer.seal(wire.encode(m), now),
+        "encode_seal_us": round(per_call_us(lambda m=msg: sealer.seal(wire.encode(m), now, PEER),
                                             seconds), 2),
         "open_decode_us": round(per_call_us(open_decode, seconds), 2),
         "baseline_cbor2_dumps_us": round(per_call_us(lambda r=raw: cbor2.dumps(r), seconds), 2),
@@ -109,11 +108,10 @@ def message_costs(ring: Keyring, msg: Any, seconds: float) -> dict[str, Any]:
 
 
 def _handshake(ring: Keyring) -> None:
-    client = ClientHandshake(ring, os.urandom, max_frame=1 << 20)
-    session, reply = ServerHandshake(ring, os.urandom, max_frame=1 << 20).receive(client.hello())
-    _, proof = client.receive(reply)
-    session.feed(proof)
-    session.poll_proof()
+    client = ClientHandshake(ring, os.urandom, node_id=NODE, max_frame=1 << 20)
+    server = ServerHandshake(ring, os.urandom, node_id=PEER, max_frame=1 << 20)
+    _, proof = client.receive(server.receive(client.hello()))
+    server.finish(proof)
 
 
 def main() -> None:

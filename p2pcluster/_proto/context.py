@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .membership import MemberTable
 from .messages import Message, Update
-from .outputs import Address
+from .outputs import Address, Endpoint
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -24,13 +24,14 @@ __all__ = ["Apply", "Context", "Send"]
 
 
 class Send(Protocol):
-    def __call__(self, dst: Address, msg: Message, first: Update | None = None) -> None:
-        """Queue ``msg`` for ``dst`` as a datagram, with as much queued news piggybacked as
-        fits (``first`` in front: the buddy system's suspicion, or a correction)."""
+    def __call__(self, to: Endpoint, msg: Message, first: Update | None = None) -> None:
+        """Queue ``msg`` for node ``to.node`` at ``to.address`` as a datagram, with as much
+        queued news piggybacked as fits (``first`` in front: the buddy system's suspicion,
+        or a correction)."""
 
 
 class Apply(Protocol):
-    def __call__(self, now: float, update: Update, src: Address | None = None) -> None:
+    def __call__(self, now: float, update: Update, src: Endpoint | None = None) -> None:
         """Apply ``update``, heard from ``src`` (None: our own conclusion), through the
         transitions; the machine then gossips it, arms timers and reports events."""
 
@@ -46,10 +47,12 @@ class Context:
     table: MemberTable
     #: Statistics, by :class:`~.swim.MachineStatistics` field name; parts add to them.
     counters: dict[str, int]
-    #: The machine's one sequence: probe and relay numbers, stream tokens, timer ties.
+    #: The machine's one sequence: stream tokens and timer ties. (Probe and relay numbers
+    #: are random 64-bit draws from ``rng``, so that an old Ack never matches a new probe.)
     next_seq: Callable[[], int]
     send: Send
-    #: Queue a stream request of ``msg`` to ``dst``; returns its token, which comes back
-    #: with the reply (``Machine.handle_reply``).
-    request: Callable[[Address, Message], int]
+    #: Queue a stream request of ``msg`` to ``dst`` (for node ``to``, if the reply must come
+    #: from it); returns its token, which comes back with the reply
+    #: (``Machine.handle_reply``).
+    request: Callable[[Address, Message, bytes | None], int]
     apply: Apply

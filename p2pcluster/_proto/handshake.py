@@ -1,22 +1,32 @@
 """The stream handshake and the framed, encrypted session after it. Sans-IO.
 
-Handshake (both hellos are exactly :data:`HELLO_SIZE` bytes)::
+Handshake (each hello is exactly :data:`HELLO_SIZE` bytes, the proof exactly
+:data:`PROOF_SIZE`)::
 
-    client -> server  ClientHello = "P2PC" | 0x01 | key id (4) | nonce (12)
-                                    | AEAD_psk(nonce, c_random (32) | c_public (32),
+    client -> server  ClientHello = "P2PC" | 0x02 | key id (4) | nonce (12)
+                                    | AEAD_psk(nonce, c_random (32) | c_public (32)
+                                                      | c_node (16) | c_current (4),
                                                aad=bytes 0..21)
-    server -> client  ServerHello = "P2PS" | 0x01 | key id (4) | nonce (12)
-                                    | AEAD_psk(nonce, s_random (32) | s_public (32),
+    server -> client  ServerHello = "P2PS" | 0x02 | key id (4) | nonce (12)
+                                    | AEAD_psk(nonce, s_random (32) | s_public (32)
+                                                      | s_node (16) | s_current (4),
                                                aad=bytes 0..21 | SHA-256(ClientHello))
     client -> server  frame 0 of the session: SHA-256(ClientHello | ServerHello)
 
 ``psk`` is the stream key of the named key id (ChaCha20-Poly1305), ``c_public``/``s_public``
-are ephemeral X25519 keys. The ServerHello is bound to the ClientHello, so it proves the server
-holds the key; the client's first frame, sealed with the fresh session key, proves the client
-does (a replayed ClientHello cannot produce it). The session keys are::
+are ephemeral X25519 keys, ``c_node``/``s_node`` the two peers' node ids, and
+``c_current``/``s_current`` the key id each seals with by default (:mod:`.keychoice`). The
+ServerHello is bound to the ClientHello, so it proves the server holds the key; the client's
+first frame, sealed with the fresh session key, proves the client does (a replayed
+ClientHello cannot produce it). The transcript covers both node ids, so each side knows the
+other's id as surely as it knows the other holds the key: a session's :attr:`Session.origin`
+is what the layers above check the ids that messages claim against. The session keys are::
 
     okm = HKDF-SHA256(salt=psk, ikm=X25519(c, s), info="p2pcluster/v1 session" | transcript, 64)
     client->server key = okm[:32], server->client key = okm[32:]
+
+Before the proof the server accepts nothing but these exact sizes: the hello, then a frame
+whose length field says exactly ``PROOF_SIZE - 4``; it never buffers more.
 
 Frames (each direction has its own key and counter, so a nonce never repeats)::
 
@@ -38,45 +48,57 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .._errors import AuthenticationError, HandshakeError, MessageTooLarge, ProtocolError
-from .envelope import Entropy, Keyring
+from .envelope import NODE_ID_SIZE, ClusterKey, Entropy, Keyring, Origin
 
-__all__ = ["HELLO_SIZE", "ClientHandshake", "ServerHandshake", "Session"]
+__all__ = ["HELLO_SIZE", "PROOF_SIZE", "ClientHandshake", "ServerHandshake", "Session"]
 
 _CLIENT_MAGIC = b"P2PC"
 _SERVER_MAGIC = b"P2PS"
-_VERSION = 1
+_VERSION = 2
 _HELLO_HEAD = struct.Struct(">4sB4s12s")
-_BODY = 64
+_BODY = struct.Struct(">32s32s16s4s")  # random, public key, node id, current key id
 TAG_SIZE = 16
-HELLO_SIZE = _HELLO_HEAD.size + _BODY + TAG_SIZE
+HELLO_SIZE = _HELLO_HEAD.size + _BODY.size + TAG_SIZE
 _LENGTH = struct.Struct(">I")
 FRAME_OVERHEAD = _LENGTH.size + TAG_SIZE
+_TRANSCRIPT = 32
+#: The client's proof: frame 0 of the session, carrying the 32-byte transcript hash.
+PROOF_SIZE = FRAME_OVERHEAD + _TRANSCRIPT
 
 
-def _hello(magic: bytes, psk_id: bytes, psk: bytes, body: bytes, *, extra_aad: bytes,
+def _hello(magic: bytes, key: ClusterKey, body: bytes, *, extra_aad: bytes,
            entropy: Entropy) -> bytes:
-    head = _HELLO_HEAD.pack(magic, _VERSION, psk_id, entropy(12))
-    return head + ChaCha20Poly1305(psk).encrypt(head[9:], body, head + extra_aad)
+    head = _HELLO_HEAD.pack(magic, _VERSION, key.key_id, entropy(12))
+    return head + ChaCha20Poly1305(key.stream_psk).encrypt(head[9:], body, head + extra_aad)
+
+
+def _body(entropy: Entropy, private: X25519PrivateKey, node_id: bytes, current: bytes
+          ) -> bytes:
+    if len(node_id) != NODE_ID_SIZE:
+        raise ValueError(f"node ids are {NODE_ID_SIZE} bytes, not {len(node_id)}")
+    return _BODY.pack(entropy(32), private.public_key().public_bytes_raw(), node_id, current)
 
 
 def _open_hello(magic: bytes, keyring: Keyring, hello: bytes, extra_aad: bytes
-                ) -> tuple[bytes, bytes, bytes]:
-    """Return (key id, psk, body) of a hello, or raise :class:`HandshakeError`."""
+                ) -> tuple[ClusterKey, bytes, Origin]:
+    """Return (key, peer public key, origin) of a hello, or raise :class:`HandshakeError`."""
     if len(hello) != HELLO_SIZE:
         raise HandshakeError(f"hello of {len(hello)} bytes, expected {HELLO_SIZE}")
     got_magic, version, key_id, nonce = _HELLO_HEAD.unpack_from(hello)
     if got_magic != magic or version != _VERSION:
-        raise HandshakeError("not a p2pcluster v1 handshake")
+        raise HandshakeError(f"not a p2pcluster v{_VERSION} handshake")
     try:
-        psk = keyring.lookup(key_id).stream_psk
+        key = keyring.lookup(key_id)
     except ProtocolError:
         raise HandshakeError(f"peer uses key id {key_id.hex()}, which we do not hold") from None
     head = hello[: _HELLO_HEAD.size]
     try:
-        body = ChaCha20Poly1305(psk).decrypt(nonce, hello[_HELLO_HEAD.size :], head + extra_aad)
+        body = ChaCha20Poly1305(key.stream_psk).decrypt(nonce, hello[_HELLO_HEAD.size :],
+                                                        head + extra_aad)
     except InvalidTag:
         raise HandshakeError("hello failed authentication: wrong key or cluster") from None
-    return key_id, psk, body
+    _, public, node, current = _BODY.unpack(body)
+    return key, public, Origin(node, key_id, current)
 
 
 def _session_keys(psk: bytes, private: X25519PrivateKey, peer_public: bytes,
@@ -91,15 +113,16 @@ def _session_keys(psk: bytes, private: X25519PrivateKey, peer_public: bytes,
 
 
 class ClientHandshake:
-    """The connecting side. ``hello()`` first, then ``receive(server_hello)``."""
+    """The connecting side, node ``node_id``, under ``key`` (default: the keyring's
+    current key). ``hello()`` first, then ``receive(server_hello)``."""
 
-    def __init__(self, keyring: Keyring, entropy: Entropy, *, max_frame: int) -> None:
+    def __init__(self, keyring: Keyring, entropy: Entropy, *, node_id: bytes,
+                 max_frame: int, key: ClusterKey | None = None) -> None:
         self._keyring = keyring
         self._private = X25519PrivateKey.from_private_bytes(entropy(32))
-        key = keyring.primary
-        body = entropy(32) + self._private.public_key().public_bytes_raw()
-        self._hello = _hello(_CLIENT_MAGIC, key.key_id, key.stream_psk, body,
-                             extra_aad=b"", entropy=entropy)
+        self.key = key or keyring.primary
+        body = _body(entropy, self._private, node_id, keyring.primary.key_id)
+        self._hello = _hello(_CLIENT_MAGIC, self.key, body, extra_aad=b"", entropy=entropy)
         self._max_frame = max_frame
 
     def hello(self) -> bytes:
@@ -107,56 +130,70 @@ class ClientHandshake:
 
     def receive(self, server_hello: bytes) -> tuple[Session, bytes]:
         """The session and its first frame (the proof), to be sent at once."""
-        _, psk, body = _open_hello(_SERVER_MAGIC, self._keyring, server_hello,
-                                   hashlib.sha256(self._hello).digest())
+        key, public, origin = _open_hello(_SERVER_MAGIC, self._keyring, server_hello,
+                                          hashlib.sha256(self._hello).digest())
+        if key.key_id != self.key.key_id:
+            raise HandshakeError("the server answered under another key")
         transcript = hashlib.sha256(self._hello + server_hello).digest()
-        send_key, recv_key = _session_keys(psk, self._private, body[32:], transcript)
-        session = Session(send_key, recv_key, max_frame=self._max_frame)
+        send_key, recv_key = _session_keys(key.stream_psk, self._private, public, transcript)
+        session = Session(send_key, recv_key, max_frame=self._max_frame, origin=origin)
         return session, session.seal(transcript)
 
 
 class ServerHandshake:
-    """The accepting side. ``receive(client_hello)`` gives the session and the reply.
+    """The accepting side, node ``node_id``: ``receive(client_hello)`` gives the reply to
+    send, ``finish(proof)`` the session once the client's proof checks out."""
 
-    The session swallows the client's first frame and checks it; until then its
-    :attr:`Session.established` is false and it returns no payload.
-    """
-
-    def __init__(self, keyring: Keyring, entropy: Entropy, *, max_frame: int) -> None:
+    def __init__(self, keyring: Keyring, entropy: Entropy, *, node_id: bytes,
+                 max_frame: int) -> None:
         self._keyring = keyring
         self._entropy = entropy
+        self._node_id = node_id
         self._max_frame = max_frame
+        self._pending: tuple[bytes, bytes, bytes, Origin] | None = None
 
-    def receive(self, client_hello: bytes) -> tuple[Session, bytes]:
-        key_id, psk, body = _open_hello(_CLIENT_MAGIC, self._keyring, client_hello, b"")
+    def receive(self, client_hello: bytes) -> bytes:
+        """The ServerHello answering ``client_hello``; :class:`HandshakeError` if it is not
+        an authentic hello under a key we hold."""
+        key, public, origin = _open_hello(_CLIENT_MAGIC, self._keyring, client_hello, b"")
         private = X25519PrivateKey.from_private_bytes(self._entropy(32))
-        reply_body = self._entropy(32) + private.public_key().public_bytes_raw()
-        reply = _hello(_SERVER_MAGIC, key_id, psk, reply_body,
+        body = _body(self._entropy, private, self._node_id, self._keyring.primary.key_id)
+        reply = _hello(_SERVER_MAGIC, key, body,
                        extra_aad=hashlib.sha256(client_hello).digest(), entropy=self._entropy)
         transcript = hashlib.sha256(client_hello + reply).digest()
-        recv_key, send_key = _session_keys(psk, private, body[32:], transcript)
-        session = Session(send_key, recv_key, max_frame=self._max_frame, expect_proof=transcript)
-        return session, reply
+        recv_key, send_key = _session_keys(key.stream_psk, private, public, transcript)
+        self._pending = (send_key, recv_key, transcript, origin)
+        return reply
+
+    def finish(self, proof: bytes) -> Session:
+        """The session, given exactly :data:`PROOF_SIZE` bytes from the client."""
+        if self._pending is None:
+            raise HandshakeError("no hello yet")
+        send_key, recv_key, transcript, origin = self._pending
+        if len(proof) != PROOF_SIZE or _LENGTH.unpack_from(proof)[0] != PROOF_SIZE - 4:
+            raise HandshakeError("the client's first frame is not a proof")
+        session = Session(send_key, recv_key, max_frame=self._max_frame, origin=origin)
+        session.feed(proof)
+        if session.next_payload() != transcript:
+            raise HandshakeError("client proof does not match the transcript")
+        return session
 
 
 class Session:
-    """Seals outgoing frames and opens incoming ones; feed it bytes as they arrive."""
+    """Seals outgoing frames and opens incoming ones; feed it bytes as they arrive.
+
+    ``origin`` is the peer: its node id, the session's key id, the peer's current key id."""
 
     def __init__(self, send_key: bytes, recv_key: bytes, *, max_frame: int,
-                 expect_proof: bytes | None = None) -> None:
+                 origin: Origin) -> None:
         self._send = ChaCha20Poly1305(send_key)
         self._recv = ChaCha20Poly1305(recv_key)
         self._send_counter = 0
         self._recv_counter = 0
         self._buffer = bytearray()
-        self._proof = expect_proof
         self._broken: ProtocolError | None = None
         self.max_frame = max_frame
-
-    @property
-    def established(self) -> bool:
-        """True once the peer has proven it holds the key."""
-        return self._proof is None
+        self.origin = origin
 
     def seal(self, payload: bytes | bytearray | memoryview) -> bytes:
         """One frame carrying ``payload``."""
@@ -173,24 +210,6 @@ class Session:
 
     def next_payload(self) -> bytes | None:
         """The next complete payload, None if more bytes are needed; raises on tampering."""
-        if not self.poll_proof():
-            return None
-        return self._next_frame()
-
-    def poll_proof(self) -> bool:
-        """(Server side) check the client's proof once it has arrived; True when done."""
-        if self._proof is None:
-            return True
-        payload = self._next_frame()
-        if payload is None:
-            return False
-        if payload != self._proof:
-            self._broken = HandshakeError("client proof does not match the transcript")
-            raise self._broken
-        self._proof = None
-        return True
-
-    def _next_frame(self) -> bytes | None:
         if self._broken is not None:
             raise type(self._broken)(*self._broken.args)
         buf = self._buffer

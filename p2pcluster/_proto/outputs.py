@@ -9,19 +9,29 @@ or after ``next_deadline()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .messages import Message
 
 Address = tuple[str, int]
 
 
+class Endpoint(NamedTuple):
+    """A peer as an authenticated message showed it: where it sent from, and its node id."""
+
+    address: Address
+    node: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class SendDatagram:
-    """Send ``msg`` to ``dst`` as one sealed UDP datagram (may be lost)."""
+    """Send ``msg`` to ``dst`` as one sealed UDP datagram (may be lost), for node ``to``:
+    the envelope binds that id, so another peer at ``dst`` (one restarted with a new id)
+    drops it."""
 
     dst: Address
     msg: Message
+    to: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +45,9 @@ class StreamRequest:
     dst: Address
     msg: Message
     token: int
+    #: The node id the reply must come from (the stream's authenticated peer), if it
+    #: matters: a probe's target. None accepts whoever answers at ``dst`` (a seed).
+    to: bytes | None = None
 
 
 Output = SendDatagram | StreamRequest
@@ -43,8 +56,13 @@ Output = SendDatagram | StreamRequest
 class Machine(Protocol):
     """The interface drivers use. Every method is synchronous and never blocks."""
 
-    def receive(self, now: float, src: Address, msg: Message) -> None:
-        """A datagram ``msg`` arrived from ``src``."""
+    @property
+    def node_id(self) -> bytes:
+        """This machine's node id (its datagrams' sender id)."""
+
+    def receive(self, now: float, src: Address, msg: Message, sender: bytes) -> None:
+        """A datagram ``msg`` arrived from ``src``, sent by node ``sender`` (authenticated
+        by the envelope)."""
 
     def handle_request(self, now: float, src: Address, msg: Message) -> Message | None:
         """A stream request arrived; return the reply (None closes the stream unanswered)."""

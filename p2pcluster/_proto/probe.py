@@ -8,13 +8,19 @@ A probe is direct until ``probe_timeout``, then indirect (ping-req through
 ``indirect_checks`` helpers, plus one ping over a stream) until the end of the period; an ack
 at any time before that counts. :class:`Prober` owns all of it, and acts through the
 machine's :class:`~.context.Context`.
+
+Sequence numbers of probes and relayed pings are random 64-bit draws from the machine's
+generator, and an ack counts only from the node it should come from (the target, or a helper
+we asked to relay; for a relay we serve, the node we pinged): the envelope authenticates the
+sender's id, so a recorded ack can neither answer a later probe nor come from elsewhere. A
+nack counts once per helper asked.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
 from typing import NamedTuple
 
@@ -22,7 +28,7 @@ from .awareness import Awareness
 from .context import Context
 from .membership import MemberStatus
 from .messages import Ack, Nack, Ping, PingReq, Suspect
-from .outputs import Address
+from .outputs import Address, Endpoint
 
 __all__ = ["Probe", "ProbeOrder", "Prober", "Relay", "TcpProbe"]
 
@@ -40,16 +46,25 @@ class Probe:
     timeout_at: float
     end_at: float
     indirect: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
+    helpers: frozenset[bytes] = frozenset()  #: asked to probe for us; may relay the ack
+    nacked: set[bytes] = field(default_factory=set)  #: helpers that sent a nack
+
+    @property
+    def expected_nacks(self) -> int:
+        return len(self.helpers)
+
+    @property
+    def nacks(self) -> int:
+        return len(self.nacked)
 
 
 @dataclass(slots=True)
 class Relay:
-    """A ping-req we serve: relay the target's ack to ``requester`` or nack at ``nack_at``."""
+    """A ping-req we serve: relay ``target``'s ack to ``requester`` or nack at ``nack_at``."""
 
-    requester: Address
+    requester: Endpoint
     seq: int
+    target: bytes
     nack_at: float
     expire_at: float
     nacked: bool = False
@@ -95,10 +110,11 @@ class ProbeOrder:
 
 
 class TcpProbe(NamedTuple):
-    """A fallback probe over a stream, awaiting its reply."""
+    """A fallback probe of ``target`` over a stream, awaiting its reply."""
 
     address: Address
     seq: int
+    target: bytes
 
 
 class Prober:
@@ -163,12 +179,12 @@ class Prober:
             return
         target = ctx.table.get(node)
         assert target is not None
-        seq = ctx.next_seq()
+        seq = ctx.rng.getrandbits(64)
         timeout = self._awareness.scale(ctx.config.probe_timeout)
         self._probe = Probe(node, (target.host, target.port), seq, now + timeout,
                             now + interval)
         buddy = target.as_update() if target.status == SUSPECT else None
-        ctx.send((target.host, target.port), Ping(seq, node), buddy)
+        ctx.send(target.endpoint, Ping(seq, node), buddy)
         ctx.counters["probes"] += 1
 
     def _go_indirect(self, probe: Probe) -> None:
@@ -180,12 +196,12 @@ class Prober:
         chosen = [e for e in candidates if e.status == ALIVE and e.node != probe.target][:k]
         host, port = probe.address
         for helper in chosen:
-            ctx.send((helper.host, helper.port), PingReq(probe.seq, probe.target, host, port))
-        probe.expected_nacks = len(chosen)
+            ctx.send(helper.endpoint, PingReq(probe.seq, probe.target, host, port))
+        probe.helpers = frozenset(helper.node for helper in chosen)
         ctx.counters["indirect_probes"] += len(chosen)
         if ctx.config.tcp_fallback_probe:
-            token = ctx.request(probe.address, Ping(probe.seq, probe.target))
-            self._streams[token] = TcpProbe(probe.address, probe.seq)
+            token = ctx.request(probe.address, Ping(probe.seq, probe.target), probe.target)
+            self._streams[token] = TcpProbe(probe.address, probe.seq, probe.target)
             ctx.counters["tcp_probes"] += 1
 
     def _failed(self, now: float, probe: Probe) -> None:
@@ -200,20 +216,25 @@ class Prober:
             ctx.counters["suspicions"] += 1
             ctx.apply(now, Suspect(target.node, target.incarnation, ctx.table.me.node))
 
-    def on_ack(self, now: float, seq: int) -> None:
-        """An ack: relay it if it answers a ping-req we serve, else it may end our probe."""
-        relay = self._relays.pop(seq, None)
-        if relay is not None:
+    def on_ack(self, now: float, seq: int, sender: bytes) -> None:
+        """An ack from node ``sender``: relay it if it answers a ping-req we serve, else it
+        may end our probe; an ack from any other node than expected is ignored."""
+        relay = self._relays.get(seq)
+        if relay is not None and relay.target == sender:
+            del self._relays[seq]
             self._ctx.send(relay.requester, Ack(relay.seq))
             self._ctx.counters["acks_relayed"] += 1
             return
-        if self._probe is not None and self._probe.seq == seq:
+        probe = self._probe
+        if probe is not None and probe.seq == seq and (sender == probe.target
+                                                         or sender in probe.helpers):
             self._probe = None
             self._awareness.apply(-1)
 
-    def on_nack(self, seq: int) -> None:
-        if self._probe is not None and self._probe.seq == seq:
-            self._probe.nacks += 1
+    def on_nack(self, seq: int, sender: bytes) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == seq and sender in probe.helpers:
+            probe.nacked.add(sender)
 
     def close_stream(self, token: int) -> TcpProbe | None:
         """The fallback probe that stream request ``token`` carried; None if not ours."""
@@ -221,20 +242,21 @@ class Prober:
 
     # --- serving others -------------------------------------------------------------------
 
-    def answer_ping(self, src: Address, seq: int) -> None:
+    def answer_ping(self, src: Endpoint, seq: int) -> None:
         """Ack a ping to us. If the pinger is a member we hold suspect or dead, tell it
         first: it can refute."""
-        entry = self._ctx.table.at_address(src)
+        entry = self._ctx.table.get(src.node)
         first = entry.as_update() if entry is not None and entry.status in (SUSPECT, DEAD) else None
         self._ctx.send(src, Ack(seq), first)
 
-    def serve_ping_req(self, now: float, src: Address, msg: PingReq) -> None:
+    def serve_ping_req(self, now: float, src: Endpoint, msg: PingReq) -> None:
         """Ping ``msg.target`` for ``src``; relay its ack, or nack at 80% of the timeout."""
         ctx = self._ctx
-        seq = ctx.next_seq()
-        self._relays[seq] = Relay(src, msg.seq, now + NACK_FRACTION * ctx.config.probe_timeout,
+        seq = ctx.rng.getrandbits(64)
+        self._relays[seq] = Relay(src, msg.seq, msg.target,
+                                  now + NACK_FRACTION * ctx.config.probe_timeout,
                                   now + ctx.config.probe_interval)
-        ctx.send((msg.host, msg.port), Ping(seq, msg.target))
+        ctx.send(Endpoint((msg.host, msg.port), msg.target), Ping(seq, msg.target))
 
     def _tick_relays(self, now: float) -> None:
         for seq, relay in list(self._relays.items()):

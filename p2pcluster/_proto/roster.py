@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from random import Random
 
 from .messages import Alive, Dead, Left, MemberState, MemberStatus, Suspect, Update
+from .outputs import Endpoint
 from .suspicion import Suspicion
 
 __all__ = ["Entry", "Member", "Roster"]
@@ -63,6 +64,11 @@ class Entry:
     def snapshot(self) -> Member:
         return Member(self.node, self.name, self.host, self.port, self.incarnation,
                       self.status, self.meta, self.since)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where to send to this member, and its id (which the envelope binds)."""
+        return Endpoint((self.host, self.port), self.node)
 
     def state(self) -> MemberState:
         return MemberState(self.node, self.incarnation, self.name, self.host, self.port,

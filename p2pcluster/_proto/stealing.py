@@ -85,8 +85,7 @@ from .workevents import Batch, JobDropped, StealingStatistics, WorkEvent, WorkOu
 
 __all__ = ["StealingMachine"]
 
-#: Finished or cancelled jobs remembered, to answer late messages with CancelJob.
-ENDED_JOBS_KEPT = 1024
+ENDED_JOBS_KEPT = 1024  #: finished or cancelled jobs remembered, to answer late messages
 
 
 class StealingMachine:
@@ -162,6 +161,10 @@ class StealingMachine:
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For an owned job: unfinished task id -> the peer believed to hold it."""
         return owned.holders() if (owned := self._owner.owned.jobs.get(job)) else {}
+
+    def owner_of(self, job: bytes) -> bytes | None:
+        """The owner ``job``'s tasks here (queued, running, results due) name; None: none."""
+        return self._holder.owner_of(job) or self.queue.owner_of(job)
 
     def payload(self, job: bytes, tid: int) -> bytes | None:
         """For an owned job: the arguments of unfinished task ``tid``, or None."""

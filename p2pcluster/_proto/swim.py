@@ -63,7 +63,7 @@ from .membership import (
     news,
 )
 from .messages import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull, Update
-from .outputs import Address, Output, SendDatagram, StreamRequest
+from .outputs import Address, Endpoint, Output, SendDatagram, StreamRequest
 from .probe import Prober
 from .suspicion import SuspicionTimers
 from .sync import AntiEntropy
@@ -113,8 +113,8 @@ class MembershipMachine:
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.max_payload = config.max_datagram_size - DATAGRAM_OVERHEAD
-        # One sequence numbers probes, relays, stream tokens and timer ties, so that a seed
-        # replays the same numbers (and so the same datagram sizes) on the wire.
+        # One sequence numbers stream tokens and timer ties; probe and relay numbers are
+        # random 64-bit draws from ``rng`` (:mod:`.probe`), so a seed replays them too.
         self._next_seq = itertools.count(1).__next__
         self._outputs: list[Output] = []
         self._events: list[MemberEvent] = []
@@ -180,7 +180,7 @@ class MembershipMachine:
         self.broadcasts.add(left)
         live = [e for e in self.table if e is not self.me and e.status in (ALIVE, SUSPECT)]
         for entry in self.rng.sample(live, min(len(live), LEAVE_FANOUT)):
-            self._send((entry.host, entry.port), Gossip(updates=()), left)
+            self._send(entry.endpoint, Gossip(updates=()), left)
         self.prober.stop()
         self.anti_entropy.stop()
 
@@ -197,23 +197,27 @@ class MembershipMachine:
 
     # --- the Machine protocol -------------------------------------------------------------
 
-    def receive(self, now: float, src: Address, msg: Message) -> None:
+    def receive(self, now: float, src: Address, msg: Message, sender: bytes) -> None:
+        """A datagram from node ``sender`` (authenticated by the envelope) at ``src``."""
+        origin = Endpoint(src, sender)
         if isinstance(msg, (Ping, Ack, PingReq, Gossip)):
             for update in msg.updates:
-                self._apply(now, update, src)
+                self._apply(now, update, origin)
         if isinstance(msg, Ping):
             if msg.target == self.me.node:
-                self.prober.answer_ping(src, msg.seq)
+                self.prober.answer_ping(origin, msg.seq)
         elif isinstance(msg, Ack):
-            self.prober.on_ack(now, msg.seq)
+            self.prober.on_ack(now, msg.seq, sender)
         elif isinstance(msg, PingReq):
-            self.prober.serve_ping_req(now, src, msg)
+            self.prober.serve_ping_req(now, origin, msg)
         elif isinstance(msg, Nack):
-            self.prober.on_nack(msg.seq)
+            self.prober.on_nack(msg.seq, sender)
 
     def handle_request(self, now: float, src: Address, msg: Message) -> Message | None:
+        """A request on a stream; a PushPull's ``sender`` is the stream's authenticated peer
+        (the driver checks it)."""
         if isinstance(msg, PushPull):
-            self.anti_entropy.merge(now, msg.members, src)
+            self.anti_entropy.merge(now, msg.members, Endpoint(src, msg.sender))
             return PushPull(join=False, sender=self.me.node, members=self.table.states())
         if isinstance(msg, Ping) and msg.target == self.me.node:
             return Ack(seq=msg.seq)
@@ -226,9 +230,9 @@ class MembershipMachine:
         if tcp is None:
             self.anti_entropy.handle_reply(now, token, reply)
         elif isinstance(reply, PushPull):
-            self.anti_entropy.merge(now, reply.members, tcp.address)
-        elif isinstance(reply, Ack):
-            self.prober.on_ack(now, tcp.seq)
+            self.anti_entropy.merge(now, reply.members, Endpoint(tcp.address, reply.sender))
+        elif isinstance(reply, Ack):  # the driver checked that the target answered
+            self.prober.on_ack(now, tcp.seq, tcp.target)
 
     def tick(self, now: float) -> None:
         self.prober.tick(now)
@@ -250,7 +254,7 @@ class MembershipMachine:
 
     # --- updates, through membership's transitions ----------------------------------------
 
-    def _apply(self, now: float, update: Update, src: Address | None = None) -> None:
+    def _apply(self, now: float, update: Update, src: Endpoint | None = None) -> None:
         """Apply news from ``src`` (None: our own conclusion)."""
         if update.node == self.me.node:
             self._about_me(update, src)
@@ -263,7 +267,7 @@ class MembershipMachine:
         for change in self.table.apply(update, now):
             self._on_change(now, change, update)
 
-    def _about_me(self, update: Update, src: Address | None) -> None:
+    def _about_me(self, update: Update, src: Endpoint | None) -> None:
         """An update about ourselves: refute it, or answer it (:meth:`MemberTable.refute`)."""
         outcome = self.table.refute(update)
         if outcome is Refutation.CORRECT and src is not None:
@@ -274,7 +278,7 @@ class MembershipMachine:
             self.awareness.apply(1)
             self._counters["refutations"] += 1
 
-    def _correct(self, src: Address, newer: Update) -> None:
+    def _correct(self, src: Endpoint, newer: Update) -> None:
         """``src`` sent a suspicion that a refutation answered rounds ago: it missed the
         refutation (gossip is probabilistic), so tell it directly. Without this, a peer that
         missed every copy keeps its suspicion until it expires into a false death."""
@@ -315,8 +319,8 @@ class MembershipMachine:
 
     # --- dissemination --------------------------------------------------------------------
 
-    def _send(self, dst: Address, msg: Message, first: Update | None = None) -> None:
-        """Send ``msg`` with as many queued updates as fit (``first`` in front)."""
+    def _send(self, to: Endpoint, msg: Message, first: Update | None = None) -> None:
+        """Send ``msg`` to ``to`` with as many queued updates as fit (``first`` in front)."""
         if (self.broadcasts or first is not None) and isinstance(msg, (Ping, Ack, PingReq,
                                                                         Gossip)):
             base = len(wire.encode(msg))
@@ -324,12 +328,12 @@ class MembershipMachine:
             updates = tuple(self.broadcasts.select(budget, self.table.live_count, first))
             if updates:
                 msg = _with_updates(msg, updates)
-        self._outputs.append(SendDatagram(dst, msg))
+        self._outputs.append(SendDatagram(to.address, msg, to.node))
 
-    def _request(self, dst: Address, msg: Message) -> int:
+    def _request(self, dst: Address, msg: Message, to: bytes | None = None) -> int:
         """Queue a stream request; its token comes back in :meth:`handle_reply`."""
         token = self._next_seq()
-        self._outputs.append(StreamRequest(dst, msg, token))
+        self._outputs.append(StreamRequest(dst, msg, token, to))
         return token
 
     def gossip_fanout(self) -> int:
@@ -347,7 +351,7 @@ class MembershipMachine:
         for entry in self.table.sample_live(self.rng, self.gossip_fanout()):
             if not self.broadcasts:
                 break
-            self._send((entry.host, entry.port), Gossip(updates=()))
+            self._send(entry.endpoint, Gossip(updates=()))
             self._counters["gossip_messages"] += 1
 
 

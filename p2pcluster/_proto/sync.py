@@ -20,7 +20,7 @@ import math
 from .context import Context
 from .membership import MemberStatus
 from .messages import MemberState, Message, PushPull
-from .outputs import Address
+from .outputs import Address, Endpoint
 
 __all__ = ["MAX_CANDIDATES", "SEED_RETRY", "AntiEntropy"]
 
@@ -107,7 +107,7 @@ class AntiEntropy:
 
     # --- tables in and out ----------------------------------------------------------------
 
-    def merge(self, now: float, members: tuple[MemberState, ...], src: Address) -> None:
+    def merge(self, now: float, members: tuple[MemberState, ...], src: Endpoint) -> None:
         """Apply the table ``src`` sent, row by row, as the merge rule says."""
         for state in members:
             for update in self._ctx.table.merge(state, now):
@@ -118,14 +118,14 @@ class AntiEntropy:
         address = self._streams.pop(token)
         self._introducing.discard(address)
         if isinstance(reply, PushPull):
-            self.merge(now, reply.members, address)
+            self.merge(now, reply.members, Endpoint(address, reply.sender))
         else:
             self._ctx.counters["push_pulls_failed"] += 1
 
     def _push_pull(self, address: Address, *, join: bool = False) -> None:
         ctx = self._ctx
         msg = PushPull(join=join, sender=ctx.table.me.node, members=ctx.table.states())
-        self._streams[ctx.request(address, msg)] = address
+        self._streams[ctx.request(address, msg, None)] = address
         ctx.counters["push_pulls"] += 1
 
     def _periodic_push_pull(self) -> None:

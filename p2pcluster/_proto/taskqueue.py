@@ -67,6 +67,11 @@ class TaskQueue:
         """Queued tasks that may still be granted."""
         return len(self._queue) - self._stuck
 
+    def owner_of(self, job: bytes) -> bytes | None:
+        """The owner of ``job`` if a task of it is queued here."""
+        count = self._jobs.get(job)
+        return count.spec.owner if count is not None else None
+
     def front(self, allowed: Allowed | None = None) -> Queued | None:
         """The oldest task (of a job ``allowed`` allows)."""
         if allowed is None or self.everywhere(allowed):

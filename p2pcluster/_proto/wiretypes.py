@@ -16,7 +16,9 @@ from typing import Annotated
 #: Version 2 added task sizes, the result limit of a job, holding reports and the data
 #: streams that carry large values (``FetchArgs``/``ValueHeader``, ``PushResult``/``ResultAck``).
 #: Version 3 added what a job needs (``JobSpec.needs``) and the version questions
-#: (``FetchVersions``/``Versions``).
+#: (``FetchVersions``/``Versions``), and binds both node ids into every datagram's envelope
+#: (envelope version 2) and into the stream handshake (handshake version 2), with each peer's
+#: current key id.
 PROTOCOL_VERSION = 3
 #: Versions this implementation decodes.
 SUPPORTED_VERSIONS = frozenset({3})

@@ -14,7 +14,7 @@ from .._config import Config
 from .._proto.broadcast import BroadcastQueue
 from .._proto.membership import MemberStatus
 from .._proto.messages import MemberState
-from .._proto.outputs import Address
+from .._proto.outputs import Address, Endpoint
 from .._proto.swim import MembershipMachine
 from ._network import LinkConditions
 from ._sim import Simulation
@@ -62,7 +62,7 @@ class SimCluster:
         now = self.sim.now
         for i, machine in self.machines.items():
             sync = machine.anti_entropy
-            sync.merge(now, states, peer_address(i))
+            sync.merge(now, states, Endpoint(peer_address(i), machine.node_id))
             machine.take_events()
             machine.broadcasts = BroadcastQueue(self.config.retransmit_mult)
             sync.schedule_push_pull(now + machine.rng.random() * sync.push_pull_interval())

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._proto import wire
 from .._proto.envelope import DATAGRAM_OVERHEAD
-from .._proto.handshake import FRAME_OVERHEAD, HELLO_SIZE
+from .._proto.handshake import FRAME_OVERHEAD, HELLO_SIZE, PROOF_SIZE
 from .._proto.messages import Message
 from .._proto.outputs import Address, Machine, SendDatagram, StreamRequest
 from ._network import TCP_SYN_RTO, LinkConditions, NetworkModel
@@ -229,12 +229,7 @@ class Simulation:
             machine.tick(self.now)
             return True
         elif kind == _DATAGRAM:
-            _, src, data, msg, _delayed = payload
-            slot.stats.msgs_received += 1
-            slot.stats.bytes_received += len(data) + DATAGRAM_OVERHEAD
-            msg = self._delivered(data, msg)
-            self._record(kind, src, addr, type(msg).__name__)
-            machine.receive(self.now, src, msg)
+            self._receive_datagram(slot, addr, payload)
         elif kind == _REQUEST:
             _, origin, data, msg, _delayed = payload
             src = origin[0]
@@ -257,6 +252,17 @@ class Simulation:
             self._record(kind, addr, token, type(reply).__name__)
             machine.handle_reply(self.now, token, reply)
         return False
+
+    def _receive_datagram(self, slot: _Slot, addr: Address, payload: list[Any]) -> None:
+        _, src, data, msg, sender, to, _delayed = payload
+        slot.stats.msgs_received += 1
+        slot.stats.bytes_received += len(data) + DATAGRAM_OVERHEAD
+        if to != slot.machine.node_id:  # the envelope binds the receiver's id: dropped
+            self._record(_DATAGRAM, src, addr, "misdirected")
+            return
+        msg = self._delivered(data, msg)
+        self._record(_DATAGRAM, src, addr, type(msg).__name__)
+        slot.machine.receive(self.now, src, msg, sender)
 
     def _count_stream(self, src: Address, dst: Address, size: int) -> None:
         sender, receiver = self._stats.get(src), self._stats.get(dst)
@@ -312,14 +318,16 @@ class Simulation:
             )
         slot.stats.msgs_sent += 1
         slot.stats.bytes_sent += len(data) + DATAGRAM_OVERHEAD
+        sender = slot.machine.node_id
         for delay in self.network.datagram_delays(src[0], out.dst[0]):
-            self._push(self.now + delay, _DATAGRAM, out.dst, src, data, out.msg, False)
+            self._push(self.now + delay, _DATAGRAM, out.dst, src, data, out.msg, sender, out.to,
+                       False)
 
     def _send_request(self, src: Address, out: StreamRequest) -> None:
         origin = (src, self._slots[src].generation, out.token)
         stats = self._stats[src]
         stats.streams_opened += 1
-        stats.bytes_sent += HELLO_SIZE + FRAME_OVERHEAD + 32  # hello and proof frame
+        stats.bytes_sent += HELLO_SIZE + PROOF_SIZE  # hello and proof frame
         if out.dst not in self._slots:
             self._fail_request(origin)
             return

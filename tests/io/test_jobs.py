@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import contextlib
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,9 +35,13 @@ from p2pcluster import (
     TaskTimeoutError,
     ValueTooLarge,
 )
-from p2pcluster._jobs import encode_map_args
+from p2pcluster._jobs import encode_map_args, unpack
 from p2pcluster._peer import Peer, open_peer
-from p2pcluster._secret import new_secret, write_secret_file
+from p2pcluster._proto.envelope import Keyring
+from p2pcluster._proto.messages import CancelJob, Results
+from p2pcluster._secret import load_secrets, new_secret, write_secret_file
+from p2pcluster._secure import SecureWire
+from p2pcluster._trio_transport import TrioTransport
 
 from .daemons import Daemon, running_daemon
 
@@ -538,3 +543,37 @@ async def test_values_over_the_limit_fail_with_the_named_error(secret: Path) -> 
         assert ("the result of blob: 1,500,005 bytes, over the limit of 1,048,576 bytes"
                 in failed.value.remote_message)
         assert "max_value_size" in failed.value.remote_message
+
+
+# --- work messages speak only for their session's peer --------------------------------------
+
+
+async def test_only_the_owner_cancels_a_job_and_no_peer_speaks_for_another(
+        secret: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A third holder of the secret connects to b, which runs tasks of a's job, and sends a
+    CancelJob for it and Results in a's name: b refuses both (they name another node than
+    the stream's authenticated one), warns, and the job finishes with every result."""
+    caplog.set_level(logging.WARNING, "p2pcluster.peer")
+    async with two_peers(secret) as (a, b):
+        request = a.request(jobfuncs.sleep_square, encode_map_args([range(30), [0.2] * 30]))
+        results: dict[int, Any] = {}
+        async with a.open_job(request) as job:
+            job.listeners.append(lambda batch: results.update((r.task, r) for r in batch))
+            await until(lambda: running(b) >= 1, "b runs a task of a's job")
+            keys = Keyring.from_secrets(load_secrets(secret_file=secret).secrets,
+                                        a.config.cluster)
+            intruder = SecureWire(TrioTransport(), keys, a.config, node_id=os.urandom(16))
+            with trio.fail_after(WAIT):
+                async with await intruder.connect(b.address) as stream:
+                    await stream.send(CancelJob(job.id))
+                    await stream.send(Results(job.id, a.me.id, 0, ()))
+                    await until(lambda: len([r for r in caplog.records
+                                             if "refused a" in r.getMessage()]) >= 1,
+                                "b refuses the forged messages")
+                await job.wait()
+        assert sorted(results) == list(range(30))
+        assert [unpack(*results[i][1:]) for i in range(30)] == [i * i for i in range(30)]
+        refusals = [r.getMessage() for r in caplog.records if "refused a" in r.getMessage()]
+        assert "refused a CancelJob" in refusals[0] and "only its owner" in refusals[0]
+        assert len(refusals) == 1  # one warning a minute per peer
+        assert b.statistics().stealing.dropped == 0  # b dropped none of a's tasks

@@ -115,10 +115,12 @@ def test_a_broken_file_on_sighup_keeps_the_keys_in_use(
 async def _send_sealed(secret: bytes, cluster: str, port: int) -> None:
     """One Ping to 127.0.0.1:port sealed with ``secret`` (a peer that kept a revoked key)."""
     config = Config.local(port=0, mdns=False, cluster=cluster)
-    wire = SecureWire(TrioTransport(), Keyring.from_secrets([secret], cluster), config)
+    wire = SecureWire(TrioTransport(), Keyring.from_secrets([secret], cluster), config,
+                      node_id=os.urandom(16))
     channel = await wire.open_datagram(("127.0.0.1", 0))
     try:
-        await channel.send(Ping(seq=1, target=b"\x00" * 16, updates=()), ("127.0.0.1", port))
+        await channel.send(Ping(seq=1, target=b"\x00" * 16, updates=()), ("127.0.0.1", port),
+                           b"\x00" * 16)
     finally:
         channel.close()
 

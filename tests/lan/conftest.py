@@ -81,10 +81,12 @@ class Peers:
         return {"XDG_CACHE_HOME": str(cache), "P2P_TEST_HOST": f"h{host}"}
 
     def start(self, host: int, *args: str, secret: str = SECRET, name: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-        """Start a daemon in ``host``; ``env`` adds variables to :meth:`env`'s."""
+              env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()
+              ) -> subprocess.Popen[Any]:
+        """Start a daemon in ``host``; ``env`` adds variables to :meth:`env`'s; ``wrap``
+        is a command that runs the daemon's (``prlimit ... --``, ``sh -c '...; exec "$@"'``)."""
         log = self.log_path(host).open("a")
-        argv = [sys.executable, "-m", "p2pcluster", "join", "--name", name or f"h{host}",
+        argv = [*wrap, sys.executable, "-m", "p2pcluster", "join", "--name", name or f"h{host}",
                 "--log-level", "debug", *args]
         process = self.lan.popen(host, argv,
                                  env=self.env(host, **(env or {}), P2PCLUSTER_SECRET=secret),

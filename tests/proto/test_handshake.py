@@ -8,41 +8,78 @@ import pytest
 from hypothesis import given, settings
 
 from p2pcluster import AuthenticationError, HandshakeError, MessageTooLarge, ProtocolError
-from p2pcluster._proto.envelope import Keyring
-from p2pcluster._proto.handshake import HELLO_SIZE, ClientHandshake, ServerHandshake, Session
+from p2pcluster._proto.envelope import Keyring, derive_key
+from p2pcluster._proto.handshake import (
+    HELLO_SIZE,
+    PROOF_SIZE,
+    ClientHandshake,
+    ServerHandshake,
+    Session,
+)
 from tests.strategies import FUZZ_EXAMPLES, mutate, seeded
 
 SECRET = bytes(range(32))
 OTHER = bytes(range(1, 33))
 MAX = 1 << 20
+CLIENT = b"c" * 16
+SERVER = b"s" * 16
 
 
 def ring(secret: bytes = SECRET, cluster: str = "default") -> Keyring:
     return Keyring.from_secrets([secret], cluster)
 
 
+def client_of(keyring: Keyring, rng: random.Random, **kw: object) -> ClientHandshake:
+    return ClientHandshake(keyring, rng.randbytes, node_id=CLIENT, max_frame=MAX,
+                           **kw)  # type: ignore[arg-type]
+
+
+def server_of(keyring: Keyring, rng: random.Random) -> ServerHandshake:
+    return ServerHandshake(keyring, rng.randbytes, node_id=SERVER, max_frame=MAX)
+
+
 def connect(client_ring: Keyring | None = None, server_ring: Keyring | None = None,
             seed: int = 0) -> tuple[Session, Session]:
     rng = random.Random(seed)
-    client = ClientHandshake(client_ring or ring(), rng.randbytes, max_frame=MAX)
-    server = ServerHandshake(server_ring or ring(), rng.randbytes, max_frame=MAX)
+    client = client_of(client_ring or ring(), rng)
+    server = server_of(server_ring or ring(), rng)
     hello = client.hello()
     assert len(hello) == HELLO_SIZE
-    server_session, reply = server.receive(hello)
+    reply = server.receive(hello)
     client_session, proof = client.receive(reply)
-    server_session.feed(proof)
-    assert server_session.poll_proof()
-    return client_session, server_session
+    assert len(proof) == PROOF_SIZE
+    return client_session, server.finish(proof)
 
 
 def test_handshake_and_frames_both_ways() -> None:
     c, s = connect()
-    assert c.established and s.established
     s.feed(c.seal(b"ping") + c.seal(b"") + c.seal(b"x" * 70000))
     assert [s.next_payload(), s.next_payload(), s.next_payload()] == [b"ping", b"", b"x" * 70000]
     assert s.next_payload() is None
     c.feed(s.seal(b"pong"))
     assert c.next_payload() == b"pong"
+
+
+def test_each_side_learns_the_others_node_id_and_keys() -> None:
+    key_id = derive_key(SECRET, "default").key_id
+    c, s = connect()
+    assert (c.origin.node, c.origin.key_id, c.origin.current) == (SERVER, key_id, key_id)
+    assert (s.origin.node, s.origin.key_id, s.origin.current) == (CLIENT, key_id, key_id)
+
+
+def test_a_server_accepts_any_key_it_holds() -> None:
+    """Mid-rotation: the client handshakes under an older key the server still accepts; the
+    server answers under that key and shows its current one."""
+    new_ring = Keyring.from_secrets([OTHER, SECRET], "default")
+    old = derive_key(SECRET, "default").key_id
+    c, s = connect(ring(SECRET), new_ring)
+    assert s.origin.key_id == old and c.origin.key_id == old
+    assert c.origin.current == new_ring.primary.key_id
+    rng = random.Random(7)
+    client = client_of(new_ring, rng, key=new_ring.keys[1])  # a promoted client, old key
+    server = server_of(ring(SECRET), rng)
+    _, proof = client.receive(server.receive(client.hello()))
+    assert server.finish(proof).origin.current == new_ring.primary.key_id
 
 
 def test_frames_arrive_in_pieces() -> None:
@@ -56,17 +93,30 @@ def test_frames_arrive_in_pieces() -> None:
     assert out == [b"a" * 1000, b"b"]
 
 
-def test_server_withholds_data_until_the_client_proves_its_key() -> None:
+def test_the_server_has_no_session_until_the_client_proves_its_key() -> None:
     rng = random.Random(1)
-    client = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    server_session, reply = ServerHandshake(ring(), rng.randbytes, max_frame=MAX).receive(
-        client.hello())
-    assert not server_session.established
-    assert server_session.next_payload() is None
+    client = client_of(ring(), rng)
+    server = server_of(ring(), rng)
+    reply = server.receive(client.hello())
     session, proof = client.receive(reply)
-    server_session.feed(proof + session.seal(b"data"))
-    assert server_session.next_payload() == b"data"
-    assert server_session.established
+    with pytest.raises(HandshakeError, match="not a proof"):  # data in place of the proof
+        server.finish(session.seal(b"data"))
+    with pytest.raises(HandshakeError, match="no hello"):
+        server_of(ring(), rng).finish(proof)
+
+
+def test_the_proof_must_have_its_exact_size() -> None:
+    """Before the proof the server reads nothing but its exact size: a length field that
+    announces anything else is refused, however large."""
+    rng = random.Random(12)
+    client = client_of(ring(), rng)
+    server = server_of(ring(), rng)
+    _, proof = client.receive(server.receive(client.hello()))
+    big = (64 << 20).to_bytes(4, "big") + proof[4:]
+    with pytest.raises(HandshakeError):
+        server.finish(big)
+    with pytest.raises(HandshakeError):
+        server.finish(proof[:-1])
 
 
 @pytest.mark.parametrize(("client_ring", "server_ring"), [
@@ -76,19 +126,19 @@ def test_server_withholds_data_until_the_client_proves_its_key() -> None:
 def test_different_secret_or_cluster_fails_on_the_server(client_ring: Keyring,
                                                          server_ring: Keyring) -> None:
     rng = random.Random(2)
-    client = ClientHandshake(client_ring, rng.randbytes, max_frame=MAX)
+    client = client_of(client_ring, rng)
     with pytest.raises(HandshakeError):
-        ServerHandshake(server_ring, rng.randbytes, max_frame=MAX).receive(client.hello())
+        server_of(server_ring, rng).receive(client.hello())
 
 
 def test_server_with_different_secret_cannot_fool_the_client() -> None:
     """A server holding another key but answering with our key id fails the client check."""
     rng = random.Random(3)
-    client = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
+    client = client_of(ring(), rng)
     hello = client.hello()
-    impostor = ServerHandshake(ring(OTHER), rng.randbytes, max_frame=MAX)
+    impostor = server_of(ring(OTHER), rng)
     # The impostor cannot open our hello; it makes up a reply with our key id.
-    _, fake_reply = ServerHandshake(ring(), rng.randbytes, max_frame=MAX).receive(hello)
+    fake_reply = server_of(ring(), rng).receive(hello)
     with pytest.raises(HandshakeError):
         impostor.receive(hello)
     forged = bytearray(fake_reply)
@@ -99,9 +149,9 @@ def test_server_with_different_secret_cannot_fool_the_client() -> None:
 
 def test_reply_for_another_hello_is_rejected() -> None:
     rng = random.Random(4)
-    a = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    b = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    _, reply_to_b = ServerHandshake(ring(), rng.randbytes, max_frame=MAX).receive(b.hello())
+    a = client_of(ring(), rng)
+    b = client_of(ring(), rng)
+    reply_to_b = server_of(ring(), rng).receive(b.hello())
     with pytest.raises(HandshakeError):
         a.receive(reply_to_b)
 
@@ -109,28 +159,26 @@ def test_reply_for_another_hello_is_rejected() -> None:
 def test_replayed_client_hello_cannot_establish_a_session() -> None:
     """An eavesdropper replays a captured hello and proof; the fresh session rejects them."""
     rng = random.Random(5)
-    client = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    server = ServerHandshake(ring(), rng.randbytes, max_frame=MAX)
+    client = client_of(ring(), rng)
+    server = server_of(ring(), rng)
     hello = client.hello()
-    _, reply = server.receive(hello)
+    reply = server.receive(hello)
     _, proof = client.receive(reply)
-    replayed, _ = server.receive(hello)  # a new server random: new keys
-    replayed.feed(proof)
+    replayed = server_of(ring(), rng)
+    replayed.receive(hello)  # a new server random: new keys
     with pytest.raises(AuthenticationError):
-        replayed.poll_proof()
+        replayed.finish(proof)
 
 
 def test_wrong_proof_is_rejected() -> None:
     """An authentic first frame that is not the transcript hash is refused."""
     rng = random.Random(6)
-    client = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    server_session, reply = ServerHandshake(ring(), rng.randbytes, max_frame=MAX).receive(
-        client.hello())
-    session, _ = client.receive(reply)
-    session._send_counter = 0  # re-use frame 0 for a different payload
-    server_session.feed(session.seal(b"not the transcript"))
-    with pytest.raises(HandshakeError):
-        server_session.poll_proof()
+    client = client_of(ring(), rng)
+    server = server_of(ring(), rng)
+    session, _ = client.receive(server.receive(client.hello()))
+    session._send_counter = 0  # re-use frame 0 for a different payload of the proof's size
+    with pytest.raises(HandshakeError, match="transcript"):
+        server.finish(session.seal(b"not the transcript".ljust(32)))
 
 
 def test_tampered_frame_breaks_the_session() -> None:
@@ -188,16 +236,16 @@ def test_keys_and_directions_differ() -> None:
 @given(seeded)
 def test_fuzz_hello_and_frames(rng: random.Random) -> None:
     """Mutated hellos and frames raise only ProtocolError."""
-    client = ClientHandshake(ring(), rng.randbytes, max_frame=MAX)
-    server = ServerHandshake(ring(), rng.randbytes, max_frame=MAX)
+    client = client_of(ring(), rng)
+    server = server_of(ring(), rng)
     hello = client.hello()
     bad_hello = mutate(hello, rng)
     if bad_hello != hello:
         with pytest.raises(ProtocolError):
             server.receive(bad_hello)
-    session, reply = server.receive(hello)
-    client_session, proof = client.receive(reply)
-    wire = proof + client_session.seal(rng.randbytes(rng.randint(0, 64)))
+    client_session, proof = client.receive(server.receive(hello))
+    session = server.finish(proof)
+    wire = client_session.seal(rng.randbytes(rng.randint(0, 64)))
     bad = mutate(wire, rng)
     session.feed(bad)
     try:

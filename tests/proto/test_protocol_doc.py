@@ -43,8 +43,9 @@ def test_message_vectors() -> None:
 
 def test_datagram_vector() -> None:
     ring = Keyring([derive_key(SECRET, "default")])
-    sealer = DatagramSealer(ring, lambda n: bytes.fromhex("0102030405060708"))
-    sealed = sealer.seal(wire.encode(Nack(seq=7)), 1_800_000_000.0)
+    sealer = DatagramSealer(ring, lambda n: bytes.fromhex("0102030405060708"), b"\x0a" * 16)
+    sealed = sealer.seal(wire.encode(Nack(seq=7)), 1_800_000_000.0, b"\x0b" * 16)
     assert sealed == block_after("counter 0:")
-    opener = DatagramOpener(ring, window=60, cache_size=1000, max_size=1400)
-    assert wire.decode(opener.open(sealed, 1_800_000_010.0)) == Nack(seq=7)
+    opener = DatagramOpener(ring, b"\x0b" * 16, window=60, cache_size=1000, max_size=1400)
+    opened = opener.open(sealed, 1_800_000_010.0)
+    assert wire.decode(opened.payload) == Nack(seq=7) and opened.origin.node == b"\x0a" * 16

@@ -16,6 +16,7 @@ from p2pcluster._proto.messages import (
     Gossip,
     Left,
     MemberState,
+    Message,
     Nack,
     Ping,
     PingReq,
@@ -45,16 +46,28 @@ def machine(i: int = 0, *, config: Config = CONFIG, peers: int = 0) -> Membershi
     return m
 
 
+def node_at(src: tuple[str, int]) -> bytes:
+    """The node id of the peer at ``src`` in these tests: peer i is 10.0.0.i."""
+    return bytes([int(src[0].rsplit(".", 1)[1])]) * 16
+
+
+def rx(m: MembershipMachine, now: float, src: tuple[str, int], msg: Message,
+       sender: bytes | None = None) -> None:
+    """``msg`` arrives at ``m`` from ``src``, sent by ``sender`` (default: the node there)."""
+    m.receive(now, src, msg, sender or node_at(src))
+
+
 def sent(m: MembershipMachine, kind: type) -> list[SendDatagram]:
     return [o for o in m.take_outputs() if isinstance(o, SendDatagram) and isinstance(o.msg, kind)]
 
 
 def test_ping_is_acked_only_for_our_id() -> None:
     m = machine(1)
-    m.receive(0.0, ("10.0.0.9", 7946), Ping(seq=5, target=m.node_id))
+    rx(m, 0.0, ("10.0.0.9", 7946), Ping(seq=5, target=m.node_id))
     (out,) = m.take_outputs()
-    assert out == SendDatagram(("10.0.0.9", 7946), Ack(seq=5, updates=out.msg.updates))  # type: ignore[union-attr]
-    m.receive(0.0, ("10.0.0.9", 7946), Ping(seq=6, target=b"someone else"))
+    assert out == SendDatagram(("10.0.0.9", 7946), Ack(seq=5, updates=out.msg.updates),
+                               node_at(("10.0.0.9", 7946)))  # type: ignore[union-attr]
+    rx(m, 0.0, ("10.0.0.9", 7946), Ping(seq=6, target=b"someone else"))
     assert m.take_outputs() == []
 
 
@@ -79,7 +92,7 @@ def test_probe_round_robin_visits_everyone() -> None:
         for out in m.take_outputs():
             if isinstance(out.msg, Ping):
                 targets.append(out.msg.target)
-                m.receive(t, out.dst, Ack(out.msg.seq))  # type: ignore[arg-type]
+                rx(m, t, out.dst, Ack(out.msg.seq))  # type: ignore[arg-type]
         t = m.next_deadline()  # type: ignore[assignment]
     assert set(targets[:5]) == set(targets[5:]) == {bytes([p]) * 16 for p in range(1, 6)}
 
@@ -96,7 +109,7 @@ def test_failed_probe_goes_indirect_then_suspects() -> None:
     assert all(r.msg.target == ping.target and r.msg.seq == ping.seq for r in reqs)  # type: ignore[union-attr]
     assert ping.target not in {bytes([int(r.dst[0].split(".")[-1])]) * 16 for r in reqs}
     assert len(tcp) == 1 and tcp[0].msg == Ping(ping.seq, ping.target)
-    m.receive(start + 0.3, reqs[0].dst, Nack(ping.seq))  # one helper answered
+    rx(m, start + 0.3, reqs[0].dst, Nack(ping.seq))  # one helper answered
     m.tick(start + CONFIG.probe_interval)
     assert m.table.get(ping.target).status == S  # type: ignore[union-attr]
     assert m.statistics().suspicions == 1
@@ -109,14 +122,14 @@ def test_late_direct_ack_within_the_period_counts() -> None:
     start = m.prober.probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
     m.tick(start + CONFIG.probe_timeout)
     m.take_outputs()
-    m.receive(start + 0.45, ("10.0.0.1", 7946), Ack(ping.seq))
+    rx(m, start + 0.45, ("10.0.0.1", 7946), Ack(ping.seq))
     m.tick(start + CONFIG.probe_interval)
     assert m.table.get(ping.target).status == A  # type: ignore[union-attr]
 
 
 def test_helper_relays_ack_or_nacks_at_80_percent() -> None:
     helper = machine(2, peers=3)
-    helper.receive(1.0, ("10.0.0.1", 7946), PingReq(seq=77, target=b"t" * 16, host="10.0.0.3",
+    rx(helper, 1.0, ("10.0.0.1", 7946), PingReq(seq=77, target=b"t" * 16, host="10.0.0.3",
                                                      port=7946))
     (ping,) = sent(helper, Ping)
     assert ping.dst == ("10.0.0.3", 7946) and ping.msg.target == b"t" * 16  # type: ignore[union-attr]
@@ -125,8 +138,11 @@ def test_helper_relays_ack_or_nacks_at_80_percent() -> None:
     assert sent(helper, Nack) == []
     helper.tick(nack_at)
     (nack,) = sent(helper, Nack)
-    assert nack == SendDatagram(("10.0.0.1", 7946), Nack(77))
-    helper.receive(1.3, ("10.0.0.3", 7946), Ack(ping.msg.seq))  # type: ignore[union-attr]
+    assert nack == SendDatagram(("10.0.0.1", 7946), Nack(77), node_at(("10.0.0.1", 7946)))
+    rx(helper, 1.3, ("10.0.0.3", 7946), Ack(ping.msg.seq),  # type: ignore[union-attr]
+       sender=b"x" * 16)
+    assert sent(helper, Ack) == []  # an ack from another node than the target is no proof
+    rx(helper, 1.3, ("10.0.0.3", 7946), Ack(ping.msg.seq), sender=b"t" * 16)  # type: ignore[union-attr]
     (ack,) = sent(helper, Ack)
     assert ack.dst == ("10.0.0.1", 7946) and ack.msg.seq == 77  # type: ignore[union-attr]
 
@@ -134,7 +150,7 @@ def test_helper_relays_ack_or_nacks_at_80_percent() -> None:
 def test_buddy_system_puts_the_suspicion_first() -> None:
     m = machine(0, peers=2)
     for p in (1, 2):
-        m.receive(0.0, ("10.0.0.5", 7946), Gossip((Suspect(bytes([p]) * 16, 0, b"z" * 16),)))
+        rx(m, 0.0, ("10.0.0.5", 7946), Gossip((Suspect(bytes([p]) * 16, 0, b"z" * 16),)))
     m.take_outputs()
     ping = run_to_probe(m)
     assert ping.updates[0] == Suspect(ping.target, 0, b"z" * 16)
@@ -142,28 +158,28 @@ def test_buddy_system_puts_the_suspicion_first() -> None:
 
 def test_refutation() -> None:
     m = machine(1, peers=3)
-    m.receive(0.0, ("10.0.0.2", 7946), Ping(1, m.node_id, (Suspect(m.node_id, 0, b"x"),)))
+    rx(m, 0.0, ("10.0.0.2", 7946), Ping(1, m.node_id, (Suspect(m.node_id, 0, b"x"),)))
     (ack,) = m.take_outputs()
     assert m.incarnation == 1
     assert ack.msg.updates[0] == Alive(m.node_id, 1, "n1", "10.0.0.1", 7946, b"")  # type: ignore[union-attr]
     assert m.statistics().refutations == 1 and m.awareness.score == 1
-    m.receive(0.0, ("10.0.0.2", 7946), Gossip((Suspect(m.node_id, 0, b"y"),)))
+    rx(m, 0.0, ("10.0.0.2", 7946), Gossip((Suspect(m.node_id, 0, b"y"),)))
     assert m.incarnation == 1  # a stale suspicion needs no new refutation...
     (correction,) = m.take_outputs()  # ...but its sender missed ours: tell it directly
     assert correction == SendDatagram(("10.0.0.2", 7946), Gossip(
-        (Alive(m.node_id, 1, "n1", "10.0.0.1", 7946, b""),)))
-    m.receive(0.0, ("10.0.0.2", 7946), Gossip((Dead(m.node_id, 0, b"y"),)))
+        (Alive(m.node_id, 1, "n1", "10.0.0.1", 7946, b""),)), node_at(("10.0.0.2", 7946)))
+    rx(m, 0.0, ("10.0.0.2", 7946), Gossip((Dead(m.node_id, 0, b"y"),)))
     assert m.incarnation == 2  # dead overrides any incarnation, so it is always refuted
 
 
 def test_a_stale_suspicion_is_corrected_at_its_sender() -> None:
     m = machine(0, peers=3)
     x = bytes([2]) * 16
-    m.receive(0.0, ("10.0.0.2", 7946), Gossip((Alive(x, 5, "n2", "10.0.0.2", 7946, b""),)))
+    rx(m, 0.0, ("10.0.0.2", 7946), Gossip((Alive(x, 5, "n2", "10.0.0.2", 7946, b""),)))
     m.take_outputs()
-    m.receive(0.1, ("10.0.0.3", 7946), Gossip((Suspect(x, 4, b"z"),)))
+    rx(m, 0.1, ("10.0.0.3", 7946), Gossip((Suspect(x, 4, b"z"),)))
     assert [o for o in m.take_outputs() if o.dst == ("10.0.0.3", 7946)] == []  # wave ongoing
-    m.receive(2.0, ("10.0.0.3", 7946), Gossip((Suspect(x, 4, b"z"),)))
+    rx(m, 2.0, ("10.0.0.3", 7946), Gossip((Suspect(x, 4, b"z"),)))
     assert m.table.get(x).status == A  # type: ignore[union-attr]
     (out,) = m.take_outputs()
     assert out.dst == ("10.0.0.3", 7946) and out.msg.updates[0].incarnation == 5  # type: ignore[union-attr]
@@ -173,11 +189,11 @@ def test_a_stale_suspicion_is_corrected_at_its_sender() -> None:
 def test_suspicion_expires_into_death_and_confirmations_shorten_it() -> None:
     m = machine(0, peers=9)
     x = bytes([5]) * 16
-    m.receive(0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, b"a" * 16),)))
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, b"a" * 16),)))
     suspicion = m.table.get(x).suspicion  # type: ignore[union-attr]
     assert suspicion.timeout() == pytest.approx(12.0)  # Max at N=10: 6 * 4 * 1 * 0.5
     for by in (b"b" * 16, b"c" * 16):
-        m.receive(0.1, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, by),)))
+        rx(m, 0.1, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, by),)))
     assert suspicion.timeout() == pytest.approx(2.0)  # Min after k = 2 confirmations
     m.tick(1.99)
     assert m.table.get(x).status == S  # type: ignore[union-attr]
@@ -193,7 +209,7 @@ def test_piggyback_fills_but_never_exceeds_a_datagram() -> None:
                                                    b"m" * 30),)))) - 4
     for i in range(200):
         m.broadcasts.add(Alive(bytes([i]) * 16, 1, "n" * 20, "10.1.1.1", 7946, b"m" * 30))
-    m.receive(0.0, ("10.0.0.2", 7946), Ping(1, m.node_id))
+    rx(m, 0.0, ("10.0.0.2", 7946), Ping(1, m.node_id))
     (ack,) = m.take_outputs()
     size = len(wire.encode(ack.msg)) + 41
     assert CONFIG.max_datagram_size - update_size < size <= CONFIG.max_datagram_size
@@ -208,7 +224,7 @@ def test_leave_tells_members_and_stops_probing() -> None:
     m.tick(10.0)
     assert not [o for o in m.take_outputs() if isinstance(o.msg, Ping)]  # type: ignore[union-attr]
     assert m.me.status == L
-    m.receive(10.0, ("10.0.0.2", 7946), Gossip((Suspect(m.node_id, 0, b"x"),)))
+    rx(m, 10.0, ("10.0.0.2", 7946), Gossip((Suspect(m.node_id, 0, b"x"),)))
     assert m.incarnation == 0  # a leaving peer does not refute, it repeats that it left
 
 
@@ -284,7 +300,7 @@ def test_push_pull_merge_suspects_what_the_remote_holds_dead() -> None:
 def test_a_relayed_suspicion_is_not_a_confirmation() -> None:
     m = machine(0, peers=9)
     x = bytes([5]) * 16
-    m.receive(0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, b"a" * 16),)))
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 0, b"a" * 16),)))
     for sender in (b"p" * 16, b"q" * 16):
         m.handle_request(0.1, ("10.0.0.2", 7946), PushPull(False, sender, (
             MemberState(x, 0, "n5", "10.0.0.5", 7946, b"", 1),)))
@@ -293,7 +309,7 @@ def test_a_relayed_suspicion_is_not_a_confirmation() -> None:
 
 def test_reconnect_push_pull_goes_to_a_dead_member() -> None:
     m = machine(0, peers=2)
-    m.receive(0.0, ("10.0.0.1", 7946), Gossip((Dead(bytes([2]) * 16, 0, b"x"),)))
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Dead(bytes([2]) * 16, 0, b"x"),)))
     m.take_outputs()
     outs = []
     t = 0.0
@@ -302,7 +318,7 @@ def test_reconnect_push_pull_goes_to_a_dead_member() -> None:
         for out in m.take_outputs():
             outs.append(out)
             if isinstance(out.msg, Ping):  # peer 1 is healthy
-                m.receive(t, out.dst, Ack(out.msg.seq))
+                rx(m, t, out.dst, Ack(out.msg.seq))
         t = m.next_deadline()  # type: ignore[assignment]
     assert m.table.get(bytes([1]) * 16).status == A  # type: ignore[union-attr]
     pulls = [o for o in outs if isinstance(o, StreamRequest) and isinstance(o.msg, PushPull)]
@@ -311,10 +327,10 @@ def test_reconnect_push_pull_goes_to_a_dead_member() -> None:
 
 def test_ack_to_a_pinger_we_hold_dead_tells_it() -> None:
     m = machine(0, peers=2)
-    m.receive(0.0, ("10.0.0.1", 7946), Gossip((Dead(bytes([2]) * 16, 3, b"x"),)))
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Dead(bytes([2]) * 16, 3, b"x"),)))
     m.take_outputs()
     m.broadcasts = type(m.broadcasts)(4)
-    m.receive(0.0, ("10.0.0.2", 7946), Ping(9, m.node_id))
+    rx(m, 0.0, ("10.0.0.2", 7946), Ping(9, m.node_id))
     (ack,) = m.take_outputs()
     assert ack.msg.updates == (Dead(bytes([2]) * 16, 3, bytes([2]) * 16),)  # type: ignore[union-attr]
 
@@ -343,7 +359,7 @@ def test_a_new_address_is_gossiped_and_taken_by_the_others() -> None:
     other.handle_request(1.0, ("10.0.0.0", 7946), PushPull(False, b"", (
         MemberState(m.node_id, 0, "n0", "10.0.0.0", 7946, b"", 0),)))
     assert [e.kind for e in other.take_events()] == [EventKind.JOIN]
-    other.receive(2.0, ("10.0.1.50", 7946), Gossip((moved,)))
+    rx(other, 2.0, ("10.0.1.50", 7946), Gossip((moved,)), sender=m.node_id)
     entry = other.table.get(m.node_id)
     assert entry is not None and (entry.host, entry.status) == ("10.0.1.50", A)
     assert [e.kind for e in other.take_events()] == [EventKind.UPDATE]
@@ -378,13 +394,39 @@ def test_fresh_news_on_an_idle_peer_is_gossiped_at_once_then_rate_limited() -> N
         m.tick(t)
         m.take_outputs()
     x = bytes([5]) * 16
-    m.receive(3.5, ("10.0.0.1", 7946), Ack(0, (Suspect(x, 0, b"a" * 16),)))
+    rx(m, 3.5, ("10.0.0.1", 7946), Ack(0, (Suspect(x, 0, b"a" * 16),)))
     assert m.next_deadline() <= 3.5  # type: ignore[operator]
     m.tick(3.5)
     first = sent(m, Gossip)
     assert len(first) == m.gossip_fanout()
-    m.receive(3.6, ("10.0.0.1", 7946), Ack(0, (Suspect(bytes([6]) * 16, 0, b"a" * 16),)))
+    rx(m, 3.6, ("10.0.0.1", 7946), Ack(0, (Suspect(bytes([6]) * 16, 0, b"a" * 16),)))
     m.tick(3.6)
     assert sent(m, Gossip) == []  # the next round waits for gossip_interval
     m.tick(3.5 + CONFIG.gossip_interval)
     assert sent(m, Gossip)
+
+
+def test_probe_numbers_are_random_64_bit_and_an_ack_must_come_from_the_target() -> None:
+    """An on-path replay of an old Ack (or one from another node) cannot keep a crashed
+    peer alive: probe numbers are fresh random 64-bit values, and the Ack's authenticated
+    sender must be the target (or a helper relaying for it)."""
+    m = machine(0, peers=3)
+    ping = run_to_probe(m)
+    start = m.prober.probe.end_at - CONFIG.probe_interval  # type: ignore[union-attr]
+    target_addr = ("10.0.0." + str(ping.target[0]), 7946)
+    rx(m, start + 0.1, target_addr, Ack(ping.seq), sender=b"\x09" * 16)  # not the target
+    assert m.prober.probe is not None
+    rx(m, start + 0.1, target_addr, Ack(ping.seq + 1))  # the target, but not this probe
+    assert m.prober.probe is not None
+    rx(m, start + 0.2, target_addr, Ack(ping.seq))
+    assert m.prober.probe is None
+    seqs = set()
+    t = start
+    for _ in range(20):
+        m.tick(t)
+        for out in m.take_outputs():
+            if isinstance(out.msg, Ping):
+                seqs.add(out.msg.seq)
+                rx(m, t, out.dst, Ack(out.msg.seq))
+        t = m.next_deadline()  # type: ignore[assignment]
+    assert len(seqs) >= 5 and max(seqs) > 2**40

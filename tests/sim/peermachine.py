@@ -139,9 +139,9 @@ class PeerMachine:
 
     # --- the Machine protocol, for the Simulation -------------------------------------------
 
-    def receive(self, now: float, src: Address, msg: Message) -> None:
+    def receive(self, now: float, src: Address, msg: Message, sender: bytes) -> None:
         self._step = Step("datagram", msg)
-        self.members.receive(now, src, msg)
+        self.members.receive(now, src, msg, sender)
         self._pump(now)
 
     def handle_request(self, now: float, src: Address, msg: Message) -> Message | None:

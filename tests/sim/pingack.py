@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
 from p2pcluster._proto.messages import Ack, Message, Ping, PushPull
 from p2pcluster._proto.outputs import Address, Output, SendDatagram, StreamRequest
+
+
+def node_of(addr: Address) -> bytes:
+    """The node id of the PingAckNode at ``addr``."""
+    return hashlib.sha256(repr(addr).encode()).digest()[:16]
 
 
 @dataclass
@@ -21,7 +27,7 @@ class PingAckNode:
     rng: random.Random
     interval: float = 0.1
     sync_every: int = 0
-    node_id: bytes = b"n"
+    node_id: bytes = b""
     acked: dict[int, float] = field(default_factory=dict)
     sent: dict[int, float] = field(default_factory=dict)
     pings_received: int = 0
@@ -30,10 +36,13 @@ class PingAckNode:
     _seq: int = 0
     _out: list[Output] = field(default_factory=list)
 
-    def receive(self, now: float, src: Address, msg: Message) -> None:
+    def __post_init__(self) -> None:
+        self.node_id = self.node_id or node_of(self.me)
+
+    def receive(self, now: float, src: Address, msg: Message, sender: bytes) -> None:
         if isinstance(msg, Ping):
             self.pings_received += 1
-            self._out.append(SendDatagram(src, Ack(seq=msg.seq)))
+            self._out.append(SendDatagram(src, Ack(seq=msg.seq), sender))
         elif isinstance(msg, Ack) and msg.seq in self.sent and msg.seq not in self.acked:
             self.acked[msg.seq] = now - self.sent[msg.seq]
 
@@ -49,7 +58,8 @@ class PingAckNode:
         self._seq += 1
         target = self.rng.choice(self.peers)
         self.sent[self._seq] = now
-        self._out.append(SendDatagram(target, Ping(seq=self._seq, target=self.node_id)))
+        self._out.append(SendDatagram(target, Ping(seq=self._seq, target=node_of(target)),
+                                      node_of(target)))
         if self.sync_every and self._seq % self.sync_every == 0:
             request = PushPull(join=True, sender=b"s", members=())
             self._out.append(StreamRequest(target, request, self._seq))

@@ -76,7 +76,7 @@ def test_jitter_reorders_datagrams() -> None:
     arrivals: list[int] = []
 
     class Sink(PingAckNode):
-        def receive(self, now, src, msg):  # type: ignore[no-untyped-def]
+        def receive(self, now, src, msg, sender):  # type: ignore[no-untyped-def]
             arrivals.append(msg.seq)
 
     sink = Sink(("10.0.0.2", 1), [], sim.random("sink"))
@@ -84,7 +84,7 @@ def test_jitter_reorders_datagrams() -> None:
     sim.add(sink.me, sink)
     sim.add(sender.me, sender)
     for i in range(50):
-        sender._out.append(SendDatagram(sink.me, Ping(seq=i, target=b"")))
+        sender._out.append(SendDatagram(sink.me, Ping(seq=i, target=b""), sink.node_id))
     sim.call_at(0.0, lambda: sim.flush(sender.me))
     sim.run_until(1.0)
     assert sorted(arrivals) == list(range(50))
@@ -177,7 +177,8 @@ def test_call_at_runs_in_order() -> None:
 
 def test_oversized_datagram_is_a_bug() -> None:
     sim, nodes = build(12, n=2)
-    nodes[0]._out.append(SendDatagram(nodes[1].me, Ping(seq=1, target=b"x" * 2000)))
+    nodes[0]._out.append(SendDatagram(nodes[1].me, Ping(seq=1, target=b"x" * 2000),
+                                      nodes[1].node_id))
     with pytest.raises(AssertionError, match="limit") as info:
         sim.call_at(0.5, lambda: sim.flush(nodes[0].me))
         sim.run_until(1.0)

@@ -76,7 +76,8 @@ def test_the_wire_tally_and_its_debug_lines_are_bounded(
     """One junk datagram from each of 5,000 sources: 64 debug lines, one bounded tally."""
     caplog.set_level(logging.DEBUG, "p2pcluster.wire")
     keyring = Keyring.from_secrets([os.urandom(32)], "default")
-    wire = SecureWire(VirtualNetwork().host("10.0.0.1"), keyring, Config.local())
+    wire = SecureWire(VirtualNetwork().host("10.0.0.1"), keyring, Config.local(),
+                      node_id=os.urandom(16))
     for i in range(SOURCES):
         assert wire.open(os.urandom(60), (spoofed(i), 7946)) is None
     assert wire.statistics().dropped_auth == SOURCES
