@@ -34,7 +34,7 @@ import trio
 
 from ._errors import P2PClusterError, ProtocolError
 from ._fastwrite import write_all
-from ._gate import RESOURCE_ERRORS, AcceptBackoff
+from ._gate import AcceptBackoff
 from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
@@ -227,14 +227,7 @@ async def serve_control(path: Path, handler: Handler, *,
             task_status.started()
             backoff = AcceptBackoff()  # out of descriptors (a flood on the port): wait, go on
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in RESOURCE_ERRORS:
-                        raise
-                    await backoff.failed(exc)
-                    continue
-                backoff.succeeded()
+                stream = await backoff.accept(listener.accept)
                 nursery.start_soon(_serve_one, stream, handler)
     finally:
         with trio.CancelScope(shield=True):

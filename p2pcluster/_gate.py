@@ -26,6 +26,7 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import trio
 
@@ -37,6 +38,7 @@ __all__ = ["RESOURCE_ERRORS", "AcceptBackoff", "ConnectLimits", "HandshakeGate",
 log = logging.getLogger("p2pcluster.wire")
 
 #: accept() errors that mean "out of resources, for now": wait, and accept again.
+T = TypeVar("T")
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
@@ -88,6 +90,20 @@ class AcceptBackoff:
         self._delay = BACKOFF_FIRST
         self._failures = 0
         self._warned = -math.inf
+
+    async def accept(self, accept: Callable[[], Awaitable[T]]) -> T:
+        """``await accept()`` until it succeeds, waiting after each failure for want of
+        resources (:data:`RESOURCE_ERRORS`); any other error propagates."""
+        while True:
+            try:
+                accepted = await accept()
+            except OSError as exc:
+                if exc.errno not in RESOURCE_ERRORS:
+                    raise
+                await self.failed(exc)
+                continue
+            self.succeeded()
+            return accepted
 
     def succeeded(self) -> None:
         self._delay = BACKOFF_FIRST
@@ -141,14 +157,7 @@ async def serve_streams(listener: StreamListener, gate: HandshakeGate, serve_one
         task_status.started()
         while True:
             await gate.wait_for_room()
-            try:
-                stream, src = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in RESOURCE_ERRORS:
-                    raise
-                await backoff.failed(exc)
-                continue
-            backoff.succeeded()
+            stream, src = await backoff.accept(listener.accept)
             if not gate.admit(src[0]):
                 refused(src)
                 await trio.aclose_forcefully(stream)

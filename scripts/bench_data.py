@@ -35,7 +35,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ SCRIPTS = ROOT / "scripts"
 WORK_FILE = SCRIPTS / "bench_data_work.py"
 sys.path[:0] = [str(ROOT), str(SCRIPTS)]
 import bench_data_work  # noqa: E402
+from bench_tasks import free_port  # noqa: E402
 
 READY_TIMEOUT = 60.0
 MB = 10**6
@@ -91,19 +91,6 @@ def aead_limit_gbps(nbytes: int) -> float:
     for _ in range(count):
         aead.decrypt(nonce, aead.encrypt(nonce, chunk, None), None)
     return count * len(chunk) / (time.perf_counter() - start) / 1e9
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def kill_group(proc: subprocess.Popen[Any]) -> None:

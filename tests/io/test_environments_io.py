@@ -38,8 +38,8 @@ def cli(daemon: Daemon, *args: str, env: dict[str, str] | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "p2pcluster", *args,
                            "--cluster", daemon.cluster],
-                          env={**daemon.env, "XDG_CACHE_HOME": str(ROOT / ".no-such-cache"),
-                               **(env or {})},
+                          env={**daemon.env, **(env or {}),  # a cache of its own, empty
+                               "XDG_CACHE_HOME": str(daemon.log.parent / "client-cache")},
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

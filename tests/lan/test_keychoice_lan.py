@@ -19,24 +19,10 @@ from p2pcluster._secret import decode_secret, fingerprint
 
 from .conftest import JOBS, SECRET, Peers, lan_tests
 from .test_jobs_lan import check_squares, finish
+from .test_rotation_lan import file_env, secret_cli
 
 pytestmark = lan_tests()
 HOSTS = [1, 2]
-
-
-def file_env(peers: Peers, host: int) -> dict[str, str]:
-    """The host's environment without P2PCLUSTER_SECRET: its secret file is used."""
-    env = {**peers.env(host), **peers.host_env(host)}
-    env.pop("P2PCLUSTER_SECRET")
-    return env
-
-
-def secret_cli(peers: Peers, host: int, *args: str, stdin: str | None = None) -> str:
-    done = peers.lan.run(host, [sys.executable, "-m", "p2pcluster", "secret", *args],
-                         env=file_env(peers, host), input=stdin, timeout=30)
-    assert done.returncode == 0, f"secret {' '.join(args)} at h{host}: {done.stderr}"
-    out: str = done.stdout
-    return out
 
 
 def statistics(peers: Peers, host: int) -> dict[str, Any]:
