@@ -36,11 +36,11 @@ from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from ._cluster import Cluster as Cluster
-    from ._cluster import MemberInfo as MemberInfo
     from ._config import Config as Config
     from ._futures import MapIterator as MapIterator
     from ._futures import Progress as Progress
     from ._futures import TaskFuture as TaskFuture
+    from ._memberinfo import MemberInfo as MemberInfo
     from ._membership import Membership as Membership
     from ._membership import MembershipStatistics as MembershipStatistics
     from ._membership import serve_membership as serve_membership

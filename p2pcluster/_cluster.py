@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -31,6 +30,7 @@ from ._config import Config
 from ._errors import ClusterError, ValueTooLarge
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
 from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
+from ._memberinfo import MemberInfo
 from ._placementnews import PlacementReporter
 from ._places import control_path
 
@@ -39,26 +39,9 @@ if TYPE_CHECKING:  # each imported where it is used: `run` imports one path, not
     from ._peer import Peer
     from ._shared import Shared
 
-__all__ = ["Cluster", "MemberInfo"]
+__all__ = ["Cluster"]
 
 log = logging.getLogger("p2pcluster")
-
-
-@dataclass(frozen=True, slots=True)
-class MemberInfo:
-    """A member as :meth:`Cluster.members` reports it."""
-
-    name: str
-    id: str
-    host: str
-    port: int
-    status: str
-    workers: int
-    queue: int
-
-    @property
-    def alive(self) -> bool:
-        return self.status in ("alive", "suspect")
 
 
 class Cluster(cf.Executor):
@@ -357,8 +340,7 @@ class Cluster(cf.Executor):
     def members(self) -> list[MemberInfo]:
         """The cluster's members as this peer (or the daemon) sees them."""
         table = self._in_trio(self._members)
-        return [MemberInfo(r["name"], r["id"], r["host"], r["port"], r["status"],
-                           r["workers"], r["queue"]) for r in table]
+        return [MemberInfo.from_row(row) for row in table]
 
     async def _members(self) -> list[dict[str, Any]]:
         if self._client is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from ._configchecks import network_checks, peer_checks
 from ._configtext import ENV_PREFIX, check_value, parse_text, type_name
 from ._errors import ConfigError
 
@@ -265,67 +266,9 @@ class Config:
         size.""", "s")
 
     def __post_init__(self) -> None:
-        errors = [msg for ok, msg in self._network_checks() + self._peer_checks() if not ok]
+        errors = [msg for ok, msg in network_checks(self) + peer_checks(self) if not ok]
         if errors:
             raise ConfigError("invalid Config: " + "; ".join(errors))
-
-    def _network_checks(self) -> list[tuple[bool, str]]:
-        """(holds, what must hold) for the wire and membership fields."""
-        return [
-            (bool(self.cluster) and len(self.cluster.encode()) <= 63,
-             "cluster must be 1 to 63 bytes"),
-            (0 <= self.port <= 65535, "port must be 0..65535"),
-            (512 <= self.max_datagram_size <= 1400, "max_datagram_size must be 512..1400"),
-            (64 * 1024 <= self.max_frame_size <= 2**31, "max_frame_size must be 64 KiB..2 GiB"),
-            (self.replay_window > 0, "replay_window must be positive"),
-            (self.replay_cache_size >= 1000, "replay_cache_size must be at least 1000"),
-            (self.handshake_timeout > 0, "handshake_timeout must be positive"),
-            (0 < self.hello_timeout <= self.handshake_timeout,
-             "hello_timeout must be positive and at most handshake_timeout"),
-            (1 <= self.max_handshakes_per_host <= self.max_handshakes,
-             "max_handshakes_per_host must be 1..max_handshakes"),
-            (0 < self.probe_timeout < self.probe_interval,
-             "probe_timeout must be positive and below probe_interval"),
-            (self.indirect_checks >= 0, "indirect_checks must not be negative"),
-            (self.suspicion_mult >= 1, "suspicion_mult must be at least 1"),
-            (self.suspicion_max_timeout_mult >= 1, "suspicion_max_timeout_mult must be >= 1"),
-            (self.retransmit_mult >= 1, "retransmit_mult must be at least 1"),
-            (self.gossip_interval >= 0 and self.gossip_nodes >= 0,
-             "gossip_interval and gossip_nodes must not be negative"),
-            (self.push_pull_interval > 0, "push_pull_interval must be positive"),
-            (self.reconnect_interval > 0, "reconnect_interval must be positive"),
-            (0 <= self.awareness_max_multiplier <= 64, "awareness_max_multiplier: 0..64"),
-            (self.dead_retention > 0, "dead_retention must be positive"),
-        ]
-
-    def _peer_checks(self) -> list[tuple[bool, str]]:
-        """(holds, what must hold) for the peer's name, workers and work fields."""
-        return [
-            (self.node_name is None or 0 < len(self.node_name.encode()) <= 255,
-             "node_name must be 1 to 255 bytes"),
-            (self.node_name is None or self.node_name.isprintable(),
-             f"node_name {self.node_name!r} must be printable: no control characters such as "
-             "a newline or a tab"),
-            (self.workers is None or self.workers >= 0, "workers must not be negative"),
-            (1024 <= self.max_value_size <= 2**62, "max_value_size must be 1 KiB..2^62 bytes"),
-            (1024 <= self.inline_value_size <= self.max_frame_size // 4,
-             "inline_value_size must be 1 KiB..max_frame_size / 4"),
-            (self.steal_timeout > 0, "steal_timeout must be positive"),
-            (0 < self.report_interval < self.lease_timeout,
-             "report_interval must be positive and below lease_timeout"),
-            (self.batch_target > 0 and self.max_batch >= 1,
-             "batch_target must be positive and max_batch at least 1"),
-            (self.max_batch_time >= self.batch_target,
-             "max_batch_time must be at least batch_target"),
-            (self.batches_per_worker in (1, 2), "batches_per_worker must be 1 or 2"),
-            (self.meta_interval >= 0, "meta_interval must not be negative"),
-            (min(self.usage_interval, self.task_history) >= 0 < self.activity_timeout,
-             "usage_interval, task_history must not be negative, activity_timeout positive"),
-            (self.dashboard == "" or _host_port(self.dashboard),
-             f"dashboard {self.dashboard!r} must be HOST:PORT (port 0..65535), or empty"),
-            (self.auto_include_limit >= 0, "auto_include_limit must not be negative"),
-            (self.versions_ttl > 0, "versions_ttl must be positive"),
-        ]
 
     def worker_count(self) -> int:
         """The worker processes a peer of this config runs: ``workers``, or one per CPU."""
@@ -393,12 +336,6 @@ class Config:
         hints = _hints()
         return [(f.name, type_name(hints[f.name]), f.default, f.metadata["unit"],
                  f.metadata["doc"]) for f in dataclasses.fields(cls)]
-
-
-def _host_port(text: str) -> bool:
-    """``HOST:PORT`` (an IPv6 host in brackets), with a port number of 0..65535."""
-    host, _, port = text.rpartition(":")
-    return bool(host) and port.isdigit() and int(port) <= 65535
 
 
 def _hints() -> dict[str, Any]:

@@ -44,7 +44,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import trio
 
@@ -60,6 +59,7 @@ from ._taskring import TaskRun, task_runs
 from ._values import encode_error
 from ._workerproc import (
     Call,
+    CallTarget,
     Crashed,
     Resend,
     WorkerProcess,
@@ -115,17 +115,6 @@ class WorkerPoolStatistics:
     poisoned: int
 
 
-class _Target(NamedTuple):
-    """What a request runs: the function (as :meth:`FunctionRef.to_wire` gives it) and the
-    largest result it may return."""
-
-    ref: tuple[Any, ...]
-    max_result: int
-    where: str  #: whose limit max_result is, for the error
-    time_limit: float | None  #: seconds after which a batch stops after its current task
-    shared: Mapping[bytes, Payload]  #: the shared values the calls use, by digest
-
-
 class WorkerPool:
     """Runs batches on ``slots`` worker processes. Create it with :func:`open_worker_pool`."""
 
@@ -163,7 +152,7 @@ class WorkerPool:
         """
         labels = labels if self._label_output else None
         self._batches += 1
-        target = _Target(ref.to_wire(), max_result, limit_where, time_limit, shared or {})
+        target = CallTarget(ref.to_wire(), max_result, limit_where, time_limit, shared or {})
         if timeout is None and len(payloads) > 1:
             try:
                 answer = await self._call(target, payloads, labels, alone=False)
@@ -184,7 +173,7 @@ class WorkerPool:
         self._tasks += len(outcomes)
         return BatchResult(outcomes, seconds)
 
-    async def _run_alone(self, target: _Target, payload: Payload, labels: TaskLabels | None,
+    async def _run_alone(self, target: CallTarget, payload: Payload, labels: TaskLabels | None,
                          timeout: float | None) -> tuple[Outcome, float]:
         last = ""
         for _ in range(MAX_CRASHES):
@@ -207,7 +196,7 @@ class WorkerPool:
                    "not retried again")
         return Outcome(TaskStatus.POISON, encode_error("PoisonTask", message)), 0.0
 
-    async def _call(self, target: _Target, payloads: Sequence[Payload],
+    async def _call(self, target: CallTarget, payloads: Sequence[Payload],
                     labels: TaskLabels | None, *, alone: bool,
                     timeout: float | None = None) -> tuple[list[Outcome], float] | None:
         """Run one request on a worker; None if ``timeout`` ran out (the worker is killed).
@@ -217,9 +206,7 @@ class WorkerPool:
         placed: list[Packed | None] = []  #: alive (with their segments) until the call ends
         wires = await off_loop(lambda: [wire_value(p, placed) for p in payloads],
                                sum(map(len, payloads)))
-        request = frame(("run", self._cache_root, target.ref, wires, target.max_result,
-                         target.where, target.time_limit, list(target.shared),
-                         None if labels is None else (labels.job, list(labels.tasks))))
+        request = target.request(self._cache_root, wires, labels)
         while True:
             await self._shared.ready(target.shared)
             worker = await self._pick(alone)
@@ -398,3 +385,4 @@ async def open_worker_pool(workers: int, cache_root: Path, *, label_output: bool
             yield pool
         finally:
             await pool.aclose()
+

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from ._bundles import bundle_file
-from ._cluster import Cluster, MemberInfo
+from ._cluster import Cluster
 from ._codecache import CodeCache
 from ._config import Config
 from ._errors import P2PClusterError, TaskError
 from ._jobs import CodeRegistry
 from ._loader import load_job_module, remember_sources
+from ._memberinfo import MemberInfo
 
 __all__ = ["AsyncCluster", "run_job_file"]
 

@@ -133,6 +133,10 @@ class WorkService:
                             name_of=self.name_of, max_value_size=config.max_value_size,
                             tasks=self.tasks)
         self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
+        self._route(runner)
+
+    def _route(self, runner: Runner) -> None:
+        """Take the streams whose first message is ours."""
         runner.route((FetchVersions,), self.versions.serve)
         runner.route((FetchCode,), self._code.serve)
         runner.route((FetchArgs, PushResult), self._serve_data)

@@ -58,14 +58,13 @@ def run_batch(
     shared values the calls' handles name).
 
     Returns the outcomes, the seconds spent in this process (loading included) and the
-    :data:`Run` of each call (none if the function did not load). Once
-    ``time_limit`` seconds have passed, the batch stops after the task that runs: there are
-    then fewer outcomes than payloads, one per payload from the first. It stops after a
-    task whose arguments hold an array NumPy is not here to decode, too (the peer gives the
-    rest of the job to others). If the function cannot be loaded, every payload gets the
-    same ``ERROR``. A result that encodes to more than ``max_result`` bytes (the limit of
-    ``limit_where``) is an ``ERROR`` too (``ValueTooLarge``), decided here, on the peer that
-    ran the task, before it goes anywhere. With ``labels`` (a
+    :data:`Run` of each call (none if the function did not load). The batch stops after the
+    task that runs once ``time_limit`` seconds have passed, or whose arguments hold an array
+    NumPy is not here to decode (fewer outcomes than payloads, one per payload from the
+    first; the peer gives the rest to others). If the function cannot be loaded, every
+    payload gets the same ``ERROR``. A result that encodes to more than ``max_result``
+    bytes (the limit of ``limit_where``) is an ``ERROR`` too (``ValueTooLarge``), decided
+    here, on the peer that ran the task, before it goes anywhere. With ``labels`` (a
     :class:`~._taskoutput.TaskLabels`: the job, a task id per payload), what each task
     prints is marked with its job and task (:mod:`._taskoutput`).
     """

@@ -16,11 +16,14 @@ import struct
 import subprocess
 import sys
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import trio
 
-__all__ = ["Call", "Crashed", "Resend", "WorkerProcess", "frame", "how_it_died",
+from ._taskoutput import TaskLabels
+
+__all__ = ["Call", "CallTarget", "Crashed", "Resend", "WorkerProcess", "frame", "how_it_died",
            "read_frame", "start_worker_process"]
 
 _LENGTH = struct.Struct(">I")
@@ -50,6 +53,24 @@ class Call:
 def frame(obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(data)) + data
+
+
+class CallTarget(NamedTuple):
+    """What a request runs: the function (as :meth:`FunctionRef.to_wire` gives it) and the
+    largest result it may return."""
+
+    ref: tuple[Any, ...]
+    max_result: int
+    where: str  #: whose limit max_result is, for the error
+    time_limit: float | None  #: seconds after which a batch stops after its current task
+    shared: Mapping[bytes, Any]  #: the shared values the calls use, by digest
+
+    def request(self, cache_root: str, wires: list[Any],
+                labels: TaskLabels | None) -> bytes:
+        """The framed ``run`` request of one call, for the worker's pipe."""
+        return frame(("run", cache_root, self.ref, wires, self.max_result, self.where,
+                      self.time_limit, list(self.shared),
+                      None if labels is None else (labels.job, list(labels.tasks))))
 
 
 class WorkerProcess:

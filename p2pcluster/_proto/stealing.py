@@ -237,7 +237,7 @@ class StealingMachine:
         # Its jobs are orphans: drop them here, and have the driver stop running ones.
         orphaned = {q.spec.job for q in self.queue if q.spec.owner == peer}
         orphaned.update(self._execution.running_jobs_of(peer))
-        self._count_dropped(self.queue.drop(lambda q: q.spec.owner == peer))
+        self._ctx.count("dropped", self.queue.drop(lambda q: q.spec.owner == peer))
         for job in orphaned:
             self._forget(job)
             self._ctx.emit(JobDropped(job, "its owner left or died"))
@@ -265,7 +265,7 @@ class StealingMachine:
         """Cancel an owned job everywhere: drop it here and tell every peer that held it."""
         if not self._owner.owns(job):
             return
-        self._count_dropped(self.queue.drop(lambda q: q.spec.job == job))
+        self._ctx.count("dropped", self.queue.drop(lambda q: q.spec.job == job))
         self._ctx.emit(JobDropped(job, "cancelled"))
         self._owner.end(job)
 
@@ -310,7 +310,7 @@ class StealingMachine:
 
     def decline(self, now: float, job: bytes) -> None:
         """This peer cannot run ``job`` (see :meth:`.Execution.decline`)."""
-        self._count_dropped(self._execution.decline(now, job))
+        self._ctx.count("dropped", self._execution.decline(now, job))
         self._maybe_steal(now)
 
     # --- network ----------------------------------------------------------------------------
@@ -367,9 +367,6 @@ class StealingMachine:
         return len(self.queue) if self.queue.everywhere(runnable) else self.queue.count(
             runnable)
 
-    def _count_dropped(self, n: int) -> None:
-        self._ctx.count("dropped", n)
-
     def _note_queue(self, peer: bytes, queue: int) -> None:
         if peer in self.peers:
             self.peers[peer] = queue
@@ -397,7 +394,7 @@ class StealingMachine:
     def _on_cancel(self, now: float, msg: CancelJob) -> None:
         if self._owner.owns(msg.job):  # only an owner ends its job
             return
-        self._count_dropped(self.queue.drop(lambda q: q.spec.job == msg.job))
+        self._ctx.count("dropped", self.queue.drop(lambda q: q.spec.job == msg.job))
         self._forget(msg.job)
         self._ctx.emit(JobDropped(msg.job, "ended by its owner"))
         self._maybe_steal(now)
