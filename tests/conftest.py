@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # CI runs the fuzzers at full strength (at least 20k examples each); locally they are quicker.
@@ -10,3 +11,12 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (README's `-n 2 --dist loadgroup`) the network-namespace tests all
+    run on one worker, one at a time, as they always did: each builds a LAN of its own and
+    many are timed. The other worker runs everything else beside them."""
+    for item in items:
+        if item.get_closest_marker("netns") is not None:
+            item.add_marker(pytest.mark.xdist_group("netns"))
