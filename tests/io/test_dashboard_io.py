@@ -292,12 +292,18 @@ def test_jobs_table_through_the_daemon(daemon: tuple[Daemon, str], tmp_path: Pat
                             text=True, timeout=60, env=started.env)
     assert result.returncode == 0 and "no jobs yet" in result.stdout
     run_shouts(tmp_path, started)
-    result = subprocess.run([sys.executable, "-m", "p2pcluster", "jobs", "--control",
-                             str(started.control)], check=False, capture_output=True,
-                            text=True, timeout=60, env=started.env)
-    lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["JOB", "OWNER", "FUNCTION"]
-    assert any("20/20 100%" in line and "done" in line for line in lines)
+    deadline = time.monotonic() + 10  # the daemon ends the job just after the last result
+    while True:
+        result = subprocess.run([sys.executable, "-m", "p2pcluster", "jobs", "--control",
+                                 str(started.control)], check=False, capture_output=True,
+                                text=True, timeout=60, env=started.env)
+        lines = result.stdout.splitlines()
+        done = any("20/20 100%" in line and "done" in line for line in lines)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert lines[0].split()[:3] == ["JOB", "OWNER", "FUNCTION"], result.stdout
+    assert done, result.stdout
     assert "    ran by    d1: 20" in lines
 
 

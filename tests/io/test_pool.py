@@ -353,7 +353,9 @@ def test_ctrl_c_kills_busy_workers_quietly(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "KeyboardInterrupt" in stderr
     # Only the peer's own traceback: nothing printed by a worker process.
     assert "spawn_main" not in stderr and "workjobs" not in stderr
-    time.sleep(0.2)
+    deadline = time.monotonic() + 2.0  # a worker sees its peer gone within 0.5 s, if not loaded
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(_running(pid) for pid in pids)
 
 
