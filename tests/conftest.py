@@ -14,9 +14,10 @@ pytest_plugins = ["pytester"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (README's `-n 2 --dist loadgroup`) the network-namespace tests all
-    run on one worker, one at a time, as they always did: each builds a LAN of its own and
-    many are timed. The other worker runs everything else beside them."""
+    """Under pytest-xdist (README's `-n 2 --dist loadgroup`) the tests of real processes
+    (tests/io) and of network namespaces all run on one worker, one at a time, as they always
+    did: they start daemons and workers, build LANs, and many are timed. The other worker
+    runs the pure, simulated and CLI tests beside them."""
     for item in items:
-        if item.get_closest_marker("netns") is not None:
-            item.add_marker(pytest.mark.xdist_group("netns"))
+        if item.get_closest_marker("netns") is not None or "/tests/io/" in str(item.path):
+            item.add_marker(pytest.mark.xdist_group("processes"))

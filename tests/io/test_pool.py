@@ -306,7 +306,10 @@ async def test_includes_and_job_files_run_in_workers(tmp_path: Path) -> None:
 
 
 CTRL_C_SCRIPT = """
-import sys, trio
+import signal, sys, trio
+# Ctrl-C raises KeyboardInterrupt, as under a terminal, even if whatever started the test
+# suite ignores SIGINT (a shell's background job does, and its children inherit that).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from p2pcluster._refs import function_ref
 from p2pcluster._values import encode_call
