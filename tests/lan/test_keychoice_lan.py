@@ -7,7 +7,6 @@ Real `p2pcluster join` daemons with secret files, in network namespaces.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from p2pcluster._secret import decode_secret, fingerprint
 
 from .conftest import JOBS, SECRET, Peers, lan_tests
 from .test_jobs_lan import check_squares, finish
-from .test_rotation_lan import file_env, secret_cli
+from .test_rotation_lan import secret_cli, start_with_secret_files
 
 pytestmark = lan_tests()
 HOSTS = [1, 2]
@@ -42,14 +41,7 @@ def test_a_peer_that_promotes_a_key_the_other_lacks_still_reaches_it(  # type: i
         make_lan, tmp_path: Path) -> None:
     peers = make_lan(2)
     old = fingerprint(decode_secret(SECRET, "SECRET"))
-    for host in HOSTS:
-        secret_cli(peers, host, "--import", stdin=SECRET + "\n")
-        argv = [sys.executable, "-m", "p2pcluster", "join", "--name", f"h{host}",
-                "--log-level", "debug", "--workers", "1"]
-        log = peers.log_path(host).open("a")
-        peers.processes[host] = peers.lan.popen(host, argv, env=file_env(peers, host),
-                                                stdout=log, stderr=log)
-    peers.wait_everyone_sees(HOSTS, timeout=30)
+    start_with_secret_files(peers, HOSTS)
 
     # h1 alone: a new secret, sent with at once. h2 holds only the old one.
     new = secret_cli(peers, 1, "--new").strip()

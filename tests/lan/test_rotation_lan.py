@@ -72,17 +72,23 @@ def joins_anyone(peers: Peers, secret: str, seconds: float) -> bool:
         peers.processes[4].wait(timeout=10)
 
 
-def test_a_rolling_rotation_under_a_running_job(make_lan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    peers = make_lan(4)
-    old = fingerprint(decode_secret(SECRET, "SECRET"))
-    for host in HOSTS:
+def start_with_secret_files(peers: Peers, hosts: list[int]) -> None:
+    """A `join` daemon on each host, each with the test secret imported into its own secret
+    file; returns once all see each other."""
+    for host in hosts:
         secret_cli(peers, host, "--import", stdin=SECRET + "\n")
         argv = [sys.executable, "-m", "p2pcluster", "join", "--name", f"h{host}",
                 "--log-level", "debug", "--workers", "1"]
         log = peers.log_path(host).open("a")
         peers.processes[host] = peers.lan.popen(host, argv, env=file_env(peers, host),
                                                 stdout=log, stderr=log)
-    peers.wait_everyone_sees(HOSTS, timeout=30)
+    peers.wait_everyone_sees(hosts, timeout=30)
+
+
+def test_a_rolling_rotation_under_a_running_job(make_lan, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    peers = make_lan(4)
+    old = fingerprint(decode_secret(SECRET, "SECRET"))
+    start_with_secret_files(peers, HOSTS)
 
     stop = tmp_path / "rollout-done"
     started = tmp_path / "rollout-done.started"
