@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,46 @@ def everyone_sees(peers: Peers, hosts: list[int], names: set[str]) -> bool:
     return all(seen == names for seen in peers.alive_everywhere(hosts))
 
 
+def seen_all_at(peers: Peers, hosts: list[int], names: set[str]) -> float | None:
+    """When (``time.monotonic()``) the last of ``names`` became alive in the slowest host's
+    view, from each member's ``age``; None while some host does not list them all alive.
+    The time is an upper bound: it counts the CLI's exit after the daemon answered."""
+    def ask(host: int) -> tuple[list[dict[str, object]], float]:
+        rows = peers.members(host)
+        return rows, time.monotonic()
+
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        answers = list(pool.map(ask, hosts))
+    latest = 0.0
+    for rows, answered in answers:
+        alive = {r["name"]: float(r["age"]) for r in rows  # type: ignore[arg-type]
+                 if r["status"] == "alive"}
+        if set(alive) != names:
+            return None
+        latest = max(latest, answered - min(alive.values()))
+    return latest
+
+
 def test_three_hosts_find_each_other_over_mdns_alone(make_lan) -> None:  # type: ignore[no-untyped-def]
+    # The 5 s bound is measured from the daemons' own figures (each member's age in each
+    # view), not from how soon the polling CLI gets an answer: each `members` query is a new
+    # Python process, which on a loaded 2-core CI machine alone can take seconds.
     peers = make_lan(3)
     start = time.monotonic()
     for host in (1, 2, 3):
         peers.start(host)
-    wait_until(lambda: everyone_sees(peers, [1, 2, 3], {"h1", "h2", "h3"}), 5.0 - (
-        time.monotonic() - start), "all three list all three alive, through mDNS alone")
-    print(f"all three saw all three {time.monotonic() - start:.2f} s after start")
+    seen: list[float] = []
+
+    def all_seen() -> bool:
+        at = seen_all_at(peers, [1, 2, 3], {"h1", "h2", "h3"})
+        if at is not None:
+            seen.append(at)
+        return at is not None
+
+    wait_until(all_seen, 30.0, "all three list all three alive, through mDNS alone")
+    took = seen[0] - start
+    print(f"all three saw all three {took:.2f} s after start")
+    assert took <= 5.0, f"all three saw all three {took:.2f} s after start (bound 5 s)"
     for host in (1, 2, 3):
         assert "using interface eth0 (10.77.0." in peers.log(host)
     # Registering ends with mDNS probing (about 0.75 s plus announcements), which may finish
