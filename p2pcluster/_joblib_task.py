@@ -17,14 +17,26 @@ in p2pcluster unpickles: ``p2pcluster run`` and the ``Cluster`` API send CBOR. A
 can make a peer run :func:`run_pickled` holds the cluster secret, and can already run any
 code on it: pickle adds no power (``docs/security.md``).
 
+Threads
+-------
+Each worker of a peer is one of its CPUs, so a batch's BLAS and OpenMP thread pools are
+limited for the batch's duration, as joblib's process backends limit theirs (loky sets
+``OMP_NUM_THREADS`` and the like in its workers): ``run_pickled(..., threads=n)`` runs the
+batch under ``threadpoolctl``'s limit of ``n`` threads (at most this machine's CPUs), and
+puts the previous limits back after it. Without the limit, each worker of a 2-core peer runs
+two OpenBLAS and two OpenMP threads, and the workers of a busy peer fight over its cores.
+
 This module runs in worker processes: it imports nothing heavy until a batch arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 __all__ = ["PROTOCOL", "Failure", "dumps", "loads", "raw", "run_pickled"]
@@ -69,12 +81,14 @@ def loads(parts: Sequence[bytes]) -> Any:
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def run_pickled(*parts: bytes) -> list[bytes]:
+def run_pickled(*parts: bytes, threads: int | None = None) -> list[bytes]:
     """Call the pickled batch ``parts`` and return its result, or its :class:`Failure`,
-    pickled the same way. Runs in a worker process."""
+    pickled the same way; with ``threads``, under that limit of BLAS and OpenMP threads (see
+    the module docstring). Runs in a worker process."""
     try:
         batch = loads(parts)
-        result: Any = batch()
+        with thread_limit(threads):
+            result: Any = batch()
     except BaseException as exc:  # joblib re-raises it on the submitting side
         result = _failure(exc)
     try:
@@ -100,3 +114,31 @@ def _failure(exc: BaseException, *, keep: bool = True) -> Failure:
             keep = False
     exc.__traceback__ = None  # frames do not travel
     return Failure(exc if keep else None, name, message, text)
+
+
+class _Controllers:
+    """threadpoolctl's view of this process's thread pools, made again only once modules
+    were imported since (making one scans every loaded library: milliseconds; using one
+    costs microseconds)."""
+
+    controller: Any = None
+    modules = -1
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """BLAS and OpenMP thread pools limited to ``threads`` (at most this machine's CPUs)
+    inside the ``with``; nothing is done for None, or if threadpoolctl is not installed."""
+    if threads is None:
+        yield
+        return
+    try:
+        import threadpoolctl  # the [joblib] extra (with scikit-learn too)
+    except ImportError:
+        yield
+        return
+    if _Controllers.modules != len(sys.modules):
+        _Controllers.controller = threadpoolctl.ThreadpoolController()
+        _Controllers.modules = len(sys.modules)
+    with _Controllers.controller.limit(limits=max(1, min(threads, os.cpu_count() or threads))):
+        yield

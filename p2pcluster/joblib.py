@@ -29,6 +29,7 @@ import atexit
 import collections
 import dataclasses
 import logging
+import os
 import queue
 import sys
 import threading
@@ -154,6 +155,7 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     supports_return_generator = True
     uses_threads = False
     supports_sharedmem = False
+    supports_inner_max_num_threads = True
     default_n_jobs = -1
     # A task crosses the network: batches worth at least a tenth of a second.
     MIN_IDEAL_BATCH_DURATION = 0.1
@@ -168,6 +170,7 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         self._config = config
         self._daemon = daemon
         self._pending: dict[TaskFuture, int] = {}  #: batch -> its number of calls
+        self._n_jobs = 1  #: as configured
         self._lock = threading.Lock()
 
     @property
@@ -186,7 +189,8 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
                   require: Any = None, **backend_kwargs: Any) -> int:
         self.parallel = parallel
         _job_files_by_value()
-        return self.effective_n_jobs(n_jobs)
+        self._n_jobs = self.effective_n_jobs(n_jobs)
+        return self._n_jobs
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """``n_jobs`` itself when positive; ``-1`` is every worker of every live peer,
@@ -204,7 +208,8 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         try:
             parts, modules = dumps_noting_modules(func)
             cluster = self.cluster
-            request = with_needs(cluster.prepare(run_pickled, tuple(parts)),
+            request = with_needs(cluster.prepare(run_pickled, tuple(parts),
+                                                 {"threads": self.inner_threads()}),
                                  batch_needs(modules))
             future = cluster.submit_request(request)
         except Exception as exc:  # cannot be sent (unpicklable, too large, no cluster):
@@ -215,6 +220,15 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         future.add_done_callback(lambda _: _shared.callbacks.put(
             lambda: self._done(future, callback)))
         return future
+
+    def inner_threads(self) -> int:
+        """The BLAS and OpenMP threads each batch may use in its worker: joblib's
+        ``inner_max_num_threads`` if set, else as joblib's process backends choose, this
+        machine's CPUs divided by ``n_jobs`` (one, when ``n_jobs`` is every worker of peers
+        like this one)."""
+        if self.inner_max_num_threads is not None:
+            return max(1, int(self.inner_max_num_threads))
+        return max(1, (os.cpu_count() or 1) // max(1, self._n_jobs))
 
     def _done(self, future: TaskFuture, callback: Callable[[Any], None] | None) -> None:
         with self._lock:

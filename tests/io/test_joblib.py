@@ -83,6 +83,30 @@ def test_results_in_order_and_n_jobs(backend: None) -> None:
     assert joblib.Parallel()(joblib.delayed(square)(i) for i in range(3)) == [0, 1, 4]
 
 
+def blas_threads(_: int) -> list[int]:
+    import threadpoolctl
+
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_batches_run_with_limited_blas_threads(cluster: Cluster) -> None:
+    """As under joblib's process backends: CPUs // n_jobs threads, or inner_max_num_threads."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    with joblib.parallel_config(backend="p2pcluster", cluster=cluster):
+        out = joblib.Parallel(n_jobs=os.cpu_count(), timeout=WAIT)(
+            joblib.delayed(blas_threads)(i) for i in range(8))
+    assert out[-1] and set(out[-1]) == {1}  # the first batch may import NumPy itself
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return
+    with joblib.parallel_config(backend="p2pcluster", cluster=cluster,
+                                inner_max_num_threads=2):
+        out = joblib.Parallel(n_jobs=cpus, timeout=WAIT)(
+            joblib.delayed(blas_threads)(i) for i in range(8))
+    assert out[-1] and set(out[-1]) == {2}
+
+
 def test_closures_and_numpy_arrays_travel(backend: None) -> None:
     np = pytest.importorskip("numpy")
     big = np.arange(300_000, dtype=np.float64)  # 2.4 MB: over inline_value_size

@@ -65,3 +65,21 @@ def test_the_modules_noted_are_those_of_classes_functions_and_objects() -> None:
          "a": np.zeros(3), "n": [1.5] * 10, "local": lambda: 1})
     assert {"fractions", "json", "numpy"} <= modules
     assert loads(parts)["f"] == fractions.Fraction(1, 3)
+
+
+def _blas_threads() -> list[int]:
+    import threadpoolctl
+
+    return [pool["num_threads"] for pool in threadpoolctl.threadpool_info()
+            if pool["user_api"] == "blas"]
+
+
+def test_run_pickled_limits_blas_threads_for_the_batch_only() -> None:
+    pytest.importorskip("numpy")  # loads OpenBLAS (or MKL)
+    pytest.importorskip("threadpoolctl")
+    before = _blas_threads()
+    if not before:
+        pytest.skip("no BLAS library loaded by NumPy here")
+    assert loads(run_pickled(*dumps(_blas_threads), threads=1)) == [1] * len(before)
+    assert _blas_threads() == before  # the limits are put back after the batch
+    assert loads(run_pickled(*dumps(_blas_threads))) == before  # no limit asked: none set
