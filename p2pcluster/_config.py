@@ -164,8 +164,10 @@ class Config:
         next waits in the worker's pipe, so a worker that finishes one starts the next
         without waiting for its peer to be scheduled (the difference between 0.85 and 0.97
         of ideal throughput for 50 ms tasks on a busy machine). Once the queue is short, one
-        per worker, so the last tasks stay stealable. 1 disables the overlap; a worker's
-        pipe holds at most 2.""")
+        per worker, so the last tasks stay stealable. A peer whose workers are all busy and
+        whose queue is empty steals ahead to fill those pipes (its next batch is at hand when
+        the running one ends: what joblib's one-call batches need). 1 disables the overlap
+        and stealing ahead; a worker's pipe holds at most 2.""")
     meta_interval: float = _doc(0.5, """
         The shortest time between two publications of this peer's surplus (queued tasks
         others may steal) in its gossiped metadata. Each publication is a membership update

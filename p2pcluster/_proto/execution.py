@@ -6,7 +6,9 @@ the job's estimated task time (:meth:`~.policy.WorkPolicy.task_time`, a moving a
 the batches measured here) to last the policy's ``batch_target``, capped at a
 quarter of the queue per slot (half of it stays stealable) and at ``message_bytes`` of
 arguments. While the queue is long, ``batches_per_slot`` batches may be out per slot (the
-next waits in the worker's pipe); once it is short, one.
+next waits in the worker's pipe); once it is short, one, so that the owner's last tasks stay
+stealable, unless every task queued here was stolen by this peer (it stole them to run them
+next: see "stealing ahead" in :mod:`.stealing`).
 
 When a batch ends (:meth:`Execution.finished`), results of a job owned here go to the owner
 role; others go to the job's owner: small ones in :class:`Results` messages of at most
@@ -47,8 +49,11 @@ class Execution:
     def limit(self) -> int:
         """Batches that may be out at once (see the module docstring)."""
         per = self._ctx.policy.batches_per_slot
-        queued = len(self._ctx.queue)
-        return per * self.slots if queued >= per * self.slots else self.slots
+        queue = self._ctx.queue
+        if len(queue) >= per * self.slots or (queue and not any(
+                self._owner.owns(q.spec.job) for q in queue)):
+            return per * self.slots
+        return self.slots
 
     def batch_size(self, job: bytes) -> int:
         """Tasks of ``job`` in a batch of about the policy's ``batch_target`` seconds, by the

@@ -5,7 +5,11 @@ Theory of operation
 A job is submitted to one peer, its **owner**, which puts the job's tasks at the back of its
 own queue (:mod:`.taskqueue`). Every peer runs tasks from the front of its queue (oldest first)
 as its worker slots free up. A peer with a free slot and an empty queue is **idle**; an idle
-peer steals:
+peer steals. So does a peer whose slots are all busy but whose workers' pipes have room
+(``batches_per_slot``) and whose queue is empty: it **steals ahead**, so that its next batch
+is at hand (arguments fetched, waiting in the worker's pipe) when the running one ends,
+instead of a round trip to the victim and one to the owner after it; what it stole goes
+straight into those pipes (:mod:`.execution`), so nobody steals it back:
 
 1. It picks a **victim** at random, weighted by the queue lengths it knows (gossiped in member
    metadata, refreshed by :class:`WorkAvailable` hints, by the ``queue`` of every grant and of
@@ -371,15 +375,21 @@ class StealingMachine:
         if peer in self.peers:
             self.peers[peer] = queue
 
+    def hungry(self) -> bool:
+        """Idle, or stealing ahead: every slot busy, room in the workers' pipes
+        (``batches_per_slot``), and nothing queued that this peer may run."""
+        room = self.slots * self.policy.batches_per_slot
+        return self.busy < room and not self._runnable()
+
     def _maybe_steal(self, now: float) -> None:
-        if self.stealing is not None or not self.idle():
+        if self.stealing is not None or not self.hungry():
             return
         victim = choose_victim(self.rng, self.peers)
         if victim is None:
             return
         self.stealing = (victim, now + self.policy.steal_timeout)
         self._ctx.count("steal_requests")
-        self._ctx.send(victim, StealRequest(self.node_id, self.slots - self.busy,
+        self._ctx.send(victim, StealRequest(self.node_id, max(0, self.slots - self.busy),
                                             tuple(self._execution.declined)))
 
     def _on_grant(self, now: float, grant: StealGrant) -> None:

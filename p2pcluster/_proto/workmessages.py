@@ -90,8 +90,9 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True)
 class StealRequest:
-    """``thief`` has ``slots`` free worker slots and nothing queued: it asks for work, of
-    any job but the ``declined`` ones (jobs it cannot run: their values need NumPy)."""
+    """``thief`` has ``slots`` free worker slots (0: it steals ahead) and nothing queued: it
+    asks for work, of any job but the ``declined`` ones (jobs it cannot run: their values
+    need NumPy)."""
 
     TYPE: ClassVar[int] = MessageType.STEAL_REQUEST
     thief: NodeId

@@ -477,3 +477,49 @@ def test_a_declined_job_goes_back_to_its_owner_and_is_never_taken_again() -> Non
     owner.receive(3.0, request.msg)
     (grant,) = msgs(owner, StealGrant)
     assert {jt.spec.job for jt in grant.msg.jobs} == {b"j3"}
+
+
+def test_a_busy_peer_steals_ahead_into_its_workers_pipes_and_no_further() -> None:
+    thief = machine(B, 1, A)
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(3))
+    assert owner.take(0.0, 1) is not None  # the owner's worker runs task 0
+    thief.receive(0.0, WorkAvailable(A, 2))
+    (request,) = msgs(thief, StealRequest)
+    owner.receive(0.0, request.msg)
+    (grant,) = msgs(owner, StealGrant)
+    thief.receive(0.0, grant.msg)
+    first = thief.take(0.0)
+    assert first is not None and thief.busy == 1
+    # Its one slot is busy and its queue empty: it steals ahead, while the owner has work.
+    (ahead,) = msgs(thief, StealRequest)
+    assert ahead.msg.slots == 0
+    owner.receive(0.0, ahead.msg)
+    (grant,) = msgs(owner, StealGrant)
+    assert len(grant.msg.jobs[0].tasks) == 1
+    thief.receive(0.0, grant.msg)
+    # What it stole goes into the worker's pipe at once, where nobody steals it back...
+    second = thief.take(0.0)
+    assert second is not None and thief.busy == 2 and thief.surplus() == 0
+    # ...and with the pipe full it asks for nothing more.
+    thief.receive(0.0, WorkAvailable(A, 5))
+    assert msgs(thief, StealRequest) == []
+
+
+def test_an_owner_keeps_its_last_queued_tasks_out_of_its_pipe_for_thieves() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2))
+    assert owner.take(0.0) is not None
+    assert owner.take(0.0) is None  # one queued: it stays stealable
+    assert owner.surplus() == 1
+    policy = WorkPolicy(batches_per_slot=1)  # no pipe: no stealing ahead either
+    thief = StealingMachine(B, 1, random.Random(1), policy)
+    thief.peer_up(0.0, A, 0)
+    thief.receive(0.0, WorkAvailable(A, 2))
+    (request,) = msgs(thief, StealRequest)
+    owner.receive(0.0, request.msg)
+    (grant,) = msgs(owner, StealGrant)
+    thief.receive(0.0, grant.msg)
+    assert thief.take(0.0) is not None
+    thief.receive(0.0, WorkAvailable(A, 1))
+    assert msgs(thief, StealRequest) == []
