@@ -23,13 +23,17 @@ Precedence
     =========== ============ ============ ============ ============
     Alive(i)    i > j        i > j        i > j        i > j
     Suspect(i)  i >= j       i > j  [1]_  never        never
-    Dead(i)     any i        any i        never        never
+    Dead(i)     i >= j [3]_  i >= j [3]_  never        never
     Left(i)     any i        any i        any i  [2]_  never
     =========== ============ ============ ============ ============
 
     .. [1] Suspect(i) with i == j while suspect is a *confirmation* (Lifeguard), not a change.
     .. [2] Left is a Dead the member announces about itself; it replaces a Dead so the member
        shows as left, not failed.
+    .. [3] The paper lets a Dead override at any incarnation; we follow memberlist instead,
+       which ignores a Dead older than what it holds. Such a Dead is stale news the member
+       has refuted already: relayed by a peer that was frozen, say. Under the paper's rule it
+       declares a live member dead again (the soak's seed 30 did, 23 s after the refutation).
 
     A Dead overriding an Alive keeps the larger incarnation, so a refutation must exceed
     everything anyone knew. An update about an *unknown* member creates it only if it is an

@@ -48,7 +48,8 @@ PRECEDENCE: dict[tuple[type, MemberStatus], Rule] = {
     (Alive, LEFT): _newer,
     (Suspect, ALIVE): _at_least, (Suspect, SUSPECT): _newer, (Suspect, DEAD): _never,
     (Suspect, LEFT): _never,
-    (Dead, ALIVE): _any, (Dead, SUSPECT): _any, (Dead, DEAD): _never, (Dead, LEFT): _never,
+    (Dead, ALIVE): _at_least, (Dead, SUSPECT): _at_least, (Dead, DEAD): _never,
+    (Dead, LEFT): _never,
     (Left, ALIVE): _any, (Left, SUSPECT): _any, (Left, DEAD): _any, (Left, LEFT): _never,
 }
 

@@ -23,6 +23,8 @@ def oracle(update: Update, held: MemberStatus, j: int) -> MemberStatus | None:
     {Alive Ml, inc=j}, i >= j. {Confirm Ml, inc=i} overrides {Alive Ml, inc=j} and
     {Suspect Ml, inc=j}, any j." A confirmed (dead) member only comes back with a higher
     incarnation; left is a confirm the member announces about itself.
+    One deviation, memberlist's: a confirm (Dead) older than the incarnation we hold is stale
+    news the member has already refuted, and is ignored.
     """
     i = update.incarnation
     if isinstance(update, Alive):
@@ -32,7 +34,7 @@ def oracle(update: Update, held: MemberStatus, j: int) -> MemberStatus | None:
             return S if i >= j else None
         return S if held == S and i > j else None
     if isinstance(update, Dead):
-        return D if held in (A, S) else None
+        return D if held in (A, S) and i >= j else None
     return L if held in (A, S, D) else None
 
 
