@@ -143,6 +143,13 @@ class PeerMachine:
     def running_batches(self) -> int:
         return len(self._running)
 
+    def backlog(self) -> list[tuple[bytes, int]]:
+        """(job, task id) of every task queued or running here."""
+        queued = [(q.spec.job, q.item.id) for q in self.work.queue]
+        running = [(r.batch.spec.job, item.id) for r in self._running.values()
+                   for item in r.batch.items]
+        return queued + running
+
     # --- the Machine protocol, for the Simulation -------------------------------------------
 
     def receive(self, now: float, src: Address, msg: Message, sender: bytes) -> None:
