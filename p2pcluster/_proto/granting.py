@@ -99,8 +99,8 @@ class Granting:
             if not self._placement.accept(now, spec):
                 ctx.count("refused", len(job_tasks.tasks))
                 continue
-            for item in job_tasks.tasks:
-                ctx.queue.append(spec, item)
+            for item in job_tasks.tasks:  # our own task back: its arguments are here
+                ctx.queue.append(spec, self._owner.homecoming(spec, item))
             count += len(job_tasks.tasks)
         return count
 

@@ -143,6 +143,14 @@ class OwnerRole:
             self._ctx.queue.appendleft(owned.spec, TaskItem(tid, 0, owned.payloads[tid]))
         self._ctx.count("requeued", len(ids))
 
+    def homecoming(self, spec: JobSpec, item: TaskItem) -> TaskItem:
+        """A task of a job owned here, granted back here by a thief (a re-steal): with the
+        arguments its grants left behind put back, since no other peer holds them."""
+        if not item.remote or spec.owner != self._ctx.node_id:
+            return item
+        owned = self.owned.jobs.get(spec.job)
+        return TaskItem(item.id, item.moves, owned.payloads.get(item.id, b"") if owned else b"")
+
     def restored(self, spec: JobSpec, item: TaskItem) -> TaskItem:
         """A task coming back to a queue, one move less; the owner puts back the arguments
         a grant left behind."""

@@ -523,3 +523,23 @@ def test_an_owner_keeps_its_last_queued_tasks_out_of_its_pipe_for_thieves() -> N
     assert thief.take(0.0) is not None
     thief.receive(0.0, WorkAvailable(A, 1))
     assert msgs(thief, StealRequest) == []
+
+
+def test_an_owner_stealing_back_its_own_task_gets_the_arguments_its_grant_left_behind() -> None:
+    """The task's arguments never left the owner (over inline_limit): a thief that grants
+    it back sends it without them, and the owner cannot fetch from itself (a hang, seen with
+    joblib's 1.3 MB batches, before the owner put them back)."""
+    owner = StealingMachine(A, 1, random.Random(1), WorkPolicy(inline_limit=4))
+    owner.peer_up(0.0, B, 0)
+    big = b"\x80" * 64
+    owner.submit(0.0, spec(), [(i, big) for i in range(3)])
+    assert owner.take(0.0, 1) is not None
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    taken = grant.msg.jobs[0].tasks
+    assert taken and all(t.remote for t in taken)  # the arguments stayed at the owner
+    # B grants one back to the owner (a re-steal: the owner ran out of work).
+    back = StealGrant(B, 0, (JobTasks(spec(), taken[:1]),))
+    owner.receive(0.0, back)
+    item = next(q for q in owner.queue if q.item.id == taken[0].id).item
+    assert not item.remote and item.payload == big
