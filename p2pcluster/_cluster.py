@@ -311,13 +311,13 @@ class Cluster(cf.Executor):
         payload = as_bytes(encode_shared(value))
         digest = digest_of(payload)
         if digest not in self._shared:
-            self._shared[digest] = self._in_trio(self._share, payload)
+            self._shared[digest] = self._in_trio(self._share, payload, digest)
         return self._shared[digest]
 
-    async def _share(self, payload: bytes) -> Shared:
+    async def _share(self, payload: bytes, digest: bytes) -> Shared:
         if self._client is None:
             assert self.peer is not None
-            return await self.peer.share_payload(payload)
+            return await self.peer.share_payload(payload, digest=digest)
         from ._control_client import DaemonError
         from ._shared import Shared
 

@@ -17,6 +17,7 @@ arrive as plain bytes.
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 from ._errors import MessageTooLarge, ProtocolError
@@ -29,43 +30,50 @@ __all__ = ["Landed", "land", "receive_into"]
 
 
 class Landed(NamedTuple):
-    """A received value: as a worker takes it, and its plain CBOR (to hash; a view of the
-    segment, or the bytes themselves)."""
+    """A received value, as a worker takes it, and the SHA-256 of its bytes if asked for."""
 
     payload: Payload
-    flat: bytes | memoryview
+    digest: bytes | None
 
 
-async def receive_into(stream: SecureStream, dest: memoryview) -> None:
+async def receive_into(stream: SecureStream, dest: memoryview,
+                       hasher: hashlib._Hash | None = None) -> None:
     """Fill ``dest`` with the payloads of consecutive frames (the caller has checked its
-    size against its limit); raises if the stream ends first or the value runs longer."""
+    size against its limit); raises if the stream ends first or the value runs longer.
+    ``hasher`` is updated with each frame as it arrives (while the next one is on its way,
+    rather than all at the end)."""
     filled, size = 0, len(dest)
     while filled < size:
         got = await stream.receive_payload_into(dest[filled:])
         if got is None:
             raise ProtocolError(f"the stream closed {size - filled} bytes before the value's end")
+        if hasher is not None:
+            hasher.update(dest[filled:filled + got])
         filled += got
 
 
-async def land(stream: SecureStream, size: int) -> Landed:
-    """A value of ``size`` bytes from ``stream`` (see the module docstring)."""
+async def land(stream: SecureStream, size: int, *, digest: bool = False) -> Landed:
+    """A value of ``size`` bytes from ``stream`` (see the module docstring); with
+    ``digest``, its SHA-256 too."""
+    hasher = hashlib.sha256() if digest else None
     if size < OUT_OF_BAND or not available():
         buffer = bytearray(size)
-        await receive_into(stream, memoryview(buffer))
-        flat = bytes(buffer)
-        return Landed(flat, flat)
+        await receive_into(stream, memoryview(buffer), hasher)
+        return Landed(bytes(buffer), None if hasher is None else hasher.digest())
     first = await stream.receive_payload()
     if first is None:
         raise ProtocolError(f"the stream closed {size} bytes before the value's end")
     if len(first) > size:
         raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
+    if hasher is not None:
+        hasher.update(first)
     start = first_cut(memoryview(first))
     pad = 0 if start is None else -start % ALIGN
     segment = Segment.create(pad + size)
     value = segment.view[pad:pad + size]
     value[:len(first)] = first
-    await receive_into(stream, value[len(first):])
-    return Landed(_cut(value, segment, pad), value)
+    await receive_into(stream, value[len(first):], hasher)
+    return Landed(_cut(value, segment, pad), None if hasher is None else hasher.digest())
 
 
 def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:

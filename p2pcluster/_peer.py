@@ -152,14 +152,15 @@ class Peer:
         payload = await trio.to_thread.run_sync(lambda: as_bytes(encode_shared(value)))
         return await self.share_payload(payload)
 
-    async def share_payload(self, payload: bytes, holder: object = None) -> Shared:
-        """Keep an encoded value for ``holder`` (see :meth:`share`) until
-        :meth:`release_shared`; raises :class:`~p2pcluster.ValueTooLarge` over the limit."""
+    async def share_payload(self, payload: bytes, holder: object = None,
+                            digest: bytes | None = None) -> Shared:
+        """Keep an encoded value (whose SHA-256 is ``digest``, if known) for ``holder`` (see
+        :meth:`share`) until :meth:`release_shared`; ValueTooLarge over the limit."""
         limit = self._config.max_value_size
         if len(payload) > limit:
             raise ValueTooLarge(too_large("the value to share", len(payload), limit,
                                           f"peer {self.me.name}"))
-        digest = await trio.to_thread.run_sync(digest_of, payload)
+        digest = digest or await trio.to_thread.run_sync(digest_of, payload)
         return self._work.shared.add(payload, holder, digest)
 
     def release_shared(self, holder: object) -> None:

@@ -19,7 +19,6 @@ the value goes, and the worker processes let go of it too.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -184,15 +183,10 @@ class SharedValues:
                 if header.size > self._limit:  # refused unread: nothing is buffered
                     raise ValueTooLarge(too_large(what, header.size, self._limit,
                                                   f"peer {self._name}"))
-                landed = await land(stream, header.size)
+                landed = await land(stream, header.size, digest=True)
         except (OSError, trio.BrokenResourceError) as exc:
             raise ProtocolError(f"{what}: fetching it from {address[0]}:{address[1]} "
                                 f"failed: {exc}") from None
-        # (in a thread: hashing hundreds of megabytes takes a while)
-        if await trio.to_thread.run_sync(_sha256, landed.flat) != digest:
+        if landed.digest != digest:
             raise ProtocolError(f"{what}: the bytes received do not match its digest")
         return landed.payload
-
-
-def _sha256(data: bytes | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
