@@ -18,7 +18,10 @@ arrive as plain bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import NamedTuple
+
+import trio
 
 from ._errors import MessageTooLarge, ProtocolError
 from ._handoff import place
@@ -37,43 +40,70 @@ class Landed(NamedTuple):
 
 
 async def receive_into(stream: SecureStream, dest: memoryview,
-                       hasher: hashlib._Hash | None = None) -> None:
+                       landed: Callable[[int], None] | None = None) -> None:
     """Fill ``dest`` with the payloads of consecutive frames (the caller has checked its
     size against its limit); raises if the stream ends first or the value runs longer.
-    ``hasher`` is updated with each frame as it arrives (while the next one is on its way,
-    rather than all at the end)."""
+    ``landed(n)`` is told each time the first ``n`` bytes are in."""
     filled, size = 0, len(dest)
     while filled < size:
         got = await stream.receive_payload_into(dest[filled:])
         if got is None:
             raise ProtocolError(f"the stream closed {size - filled} bytes before the value's end")
-        if hasher is not None:
-            hasher.update(dest[filled:filled + got])
         filled += got
+        if landed is not None:
+            landed(filled)
+
+
+class _Hashing:
+    """The SHA-256 of a value as it lands: a task hashes, in a thread, what has landed
+    since it last looked, so the hash keeps pace beside the receiving loop instead of
+    following it."""
+
+    def __init__(self, value: memoryview) -> None:
+        self.hasher = hashlib.sha256()
+        self._value = value
+        self._filled = self._hashed = 0
+        self._more = trio.Event()
+
+    def landed(self, filled: int) -> None:
+        self._filled = filled
+        self._more.set()
+
+    async def run(self) -> None:
+        while self._hashed < len(self._value):
+            await self._more.wait()
+            self._more = trio.Event()  # (before reading how far it is: nothing is missed)
+            end = self._filled
+            await trio.to_thread.run_sync(self.hasher.update, self._value[self._hashed:end])
+            self._hashed = end
 
 
 async def land(stream: SecureStream, size: int, *, digest: bool = False) -> Landed:
     """A value of ``size`` bytes from ``stream`` (see the module docstring); with
     ``digest``, its SHA-256 too."""
-    hasher = hashlib.sha256() if digest else None
     if size < OUT_OF_BAND or not available():
         buffer = bytearray(size)
-        await receive_into(stream, memoryview(buffer), hasher)
-        return Landed(bytes(buffer), None if hasher is None else hasher.digest())
+        await receive_into(stream, memoryview(buffer))
+        return Landed(bytes(buffer), hashlib.sha256(buffer).digest() if digest else None)
     first = await stream.receive_payload()
     if first is None:
         raise ProtocolError(f"the stream closed {size} bytes before the value's end")
     if len(first) > size:
         raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
-    if hasher is not None:
-        hasher.update(first)
     start = first_cut(memoryview(first))
     pad = 0 if start is None else -start % ALIGN
     segment = Segment.create(pad + size)
     value = segment.view[pad:pad + size]
     value[:len(first)] = first
-    await receive_into(stream, value[len(first):], hasher)
-    return Landed(_cut(value, segment, pad), None if hasher is None else hasher.digest())
+    if not digest:
+        await receive_into(stream, value[len(first):])
+        return Landed(_cut(value, segment, pad), None)
+    hashing, rest = _Hashing(value), len(first)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hashing.run)
+        hashing.landed(rest)
+        await receive_into(stream, value[rest:], lambda n: hashing.landed(rest + n))
+    return Landed(_cut(value, segment, pad), hashing.hasher.digest())
 
 
 def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
