@@ -44,6 +44,7 @@ from ._proto.messages import (
 from ._proto.workevents import PushValue
 from ._runner import Runner
 from ._secure import SecureStream
+from ._shm import SegmentStock
 from ._transport import Address
 from ._values import encode_error
 
@@ -143,19 +144,21 @@ class DataPlane:
 
     # --- as the peer that runs the task -------------------------------------------------------
 
-    async def fetch_args(self, spec: JobSpec, items: list[TaskItem]) -> Fetched:
+    async def fetch_args(self, spec: JobSpec, items: list[TaskItem],
+                         stock: SegmentStock | None = None) -> Fetched:
         """``items`` with their arguments in hand (those that stayed at the owner are
-        fetched now), and error results for those over this peer's limit. A task whose
-        arguments the owner no longer has (the job ended) is left out."""
+        fetched now, into segments from ``stock``), and error results for those over this
+        peer's limit. A task whose arguments the owner no longer has (the job ended) is
+        left out."""
         remote = [item for item in items if item.remote]
         if not remote:
             return Fetched(items, [item.payload for item in items], [])
-        fetched, failed = await self._fetch(spec, remote)
+        fetched, failed = await self._fetch(spec, remote, stock)
         ready = [item for item in items if not item.remote or item.id in fetched]
         payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
         return Fetched(ready, payloads, failed)
 
-    async def _fetch(self, spec: JobSpec, items: list[TaskItem]
+    async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
                      ) -> tuple[dict[int, Payload], list[TaskResult]]:
         """Each task's arguments on a stream of its own: a value over the limit is refused
         by closing its stream, without reading a byte of it."""
@@ -168,14 +171,15 @@ class DataPlane:
             try:
                 async with await self._runner.connect(address) as stream:
                     await stream.send(FetchArgs(spec.job, (item.id,)))
-                    await self._receive_arg(stream, spec, fetched, failed)
+                    await self._receive_arg(stream, spec, fetched, failed, stock)
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("fetching arguments of job %s from %s:%d failed: %s",
                           spec.job.hex()[:8], *address, exc)
         return fetched, failed
 
     async def _receive_arg(self, stream: SecureStream, spec: JobSpec,
-                           fetched: dict[int, Payload], failed: list[TaskResult]) -> None:
+                           fetched: dict[int, Payload], failed: list[TaskResult],
+                           stock: SegmentStock | None) -> None:
         header = await stream.receive()
         if not isinstance(header, ValueHeader):
             raise ProtocolError(f"expected a ValueHeader, got {type(header).__name__}")
@@ -187,7 +191,7 @@ class DataPlane:
             failed.append(TaskResult(header.id, TaskStatus.ERROR,
                                      encode_error("ValueTooLarge", message)))
             return
-        fetched[header.id] = (await land(stream, header.size)).payload
+        fetched[header.id] = (await land(stream, header.size, stock=stock)).payload
 
     async def push(self, out: PushValue) -> None:
         """Carry out a :class:`PushValue`: a few attempts, then give up, saying so (the

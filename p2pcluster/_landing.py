@@ -27,7 +27,7 @@ from ._errors import MessageTooLarge, ProtocolError
 from ._handoff import place
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
 from ._secure import SecureStream
-from ._shm import Segment, available
+from ._shm import Segment, SegmentStock, available
 
 __all__ = ["Landed", "land", "receive_into"]
 
@@ -78,9 +78,11 @@ class _Hashing:
             self._hashed = end
 
 
-async def land(stream: SecureStream, size: int, *, digest: bool = False) -> Landed:
+async def land(stream: SecureStream, size: int, *, digest: bool = False,
+               stock: SegmentStock | None = None) -> Landed:
     """A value of ``size`` bytes from ``stream`` (see the module docstring); with
-    ``digest``, its SHA-256 too."""
+    ``digest``, its SHA-256 too. Its segment comes from ``stock`` if given (a value that
+    the workers will let go of soon: arguments)."""
     if size < OUT_OF_BAND or not available():
         buffer = bytearray(size)
         await receive_into(stream, memoryview(buffer))
@@ -92,7 +94,7 @@ async def land(stream: SecureStream, size: int, *, digest: bool = False) -> Land
         raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
     start = first_cut(memoryview(first))
     pad = 0 if start is None else -start % ALIGN
-    segment = Segment.create(pad + size)
+    segment = Segment.create(pad + size) if stock is None else stock.take(pad + size)
     value = segment.view[pad:pad + size]
     value[:len(first)] = first
     if not digest:

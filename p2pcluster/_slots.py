@@ -123,7 +123,8 @@ class Slots:
             error = encode_error("CodeUnavailable", str(exc))
             return Ran([TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items],
                        None, [])
-        items, payloads, failed = await self._data.fetch_args(spec, batch.items)
+        items, payloads, failed = await self._data.fetch_args(spec, batch.items,
+                                                              self._pool.segments)
         if not items:
             return Ran(failed, None, [])
         shared, unshared = await self._shared_values(spec, items, payloads)

@@ -300,6 +300,30 @@ async def test_arguments_fetched_from_the_owner_arrive_whole_and_aligned(
         assert [s[2] for s in seen] == [arr.tobytes() for arr in call]
 
 
+async def test_an_argument_a_task_keeps_is_never_overwritten_by_later_ones(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer receives arguments into segments it reuses once their worker has unmapped
+    them; one a task kept a view of stays mapped, and the peer never writes into it."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(200_000) for _ in range(12)]  # 1.6 MB each
+    cluster = unique_cluster()
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            with trio.fail_after(WAIT):
+                assert await a.run(arrayfuncs.keep, arrays[0]) == 1
+                sums = await a.map(arrayfuncs.total, arrays[1:])  # through reused segments
+                got = await a.run(arrayfuncs.kept)
+            assert b.statistics().workers.slots == 1  # one worker: it kept the array
+    assert sums == [float(np.sum(arr)) for arr in arrays[1:]]
+    assert got == [arrays[0].tobytes()]
+
+
 async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):

@@ -74,3 +74,36 @@ async def test_a_value_that_ends_early_or_runs_longer_is_refused(size: int) -> N
     c, s = connect()
     with pytest.raises(MessageTooLarge):
         await land(Frames(c, s, data, 4096), size - 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+def test_a_worker_lets_go_only_of_the_segments_nothing_keeps() -> None:
+    from p2pcluster._handoff import SegmentRef, let_go, open_args
+    from p2pcluster._shm import Segment
+
+    held = [Segment.create(4096), Segment.create(8192)]
+    wires = [SegmentRef((b"\x81", b""), s.path(), s.size, (0,), (1024,), s.fd) for s in held]
+    payloads, segments = open_args([*wires, b"plain"])
+    assert set(segments) == {s.fd for s in held} and payloads[2] == b"plain"
+    first = payloads[0]
+    assert isinstance(first, Packed)
+    kept = np.frombuffer(first.buffers[0], dtype=np.uint8)  # a task keeps a view
+    del payloads, first
+    assert let_go(segments) == [held[1].fd]
+    assert kept.sum() == 0  # still mapped, still readable
+
+
+def test_the_segment_stock_reuses_what_fits_and_holds_little() -> None:
+    from p2pcluster._shm import STEP, SegmentStock
+
+    stock = SegmentStock(most=2, most_bytes=4 * STEP)
+    a = stock.take(STEP + 1)
+    assert a.size == 2 * STEP  # rounded up, so that a value of about that size fits again
+    stock.give(a)
+    assert stock.take(STEP + 100) is a and stock.reused == 1
+    assert stock.take(STEP + 100) is not a  # not in the stock twice
+    stock.give(a)
+    assert stock.take(100) is not a  # far too large for a small value
+    big = stock.take(5 * STEP)
+    stock.give(big)  # over most_bytes: not kept
+    assert stock.take(5 * STEP) is not big
