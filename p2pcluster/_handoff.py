@@ -8,8 +8,11 @@ the pipe. For a 256 MB value that measured 1.8 s against 11.5 s pickled through 
 (``docs/performance.md``, "Data"; one measurement, on a loaded machine).
 
 - **Arguments** a peer received from another peer already sit in a segment (the data plane
-  receives into one): the worker maps it. Arrays of a job owned here (in the submitter's
-  memory) are copied into a new segment first, once per call.
+  receives into one, :mod:`._landing`): the worker maps it. Arrays of a job owned here (in
+  the submitter's memory) are copied into a new segment first, once per call. After a
+  batch the worker unmaps the argument segments nothing in it still uses
+  (:func:`let_go`) and names them in its answer; the peer may then write new arguments
+  into them (:class:`~._shm.SegmentStock`).
 - **Shared values** a worker maps once, read-only, and keeps until the peer drops them.
 - **Results** the worker copies into a segment of its own and keeps until the peer has
   mapped it and says so (a ``drop`` frame); then the memory belongs to the peer alone.

@@ -11,6 +11,11 @@ as it is (:func:`~._handoff.to_ref`). If a later array of the same value is not 
 value is placed in a new segment once more (:func:`~._handoff.place`): arrays a worker gets
 are always aligned.
 
+Arguments land in a segment from the worker pool's :class:`~._shm.SegmentStock` when it
+has one of about the size (one an earlier batch's worker has unmapped): its pages are
+allocated already, which makes writing them several times faster. Shared values, which
+stay, get a new segment.
+
 Small values (under :data:`~._packed.OUT_OF_BAND`), and any value where memfds are missing,
 arrive as plain bytes.
 """
