@@ -22,7 +22,9 @@ arrive as plain bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -74,6 +76,10 @@ class _Hashing:
         self._filled = filled
         self._more.set()
 
+    def after(self, rest: int) -> Callable[[int], None]:
+        """:meth:`landed` for a fill that starts ``rest`` bytes into the value."""
+        return lambda n: self.landed(rest + n)
+
     async def run(self) -> None:
         while self._hashed < len(self._value):
             await self._more.wait()
@@ -92,25 +98,39 @@ async def land(stream: SecureStream, size: int, *, digest: bool = False,
         buffer = bytearray(size)
         await receive_into(stream, memoryview(buffer))
         return Landed(bytes(buffer), hashlib.sha256(buffer).digest() if digest else None)
-    first = await stream.receive_payload()
-    if first is None:
-        raise ProtocolError(f"the stream closed {size} bytes before the value's end")
-    if len(first) > size:
-        raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
-    start = first_cut(memoryview(first))
-    pad = 0 if start is None else -start % ALIGN
-    segment = Segment.create(pad + size) if stock is None else stock.take(pad + size)
-    value = segment.view[pad:pad + size]
-    value[:len(first)] = first
-    if not digest:
-        await receive_into(stream, value[len(first):])
-        return Landed(_cut(value, segment, pad), None)
-    hashing, rest = _Hashing(value), len(first)
+    segment = Segment.create(size + ALIGN) if stock is None else stock.take(size + ALIGN)
+    try:
+        return await _land(stream, size, segment, digest)
+    except BaseExceptionGroup as group:  # the helpers' nursery: say what went wrong
+        raise group.exceptions[0] if len(group.exceptions) == 1 else group from None
+
+
+async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool) -> Landed:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(hashing.run)
-        hashing.landed(rest)
-        await receive_into(stream, value[rest:], lambda n: hashing.landed(rest + n))
-    return Landed(_cut(value, segment, pad), hashing.hasher.digest())
+        nursery.start_soon(_allocate, segment)
+        first = await stream.receive_payload()
+        if first is None:
+            raise ProtocolError(f"the stream closed {size} bytes before the value's end")
+        if len(first) > size:
+            raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
+        start = first_cut(memoryview(first))
+        pad = 0 if start is None else -start % ALIGN
+        value = segment.view[pad:pad + size]
+        value[:len(first)] = first
+        hashing, rest = _Hashing(value) if digest else None, len(first)
+        if hashing is not None:
+            nursery.start_soon(hashing.run)
+            hashing.landed(rest)
+        await receive_into(stream, value[rest:], None if hashing is None else hashing.after(rest))
+    return Landed(_cut(value, segment, pad), None if hashing is None else hashing.hasher.digest())
+
+
+async def _allocate(segment: Segment) -> None:
+    """Have the kernel allocate the segment's pages in a thread, ahead of the frames being
+    written into them (a new page of shared memory costs more than writing it; a page
+    allocated already is not allocated again)."""
+    with contextlib.suppress(OSError):  # not supported: the writes allocate them
+        await trio.to_thread.run_sync(os.posix_fallocate, segment.fd, 0, segment.size)
 
 
 def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
