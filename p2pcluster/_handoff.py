@@ -105,29 +105,29 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
     return Packed(value.heads, views)
 
 
-def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, Segment]]:
-    """A batch's arguments, each segment mapped here (copy-on-write), and those segments
-    by the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept."""
+def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, list[Segment]]]:
+    """A batch's arguments, each segment mapped here (copy-on-write), and their mappings by
+    the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept."""
     payloads: list[Payload] = []
-    segments: dict[int, Segment] = {}
+    segments: dict[int, list[Segment]] = {}
     for wire in wires:
         if not isinstance(wire, SegmentRef):
             payloads.append(wire)
             continue
         segment = Segment.open(wire.path, wire.size, access=mmap.ACCESS_COPY)
         segment.close()  # the mapping stays; the descriptor is not needed
-        segments[wire.fd] = segment
+        segments.setdefault(wire.fd, []).append(segment)
         payloads.append(Packed(wire.heads, [segment.view[o:o + n] for o, n in zip(
             wire.offsets, wire.sizes, strict=True)]))
     return payloads, segments
 
 
-def let_go(segments: dict[int, Segment]) -> list[int]:
+def let_go(segments: dict[int, list[Segment]]) -> list[int]:
     """Unmap the argument segments nothing here uses any more (call once the batch's
     payloads and values are gone); the peer's descriptors of those unmapped. A segment a
     task kept a view of (a global, a cache) stays mapped, and is not named: the peer then
     never writes into it again."""
-    return [fd for fd, segment in segments.items() if segment.unmap()]
+    return [fd for fd, mappings in segments.items() if all([m.unmap() for m in mappings])]
 
 
 def wire_value(payload: Payload, placed: list[Packed | None]) -> WireValue:

@@ -109,3 +109,19 @@ def test_the_segment_stock_reuses_what_fits_and_holds_little() -> None:
     big = stock.take(5 * STEP)
     stock.give(big)  # over most_bytes: not kept
     assert stock.take(5 * STEP) is not big
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+def test_a_segment_two_arguments_share_is_let_go_only_if_both_are() -> None:
+    from p2pcluster._handoff import SegmentRef, let_go, open_args
+    from p2pcluster._shm import Segment
+
+    held = Segment.create(4096)
+    wire = SegmentRef((b"\x81", b""), held.path(), held.size, (0,), (1024,), held.fd)
+    payloads, segments = open_args([wire, wire])
+    second = payloads[1]
+    assert isinstance(second, Packed)
+    kept = np.frombuffer(second.buffers[0], dtype=np.uint8)
+    del payloads, second
+    assert let_go(segments) == []
+    assert kept.sum() == 0
