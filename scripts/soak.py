@@ -51,6 +51,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CI's chaos rates: faults and jobs several times as often")
     p.add_argument("--no-roundtrip", dest="roundtrip", action="store_false",
                    help="skip decoding every message (faster; the codec is not exercised)")
+    p.add_argument("--digest", action="store_true",
+                   help="print a SHA-256 of every event: equal digests mean identical runs "
+                        "(the same seed replays bit for bit, whatever PYTHONHASHSEED is)")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
     p.add_argument("--every", type=float, default=300.0,
                    help="virtual seconds between progress lines")
@@ -65,7 +68,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def params_for(args: argparse.Namespace, seed: int) -> SoakParams:
     rates = DENSE if args.dense else ChaosRates()
     return SoakParams(seed=seed, peers=args.peers, duration=round(args.hours * 3600.0, 6),
-                      loss=args.loss, rates=rates, roundtrip=args.roundtrip)
+                      loss=args.loss, rates=rates, roundtrip=args.roundtrip,
+                      digest=args.digest)
 
 
 def one(params: SoakParams, progress: bool, every: float) -> dict[str, Any]:

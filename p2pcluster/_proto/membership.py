@@ -23,13 +23,17 @@ Precedence
     =========== ============ ============ ============ ============
     Alive(i)    i > j        i > j        i > j        i > j
     Suspect(i)  i >= j       i > j  [1]_  never        never
-    Dead(i)     any i        any i        never        never
+    Dead(i)     i >= j [3]_  i >= j [3]_  never        never
     Left(i)     any i        any i        any i  [2]_  never
     =========== ============ ============ ============ ============
 
     .. [1] Suspect(i) with i == j while suspect is a *confirmation* (Lifeguard), not a change.
     .. [2] Left is a Dead the member announces about itself; it replaces a Dead so the member
        shows as left, not failed.
+    .. [3] The paper lets a Dead override at any incarnation; we follow memberlist instead,
+       which ignores a Dead older than what it holds. Such a Dead is stale news the member
+       has refuted already: relayed by a peer that was frozen, say. Under the paper's rule it
+       declares a live member dead again (the soak's seed 30 did, 23 s after the refutation).
 
     A Dead overriding an Alive keeps the larger incarnation, so a refutation must exceed
     everything anyone knew. An update about an *unknown* member creates it only if it is an
@@ -79,8 +83,10 @@ Corrections (ours)
     would hear it within milliseconds anyway.
 
 Restarts and ghosts
-    A new id that claims the address of a member we hold alive or suspect proves that
-    member's process is gone (one address, one socket): the old id is declared dead at once.
+    A new id that claims the address of a member we hold alive or suspect proves that one
+    of the two processes is gone (one address, one socket): the older one, by the start
+    times in their metadata (:mod:`.precedence`), is declared dead at once; without those,
+    the one held before.
     An Alive for another id at *our* address is a predecessor of ours, still gossiped about:
     it is recorded dead, as a tombstone, with no event.
 
@@ -112,6 +118,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .messages import Alive, Dead, Left, MemberState, MemberStatus, Suspect, Update
+from .precedence import PRECEDENCE, succeeds
 from .roster import Entry, Member, Roster
 from .suspicion import Suspicion, suspicion_bounds
 
@@ -127,34 +134,6 @@ ALIVE, SUSPECT, DEAD, LEFT = (MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberSt
 #: suspicion is not independent evidence, so it never counts as a Lifeguard confirmation.
 RELAYED = b""
 CORRECTION_AGE = 2  # gossip rounds after which a refutation's wave is over
-Rule = Callable[[int, int], bool]
-
-
-def _newer(i: int, j: int) -> bool:
-    return i > j
-
-
-def _at_least(i: int, j: int) -> bool:
-    return i >= j
-
-
-def _any(i: int, j: int) -> bool:
-    return True
-
-
-def _never(i: int, j: int) -> bool:
-    return False
-
-
-#: (update type, held status) -> does the update override? See the module docstring.
-PRECEDENCE: dict[tuple[type, MemberStatus], Rule] = {
-    (Alive, ALIVE): _newer, (Alive, SUSPECT): _newer, (Alive, DEAD): _newer,
-    (Alive, LEFT): _newer,
-    (Suspect, ALIVE): _at_least, (Suspect, SUSPECT): _newer, (Suspect, DEAD): _never,
-    (Suspect, LEFT): _never,
-    (Dead, ALIVE): _any, (Dead, SUSPECT): _any, (Dead, DEAD): _never, (Dead, LEFT): _never,
-    (Left, ALIVE): _any, (Left, SUSPECT): _any, (Left, DEAD): _any, (Left, LEFT): _never,
-}
 _STATUS_OF = {Alive: ALIVE, Suspect: SUSPECT, Dead: DEAD, Left: LEFT}
 
 
@@ -266,6 +245,8 @@ class MemberTable(Roster):
         if ghost:  # a predecessor of ours, still gossiped about: a tombstone, no event
             return [Change(entry, None, None)]
         changes = self._claim_address(entry, now)
+        if entry.status == DEAD:  # the predecessor of a member we hold: a tombstone too
+            return [Change(entry, None, None)]
         changes.append(Change(entry, None, EventKind.JOIN))
         return changes
 
@@ -281,6 +262,9 @@ class MemberTable(Roster):
         entry.incarnation = update.incarnation
         self._set_status(entry, ALIVE, now)
         changes = self._claim_address(entry, now)
+        if entry.status == DEAD:  # the predecessor of a member we hold
+            return [Change(entry, previous, None if previous in (DEAD, LEFT) else
+                           EventKind.FAIL)]
         if previous in (DEAD, LEFT):
             changes.append(Change(entry, previous, EventKind.RECOVER))
         else:
@@ -288,12 +272,18 @@ class MemberTable(Roster):
         return changes
 
     def _claim_address(self, entry: Entry, now: float) -> list[Change]:
-        """``entry`` now owns its address; a live predecessor there is gone: declare it dead."""
+        """``entry``, alive, claims its address. A live holder there that started before it
+        is gone: declare it dead. If the holder started after it, ``entry`` is the gone
+        predecessor: it is recorded dead instead (see :mod:`.precedence`)."""
         old_node = self._holder((entry.host, entry.port))
-        self._hold_address(entry)
         old = None if old_node is None or old_node == entry.node else self.get(old_node)
         if old is None or old.status not in (ALIVE, SUSPECT):
+            self._hold_address(entry)
             return []
+        if not succeeds(entry.meta, old.meta):
+            self._set_status(entry, DEAD, now)
+            return []
+        self._hold_address(entry)
         previous = old.status
         self._set_status(old, DEAD, now)
         return [Change(old, previous, EventKind.FAIL)]

@@ -76,7 +76,7 @@ class OwnerRole:
         """The job is over: tell every peer that held one of its tasks."""
         owned = self.owned.end(job)
         self._forget(job)
-        for peer in owned.ever_held:
+        for peer in sorted(owned.ever_held):  # sorted: the same order on every replay
             if peer not in self._ctx.dead:
                 self._ctx.send(peer, CancelJob(job))
 

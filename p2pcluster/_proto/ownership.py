@@ -199,7 +199,7 @@ class Ownership:
     def expired(self, now: float) -> list[bytes]:
         """The holders silent for a whole lease (their tasks must run again); schedules the
         next check while any peer holds tasks."""
-        silent = self._leases.expired(now, self._holding())
+        silent = self._leases.expired(now, sorted(self._holding()))  # replayable order
         self.next_check = now + self._interval if self._holding() - set(silent) else None
         return silent
 

@@ -238,7 +238,7 @@ class StealingMachine:
         orphaned = {q.spec.job for q in self.queue if q.spec.owner == peer}
         orphaned.update(self._execution.running_jobs_of(peer))
         self._ctx.count("dropped", self.queue.drop(lambda q: q.spec.owner == peer))
-        for job in orphaned:
+        for job in sorted(orphaned):  # one order whatever the hash seed: replayable
             self._forget(job)
             self._ctx.emit(JobDropped(job, "its owner left or died"))
         self._owner.lost_with(peer)  # our tasks it held come back to us, at the front

@@ -96,6 +96,7 @@ class MachineStatistics:
     deaths_declared: int = 0
     push_pulls: int = 0
     push_pulls_failed: int = 0
+    stranger_push_pulls: int = 0  #: exchanges with a sender we did not know
     gossip_messages: int = 0
     corrections: int = 0
     health_score: int = 0
@@ -203,6 +204,8 @@ class MembershipMachine:
         if isinstance(msg, (Ping, Ack, PingReq, Gossip)):
             for update in msg.updates:
                 self._apply(now, update, origin)
+        if self.table.get(sender) is None:
+            self.anti_entropy.stranger(now, origin)
         if isinstance(msg, Ping):
             if msg.target == self.me.node:
                 self.prober.answer_ping(origin, msg.seq)

@@ -3,7 +3,10 @@
 Every ``push_pull_interval`` (scaled up above 32 members, as memberlist's pushPullScale) the
 whole table is exchanged with one random member over a stream, and every
 ``reconnect_interval`` with one member believed dead, so the halves of a healed partition find
-each other. While we know nobody, the seeds we joined through are retried every
+each other. A datagram from a peer we do not know at all (it joined, and every copy of its
+Alive was lost) starts an exchange with it at once, at most once per :data:`STRANGER_RETRY`
+seconds for each, instead of leaving it unknown until a periodic push-pull. While we know
+nobody, the seeds we joined through are retried every
 :data:`SEED_RETRY` seconds, with the last :data:`MAX_CANDIDATES` candidates that discovery
 introduced. A candidate (an mDNS record, which anyone on the LAN can publish) is tried and
 remembered, but never replaces a configured seed; at most :data:`MAX_CANDIDATES` exchanges
@@ -22,11 +25,12 @@ from .membership import MemberStatus
 from .messages import MemberState, Message, PushPull
 from .outputs import Address, Endpoint
 
-__all__ = ["MAX_CANDIDATES", "SEED_RETRY", "AntiEntropy"]
+__all__ = ["MAX_CANDIDATES", "SEED_RETRY", "STRANGER_RETRY", "AntiEntropy"]
 
 ALIVE, DEAD = MemberStatus.ALIVE, MemberStatus.DEAD
 SEED_RETRY = 2.0  # seconds between join attempts while we know nobody
 MAX_CANDIDATES = 16  # introduced addresses kept for the retries, the latest
+STRANGER_RETRY = 5.0  # seconds before another exchange with the same unknown sender
 
 
 class AntiEntropy:
@@ -39,6 +43,7 @@ class AntiEntropy:
         self._candidates: list[Address] = []  # introduced, the latest MAX_CANDIDATES
         self._introducing: set[Address] = set()  # candidates asked, no answer yet
         self._streams: dict[int, Address] = {}  # push-pull token -> the peer asked
+        self._strangers: dict[bytes, float] = {}  # unknown senders asked -> when
         self._stopped = False
         self._next_push_pull = now + (0.5 + jitter) * self.push_pull_interval()
         self._next_reconnect = now + ctx.config.reconnect_interval
@@ -79,6 +84,18 @@ class AntiEntropy:
         asked = fresh[-room:] if room else []
         self._introducing.update(asked)
         self._try(now, asked)
+
+    def stranger(self, now: float, sender: Endpoint) -> None:
+        """An authenticated datagram came from ``sender``, a node we do not know: exchange
+        tables with it, unless we asked it within :data:`STRANGER_RETRY` seconds."""
+        if self._stopped or now - self._strangers.get(sender.node, -math.inf) < STRANGER_RETRY:
+            return
+        if len(self._strangers) >= 4 * MAX_CANDIDATES:  # forget the old asks, bounded
+            self._strangers = {n: t for n, t in self._strangers.items()
+                               if now - t < STRANGER_RETRY}
+        self._strangers[sender.node] = now
+        self._ctx.counters["stranger_push_pulls"] += 1
+        self._push_pull(sender.address)
 
     def _me(self, address: Address) -> bool:
         me = self._ctx.table.me

@@ -64,11 +64,11 @@ def sent(m: MembershipMachine, kind: type) -> list[SendDatagram]:
 def test_ping_is_acked_only_for_our_id() -> None:
     m = machine(1)
     rx(m, 0.0, ("10.0.0.9", 7946), Ping(seq=5, target=m.node_id))
-    (out,) = m.take_outputs()
+    (out,) = sent(m, Ack)  # and a push-pull with this unknown sender
     assert out == SendDatagram(("10.0.0.9", 7946), Ack(seq=5, updates=out.msg.updates),
                                node_at(("10.0.0.9", 7946)))  # type: ignore[union-attr]
     rx(m, 0.0, ("10.0.0.9", 7946), Ping(seq=6, target=b"someone else"))
-    assert m.take_outputs() == []
+    assert m.take_outputs() == []  # no ack; and no second push-pull so soon
 
 
 def run_to_probe(m: MembershipMachine) -> Ping:
@@ -430,3 +430,20 @@ def test_probe_numbers_are_random_64_bit_and_an_ack_must_come_from_the_target() 
                 rx(m, t, out.dst, Ack(out.msg.seq))
         t = m.next_deadline()  # type: ignore[assignment]
     assert len(seqs) >= 5 and max(seqs) > 2**40
+
+
+def test_a_datagram_from_an_unknown_peer_starts_an_exchange_with_it() -> None:
+    # A peer whose every Alive was lost would stay unknown here until a periodic push-pull
+    # (30 s at the LAN preset); its first datagram is proof enough to ask it for its table.
+    m = machine(1, peers=3)
+    stranger = ("10.0.0.9", 7946)
+    rx(m, 1.0, stranger, Ping(seq=5, target=b"z" * 16))
+    (req,) = [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
+    assert req.dst == stranger and isinstance(req.msg, PushPull)
+    rx(m, 2.0, stranger, Ping(seq=6, target=b"z" * 16))
+    assert not [o for o in m.take_outputs() if isinstance(o, StreamRequest)]  # once per 5 s
+    rx(m, 6.5, stranger, Ping(seq=7, target=b"z" * 16))
+    assert [o.dst for o in m.take_outputs() if isinstance(o, StreamRequest)] == [stranger]
+    rx(m, 7.0, ("10.0.0.2", 7946), Ping(seq=8, target=b"z" * 16))  # a member we know
+    assert not [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
+    assert m.statistics().stranger_push_pulls == 2

@@ -50,6 +50,9 @@ from p2pcluster._proto.workevents import (
 
 __all__ = ["PeerMachine", "PeerObserver", "Step", "TaskRunner", "WorkSender"]
 
+#: Unix seconds that virtual time 0 stands for, in the start times peers publish.
+VIRTUAL_EPOCH = 1_800_000_000
+
 #: What runs one task: (spec, item) -> (its result, the seconds it takes on a peer of speed 1).
 TaskRunner = Callable[[JobSpec, TaskItem], tuple[TaskResult, float]]
 
@@ -105,7 +108,10 @@ class PeerMachine:
         self._run_task = run_task
         self._links = links
         self._observer = observer
-        meta = NodeMeta(workers=slots).encode()
+        # A daemon publishes when it started (Unix seconds), which orders two processes at
+        # one address; the virtual clock plays the machine's, from an arbitrary epoch.
+        self._started = VIRTUAL_EPOCH + round(now)
+        meta = NodeMeta(workers=slots, started=self._started).encode()
         self.members = MembershipMachine(config, node_id=node_id, name=name, host=address[0],
                                          port=address[1], rng=rng, now=now, meta=meta)
         self.work = StealingMachine(node_id, slots, random.Random(rng.getrandbits(64)),
@@ -136,6 +142,13 @@ class PeerMachine:
 
     def running_batches(self) -> int:
         return len(self._running)
+
+    def backlog(self) -> list[tuple[bytes, int]]:
+        """(job, task id) of every task queued or running here."""
+        queued = [(q.spec.job, q.item.id) for q in self.work.queue]
+        running = [(r.batch.spec.job, item.id) for r in self._running.values()
+                   for item in r.batch.items]
+        return queued + running
 
     # --- the Machine protocol, for the Simulation -------------------------------------------
 
@@ -268,7 +281,8 @@ class PeerMachine:
         self._publish_at = None
         surplus = self.work.surplus()
         if self._meta.publish(now, surplus):
-            self.members.set_meta(now, NodeMeta(workers=self.slots, queue=surplus).encode())
+            self.members.set_meta(now, NodeMeta(workers=self.slots, queue=surplus,
+                                                started=self._started).encode())
 
     # --- the worker slots -----------------------------------------------------------------
 

@@ -133,7 +133,8 @@ class Chaos:
         i = rng.choice(owners)
         peer = cluster.peers[i]
         plan = make_job(rng, peer.node_id, median_cost=self.rates.median_cost)
-        record = JobRecord(plan, peer.name, sim.now, cluster.slots[i])
+        record = JobRecord(plan, peer.name, sim.now, cluster.slots[i],
+                           ahead=self.checker.work_ahead(peer))
         self.checker.add_job(record)
         peer.submit(sim.now, plan.spec, plan.tasks)
         sim.flush(peer.address)

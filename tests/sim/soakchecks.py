@@ -96,9 +96,9 @@ def recovery_time(config: Config, n: int) -> float:
 def job_deadline(record: JobRecord, *, speed: float, frozen: float, faults: int,
                  recovery: float) -> float:
     """When a job must be finished: its owner alone could run all of it (its slots at its
-    speed), plus the time the owner was frozen, plus one recovery per fault during its life
-    and one to spare."""
-    local = record.plan.work / (record.owner_slots * speed)
+    speed) after the work ahead of it there (queues are first in, first out), plus the time
+    the owner was frozen, plus one recovery per fault during its life and one to spare."""
+    local = (record.ahead + record.plan.work) / (record.owner_slots * speed)
     return record.submitted + local + frozen + (faults + 1) * recovery
 
 
@@ -265,6 +265,17 @@ class Checker:
         return job_deadline(record, speed=cluster.speed[index],
                             frozen=cluster.log.frozen_time(owner, record.submitted, end),
                             faults=faults, recovery=self.recovery)
+
+    def work_ahead(self, owner: PeerMachine) -> float:
+        """What a job submitted at ``owner`` now waits behind (:attr:`JobRecord.ahead`)."""
+        mine = [r for r in self.jobs.values() if r.plan.spec.owner == owner.node_id
+                and not r.over]
+        left = sum(cost for r in mine for tid, cost in r.plan.costs.items()
+                   if tid not in r.delivered)
+        own = {r.job for r in mine}
+        others = sum(self.jobs[job].plan.costs[tid] for job, tid in owner.backlog()
+                     if job not in own and job in self.jobs)
+        return left + others
 
     def check_jobs(self) -> None:
         """Every job that must finish is on time (call every few seconds)."""

@@ -47,6 +47,7 @@ class JobPlan:
     tasks: list[tuple[int, bytes]]
     expected: dict[int, TaskResult]
     work: float  #: total seconds of its tasks at speed 1
+    costs: dict[int, float]  #: each task's seconds at speed 1
 
 
 def make_job(rng: random.Random, owner: bytes, *, median_cost: float) -> JobPlan:
@@ -55,7 +56,7 @@ def make_job(rng: random.Random, owner: bytes, *, median_cost: float) -> JobPlan
     n = rng.choices(sizes, weights)[0]
     salt = rng.getrandbits(60)
     spec = JobSpec(rng.randbytes(16), owner, "soak", "task", None, (), None)
-    tasks, expected, work = [], {}, 0.0
+    tasks, expected, costs = [], {}, {}
     first = rng.randrange(1000)
     for tid in range(n):
         x = first + tid
@@ -63,8 +64,8 @@ def make_job(rng: random.Random, owner: bytes, *, median_cost: float) -> JobPlan
         payload = encode_value([salt, x, round(cost, 6)])
         tasks.append((tid, payload))
         expected[tid] = run_task(spec, TaskItem(tid, 0, payload))[0]
-        work += round(cost, 6)
-    return JobPlan(spec, tasks, expected, work)
+        costs[tid] = round(cost, 6)
+    return JobPlan(spec, tasks, expected, sum(costs.values()), costs)
 
 
 @dataclass(slots=True)
@@ -75,6 +76,10 @@ class JobRecord:
     owner_name: str
     submitted: float
     owner_slots: int
+    #: Seconds (at speed 1) of work ahead of it at its owner when it was submitted: the
+    #: other jobs' tasks queued or running there, and what its owner's earlier unfinished
+    #: jobs still have to deliver (their tasks may come back to it).
+    ahead: float = 0.0
     delivered: Counter[int] = field(default_factory=Counter)
     finished: float | None = None
     cancelled: float | None = None
