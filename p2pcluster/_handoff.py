@@ -69,6 +69,7 @@ def place(packed: Packed) -> Packed:
     sizes = [b.nbytes for b in packed.buffers]
     offsets, total = aligned(sizes)
     segment = Segment.create(total)
+    segment.allocate()
     for buffer, offset, size in zip(packed.buffers, offsets, sizes, strict=True):
         segment.view[offset:offset + size] = buffer
     return Packed(packed.heads, [segment.view[o:o + n] for o, n in zip(offsets, sizes,

@@ -8,8 +8,8 @@ chosen from the value's first frame so that its first out-of-band array (:mod:`.
 begins at a multiple of :data:`~._packed.ALIGN`; the value is then cut into heads and
 buffers that are views of the segment (:func:`~._packed.find_cuts`), and handed to a worker
 as it is (:func:`~._handoff.to_ref`). If a later array of the same value is not aligned, the
-value is placed in a new segment once more (:func:`~._handoff.place`): arrays a worker gets
-are always aligned.
+value is placed in a new segment once more on its way to a worker (:func:`~._handoff.place`):
+arrays a worker gets are always aligned.
 
 Arguments land in a segment from the worker pool's :class:`~._shm.SegmentStock` when it
 has one of about the size (one an earlier batch's worker has unmapped): its pages are
@@ -22,16 +22,13 @@ arrive as plain bytes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import trio
 
 from ._errors import MessageTooLarge, ProtocolError
-from ._handoff import place
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
@@ -122,25 +119,27 @@ async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool)
             nursery.start_soon(hashing.run)
             hashing.landed(rest)
         await receive_into(stream, value[rest:], None if hashing is None else hashing.after(rest))
-    return Landed(_cut(value, segment, pad), None if hashing is None else hashing.hasher.digest())
+    payload = await trio.to_thread.run_sync(_cut, value, segment, pad)
+    return Landed(payload, None if hashing is None else hashing.hasher.digest())
 
 
 async def _allocate(segment: Segment) -> None:
     """Have the kernel allocate the segment's pages in a thread, ahead of the frames being
     written into them (a new page of shared memory costs more than writing it; a page
     allocated already is not allocated again)."""
-    with contextlib.suppress(OSError):  # not supported: the writes allocate them
-        await trio.to_thread.run_sync(os.posix_fallocate, segment.fd, 0, segment.size)
+    await trio.to_thread.run_sync(segment.allocate)
 
 
 def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
-    """The value in ``segment`` at ``pad`` as a worker takes it: in place if every array
-    is aligned, else placed anew; plain bytes if it holds no large array."""
+    """The value in ``segment`` at ``pad`` as a worker takes it (run in a thread: it walks
+    the value, and may copy it): in place if every array is aligned, else without a
+    segment, to be placed anew on its way to a worker (:func:`~._handoff.to_ref`); plain
+    bytes if it holds no large array."""
     cuts = find_cuts(value)
     if not cuts:
         return bytes(value)
     packed = cut(value, cuts)
     offsets = [pad + start for start, _ in cuts]
     if any(offset % ALIGN for offset in offsets):
-        return place(packed)
+        return packed
     return Packed(packed.heads, packed.buffers, segment=segment, offsets=offsets)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from p2pcluster import MessageTooLarge, ProtocolError
+from p2pcluster._handoff import SegmentRef, to_ref
 from p2pcluster._landing import land
 from p2pcluster._packed import ALIGN, Packed
 from p2pcluster._proto.handshake import Session
@@ -46,16 +47,32 @@ def encoded(*values: Any) -> bytes:
 @pytest.mark.parametrize("chunk", [1000, 65_536, 1 << 20])
 async def test_a_value_lands_aligned_with_its_digest(chunk: int) -> None:
     rng = np.random.default_rng(chunk)
-    arrays = [rng.integers(0, 9, 70_001, dtype=np.int8), rng.standard_normal(50_000)]
-    data = encoded(*arrays, "text")
+    array = rng.standard_normal(50_000)
+    data = encoded(array, "text")
     c, s = connect(seed=chunk)
     landed = await land(Frames(c, s, data, chunk), len(data), digest=True)  # type: ignore[arg-type]
     assert landed.digest == hashlib.sha256(data).digest()
     payload = landed.payload
-    assert isinstance(payload, Packed) and payload.segment is not None
+    assert isinstance(payload, Packed) and payload.segment is not None  # where it landed
     assert payload.flat() == data
-    assert all(offset % ALIGN == 0 for offset in payload.offsets)
-    assert [b.nbytes for b in payload.buffers] == [a.nbytes for a in arrays]
+    assert payload.offsets[0] % ALIGN == 0 and payload.buffers[0].nbytes == array.nbytes
+    wire, _ = to_ref(payload)  # handed to a worker as it is
+    assert isinstance(wire, SegmentRef) and wire.fd == payload.segment.fd
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+async def test_a_value_whose_later_array_falls_unaligned_is_placed_anew() -> None:
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 9, 70_001, dtype=np.int8), rng.standard_normal(50_000)]
+    data = encoded(*arrays, "text")
+    c, s = connect()
+    landed = await land(Frames(c, s, data, 65_536), len(data))  # type: ignore[arg-type]
+    payload = landed.payload
+    assert isinstance(payload, Packed) and payload.flat() == data
+    wire, placed = to_ref(payload)
+    assert isinstance(wire, SegmentRef) and placed is not None
+    assert all(offset % ALIGN == 0 for offset in wire.offsets)
+    assert wire.sizes == (arrays[0].nbytes, arrays[1].nbytes)
 
 
 async def test_a_small_value_arrives_as_bytes() -> None:
@@ -80,7 +97,7 @@ async def test_a_value_that_ends_early_or_runs_longer_is_refused(size: int,
 
 @pytest.mark.skipif(not available(), reason="memfds are Linux only")
 def test_a_worker_lets_go_only_of_the_segments_nothing_keeps() -> None:
-    from p2pcluster._handoff import SegmentRef, let_go, open_args
+    from p2pcluster._handoff import let_go, open_args
     from p2pcluster._shm import Segment
 
     held = [Segment.create(4096), Segment.create(8192)]
@@ -113,7 +130,7 @@ def test_the_segment_stock_reuses_what_fits_and_holds_little() -> None:
 
 @pytest.mark.skipif(not available(), reason="memfds are Linux only")
 def test_a_segment_two_arguments_share_is_let_go_only_if_both_are() -> None:
-    from p2pcluster._handoff import SegmentRef, let_go, open_args
+    from p2pcluster._handoff import let_go, open_args
     from p2pcluster._shm import Segment
 
     held = Segment.create(4096)
