@@ -304,20 +304,18 @@ class Cluster(cf.Executor):
         fetches it once, however many tasks use it; sharing the same value again costs
         nothing (``docs/jobs.md``, "Shared inputs"). Raises :class:`~p2pcluster.SubmitError`
         for a value that cannot travel, :class:`~p2pcluster.ValueTooLarge` over the limit."""
-        from ._packed import as_bytes
-        from ._shared import digest_of
+        from ._shared import flat_and_digest
         from ._values import encode_shared
 
-        payload = as_bytes(encode_shared(value))
-        digest = digest_of(payload)
+        payload, digest = flat_and_digest(encode_shared(value))
         if digest not in self._shared:
-            self._shared[digest] = self._in_trio(self._share, payload)
+            self._shared[digest] = self._in_trio(self._share, payload, digest)
         return self._shared[digest]
 
-    async def _share(self, payload: bytes) -> Shared:
+    async def _share(self, payload: bytes, digest: bytes) -> Shared:
         if self._client is None:
             assert self.peer is not None
-            return await self.peer.share_payload(payload)
+            return await self.peer.share_payload(payload, digest=digest)
         from ._control_client import DaemonError
         from ._shared import Shared
 

@@ -22,10 +22,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import trio
 
-from ._errors import MessageTooLarge, ProtocolError, too_large
+from ._errors import ProtocolError, too_large
+from ._landing import land, receive_into
+from ._packed import Payload
 from ._proto.messages import (
     AckStatus,
     FetchArgs,
@@ -41,10 +44,11 @@ from ._proto.messages import (
 from ._proto.workevents import PushValue
 from ._runner import Runner
 from ._secure import SecureStream
+from ._shm import SegmentStock
 from ._transport import Address
 from ._values import encode_error
 
-__all__ = ["CHUNK", "DataPlane", "Owner", "receive_value", "send_value"]
+__all__ = ["CHUNK", "DataPlane", "Fetched", "Owner", "receive_value", "send_value"]
 
 log = logging.getLogger("p2pcluster.peer")
 #: Bytes per data frame: large enough that sealing costs little per byte, small enough that
@@ -64,18 +68,20 @@ async def send_value(stream: SecureStream, data: bytes | bytearray | memoryview)
 
 async def receive_value(stream: SecureStream, size: int) -> bytearray:
     """Read a value of exactly ``size`` bytes sent by :func:`send_value` (the caller has
-    already checked ``size`` against its limit)."""
+    already checked ``size`` against its limit), each frame opened straight into it."""
     value = bytearray(size)
-    filled = 0
-    while filled < size:
-        chunk = await stream.receive_payload()
-        if chunk is None:
-            raise ProtocolError(f"the stream closed {size - filled} bytes before the value's end")
-        if filled + len(chunk) > size:
-            raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
-        value[filled:filled + len(chunk)] = chunk
-        filled += len(chunk)
+    await receive_into(stream, memoryview(value))
     return value
+
+
+class Fetched(NamedTuple):
+    """Tasks with their arguments in hand: ``items`` and each one's ``payloads`` (those
+    fetched from the owner sit in shared memory, ready for a worker), and error results
+    of the tasks whose arguments were over this peer's limit."""
+
+    items: list[TaskItem]
+    payloads: list[Payload]
+    failed: list[TaskResult]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,23 +144,25 @@ class DataPlane:
 
     # --- as the peer that runs the task -------------------------------------------------------
 
-    async def fetch_args(self, spec: JobSpec, items: list[TaskItem]
-                         ) -> tuple[list[TaskItem], list[TaskResult]]:
+    async def fetch_args(self, spec: JobSpec, items: list[TaskItem],
+                         stock: SegmentStock | None = None) -> Fetched:
         """``items`` with their arguments in hand (those that stayed at the owner are
-        fetched now), and error results for those over this peer's limit. A task whose
-        arguments the owner no longer has (the job ended) is left out."""
+        fetched now, into segments from ``stock``), and error results for those over this
+        peer's limit. A task whose arguments the owner no longer has (the job ended) is
+        left out."""
         remote = [item for item in items if item.remote]
         if not remote:
-            return items, []
-        fetched, failed = await self._fetch(spec, remote)
-        ready = [fetched.get(item.id, item) if item.remote else item for item in items]
-        return [item for item in ready if not item.remote], failed
+            return Fetched(items, [item.payload for item in items], [])
+        fetched, failed = await self._fetch(spec, remote, stock)
+        ready = [item for item in items if not item.remote or item.id in fetched]
+        payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
+        return Fetched(ready, payloads, failed)
 
-    async def _fetch(self, spec: JobSpec, items: list[TaskItem]
-                     ) -> tuple[dict[int, TaskItem], list[TaskResult]]:
+    async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
+                     ) -> tuple[dict[int, Payload], list[TaskResult]]:
         """Each task's arguments on a stream of its own: a value over the limit is refused
         by closing its stream, without reading a byte of it."""
-        fetched: dict[int, TaskItem] = {}
+        fetched: dict[int, Payload] = {}
         failed: list[TaskResult] = []
         address = self._owner.address_of(spec.owner)
         for item in items:
@@ -163,14 +171,15 @@ class DataPlane:
             try:
                 async with await self._runner.connect(address) as stream:
                     await stream.send(FetchArgs(spec.job, (item.id,)))
-                    await self._receive_arg(stream, spec, fetched, failed)
+                    await self._receive_arg(stream, spec, fetched, failed, stock)
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("fetching arguments of job %s from %s:%d failed: %s",
                           spec.job.hex()[:8], *address, exc)
         return fetched, failed
 
     async def _receive_arg(self, stream: SecureStream, spec: JobSpec,
-                           fetched: dict[int, TaskItem], failed: list[TaskResult]) -> None:
+                           fetched: dict[int, Payload], failed: list[TaskResult],
+                           stock: SegmentStock | None) -> None:
         header = await stream.receive()
         if not isinstance(header, ValueHeader):
             raise ProtocolError(f"expected a ValueHeader, got {type(header).__name__}")
@@ -182,8 +191,7 @@ class DataPlane:
             failed.append(TaskResult(header.id, TaskStatus.ERROR,
                                      encode_error("ValueTooLarge", message)))
             return
-        value = await receive_value(stream, header.size)
-        fetched[header.id] = TaskItem(header.id, 0, bytes(value))
+        fetched[header.id] = (await land(stream, header.size, stock=stock)).payload
 
     async def push(self, out: PushValue) -> None:
         """Carry out a :class:`PushValue`: a few attempts, then give up, saying so (the

@@ -8,8 +8,11 @@ the pipe. For a 256 MB value that measured 1.8 s against 11.5 s pickled through 
 (``docs/performance.md``, "Data"; one measurement, on a loaded machine).
 
 - **Arguments** a peer received from another peer already sit in a segment (the data plane
-  receives into one): the worker maps it. Arrays of a job owned here (in the submitter's
-  memory) are copied into a new segment first, once per call.
+  receives into one, :mod:`._landing`): the worker maps it. Arrays of a job owned here (in
+  the submitter's memory) are copied into a new segment first, once per call. After a
+  batch the worker unmaps the argument segments nothing in it still uses
+  (:func:`let_go`) and names them in its answer; the peer may then write new arguments
+  into them (:class:`~._shm.SegmentStock`).
 - **Shared values** a worker maps once, read-only, and keeps until the peer drops them.
 - **Results** the worker copies into a segment of its own and keeps until the peer has
   mapped it and says so (a ``drop`` frame); then the memory belongs to the peer alone.
@@ -29,8 +32,8 @@ from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available
 
 __all__ = [
-    "SegmentRef", "WireValue", "aligned", "open_ref", "open_results", "place", "to_ref",
-    "wire_value",
+    "SegmentRef", "WireValue", "aligned", "let_go", "open_args", "open_ref", "open_results",
+    "place", "to_ref", "wire_value",
 ]
 
 
@@ -66,6 +69,7 @@ def place(packed: Packed) -> Packed:
     sizes = [b.nbytes for b in packed.buffers]
     offsets, total = aligned(sizes)
     segment = Segment.create(total)
+    segment.allocate()
     for buffer, offset, size in zip(packed.buffers, offsets, sizes, strict=True):
         segment.view[offset:offset + size] = buffer
     return Packed(packed.heads, [segment.view[o:o + n] for o, n in zip(offsets, sizes,
@@ -100,6 +104,31 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
         return Packed(value.heads, views, segment=segment, offsets=value.offsets)
     segment.close()  # the mapping stays while the views live; the descriptor is not needed
     return Packed(value.heads, views)
+
+
+def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, list[Segment]]]:
+    """A batch's arguments, each segment mapped here (copy-on-write), and their mappings by
+    the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept."""
+    payloads: list[Payload] = []
+    segments: dict[int, list[Segment]] = {}
+    for wire in wires:
+        if not isinstance(wire, SegmentRef):
+            payloads.append(wire)
+            continue
+        segment = Segment.open(wire.path, wire.size, access=mmap.ACCESS_COPY)
+        segment.close()  # the mapping stays; the descriptor is not needed
+        segments.setdefault(wire.fd, []).append(segment)
+        payloads.append(Packed(wire.heads, [segment.view[o:o + n] for o, n in zip(
+            wire.offsets, wire.sizes, strict=True)]))
+    return payloads, segments
+
+
+def let_go(segments: dict[int, list[Segment]]) -> list[int]:
+    """Unmap the argument segments nothing here uses any more (call once the batch's
+    payloads and values are gone); the peer's descriptors of those unmapped. A segment a
+    task kept a view of (a global, a cache) stays mapped, and is not named: the peer then
+    never writes into it again."""
+    return [fd for fd, mappings in segments.items() if all([m.unmap() for m in mappings])]
 
 
 def wire_value(payload: Payload, placed: list[Packed | None]) -> WireValue:

@@ -67,6 +67,7 @@ class MembershipStatistics:
     deaths_declared: int
     push_pulls: int
     push_pulls_failed: int
+    suspect_pings: int
     stranger_push_pulls: int
     gossip_messages: int
     corrections: int

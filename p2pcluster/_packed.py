@@ -22,6 +22,7 @@ task needs before it runs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
     from ._shm import Segment
 
 __all__ = [
-    "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "Packed", "Payload", "Tagged", "as_bytes",
-    "decode_input", "marker", "unpack_flat", "payload_size", "split_markers", "uses", "uses_prefix",
+    "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "Packed", "Payload", "Tagged", "as_bytes", "cut",
+    "decode_input", "find_cuts", "first_cut", "marker", "payload_size", "split_markers",
+    "unpack_flat", "uses", "uses_prefix",
 ]
 
 #: Arrays of this many bytes or more travel beside the CBOR, never through the encoder.
@@ -169,13 +171,33 @@ def unpack_flat(data: bytes) -> Payload:
     if len(data) < OUT_OF_BAND:
         return data
     view = memoryview(data)
+    cuts = find_cuts(view)
+    return cut(view, cuts) if cuts else data
+
+
+def find_cuts(view: memoryview) -> list[tuple[int, int]]:
+    """``(start, size)`` of each typed array's content of :data:`OUT_OF_BAND` bytes or more
+    in the plain CBOR ``view``: none if it holds no such array, or is not worth walking
+    (see :func:`unpack_flat`)."""
     cuts: list[tuple[int, int]] = []
     try:
         end = _walk(view, 0, cuts, [MAX_WALK], 0)
     except (IndexError, ValueError, RecursionError):
-        return data
-    if end != len(data) or not cuts:
-        return data
+        return []
+    return cuts if end == len(view) else []
+
+
+def first_cut(start: memoryview) -> int | None:
+    """Where the first out-of-band array's content begins, read from the first bytes of a
+    value only (None if they do not reach one)."""
+    cuts: list[tuple[int, int]] = []
+    with contextlib.suppress(IndexError, ValueError, RecursionError):
+        _walk(start, 0, cuts, [MAX_WALK], 0)
+    return cuts[0][0] if cuts else None
+
+
+def cut(view: memoryview, cuts: Sequence[tuple[int, int]]) -> Packed:
+    """The value ``view`` as heads (copied: they are small) and buffers (views of it)."""
     heads, buffers, pos = [], [], 0
     for start, size in cuts:
         heads.append(bytes(view[pos:start]))

@@ -44,7 +44,6 @@ from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
 from ._netutil import where as choose_where
-from ._packed import as_bytes
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
@@ -53,7 +52,7 @@ from ._rejections import Rejections
 from ._runner import Runner, open_runner
 from ._secret import SecretSource, load_secrets
 from ._secure import WireStatistics
-from ._shared import Shared, digest_of
+from ._shared import Shared, digest_of, flat_and_digest
 from ._sharing import SharingStatistics
 from ._transport import Address
 from ._usage import child_pids, serve_usage
@@ -149,17 +148,19 @@ class Peer:
         """Share ``value`` with the cluster; pass the handle in task arguments, and each
         task gets the value itself. Every peer fetches it once (``docs/jobs.md``, "Shared
         inputs"); this peer keeps it until it closes."""
-        payload = await trio.to_thread.run_sync(lambda: as_bytes(encode_shared(value)))
-        return await self.share_payload(payload)
+        payload, digest = await trio.to_thread.run_sync(
+            lambda: flat_and_digest(encode_shared(value)))
+        return await self.share_payload(payload, digest=digest)
 
-    async def share_payload(self, payload: bytes, holder: object = None) -> Shared:
-        """Keep an encoded value for ``holder`` (see :meth:`share`) until
-        :meth:`release_shared`; raises :class:`~p2pcluster.ValueTooLarge` over the limit."""
+    async def share_payload(self, payload: bytes, holder: object = None,
+                            digest: bytes | None = None) -> Shared:
+        """Keep an encoded value (whose SHA-256 is ``digest``, if known) for ``holder`` (see
+        :meth:`share`) until :meth:`release_shared`; ValueTooLarge over the limit."""
         limit = self._config.max_value_size
         if len(payload) > limit:
             raise ValueTooLarge(too_large("the value to share", len(payload), limit,
                                           f"peer {self.me.name}"))
-        digest = await trio.to_thread.run_sync(digest_of, payload)
+        digest = digest or await trio.to_thread.run_sync(digest_of, payload)
         return self._work.shared.add(payload, holder, digest)
 
     def release_shared(self, holder: object) -> None:

@@ -50,9 +50,10 @@ import trio
 from ._fastwrite import write_all
 from ._handoff import wire_value
 from ._packed import Packed, Payload
-from ._poolshare import SharedWires, mapped_outcomes, off_loop
+from ._poolshare import SharedWires, give_back, mapped_outcomes, off_loop
 from ._proto.wiretypes import TaskStatus
 from ._refs import FunctionRef
+from ._shm import SegmentStock
 from ._tasklog import log_task_output
 from ._taskoutput import TaskLabels
 from ._taskring import TaskRun, task_runs
@@ -126,6 +127,7 @@ class WorkerPool:
         self._nursery = nursery
         self._workers: list[WorkerProcess] = []
         self._shared = SharedWires()  #: shared values, in shared memory for the workers
+        self.segments = SegmentStock()  #: argument segments no worker maps any more
         self._changed = trio.Event()
         self._closing = False
         self._batches = self._tasks = self._crashes = self._timeouts = self._poisoned = 0
@@ -231,7 +233,8 @@ class WorkerPool:
                 continue
             if call.error is not None:
                 raise call.error
-            raw, seconds, runs = call.result
+            raw, seconds, runs, released = call.result
+            give_back(self.segments, placed, released)
             outcomes = await mapped_outcomes(worker, raw, encode_error)
             ran = task_runs(runs, worker.slot, len(outcomes))
             return [Outcome(s, p, r) for (s, p), r in zip(outcomes, ran, strict=True)], seconds

@@ -19,6 +19,7 @@ import trio
 from ._fastwrite import write_all
 from ._handoff import WireValue, open_results, wire_value
 from ._packed import Packed, Payload
+from ._shm import SegmentStock
 from ._workerproc import WorkerProcess, frame
 
 __all__ = ["SharedWires", "mapped_outcomes", "off_loop", "tell"]
@@ -96,3 +97,16 @@ async def tell(worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             await write_all(worker.send.fileno(), worker.send.send_all, worker.lock,
                             frame(message))
+
+
+def give_back(stock: SegmentStock, placed: Iterable[Packed | None], released: Iterable[int]
+              ) -> None:
+    """A call was answered: the segments of its arguments that the worker unmapped (by
+    descriptor, ``released``) go back to ``stock`` (the pool sends an answered call's
+    arguments to no worker again, and those of a call never answered stay with the dead
+    worker's, until they are dropped)."""
+    unmapped = set(released)
+    for packed in placed:
+        if packed is not None and packed.segment is not None and (
+                packed.segment.fd in unmapped):
+            stock.give(packed.segment)

@@ -10,10 +10,11 @@ task puts the value in its place (``docs/jobs.md``, "Shared inputs").
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
-from ._packed import Packed, Payload
+from ._packed import OUT_OF_BAND, Packed, Payload, as_bytes
 
-__all__ = ["TAG_HANDLE", "Shared", "digest_of"]
+__all__ = ["TAG_HANDLE", "Shared", "digest_of", "flat_and_digest"]
 
 #: Our own tag (unregistered, first-come-first-served range): "p2pH", around a digest.
 TAG_HANDLE = 0x70327048
@@ -27,6 +28,17 @@ def digest_of(payload: Payload) -> bytes:
     for piece in payload.pieces():
         digest.update(piece)
     return digest.digest()
+
+
+def flat_and_digest(payload: Payload) -> tuple[bytes, bytes]:
+    """The plain bytes of an encoded value and their SHA-256. For a large packed value the
+    hash runs in a thread beside the copy (each takes a while for hundreds of megabytes;
+    the hash releases the GIL)."""
+    if not isinstance(payload, Packed) or len(payload) < 16 * OUT_OF_BAND:
+        return as_bytes(payload), digest_of(payload)
+    with ThreadPoolExecutor(1, thread_name_prefix="p2pcluster-digest") as pool:
+        digest = pool.submit(digest_of, payload)
+        return payload.flat(), digest.result()
 
 
 class Shared:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._dataplane import receive_value, send_value
+from ._dataplane import send_value
 from ._errors import ProtocolError, ValueTooLarge, too_large
+from ._landing import land
+from ._packed import Payload
 from ._proto.messages import FetchShared, JobSpec, ValueHeader
 from ._runner import Runner
 from ._secure import SecureStream
@@ -55,7 +57,7 @@ class SharingStatistics:
 
 @dataclass(slots=True)
 class _Cached:
-    payload: bytes
+    payload: Payload
     owner: bytes
     jobs: set[bytes] = field(default_factory=set)
 
@@ -117,15 +119,15 @@ class SharedValues:
 
     # --- as the peer that runs the tasks ----------------------------------------------------
 
-    async def ensure(self, spec: JobSpec, digests: Iterable[bytes]) -> dict[bytes, bytes]:
+    async def ensure(self, spec: JobSpec, digests: Iterable[bytes]) -> dict[bytes, Payload]:
         """The values of ``digests`` for tasks of ``spec``'s job, fetched from its owner if
         need be; raises :class:`~p2pcluster.ProtocolError` (with the reason) if one cannot
         be had, :class:`~p2pcluster.ValueTooLarge` if one is over ``max_value_size``."""
-        values = {}
+        values: dict[bytes, Payload] = {}
         for digest in digests:
             while digest in self._fetching:  # another batch fetches it: wait for that one
                 await self._fetching[digest].wait()
-            payload = self._owned.get(digest)
+            payload: Payload | None = self._owned.get(digest)
             cached = self._cached.get(digest)
             if payload is None and cached is None:
                 cached = await self._fetch_once(spec, digest)
@@ -167,7 +169,7 @@ class SharedValues:
         cached = self._cached[digest] = _Cached(payload, spec.owner)
         return cached
 
-    async def _fetch(self, spec: JobSpec, digest: bytes) -> bytes:
+    async def _fetch(self, spec: JobSpec, digest: bytes) -> Payload:
         address = self._address_of(spec.owner)
         what = f"the shared value {digest.hex()[:16]} of job {spec.job.hex()[:8]}"
         if address is None:
@@ -181,17 +183,10 @@ class SharedValues:
                 if header.size > self._limit:  # refused unread: nothing is buffered
                     raise ValueTooLarge(too_large(what, header.size, self._limit,
                                                   f"peer {self._name}"))
-                value = await receive_value(stream, header.size)
+                landed = await land(stream, header.size, digest=True)
         except (OSError, trio.BrokenResourceError) as exc:
             raise ProtocolError(f"{what}: fetching it from {address[0]}:{address[1]} "
                                 f"failed: {exc}") from None
-        payload, actual = await trio.to_thread.run_sync(_bytes_and_digest, value)
-        if actual != digest:
+        if landed.digest != digest:
             raise ProtocolError(f"{what}: the bytes received do not match its digest")
-        return payload
-
-
-def _bytes_and_digest(value: bytearray) -> tuple[bytes, bytes]:
-    """(In a thread: a copy and a hash of hundreds of megabytes take a while.)"""
-    payload = bytes(value)
-    return payload, digest_of(payload)
+        return landed.payload

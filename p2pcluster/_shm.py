@@ -17,6 +17,7 @@ Where it has not, values travel through pipes and sockets instead.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -24,7 +25,7 @@ from functools import cache
 
 from ._errors import ProtocolError
 
-__all__ = ["Segment", "available"]
+__all__ = ["STEP", "Segment", "SegmentStock", "available"]
 
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 
@@ -100,8 +101,68 @@ class Segment:
             os.close(self.fd)
             self.fd = -1
 
+    def allocate(self) -> None:
+        """Have the kernel allocate all its pages now, in one call (blocks: call it where
+        waiting is fine, or in a thread). Filling a new segment is faster so than page by
+        page, and faster still when another thread allocates ahead of the writes."""
+        with contextlib.suppress(OSError):  # not supported: the writes allocate them
+            os.posix_fallocate(self.fd, 0, self.size)
+
+    def unmap(self) -> bool:
+        """Unmap it here if nothing but the segment itself still uses the memory (True);
+        else (False) the mapping stays for as long as the views that use it live."""
+        mapping = self.view.obj
+        try:
+            self.view.release()
+            if isinstance(mapping, mmap.mmap):
+                mapping.close()
+        except BufferError:
+            return False
+        return True
+
     def __del__(self) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"<Segment fd {self.fd}, {self.size:,} bytes>"
+
+
+class SegmentStock:
+    """Segments to receive values into again, once no worker maps them any more: their
+    pages are allocated already, and a new page of shared memory costs the kernel several
+    times what writing it costs (``docs/performance.md``, "Data"). Holds at most ``most``
+    segments of ``most_bytes`` in all; a segment is reused for a value of at least half its
+    size."""
+
+    def __init__(self, *, most: int = 4, most_bytes: int = 64 * 1024 * 1024) -> None:
+        self._free: list[Segment] = []
+        self._most = most
+        self._most_bytes = most_bytes
+        self.reused = 0  #: segments taken from the stock rather than created
+
+    def take(self, size: int) -> Segment:
+        """A segment of at least ``size`` bytes: from the stock if one fits, else new (its
+        size rounded up to a multiple of :data:`STEP`, so that the next one fits it)."""
+        fits = [s for s in self._free if size <= s.size <= 2 * size + STEP]
+        if fits:
+            segment = min(fits, key=lambda s: s.size)
+            self._free.remove(segment)
+            self.reused += 1
+            return segment
+        return Segment.create(-(-size // STEP) * STEP if size >= STEP else size)
+
+    def give(self, segment: Segment) -> None:
+        """``segment`` is no longer used by anyone (its last user's word for it): keep it
+        for another value, if there is room."""
+        if segment.fd < 0 or any(s is segment for s in self._free):
+            return
+        held = sum(s.size for s in self._free)
+        if len(self._free) < self._most and held + segment.size <= self._most_bytes:
+            self._free.append(segment)
+
+    def clear(self) -> None:
+        self._free.clear()
+
+
+#: Sizes of the segments a :class:`SegmentStock` creates are multiples of this.
+STEP = 1024 * 1024

@@ -21,7 +21,7 @@ import trio
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
 from ._errors import ProtocolError, ValueTooLarge
-from ._packed import as_bytes, uses
+from ._packed import Payload, as_bytes, uses
 from ._pool import WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
@@ -123,16 +123,17 @@ class Slots:
             error = encode_error("CodeUnavailable", str(exc))
             return Ran([TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items],
                        None, [])
-        items, failed = await self._data.fetch_args(spec, batch.items)
+        items, payloads, failed = await self._data.fetch_args(spec, batch.items,
+                                                              self._pool.segments)
         if not items:
             return Ran(failed, None, [])
-        shared, unshared = await self._shared_values(spec, items)
+        shared, unshared = await self._shared_values(spec, items, payloads)
         if unshared:
             return Ran(failed + unshared, None, [])
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
         labels = TaskLabels(spec.job.hex()[:8], [item.id for item in items])
-        ran = await self._pool.run(ref, [item.payload for item in items], timeout=spec.timeout,
+        ran = await self._pool.run(ref, payloads, timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
                                    time_limit=batch.time_limit, shared=shared, labels=labels)
         results = [TaskResult(item.id, o.status, as_bytes(o.payload))
@@ -142,11 +143,11 @@ class Slots:
                 self._tasks.record(spec, item.id, outcome.status, outcome.run)
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
 
-    async def _shared_values(self, spec: JobSpec, items: list[TaskItem]
-                             ) -> tuple[dict[bytes, bytes], list[TaskResult]]:
+    async def _shared_values(self, spec: JobSpec, items: list[TaskItem], payloads: list[Payload]
+                             ) -> tuple[dict[bytes, Payload], list[TaskResult]]:
         """The shared values the tasks use; or, if they cannot be had, each task's error."""
         try:
-            digests = {d for item in items for d in uses(item.payload)}
+            digests = {d for payload in payloads for d in uses(payload)}
             return (await self._shared.ensure(spec, digests) if digests else {}), []
         except (ProtocolError, ValueTooLarge) as exc:
             error = encode_error(type(exc).__name__, str(exc))

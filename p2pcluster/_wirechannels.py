@@ -8,13 +8,14 @@ stream ends (:meth:`SecureStream.revoke`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import trio
 
 from ._errors import AuthenticationError, HandshakeError, ProtocolError
 from ._proto import wire
-from ._proto.handshake import Session
+from ._proto.handshake import FRAME_OVERHEAD, Session
 from ._proto.messages import Message
 from ._transport import Address, DatagramSocket
 
@@ -25,6 +26,9 @@ __all__ = ["ClosedDuringHandshake", "Incoming", "SecureDatagramChannel", "Secure
            "receive_exactly"]
 
 _RECEIVE_CHUNK = 65536
+#: Bytes read at once while a large frame arrives (fewer reads and loop turns per frame).
+_LARGE_RECEIVE = 1024 * 1024
+T = TypeVar("T")
 
 
 class ClosedDuringHandshake(HandshakeError):
@@ -146,27 +150,60 @@ class SecureStream:
         session = self.session
         while True:
             self._check()
-            try:
-                payload = session.next_payload()
-            except ProtocolError:
-                self.wire.count("frames_rejected")
-                raise
+            payload = self._counted(session.next_payload)
             if payload is not None:
-                self.wire.count("frames_received")
                 return payload
-            self._receiving = trio.CancelScope()
-            with self._receiving:
-                data = await self.stream.receive_some(_RECEIVE_CHUNK)
-            self._check()
-            if not data:
-                if session.buffered:
-                    self.wire.count("frames_rejected")
-                    raise AuthenticationError(
-                        f"stream closed inside a frame ({session.buffered} bytes buffered)"
-                    )
+            if not await self._feed(self._wanted()):
                 return None
-            self.wire.count("stream_bytes_received", len(data))
-            session.feed(bytes(data))
+
+    async def receive_payload_into(self, dest: memoryview) -> int | None:
+        """Open the next frame straight into the start of ``dest``; its payload size, or None
+        when the peer closed cleanly. Raises as :meth:`receive` does, and if the payload is
+        longer than ``dest``."""
+        session = self.session
+        while True:
+            self._check()
+            size = self._counted(lambda: session.next_payload_into(dest))
+            if size is not None:
+                return size
+            if not await self._feed(self._wanted()):
+                return None
+
+    def _wanted(self) -> int:
+        """How much to read: the rest of a large frame (up to :data:`_LARGE_RECEIVE`) in one
+        go, else :data:`_RECEIVE_CHUNK`."""
+        ahead = self.session.next_size()
+        if ahead is None:
+            return _RECEIVE_CHUNK
+        rest = ahead + FRAME_OVERHEAD - self.session.buffered
+        return max(_RECEIVE_CHUNK, min(_LARGE_RECEIVE, rest))
+
+    def _counted(self, step: Callable[[], T | None]) -> T | None:
+        """``step()``, counting a frame it opens or rejects."""
+        try:
+            opened = step()
+        except ProtocolError:
+            self.wire.count("frames_rejected")
+            raise
+        if opened is not None:
+            self.wire.count("frames_received")
+        return opened
+
+    async def _feed(self, most: int) -> bool:
+        """Read up to ``most`` bytes into the session; False at a clean end of stream."""
+        self._receiving = trio.CancelScope()
+        with self._receiving:
+            data = await self.stream.receive_some(most)
+        self._check()
+        if not data:
+            if self.session.buffered:
+                self.wire.count("frames_rejected")
+                raise AuthenticationError(
+                    f"stream closed inside a frame ({self.session.buffered} bytes buffered)")
+            return False
+        self.wire.count("stream_bytes_received", len(data))
+        self.session.feed(data)
+        return True
 
     async def aclose(self) -> None:
         await self.stream.aclose()

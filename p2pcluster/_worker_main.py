@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from ._capture import captured
 from ._errors import NumPyUnavailable, P2PClusterError, UnsendableResult, too_large
-from ._handoff import WireValue, open_ref, to_ref
+from ._handoff import WireValue, let_go, open_args, open_ref, to_ref
 from ._loader import load_function, remember_sources
 from ._packed import Packed, Payload
 from ._proto.wiretypes import TaskStatus
@@ -266,25 +266,29 @@ def _read_only(value: Any) -> Any:
 
 
 def _run(request: Sequence[Any], label_output: bool
-         ) -> tuple[list[tuple[int, WireValue]], float, list[Run]]:
+         ) -> tuple[list[tuple[int, WireValue]], float, list[Run], list[int]]:
+    """A batch's answer: outcomes, seconds, runs, and the peer's descriptors of the
+    argument segments unmapped here (:func:`~._handoff.let_go`)."""
     _, cache_root, ref_wire, wires, max_result, limit_where, time_limit, digests, labels = (
         request)
     failed = next((v.error for d in digests if isinstance(v := _SHARED.get(d), _Failed)), None)
     try:
         if failed is not None:
             raise failed
-        payloads = [open_ref(w) for w in wires]
+        payloads, segments = open_args(wires)
     except NumPyUnavailable as exc:
         error = encode_error(NUMPY_UNAVAILABLE, _message(exc))
-        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, [], []
     except (OSError, ValueError, P2PClusterError) as exc:  # the peer let go of them
         error = encode_error(type(exc).__name__, f"the task's values could not be had: {exc}")
-        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, []
+        return [(TaskStatus.ERROR, error)] * len(wires), 0.0, [], []
     outcomes, seconds, runs = run_batch(
         cache_root, ref_wire, payloads, max_result=max_result, limit_where=limit_where,
         time_limit=time_limit, shared={d: _SHARED[d] for d in digests if d in _SHARED},
         labels=labels if label_output else None)
-    return (*_answer(outcomes, seconds), runs)
+    answer = _answer(outcomes, seconds)
+    del payloads, outcomes  # (a result may have been a view of an argument)
+    return (*answer, runs, let_go(segments))
 
 
 def _drop(fds: Sequence[int], digests: Sequence[bytes]) -> None:

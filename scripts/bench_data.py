@@ -23,7 +23,10 @@
 
 ``d1_owner_peak_rss_mb`` is this process's peak RSS after D1 (it holds the 1 GiB of arrays
 it submits). ``--quick`` shrinks everything (for a check that the script runs, not for
-figures). A system that fails gets ``null`` figures and an entry in ``errors``.
+figures); ``--size KEY=N`` sets one size. ``d1_cpu_s``, ``d2_cpu_s`` and ``d3_cpu_s`` are
+the CPU seconds (user + system) of each section, ``[owner, join peer and its workers]``: on
+a shared machine they say more about a change than wall-clock time. A system that fails
+gets ``null`` figures and an entry in ``errors``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,37 @@ def _log(message: str) -> None:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its live children so far."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuClock:
+    """CPU seconds this process (the owner) and the join peer's tree spend in a section."""
+
+    def __init__(self, peer_pid: int) -> None:
+        self.peer_pid = peer_pid
+        self.start = (own_cpu_s(), tree_cpu_s(peer_pid))
+
+    def spent(self) -> tuple[float, float]:
+        return own_cpu_s() - self.start[0], tree_cpu_s(self.peer_pid) - self.start[1]
 
 
 def tree_peak_rss_mb(pid: int) -> float:
@@ -153,9 +187,10 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
 
     with contextlib.ExitStack() as stack:
         p2p = P2P(stack, tmp)
-        start = time.perf_counter()
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
         result = p2p.cluster.submit(bench_data_work.make, sizes["d3_bytes"]).result()
         out["d3_wall_s"] = time.perf_counter() - start
+        out["d3_cpu_s"] = clock.spent()
         assert result.nbytes == sizes["d3_bytes"] // 8 * 8
         del result
         out["d3_peak_rss_mb"] = peak_rss_mb()
@@ -163,9 +198,10 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
         _log(f"D3 {out['d3_wall_s']:.2f} s")
 
         arrays = d1_arrays(sizes)
-        start = time.perf_counter()
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
         sums = list(p2p.cluster.map(bench_data_work.total, arrays))
         wall = time.perf_counter() - start
+        out["d1_cpu_s"] = clock.spent()
         assert sums == [float(np.sum(a)) for a in arrays], "D1 results differ"
         out["d1_gbps"] = sum(a.nbytes for a in arrays) / wall / 1e9
         out["d1_owner_peak_rss_mb"] = peak_rss_mb()
@@ -174,11 +210,12 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
 
         arr, tasks = d2_array(sizes), sizes["d2_tasks"]
         before = p2p.sharing()["fetched_bytes"]
-        start = time.perf_counter()
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
         handle = p2p.cluster.share(arr)
         got = list(p2p.cluster.map(bench_data_work.slice_total, [handle] * tasks,
                                    range(tasks), [tasks] * tasks))
         out["d2_wall_s"] = time.perf_counter() - start
+        out["d2_cpu_s"] = clock.spent()
         assert got == [bench_data_work.slice_total(arr, i, tasks) for i in range(tasks)]
         out["d2_bytes_per_peer"] = p2p.sharing()["fetched_bytes"] - before
         out["d2_array_bytes"] = int(arr.nbytes)
@@ -223,7 +260,7 @@ def measure_dask(sizes: dict[str, int], out: dict[str, Any]) -> None:
 
 KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_owner_peak_rss_mb",
         "d2_bytes_per_peer", "d2_array_bytes", "d2_wall_s", "d2_dask_wall_s", "d3_wall_s",
-        "d3_peak_rss_mb", "d3_remote_peak_rss_mb")
+        "d3_peak_rss_mb", "d3_remote_peak_rss_mb", "d1_cpu_s", "d2_cpu_s", "d3_cpu_s")
 
 
 def main() -> int:
@@ -231,8 +268,16 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="small sizes: a check, not figures")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
+    parser.add_argument("--size", action="append", default=[], metavar="KEY=N",
+                        help="override one size, e.g. --size d1_count=16 (keys: "
+                             + ", ".join(FULL) + "): for a quicker comparison, not figures")
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in sizes or not value.isdigit():
+            parser.error(f"--size {item}: expected KEY=N with KEY one of {', '.join(sizes)}")
+        sizes[key] = int(value)
     out: dict[str, Any] = dict.fromkeys(KEYS)
     out["errors"] = {}
     out["sizes"] = sizes

@@ -61,6 +61,9 @@ TAG_SIZE = 16
 HELLO_SIZE = _HELLO_HEAD.size + _BODY.size + TAG_SIZE
 _LENGTH = struct.Struct(">I")
 FRAME_OVERHEAD = _LENGTH.size + TAG_SIZE
+#: Whether this ``cryptography`` seals and opens into a given buffer (``encrypt_into``, in
+#: its recent releases); without it, one more copy per frame.
+_INTO = hasattr(ChaCha20Poly1305, "encrypt_into")
 _TRANSCRIPT = 32
 #: The client's proof: frame 0 of the session, carrying the 32-byte transcript hash.
 PROOF_SIZE = FRAME_OVERHEAD + _TRANSCRIPT
@@ -128,7 +131,7 @@ class ClientHandshake:
     def hello(self) -> bytes:
         return self._hello
 
-    def receive(self, server_hello: bytes) -> tuple[Session, bytes]:
+    def receive(self, server_hello: bytes) -> tuple[Session, bytes | bytearray]:
         """The session and its first frame (the proof), to be sent at once."""
         key, public, origin = _open_hello(_SERVER_MAGIC, self._keyring, server_hello,
                                           hashlib.sha256(self._hello).digest())
@@ -195,40 +198,81 @@ class Session:
         self.max_frame = max_frame
         self.origin = origin
 
-    def seal(self, payload: bytes | bytearray | memoryview) -> bytes:
-        """One frame carrying ``payload``."""
+    def seal(self, payload: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """One frame carrying ``payload`` (encrypted straight into the frame: one copy)."""
         if len(payload) > self.max_frame:
             raise MessageTooLarge(f"frame of {len(payload)} bytes exceeds {self.max_frame}")
         nonce = bytes(4) + self._send_counter.to_bytes(8, "big")
         self._send_counter += 1
         length = _LENGTH.pack(len(payload) + TAG_SIZE)
-        return length + self._send.encrypt(nonce, payload, length)
+        if not _INTO:
+            return length + self._send.encrypt(nonce, payload, length)
+        frame = bytearray(_LENGTH.size + len(payload) + TAG_SIZE)
+        frame[:_LENGTH.size] = length
+        with memoryview(frame) as view:
+            self._send.encrypt_into(nonce, payload, length, view[_LENGTH.size:])
+        return frame
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Append bytes received from the stream."""
         self._buffer += data
 
-    def next_payload(self) -> bytes | None:
-        """The next complete payload, None if more bytes are needed; raises on tampering."""
+    def next_size(self) -> int | None:
+        """The payload size of the next frame, once its length field is here (None before);
+        raises if that length is out of bounds."""
         if self._broken is not None:
             raise type(self._broken)(*self._broken.args)
-        buf = self._buffer
-        if len(buf) < _LENGTH.size:
+        if len(self._buffer) < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(buf)
+        length: int = _LENGTH.unpack_from(self._buffer)[0]
         if length > self.max_frame + TAG_SIZE or length < TAG_SIZE:
             self._broken = MessageTooLarge(f"frame length {length} is out of bounds")
             raise self._broken
-        if len(buf) < _LENGTH.size + length:
+        return length - TAG_SIZE
+
+    def next_payload(self) -> bytes | None:
+        """The next complete payload, None if more bytes are needed; raises on tampering."""
+        size = self.next_size()
+        if size is None or len(self._buffer) < _LENGTH.size + size + TAG_SIZE:
             return None
+        return self._open(size, None)
+
+    def next_payload_into(self, dest: memoryview) -> int | None:
+        """Open the next complete frame straight into the start of ``dest`` (a writable
+        buffer of bytes) and return its payload size; None if more bytes are needed.
+        Raises :class:`~p2pcluster.MessageTooLarge` if the payload is longer than
+        ``dest``, and on tampering."""
+        size = self.next_size()
+        if size is None or len(self._buffer) < _LENGTH.size + size + TAG_SIZE:
+            return None
+        if size > len(dest):
+            self._broken = MessageTooLarge(f"a frame of {size} bytes where {len(dest)} remain "
+                                           "of the value")
+            raise self._broken
+        self._open(size, dest[:size])
+        return size
+
+    def _open(self, size: int, dest: memoryview | None) -> bytes | None:
+        """Open the frame of ``size`` payload bytes at the buffer's start (into ``dest``,
+        or as new bytes) and drop it from the buffer."""
         nonce = bytes(4) + self._recv_counter.to_bytes(8, "big")
+        end = _LENGTH.size + size + TAG_SIZE
         try:
-            payload = self._recv.decrypt(nonce, bytes(buf[4 : 4 + length]), bytes(buf[:4]))
+            with memoryview(self._buffer) as view, view[:_LENGTH.size] as aad, \
+                    view[_LENGTH.size:end] as sealed:
+                if dest is None:
+                    payload: bytes | None = self._recv.decrypt(nonce, sealed, aad)
+                elif _INTO:
+                    payload = None
+                    self._recv.decrypt_into(nonce, sealed, aad, dest)
+                else:
+                    payload = None
+                    dest[:] = self._recv.decrypt(nonce, sealed, aad)
         except InvalidTag:
             self._broken = AuthenticationError("frame failed authentication")
             raise self._broken from None
         self._recv_counter += 1
-        del buf[: 4 + length]
+        del self._buffer[:end]
         return payload
 
     @property

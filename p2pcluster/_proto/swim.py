@@ -13,9 +13,11 @@ ack, and (``tcp_fallback_probe``) one Ping also goes over a stream. Helpers that
 A suspicion expires into *dead* after Lifeguard's dynamic timeout (:mod:`.suspicion`), which
 shrinks as other members independently confirm it. Only the suspect can refute, by raising
 its incarnation; the *buddy system* puts the suspicion first on every ping to the suspect, so
-it learns at once. Local health (:mod:`.awareness`) rises when our own probes fail without
-nacks (a sign that *we* are the slow one) and when we must refute, and it stretches our
-interval and timeout.
+it learns at once. A suspicion we hold unrefuted for half its minimum timeout also sends the
+suspect one such ping of its own (ours): under a partition the suspect and the few members on
+its side may otherwise never exchange the suspicion and its refutation before it expires.
+Local health (:mod:`.awareness`) rises when our own probes fail without nacks (a sign that
+*we* are the slow one) and when we must refute, and it stretches our interval and timeout.
 
 News travels piggybacked on pings, acks and ping-reqs, plus a Gossip datagram to
 ``gossip_nodes`` members every ``gossip_interval`` while updates are queued
@@ -96,6 +98,7 @@ class MachineStatistics:
     deaths_declared: int = 0
     push_pulls: int = 0
     push_pulls_failed: int = 0
+    suspect_pings: int = 0  #: pings of our own to a suspect unrefuted for a while
     stranger_push_pulls: int = 0  #: exchanges with a sender we did not know
     gossip_messages: int = 0
     corrections: int = 0
@@ -121,6 +124,7 @@ class MembershipMachine:
         self._events: list[MemberEvent] = []
         self._counters = dict.fromkeys((f.name for f in fields(MachineStatistics)), 0)
         self._suspicions = SuspicionTimers(self._next_seq)
+        self._nudges = SuspicionTimers(self._next_seq)  # the suspect's own ping, when due
         self._next_gossip = now
         ctx = Context(config=config, rng=rng, table=self.table, counters=self._counters,
                       next_seq=self._next_seq, send=self._send, request=self._request,
@@ -250,9 +254,10 @@ class MembershipMachine:
         candidates = [self.prober.next_deadline(), self.anti_entropy.next_deadline()]
         if self.broadcasts:
             candidates.append(self._next_gossip)
-        suspicion = self._suspicions.next_deadline()
-        if suspicion is not None:
-            candidates.append(suspicion)
+        for timers in (self._suspicions, self._nudges):
+            due = timers.next_deadline()
+            if due is not None:
+                candidates.append(due)
         return min(candidates)
 
     # --- updates, through membership's transitions ----------------------------------------
@@ -299,8 +304,9 @@ class MembershipMachine:
                 self.broadcasts.add(update)
             return
         if entry.status == SUSPECT:
-            self.table.start_suspicion(entry, update, now, self.config)
+            suspicion = self.table.start_suspicion(entry, update, now, self.config)
             self._watch(entry)
+            self._nudges.watch(now + suspicion.minimum / 2, entry.node, entry.incarnation)
         elif change.revived:
             self.prober.add(entry.node)
         gossip = news(change, update, self.me.node)
@@ -319,6 +325,14 @@ class MembershipMachine:
             if dead is not None:
                 self._counters["deaths_declared"] += 1
                 self._apply(now, dead)
+        for node, incarnation in self._nudges.due(now):
+            entry = self.table.get(node)
+            if entry is not None and entry.status == SUSPECT and (
+                    entry.incarnation == incarnation):
+                # Its Ack carries its refutation, least sent and so first in its updates.
+                self._send(entry.endpoint, Ping(self.rng.getrandbits(64), node),
+                           entry.as_update())
+                self._counters["suspect_pings"] += 1
 
     # --- dissemination --------------------------------------------------------------------
 

@@ -56,3 +56,22 @@ def dot_row(matrix: Any, row: int) -> float:
 
 def shared_info(value: Any, extra: int) -> list[Any]:
     return [type(value).__name__, bool(value.flags.writeable), int(value.nbytes), extra]
+
+
+def placement(*values: Any) -> list[list[Any]]:
+    """For each array: whether its data starts at a multiple of 64 bytes, whether it is
+    writable, and its bytes (to compare)."""
+    return [[v.ctypes.data % 64 == 0, bool(v.flags.writeable), v.tobytes()] for v in values]
+
+
+_KEPT: list[Any] = []
+
+
+def keep(arr: Any) -> int:
+    """Keep the argument past the task (a cache, say): later values must never change it."""
+    _KEPT.append(arr)
+    return len(_KEPT)
+
+
+def kept() -> list[bytes]:
+    return [arr.tobytes() for arr in _KEPT]

@@ -271,6 +271,59 @@ def _alive(peer: Any) -> set[str]:
     return {m.name for m in peer.members() if m.alive}
 
 
+async def test_arguments_fetched_from_the_owner_arrive_whole_and_aligned(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large arguments that cross a data stream are received straight into shared memory:
+    however the arrays fall in the value's CBOR, each one the task gets is exact, aligned
+    and writable (the first by where the value lands, later ones by a second placing)."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    rng = np.random.default_rng(5)
+    calls = [
+        (rng.standard_normal(40_000),),  # one array: lands aligned, used in place
+        (rng.integers(0, 100, 70_001, dtype=np.int8), rng.standard_normal(30_000)),
+        (rng.integers(0, 9, 65_537).astype(">u2"), np.ones((300, 300), order="F")),
+    ]
+    cluster = unique_cluster()
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            with trio.fail_after(WAIT):
+                got = [await a.run(arrayfuncs.placement, *call) for call in calls]
+            assert b.statistics().workers.tasks >= len(calls)  # they ran on b
+    for call, seen in zip(calls, got, strict=True):
+        assert [s[0] for s in seen] == [True] * len(call)
+        assert [s[1] for s in seen] == [True] * len(call)
+        assert [s[2] for s in seen] == [arr.tobytes() for arr in call]
+
+
+async def test_an_argument_a_task_keeps_is_never_overwritten_by_later_ones(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer receives arguments into segments it reuses once their worker has unmapped
+    them; one a task kept a view of stays mapped, and the peer never writes into it."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(200_000) for _ in range(12)]  # 1.6 MB each
+    cluster = unique_cluster()
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            with trio.fail_after(WAIT):
+                assert await a.run(arrayfuncs.keep, arrays[0]) == 1
+                sums = await a.map(arrayfuncs.total, arrays[1:])  # through reused segments
+                got = await a.run(arrayfuncs.kept)
+            assert b.statistics().workers.slots == 1  # one worker: it kept the array
+    assert sums == [float(np.sum(arr)) for arr in arrays[1:]]
+    assert got == [arrays[0].tobytes()]
+
+
 async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):

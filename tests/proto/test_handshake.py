@@ -181,6 +181,42 @@ def test_wrong_proof_is_rejected() -> None:
         server.finish(session.seal(b"not the transcript".ljust(32)))
 
 
+def test_frames_open_straight_into_a_buffer() -> None:
+    c, s = connect()
+    value = bytes(range(256)) * 1000
+    stream = c.seal(value[:100_000]) + c.seal(value[100_000:])
+    dest = bytearray(len(value))
+    view = memoryview(dest)
+    s.feed(stream[:5000])
+    assert s.next_payload_into(view) is None  # the first frame is not all here yet
+    s.feed(stream[5000:])
+    assert s.next_payload_into(view) == 100_000
+    assert s.next_payload_into(view[100_000:]) == len(value) - 100_000
+    assert s.next_payload_into(view) is None and s.buffered == 0
+    assert dest == value
+    s.feed(c.seal(b"small") + c.seal(b"next"))  # frames of either kind, in turn
+    assert s.next_payload() == b"small"
+    assert s.next_payload_into(view[:4]) == 4 and dest[:4] == b"next"
+
+
+def test_a_frame_longer_than_the_rest_of_the_value_breaks_the_session() -> None:
+    c, s = connect()
+    s.feed(c.seal(b"x" * 10))
+    with pytest.raises(MessageTooLarge):
+        s.next_payload_into(memoryview(bytearray(9)))
+    with pytest.raises(MessageTooLarge):
+        s.next_payload()
+
+
+def test_a_tampered_frame_opened_into_a_buffer_breaks_the_session() -> None:
+    c, s = connect()
+    frame = bytearray(c.seal(b"payload"))
+    frame[-1] ^= 0x01
+    s.feed(bytes(frame))
+    with pytest.raises(AuthenticationError):
+        s.next_payload_into(memoryview(bytearray(7)))
+
+
 def test_tampered_frame_breaks_the_session() -> None:
     c, s = connect()
     frame = bytearray(c.seal(b"payload"))

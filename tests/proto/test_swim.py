@@ -447,3 +447,33 @@ def test_a_datagram_from_an_unknown_peer_starts_an_exchange_with_it() -> None:
     rx(m, 7.0, ("10.0.0.2", 7946), Ping(seq=8, target=b"z" * 16))  # a member we know
     assert not [o for o in m.take_outputs() if isinstance(o, StreamRequest)]
     assert m.statistics().stranger_push_pulls == 2
+
+
+def test_a_suspicion_unrefuted_for_half_its_minimum_pings_the_suspect_itself() -> None:
+    # Soak seed 3: a suspicion heard just before a partition, with the suspect on our side and
+    # nobody telling it, expired 18 s later into a false death. Our own ping carries it.
+    m = machine(0, peers=9)
+    x = bytes([5]) * 16
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 3, b"a" * 16),)))
+    m.take_outputs()
+    minimum = m.table.get(x).suspicion.minimum  # type: ignore[union-attr]
+    m.tick(minimum / 2 - 0.01)
+    assert not [o for o in sent(m, Ping) if o.dst == ("10.0.0.5", 7946)]
+    m.tick(minimum / 2)
+    (ping,) = [o for o in sent(m, Ping) if o.dst == ("10.0.0.5", 7946)]
+    assert ping.msg.target == x and ping.msg.updates[0] == Suspect(x, 3, b"a" * 16)  # type: ignore[union-attr]
+    # The suspect's Ack brings its refutation: the suspicion ends, and no second ping goes.
+    rx(m, minimum / 2 + 0.01, ("10.0.0.5", 7946),
+       Ack(ping.msg.seq, (Alive(x, 4, "n5", "10.0.0.5", 7946, b""),)))  # type: ignore[union-attr]
+    assert m.table.get(x).status == A  # type: ignore[union-attr]
+    assert m.statistics().suspect_pings == 1
+
+
+def test_a_refuted_suspicion_sends_no_ping_of_its_own() -> None:
+    m = machine(0, peers=9)
+    x = bytes([5]) * 16
+    rx(m, 0.0, ("10.0.0.1", 7946), Gossip((Suspect(x, 3, b"a" * 16),)))
+    rx(m, 0.1, ("10.0.0.1", 7946), Gossip((Alive(x, 4, "n5", "10.0.0.5", 7946, b""),)))
+    m.take_outputs()
+    m.tick(10.0)
+    assert m.statistics().suspect_pings == 0

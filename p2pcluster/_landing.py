@@ -1,0 +1,145 @@
+"""Receiving a large value straight into the shared memory a worker process will map.
+
+A value another peer sends on a data stream (:func:`~._dataplane.send_value`: the value's
+plain CBOR, in sealed frames) is opened frame by frame *into* a memfd
+:class:`~._shm.Segment`, with no buffer in between: each frame's plaintext is written once,
+where the worker will read it. The segment starts ``pad`` bytes before the value, ``pad``
+chosen from the value's first frame so that its first out-of-band array (:mod:`._packed`)
+begins at a multiple of :data:`~._packed.ALIGN`; the value is then cut into heads and
+buffers that are views of the segment (:func:`~._packed.find_cuts`), and handed to a worker
+as it is (:func:`~._handoff.to_ref`). If a later array of the same value is not aligned, the
+value is placed in a new segment once more on its way to a worker (:func:`~._handoff.place`):
+arrays a worker gets are always aligned.
+
+Arguments land in a segment from the worker pool's :class:`~._shm.SegmentStock` when it
+has one of about the size (one an earlier batch's worker has unmapped): its pages are
+allocated already, which makes writing them several times faster. Shared values, which
+stay, get a new segment.
+
+Small values (under :data:`~._packed.OUT_OF_BAND`), and any value where memfds are missing,
+arrive as plain bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import trio
+
+from ._errors import MessageTooLarge, ProtocolError
+from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
+from ._secure import SecureStream
+from ._shm import Segment, SegmentStock, available
+
+__all__ = ["Landed", "land", "receive_into"]
+
+
+class Landed(NamedTuple):
+    """A received value, as a worker takes it, and the SHA-256 of its bytes if asked for."""
+
+    payload: Payload
+    digest: bytes | None
+
+
+async def receive_into(stream: SecureStream, dest: memoryview,
+                       landed: Callable[[int], None] | None = None) -> None:
+    """Fill ``dest`` with the payloads of consecutive frames (the caller has checked its
+    size against its limit); raises if the stream ends first or the value runs longer.
+    ``landed(n)`` is told each time the first ``n`` bytes are in."""
+    filled, size = 0, len(dest)
+    while filled < size:
+        got = await stream.receive_payload_into(dest[filled:])
+        if got is None:
+            raise ProtocolError(f"the stream closed {size - filled} bytes before the value's end")
+        filled += got
+        if landed is not None:
+            landed(filled)
+
+
+class _Hashing:
+    """The SHA-256 of a value as it lands: a task hashes, in a thread, what has landed
+    since it last looked, so the hash keeps pace beside the receiving loop instead of
+    following it."""
+
+    def __init__(self, value: memoryview) -> None:
+        self.hasher = hashlib.sha256()
+        self._value = value
+        self._filled = self._hashed = 0
+        self._more = trio.Event()
+
+    def landed(self, filled: int) -> None:
+        self._filled = filled
+        self._more.set()
+
+    def after(self, rest: int) -> Callable[[int], None]:
+        """:meth:`landed` for a fill that starts ``rest`` bytes into the value."""
+        return lambda n: self.landed(rest + n)
+
+    async def run(self) -> None:
+        while self._hashed < len(self._value):
+            await self._more.wait()
+            self._more = trio.Event()  # (before reading how far it is: nothing is missed)
+            end = self._filled
+            await trio.to_thread.run_sync(self.hasher.update, self._value[self._hashed:end])
+            self._hashed = end
+
+
+async def land(stream: SecureStream, size: int, *, digest: bool = False,
+               stock: SegmentStock | None = None) -> Landed:
+    """A value of ``size`` bytes from ``stream`` (see the module docstring); with
+    ``digest``, its SHA-256 too. Its segment comes from ``stock`` if given (a value that
+    the workers will let go of soon: arguments)."""
+    if size < OUT_OF_BAND or not available():
+        buffer = bytearray(size)
+        await receive_into(stream, memoryview(buffer))
+        return Landed(bytes(buffer), hashlib.sha256(buffer).digest() if digest else None)
+    segment = Segment.create(size + ALIGN) if stock is None else stock.take(size + ALIGN)
+    try:
+        return await _land(stream, size, segment, digest)
+    except BaseExceptionGroup as group:  # the helpers' nursery: say what went wrong
+        raise group.exceptions[0] if len(group.exceptions) == 1 else group from None
+
+
+async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool) -> Landed:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_allocate, segment)
+        first = await stream.receive_payload()
+        if first is None:
+            raise ProtocolError(f"the stream closed {size} bytes before the value's end")
+        if len(first) > size:
+            raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
+        start = first_cut(memoryview(first))
+        pad = 0 if start is None else -start % ALIGN
+        value = segment.view[pad:pad + size]
+        value[:len(first)] = first
+        hashing, rest = _Hashing(value) if digest else None, len(first)
+        if hashing is not None:
+            nursery.start_soon(hashing.run)
+            hashing.landed(rest)
+        await receive_into(stream, value[rest:], None if hashing is None else hashing.after(rest))
+    payload = await trio.to_thread.run_sync(_cut, value, segment, pad)
+    return Landed(payload, None if hashing is None else hashing.hasher.digest())
+
+
+async def _allocate(segment: Segment) -> None:
+    """Have the kernel allocate the segment's pages in a thread, ahead of the frames being
+    written into them (a new page of shared memory costs more than writing it; a page
+    allocated already is not allocated again)."""
+    await trio.to_thread.run_sync(segment.allocate)
+
+
+def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
+    """The value in ``segment`` at ``pad`` as a worker takes it (run in a thread: it walks
+    the value, and may copy it): in place if every array is aligned, else without a
+    segment, to be placed anew on its way to a worker (:func:`~._handoff.to_ref`); plain
+    bytes if it holds no large array."""
+    cuts = find_cuts(value)
+    if not cuts:
+        return bytes(value)
+    packed = cut(value, cuts)
+    offsets = [pad + start for start, _ in cuts]
+    if any(offset % ALIGN for offset in offsets):
+        return packed
+    return Packed(packed.heads, packed.buffers, segment=segment, offsets=offsets)

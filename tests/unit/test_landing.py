@@ -1,0 +1,144 @@
+"""Landing a received value in shared memory (`p2pcluster/_landing.py`), from real sealed
+frames of a handshaken session pair, fed through a stand-in for the socket."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import pytest
+
+from p2pcluster import MessageTooLarge, ProtocolError
+from p2pcluster._handoff import SegmentRef, to_ref
+from p2pcluster._landing import land
+from p2pcluster._packed import ALIGN, Packed
+from p2pcluster._proto.handshake import Session
+from p2pcluster._shm import available
+from tests.proto.test_handshake import connect
+
+np = pytest.importorskip("numpy")
+
+
+class Frames:
+    """What :func:`land` uses of a SecureStream: frames sealed by ``sender``, opened by
+    ``receiver`` as a SecureStream would, then the end of the stream."""
+
+    def __init__(self, sender: Session, receiver: Session, payload: bytes, chunk: int) -> None:
+        self.session = receiver
+        for at in range(0, len(payload), chunk):
+            receiver.feed(sender.seal(payload[at:at + chunk]))
+
+    async def receive_payload(self) -> bytes | None:
+        return self.session.next_payload()
+
+    async def receive_payload_into(self, dest: memoryview) -> int | None:
+        return self.session.next_payload_into(dest)
+
+
+def encoded(*values: Any) -> bytes:
+    from p2pcluster._packed import as_bytes
+    from p2pcluster._values import encode_shared
+
+    return as_bytes(encode_shared(list(values)))
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+@pytest.mark.parametrize("chunk", [1000, 65_536, 1 << 20])
+async def test_a_value_lands_aligned_with_its_digest(chunk: int) -> None:
+    rng = np.random.default_rng(chunk)
+    array = rng.standard_normal(50_000)
+    data = encoded(array, "text")
+    c, s = connect(seed=chunk)
+    landed = await land(Frames(c, s, data, chunk), len(data), digest=True)  # type: ignore[arg-type]
+    assert landed.digest == hashlib.sha256(data).digest()
+    payload = landed.payload
+    assert isinstance(payload, Packed) and payload.segment is not None  # where it landed
+    assert payload.flat() == data
+    assert payload.offsets[0] % ALIGN == 0 and payload.buffers[0].nbytes == array.nbytes
+    wire, _ = to_ref(payload)  # handed to a worker as it is
+    assert isinstance(wire, SegmentRef) and wire.fd == payload.segment.fd
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+async def test_a_value_whose_later_array_falls_unaligned_is_placed_anew() -> None:
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 9, 70_001, dtype=np.int8), rng.standard_normal(50_000)]
+    data = encoded(*arrays, "text")
+    c, s = connect()
+    landed = await land(Frames(c, s, data, 65_536), len(data))  # type: ignore[arg-type]
+    payload = landed.payload
+    assert isinstance(payload, Packed) and payload.flat() == data
+    wire, placed = to_ref(payload)
+    assert isinstance(wire, SegmentRef) and placed is not None
+    assert all(offset % ALIGN == 0 for offset in wire.offsets)
+    assert wire.sizes == (arrays[0].nbytes, arrays[1].nbytes)
+
+
+async def test_a_small_value_arrives_as_bytes() -> None:
+    data = encoded(list(range(100)))
+    c, s = connect()
+    landed = await land(Frames(c, s, data, 64), len(data), digest=True)  # type: ignore[arg-type]
+    assert landed.payload == data and landed.digest == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("digest", [False, True])
+@pytest.mark.parametrize("size", [100, 200_000])
+async def test_a_value_that_ends_early_or_runs_longer_is_refused(size: int,
+                                                                 digest: bool) -> None:
+    data = random.Random(size).randbytes(size)
+    c, s = connect()
+    with pytest.raises(ProtocolError, match="closed"):  # itself, not in an exception group
+        await land(Frames(c, s, data, 4096), size + 1, digest=digest)  # type: ignore[arg-type]
+    c, s = connect()
+    with pytest.raises(MessageTooLarge):
+        await land(Frames(c, s, data, 4096), size - 1, digest=digest)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+def test_a_worker_lets_go_only_of_the_segments_nothing_keeps() -> None:
+    from p2pcluster._handoff import let_go, open_args
+    from p2pcluster._shm import Segment
+
+    held = [Segment.create(4096), Segment.create(8192)]
+    wires = [SegmentRef((b"\x81", b""), s.path(), s.size, (0,), (1024,), s.fd) for s in held]
+    payloads, segments = open_args([*wires, b"plain"])
+    assert set(segments) == {s.fd for s in held} and payloads[2] == b"plain"
+    first = payloads[0]
+    assert isinstance(first, Packed)
+    kept = np.frombuffer(first.buffers[0], dtype=np.uint8)  # a task keeps a view
+    del payloads, first
+    assert let_go(segments) == [held[1].fd]
+    assert kept.sum() == 0  # still mapped, still readable
+
+
+def test_the_segment_stock_reuses_what_fits_and_holds_little() -> None:
+    from p2pcluster._shm import STEP, SegmentStock
+
+    stock = SegmentStock(most=2, most_bytes=4 * STEP)
+    a = stock.take(STEP + 1)
+    assert a.size == 2 * STEP  # rounded up, so that a value of about that size fits again
+    stock.give(a)
+    assert stock.take(STEP + 100) is a and stock.reused == 1
+    assert stock.take(STEP + 100) is not a  # not in the stock twice
+    stock.give(a)
+    assert stock.take(100) is not a  # far too large for a small value
+    big = stock.take(5 * STEP)
+    stock.give(big)  # over most_bytes: not kept
+    assert stock.take(5 * STEP) is not big
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+def test_a_segment_two_arguments_share_is_let_go_only_if_both_are() -> None:
+    from p2pcluster._handoff import let_go, open_args
+    from p2pcluster._shm import Segment
+
+    held = Segment.create(4096)
+    wire = SegmentRef((b"\x81", b""), held.path(), held.size, (0,), (1024,), held.fd)
+    payloads, segments = open_args([wire, wire])
+    second = payloads[1]
+    assert isinstance(second, Packed)
+    kept = np.frombuffer(second.buffers[0], dtype=np.uint8)
+    del payloads, second
+    assert let_go(segments) == []
+    assert kept.sum() == 0
