@@ -7,6 +7,21 @@ its holder died, lost it (two holding reports without it), or went silent for a 
 lease. When the job ends, by completion or cancellation, every peer that ever held one of its
 tasks is told to drop what is left (:class:`CancelJob`); a message about a job that ended
 here is answered the same way. The books themselves live in :mod:`.ownership`.
+
+Faults the owner, the thieves and the victims recover from:
+
+- A **holder** dies (membership's ``peer_down``): the owner puts that holder's unfinished
+  tasks back at the front of its own queue (their move count reset: a recovery is not a
+  move). If the owner learns of a move to a peer it already knows is dead, it requeues at once.
+- A holder **loses** tasks while alive (a result on a link that broke): its :class:`Holding`
+  reports stop listing them, and the owner requeues them; a holder the owner has not heard
+  from for ``lease_timeout`` loses all its tasks the same way (:mod:`.ownership`).
+- The **owner** dies: every peer drops that owner's queued tasks and the driver stops the
+  running ones (:class:`JobDropped`); results for it are thrown away.
+- A **steal** goes unanswered for ``steal_timeout``: the thief forgets the request, treats the
+  victim's queue as empty, and tries elsewhere. A grant that arrives late is still accepted.
+- A grant that cannot be delivered (the driver reports it with
+  ``StealingMachine.grant_failed``) goes back to the victim's queue.
 """
 
 from __future__ import annotations

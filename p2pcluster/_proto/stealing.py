@@ -29,20 +29,7 @@ small ones in :class:`Results` messages, large ones each on a data stream of the
 (:class:`PushValue`). The owner keeps the first result of every task id and counts any other
 as a duplicate: execution is at least once, delivery is exactly once.
 
-Faults:
-
-- A **holder** dies (membership's ``peer_down``): the owner puts that holder's unfinished
-  tasks back at the front of its own queue (their move count reset: a recovery is not a
-  move). If the owner learns of a move to a peer it already knows is dead, it requeues at once.
-- A holder **loses** tasks while alive (a result on a link that broke): its :class:`Holding`
-  reports stop listing them, and the owner requeues them; a holder the owner has not heard
-  from for ``lease_timeout`` loses all its tasks the same way (:mod:`.ownership`).
-- The **owner** dies: every peer drops that owner's queued tasks and the driver stops the
-  running ones (:class:`JobDropped`); results for it are thrown away.
-- A **steal** goes unanswered for ``steal_timeout``: the thief forgets the request, treats the
-  victim's queue as empty, and tries elsewhere. A grant that arrives late is still accepted.
-- A grant that cannot be delivered (the driver reports it with :meth:`grant_failed`) goes
-  back to the victim's queue.
+Faults, and how the books recover from each, are in :mod:`.owner`.
 
 Not every peer may run every job (:mod:`.eligibility`): a victim grants a job's tasks only
 to a thief that can run them, a peer runs only the jobs it can, and the owner says who
