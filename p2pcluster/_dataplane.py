@@ -28,7 +28,7 @@ import trio
 
 from ._errors import ProtocolError, too_large
 from ._landing import land, receive_into
-from ._packed import Payload
+from ._packed import Packed, Payload
 from ._proto.messages import (
     AckStatus,
     FetchArgs,
@@ -59,11 +59,13 @@ PUSH_ATTEMPTS = 3
 PUSH_PAUSE = 0.5
 
 
-async def send_value(stream: SecureStream, data: bytes | bytearray | memoryview) -> None:
-    """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes."""
-    view = memoryview(data)
-    for offset in range(0, len(view), CHUNK):
-        await stream.send_payload(view[offset:offset + CHUNK])
+async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview) -> None:
+    """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes; a packed value
+    piece by piece, each array's frames sealed straight from its own buffer."""
+    pieces = data.pieces() if isinstance(data, Packed) else (memoryview(data),)
+    for view in pieces:
+        for offset in range(0, len(view), CHUNK):
+            await stream.send_payload(view[offset:offset + CHUNK])
 
 
 async def receive_value(stream: SecureStream, size: int) -> bytearray:
@@ -89,7 +91,7 @@ class Owner:
     """What the data plane needs of the peer's work layer (each call returns at once)."""
 
     #: The arguments of an unfinished task of a job owned here, or None.
-    payload: Callable[[bytes, int], bytes | None]
+    payload: Callable[[bytes, int], Payload | None]
     #: Whether this peer still runs (owns) the job.
     owns: Callable[[bytes], bool]
     #: Results that arrived for a job owned here.
@@ -153,7 +155,12 @@ class DataPlane:
         remote = [item for item in items if item.remote]
         if not remote:
             return Fetched(items, [item.payload for item in items], [])
-        fetched, failed = await self._fetch(spec, remote, stock)
+        if spec.owner == self._me:  # our own job's arguments, held here
+            held = {i.id: self._owner.payload(spec.job, i.id) for i in remote}
+            fetched = {tid: p for tid, p in held.items() if p is not None}
+            failed: list[TaskResult] = []
+        else:
+            fetched, failed = await self._fetch(spec, remote, stock)
         ready = [item for item in items if not item.remote or item.id in fetched]
         payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
         return Fetched(ready, payloads, failed)
