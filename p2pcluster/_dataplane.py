@@ -27,7 +27,7 @@ from typing import NamedTuple
 import trio
 
 from ._errors import ProtocolError, too_large
-from ._landing import land, receive_into
+from ._landing import land, land_result, receive_into
 from ._packed import Packed, Payload
 from ._proto.messages import (
     AckStatus,
@@ -94,8 +94,8 @@ class Owner:
     payload: Callable[[bytes, int], Payload | None]
     #: Whether this peer still runs (owns) the job.
     owns: Callable[[bytes], bool]
-    #: Results that arrived for a job owned here.
-    deliver: Callable[[Results], None]
+    #: Results that arrived for a job owned here; a pushed one's value beside them.
+    deliver: Callable[[Results, memoryview | None], None]
     #: The outcome of a push: (job, task, delivered, a small result to send instead).
     pushed: Callable[[bytes, int, bool, TaskResult | None], None]
     #: A live peer's address (None if unknown or gone), and its name.
@@ -139,9 +139,9 @@ class DataPlane:
         if not self._owner.owns(push.job):
             await stream.send(ResultAck(AckStatus.NO_JOB, "the job has ended"))
             return
-        value = await receive_value(stream, push.size)
-        result = TaskResult(push.id, push.status, bytes(value))
-        self._owner.deliver(Results(push.job, push.sender, push.queue, (result,)))
+        value = await land_result(stream, push.size)  # the machine sees no payload:
+        result = TaskResult(push.id, push.status, b"")  # the value reaches the job as is
+        self._owner.deliver(Results(push.job, push.sender, push.queue, (result,)), value)
         await stream.send(ResultAck(AckStatus.ACCEPTED, ""))
 
     # --- as the peer that runs the task -------------------------------------------------------

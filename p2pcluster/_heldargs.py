@@ -1,4 +1,5 @@
-"""Large task arguments the owner holds as the caller gave them, outside the machine.
+"""Large values the owner holds outside the stealing machine: task arguments as the caller
+gave them (:class:`HeldArgs`), and results pushed to it as they landed (:class:`HeldResults`).
 
 A task's arguments with large arrays are a :class:`~._packed.Packed` value: small CBOR heads
 around views of the caller's own array buffers (a non-contiguous array is the one contiguous
@@ -16,12 +17,13 @@ ride in a grant as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ._packed import Packed, Payload
-from ._proto.messages import TaskItem
+from ._proto.messages import Results, TaskItem, TaskResult
 
-__all__ = ["HeldArgs"]
+__all__ = ["HeldArgs", "HeldResults"]
 
 
 class HeldArgs:
@@ -51,6 +53,13 @@ class HeldArgs:
         held = self._jobs.get(job)
         return held.get(tid) if held else None
 
+    def serve(self, inline: Callable[[bytes, int], bytes | None], job: bytes, tid: int
+              ) -> Payload | None:
+        """The arguments of unfinished task ``tid`` (``inline`` gives the machine's: None
+        once the task has a result), held here or not."""
+        args = inline(job, tid)
+        return None if args is None else self.get(job, tid) or args
+
     def release(self, job: bytes, tids: Iterable[int]) -> None:
         """Those tasks have results: let go of their arguments."""
         held = self._jobs.get(job)
@@ -65,3 +74,29 @@ class HeldArgs:
     def __len__(self) -> int:
         """Tasks whose arguments are held, over every job."""
         return sum(map(len, self._jobs.values()))
+
+
+class HeldResults:
+    """A pushed result's value, landed in memory of its own (:func:`~._landing.land_result`),
+    goes to the job as it is: the machine gets the result without its payload, and the job
+    takes the value from here while the machine's events are carried out."""
+
+    def __init__(self) -> None:
+        self._landed: dict[tuple[bytes, int], memoryview] = {}
+
+    @contextlib.contextmanager
+    def landing(self, results: Results, value: memoryview | None) -> Iterator[None]:
+        """Hold ``value``, the payload of the one result of ``results``, while the machine
+        takes them (a duplicate's value is let go of at the end)."""
+        key = (results.job, results.results[0].id) if value is not None else None
+        if key is not None and value is not None:
+            self._landed[key] = value
+        try:
+            yield
+        finally:
+            if key is not None:
+                self._landed.pop(key, None)
+
+    def payload(self, job: bytes, result: TaskResult) -> bytes | memoryview:
+        """The payload of ``result``: the value landed for it, if any."""
+        return self._landed.pop((job, result.id), result.payload)

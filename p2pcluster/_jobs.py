@@ -28,7 +28,7 @@ from ._errors import (
     task_error,
     too_large,
 )
-from ._packed import Payload
+from ._packed import Payload, cut, find_cuts
 from ._proto.eligibility import NO_NEEDS, JobNeeds
 from ._proto.wiretypes import PlacementKind, TaskStatus
 from ._refs import FunctionRef, function_ref
@@ -46,12 +46,18 @@ _ERRORS: dict[int, type[TaskError]] = {
 }
 
 
-def unpack(status: int, payload: bytes, peer: str) -> Any:
-    """A task's value, or raise the :class:`~._errors.TaskError` it ended with."""
+def unpack(status: int, payload: bytes | memoryview, peer: str) -> Any:
+    """A task's value, or raise the :class:`~._errors.TaskError` it ended with. A value
+    landed in memory of its own (a ``memoryview``: a large result) is decoded in place:
+    its large arrays are views of it, writable and the caller's own, not copies."""
+    value: Payload = payload if isinstance(payload, bytes) else b""
+    if isinstance(payload, memoryview):
+        cuts = find_cuts(payload) if status == TaskStatus.OK else []
+        value = cut(payload, cuts) if cuts else bytes(payload)
     if status == TaskStatus.OK:
-        return decode_value(payload)
+        return decode_value(value)
     try:
-        info = decode_value(payload)
+        info = decode_value(value)
     except Exception:  # a malformed error report is still an error
         info = {}
     if not isinstance(info, dict):
@@ -62,11 +68,12 @@ def unpack(status: int, payload: bytes, peer: str) -> Any:
 
 class JobResult(NamedTuple):
     """How one task of a job ended: its index in the job, its status (``TaskStatus``), the
-    CBOR of its value or error, and the name of the peer that ran it."""
+    CBOR of its value or error (a large one as the memory it landed in), and the name of
+    the peer that ran it."""
 
     task: int
     status: int
-    payload: bytes
+    payload: bytes | memoryview
     peer: str
 
 

@@ -22,6 +22,7 @@ import os
 import random
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import NoReturn
 
 import trio
@@ -31,13 +32,12 @@ from ._codeship import CodeShipping
 from ._config import Config
 from ._dataplane import DataPlane, Owner
 from ._environment import environment_meta, local_env
-from ._heldargs import HeldArgs
+from ._heldargs import HeldArgs, HeldResults
 from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
 from ._ownedjob import Job
 from ._pacing import Pacer
-from ._packed import Payload
 from ._pool import WorkerPool, WorkerPoolStatistics
 from ._proto.membership import EventKind, Member
 from ._proto.messages import (
@@ -107,7 +107,7 @@ class WorkService:
         self._started = started
         self._me = membership.me
         policy = WorkPolicy.from_config(config)
-        self._held = HeldArgs()
+        self._held, self._landed = HeldArgs(), HeldResults()
         self._machine = StealingMachine(
             self._me.id, pool.slots, random.Random(int.from_bytes(os.urandom(8), "big")),
             policy, local_env(config.tags))
@@ -276,7 +276,8 @@ class WorkService:
             job = self._jobs.get(event.job)
             if job is not None:
                 name = self.name_of(event.peer)
-                job.deliver([JobResult(r.id, r.status, r.payload, name) for r in event.results])
+                job.deliver([JobResult(r.id, r.status, self._landed.payload(event.job, r), name)
+                             for r in event.results])
             self._held.release(event.job, (r.id for r in event.results))
             return
         job = self._jobs.pop(event.job, None)
@@ -307,19 +308,16 @@ class WorkService:
                         self.name_of(dst), where, why)
 
     def _owner(self) -> Owner:
-        def deliver(results: Results) -> None:
-            self._machine.receive(trio.current_time(), results)
-            self.flush()
+        def deliver(results: Results, value: memoryview | None) -> None:
+            with self._landed.landing(results, value):
+                self._machine.receive(trio.current_time(), results)
+                self.flush()
 
         def pushed(job: bytes, tid: int, delivered: bool, instead: TaskResult | None) -> None:
             self._machine.push_done(trio.current_time(), job, tid, delivered, instead)
             self.flush()
 
-        def payload(job: bytes, tid: int) -> Payload | None:
-            args = self._machine.payload(job, tid)  # None once the task has a result
-            return None if args is None else self._held.get(job, tid) or args
-
-        return Owner(payload=payload,
+        return Owner(payload=partial(self._held.serve, self._machine.payload),
                      owns=lambda job: self._machine.owned_remaining(job) > 0,
                      deliver=deliver, pushed=pushed, address_of=self.address_of,
                      name_of=self.name_of)

@@ -58,3 +58,46 @@ def test_held_arguments_go_to_the_machine_as_their_size_and_leave_with_their_tas
     held.admit(b"k", payloads, 256 * 1024)
     held.drop(b"k")
     assert len(held) == 0
+
+
+def test_a_result_that_landed_in_memory_of_its_own_is_decoded_in_place() -> None:
+    from p2pcluster._jobs import unpack
+    from p2pcluster._values import encode_value
+
+    arrays = {"a": np.arange(1 << 15, dtype=np.float64), "b": np.ones((300, 300), np.int32)}
+    flat = encode_value(arrays)
+    assert isinstance(flat, Packed)
+    landed = bytearray(flat.flat())
+    got = unpack(0, memoryview(landed), "p")
+    whole = np.frombuffer(landed, np.uint8)
+    for key, arr in arrays.items():
+        assert np.array_equal(got[key], arr) and got[key].dtype == arr.dtype
+        assert np.shares_memory(got[key], whole)  # no copy ...
+        assert got[key].flags.writeable  # ... and the caller's own
+    got["a"][0] = 5.0
+    assert got["a"][0] == 5.0
+
+
+def test_an_error_that_landed_in_memory_of_its_own_is_raised() -> None:
+    from p2pcluster._errors import TaskError
+    from p2pcluster._jobs import unpack
+    from p2pcluster._values import encode_error
+
+    payload = memoryview(bytearray(encode_error("ValueError", "x" * 300_000)))
+    with pytest.raises(TaskError, match="ValueError: xxx"):
+        unpack(1, payload, "p")
+
+
+def test_held_results_reach_the_job_once_and_duplicates_are_let_go() -> None:
+    from p2pcluster._heldargs import HeldResults
+    from p2pcluster._proto.messages import Results, TaskResult
+
+    held = HeldResults()
+    value = memoryview(bytearray(b"v" * 10))
+    result = TaskResult(3, 0, b"")
+    with held.landing(Results(b"j", b"p" * 16, 0, (result,)), value):
+        assert held.payload(b"j", result) is value
+        assert held.payload(b"j", result) == b""  # taken once
+    with held.landing(Results(b"j", b"p" * 16, 0, (result,)), value):
+        pass  # a duplicate: the machine emitted nothing
+    assert held.payload(b"j", result) == b""
