@@ -9,12 +9,15 @@ namespace that has nothing but loopback.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -30,9 +33,20 @@ TIMEOUT = 60  # seconds for one run: generous, for a loaded machine
 _counter = itertools.count()
 
 
+def runtime_dir(tmp_path: Path) -> Path:
+    """A short runtime directory for ``tmp_path``'s test: a control socket's path must fit in
+    107 bytes, and pytest-xdist's temporary paths plus a cluster name come close."""
+    link = tmp_path / "run"
+    if not link.exists():
+        short = Path(tempfile.mkdtemp(prefix="p2p-"))
+        atexit.register(shutil.rmtree, short, True)
+        link.symlink_to(short)
+    return link.resolve()
+
+
 def environment(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PCLUSTER_")}
-    env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(runtime_dir(tmp_path)),
                XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"))
     return env
 
