@@ -27,7 +27,7 @@ from typing import NamedTuple
 import trio
 
 from ._errors import ProtocolError, too_large
-from ._landing import land, land_result, receive_into
+from ._landing import land, land_result
 from ._packed import Packed, Payload
 from ._proto.messages import (
     AckStatus,
@@ -48,7 +48,7 @@ from ._shm import SegmentStock
 from ._transport import Address
 from ._values import encode_error
 
-__all__ = ["CHUNK", "DataPlane", "Fetched", "Owner", "receive_value", "send_value"]
+__all__ = ["CHUNK", "DataPlane", "Fetched", "Owner", "send_value"]
 
 log = logging.getLogger("p2pcluster.peer")
 #: Bytes per data frame: large enough that sealing costs little per byte, small enough that
@@ -66,14 +66,6 @@ async def send_value(stream: SecureStream, data: Payload | bytearray | memoryvie
     for view in pieces:
         for offset in range(0, len(view), CHUNK):
             await stream.send_payload(view[offset:offset + CHUNK])
-
-
-async def receive_value(stream: SecureStream, size: int) -> bytearray:
-    """Read a value of exactly ``size`` bytes sent by :func:`send_value` (the caller has
-    already checked ``size`` against its limit), each frame opened straight into it."""
-    value = bytearray(size)
-    await receive_into(stream, memoryview(value))
-    return value
 
 
 class Fetched(NamedTuple):
