@@ -25,6 +25,7 @@ from ._control import FramedStream, connect
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
 from ._outbox import Outbox, Part, blob_frames
+from ._packed import as_bytes
 from ._proto.codec import decode_cbor
 from ._proto.control import (
     CODEC,
@@ -191,7 +192,7 @@ class ControlClient:
         new = [b for d, b in request.bundles.items() if d not in self._sent_bundles]
         self._sent_bundles.update(b.digest for b in new)
         bundles = tuple(self._value(b.encode(), parts) for b in new)
-        payloads = request.payloads
+        payloads = [as_bytes(p) for p in request.payloads]  # the daemon holds them
         first = _inline_prefix(payloads)
         parts.append(CODEC.encode(Submit(
             job, Ref(ref.module, ref.qualname, ref.job, ref.includes), bundles, len(payloads),

@@ -329,14 +329,14 @@ class ControlSession:
                 items.append(ResultItem(result.task, result.status, ref, result.peer))
                 break
             running.results.popleft()
-            items.append(ResultItem(result.task, result.status, Inline(result.payload),
+            items.append(ResultItem(result.task, result.status, Inline(bytes(result.payload)),
                                     result.peer))
             size += len(result.payload)
         self._queue_out(Results(running.key, tuple(items)))
         if self._out_bytes >= RESULTS_BYTES:
             await self._flush_out()
 
-    async def _blob(self, data: bytes) -> BlobRef:
+    async def _blob(self, data: bytes | memoryview) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
         self._queue_out(Blob(blob, len(data)))

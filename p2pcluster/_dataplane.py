@@ -27,8 +27,8 @@ from typing import NamedTuple
 import trio
 
 from ._errors import ProtocolError, too_large
-from ._landing import land, receive_into
-from ._packed import Payload
+from ._landing import land, land_result
+from ._packed import Packed, Payload
 from ._proto.messages import (
     AckStatus,
     FetchArgs,
@@ -48,7 +48,7 @@ from ._shm import SegmentStock
 from ._transport import Address
 from ._values import encode_error
 
-__all__ = ["CHUNK", "DataPlane", "Fetched", "Owner", "receive_value", "send_value"]
+__all__ = ["CHUNK", "DataPlane", "Fetched", "Owner", "send_value"]
 
 log = logging.getLogger("p2pcluster.peer")
 #: Bytes per data frame: large enough that sealing costs little per byte, small enough that
@@ -59,19 +59,13 @@ PUSH_ATTEMPTS = 3
 PUSH_PAUSE = 0.5
 
 
-async def send_value(stream: SecureStream, data: bytes | bytearray | memoryview) -> None:
-    """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes."""
-    view = memoryview(data)
-    for offset in range(0, len(view), CHUNK):
-        await stream.send_payload(view[offset:offset + CHUNK])
-
-
-async def receive_value(stream: SecureStream, size: int) -> bytearray:
-    """Read a value of exactly ``size`` bytes sent by :func:`send_value` (the caller has
-    already checked ``size`` against its limit), each frame opened straight into it."""
-    value = bytearray(size)
-    await receive_into(stream, memoryview(value))
-    return value
+async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview) -> None:
+    """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes; a packed value
+    piece by piece, each array's frames sealed straight from its own buffer."""
+    pieces = data.pieces() if isinstance(data, Packed) else (memoryview(data),)
+    for view in pieces:
+        for offset in range(0, len(view), CHUNK):
+            await stream.send_payload(view[offset:offset + CHUNK])
 
 
 class Fetched(NamedTuple):
@@ -89,11 +83,11 @@ class Owner:
     """What the data plane needs of the peer's work layer (each call returns at once)."""
 
     #: The arguments of an unfinished task of a job owned here, or None.
-    payload: Callable[[bytes, int], bytes | None]
+    payload: Callable[[bytes, int], Payload | None]
     #: Whether this peer still runs (owns) the job.
     owns: Callable[[bytes], bool]
-    #: Results that arrived for a job owned here.
-    deliver: Callable[[Results], None]
+    #: Results that arrived for a job owned here; a pushed one's value beside them.
+    deliver: Callable[[Results, memoryview | None], None]
     #: The outcome of a push: (job, task, delivered, a small result to send instead).
     pushed: Callable[[bytes, int, bool, TaskResult | None], None]
     #: A live peer's address (None if unknown or gone), and its name.
@@ -137,9 +131,9 @@ class DataPlane:
         if not self._owner.owns(push.job):
             await stream.send(ResultAck(AckStatus.NO_JOB, "the job has ended"))
             return
-        value = await receive_value(stream, push.size)
-        result = TaskResult(push.id, push.status, bytes(value))
-        self._owner.deliver(Results(push.job, push.sender, push.queue, (result,)))
+        value = await land_result(stream, push.size)  # the machine sees no payload:
+        result = TaskResult(push.id, push.status, b"")  # the value reaches the job as is
+        self._owner.deliver(Results(push.job, push.sender, push.queue, (result,)), value)
         await stream.send(ResultAck(AckStatus.ACCEPTED, ""))
 
     # --- as the peer that runs the task -------------------------------------------------------
@@ -153,7 +147,12 @@ class DataPlane:
         remote = [item for item in items if item.remote]
         if not remote:
             return Fetched(items, [item.payload for item in items], [])
-        fetched, failed = await self._fetch(spec, remote, stock)
+        if spec.owner == self._me:  # our own job's arguments, held here
+            held = {i.id: self._owner.payload(spec.job, i.id) for i in remote}
+            fetched = {tid: p for tid, p in held.items() if p is not None}
+            failed: list[TaskResult] = []
+        else:
+            fetched, failed = await self._fetch(spec, remote, stock)
         ready = [item for item in items if not item.remote or item.id in fetched]
         payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
         return Fetched(ready, payloads, failed)

@@ -28,7 +28,7 @@ from ._errors import (
     task_error,
     too_large,
 )
-from ._packed import as_bytes
+from ._packed import Payload, cut, find_cuts
 from ._proto.eligibility import NO_NEEDS, JobNeeds
 from ._proto.wiretypes import PlacementKind, TaskStatus
 from ._refs import FunctionRef, function_ref
@@ -46,12 +46,18 @@ _ERRORS: dict[int, type[TaskError]] = {
 }
 
 
-def unpack(status: int, payload: bytes, peer: str) -> Any:
-    """A task's value, or raise the :class:`~._errors.TaskError` it ended with."""
+def unpack(status: int, payload: bytes | memoryview, peer: str) -> Any:
+    """A task's value, or raise the :class:`~._errors.TaskError` it ended with. A value
+    landed in memory of its own (a ``memoryview``: a large result) is decoded in place:
+    its large arrays are views of it, writable and the caller's own, not copies."""
+    value: Payload = payload if isinstance(payload, bytes) else b""
+    if isinstance(payload, memoryview):
+        cuts = find_cuts(payload) if status == TaskStatus.OK else []
+        value = cut(payload, cuts) if cuts else bytes(payload)
     if status == TaskStatus.OK:
-        return decode_value(payload)
+        return decode_value(value)
     try:
-        info = decode_value(payload)
+        info = decode_value(value)
     except Exception:  # a malformed error report is still an error
         info = {}
     if not isinstance(info, dict):
@@ -62,11 +68,12 @@ def unpack(status: int, payload: bytes, peer: str) -> Any:
 
 class JobResult(NamedTuple):
     """How one task of a job ended: its index in the job, its status (``TaskStatus``), the
-    CBOR of its value or error, and the name of the peer that ran it."""
+    CBOR of its value or error (a large one as the memory it landed in), and the name of
+    the peer that ran it."""
 
     task: int
     status: int
-    payload: bytes
+    payload: bytes | memoryview
     peer: str
 
 
@@ -109,27 +116,30 @@ class JobRequest:
 
     ref: FunctionRef
     bundles: Mapping[str, CodeBundle]
-    payloads: Sequence[bytes]
+    #: Each task's arguments (a packed value's arrays are the caller's, read when the task
+    #: is fetched or run: see :mod:`._heldargs`).
+    payloads: Sequence[Payload]
     timeout: float | None = None
     chunksize: int = 0
     #: What a peer must have to take the job's tasks (:mod:`._proto.eligibility`).
     needs: JobNeeds = NO_NEEDS
 
 
-def encode_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
-    """One call's arguments as one task payload (its arrays' bytes joined after the CBOR
-    heads, never through the encoder)."""
-    return as_bytes(encode_call(args, kwargs))
+def encode_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Payload:
+    """One call's arguments as one task payload: plain CBOR, or CBOR heads around views of
+    its large arrays' own buffers (never copied through the encoder, nor joined: see
+    :mod:`._heldargs`)."""
+    return encode_call(args, kwargs)
 
 
-def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[bytes]:
+def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[Payload]:
     """``map``'s argument tuples, each as one task payload (the shortest iterable wins)."""
     if len(iterables) == 1:
-        return [as_bytes(encode_call((x,), {})) for x in iterables[0]]
-    return [as_bytes(encode_call(tuple(xs), {})) for xs in zip(*iterables, strict=False)]
+        return [encode_call((x,), {}) for x in iterables[0]]
+    return [encode_call(tuple(xs), {}) for xs in zip(*iterables, strict=False)]
 
 
-def _check_sizes(fn: Callable[..., Any], payloads: Sequence[bytes], limit: int,
+def _check_sizes(fn: Callable[..., Any], payloads: Sequence[Payload], limit: int,
                  where: str) -> None:
     for index, payload in enumerate(payloads):
         if len(payload) > limit:
@@ -212,7 +222,7 @@ class CodeRegistry:
             self._refs[fn] = ref
         return ref
 
-    def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
+    def request(self, fn: Callable[..., Any], payloads: Sequence[Payload], *,
                 timeout: float | None = None, chunksize: int | None = None,
                 max_value_size: int | None = None, where: str = "this peer",
                 requires: Iterable[str] = ()) -> JobRequest:

@@ -22,6 +22,7 @@ arrive as plain bytes.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -33,7 +34,7 @@ from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
 
-__all__ = ["Landed", "land", "receive_into"]
+__all__ = ["Landed", "land", "land_result", "receive_into"]
 
 
 class Landed(NamedTuple):
@@ -143,3 +144,26 @@ def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
     if any(offset % ALIGN for offset in offsets):
         return packed
     return Packed(packed.heads, packed.buffers, segment=segment, offsets=offsets)
+
+
+async def land_result(stream: SecureStream, size: int) -> memoryview:
+    """A result of ``size`` bytes from ``stream``, landed in memory the caller will own: a
+    writable view of a ``bytearray``, placed so that its first large array starts at a
+    multiple of :data:`ALIGN` bytes, since the caller's arrays are views of it, not copies
+    (:func:`~._jobs.unpack`). A later array of the value may be unaligned: NumPy reads it
+    as it is."""
+    if size == 0:
+        return memoryview(bytearray())
+    first = await stream.receive_payload()
+    if first is None:
+        raise ProtocolError(f"the stream closed {size} bytes before the value's end")
+    if len(first) > size:
+        raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
+    start = first_cut(memoryview(first)) if size >= OUT_OF_BAND else None
+    buffer = bytearray(size + ALIGN)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    pad = 0 if start is None else -(base + start) % ALIGN
+    value = memoryview(buffer)[pad:pad + size]
+    value[:len(first)] = first
+    await receive_into(stream, value[len(first):])
+    return value

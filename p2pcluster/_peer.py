@@ -44,6 +44,7 @@ from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
 from ._netutil import where as choose_where
+from ._packed import Payload
 from ._pool import WorkerPoolStatistics, open_worker_pool
 from ._proto.envelope import Keyring
 from ._proto.membership import Member, MemberEvent
@@ -201,7 +202,7 @@ class Peer:
 
     # --- work -------------------------------------------------------------------------------
 
-    def request(self, fn: Callable[..., Any], payloads: Sequence[bytes], *,
+    def request(self, fn: Callable[..., Any], payloads: Sequence[Payload], *,
                 timeout: float | None = None, chunksize: int | None = None,
                 requires: Iterable[str] = ()) -> JobRequest:
         """A job for ``fn`` over encoded calls, checked here (see :class:`CodeRegistry`);

@@ -22,6 +22,7 @@ import os
 import random
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import NoReturn
 
 import trio
@@ -31,6 +32,7 @@ from ._codeship import CodeShipping
 from ._config import Config
 from ._dataplane import DataPlane, Owner
 from ._environment import environment_meta, local_env
+from ._heldargs import HeldArgs, HeldResults
 from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
@@ -105,6 +107,7 @@ class WorkService:
         self._started = started
         self._me = membership.me
         policy = WorkPolicy.from_config(config)
+        self._held, self._landed = HeldArgs(), HeldResults()
         self._machine = StealingMachine(
             self._me.id, pool.slots, random.Random(int.from_bytes(os.urandom(8), "big")),
             policy, local_env(config.tags))
@@ -159,7 +162,8 @@ class WorkService:
         now = trio.current_time()
         job = Job(self._cancel, spec, len(request.payloads), now)
         self._jobs[spec.job] = job
-        self._machine.submit(now, spec, enumerate(request.payloads))
+        self._machine.submit(now, spec, self._held.admit(
+            spec.job, request.payloads, self._config.inline_value_size))
         self.flush()
         return job
 
@@ -272,13 +276,16 @@ class WorkService:
             job = self._jobs.get(event.job)
             if job is not None:
                 name = self.name_of(event.peer)
-                job.deliver([JobResult(r.id, r.status, r.payload, name) for r in event.results])
+                job.deliver([JobResult(r.id, r.status, self._landed.payload(event.job, r), name)
+                             for r in event.results])
+            self._held.release(event.job, (r.id for r in event.results))
             return
         job = self._jobs.pop(event.job, None)
         if job is not None:
             job.finish()
             self._ended.append(job)
         self._slots.stop(event.job)
+        self._held.drop(event.job)
         self.shared.job_over(event.job)
         if job is None and isinstance(event, JobDropped):
             log.debug("dropped job %s: %s", event.job.hex()[:8], event.reason)
@@ -301,15 +308,16 @@ class WorkService:
                         self.name_of(dst), where, why)
 
     def _owner(self) -> Owner:
-        def deliver(results: Results) -> None:
-            self._machine.receive(trio.current_time(), results)
-            self.flush()
+        def deliver(results: Results, value: memoryview | None) -> None:
+            with self._landed.landing(results, value):
+                self._machine.receive(trio.current_time(), results)
+                self.flush()
 
         def pushed(job: bytes, tid: int, delivered: bool, instead: TaskResult | None) -> None:
             self._machine.push_done(trio.current_time(), job, tid, delivered, instead)
             self.flush()
 
-        return Owner(payload=self._machine.payload,
+        return Owner(payload=partial(self._held.serve, self._machine.payload),
                      owns=lambda job: self._machine.owned_remaining(job) > 0,
                      deliver=deliver, pushed=pushed, address_of=self.address_of,
                      name_of=self.name_of)

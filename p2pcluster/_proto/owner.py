@@ -57,16 +57,19 @@ class OwnerRole:
     def owns(self, job: bytes) -> bool:
         return job in self.owned.jobs
 
-    def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes]]) -> int:
-        """Own ``spec``'s job and queue its tasks; the number of tasks (none: it is over)."""
+    def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem]) -> int:
+        """Own ``spec``'s job and queue its tasks; the number of tasks (none: it is over).
+        A task given as a remote :class:`TaskItem` (empty payload, ``size`` bytes) has
+        arguments the driver holds outside the machine and serves to whoever runs it."""
         if spec.owner != self._ctx.node_id:
             raise ValueError("a job is submitted to its owner")
         if spec.job in self.owned.jobs or self.owned.ended(spec.job):
             raise ValueError("job id already used")
         owned = OwnedJob(spec, self._ctx.node_id)
-        for tid, payload in tasks:
-            owned.add(tid, payload)
-            self._ctx.queue.append(spec, TaskItem(tid, 0, payload))
+        for task in tasks:
+            item = task if isinstance(task, TaskItem) else TaskItem(task[0], 0, task[1])
+            owned.add(item.id, item.payload, item.size)
+            self._ctx.queue.append(spec, owned.item(item.id))
         self.owned.jobs[spec.job] = owned
         self._ctx.count("submitted", len(owned))
         if not len(owned):
@@ -155,7 +158,7 @@ class OwnerRole:
             return
         owned.move(ids, self._ctx.node_id)
         for tid in sorted(ids, reverse=True):
-            self._ctx.queue.appendleft(owned.spec, TaskItem(tid, 0, owned.payloads[tid]))
+            self._ctx.queue.appendleft(owned.spec, owned.item(tid))
         self._ctx.count("requeued", len(ids))
 
     def homecoming(self, spec: JobSpec, item: TaskItem) -> TaskItem:
@@ -168,9 +171,10 @@ class OwnerRole:
 
     def restored(self, spec: JobSpec, item: TaskItem) -> TaskItem:
         """A task coming back to a queue, one move less; the owner puts back the arguments
-        a grant left behind."""
-        payload, size = item.payload, item.size
+        a grant left behind (those the driver holds stay remote)."""
         if item.remote and spec.owner == self._ctx.node_id:
             owned = self.owned.jobs.get(spec.job)
-            payload, size = (owned.payloads.get(item.id, b"") if owned else b""), 0
-        return TaskItem(item.id, item.moves - 1, payload, size)
+            if owned is not None and item.id in owned.payloads:
+                return owned.item(item.id, item.moves - 1)
+            return TaskItem(item.id, item.moves - 1, b"", 0)
+        return TaskItem(item.id, item.moves - 1, item.payload, item.size)

@@ -23,7 +23,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
-from .messages import JobSpec
+from .messages import JobSpec, TaskItem
 
 __all__ = ["Leases", "OwnedJob", "Ownership", "ids_from_runs", "runs_from_ids"]
 
@@ -35,6 +35,9 @@ class OwnedJob:
         self.spec = spec
         self._me = me
         self.payloads: dict[int, bytes] = {}  #: unfinished task id -> its arguments
+        #: unfinished task id -> the size of arguments the driver holds for the machine
+        #: (their ``payloads`` entry is empty: they always travel as a remote task)
+        self.held: dict[int, int] = {}
         self._holder: dict[int, bytes] = {}  #: unfinished task id -> believed holder
         self._by_holder: dict[bytes, set[int]] = {}
         self._misses: dict[int, int] = {}  #: task id -> reports in a row that left it out
@@ -43,10 +46,12 @@ class OwnedJob:
     def __len__(self) -> int:
         return len(self.payloads)
 
-    def add(self, tid: int, payload: bytes) -> None:
+    def add(self, tid: int, payload: bytes, held: int = 0) -> None:
         if tid in self.payloads:
             raise ValueError(f"duplicate task id {tid}")
         self.payloads[tid] = payload
+        if held:
+            self.held[tid] = held
         self._assign(tid, self._me)
 
     def holders(self) -> dict[int, bytes]:
@@ -58,6 +63,11 @@ class OwnedJob:
 
     def held_by(self, peer: bytes) -> list[int]:
         return sorted(self._by_holder.get(peer, ()))
+
+    def item(self, tid: int, moves: int = 0) -> TaskItem:
+        """Unfinished task ``tid`` as the owner queues it: with its arguments, or with the
+        size of those the driver holds (a remote task, fetched from the owner)."""
+        return TaskItem(tid, moves, self.payloads[tid], self.held.get(tid, 0))
 
     def move(self, ids: Iterable[int], holder: bytes) -> list[int]:
         """``ids`` are now at ``holder``; return those still unfinished."""
@@ -73,6 +83,7 @@ class OwnedJob:
         """Task ``tid`` has a result; False if it already had one (a duplicate)."""
         if self.payloads.pop(tid, None) is None:
             return False
+        self.held.pop(tid, None)
         self._unassign(tid)
         self._misses.pop(tid, None)
         return True

@@ -240,8 +240,10 @@ class StealingMachine:
 
     # --- the owner's side -------------------------------------------------------------------
 
-    def submit(self, now: float, spec: JobSpec, tasks: Iterable[tuple[int, bytes]]) -> None:
-        """Own job ``spec.job``, and queue its tasks (id, CBOR arguments) here."""
+    def submit(self, now: float, spec: JobSpec,
+               tasks: Iterable[tuple[int, bytes] | TaskItem]) -> None:
+        """Own job ``spec.job``, and queue its tasks (id, CBOR arguments) here; a remote
+        :class:`TaskItem` names arguments of ``size`` bytes the driver holds and serves."""
         before = self.surplus()
         if not self._owner.add(spec, tasks):
             return

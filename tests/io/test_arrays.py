@@ -385,3 +385,37 @@ async def test_a_peer_that_joins_mid_job_fetches_the_value_and_the_owner_leaving
                     del job2
         # a has left: b let go of the value it had fetched from a.
         await _until(lambda: b.statistics().sharing.cached == 0, "b freed a's value")
+
+
+async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exact(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result pushed to the owner lands in memory of the caller's own: its first array
+    is a view of it, aligned, writable, exact; arguments held by the owner (never joined)
+    arrive exact too."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    import p2pcluster._dataplane as dataplane
+
+    landed: list[int] = []
+    land_result = dataplane.land_result
+
+    async def spy(stream: Any, size: int) -> memoryview:
+        landed.append(size)
+        return await land_result(stream, size)
+
+    monkeypatch.setattr(dataplane, "land_result", spy)
+    cluster = unique_cluster()
+    arr = np.random.default_rng(7).standard_normal(300_000)  # 2.4 MB: pushed, not inline
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
+                             include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            with trio.fail_after(WAIT):
+                got = await a.run(arrayfuncs.scaled, arr, 2.0)
+                strided = await a.run(arrayfuncs.scaled, arr[::3], 1.0)
+            assert b.statistics().workers.tasks >= 2  # they ran on b
+    assert np.array_equal(got, arr * 2.0) and np.array_equal(strided, arr[::3])
+    assert got.flags.writeable and got.ctypes.data % 64 == 0
+    assert len(landed) == 2 and min(landed) > 800_000  # both came back as pushed values

@@ -315,6 +315,28 @@ def test_a_grant_leaves_large_arguments_at_the_owner() -> None:
     assert front is not None and front.item.payload == b"y" * 500 and not front.item.remote
 
 
+def test_arguments_the_driver_holds_stay_remote_through_grants_failures_and_deaths() -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), [(0, b"x" * 10), TaskItem(1, 0, b"", 500),
+                               TaskItem(2, 0, b"", 700)])
+    assert owner.take(0.0, 1) is not None  # task 0 runs here
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    (task,) = grant.msg.jobs[0].tasks
+    assert (task.id, task.payload, task.size) == (1, b"", 500)
+    assert owner.payload(b"j1", 1) == b""  # the driver serves it
+    owner.grant_failed(0.1, grant.msg)  # back at the front, still remote, size kept
+    front = owner.queue.front()
+    assert front is not None and (front.item.id, front.item.size, front.item.remote) == (
+        1, 500, True)
+    owner.receive(0.2, StealRequest(B, 1))
+    msgs(owner, StealGrant)
+    owner.peer_down(1.0, B)  # requeued with its size
+    assert [(q.item.id, q.item.size) for q in owner.queue] == [(1, 500), (2, 700)]
+    batch = owner.take(1.0, 1)  # the owner runs it itself: still remote, fetched locally
+    assert batch is not None and [(t.id, t.size) for t in batch.items] == [(1, 500)]
+
+
 def test_grants_and_batches_are_capped_in_bytes() -> None:
     owner = small_machine(A, 1, B)
     owner.submit(0.0, spec(), [(i, b"p" * 90) for i in range(40)])

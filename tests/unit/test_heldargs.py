@@ -1,0 +1,103 @@
+"""The owner holds large array arguments as views of the caller's arrays (no copy at submit),
+and hands the stealing machine only their size."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pcluster._heldargs import HeldArgs
+from p2pcluster._jobs import encode_args, encode_map_args
+from p2pcluster._packed import Packed
+from p2pcluster._proto.messages import TaskItem
+from p2pcluster._values import decode_call
+
+np = pytest.importorskip("numpy")
+
+
+def _data(payload: Packed) -> object:
+    return np.frombuffer(payload.buffers[0], np.uint8)
+
+
+def test_a_contiguous_array_argument_is_not_copied_at_submit() -> None:
+    arr = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
+    payload = encode_args((arr,), {})
+    assert isinstance(payload, Packed)
+    assert np.shares_memory(_data(payload), arr)
+    # So it is read when its task is fetched or run (docs/jobs.md): a change made before
+    # then is what the task sees.
+    arr[7] = -1.0
+    (got,), _ = decode_call(payload)
+    assert got[7] == -1.0
+
+
+@pytest.mark.parametrize("view", [lambda a: a[::2], lambda a: a.reshape(512, 256).T[1:]])
+def test_a_non_contiguous_view_is_copied_once_at_submit(view: object) -> None:
+    arr = np.arange(1 << 17, dtype=np.float64)
+    sliced = view(arr)  # type: ignore[operator]
+    expected = sliced.copy()
+    payload = encode_args((sliced,), {})
+    assert isinstance(payload, Packed)
+    assert not np.shares_memory(_data(payload), arr)
+    arr[:] = 0.0  # the copy was taken at submit: the task sees the values as they were
+    (got,), _ = decode_call(payload)
+    assert np.array_equal(got, expected)
+
+
+def test_held_arguments_go_to_the_machine_as_their_size_and_leave_with_their_task() -> None:
+    big = np.ones(1 << 16)  # 512 KiB
+    small = np.ones(1 << 14)  # 128 KiB: packed, but it fits a grant
+    payloads = encode_map_args([[big, small, 3]])
+    assert [type(p) for p in payloads] == [Packed, Packed, bytes]
+    held = HeldArgs()
+    tasks = held.admit(b"j", payloads, 256 * 1024)
+    assert tasks[0] == TaskItem(0, 0, b"", len(payloads[0]))
+    assert tasks[1] == (1, payloads[1].flat()) and tasks[2] == (2, payloads[2])
+    assert held.get(b"j", 0) is payloads[0] and held.get(b"j", 1) is None and len(held) == 1
+    held.release(b"j", [0])
+    assert held.get(b"j", 0) is None and len(held) == 0
+    held.admit(b"k", payloads, 256 * 1024)
+    held.drop(b"k")
+    assert len(held) == 0
+
+
+def test_a_result_that_landed_in_memory_of_its_own_is_decoded_in_place() -> None:
+    from p2pcluster._jobs import unpack
+    from p2pcluster._values import encode_value
+
+    arrays = {"a": np.arange(1 << 15, dtype=np.float64), "b": np.ones((300, 300), np.int32)}
+    flat = encode_value(arrays)
+    assert isinstance(flat, Packed)
+    landed = bytearray(flat.flat())
+    got = unpack(0, memoryview(landed), "p")
+    whole = np.frombuffer(landed, np.uint8)
+    for key, arr in arrays.items():
+        assert np.array_equal(got[key], arr) and got[key].dtype == arr.dtype
+        assert np.shares_memory(got[key], whole)  # no copy ...
+        assert got[key].flags.writeable  # ... and the caller's own
+    got["a"][0] = 5.0
+    assert got["a"][0] == 5.0
+
+
+def test_an_error_that_landed_in_memory_of_its_own_is_raised() -> None:
+    from p2pcluster._errors import TaskError
+    from p2pcluster._jobs import unpack
+    from p2pcluster._values import encode_error
+
+    payload = memoryview(bytearray(encode_error("ValueError", "x" * 300_000)))
+    with pytest.raises(TaskError, match="ValueError: xxx"):
+        unpack(1, payload, "p")
+
+
+def test_held_results_reach_the_job_once_and_duplicates_are_let_go() -> None:
+    from p2pcluster._heldargs import HeldResults
+    from p2pcluster._proto.messages import Results, TaskResult
+
+    held = HeldResults()
+    value = memoryview(bytearray(b"v" * 10))
+    result = TaskResult(3, 0, b"")
+    with held.landing(Results(b"j", b"p" * 16, 0, (result,)), value):
+        assert held.payload(b"j", result) is value
+        assert held.payload(b"j", result) == b""  # taken once
+    with held.landing(Results(b"j", b"p" * 16, 0, (result,)), value):
+        pass  # a duplicate: the machine emitted nothing
+    assert held.payload(b"j", result) == b""
