@@ -6,10 +6,12 @@ around views of the caller's own array buffers (a non-contiguous array is the on
 copy :mod:`._arrays` makes at submit). The owner keeps that value instead of joining it into
 one byte string: the stealing machine knows only its size (the task is queued as a remote
 :class:`~._proto.messages.TaskItem`, fetched by whoever runs it), and :class:`HeldArgs` keeps
-the value until its task has a result or its job ends. A peer that fetches it gets the
-array's bytes sealed straight from the caller's memory; the owner's own workers get them
-placed into a segment when they run the task. So the array is read when a task is fetched
-or run, not at submit (``docs/jobs.md``, "NumPy arrays").
+the value until its task has a result or its job ends. What it keeps is a copy of each
+array's bytes, taken at submit (:func:`captured`): a caller that changes or reuses its array
+after ``submit`` (a buffer filled anew in a loop, say) must not change what a task gets,
+which would otherwise depend on when a peer happened to fetch it. A peer that fetches the
+arguments gets those bytes sealed straight from the copy; the owner's own workers get them
+placed into a segment when they run the task.
 
 Arguments of :data:`inline_limit` bytes or less are joined (a small copy), so that they can
 ride in a grant as before.
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from ._packed import Packed, Payload
 from ._proto.messages import Results, TaskItem, TaskResult
 
-__all__ = ["HeldArgs", "HeldResults"]
+__all__ = ["HeldArgs", "HeldResults", "captured"]
 
 
 class HeldArgs:
@@ -40,7 +42,7 @@ class HeldArgs:
         tasks: list[tuple[int, bytes] | TaskItem] = []
         for tid, payload in enumerate(payloads):
             if isinstance(payload, Packed) and len(payload) > inline_limit:
-                held[tid] = payload
+                held[tid] = captured(payload)
                 tasks.append(TaskItem(tid, 0, b"", len(payload)))
             else:
                 tasks.append((tid, payload if isinstance(payload, bytes) else payload.flat()))
@@ -74,6 +76,13 @@ class HeldArgs:
     def __len__(self) -> int:
         """Tasks whose arguments are held, over every job."""
         return sum(map(len, self._jobs.values()))
+
+
+def captured(value: Packed) -> Packed:
+    """``value`` with its buffers copied: the arrays as they are now, whatever their owner
+    does with them later. (A non-contiguous view's buffer is a copy already, and is copied
+    once more: a small cost on a rare path, against telling copies from views.)"""
+    return Packed(value.heads, [memoryview(bytes(buffer)) for buffer in value.buffers])
 
 
 class HeldResults:

@@ -1,5 +1,5 @@
-"""The owner holds large array arguments as views of the caller's arrays (no copy at submit),
-and hands the stealing machine only their size."""
+"""The owner holds large array arguments as they were at submit (one copy of their bytes, not
+joined), and hands the stealing machine only their size."""
 
 from __future__ import annotations
 
@@ -18,16 +18,20 @@ def _data(payload: Packed) -> object:
     return np.frombuffer(payload.buffers[0], np.uint8)
 
 
-def test_a_contiguous_array_argument_is_not_copied_at_submit() -> None:
+def test_an_argument_array_is_captured_at_submit() -> None:
     arr = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
     payload = encode_args((arr,), {})
     assert isinstance(payload, Packed)
-    assert np.shares_memory(_data(payload), arr)
-    # So it is read when its task is fetched or run (docs/jobs.md): a change made before
-    # then is what the task sees.
-    arr[7] = -1.0
-    (got,), _ = decode_call(payload)
-    assert got[7] == -1.0
+    assert np.shares_memory(_data(payload), arr)  # encoding copies nothing...
+    held = HeldArgs()
+    (item,) = held.admit(b"j" * 16, [payload], inline_limit=1024)
+    assert isinstance(item, TaskItem)
+    kept = held.get(b"j" * 16, 0)
+    assert kept is not None and not np.shares_memory(_data(kept), arr)  # ...holding does
+    # A caller that reuses its array right after submit changes nothing a task gets.
+    arr[:] = -1.0
+    (got,), _ = decode_call(kept)
+    assert np.array_equal(got, np.arange(1 << 17, dtype=np.float64))
 
 
 @pytest.mark.parametrize("view", [lambda a: a[::2], lambda a: a.reshape(512, 256).T[1:]])
@@ -52,7 +56,9 @@ def test_held_arguments_go_to_the_machine_as_their_size_and_leave_with_their_tas
     tasks = held.admit(b"j", payloads, 256 * 1024)
     assert tasks[0] == TaskItem(0, 0, b"", len(payloads[0]))
     assert tasks[1] == (1, payloads[1].flat()) and tasks[2] == (2, payloads[2])
-    assert held.get(b"j", 0) is payloads[0] and held.get(b"j", 1) is None and len(held) == 1
+    kept = held.get(b"j", 0)
+    assert kept is not None and kept.flat() == payloads[0].flat()  # a copy of it
+    assert held.get(b"j", 1) is None and len(held) == 1
     held.release(b"j", [0])
     assert held.get(b"j", 0) is None and len(held) == 0
     held.admit(b"k", payloads, 256 * 1024)
