@@ -10,7 +10,8 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,20 @@ def _alive(peer: Any) -> set[str]:
     return {m.name for m in peer.members() if m.alive}
 
 
+@asynccontextmanager
+async def owner_and_worker(secret: Path, cluster: str, workers: int = 1
+                           ) -> AsyncIterator[tuple[Any, Any]]:
+    """Peer ``a`` with no workers (every task it owns crosses a link) and peer ``b`` with
+    ``workers``, joined through ``a`` and seen by it."""
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[ARRAYFUNCS]) as a:
+        seed = (f"127.0.0.1:{a.address[1]}",)
+        async with open_peer(config(secret, cluster, node_name="b", workers=workers,
+                                    seeds=seed), include=[ARRAYFUNCS]) as b:
+            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
+            yield a, b
+
+
 async def test_arguments_fetched_from_the_owner_arrive_whole_and_aligned(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large arguments that cross a data stream are received straight into shared memory:
@@ -285,15 +300,10 @@ async def test_arguments_fetched_from_the_owner_arrive_whole_and_aligned(
         (rng.integers(0, 9, 65_537).astype(">u2"), np.ones((300, 300), order="F")),
     ]
     cluster = unique_cluster()
-    async with open_peer(config(secret, cluster, node_name="a", workers=0),
-                         include=[ARRAYFUNCS]) as a:
-        seed = (f"127.0.0.1:{a.address[1]}",)
-        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
-                             include=[ARRAYFUNCS]) as b:
-            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
-            with trio.fail_after(WAIT):
-                got = [await a.run(arrayfuncs.placement, *call) for call in calls]
-            assert b.statistics().workers.tasks >= len(calls)  # they ran on b
+    async with owner_and_worker(secret, cluster) as (a, b):
+        with trio.fail_after(WAIT):
+            got = [await a.run(arrayfuncs.placement, *call) for call in calls]
+        assert b.statistics().workers.tasks >= len(calls)  # they ran on b
     for call, seen in zip(calls, got, strict=True):
         assert [s[0] for s in seen] == [True] * len(call)
         assert [s[1] for s in seen] == [True] * len(call)
@@ -309,17 +319,12 @@ async def test_an_argument_a_task_keeps_is_never_overwritten_by_later_ones(
     rng = np.random.default_rng(6)
     arrays = [rng.standard_normal(200_000) for _ in range(12)]  # 1.6 MB each
     cluster = unique_cluster()
-    async with open_peer(config(secret, cluster, node_name="a", workers=0),
-                         include=[ARRAYFUNCS]) as a:
-        seed = (f"127.0.0.1:{a.address[1]}",)
-        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
-                             include=[ARRAYFUNCS]) as b:
-            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
-            with trio.fail_after(WAIT):
-                assert await a.run(arrayfuncs.keep, arrays[0]) == 1
-                sums = await a.map(arrayfuncs.total, arrays[1:])  # through reused segments
-                got = await a.run(arrayfuncs.kept)
-            assert b.statistics().workers.slots == 1  # one worker: it kept the array
+    async with owner_and_worker(secret, cluster) as (a, b):
+        with trio.fail_after(WAIT):
+            assert await a.run(arrayfuncs.keep, arrays[0]) == 1
+            sums = await a.map(arrayfuncs.total, arrays[1:])  # through reused segments
+            got = await a.run(arrayfuncs.kept)
+        assert b.statistics().workers.slots == 1  # one worker: it kept the array
     assert sums == [float(np.sum(arr)) for arr in arrays[1:]]
     assert got == [arrays[0].tobytes()]
 
@@ -330,24 +335,19 @@ async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     cluster = unique_cluster()
     matrix = np.random.default_rng(3).standard_normal((1000, 1000))  # 8 MB
-    async with open_peer(config(secret, cluster, node_name="a", workers=0),
-                         include=[ARRAYFUNCS]) as a:
-        seed = (f"127.0.0.1:{a.address[1]}",)
-        async with open_peer(config(secret, cluster, node_name="b", workers=2, seeds=seed),
-                             include=[ARRAYFUNCS]) as b:
-            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
-            handle = await a.share(matrix)
-            assert await a.share(matrix.copy()) == handle  # the same bytes: the same value
-            with trio.fail_after(WAIT):
-                sums = await a.map(arrayfuncs.dot_row, [handle] * 64, range(64))
-                info = await a.run(arrayfuncs.shared_info, handle, 1)
-            assert sums == [float(matrix[i].sum()) for i in range(64)]
-            assert info == ["ndarray", False, matrix.nbytes, 1]  # read-only in the task
-            owner, runner = a.statistics().sharing, b.statistics().sharing
-            assert (owner.owned, owner.owned_bytes) == (1, handle.size)
-            assert owner.served == 2 and owner.served_bytes == 2 * handle.size  # two jobs
-            assert runner.fetches == 2 and runner.fetched_bytes == 2 * handle.size
-            await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
+    async with owner_and_worker(secret, cluster, workers=2) as (a, b):
+        handle = await a.share(matrix)
+        assert await a.share(matrix.copy()) == handle  # the same bytes: the same value
+        with trio.fail_after(WAIT):
+            sums = await a.map(arrayfuncs.dot_row, [handle] * 64, range(64))
+            info = await a.run(arrayfuncs.shared_info, handle, 1)
+        assert sums == [float(matrix[i].sum()) for i in range(64)]
+        assert info == ["ndarray", False, matrix.nbytes, 1]  # read-only in the task
+        owner, runner = a.statistics().sharing, b.statistics().sharing
+        assert (owner.owned, owner.owned_bytes) == (1, handle.size)
+        assert owner.served == 2 and owner.served_bytes == 2 * handle.size  # two jobs
+        assert runner.fetches == 2 and runner.fetched_bytes == 2 * handle.size
+        await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
 
 
 async def test_a_peer_that_joins_mid_job_fetches_the_value_and_the_owner_leaving_frees_it(
@@ -406,16 +406,11 @@ async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exa
     monkeypatch.setattr(dataplane, "land_result", spy)
     cluster = unique_cluster()
     arr = np.random.default_rng(7).standard_normal(300_000)  # 2.4 MB: pushed, not inline
-    async with open_peer(config(secret, cluster, node_name="a", workers=0),
-                         include=[ARRAYFUNCS]) as a:
-        seed = (f"127.0.0.1:{a.address[1]}",)
-        async with open_peer(config(secret, cluster, node_name="b", workers=1, seeds=seed),
-                             include=[ARRAYFUNCS]) as b:
-            await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
-            with trio.fail_after(WAIT):
-                got = await a.run(arrayfuncs.scaled, arr, 2.0)
-                strided = await a.run(arrayfuncs.scaled, arr[::3], 1.0)
-            assert b.statistics().workers.tasks >= 2  # they ran on b
+    async with owner_and_worker(secret, cluster) as (a, b):
+        with trio.fail_after(WAIT):
+            got = await a.run(arrayfuncs.scaled, arr, 2.0)
+            strided = await a.run(arrayfuncs.scaled, arr[::3], 1.0)
+        assert b.statistics().workers.tasks >= 2  # they ran on b
     assert np.array_equal(got, arr * 2.0) and np.array_equal(strided, arr[::3])
     assert got.flags.writeable and got.ctypes.data % 64 == 0
     assert len(landed) == 2 and min(landed) > 800_000  # both came back as pushed values
