@@ -75,16 +75,22 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+def _receive_up_to(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock``, or fewer if it closes first."""
+    got = b""
+    while len(got) < size:
+        data = sock.recv(size - len(got))
+        if not data:
+            break
+        got += data
+    return got
+
+
 def capture(port: int, path: str) -> None:
     listener = socket.create_server(("0.0.0.0", port))
     print("listening", flush=True)
     conn, _ = listener.accept()
-    hello = b""
-    while len(hello) < HELLO_SIZE:
-        data = conn.recv(HELLO_SIZE - len(hello))
-        if not data:
-            break
-        hello += data
+    hello = _receive_up_to(conn, HELLO_SIZE)
     with open(path, "wb") as f:
         f.write(hello)
     print(f"captured {len(hello)}", flush=True)
@@ -96,12 +102,7 @@ def replay(host: str, port: int, path: str, times: int, mib: int) -> None:
     for _ in range(times):
         sock = socket.create_connection((host, port), timeout=10)
         sock.sendall(hello)
-        reply = b""
-        while len(reply) < HELLO_SIZE:
-            data = sock.recv(HELLO_SIZE - len(reply))
-            if not data:
-                break
-            reply += data
+        reply = _receive_up_to(sock, HELLO_SIZE)
         sent = _send_frame(sock, mib << 20)
         print(f"reply {len(reply)} sent {sent}", flush=True)
         sock.close()
