@@ -8,6 +8,7 @@ stream ends (:meth:`SecureStream.revoke`).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -125,10 +126,11 @@ class SecureStream:
         """Send one frame. Safe to call from several tasks: frames never interleave."""
         async with self._send_lock:
             self._check()
-            frame = self.session.seal(payload)
-            await self.stream.send_all(frame)
+            with self.session.seal_reusing(payload) as frame:  # sent whole before the next
+                await self.stream.send_all(frame)
+                size = len(frame)
         self.wire.count("frames_sent")
-        self.wire.count("stream_bytes_sent", len(frame))
+        self.wire.count("stream_bytes_sent", size)
 
     async def receive(self) -> Message | None:
         """The next message, or None when the peer closed cleanly.
@@ -193,17 +195,33 @@ class SecureStream:
         """Read up to ``most`` bytes into the session; False at a clean end of stream."""
         self._receiving = trio.CancelScope()
         with self._receiving:
-            data = await self.stream.receive_some(most)
+            count = await self._receive_into(most)
         self._check()
-        if not data:
+        if not count:
             if self.session.buffered:
                 self.wire.count("frames_rejected")
                 raise AuthenticationError(
                     f"stream closed inside a frame ({self.session.buffered} bytes buffered)")
             return False
-        self.wire.count("stream_bytes_received", len(data))
-        self.session.feed(data)
+        self.wire.count("stream_bytes_received", count)
         return True
+
+    async def _receive_into(self, most: int) -> int:
+        """Read up to ``most`` bytes into the session's buffer; how many (0 at the end). A
+        socket stream reads straight into it; another stream's bytes are copied in."""
+        if not isinstance(self.stream, trio.SocketStream):
+            data = await self.stream.receive_some(most)
+            self.session.feed(data)
+            return len(data)
+        with self.session.receive_space(most) as room:
+            try:
+                count = await self.stream.socket.recv_into(room)
+            except OSError as exc:  # translated as SocketStream.receive_some does
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    raise trio.ClosedResourceError("this socket was already closed") from None
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+        self.session.received(count)
+        return count
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .._errors import AuthenticationError, HandshakeError, MessageTooLarge, ProtocolError
 from .envelope import NODE_ID_SIZE, ClusterKey, Entropy, Keyring, Origin
+from .inbox import Inbox
 
 __all__ = ["HELLO_SIZE", "PROOF_SIZE", "ClientHandshake", "ServerHandshake", "Session"]
 
@@ -65,6 +66,9 @@ FRAME_OVERHEAD = _LENGTH.size + TAG_SIZE
 #: its recent releases); without it, one more copy per frame.
 _INTO = hasattr(ChaCha20Poly1305, "encrypt_into")
 _TRANSCRIPT = 32
+#: The largest frame :meth:`Session.seal_reusing` seals into its kept buffer, in bytes (the
+#: data plane's 1 MiB chunks fit; a larger frame gets a buffer of its own).
+REUSED_FRAME = 2 * 1024 * 1024
 #: The client's proof: frame 0 of the session, carrying the 32-byte transcript hash.
 PROOF_SIZE = FRAME_OVERHEAD + _TRANSCRIPT
 
@@ -193,7 +197,8 @@ class Session:
         self._recv = ChaCha20Poly1305(recv_key)
         self._send_counter = 0
         self._recv_counter = 0
-        self._buffer = bytearray()
+        self._inbox = Inbox()
+        self._outbox = bytearray()
         self._broken: ProtocolError | None = None
         self.max_frame = max_frame
         self.origin = origin
@@ -208,32 +213,72 @@ class Session:
         if not _INTO:
             return length + self._send.encrypt(nonce, payload, length)
         frame = bytearray(_LENGTH.size + len(payload) + TAG_SIZE)
-        frame[:_LENGTH.size] = length
-        with memoryview(frame) as view:
-            self._send.encrypt_into(nonce, payload, length, view[_LENGTH.size:])
+        self._seal_into(nonce, length, payload, frame)
         return frame
 
-    def feed(self, data: bytes | bytearray) -> None:
-        """Append bytes received from the stream."""
-        self._buffer += data
+    def seal_reusing(self, payload: bytes | bytearray | memoryview) -> memoryview:
+        """As :meth:`seal`, but into a buffer the session keeps and reuses for frames up to
+        :data:`REUSED_FRAME` bytes: the view is valid only until the next call. A stream
+        that sends each frame whole before sealing the next saves an allocation per frame
+        (for large frames, fresh pages the kernel must fault in)."""
+        size = _LENGTH.size + len(payload) + TAG_SIZE
+        if size > REUSED_FRAME or not _INTO:
+            return memoryview(self.seal(payload))
+        if len(payload) > self.max_frame:
+            raise MessageTooLarge(f"frame of {len(payload)} bytes exceeds {self.max_frame}")
+        if len(self._outbox) < size:
+            self._outbox = bytearray(max(size, min(2 * len(self._outbox), REUSED_FRAME)))
+        nonce = bytes(4) + self._send_counter.to_bytes(8, "big")
+        self._send_counter += 1
+        self._seal_into(nonce, _LENGTH.pack(len(payload) + TAG_SIZE), payload, self._outbox)
+        return memoryview(self._outbox)[:size]
+
+    def _seal_into(self, nonce: bytes, length: bytes, payload: bytes | bytearray | memoryview,
+                   frame: bytearray) -> None:
+        frame[:_LENGTH.size] = length
+        with memoryview(frame) as view, \
+                view[_LENGTH.size:_LENGTH.size + len(payload) + TAG_SIZE] as sealed:
+            self._send.encrypt_into(nonce, payload, length, sealed)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the stream (a copy; see :meth:`receive_space`)."""
+        self._inbox.append(data)
+
+    def receive_space(self, most: int) -> memoryview:
+        """Room to read up to ``most`` bytes from the stream straight into the session's
+        buffer (no copy); say how many arrived with :meth:`received`, and release the view
+        first. The buffer grows to hold the whole frame being received."""
+        size = self.next_size()  # bounds-checked before anything is sized by it
+        whole = 0 if size is None else _LENGTH.size + size + TAG_SIZE
+        return self._inbox.space(most, whole)
+
+    def received(self, count: int) -> None:
+        """``count`` bytes were read into the last :meth:`receive_space`."""
+        self._inbox.commit(count)
 
     def next_size(self) -> int | None:
         """The payload size of the next frame, once its length field is here (None before);
         raises if that length is out of bounds."""
         if self._broken is not None:
             raise type(self._broken)(*self._broken.args)
-        if len(self._buffer) < _LENGTH.size:
-            return None
-        length: int = _LENGTH.unpack_from(self._buffer)[0]
-        if length > self.max_frame + TAG_SIZE or length < TAG_SIZE:
-            self._broken = MessageTooLarge(f"frame length {length} is out of bounds")
+        size = self._peek_size()
+        if size is not None and (size > self.max_frame or size < 0):
+            self._broken = MessageTooLarge(f"frame length {size + TAG_SIZE} is out of bounds")
             raise self._broken
+        return size
+
+    def _peek_size(self) -> int | None:
+        """The payload size the next frame's length field gives (unchecked), None before."""
+        if len(self._inbox) < _LENGTH.size:
+            return None
+        with self._inbox.view(_LENGTH.size) as head:
+            length: int = _LENGTH.unpack_from(head)[0]
         return length - TAG_SIZE
 
     def next_payload(self) -> bytes | None:
         """The next complete payload, None if more bytes are needed; raises on tampering."""
         size = self.next_size()
-        if size is None or len(self._buffer) < _LENGTH.size + size + TAG_SIZE:
+        if size is None or len(self._inbox) < _LENGTH.size + size + TAG_SIZE:
             return None
         return self._open(size, None)
 
@@ -243,7 +288,7 @@ class Session:
         Raises :class:`~p2pcluster.MessageTooLarge` if the payload is longer than
         ``dest``, and on tampering."""
         size = self.next_size()
-        if size is None or len(self._buffer) < _LENGTH.size + size + TAG_SIZE:
+        if size is None or len(self._inbox) < _LENGTH.size + size + TAG_SIZE:
             return None
         if size > len(dest):
             self._broken = MessageTooLarge(f"a frame of {size} bytes where {len(dest)} remain "
@@ -258,7 +303,7 @@ class Session:
         nonce = bytes(4) + self._recv_counter.to_bytes(8, "big")
         end = _LENGTH.size + size + TAG_SIZE
         try:
-            with memoryview(self._buffer) as view, view[:_LENGTH.size] as aad, \
+            with self._inbox.view(end) as view, view[:_LENGTH.size] as aad, \
                     view[_LENGTH.size:end] as sealed:
                 if dest is None:
                     payload: bytes | None = self._recv.decrypt(nonce, sealed, aad)
@@ -272,10 +317,10 @@ class Session:
             self._broken = AuthenticationError("frame failed authentication")
             raise self._broken from None
         self._recv_counter += 1
-        del self._buffer[:end]
+        self._inbox.consume(end)
         return payload
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet consumed (a partial frame at end of stream)."""
-        return len(self._buffer)
+        return len(self._inbox)
