@@ -222,7 +222,7 @@ class ControlSession:
         submit = pending.submit
         try:
             request = _job_request(submit, pending)
-            job = self._peer.submit(request, max_value_size=self.limit)
+            job = self._peer.submit(request, max_value_size=self.limit, private=True)
         except (P2PClusterError, ValueError) as exc:
             await self._stream.send_message(Ended(submit.job, EndReason.FAILED, str(exc)))
             return

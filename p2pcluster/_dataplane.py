@@ -27,6 +27,8 @@ from typing import NamedTuple
 import trio
 
 from ._errors import ProtocolError, too_large
+from ._handoff import place
+from ._heldargs import ArgumentChanged, changed_result, new_sum, verify
 from ._landing import land, land_result
 from ._packed import Packed, Payload
 from ._proto.messages import (
@@ -44,7 +46,7 @@ from ._proto.messages import (
 from ._proto.workevents import PushValue
 from ._runner import Runner
 from ._secure import SecureStream
-from ._shm import SegmentStock
+from ._shm import SegmentStock, available
 from ._transport import Address
 from ._values import encode_error
 
@@ -61,11 +63,34 @@ PUSH_PAUSE = 0.5
 
 async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview) -> None:
     """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes; a packed value
-    piece by piece, each array's frames sealed straight from its own buffer."""
+    piece by piece, each array's frames sealed straight from its own buffer. A value with
+    sums (held arguments) goes as :func:`_send_checked` sends it."""
+    if isinstance(data, Packed) and data.sums:
+        await _send_checked(stream, data)
+        return
     pieces = data.pieces() if isinstance(data, Packed) else (memoryview(data),)
     for view in pieces:
         for offset in range(0, len(view), CHUNK):
             await stream.send_payload(view[offset:offset + CHUNK])
+
+
+async def _send_checked(stream: SecureStream, data: Packed) -> None:
+    """Each chunk of an array is copied aside (into memory the cache holds), summed and
+    sealed from that copy, so that what goes out is what was checked, whatever the caller
+    writes meanwhile. An array whose sum differs from its sum at submit raises
+    :class:`ArgumentChanged` before its last chunk goes: the receiver never has it whole."""
+    aside = bytearray(CHUNK)
+    for index, piece in enumerate(data.pieces()):
+        array, summer = index // 2, new_sum()
+        for offset in range(0, len(piece), CHUNK):
+            size = min(CHUNK, len(piece) - offset)
+            with memoryview(aside)[:size] as chunk:
+                chunk[:] = piece[offset:offset + size]
+                if index % 2:  # the pieces are head, buffer, head, ...: an array's chunk
+                    summer.update(chunk)
+                    if offset + size == len(piece) and summer.intdigest() != data.sums[array]:
+                        raise ArgumentChanged(array)
+                await stream.send_payload(chunk)
 
 
 class Fetched(NamedTuple):
@@ -90,6 +115,8 @@ class Owner:
     deliver: Callable[[Results, memoryview | None], None]
     #: The outcome of a push: (job, task, delivered, a small result to send instead).
     pushed: Callable[[bytes, int, bool, TaskResult | None], None]
+    #: An argument array of a task of a job owned here changed since submit: fail the task.
+    changed: Callable[[bytes, int, int], None]
     #: A live peer's address (None if unknown or gone), and its name.
     address_of: Callable[[bytes], Address | None]
     name_of: Callable[[bytes], str]
@@ -120,7 +147,11 @@ class DataPlane:
             payload = self._owner.payload(request.job, tid)
             await stream.send(ValueHeader(tid, len(payload or b""), payload is not None))
             if payload is not None:
-                await send_value(stream, payload)
+                try:
+                    await send_value(stream, payload)
+                except ArgumentChanged as exc:  # the stream ends short of the value
+                    self._owner.changed(request.job, tid, exc.index)
+                    return
 
     async def _take_pushed(self, stream: SecureStream, push: PushResult) -> None:
         if push.size > self._limit:
@@ -148,14 +179,35 @@ class DataPlane:
         if not remote:
             return Fetched(items, [item.payload for item in items], [])
         if spec.owner == self._me:  # our own job's arguments, held here
-            held = {i.id: self._owner.payload(spec.job, i.id) for i in remote}
-            fetched = {tid: p for tid, p in held.items() if p is not None}
-            failed: list[TaskResult] = []
+            fetched, failed = self._own_args(spec, remote)
         else:
             fetched, failed = await self._fetch(spec, remote, stock)
         ready = [item for item in items if not item.remote or item.id in fetched]
         payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
         return Fetched(ready, payloads, failed)
+
+    def _own_args(self, spec: JobSpec, items: list[TaskItem]
+                  ) -> tuple[dict[int, Payload], list[TaskResult]]:
+        """Our own job's held arguments, each copied into a segment for our workers and
+        checked after the copy; a task whose array changed since submit fails."""
+        fetched: dict[int, Payload] = {}
+        failed: list[TaskResult] = []
+        for item in items:
+            payload = self._owner.payload(spec.job, item.id)
+            if not isinstance(payload, Packed) or not payload.sums:
+                if payload is not None:
+                    fetched[item.id] = payload
+                continue
+            placed = place(payload) if available() else payload  # without shared memory,
+            try:                                                  # checked where it stands
+                verify(payload, placed.buffers)
+            except ArgumentChanged as exc:
+                if placed.segment is not None:
+                    placed.segment.close()
+                failed.append(changed_result(item.id, spec.qualname, exc.index))
+                continue
+            fetched[item.id] = placed
+        return fetched, failed
 
     async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
                      ) -> tuple[dict[int, Payload], list[TaskResult]]:

@@ -67,20 +67,23 @@ class Packed:
     """A value as heads and out-of-band buffers (see the module docstring).
 
     ``segment``, if given, is the shared memory that holds every buffer, at ``offsets``: a
-    worker process maps it instead of receiving the bytes through its pipe. ``len()`` is the
-    size of the whole encoded value.
+    worker process maps it instead of receiving the bytes through its pipe. ``sums``, if
+    given, are each buffer's sum when the owner took the value (see :mod:`._heldargs`).
+    ``len()`` is the size of the whole encoded value.
     """
 
-    __slots__ = ("buffers", "heads", "offsets", "segment", "size")
+    __slots__ = ("buffers", "heads", "offsets", "segment", "size", "sums")
 
     def __init__(self, heads: Sequence[bytes], buffers: Sequence[memoryview], *,
-                 segment: Segment | None = None, offsets: Sequence[int] = ()) -> None:
+                 segment: Segment | None = None, offsets: Sequence[int] = (),
+                 sums: Sequence[int] = ()) -> None:
         if len(heads) != len(buffers) + 1:
             raise ValueError("a packed value has one head more than buffers")
         self.heads = tuple(heads)
         self.buffers = tuple(buffers)
         self.segment = segment
         self.offsets = tuple(offsets)
+        self.sums = tuple(sums)
         self.size = sum(map(len, self.heads)) + sum(b.nbytes for b in self.buffers)
 
     def __len__(self) -> int:

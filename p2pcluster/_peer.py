@@ -275,12 +275,12 @@ class Peer:
         finally:
             job.cancel()
 
-    def submit(self, request: JobRequest, *, max_value_size: int | None = None) -> Job:
+    def submit(self, request: JobRequest, *, max_value_size: int | None = None,
+               private: bool = False) -> Job:
         """Own a new job and queue its tasks here (the caller must end or cancel it).
-
         ``max_value_size`` lowers this peer's limit on the job's results (a client that
-        takes less)."""
-        return self._work.submit(request, max_value_size=max_value_size)
+        takes less); ``private``: the arguments' buffers are this peer's alone."""
+        return self._work.submit(request, max_value_size=max_value_size, private=private)
 
 
 def _check_failure(job: Job) -> None:

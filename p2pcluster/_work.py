@@ -32,7 +32,7 @@ from ._codeship import CodeShipping
 from ._config import Config
 from ._dataplane import DataPlane, Owner
 from ._environment import environment_meta, local_env
-from ._heldargs import HeldArgs, HeldResults
+from ._heldargs import HeldArgs, HeldResults, changed_result
 from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
@@ -132,9 +132,8 @@ class WorkService:
                                    max_value_size=config.max_value_size,
                                    address_of=self.address_of, drop=self._drop_shared)
         self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
-                            flush=self.flush,
-                            name_of=self.name_of, max_value_size=config.max_value_size,
-                            tasks=self.tasks)
+                            flush=self.flush, name_of=self.name_of,
+                            max_value_size=config.max_value_size, tasks=self.tasks)
         self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
         self._route(runner)
 
@@ -148,11 +147,12 @@ class WorkService:
 
     # --- for the peer ---------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest, *, max_value_size: int | None = None) -> Job:
+    def submit(self, request: JobRequest, *, max_value_size: int | None = None,
+               private: bool = False) -> Job:
         """Own a new job and queue its tasks here (the caller must end or cancel it).
 
         ``max_value_size`` lowers this peer's limit on the job's results (a client that
-        takes less)."""
+        takes less). ``private``: the arguments' buffers are ours alone (:mod:`._heldargs`)."""
         self._code.add(request.bundles)
         ref = request.ref
         spec = JobSpec(os.urandom(16), self._me.id, ref.module, ref.qualname, ref.job,
@@ -163,7 +163,7 @@ class WorkService:
         job = Job(self._cancel, spec, len(request.payloads), now)
         self._jobs[spec.job] = job
         self._machine.submit(now, spec, self._held.admit(
-            spec.job, request.payloads, self._config.inline_value_size))
+            spec.job, request.payloads, self._config.inline_value_size, check=not private))
         self.flush()
         return job
 
@@ -266,15 +266,13 @@ class WorkService:
 
     def _job_event(self, event: WorkEvent) -> None:
         if isinstance(event, PlacementNews):
-            job = self._jobs.get(event.job)
             note = PlacementNote(event.kind, self.name_of(event.peer), event.reasons)
             log.info("job %s: %s", event.job.hex()[:8], placement_line("", note) or note)
-            if job is not None:
+            if (job := self._jobs.get(event.job)) is not None:
                 job.placement(note)
             return
         if isinstance(event, ResultsReady):
-            job = self._jobs.get(event.job)
-            if job is not None:
+            if (job := self._jobs.get(event.job)) is not None:
                 name = self.name_of(event.peer)
                 job.deliver([JobResult(r.id, r.status, self._landed.payload(event.job, r), name)
                              for r in event.results])
@@ -317,10 +315,15 @@ class WorkService:
             self._machine.push_done(trio.current_time(), job, tid, delivered, instead)
             self.flush()
 
+        def changed(job: bytes, tid: int, index: int) -> None:
+            if (owned := self._jobs.get(job)) is not None:  # not ended meanwhile
+                result = changed_result(tid, owned.spec.qualname, index)
+                deliver(Results(job, self._me.id, self._machine.surplus(), (result,)), None)
+
         return Owner(payload=partial(self._held.serve, self._machine.payload),
                      owns=lambda job: self._machine.owned_remaining(job) > 0,
-                     deliver=deliver, pushed=pushed, address_of=self.address_of,
-                     name_of=self.name_of)
+                     deliver=deliver, pushed=pushed, changed=changed,
+                     address_of=self.address_of, name_of=self.name_of)
 
     # --- incoming streams ----------------------------------------------------------------------
 

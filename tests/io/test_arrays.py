@@ -329,6 +329,55 @@ async def test_an_argument_a_task_keeps_is_never_overwritten_by_later_ones(
     assert got == [arrays[0].tobytes()]
 
 
+async def _changed_after_submit(owner: Any) -> dict[int, JobResult]:
+    """Three large arrays in one job: the first refilled and the second sorted in place
+    right after submit (before any task could take them), the third left alone."""
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(200_000) for _ in range(3)]  # 1.6 MB each: held
+    untouched = float(np.sum(arrays[2]))
+    results: list[JobResult] = []
+    with trio.fail_after(WAIT):
+        async with owner.open_job(owner.request(
+                arrayfuncs.total, [encode_args((arr,), {}) for arr in arrays])) as job:
+            arrays[0][:] = 1.0
+            arrays[1].sort()
+            job.listeners.append(results.extend)
+            await job.wait()
+    by_id = {r.task: r for r in results}
+    assert unpack(*by_id[2][1:]) == untouched
+    for tid in (0, 1):
+        with pytest.raises(TaskError, match=(
+                rf"ArgumentChanged: argument array 0 of task {tid} \(.*total\) changed after "
+                r"submit.*pass a copy \(array.copy\(\)\)")):
+            unpack(*by_id[tid][1:])
+    return by_id
+
+
+async def test_an_array_changed_after_submit_fails_its_task_on_a_remote_peer(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner holds the caller's arrays (no copy) with their CRC-32 from submit, and
+    checks each chunk as it goes out: a task whose array changed fails with a message that
+    says what to do, and the peer never runs it on the changed values."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    async with owner_and_worker(secret, unique_cluster()) as (a, b):
+        await _changed_after_submit(a)
+        assert b.statistics().workers.tasks == 1  # only the untouched one ran
+        with trio.fail_after(WAIT):  # and the link still works
+            assert await a.run(arrayfuncs.total, np.ones(100_000)) == 100_000.0
+
+
+async def test_an_array_changed_after_submit_fails_its_task_on_the_owner(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner's own worker gets a copy in shared memory, checked after the copy."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    async with open_peer(config(secret, unique_cluster(), node_name="a"),
+                         include=[ARRAYFUNCS]) as a:
+        await _changed_after_submit(a)
+        assert a.statistics().workers.tasks == 1
+
+
 async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):

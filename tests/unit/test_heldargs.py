@@ -1,11 +1,12 @@
-"""The owner holds large array arguments as they were at submit (one copy of their bytes, not
-joined), and hands the stealing machine only their size."""
+"""The owner holds large array arguments as the caller gave them (views of its buffers, not
+joined, not copied) with each buffer's sum from submit, and hands the stealing machine
+only their size."""
 
 from __future__ import annotations
 
 import pytest
 
-from p2pcluster._heldargs import HeldArgs
+from p2pcluster._heldargs import ArgumentChanged, HeldArgs, new_sum, verify
 from p2pcluster._jobs import encode_args, encode_map_args
 from p2pcluster._packed import Packed
 from p2pcluster._proto.messages import TaskItem
@@ -18,20 +19,49 @@ def _data(payload: Packed) -> object:
     return np.frombuffer(payload.buffers[0], np.uint8)
 
 
-def test_an_argument_array_is_captured_at_submit() -> None:
+def test_an_argument_array_is_held_as_given_with_its_sum_from_submit() -> None:
     arr = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
     payload = encode_args((arr,), {})
     assert isinstance(payload, Packed)
-    assert np.shares_memory(_data(payload), arr)  # encoding copies nothing...
     held = HeldArgs()
     (item,) = held.admit(b"j" * 16, [payload], inline_limit=1024)
     assert isinstance(item, TaskItem)
     kept = held.get(b"j" * 16, 0)
-    assert kept is not None and not np.shares_memory(_data(kept), arr)  # ...holding does
-    # A caller that reuses its array right after submit changes nothing a task gets.
-    arr[:] = -1.0
-    (got,), _ = decode_call(kept)
-    assert np.array_equal(got, np.arange(1 << 17, dtype=np.float64))
+    assert kept is not None and np.shares_memory(_data(kept), arr)  # no copy
+    assert len(kept.sums) == 1
+    verify(kept)
+    arr[::-1].sort()  # the same values in another order: a change all the same
+    with pytest.raises(ArgumentChanged) as raised:
+        verify(kept)
+    assert raised.value.index == 0
+    verify(kept, [memoryview(np.arange(1 << 17, dtype=np.float64)).cast("B")])  # a copy
+
+
+def test_the_sum_is_xxh3_where_xxhash_is_installed_and_crc32_where_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import zlib
+
+    data = memoryview(bytes(range(256)) * 1000)
+    xxhash = pytest.importorskip("xxhash")
+    summer = new_sum()
+    summer.update(data[:1000])
+    summer.update(data[1000:])
+    assert summer.intdigest() == xxhash.xxh3_64_intdigest(data)  # chunks or whole: one sum
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # not installed
+    summer = new_sum()
+    summer.update(data[:1000])
+    summer.update(data[1000:])
+    assert summer.intdigest() == zlib.crc32(data)
+
+
+def test_a_daemon_s_private_copy_is_held_without_sums() -> None:
+    payload = encode_args((np.ones(1 << 16),), {})
+    held = HeldArgs()
+    held.admit(b"j", [payload], inline_limit=1024, check=False)
+    kept = held.get(b"j", 0)
+    assert kept is payload and kept.sums == ()
+    verify(kept)  # nothing to check
 
 
 @pytest.mark.parametrize("view", [lambda a: a[::2], lambda a: a.reshape(512, 256).T[1:]])
@@ -57,7 +87,7 @@ def test_held_arguments_go_to_the_machine_as_their_size_and_leave_with_their_tas
     assert tasks[0] == TaskItem(0, 0, b"", len(payloads[0]))
     assert tasks[1] == (1, payloads[1].flat()) and tasks[2] == (2, payloads[2])
     kept = held.get(b"j", 0)
-    assert kept is not None and kept.flat() == payloads[0].flat()  # a copy of it
+    assert kept is not None and kept.flat() == payloads[0].flat()
     assert held.get(b"j", 1) is None and len(held) == 1
     held.release(b"j", [0])
     assert held.get(b"j", 0) is None and len(held) == 0
