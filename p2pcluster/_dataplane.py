@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import trio
@@ -31,6 +32,7 @@ from ._handoff import place
 from ._heldargs import ArgumentChanged, changed_result, new_sum, verify
 from ._landing import land, land_result
 from ._packed import Packed, Payload
+from ._poolshare import off_loop
 from ._proto.messages import (
     AckStatus,
     FetchArgs,
@@ -190,17 +192,18 @@ class DataPlane:
         if not remote:
             return Fetched(items, [item.payload for item in items], [])
         if spec.owner == self._me:  # our own job's arguments, held here
-            fetched, failed = self._own_args(spec, remote)
+            fetched, failed = await self._own_args(spec, remote)
         else:
             fetched, failed = await self._fetch(spec, remote, stock)
         ready = [item for item in items if not item.remote or item.id in fetched]
         payloads = [fetched[item.id] if item.remote else item.payload for item in ready]
         return Fetched(ready, payloads, failed)
 
-    def _own_args(self, spec: JobSpec, items: list[TaskItem]
-                  ) -> tuple[dict[int, Payload], list[TaskResult]]:
+    async def _own_args(self, spec: JobSpec, items: list[TaskItem]
+                        ) -> tuple[dict[int, Payload], list[TaskResult]]:
         """Our own job's held arguments, each copied into a segment for our workers and
-        checked after the copy; a task whose array changed since submit fails."""
+        checked after the copy (in a thread, for a large one); a task whose array changed
+        since submit fails."""
         fetched: dict[int, Payload] = {}
         failed: list[TaskResult] = []
         for item in items:
@@ -209,15 +212,11 @@ class DataPlane:
                 if payload is not None:
                     fetched[item.id] = payload
                 continue
-            placed = place(payload) if available() else payload  # without shared memory,
-            try:                                                  # checked where it stands
-                verify(payload, placed.buffers)
+            try:
+                fetched[item.id] = await off_loop(partial(_placed_checked, payload),
+                                                  len(payload))
             except ArgumentChanged as exc:
-                if placed.segment is not None:
-                    placed.segment.close()
                 failed.append(changed_result(item.id, spec.qualname, exc.index))
-                continue
-            fetched[item.id] = placed
         return fetched, failed
 
     async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
@@ -288,6 +287,19 @@ class DataPlane:
         if not isinstance(ack, ResultAck):
             raise ProtocolError("the owner closed the stream without acknowledging")
         return ack
+
+
+def _placed_checked(payload: Packed) -> Packed:
+    """``payload`` copied into a segment (where there is shared memory; else as it stands),
+    then checked against its sums from submit: :class:`ArgumentChanged` if it changed."""
+    placed = place(payload) if available() else payload
+    try:
+        verify(payload, placed.buffers)
+    except ArgumentChanged:
+        if placed.segment is not None:
+            placed.segment.close()
+        raise
+    return placed
 
 
 def _instead(out: PushValue, ack: ResultAck) -> TaskResult | None:
