@@ -22,6 +22,7 @@ import importlib.metadata
 import io
 import pickle
 import platform
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import BuiltinFunctionType, FunctionType
@@ -34,6 +35,9 @@ __all__ = ["Needs", "batch_needs", "dumps_noting_modules"]
 
 #: Distributions every pickled batch needs, whatever it holds.
 ALWAYS = ("cloudpickle", "joblib")
+
+#: Bytes from which a non-contiguous array is pickled as a contiguous copy, out of band.
+GAPPY_MIN = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +63,27 @@ def dumps_noting_modules(obj: Any) -> tuple[list[bytes], set[str]]:
             module = getattr(owner, "__module__", None)
             if isinstance(module, str):
                 modules.add(module.split(".", 1)[0])
+            if module == "numpy" and (reduced := _gappy_array(item)) is not None:
+                return reduced
             return super().reducer_override(item)
 
     out = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
     Noting(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
     return [out.getvalue(), *(raw(b) for b in buffers)], modules
+
+
+def _gappy_array(item: Any) -> Any:
+    """The reduction of a large NumPy array that is not contiguous (a slice, a transposed
+    view, the digits ``X``), as that of a contiguous copy of it: its memory goes out of band
+    (where pickle would copy it into the head, as it does for such arrays), so that a batch
+    can carry it as a handle (:mod:`._joblib_shares`). It unpickles equal, C-contiguous and
+    writable, as pickle's own copy does; None for any other object."""
+    np = sys.modules.get("numpy")
+    if (np is None or type(item) is not np.ndarray or item.nbytes < GAPPY_MIN
+            or item.flags.c_contiguous or item.flags.f_contiguous or item.dtype.hasobject):
+        return None
+    return np.ascontiguousarray(item).__reduce_ex__(PROTOCOL)
 
 
 @functools.cache

@@ -74,19 +74,24 @@ def raw(buffer: pickle.PickleBuffer) -> bytes:
     return bytes(view)
 
 
-def loads(parts: Sequence[bytes]) -> Any:
-    """The inverse of :func:`dumps` (see the module docstring for where it may be called)."""
+def loads(parts: Sequence[bytes], *, writable: bool = False) -> Any:
+    """The inverse of :func:`dumps` (see the module docstring for where it may be called);
+    with ``writable``, arrays unpickle as writable copies of the buffers."""
     if not parts or not all(isinstance(p, bytes | bytearray) for p in parts):
         raise ValueError("a pickled joblib value is a list of byte strings")
-    return pickle.loads(parts[0], buffers=parts[1:])
+    buffers = [bytearray(p) for p in parts[1:]] if writable else parts[1:]
+    return pickle.loads(parts[0], buffers=buffers)
 
 
 def run_pickled(*parts: bytes, threads: int | None = None) -> list[bytes]:
     """Call the pickled batch ``parts`` and return its result, or its :class:`Failure`,
     pickled the same way; with ``threads``, under that limit of BLAS and OpenMP threads (see
-    the module docstring). Runs in a worker process."""
+    the module docstring). Runs in a worker process. Its arrays are writable copies, the
+    batch's own, as a pickle's in-band arrays are, whether a buffer came in the task's
+    arguments or from the peer's shared values (:mod:`._joblib_shares`), which every batch
+    on the peer reads."""
     try:
-        batch = loads(parts)
+        batch = loads(parts, writable=True)
         with thread_limit(threads):
             result: Any = batch()
     except BaseException as exc:  # joblib re-raises it on the submitting side

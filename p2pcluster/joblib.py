@@ -52,6 +52,7 @@ from ._cluster import Cluster
 from ._config import Config
 from ._futures import TaskFuture
 from ._joblib_needs import Needs, batch_needs, dumps_noting_modules
+from ._joblib_shares import BufferShares
 from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
 from ._proto.eligibility import Dist, JobNeeds
@@ -107,6 +108,15 @@ class _Shared:
         self.calls: collections.Counter[str] = collections.Counter()
         self.callbacks = _Callbacks()
         self.by_value: set[str] = set()  #: job modules registered with cloudpickle
+        self.shares: dict[int, tuple[Cluster, BufferShares]] = {}  #: by id(cluster)
+
+    def shares_of(self, cluster: Cluster) -> BufferShares:
+        """The repeated buffers of ``cluster``'s batches (:mod:`._joblib_shares`)."""
+        with self.lock:
+            found = self.shares.get(id(cluster))
+            if found is None or found[0] is not cluster:
+                found = self.shares[id(cluster)] = (cluster, BufferShares(cluster))
+            return found[1]
 
     def cluster(self, config: Config | None, daemon: bool | None) -> Cluster:
         with self.lock:
@@ -208,7 +218,8 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         try:
             parts, modules = dumps_noting_modules(func)
             cluster = self.cluster
-            request = with_needs(cluster.prepare(run_pickled, tuple(parts),
+            args = tuple(_shared.shares_of(cluster).swap(parts))
+            request = with_needs(cluster.prepare(run_pickled, args,
                                                  {"threads": self.inner_threads()}),
                                  batch_needs(modules))
             future = cluster.submit_request(request)

@@ -22,6 +22,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,7 @@ def children(pid: int) -> list[int]:
 
 
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_cpu_s_at(Path(f"/proc/{pid}/stat"))
 
 
 def own_cpu_s() -> float:
@@ -57,10 +57,28 @@ def join_pid() -> int:
     raise RuntimeError("no join peer among this process's children")
 
 
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's threads, summed by thread name."""
+    names = {t.native_id: t.name.split("(")[0].strip() for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = names.get(int(task.name), "other")
+            out[name] = out.get(name, 0.0) + proc_cpu_s_at(task / "stat")
+    return out
+
+
+def proc_cpu_s_at(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def snapshot(join: int) -> dict[str, float]:
     ours = [p for p in children(os.getpid()) if p != join]
+    threads = {f"owner_thread {k}": v for k, v in threads_cpu_s().items()}
     return {"owner": own_cpu_s(), "owner_workers": sum(map(proc_cpu_s, ours)),
-            "join": proc_cpu_s(join), "join_workers": sum(map(proc_cpu_s, children(join)))}
+            "join": proc_cpu_s(join), "join_workers": sum(map(proc_cpu_s, children(join))),
+            **threads}
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
@@ -76,7 +94,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             seconds, _params = bench_joblib.search(grid, folds, **config)
             after = snapshot(join)
             batches = cluster.progress().total - tasks
-            spent = {k: round(after[k] - before[k], 3) for k in before}
+            spent = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
             runs.append({"batches": batches, "cpu_s": spent, "wall_s": round(seconds, 2),
                          "owner_ms_per_batch": round(1000 * spent["owner"] / batches, 1),
                          "join_ms_per_batch": round(1000 * spent["join"] / batches, 1)})
