@@ -44,6 +44,11 @@ __all__ = ["PROTOCOL", "Failure", "dumps", "loads", "raw", "run_pickled"]
 #: The pickle protocol: 5 is the first with out-of-band buffers (PEP 574).
 PROTOCOL = 5
 
+#: In a worker, arrays smaller than this are writable copies of the batch's own (as pickle's
+#: in-band arrays are); larger ones read-only views of the buffer, as loky's memory maps of
+#: arrays over its ``max_nbytes`` (1M) are: no copy of a large array per batch.
+COPY_MAX = 1024 * 1024
+
 
 class Failure(NamedTuple):
     """A batch that raised: the exception (or, if it could not be pickled, None), its type's
@@ -76,20 +81,21 @@ def raw(buffer: pickle.PickleBuffer) -> bytes:
 
 def loads(parts: Sequence[bytes], *, writable: bool = False) -> Any:
     """The inverse of :func:`dumps` (see the module docstring for where it may be called);
-    with ``writable``, arrays unpickle as writable copies of the buffers."""
+    with ``writable``, arrays under :data:`COPY_MAX` unpickle as writable copies."""
     if not parts or not all(isinstance(p, bytes | bytearray) for p in parts):
         raise ValueError("a pickled joblib value is a list of byte strings")
-    buffers = [bytearray(p) for p in parts[1:]] if writable else parts[1:]
+    buffers = [bytearray(p) if len(p) < COPY_MAX else p for p in parts[1:]] if writable else (
+        parts[1:])
     return pickle.loads(parts[0], buffers=buffers)
 
 
 def run_pickled(*parts: bytes, threads: int | None = None) -> list[bytes]:
     """Call the pickled batch ``parts`` and return its result, or its :class:`Failure`,
     pickled the same way; with ``threads``, under that limit of BLAS and OpenMP threads (see
-    the module docstring). Runs in a worker process. Its arrays are writable copies, the
-    batch's own, as a pickle's in-band arrays are, whether a buffer came in the task's
-    arguments or from the peer's shared values (:mod:`._joblib_shares`), which every batch
-    on the peer reads."""
+    the module docstring). Runs in a worker process. Its arrays under :data:`COPY_MAX` are
+    writable copies, the batch's own, whether a buffer came in the task's arguments or from
+    the peer's shared values (:mod:`._joblib_shares`), which every batch on the peer reads;
+    larger ones are read-only."""
     try:
         batch = loads(parts, writable=True)
         with thread_limit(threads):

@@ -13,7 +13,7 @@ pytest.importorskip("cloudpickle", reason="needs the [joblib] extra")
 pytest.importorskip("joblib", reason="needs the [joblib] extra")
 
 from p2pcluster._joblib_needs import batch_needs, dumps_noting_modules
-from p2pcluster._joblib_task import Failure, dumps, loads, run_pickled
+from p2pcluster._joblib_task import COPY_MAX, Failure, dumps, loads, run_pickled
 from p2pcluster._shared import Shared
 
 
@@ -125,6 +125,10 @@ def test_run_pickled_gives_the_batch_writable_arrays_of_its_own() -> None:
     assert len(parts) == 2  # out of band
     assert loads(run_pickled(*parts)) == 1.0
     assert loads(run_pickled(*parts)) == 1.0  # the buffer itself was not changed
+    # From COPY_MAX on, a read-only view (as loky's memory maps): no copy per batch.
+    huge = np.zeros(COPY_MAX // 8)
+    failure = loads(run_pickled(*dumps(lambda: bump(huge))))
+    assert isinstance(failure, Failure) and "read-only" in failure.message
 
 
 class _FakeCluster:
