@@ -75,15 +75,16 @@ def dumps_noting_modules(obj: Any) -> tuple[list[bytes], set[str]]:
 
 def _gappy_array(item: Any) -> Any:
     """The reduction of a large NumPy array that is not contiguous (a slice, a transposed
-    view, the digits ``X``), as that of a contiguous copy of it: its memory goes out of band
-    (where pickle would copy it into the head, as it does for such arrays), so that a batch
-    can carry it as a handle (:mod:`._joblib_shares`). It unpickles equal, C-contiguous and
-    writable, as pickle's own copy does; None for any other object."""
+    view, the digits ``X``) as ``numpy.array(contiguous copy)``: the copy's memory goes out
+    of band (where pickle would copy the array into the head, as it does for such arrays),
+    so that a batch can carry it as a handle (:mod:`._joblib_shares`), and ``numpy.array``
+    makes the array the batch gets its own, writable and C-contiguous, as pickle's in-band
+    copy is. None for any other object."""
     np = sys.modules.get("numpy")
     if (np is None or type(item) is not np.ndarray or item.nbytes < GAPPY_MIN
             or item.flags.c_contiguous or item.flags.f_contiguous or item.dtype.hasobject):
         return None
-    return np.ascontiguousarray(item).__reduce_ex__(PROTOCOL)
+    return np.array, (np.ascontiguousarray(item),)
 
 
 @functools.cache

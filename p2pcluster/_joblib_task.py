@@ -44,11 +44,6 @@ __all__ = ["PROTOCOL", "Failure", "dumps", "loads", "raw", "run_pickled"]
 #: The pickle protocol: 5 is the first with out-of-band buffers (PEP 574).
 PROTOCOL = 5
 
-#: In a worker, arrays smaller than this are writable copies of the batch's own (as pickle's
-#: in-band arrays are); larger ones read-only views of the buffer, as loky's memory maps of
-#: arrays over its ``max_nbytes`` (1M) are: no copy of a large array per batch.
-COPY_MAX = 1024 * 1024
-
 
 class Failure(NamedTuple):
     """A batch that raised: the exception (or, if it could not be pickled, None), its type's
@@ -79,25 +74,21 @@ def raw(buffer: pickle.PickleBuffer) -> bytes:
     return bytes(view)
 
 
-def loads(parts: Sequence[bytes], *, writable: bool = False) -> Any:
-    """The inverse of :func:`dumps` (see the module docstring for where it may be called);
-    with ``writable``, arrays under :data:`COPY_MAX` unpickle as writable copies."""
+def loads(parts: Sequence[bytes]) -> Any:
+    """The inverse of :func:`dumps` (see the module docstring for where it may be called)."""
     if not parts or not all(isinstance(p, bytes | bytearray) for p in parts):
         raise ValueError("a pickled joblib value is a list of byte strings")
-    buffers = [bytearray(p) if len(p) < COPY_MAX else p for p in parts[1:]] if writable else (
-        parts[1:])
-    return pickle.loads(parts[0], buffers=buffers)
+    return pickle.loads(parts[0], buffers=parts[1:])
 
 
 def run_pickled(*parts: bytes, threads: int | None = None) -> list[bytes]:
     """Call the pickled batch ``parts`` and return its result, or its :class:`Failure`,
     pickled the same way; with ``threads``, under that limit of BLAS and OpenMP threads (see
-    the module docstring). Runs in a worker process. Its arrays under :data:`COPY_MAX` are
-    writable copies, the batch's own, whether a buffer came in the task's arguments or from
-    the peer's shared values (:mod:`._joblib_shares`), which every batch on the peer reads;
-    larger ones are read-only."""
+    the module docstring). Runs in a worker process. A buffer may come from the peer's
+    shared values (:mod:`._joblib_shares`): the same bytes for every batch on the peer, so
+    arrays on it are read-only, as every out-of-band array here is."""
     try:
-        batch = loads(parts, writable=True)
+        batch = loads(parts)
         with thread_limit(threads):
             result: Any = batch()
     except BaseException as exc:  # joblib re-raises it on the submitting side

@@ -25,11 +25,11 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 WAIT = 60
 
 
-def row_stats(X: np.ndarray, i: int) -> tuple[float, bool, bool]:
-    """A value of row ``i``, and whether ``X`` arrived writable and contiguous (then writes
-    to it, which must not reach any other batch)."""
-    value = float(X[i].sum() + X[:, i % X.shape[1]].sum())
-    flags = (bool(X.flags.writeable), bool(X.flags.c_contiguous))
+def row_stats(X: np.ndarray, Y: np.ndarray, i: int) -> tuple[float, bool, bool, bool]:
+    """A value of row ``i``; whether ``X`` arrived writable and contiguous (then writes to
+    it, which must not reach any other batch), and whether ``Y`` arrived writable."""
+    value = float(X[i].sum() + X[:, i % X.shape[1]].sum() + Y[i])
+    flags = (bool(X.flags.writeable), bool(X.flags.c_contiguous), bool(Y.flags.writeable))
     X[i] = -1.0
     return value, *flags
 
@@ -62,19 +62,22 @@ def test_a_repeated_buffer_crosses_the_link_once(two: tuple[Cluster, Cluster]) -
     assert a.peer is not None and b.peer is not None
     big = np.random.default_rng(3).standard_normal((2000, 100))
     X = big[:, :64]  # not contiguous, as the digits X: pickle would copy it into each batch
+    Y = np.arange(50_000.0)  # contiguous: out of band already
     before = b.peer.statistics().sharing
     with joblib.parallel_config(backend="p2pcluster", cluster=a):
         got = joblib.Parallel(n_jobs=2, batch_size=1, timeout=WAIT)(
-            joblib.delayed(row_stats)(X, i) for i in range(12))
+            joblib.delayed(row_stats)(X, Y, i) for i in range(12))
     after = b.peer.statistics().sharing
-    expected = [row_stats(X.copy(), i)[0] for i in range(12)]
+    expected = [row_stats(X.copy(), Y, i)[0] for i in range(12)]
     assert [g[0] for g in got] == expected  # no batch saw another's writes
-    assert all(g[1] and g[2] for g in got)  # writable and contiguous, as pickle's own copy
+    assert all(g[1] and g[2] for g in got)  # X writable and contiguous, as pickle's copy
+    assert not any(g[3] for g in got)  # Y read-only, as an out-of-band array always was
     assert X.flags.writeable and not np.any(X == -1.0)  # the caller's X is untouched
-    # The first batch carried X; the others a handle, and b fetched X's bytes once.
-    assert after.fetches - before.fetches == 1
-    assert X.nbytes <= after.fetched_bytes - before.fetched_bytes < X.nbytes + 1024
-    assert a.peer.statistics().sharing.served_bytes < X.nbytes + 1024
+    # The first batch carried X and Y; the others handles: b fetched their bytes once.
+    assert after.fetches - before.fetches == 2
+    size = X.nbytes + Y.nbytes
+    assert size <= after.fetched_bytes - before.fetched_bytes < size + 1024
+    assert a.peer.statistics().sharing.served_bytes < size + 1024
     assert a.peer.statistics().stealing.submitted >= 12
     assert b.peer.statistics().stealing.executed >= 12  # every batch crossed
 
