@@ -39,28 +39,28 @@ SEEN_MAX = 4096
 
 
 class BufferShares:
-    """Handles of the repeated buffers of one cluster's batches (thread safe)."""
+    """Handles of the repeated buffers of one cluster's batches (thread safe). It holds no
+    reference to the cluster, which the caller passes each time."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self._cluster = cluster
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handles: dict[bytes, Shared] = {}
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
-    def swap(self, parts: Sequence[bytes]) -> list[bytes | Shared]:
+    def swap(self, cluster: Cluster, parts: Sequence[bytes]) -> list[bytes | Shared]:
         """``parts`` (a head and its buffers) with each buffer that repeated replaced by its
         handle (at most :data:`~._packed.MAX_USES` distinct ones; the others inline)."""
         out: list[bytes | Shared] = [parts[0]]
         used: set[Shared] = set()
         for part in parts[1:]:
             room = len(used) < MAX_USES  # a call names at most MAX_USES shared values
-            handle = self.handle(part) if room and len(part) >= SHARE_MIN else None
+            handle = self.handle(cluster, part) if room and len(part) >= SHARE_MIN else None
             if handle is not None:
                 used.add(handle)
             out.append(part if handle is None else handle)
         return out
 
-    def handle(self, part: bytes) -> Shared | None:
+    def handle(self, cluster: Cluster, part: bytes) -> Shared | None:
         """The handle of ``part`` once it has been seen before; None the first time."""
         digest = hashlib.sha256(part).digest()
         with self._lock:
@@ -72,7 +72,7 @@ class BufferShares:
                 if len(self._seen) > SEEN_MAX:
                     self._seen.popitem(last=False)
                 return None
-        handle = self._cluster.share(part)  # outside the lock: a round trip to the peer
+        handle = cluster.share(part)  # outside the lock: a round trip to the peer
         with self._lock:
             self._seen.pop(digest, None)
             self._handles[digest] = handle

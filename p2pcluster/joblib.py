@@ -33,6 +33,7 @@ import os
 import queue
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -108,15 +109,17 @@ class _Shared:
         self.calls: collections.Counter[str] = collections.Counter()
         self.callbacks = _Callbacks()
         self.by_value: set[str] = set()  #: job modules registered with cloudpickle
-        self.shares: dict[int, tuple[Cluster, BufferShares]] = {}  #: by id(cluster)
+        #: The repeated buffers of each cluster's batches, while it exists.
+        self.shares: weakref.WeakKeyDictionary[Cluster, BufferShares] = (
+            weakref.WeakKeyDictionary())
 
     def shares_of(self, cluster: Cluster) -> BufferShares:
         """The repeated buffers of ``cluster``'s batches (:mod:`._joblib_shares`)."""
         with self.lock:
-            found = self.shares.get(id(cluster))
-            if found is None or found[0] is not cluster:
-                found = self.shares[id(cluster)] = (cluster, BufferShares(cluster))
-            return found[1]
+            found = self.shares.get(cluster)
+            if found is None:
+                found = self.shares[cluster] = BufferShares()
+            return found
 
     def cluster(self, config: Config | None, daemon: bool | None) -> Cluster:
         with self.lock:
@@ -218,7 +221,7 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         try:
             parts, modules = dumps_noting_modules(func)
             cluster = self.cluster
-            args = tuple(_shared.shares_of(cluster).swap(parts))
+            args = tuple(_shared.shares_of(cluster).swap(cluster, parts))
             request = with_needs(cluster.prepare(run_pickled, args,
                                                  {"threads": self.inner_threads()}),
                                  batch_needs(modules))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from typing import Any
 
 import pytest
 
@@ -129,15 +130,15 @@ class _FakeCluster:
 def test_a_buffer_is_shared_from_its_second_batch_on_and_only_once() -> None:
     from p2pcluster._joblib_shares import SHARE_MIN, BufferShares
 
-    cluster = _FakeCluster()
-    shares = BufferShares(cluster)  # type: ignore[arg-type]
+    cluster: Any = _FakeCluster()
+    shares = BufferShares()
     big, other, small = b"x" * SHARE_MIN, b"y" * SHARE_MIN, b"z" * (SHARE_MIN - 1)
-    first = shares.swap([b"head", big, small])
+    first = shares.swap(cluster, [b"head", big, small])
     assert first == [b"head", big, small] and cluster.shared == []  # seen once: inline
-    second = shares.swap([b"head2", big, small, other])
+    second = shares.swap(cluster, [b"head2", big, small, other])
     assert isinstance(second[1], Shared) and second[2:] == [small, other]
     assert cluster.shared == [big]
-    third = shares.swap([b"head3", bytes(big), small, other])  # equal bytes: same handle
+    third = shares.swap(cluster, [b"head3", bytes(big), small, other])  # equal bytes: same handle
     assert third[1] == second[1] and isinstance(third[3], Shared)
     assert cluster.shared == [big, other]  # each shared once
 
@@ -146,9 +147,10 @@ def test_a_batch_names_at_most_max_uses_shared_values() -> None:
     from p2pcluster._joblib_shares import SHARE_MIN, BufferShares
     from p2pcluster._packed import MAX_USES
 
-    shares = BufferShares(_FakeCluster())  # type: ignore[arg-type]
+    cluster: Any = _FakeCluster()
+    shares = BufferShares()
     parts = [b"head", *(bytes([i]) * SHARE_MIN for i in range(MAX_USES + 3))]
-    shares.swap(parts)
-    again = shares.swap(parts)
+    shares.swap(cluster, parts)
+    again = shares.swap(cluster, parts)
     assert sum(isinstance(p, Shared) for p in again) == MAX_USES
     assert again[-3:] == parts[-3:]
