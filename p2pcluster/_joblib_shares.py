@@ -34,6 +34,9 @@ __all__ = ["SHARE_MIN", "BufferShares"]
 #: Bytes from which a buffer is named, and shared once it repeats.
 SHARE_MIN = 32 * 1024
 
+#: A buffer of a pickle: a view of an array's memory, or a copy.
+Buffer = memoryview | bytes
+
 #: Digests of buffers seen once, remembered (the most recent) to spot a repeat.
 SEEN_MAX = 4096
 
@@ -47,20 +50,23 @@ class BufferShares:
         self._handles: dict[bytes, Shared] = {}
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
-    def swap(self, cluster: Cluster, parts: Sequence[bytes]) -> list[bytes | Shared]:
-        """``parts`` (a head and its buffers) with each buffer that repeated replaced by its
-        handle (at most :data:`~._packed.MAX_USES` distinct ones; the others inline)."""
-        out: list[bytes | Shared] = [parts[0]]
+    def swap(self, cluster: Cluster, head: bytes, buffers: Sequence[Buffer]
+             ) -> list[bytes | Shared]:
+        """``head`` and its ``buffers`` as the parts of a batch: each buffer that repeated
+        replaced by its handle (at most :data:`~._packed.MAX_USES` distinct ones), the
+        others copied into bytes."""
+        out: list[bytes | Shared] = [head]
         used: set[Shared] = set()
-        for part in parts[1:]:
+        for part in buffers:
             room = len(used) < MAX_USES  # a call names at most MAX_USES shared values
-            handle = self.handle(cluster, part) if room and len(part) >= SHARE_MIN else None
+            size = part.nbytes if isinstance(part, memoryview) else len(part)
+            handle = self.handle(cluster, part) if room and size >= SHARE_MIN else None
             if handle is not None:
                 used.add(handle)
-            out.append(part if handle is None else handle)
+            out.append(bytes(part) if handle is None else handle)
         return out
 
-    def handle(self, cluster: Cluster, part: bytes) -> Shared | None:
+    def handle(self, cluster: Cluster, part: Buffer) -> Shared | None:
         """The handle of ``part`` once it has been seen before; None the first time."""
         digest = hashlib.sha256(part).digest()
         with self._lock:
@@ -72,7 +78,7 @@ class BufferShares:
                 if len(self._seen) > SEEN_MAX:
                     self._seen.popitem(last=False)
                 return None
-        handle = cluster.share(part)  # outside the lock: a round trip to the peer
+        handle = cluster.share(bytes(part))  # outside the lock: a round trip to the peer
         with self._lock:
             self._seen.pop(digest, None)
             self._handles[digest] = handle

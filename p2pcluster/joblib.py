@@ -52,7 +52,7 @@ except ImportError as exc:
 from ._cluster import Cluster
 from ._config import Config
 from ._futures import TaskFuture
-from ._joblib_needs import Needs, batch_needs, dumps_noting_modules
+from ._joblib_needs import Needs, batch_needs, pickle_noting_modules
 from ._joblib_shares import BufferShares
 from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
@@ -219,9 +219,9 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
                ) -> TaskFuture:
         """Send one batch to the cluster; ``callback(future)`` runs when it is done."""
         try:
-            parts, modules = dumps_noting_modules(func)
+            head, buffers, modules = pickle_noting_modules(func)
             cluster = self.cluster
-            args = tuple(_shared.shares_of(cluster).swap(cluster, parts))
+            args = tuple(_shared.shares_of(cluster).swap(cluster, head, buffers))
             request = with_needs(cluster.prepare(run_pickled, args,
                                                  {"threads": self.inner_threads()}),
                                  batch_needs(modules))

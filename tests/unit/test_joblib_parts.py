@@ -133,13 +133,15 @@ def test_a_buffer_is_shared_from_its_second_batch_on_and_only_once() -> None:
     cluster: Any = _FakeCluster()
     shares = BufferShares()
     big, other, small = b"x" * SHARE_MIN, b"y" * SHARE_MIN, b"z" * (SHARE_MIN - 1)
-    first = shares.swap(cluster, [b"head", big, small])
+    first = shares.swap(cluster, b"head", [big, small])
     assert first == [b"head", big, small] and cluster.shared == []  # seen once: inline
-    second = shares.swap(cluster, [b"head2", big, small, other])
+    second = shares.swap(cluster, b"head2", [memoryview(big), small, other])
     assert isinstance(second[1], Shared) and second[2:] == [small, other]
     assert cluster.shared == [big]
-    third = shares.swap(cluster, [b"head3", bytes(big), small, other])  # equal bytes: same handle
-    assert third[1] == second[1] and isinstance(third[3], Shared)
+    # Equal bytes, a view or not: the same handle; a view sent inline becomes bytes.
+    third = shares.swap(cluster, b"head3", [bytes(big), memoryview(small), other])
+    assert third[1] == second[1] and type(third[2]) is bytes and third[2] == small
+    assert isinstance(third[3], Shared)
     assert cluster.shared == [big, other]  # each shared once
 
 
@@ -150,7 +152,7 @@ def test_a_batch_names_at_most_max_uses_shared_values() -> None:
     cluster: Any = _FakeCluster()
     shares = BufferShares()
     parts = [b"head", *(bytes([i]) * SHARE_MIN for i in range(MAX_USES + 3))]
-    shares.swap(cluster, parts)
-    again = shares.swap(cluster, parts)
+    shares.swap(cluster, parts[0], parts[1:])
+    again = shares.swap(cluster, parts[0], parts[1:])
     assert sum(isinstance(p, Shared) for p in again) == MAX_USES
     assert again[-3:] == parts[-3:]
