@@ -22,6 +22,7 @@ import importlib.metadata
 import io
 import pickle
 import platform
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import BuiltinFunctionType, FunctionType
@@ -30,10 +31,13 @@ from typing import Any
 from ._joblib_task import PROTOCOL, raw
 from ._proto.eligibility import normalize
 
-__all__ = ["Needs", "batch_needs", "dumps_noting_modules"]
+__all__ = ["Needs", "batch_needs", "dumps_noting_modules", "pickle_noting_modules"]
 
 #: Distributions every pickled batch needs, whatever it holds.
 ALWAYS = ("cloudpickle", "joblib")
+
+#: Bytes from which a non-contiguous array is pickled as a contiguous copy, out of band.
+GAPPY_MIN = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +52,64 @@ class Needs:
 def dumps_noting_modules(obj: Any) -> tuple[list[bytes], set[str]]:
     """``obj`` as :func:`._joblib_task.dumps` pickles it, and the top-level names of the
     modules of the classes, functions and objects in it."""
+    head, buffers, modules = pickle_noting_modules(obj)
+    return [head, *(bytes(b) for b in buffers)], modules
+
+
+def pickle_noting_modules(obj: Any) -> tuple[bytes, list[memoryview | bytes], set[str]]:
+    """:func:`dumps_noting_modules`, its buffers not copied: views of the memory of the
+    arrays in ``obj`` (valid while they are not changed)."""
+    pickler = _noting_pickler()
+    out = io.BytesIO()
+    buffers: list[pickle.PickleBuffer] = []
+    noting = pickler(out, protocol=PROTOCOL, buffer_callback=buffers.append)
+    noting.dump(obj)
+    return out.getvalue(), [_view(b) for b in buffers], noting.modules
+
+
+def _view(buffer: pickle.PickleBuffer) -> memoryview | bytes:
+    try:
+        return buffer.raw()
+    except BufferError:  # not contiguous: pickle copies it anyway
+        return raw(buffer)
+
+
+@functools.cache
+def _noting_pickler() -> type:
     import cloudpickle  # the [joblib] extra
 
-    modules: set[str] = set()
-
     class Noting(cloudpickle.Pickler):  # type: ignore[misc]
+        """cloudpickle's pickler, noting ``modules``."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.modules: set[str] = set()
+
         def reducer_override(self, item: Any) -> Any:
             owner = item if isinstance(item, type | FunctionType | BuiltinFunctionType) else (
                 type(item))
             module = getattr(owner, "__module__", None)
             if isinstance(module, str):
-                modules.add(module.split(".", 1)[0])
+                self.modules.add(module.split(".", 1)[0])
+            if module == "numpy" and (reduced := _gappy_array(item)) is not None:
+                return reduced
             return super().reducer_override(item)
 
-    out = io.BytesIO()
-    buffers: list[pickle.PickleBuffer] = []
-    Noting(out, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
-    return [out.getvalue(), *(raw(b) for b in buffers)], modules
+    return Noting
+
+
+def _gappy_array(item: Any) -> Any:
+    """The reduction of a large NumPy array that is not contiguous (a slice, a transposed
+    view, the digits ``X``) as ``numpy.array(contiguous copy)``: the copy's memory goes out
+    of band (where pickle would copy the array into the head, as it does for such arrays),
+    so that a batch can carry it as a handle (:mod:`._joblib_shares`), and ``numpy.array``
+    makes the array the batch gets its own, writable and C-contiguous, as pickle's in-band
+    copy is. None for any other object."""
+    np = sys.modules.get("numpy")
+    if (np is None or type(item) is not np.ndarray or item.nbytes < GAPPY_MIN
+            or item.flags.c_contiguous or item.flags.f_contiguous or item.dtype.hasobject):
+        return None
+    return np.array, (np.ascontiguousarray(item),)
 
 
 @functools.cache

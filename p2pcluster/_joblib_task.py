@@ -84,7 +84,9 @@ def loads(parts: Sequence[bytes]) -> Any:
 def run_pickled(*parts: bytes, threads: int | None = None) -> list[bytes]:
     """Call the pickled batch ``parts`` and return its result, or its :class:`Failure`,
     pickled the same way; with ``threads``, under that limit of BLAS and OpenMP threads (see
-    the module docstring). Runs in a worker process."""
+    the module docstring). Runs in a worker process. A buffer may come from the peer's
+    shared values (:mod:`._joblib_shares`): the same bytes for every batch on the peer, so
+    arrays on it are read-only, as every out-of-band array here is."""
     try:
         batch = loads(parts)
         with thread_limit(threads):

@@ -12,9 +12,11 @@ digests from the start of each call) asks :meth:`SharedValues.ensure` for the va
 shared here are at hand; any other it fetches from the job's owner, on a data stream of its
 own (:class:`~._proto.messages.FetchShared`), once, however many batches ask at the same time,
 after checking the announced size against ``max_value_size`` before it reads a byte. It keeps
-the value while jobs that used it run here: when the last of them ends here
-(:meth:`SharedValues.job_over`), or its owner dies or leaves (:meth:`SharedValues.owner_gone`),
-the value goes, and the worker processes let go of it too.
+the value while jobs that used it run here, and ``shared_linger`` seconds after the last of
+them ends here (:meth:`SharedValues.job_over`), so that a job using it soon after (the next
+batch of a joblib search: each is a job) finds it at hand; then, or when its owner dies or
+leaves (:meth:`SharedValues.owner_gone`), the value goes, and the worker processes let go of
+it too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import trio
 
@@ -63,11 +66,12 @@ class _Cached:
 
 
 class SharedValues:
-    """See the module docstring. ``drop`` tells the worker processes to let go of values."""
+    """See the module docstring. ``drop`` tells the worker processes to let go of values;
+    ``linger`` is ``shared_linger`` (seconds), applied while :meth:`serve_linger` runs."""
 
     def __init__(self, runner: Runner, *, me: bytes, name: str, max_value_size: int,
                  address_of: Callable[[bytes], Address | None],
-                 drop: Callable[[list[bytes]], None]) -> None:
+                 drop: Callable[[list[bytes]], None], linger: float = 0.0) -> None:
         self._runner = runner
         self._me = me
         self._name = name
@@ -78,6 +82,9 @@ class SharedValues:
         self._holders: dict[bytes, set[object]] = {}  #: digest -> who shared it here
         self._cached: dict[bytes, _Cached] = {}
         self._fetching: dict[bytes, trio.Event] = {}
+        self._linger = linger
+        self._idle: dict[bytes, float] = {}  #: cached, used by no job here, since
+        self._wake = trio.Event()  #: set when a value became idle
         self._counts = dict.fromkeys(("fetches", "fetched_bytes", "served", "served_bytes"), 0)
 
     def statistics(self) -> SharingStatistics:
@@ -133,26 +140,45 @@ class SharedValues:
                 cached = await self._fetch_once(spec, digest)
             if cached is not None:
                 cached.jobs.add(spec.job)
+                self._idle.pop(digest, None)
                 payload = cached.payload
             assert payload is not None
             values[digest] = payload
         return values
 
     def job_over(self, job: bytes) -> None:
-        """``job`` ended here: values no other job here uses go."""
-        self._free([d for d, c in self._cached.items() if job in c.jobs and not (
-            c.jobs - {job})], job)
+        """``job`` ended here: values no other job here uses go, ``linger`` seconds from now
+        unless a job uses them again by then."""
+        now = trio.current_time()
+        for digest, cached in self._cached.items():
+            if job in cached.jobs:
+                cached.jobs.discard(job)
+                if not cached.jobs:
+                    self._idle[digest] = now
+        self._expire(now)
+        if self._idle:
+            self._wake.set()
+
+    async def serve_linger(self) -> NoReturn:
+        """Let values go once idle for ``linger`` seconds (a task of the work service)."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._idle:
+                await trio.sleep_until(min(self._idle.values()) + self._linger)
+                self._expire(trio.current_time())
+
+    def _expire(self, now: float) -> None:
+        self._free([d for d, since in self._idle.items() if since + self._linger <= now])
 
     def owner_gone(self, owner: bytes) -> None:
         """``owner`` died or left: the values fetched from it go."""
         self._free([d for d, c in self._cached.items() if c.owner == owner])
 
-    def _free(self, digests: list[bytes], job: bytes | None = None) -> None:
-        if job is not None:
-            for cached in self._cached.values():
-                cached.jobs.discard(job)
+    def _free(self, digests: list[bytes]) -> None:
         for digest in digests:
             del self._cached[digest]
+            self._idle.pop(digest, None)
         freed = [d for d in digests if d not in self._owned]
         if freed:
             self._drop(freed)

@@ -130,7 +130,8 @@ class WorkService:
                                max_value_size=config.max_value_size)
         self.shared = SharedValues(runner, me=self._me.id, name=self._me.name,
                                    max_value_size=config.max_value_size,
-                                   address_of=self.address_of, drop=self._drop_shared)
+                                   address_of=self.address_of, drop=self._drop_shared,
+                                   linger=config.shared_linger)
         self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
                             flush=self.flush, name_of=self.name_of,
                             max_value_size=config.max_value_size, tasks=self.tasks)
@@ -226,6 +227,7 @@ class WorkService:
             task_status.started()
             nursery.start_soon(self._driver.serve)
             nursery.start_soon(self._publish_meta)
+            nursery.start_soon(self.shared.serve_linger)
             nursery.start_soon(self._slots.serve,
                                self._config.batches_per_worker * self._pool.slots)
             async for event in events:

@@ -33,6 +33,7 @@ import os
 import queue
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,8 @@ except ImportError as exc:
 from ._cluster import Cluster
 from ._config import Config
 from ._futures import TaskFuture
-from ._joblib_needs import Needs, batch_needs, dumps_noting_modules
+from ._joblib_needs import Needs, batch_needs, pickle_noting_modules
+from ._joblib_shares import BufferShares
 from ._joblib_task import Failure, loads, run_pickled
 from ._jobs import JobRequest
 from ._proto.eligibility import Dist, JobNeeds
@@ -107,6 +109,17 @@ class _Shared:
         self.calls: collections.Counter[str] = collections.Counter()
         self.callbacks = _Callbacks()
         self.by_value: set[str] = set()  #: job modules registered with cloudpickle
+        #: The repeated buffers of each cluster's batches, while it exists.
+        self.shares: weakref.WeakKeyDictionary[Cluster, BufferShares] = (
+            weakref.WeakKeyDictionary())
+
+    def shares_of(self, cluster: Cluster) -> BufferShares:
+        """The repeated buffers of ``cluster``'s batches (:mod:`._joblib_shares`)."""
+        with self.lock:
+            found = self.shares.get(cluster)
+            if found is None:
+                found = self.shares[cluster] = BufferShares()
+            return found
 
     def cluster(self, config: Config | None, daemon: bool | None) -> Cluster:
         with self.lock:
@@ -206,9 +219,10 @@ class P2PClusterBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
                ) -> TaskFuture:
         """Send one batch to the cluster; ``callback(future)`` runs when it is done."""
         try:
-            parts, modules = dumps_noting_modules(func)
+            head, buffers, modules = pickle_noting_modules(func)
             cluster = self.cluster
-            request = with_needs(cluster.prepare(run_pickled, tuple(parts),
+            args = tuple(_shared.shares_of(cluster).swap(cluster, head, buffers))
+            request = with_needs(cluster.prepare(run_pickled, args,
                                                  {"threads": self.inner_threads()}),
                                  batch_needs(modules))
             future = cluster.submit_request(request)

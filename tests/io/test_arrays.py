@@ -273,15 +273,15 @@ def _alive(peer: Any) -> set[str]:
 
 
 @asynccontextmanager
-async def owner_and_worker(secret: Path, cluster: str, workers: int = 1
+async def owner_and_worker(secret: Path, cluster: str, workers: int = 1, **changes: Any
                            ) -> AsyncIterator[tuple[Any, Any]]:
     """Peer ``a`` with no workers (every task it owns crosses a link) and peer ``b`` with
-    ``workers``, joined through ``a`` and seen by it."""
-    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+    ``workers``, joined through ``a`` and seen by it; ``changes`` to both configs."""
+    async with open_peer(config(secret, cluster, node_name="a", workers=0, **changes),
                          include=[ARRAYFUNCS]) as a:
         seed = (f"127.0.0.1:{a.address[1]}",)
         async with open_peer(config(secret, cluster, node_name="b", workers=workers,
-                                    seeds=seed), include=[ARRAYFUNCS]) as b:
+                                    seeds=seed, **changes), include=[ARRAYFUNCS]) as b:
             await _until(lambda: _alive(a) == {"a", "b"}, "a sees b")
             yield a, b
 
@@ -384,7 +384,7 @@ async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     cluster = unique_cluster()
     matrix = np.random.default_rng(3).standard_normal((1000, 1000))  # 8 MB
-    async with owner_and_worker(secret, cluster, workers=2) as (a, b):
+    async with owner_and_worker(secret, cluster, workers=2, shared_linger=0.0) as (a, b):
         handle = await a.share(matrix)
         assert await a.share(matrix.copy()) == handle  # the same bytes: the same value
         with trio.fail_after(WAIT):
@@ -397,6 +397,30 @@ async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         assert owner.served == 2 and owner.served_bytes == 2 * handle.size  # two jobs
         assert runner.fetches == 2 and runner.fetched_bytes == 2 * handle.size
         await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
+
+
+async def test_a_shared_value_lingers_for_the_next_job_then_goes(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``shared_linger``, a job that uses a value soon after the last one ended finds
+    it at hand (one fetch for several one-task jobs, as joblib's batches are); the value
+    goes once no job has used it for that long."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    matrix = np.random.default_rng(6).standard_normal((300, 300))
+    async with owner_and_worker(secret, unique_cluster(), shared_linger=1.0) as (a, b):
+        handle = await a.share(matrix)
+        with trio.fail_after(WAIT):
+            sums = [await a.run(arrayfuncs.dot_row, handle, i) for i in range(5)]
+        assert sums == [float(matrix[i].sum()) for i in range(5)]
+        runner = b.statistics().sharing
+        assert (runner.fetches, runner.fetched_bytes) == (1, handle.size)
+        assert b.statistics().stealing.executed == 5  # five jobs, all on b
+        assert b.statistics().sharing.cached == 1  # kept after the last job: lingering
+        start = trio.current_time()
+        await _until(lambda: b.statistics().sharing.cached == 0, "b let the value go")
+        assert trio.current_time() - start < 1.0 + 1.0  # after the linger, not much later
+        assert await a.run(arrayfuncs.dot_row, handle, 7) == float(matrix[7].sum())
+        assert b.statistics().sharing.fetches == 2  # gone: fetched again
 
 
 async def test_a_peer_that_joins_mid_job_fetches_the_value_and_the_owner_leaving_frees_it(

@@ -10,14 +10,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 joblib = pytest.importorskip("joblib", reason="needs the [joblib] extra")
 cloudpickle = pytest.importorskip("cloudpickle", reason="needs the [joblib] extra")
 
 import p2pcluster.joblib as pj  # noqa: E402
 from p2pcluster import Cluster, Config  # noqa: E402
+from p2pcluster._control_client import request_daemon  # noqa: E402
 from p2pcluster._secret import new_secret, write_secret_file  # noqa: E402
 
 from .daemons import Daemon, running_daemon  # noqa: E402
@@ -229,6 +232,30 @@ def test_through_the_daemon(daemon: tuple[Daemon, Path]) -> None:
         joblib.Parallel()(joblib.delayed(square)(i) for i in range(5))
     assert pj.calls_by_peer() == {"d1": 5}
     pj.shutdown()
+    started.check_alive()
+
+
+def row_sum(X: Any, i: int) -> float:
+    return float(X[i].sum())
+
+
+def test_a_repeated_buffer_is_shared_through_the_daemon(daemon: tuple[Daemon, Path]) -> None:
+    np = pytest.importorskip("numpy")
+    started, secret = daemon
+    config = Config.local(mdns=False, port=0, secret_file=str(secret),
+                          cluster=started.cluster)
+    X = np.random.default_rng(5).standard_normal((1000, 100))[:, :50]
+    with joblib.parallel_config(backend="p2pcluster", config=config, daemon=True):
+        got = joblib.Parallel(batch_size=1, timeout=WAIT)(
+            joblib.delayed(row_sum)(X, i) for i in range(8))
+    assert got == [float(X[i].sum()) for i in range(8)]
+    sharing = trio.run(request_daemon, started.control, "status")["sharing"]
+    assert (sharing["owned"], sharing["owned_bytes"]) == (1, X.nbytes + 5)  # X, as CBOR
+    pj.shutdown()  # the connection closes: the daemon lets go of X
+    deadline = time.monotonic() + WAIT
+    while trio.run(request_daemon, started.control, "status")["sharing"]["owned"]:
+        assert time.monotonic() < deadline, "the daemon kept X after the client left"
+        time.sleep(0.05)
     started.check_alive()
 
 

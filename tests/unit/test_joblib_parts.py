@@ -3,7 +3,9 @@ a batch, and what a pickled batch needs of a peer."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ pytest.importorskip("joblib", reason="needs the [joblib] extra")
 
 from p2pcluster._joblib_needs import batch_needs, dumps_noting_modules
 from p2pcluster._joblib_task import Failure, dumps, loads, run_pickled
+from p2pcluster._shared import Shared
 
 
 def test_numpy_arrays_travel_out_of_band() -> None:
@@ -83,3 +86,73 @@ def test_run_pickled_limits_blas_threads_for_the_batch_only() -> None:
     assert loads(run_pickled(*dumps(_blas_threads), threads=1)) == [1] * len(before)
     assert _blas_threads() == before  # the limits are put back after the batch
     assert loads(run_pickled(*dumps(_blas_threads))) == before  # no limit asked: none set
+
+
+def test_a_batch_carries_large_gappy_arrays_out_of_band_as_equal_copies() -> None:
+    np = pytest.importorskip("numpy")
+    from p2pcluster._joblib_needs import GAPPY_MIN
+
+    base = np.arange(2000 * 100, dtype=np.float64).reshape(2000, 100)
+    X = base[:, :64]  # not contiguous, as the digits X
+    small = base[:3, :5]
+    objects = np.empty((100, 100), dtype=object)[:, ::2]
+    parts, _ = dumps_noting_modules({"X": X, "again": X, "T": X.T, "small": small,
+                                     "objects": objects})
+    # X once (the pickle's memo), its transpose once; the small slice and the object array
+    # in band, as pickle does.
+    assert sorted(len(p) for p in parts[1:]) == [X.nbytes, X.nbytes]
+    assert X.nbytes >= GAPPY_MIN > small.nbytes
+    back = loads(parts)
+    assert back["X"] is back["again"] and np.array_equal(back["X"], X)
+    # Its own writable, C-contiguous copy, as pickle's in-band copy was.
+    assert back["X"].flags.c_contiguous and back["X"].flags.writeable
+    assert np.array_equal(back["T"], X.T) and np.array_equal(back["small"], small)
+    assert back["objects"].shape == objects.shape
+    back["X"][0, 0] = -1.0
+    assert loads(parts)["X"][0, 0] == X[0, 0]  # the buffer itself is untouched
+    # A contiguous array stays a read-only view of its buffer, as before.
+    contiguous = np.arange(10_000.0)
+    parts, _ = dumps_noting_modules([contiguous])
+    assert len(parts) == 2 and not loads(parts)[0].flags.writeable
+
+
+class _FakeCluster:
+    """Only what BufferShares asks of a Cluster: ``share``, counted."""
+
+    def __init__(self) -> None:
+        self.shared: list[bytes] = []
+
+    def share(self, value: bytes) -> Shared:
+        self.shared.append(value)
+        return Shared(hashlib.sha256(value).digest(), len(value))
+
+
+def test_a_buffer_is_shared_from_its_second_batch_on_and_only_once() -> None:
+    from p2pcluster._joblib_shares import SHARE_MIN, BufferShares
+
+    cluster: Any = _FakeCluster()
+    shares = BufferShares()
+    big, other, small = b"x" * SHARE_MIN, b"y" * SHARE_MIN, b"z" * (SHARE_MIN - 1)
+    first = shares.swap(cluster, b"head", [big, small])
+    assert first == [b"head", big, small] and cluster.shared == []  # seen once: inline
+    second = shares.swap(cluster, b"head2", [memoryview(big), small, other])
+    assert isinstance(second[1], Shared) and second[2:] == [small, other]
+    assert cluster.shared == [big]
+    # Equal bytes, a view or not: the same handle; a view sent inline becomes bytes.
+    third = shares.swap(cluster, b"head3", [bytes(big), memoryview(small), other])
+    assert third[1] == second[1] and type(third[2]) is bytes and third[2] == small
+    assert isinstance(third[3], Shared)
+    assert cluster.shared == [big, other]  # each shared once
+
+
+def test_a_batch_names_at_most_max_uses_shared_values() -> None:
+    from p2pcluster._joblib_shares import SHARE_MIN, BufferShares
+    from p2pcluster._packed import MAX_USES
+
+    cluster: Any = _FakeCluster()
+    shares = BufferShares()
+    parts = [b"head", *(bytes([i]) * SHARE_MIN for i in range(MAX_USES + 3))]
+    shares.swap(cluster, parts[0], parts[1:])
+    again = shares.swap(cluster, parts[0], parts[1:])
+    assert sum(isinstance(p, Shared) for p in again) == MAX_USES
+    assert again[-3:] == parts[-3:]
