@@ -128,12 +128,13 @@ class Config:
         ones stay at the job's owner until the task runs, and the peer that runs it fetches
         them on a data stream of their own (so stealing moves only what runs). Results above
         it likewise travel on their own stream. At most max_frame_size / 4.""", "bytes")
-    shared_linger: float = _doc(5.0, """
+    shared_linger: float = _doc(0.0, """
         A shared value fetched from another peer is kept (here and in the worker processes)
         this long after the last job that used it here ends, so that the next job using it
         (the next batch of a joblib search, each its own job) finds it at hand instead of
         fetching it again. Longer saves more fetches between jobs that come with pauses,
-        and holds the memory longer; 0 lets a value go with its last job.""", "s")
+        and holds the memory longer; 0 (the default) lets a value go with its last job.""",
+        "s")
     steal_timeout: float = _doc(1.0, """
         A steal request unanswered this long counts as empty, and the idle peer asks another.
         Shorter recovers sooner from a victim that died or is overloaded; too short gives up

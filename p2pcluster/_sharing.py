@@ -12,11 +12,11 @@ digests from the start of each call) asks :meth:`SharedValues.ensure` for the va
 shared here are at hand; any other it fetches from the job's owner, on a data stream of its
 own (:class:`~._proto.messages.FetchShared`), once, however many batches ask at the same time,
 after checking the announced size against ``max_value_size`` before it reads a byte. It keeps
-the value while jobs that used it run here, and ``shared_linger`` seconds after the last of
-them ends here (:meth:`SharedValues.job_over`), so that a job using it soon after (the next
-batch of a joblib search: each is a job) finds it at hand; then, or when its owner dies or
-leaves (:meth:`SharedValues.owner_gone`), the value goes, and the worker processes let go of
-it too.
+the value while jobs that used it run here, and ``shared_linger`` seconds (0 by default)
+after the last of them ends here (:meth:`SharedValues.job_over`), so that a job using it soon
+after (the next batch of a joblib search: each is a job) finds it at hand; then, or when its
+owner dies or leaves (:meth:`SharedValues.owner_gone`), the value goes, and the worker
+processes let go of it too.
 """
 
 from __future__ import annotations

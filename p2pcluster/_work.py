@@ -128,10 +128,9 @@ class WorkService:
         self._code = CodeShipping(runner, cache, self.address_of)
         self._data = DataPlane(runner, self._owner(), me=self._me.id, name=self._me.name,
                                max_value_size=config.max_value_size)
-        self.shared = SharedValues(runner, me=self._me.id, name=self._me.name,
-                                   max_value_size=config.max_value_size,
-                                   address_of=self.address_of, drop=self._drop_shared,
-                                   linger=config.shared_linger)
+        self.shared = SharedValues(
+            runner, me=self._me.id, name=self._me.name, max_value_size=config.max_value_size,
+            address_of=self.address_of, drop=self._drop_shared, linger=config.shared_linger)
         self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
                             flush=self.flush, name_of=self.name_of,
                             max_value_size=config.max_value_size, tasks=self.tasks)
@@ -151,9 +150,8 @@ class WorkService:
     def submit(self, request: JobRequest, *, max_value_size: int | None = None,
                private: bool = False) -> Job:
         """Own a new job and queue its tasks here (the caller must end or cancel it).
-
-        ``max_value_size`` lowers this peer's limit on the job's results (a client that
-        takes less). ``private``: the arguments' buffers are ours alone (:mod:`._heldargs`)."""
+        ``max_value_size`` lowers this peer's limit on its results (for a client that takes
+        less); ``private``: the arguments' buffers are ours alone (:mod:`._heldargs`)."""
         self._code.add(request.bundles)
         ref = request.ref
         spec = JobSpec(os.urandom(16), self._me.id, ref.module, ref.qualname, ref.job,

@@ -36,8 +36,10 @@ def row_stats(X: np.ndarray, Y: np.ndarray, i: int) -> tuple[float, bool, bool, 
 
 def _config(secret: Path, cluster: str, name: str, workers: int,
             seeds: tuple[str, ...] = ()) -> Config:
+    # shared_linger: each batch is a job, and b keeps what it fetched between them (with
+    # the default, 0, b fetches again whenever its queue runs dry between batches).
     return Config.local(mdns=False, port=0, secret_file=str(secret), workers=workers,
-                        cluster=cluster, node_name=name, seeds=seeds)
+                        cluster=cluster, node_name=name, seeds=seeds, shared_linger=5.0)
 
 
 @pytest.fixture(scope="module")
