@@ -15,7 +15,9 @@ crosses each link once.
 
 The values shared stay with the cluster as long as it is open (the embedded peer, or the
 connection to the daemon), as with ``Cluster.share``: at most one copy of each distinct
-buffer.
+buffer, and at most :data:`SHARE_BUDGET` bytes in all, so that a long session of searches
+over ever new data does not grow without end (past the budget, repeated buffers travel in
+their batches, as they did before this module).
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ from ._cluster import Cluster
 from ._packed import MAX_USES
 from ._shared import Shared
 
-__all__ = ["SHARE_MIN", "BufferShares"]
+__all__ = ["SHARE_BUDGET", "SHARE_MIN", "BufferShares"]
 
 #: Bytes from which a buffer is named, and shared once it repeats.
 SHARE_MIN = 32 * 1024
 
 #: A buffer of a pickle: a view of an array's memory, or a copy.
 Buffer = memoryview | bytes
+
+#: Bytes of buffers one cluster's batches share at most (the owner keeps each while the
+#: cluster is open); past them, repeated buffers travel in their batches.
+SHARE_BUDGET = 512 * 1024 * 1024
 
 #: Digests of buffers seen once, remembered (the most recent) to spot a repeat.
 SEEN_MAX = 4096
@@ -49,6 +55,7 @@ class BufferShares:
         self._lock = threading.Lock()
         self._handles: dict[bytes, Shared] = {}
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._bytes = 0  #: of the buffers shared so far
 
     def swap(self, cluster: Cluster, head: bytes, buffers: Sequence[Buffer]
              ) -> list[bytes | Shared]:
@@ -78,6 +85,10 @@ class BufferShares:
                 if len(self._seen) > SEEN_MAX:
                     self._seen.popitem(last=False)
                 return None
+            size = part.nbytes if isinstance(part, memoryview) else len(part)
+            if self._bytes + size > SHARE_BUDGET:
+                return None
+            self._bytes += size  # counted now, so that two threads cannot both pass
         handle = cluster.share(bytes(part))  # outside the lock: a round trip to the peer
         with self._lock:
             self._seen.pop(digest, None)

@@ -156,3 +156,18 @@ def test_a_batch_names_at_most_max_uses_shared_values() -> None:
     again = shares.swap(cluster, parts[0], parts[1:])
     assert sum(isinstance(p, Shared) for p in again) == MAX_USES
     assert again[-3:] == parts[-3:]
+
+
+def test_shared_buffers_stop_at_the_budget_and_travel_inline_past_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2pcluster import _joblib_shares
+    from p2pcluster._joblib_shares import SHARE_MIN, BufferShares
+
+    monkeypatch.setattr(_joblib_shares, "SHARE_BUDGET", 2 * SHARE_MIN)
+    cluster: Any = _FakeCluster()
+    shares = BufferShares()
+    parts = [bytes([i]) * SHARE_MIN for i in range(3)]
+    shares.swap(cluster, b"h", parts)
+    again = shares.swap(cluster, b"h", parts)
+    assert [isinstance(p, Shared) for p in again[1:]] == [True, True, False]
+    assert again[3] == parts[2] and len(cluster.shared) == 2  # the third: inline, as before
