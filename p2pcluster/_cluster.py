@@ -31,6 +31,7 @@ from ._errors import ClusterError, ValueTooLarge
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
 from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
 from ._memberinfo import MemberInfo
+from ._packed import Payload, as_bytes
 from ._placementnews import PlacementReporter
 from ._places import control_path
 
@@ -304,15 +305,16 @@ class Cluster(cf.Executor):
         fetches it once, however many tasks use it; sharing the same value again costs
         nothing (``docs/jobs.md``, "Shared inputs"). Raises :class:`~p2pcluster.SubmitError`
         for a value that cannot travel, :class:`~p2pcluster.ValueTooLarge` over the limit."""
-        from ._shared import flat_and_digest
+        from ._shared import digest_of
         from ._values import encode_shared
 
-        payload, digest = flat_and_digest(encode_shared(value))
+        payload = encode_shared(value)  # the arrays themselves (see _sharing.py)
+        digest = digest_of(payload)
         if digest not in self._shared:
             self._shared[digest] = self._in_trio(self._share, payload, digest)
         return self._shared[digest]
 
-    async def _share(self, payload: bytes, digest: bytes) -> Shared:
+    async def _share(self, payload: Payload, digest: bytes) -> Shared:
         if self._client is None:
             assert self.peer is not None
             return await self.peer.share_payload(payload, digest=digest)
@@ -320,7 +322,7 @@ class Cluster(cf.Executor):
         from ._shared import Shared
 
         try:
-            answer = await self._client.request("share", value=payload)
+            answer = await self._client.request("share", value=as_bytes(payload))
         except DaemonError as exc:
             if "over the limit" in str(exc):  # the daemon's max_value_size
                 raise ValueTooLarge(str(exc)) from None

@@ -53,7 +53,7 @@ from ._rejections import Rejections
 from ._runner import Runner, open_runner
 from ._secret import SecretSource, load_secrets
 from ._secure import WireStatistics
-from ._shared import Shared, digest_of, flat_and_digest
+from ._shared import Shared, digest_of
 from ._sharing import SharingStatistics
 from ._transport import Address
 from ._usage import child_pids, serve_usage
@@ -149,11 +149,11 @@ class Peer:
         """Share ``value`` with the cluster; pass the handle in task arguments, and each
         task gets the value itself. Every peer fetches it once (``docs/jobs.md``, "Shared
         inputs"); this peer keeps it until it closes."""
-        payload, digest = await trio.to_thread.run_sync(
-            lambda: flat_and_digest(encode_shared(value)))
-        return await self.share_payload(payload, digest=digest)
+        payload = encode_shared(value)  # the arrays themselves: see _sharing.py
+        return await self.share_payload(payload, digest=await trio.to_thread.run_sync(
+            digest_of, payload))
 
-    async def share_payload(self, payload: bytes, holder: object = None,
+    async def share_payload(self, payload: Payload, holder: object = None,
                             digest: bytes | None = None) -> Shared:
         """Keep an encoded value (whose SHA-256 is ``digest``, if known) for ``holder`` (see
         :meth:`share`) until :meth:`release_shared`; ValueTooLarge over the limit."""

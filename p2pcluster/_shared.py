@@ -10,11 +10,10 @@ task puts the value in its place (``docs/jobs.md``, "Shared inputs").
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 
-from ._packed import OUT_OF_BAND, Packed, Payload, as_bytes
+from ._packed import Packed, Payload
 
-__all__ = ["TAG_HANDLE", "Shared", "digest_of", "flat_and_digest"]
+__all__ = ["TAG_HANDLE", "Shared", "changed_since_shared", "digest_of"]
 
 #: Our own tag (unregistered, first-come-first-served range): "p2pH", around a digest.
 TAG_HANDLE = 0x70327048
@@ -30,15 +29,11 @@ def digest_of(payload: Payload) -> bytes:
     return digest.digest()
 
 
-def flat_and_digest(payload: Payload) -> tuple[bytes, bytes]:
-    """The plain bytes of an encoded value and their SHA-256. For a large packed value the
-    hash runs in a thread beside the copy (each takes a while for hundreds of megabytes;
-    the hash releases the GIL)."""
-    if not isinstance(payload, Packed) or len(payload) < 16 * OUT_OF_BAND:
-        return as_bytes(payload), digest_of(payload)
-    with ThreadPoolExecutor(1, thread_name_prefix="p2pcluster-digest") as pool:
-        digest = pool.submit(digest_of, payload)
-        return payload.flat(), digest.result()
+def changed_since_shared(digest: bytes) -> str:
+    """Why a shared value's bytes no longer match its digest: its arrays changed."""
+    return (f"the shared value {digest.hex()[:16]} changed after it was shared (its arrays "
+            "are read where they are, not copied at share): share a copy (arr.copy()) to "
+            "go on changing the original, or share it again once changed, for a new handle")
 
 
 class Shared:

@@ -30,12 +30,14 @@ import trio
 
 from ._dataplane import send_value
 from ._errors import ProtocolError, ValueTooLarge, too_large
+from ._handoff import place
 from ._landing import land
-from ._packed import Payload
+from ._packed import Packed, Payload
 from ._proto.messages import FetchShared, JobSpec, ValueHeader
 from ._runner import Runner
 from ._secure import SecureStream
-from ._shared import Shared, digest_of
+from ._shared import Shared, changed_since_shared, digest_of
+from ._shm import available
 from ._transport import Address
 
 __all__ = ["SharedValues", "SharingStatistics"]
@@ -78,7 +80,7 @@ class SharedValues:
         self._limit = max_value_size
         self._address_of = address_of
         self._drop = drop
-        self._owned: dict[bytes, bytes] = {}
+        self._owned: dict[bytes, Payload] = {}
         self._holders: dict[bytes, set[object]] = {}  #: digest -> who shared it here
         self._cached: dict[bytes, _Cached] = {}
         self._fetching: dict[bytes, trio.Event] = {}
@@ -94,7 +96,7 @@ class SharedValues:
 
     # --- as the owner -----------------------------------------------------------------------
 
-    def add(self, payload: bytes, holder: object = None, digest: bytes | None = None
+    def add(self, payload: Payload, holder: object = None, digest: bytes | None = None
             ) -> Shared:
         """Keep ``payload`` (an encoded value whose SHA-256 is ``digest``, computed if not
         given) for ``holder`` until :meth:`release`."""
@@ -135,6 +137,8 @@ class SharedValues:
             while digest in self._fetching:  # another batch fetches it: wait for that one
                 await self._fetching[digest].wait()
             payload: Payload | None = self._owned.get(digest)
+            if isinstance(payload, Packed) and payload.segment is None:
+                payload = await self._snapshot(digest, payload)
             cached = self._cached.get(digest)
             if payload is None and cached is None:
                 cached = await self._fetch_once(spec, digest)
@@ -145,6 +149,23 @@ class SharedValues:
             assert payload is not None
             values[digest] = payload
         return values
+
+    async def _snapshot(self, digest: bytes, payload: Packed) -> Payload:
+        """A value shared here as the caller's own arrays, copied into a segment the first
+        time this peer's workers need it (in a thread), checked against its digest after
+        the copy, and kept instead of the arrays from then on. Raises
+        :class:`~p2pcluster.ProtocolError` if the arrays changed since the share."""
+        self._fetching[digest] = done = trio.Event()  # other batches wait for this one
+        try:
+            placed, actual = await trio.to_thread.run_sync(_placed, payload)
+        finally:
+            del self._fetching[digest]
+            done.set()
+        if actual != digest:
+            raise ProtocolError(changed_since_shared(digest))
+        if digest in self._owned:
+            self._owned[digest] = placed
+        return placed
 
     def job_over(self, job: bytes) -> None:
         """``job`` ended here: values no other job here uses go, ``linger`` seconds from now
@@ -213,6 +234,17 @@ class SharedValues:
         except (OSError, trio.BrokenResourceError) as exc:
             raise ProtocolError(f"{what}: fetching it from {address[0]}:{address[1]} "
                                 f"failed: {exc}") from None
-        if landed.digest != digest:
-            raise ProtocolError(f"{what}: the bytes received do not match its digest")
+        if landed.digest != digest:  # the channel is authenticated: the owner's bytes changed
+            raise ProtocolError(f"{what}: the bytes received do not match its digest; "
+                                + changed_since_shared(digest))
         return landed.payload
+
+
+def _placed(payload: Packed) -> tuple[Packed, bytes]:
+    """``payload``'s buffers copied into one segment (into bytes where there is no shared
+    memory), and the SHA-256 of the copy."""
+    if available():
+        placed = place(payload)
+    else:
+        placed = Packed(payload.heads, [memoryview(bytes(b)) for b in payload.buffers])
+    return placed, digest_of(placed)

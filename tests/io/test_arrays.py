@@ -399,6 +399,33 @@ async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
         await _until(lambda: b.statistics().sharing.cached == 0, "b freed its cache")
 
 
+async def test_a_shared_array_is_not_copied_and_a_change_after_share_fails_its_tasks(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``share`` keeps the caller's array itself, named by its SHA-256. Changed before a
+    peer fetched it, the peer's check of the digest fails the tasks that use it, with a
+    message that says what to do; on the owner, its own workers' copy is checked the same
+    way. Shared again once changed, it is a new value, and runs."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    matrix = np.random.default_rng(4).standard_normal((400, 1000))  # 3.2 MB
+    expected = r"changed after it was shared .*share a copy \(arr.copy\(\)\)"
+    async with owner_and_worker(secret, unique_cluster(), workers=1) as (a, b):
+        handle = await a.share(matrix)
+        matrix[0, 0] += 1.0
+        with trio.fail_after(WAIT), pytest.raises(TaskError, match=expected):
+            await a.run(arrayfuncs.dot_row, handle, 0)  # on b: a has no workers
+        again = await a.share(matrix)
+        assert again != handle
+        with trio.fail_after(WAIT):
+            assert await a.run(arrayfuncs.dot_row, again, 0) == float(matrix[0].sum())
+    async with open_peer(config(secret, unique_cluster(), node_name="c"),
+                         include=[ARRAYFUNCS]) as c:
+        handle = await c.share(matrix)
+        matrix.sort(axis=1)
+        with trio.fail_after(WAIT), pytest.raises(TaskError, match=expected):
+            await c.run(arrayfuncs.dot_row, handle, 1)  # on c's own worker
+
+
 async def test_a_shared_value_lingers_for_the_next_job_then_goes(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``shared_linger``, a job that uses a value soon after the last one ended finds
