@@ -418,6 +418,7 @@ async def test_a_shared_array_is_not_copied_and_a_change_after_share_fails_its_t
         assert again != handle
         with trio.fail_after(WAIT):
             assert await a.run(arrayfuncs.dot_row, again, 0) == float(matrix[0].sum())
+        assert b.statistics().workers.tasks == 1  # the failed task never reached a worker
     async with open_peer(config(secret, unique_cluster(), node_name="c"),
                          include=[ARRAYFUNCS]) as c:
         handle = await c.share(matrix)
