@@ -105,7 +105,8 @@ class Execution:
             return
         if self._owner.owns(spec.job):
             self._owner.accept(spec.job, self._ctx.node_id, results)
-        elif spec.owner not in self._ctx.dead and not self._owner.owned.ended(spec.job):
+        elif spec.owner not in self._ctx.dead | {self._ctx.node_id} and not (
+                self._owner.owned.ended(spec.job)):  # our own job, not ours now: it is over
             self._send_results(spec, results)
 
     def push_done(self, job: bytes, tid: int, delivered: bool,

@@ -23,7 +23,7 @@ from p2pcluster._proto.messages import (
 )
 from p2pcluster._proto.ownership import ids_from_runs, runs_from_ids
 from p2pcluster._proto.policy import WorkPolicy
-from p2pcluster._proto.stealing import StealingMachine
+from p2pcluster._proto.stealing import ENDED_JOBS_KEPT, StealingMachine
 from p2pcluster._proto.workevents import (
     JobDropped,
     JobFinished,
@@ -259,6 +259,23 @@ def test_tasks_given_back_after_the_job_ended_are_dropped() -> None:
     thief.receive(0.1, CancelJob(b"j1"))
     thief.finished(0.6, batch, [], 0.6, batch.items[1:])
     assert len(thief.queue) == 0
+
+
+def test_results_of_our_own_job_that_ended_long_ago_go_nowhere() -> None:
+    """A batch of our own job that ends after the job did, once the job is no longer among
+    the ended jobs remembered (a client that left with more jobs running than that), is not
+    sent to ourselves over the network."""
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2))
+    batch = owner.take(0.0, 2)
+    assert batch is not None
+    owner.cancel(0.1, b"j1")
+    for n in range(ENDED_JOBS_KEPT):  # the ended job falls out of those remembered
+        owner.submit(0.2, spec(job=n.to_bytes(4, "big")), [])
+        owner.cancel(0.2, n.to_bytes(4, "big"))
+    owner.take_outputs()
+    owner.finished(0.3, batch, list(ok(0, 1)), 0.2)
+    assert [o for o in owner.take_outputs() if o.dst == A] == []
 
 
 def test_batches_follow_the_measured_task_time() -> None:
