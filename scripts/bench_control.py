@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
     args = parser.parse_args(argv)
+    bench_tasks.unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
         out = report(measure(args, Path(tmp)), args)
     print(json.dumps(out, indent=None if args.json else 2))

@@ -53,6 +53,7 @@ SCRIPTS = ROOT / "scripts"
 WORK_FILE = SCRIPTS / "bench_data_work.py"
 sys.path[:0] = [str(ROOT), str(SCRIPTS)]
 import bench_data_work  # noqa: E402
+import bench_tasks  # noqa: E402
 from bench_tasks import free_port  # noqa: E402
 
 READY_TIMEOUT = 60.0
@@ -298,6 +299,7 @@ def main() -> int:
         if key not in sizes or not value.isdigit():
             parser.error(f"--size {item}: expected KEY=N with KEY one of {', '.join(sizes)}")
         sizes[key] = int(value)
+    bench_tasks.unwind_on_sigterm()
     out: dict[str, Any] = dict.fromkeys(KEYS)
     out["errors"] = {}
     out["sizes"] = sizes

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed searches per system")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
     args = parser.parse_args(argv)
+    bench_tasks.unwind_on_sigterm()
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))

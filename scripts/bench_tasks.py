@@ -182,6 +182,13 @@ def _raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def unwind_on_sigterm() -> None:
+    """From now on SIGTERM (``timeout``, ``kill``) unwinds this process's stack, so every
+    ``finally`` and ``with`` runs: the peers a benchmark started in sessions of their own are
+    stopped, not left running."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
 def _pool_worker_signals() -> None:
     """Ctrl-C is for the parent, which then terminates the pool: a worker interrupted while
     it holds the pool's queue lock would make ``Pool.terminate`` wait forever."""
@@ -659,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = {w.strip().lower() for w in args.only.split(",") if w.strip()}
     if not only or only - set(WORKLOADS) or args.repeat < 1 or args.tasks < 1:
         parser.error(f"--only takes some of {','.join(WORKLOADS)}; --repeat and --tasks >= 1")
-    signal.signal(signal.SIGTERM, _raise_exit)
+    unwind_on_sigterm()
     costs = w3_costs()
     largest = max(range(len(costs)), key=costs.__getitem__)
     _log(f"W3: the largest task is #{largest} of {len(costs)} ({costs[largest]:.3f} s)")
