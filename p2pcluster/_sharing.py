@@ -84,6 +84,7 @@ class SharedValues:
         self._holders: dict[bytes, set[object]] = {}  #: digest -> who shared it here
         self._cached: dict[bytes, _Cached] = {}
         self._fetching: dict[bytes, trio.Event] = {}
+        self._changed: set[bytes] = set()  #: shared here, and found changed since
         self._linger = linger
         self._idle: dict[bytes, float] = {}  #: cached, used by no job here, since
         self._wake = trio.Event()  #: set when a value became idle
@@ -112,6 +113,7 @@ class SharedValues:
             holders.discard(holder)
             if not holders:
                 del self._holders[digest], self._owned[digest]
+                self._changed.discard(digest)
                 if digest not in self._cached:
                     freed.append(digest)
         if freed:
@@ -154,7 +156,10 @@ class SharedValues:
         """A value shared here as the caller's own arrays, copied into a segment the first
         time this peer's workers need it (in a thread), checked against its digest after
         the copy, and kept instead of the arrays from then on. Raises
-        :class:`~p2pcluster.ProtocolError` if the arrays changed since the share."""
+        :class:`~p2pcluster.ProtocolError` if the arrays changed since the share (at once,
+        without another copy, for every later batch that uses it)."""
+        if digest in self._changed:
+            raise ProtocolError(changed_since_shared(digest))
         self._fetching[digest] = done = trio.Event()  # other batches wait for this one
         try:
             placed, actual = await trio.to_thread.run_sync(_placed, payload)
@@ -162,6 +167,7 @@ class SharedValues:
             del self._fetching[digest]
             done.set()
         if actual != digest:
+            self._changed.add(digest)
             raise ProtocolError(changed_since_shared(digest))
         if digest in self._owned:
             self._owned[digest] = placed

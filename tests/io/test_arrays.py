@@ -423,8 +423,10 @@ async def test_a_shared_array_is_not_copied_and_a_change_after_share_fails_its_t
                          include=[ARRAYFUNCS]) as c:
         handle = await c.share(matrix)
         matrix.sort(axis=1)
-        with trio.fail_after(WAIT), pytest.raises(TaskError, match=expected):
-            await c.run(arrayfuncs.dot_row, handle, 1)  # on c's own worker
+        for row in (1, 2):  # the second fails at once, from what the first found
+            with trio.fail_after(WAIT), pytest.raises(TaskError, match=expected):
+                await c.run(arrayfuncs.dot_row, handle, row)  # on c's own worker
+        assert c.statistics().workers.tasks == 0
 
 
 async def test_a_shared_value_lingers_for_the_next_job_then_goes(
