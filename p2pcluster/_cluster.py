@@ -29,6 +29,7 @@ import trio
 from ._config import Config
 from ._errors import ClusterError, ValueTooLarge
 from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink, TaskFuture
+from ._heldargs import taken_now
 from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
 from ._memberinfo import MemberInfo
 from ._packed import Payload, as_bytes
@@ -212,6 +213,8 @@ class Cluster(cf.Executor):
         if client is not None:  # straight from this thread: no wake-up of the trio thread
             self._send_to_daemon(client, request, sink)
             return
+        request = dataclasses.replace(request, payloads=taken_now(  # (see _heldargs)
+            request.payloads, self.config.inline_value_size))
         try:
             self._token.run_sync_soon(self._start_job, request, sink)
         except trio.RunFinishedError:

@@ -34,7 +34,7 @@ from ._proto.messages import Results, TaskItem, TaskResult, TaskStatus
 from ._values import encode_error
 
 __all__ = ["ArgumentChanged", "HeldArgs", "HeldResults", "Summer", "changed_result", "checked",
-           "new_sum", "verify"]
+           "new_sum", "taken_now", "verify"]
 
 
 class HeldArgs:
@@ -52,7 +52,7 @@ class HeldArgs:
         tasks: list[tuple[int, bytes] | TaskItem] = []
         for tid, payload in enumerate(payloads):
             if isinstance(payload, Packed) and len(payload) > inline_limit:
-                held[tid] = checked(payload) if check else payload
+                held[tid] = checked(payload) if check and not payload.sums else payload
                 tasks.append(TaskItem(tid, 0, b"", len(payload)))
             else:
                 tasks.append((tid, payload if isinstance(payload, bytes) else payload.flat()))
@@ -135,6 +135,20 @@ class ArgumentChanged(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(f"argument array {index} changed after submit")
         self.index = index
+
+
+def taken_now(payloads: Sequence[Payload], inline_limit: int) -> list[Payload]:
+    """Arguments as they are now, for a caller in another thread than the peer's (an
+    embedded ``Cluster``, whose job starts a moment later in the trio thread): small packed
+    ones joined (a copy), large ones summed. Else an array changed right after ``submit``
+    returned could be read, or summed, as changed, before the job even started."""
+    taken: list[Payload] = []
+    for payload in payloads:
+        if not isinstance(payload, Packed):
+            taken.append(payload)
+        else:
+            taken.append(payload.flat() if len(payload) <= inline_limit else checked(payload))
+    return taken
 
 
 def checked(value: Packed) -> Packed:

@@ -146,6 +146,27 @@ def test_object_and_structured_arrays_are_refused_with_what_to_do(cluster: Clust
         "ufunc" in failed.value.remote_message)
 
 
+def test_a_buffer_refilled_after_cluster_submit_is_caught_or_was_taken(cluster: Cluster
+                                                                        ) -> None:
+    """``Cluster.submit`` returns before the job starts in the peer's thread: what it holds
+    of the arguments is taken in the caller's thread, so refilling a buffer right after
+    each submit, as a loop does, never races the job's start. A small array (it rides in
+    the task) was copied: each task gets its own values. A large one (held by the owner,
+    not copied) was summed: the tasks whose array changed fail with ArgumentChanged, and
+    the last one, whose array is as submitted, runs."""
+    small, large = np.zeros(1000), np.zeros(100_000)  # 8 kB, 800 kB (over 256 KiB)
+    small_futures, large_futures = [], []
+    for i in range(4):
+        small[:], large[:] = i, i
+        small_futures.append(cluster.submit(arrayfuncs.total, small))
+        large_futures.append(cluster.submit(arrayfuncs.total, large))
+    assert [f.result(WAIT) for f in small_futures] == [1000.0 * i for i in range(4)]
+    for future in large_futures[:3]:
+        with pytest.raises(TaskError, match="ArgumentChanged: argument array 0"):
+            future.result(WAIT)
+    assert large_futures[3].result(WAIT) == 300_000.0
+
+
 @pytest.fixture
 def secret(tmp_path: Path) -> Path:
     path = tmp_path / "secret"
