@@ -5,9 +5,10 @@ section 3.7):
 
 - **Arguments.** A peer about to run tasks whose arguments stayed at the job's owner sends
   :class:`FetchArgs`; the owner answers each task with a :class:`ValueHeader` and the bytes.
-  The fetching peer asks for one task's arguments per stream, checks the size against its
-  own ``max_value_size`` *before* it reads a byte of the value, and if it is over, closes
-  the stream unread and fails that task (naming both sizes and the setting).
+  The fetching peer asks for a batch's arguments on one stream, checks each size against
+  its own ``max_value_size`` *before* it reads a byte of the value, and if it is over,
+  closes the stream unread, fails that task (naming both sizes and the setting), and asks
+  for the rest on a new stream.
 - **Results.** A peer whose task returned a large result sends :class:`PushResult` and the
   bytes; the owner checks the size against its limit before reading them, and answers
   :class:`ResultAck`.
@@ -221,38 +222,49 @@ class DataPlane:
 
     async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
                      ) -> tuple[dict[int, Payload], list[TaskResult]]:
-        """Each task's arguments on a stream of its own: a value over the limit is refused
-        by closing its stream, without reading a byte of it."""
+        """The tasks' arguments, all asked for on one stream (a connection and a handshake
+        per batch, not per task). A value over the limit is refused by closing the stream
+        without reading a byte of it; the tasks after it are asked for on a new stream. A
+        stream that breaks costs the task in flight (left out, as the owner no longer has
+        it), and the rest are asked for again on a new one."""
         fetched: dict[int, Payload] = {}
         failed: list[TaskResult] = []
-        address = self._owner.address_of(spec.owner)
-        for item in items:
-            if address is None:
-                break
+        left = [item.id for item in items]
+        while left and (address := self._owner.address_of(spec.owner)) is not None:
             try:
                 async with await self._runner.connect(address) as stream:
-                    await stream.send(FetchArgs(spec.job, (item.id,)))
-                    await self._receive_arg(stream, spec, fetched, failed, stock)
+                    await stream.send(FetchArgs(spec.job, tuple(left)))
+                    while left:
+                        usable = await self._receive_arg(stream, spec, left[0], fetched,
+                                                         failed, stock=stock)
+                        left.pop(0)
+                        if not usable:
+                            break
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("fetching arguments of job %s from %s:%d failed: %s",
                           spec.job.hex()[:8], *address, exc)
+                if left:
+                    left.pop(0)
         return fetched, failed
 
-    async def _receive_arg(self, stream: SecureStream, spec: JobSpec,
-                           fetched: dict[int, Payload], failed: list[TaskResult],
-                           stock: SegmentStock | None) -> None:
+    async def _receive_arg(self, stream: SecureStream, spec: JobSpec, expected: int,
+                           fetched: dict[int, Payload], failed: list[TaskResult], *,
+                           stock: SegmentStock | None) -> bool:
+        """Receive task ``expected``'s arguments into ``fetched`` (or an error result into
+        ``failed``); False if that left the stream unusable (a value refused unread)."""
         header = await stream.receive()
-        if not isinstance(header, ValueHeader):
-            raise ProtocolError(f"expected a ValueHeader, got {type(header).__name__}")
+        if not isinstance(header, ValueHeader) or header.id != expected:
+            raise ProtocolError(f"expected the ValueHeader of task {expected}, got {header}")
         if not header.found:
-            return
+            return True
         if header.size > self._limit:  # the stream closes unread: nothing is buffered
             message = too_large(f"the arguments of {spec.qualname} (task {header.id})",
                                 header.size, self._limit, f"peer {self._name}")
             failed.append(TaskResult(header.id, TaskStatus.ERROR,
                                      encode_error("ValueTooLarge", message)))
-            return
+            return False
         fetched[header.id] = (await land(stream, header.size, stock=stock)).payload
+        return True
 
     async def push(self, out: PushValue) -> None:
         """Carry out a :class:`PushValue`: a few attempts, then give up, saying so (the

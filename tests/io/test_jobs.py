@@ -530,6 +530,49 @@ async def test_large_arguments_and_results_cross_between_peers(secret: Path) -> 
             assert a.statistics().stealing.completed == 4
 
 
+async def test_a_batch_fetches_its_arguments_on_one_stream_past_a_refused_one(
+        secret: Path) -> None:
+    """b runs every task (a has no worker), in batches of up to 8: it asks for a batch's
+    arguments on one data stream, not one stream per task. The argument of task 1 is over
+    b's own limit (not a's): b refuses it unread, that task fails naming b and the setting,
+    and the tasks after it in the batch come on a new stream."""
+    import hashlib
+
+    cluster = unique_cluster()
+    sizes = [300_000, 2_000_000, *[300_000 + 1000 * i for i in range(6)]]
+    values = [jobfuncs.blob(n, i) for i, n in enumerate(sizes)]
+    async with open_peer(config(secret, cluster, node_name="a", workers=0),
+                         include=[JOBFUNCS]) as a:
+        seed = f"127.0.0.1:{a.address[1]}"
+        async with open_peer(config(secret, cluster, node_name="b", seeds=(seed,),
+                                    max_value_size=1_500_000), include=[JOBFUNCS]) as b:
+            await until(lambda: {m.name for m in a.members() if m.alive} == {"a", "b"},
+                        "a sees b")
+            await until(lambda: warm(b), "b's workers started")
+            assert await a.run(jobfuncs.add, 1, 2) == 3  # b's links to a are open now
+            opened = b.wire_statistics().streams_opened
+            results: dict[int, Any] = {}
+            request = a.request(jobfuncs.digest, encode_map_args([values]), chunksize=8)
+            with trio.fail_after(WAIT):
+                async with a.open_job(request) as job:
+                    job.listeners.append(
+                        lambda batch: results.update((r.task, r) for r in batch))
+                    await job.wait()
+            opened = b.wire_statistics().streams_opened - opened
+    assert sorted(results) == list(range(len(values)))
+    for i, value in enumerate(values):
+        if i != 1:
+            assert unpack(*results[i][1:]) == hashlib.sha256(value).hexdigest()
+    with pytest.raises(TaskError) as failed:
+        unpack(*results[1][1:])
+    assert failed.value.type_name == "ValueTooLarge"
+    assert "over the limit of 1,500,000 bytes on peer b" in failed.value.remote_message
+    assert "max_value_size" in failed.value.remote_message
+    # One stream per task was 8 (and one more for anything else b opened); one per batch,
+    # plus one past the refused value, is 5 here, how many depending on the grants' sizes.
+    assert opened < len(values), opened
+
+
 async def test_values_over_the_limit_fail_with_the_named_error(secret: Path) -> None:
     async with two_peers(secret, max_value_size=1024 * 1024) as (a, _b):
         with pytest.raises(ValueTooLarge) as too_big:
