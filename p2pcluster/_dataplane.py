@@ -225,8 +225,9 @@ class DataPlane:
         """The tasks' arguments, all asked for on one stream (a connection and a handshake
         per batch, not per task). A value over the limit is refused by closing the stream
         without reading a byte of it; the tasks after it are asked for on a new stream. A
-        stream that breaks costs the task in flight (left out, as the owner no longer has
-        it), and the rest are asked for again on a new one."""
+        stream that breaks costs the task in flight, which is left out of the batch (its
+        owner queues it again once this peer's reports stop naming it), and the rest are
+        asked for on a new one."""
         fetched: dict[int, Payload] = {}
         failed: list[TaskResult] = []
         left = [item.id for item in items]
@@ -254,7 +255,9 @@ class DataPlane:
         ``failed``); False if that left the stream unusable (a value refused unread)."""
         header = await stream.receive()
         if not isinstance(header, ValueHeader) or header.id != expected:
-            raise ProtocolError(f"expected the ValueHeader of task {expected}, got {header}")
+            got = (f"the one of task {header.id}" if isinstance(header, ValueHeader)
+                   else type(header).__name__)
+            raise ProtocolError(f"expected the ValueHeader of task {expected}, got {got}")
         if not header.found:
             return True
         if header.size > self._limit:  # the stream closes unread: nothing is buffered

@@ -354,7 +354,8 @@ async def test_an_argument_a_task_keeps_is_never_overwritten_by_later_ones(
     assert got == [arrays[0].tobytes()]
 
 
-async def _changed_after_submit(owner: Any) -> dict[int, JobResult]:
+async def _changed_after_submit(owner: Any, chunksize: int | None = None
+                                ) -> dict[int, JobResult]:
     """Three large arrays in one job: the first refilled and the second sorted in place
     right after submit (before any task could take them), the third left alone."""
     rng = np.random.default_rng(7)
@@ -363,7 +364,8 @@ async def _changed_after_submit(owner: Any) -> dict[int, JobResult]:
     results: list[JobResult] = []
     with trio.fail_after(WAIT):
         async with owner.open_job(owner.request(
-                arrayfuncs.total, [encode_args((arr,), {}) for arr in arrays])) as job:
+                arrayfuncs.total, [encode_args((arr,), {}) for arr in arrays],
+                chunksize=chunksize)) as job:
             arrays[0][:] = 1.0
             arrays[1].sort()
             job.listeners.append(results.extend)
@@ -390,6 +392,19 @@ async def test_an_array_changed_after_submit_fails_its_task_on_a_remote_peer(
         assert b.statistics().workers.tasks == 1  # only the untouched one ran
         with trio.fail_after(WAIT):  # and the link still works
             assert await a.run(arrayfuncs.total, np.ones(100_000)) == 100_000.0
+
+
+async def test_arrays_changed_in_the_middle_of_a_fetched_batch_fail_only_their_tasks(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a chunksize, tasks share a batch, whose arguments the peer asks for on one
+    stream: the owner ends that stream short of a changed array, and the peer asks for the
+    tasks after it on a new stream (where the next changed one ends it short as well); the
+    untouched task still runs, and the changed ones fail, each with its own message."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    async with owner_and_worker(secret, unique_cluster()) as (a, b):
+        await _changed_after_submit(a, chunksize=3)
+        assert b.statistics().workers.tasks == 1  # only the untouched one ran
 
 
 async def test_an_array_changed_after_submit_fails_its_task_on_the_owner(
