@@ -214,8 +214,6 @@ class P2P:
 
 
 def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
-    import numpy as np
-
     with contextlib.ExitStack() as stack:
         p2p = P2P(stack, tmp)
         clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
@@ -228,22 +226,7 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
         out["d3_remote_peak_rss_mb"] = tree_peak_rss_mb(p2p.peer.pid)
         _log(f"D3 {out['d3_wall_s']:.2f} s")
 
-        list(p2p.cluster.map(bench_data_work.total, warm_arrays(sizes)))
-        arrays = d1_arrays(sizes)
-        expected = [float(np.sum(a)) for a in arrays]
-        rounds = []
-        for _ in range(D1_ROUNDS):
-            clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
-            sums = list(p2p.cluster.map(bench_data_work.total, arrays))
-            wall = time.perf_counter() - start
-            assert sums == expected, "D1 results differ"
-            rounds.append((wall, clock.spent(), clock.faults()))
-        wall, out["d1_cpu_s"], out["d1_faults"] = rounds[0]
-        out["d1_gbps"] = gbps(arrays, wall)
-        out["d1_rounds_gbps"] = [round(gbps(arrays, r[0]), 3) for r in rounds]
-        out["d1_owner_peak_rss_mb"] = peak_rss_mb()
-        del arrays
-        _log(f"D1 {out['d1_gbps']:.3f} GB/s")
+        measure_d1(p2p, sizes, out)
 
         arr, tasks = d2_array(sizes), sizes["d2_tasks"]
         before = p2p.sharing()["fetched_bytes"]
@@ -257,6 +240,28 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
         out["d2_bytes_per_peer"] = p2p.sharing()["fetched_bytes"] - before
         out["d2_array_bytes"] = int(arr.nbytes)
         _log(f"D2 {out['d2_wall_s']:.2f} s, {out['d2_bytes_per_peer']:,} bytes")
+
+
+def measure_d1(p2p: P2P, sizes: dict[str, int], out: dict[str, Any]) -> None:
+    """D1 on p2pcluster: warm, then D1's rounds (the first is the figure)."""
+    import numpy as np
+
+    list(p2p.cluster.map(bench_data_work.total, warm_arrays(sizes)))
+    arrays = d1_arrays(sizes)
+    expected = [float(np.sum(a)) for a in arrays]
+    rounds = []
+    for _ in range(D1_ROUNDS):
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
+        sums = list(p2p.cluster.map(bench_data_work.total, arrays))
+        wall = time.perf_counter() - start
+        assert sums == expected, "D1 results differ"
+        rounds.append((wall, clock.spent(), clock.faults()))
+    wall, out["d1_cpu_s"], out["d1_faults"] = rounds[0]
+    out["d1_gbps"] = gbps(arrays, wall)
+    out["d1_rounds_gbps"] = [round(gbps(arrays, r[0]), 3) for r in rounds]
+    out["d1_owner_peak_rss_mb"] = peak_rss_mb()
+    del arrays
+    _log(f"D1 {out['d1_gbps']:.3f} GB/s")
 
 
 def d1_arrays(sizes: dict[str, int], count: int | None = None, first: int = 0) -> list[Any]:
