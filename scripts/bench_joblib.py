@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--quick", action="store_true", help="8 fits: check that it runs")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="timed searches per system; the best counts (default 3)")
+                        help="rounds: each system is started and timed once per round; its "
+                             "best round counts (default 3)")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
     args = parser.parse_args(argv)
     bench_tasks.unwind_on_sigterm()
