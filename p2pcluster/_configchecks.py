@@ -19,6 +19,8 @@ def network_checks(config: Config) -> list[tuple[bool, str]]:
         (0 <= config.port <= 65535, "port must be 0..65535"),
         (512 <= config.max_datagram_size <= 1400, "max_datagram_size must be 512..1400"),
         (64 * 1024 <= config.max_frame_size <= 2**31, "max_frame_size must be 64 KiB..2 GiB"),
+        (config.stream_cipher in ("auto", "aes-256-gcm", "chacha20-poly1305"),
+         'stream_cipher must be "auto", "aes-256-gcm" or "chacha20-poly1305"'),
         (config.replay_window > 0, "replay_window must be positive"),
         (config.replay_cache_size >= 1000, "replay_cache_size must be at least 1000"),
         (config.handshake_timeout > 0, "handshake_timeout must be positive"),

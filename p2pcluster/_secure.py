@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from ._config import Config
+from ._cpu import cpu_has_aes
 from ._errors import (
     ClockSkew,
     DecodeError,
@@ -41,7 +42,13 @@ from ._gate import ConnectLimits, HandshakeGate, serve_streams
 from ._pacing import Pacer
 from ._proto import wire
 from ._proto.envelope import ClusterKey, DatagramOpener, DatagramSealer, Entropy, Keyring
-from ._proto.handshake import HELLO_SIZE, PROOF_SIZE, ClientHandshake, ServerHandshake
+from ._proto.handshake import (
+    AES_256_GCM,
+    HELLO_SIZE,
+    PROOF_SIZE,
+    ClientHandshake,
+    ServerHandshake,
+)
 from ._proto.keychoice import KeyChoice
 from ._proto.messages import Message
 from ._rejections import Rejections, RejectionTally
@@ -72,7 +79,9 @@ class WireStatistics:
     ``dropped_malformed`` datagrams that authenticated but did not decode (a peer of another
     version, or a bug). ``handshakes_refused`` counts connections closed unread because their
     address had ``max_handshakes_per_host`` in progress; ``handshake_retries`` handshakes we
-    tried again under another key; ``streams_revoked`` streams ended by a key's revocation.
+    tried again under another key; ``streams_revoked`` streams ended by a key's revocation;
+    ``streams_aes_gcm`` the streams opened or accepted that use AES-256-GCM (the others use
+    ChaCha20-Poly1305, see ``Config.stream_cipher``).
     """
 
     datagrams_sent: int = 0
@@ -91,6 +100,7 @@ class WireStatistics:
     handshakes_refused: int = 0
     handshake_retries: int = 0
     streams_revoked: int = 0
+    streams_aes_gcm: int = 0
     frames_sent: int = 0
     frames_received: int = 0
     frames_rejected: int = 0
@@ -140,6 +150,8 @@ class SecureWire:
         self._keys = KeyChoice()
         self._connects = ConnectLimits(config.max_handshakes_per_host)
         self._streams: weakref.WeakSet[SecureStream] = weakref.WeakSet()
+        self._offer_aes = config.stream_cipher == "aes-256-gcm" or (
+            config.stream_cipher == "auto" and cpu_has_aes())
         self._sealer = DatagramSealer(keyring, entropy, node_id)
         self._opener = DatagramOpener(keyring, node_id, window=config.replay_window,
                                       cache_size=config.replay_cache_size,
@@ -259,7 +271,8 @@ class SecureWire:
 
     async def _connect_with(self, dst: Address, key: ClusterKey) -> SecureStream:
         handshake = ClientHandshake(self.keyring, self._entropy, node_id=self.node_id,
-                                    max_frame=self.config.max_frame_size, key=key)
+                                    max_frame=self.config.max_frame_size, key=key,
+                                    offer_aes=self._offer_aes)
         stream = await self.transport.open_stream(dst)
         try:
             await stream.send_all(handshake.hello())
@@ -276,6 +289,7 @@ class SecureWire:
             raise
         self._keys.heard(session.origin, dst)
         self.count("streams_opened")
+        self.count("streams_aes_gcm", session.cipher == AES_256_GCM)
         return self._track(SecureStream(self, stream, session, dst))
 
     def _track(self, stream: SecureStream) -> SecureStream:
@@ -288,7 +302,8 @@ class SecureWire:
         The hello must arrive within ``hello_timeout`` and the proof within
         ``handshake_timeout``; nothing but their exact sizes is read."""
         handshake = ServerHandshake(self.keyring, self._entropy, node_id=self.node_id,
-                                    max_frame=self.config.max_frame_size)
+                                    max_frame=self.config.max_frame_size,
+                                    offer_aes=self._offer_aes)
         session, why = None, "no handshake within handshake_timeout"
         with trio.move_on_after(self.config.handshake_timeout):
             try:
@@ -309,6 +324,7 @@ class SecureWire:
             return None
         self._keys.heard(session.origin)  # not its address: the client's port is ephemeral
         self.count("streams_accepted")
+        self.count("streams_aes_gcm", session.cipher == AES_256_GCM)
         return self._track(SecureStream(self, stream, session, src))
 
     async def serve(self, listener: StreamListener,

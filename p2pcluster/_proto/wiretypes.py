@@ -19,9 +19,11 @@ from typing import Annotated
 #: (``FetchVersions``/``Versions``), and binds both node ids into every datagram's envelope
 #: (envelope version 2) and into the stream handshake (handshake version 2), with each peer's
 #: current key id.
-PROTOCOL_VERSION = 3
+#: Version 4 lets a stream run under AES-256-GCM when both ends offer it, and replaces each
+#: direction's key every 64 GiB (handshake version 3, with an offers byte in each hello).
+PROTOCOL_VERSION = 4
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({3})
+SUPPORTED_VERSIONS = frozenset({4})
 
 
 @dataclass(frozen=True, slots=True)

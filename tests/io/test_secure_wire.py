@@ -7,12 +7,14 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
 
 import pytest
 import trio
 import trio.testing
 
 from p2pcluster import Config, HandshakeError, ProtocolError
+from p2pcluster._cpu import cpu_has_aes
 from p2pcluster._proto.envelope import Keyring
 from p2pcluster._proto.handshake import HELLO_SIZE, ClientHandshake
 from p2pcluster._proto.messages import Ack, Nack, Ping, PushPull
@@ -51,6 +53,29 @@ async def _expect_drop_then_valid(receiver, sender, raw: bytes, hosts: Hosts) ->
     with trio.fail_after(5):
         msg, *_ = await receiver.receive()
     assert msg == Nack(seq=99)
+
+
+@pytest.mark.parametrize(("client", "server", "aes"), [
+    ("aes-256-gcm", "auto", None), ("aes-256-gcm", "aes-256-gcm", True),
+    ("chacha20-poly1305", "aes-256-gcm", False), ("aes-256-gcm", "chacha20-poly1305", False)])
+async def test_streams_use_aes_gcm_when_both_peers_offer_it(
+        hosts: Hosts, client: str, server: str, aes: bool | None) -> None:
+    """``stream_cipher`` decides the offer; "auto" offers AES-256-GCM on a CPU with AES
+    instructions. Messages travel either way."""
+    wa = SecureWire(hosts.a, Keyring.from_secrets([SECRET], "default"),
+                    replace(CONFIG, stream_cipher=client), node_id=os.urandom(16))
+    wb = SecureWire(hosts.b, Keyring.from_secrets([SECRET], "default"),
+                    replace(CONFIG, stream_cipher=server), node_id=os.urandom(16))
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, _echo)
+            async with await wa.connect(listener.local_address) as stream:
+                await stream.send(Ping(seq=1, target=b"x"))
+                assert await stream.receive() == Ping(seq=1, target=b"x")
+            nursery.cancel_scope.cancel()
+    expected = cpu_has_aes() if aes is None else aes
+    assert wa.statistics().streams_aes_gcm == wb.statistics().streams_aes_gcm == expected
 
 
 @pytest.mark.parametrize(("secret", "cluster"), [(OTHER, "default"), (SECRET, "lab")])

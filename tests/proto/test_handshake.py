@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from p2pcluster import AuthenticationError, HandshakeError, MessageTooLarge, ProtocolError
 from p2pcluster._proto.envelope import Keyring, derive_key
 from p2pcluster._proto.handshake import (
+    AES_256_GCM,
+    CHACHA20_POLY1305,
     HELLO_SIZE,
     PROOF_SIZE,
     ClientHandshake,
@@ -34,8 +36,9 @@ def client_of(keyring: Keyring, rng: random.Random, **kw: object) -> ClientHands
                            **kw)  # type: ignore[arg-type]
 
 
-def server_of(keyring: Keyring, rng: random.Random) -> ServerHandshake:
-    return ServerHandshake(keyring, rng.randbytes, node_id=SERVER, max_frame=MAX)
+def server_of(keyring: Keyring, rng: random.Random, **kw: object) -> ServerHandshake:
+    return ServerHandshake(keyring, rng.randbytes, node_id=SERVER, max_frame=MAX,
+                           **kw)  # type: ignore[arg-type]
 
 
 def connect(client_ring: Keyring | None = None, server_ring: Keyring | None = None,
@@ -176,7 +179,7 @@ def test_wrong_proof_is_rejected() -> None:
     client = client_of(ring(), rng)
     server = server_of(ring(), rng)
     session, _ = client.receive(server.receive(client.hello()))
-    session._send_counter = 0  # re-use frame 0 for a different payload of the proof's size
+    session._send._counter = 0  # re-use frame 0 for a different payload of the proof's size
     with pytest.raises(HandshakeError, match="transcript"):
         server.finish(session.seal(b"not the transcript".ljust(32)))
 
@@ -290,3 +293,57 @@ def test_fuzz_hello_and_frames(rng: random.Random) -> None:
     except ProtocolError:
         return
     assert bad == wire or len(bad) < len(wire) or session.buffered
+
+
+@pytest.mark.parametrize(("client_aes", "server_aes", "cipher"), [
+    (True, True, AES_256_GCM), (True, False, CHACHA20_POLY1305),
+    (False, True, CHACHA20_POLY1305), (False, False, CHACHA20_POLY1305)])
+def test_aes_gcm_only_when_both_sides_offer_it(client_aes: bool, server_aes: bool,
+                                               cipher: str) -> None:
+    rng = random.Random(11)
+    client = client_of(ring(), rng, offer_aes=client_aes)
+    server = server_of(ring(), rng, offer_aes=server_aes)
+    c, proof = client.receive(server.receive(client.hello()))
+    s = server.finish(proof)
+    assert c.cipher == s.cipher == cipher
+    s.feed(c.seal(b"x" * 5000))
+    assert s.next_payload() == b"x" * 5000
+    c.feed(s.seal(b"pong"))
+    assert c.next_payload() == b"pong"
+
+
+def test_the_offer_is_authenticated() -> None:
+    """Flipping the offer in transit fails the hello: nobody without the key can steer the
+    cipher (the offer sits in the sealed body, which the transcript also covers)."""
+    rng = random.Random(12)
+    client = client_of(ring(), rng, offer_aes=True)
+    hello = bytearray(client.hello())
+    hello[HELLO_SIZE - 17] ^= 0x01  # the offers byte, last before the tag
+    with pytest.raises(HandshakeError, match="authentication"):
+        server_of(ring(), rng, offer_aes=True).receive(bytes(hello))
+
+
+def _session_pair(cipher: str, rekey_bytes: int, receiver_rekey: int) -> tuple[Session, Session]:
+    a, b = bytes(range(32)), bytes(range(32, 64))
+    origin = connect()[0].origin
+    return (Session(a, b, max_frame=MAX, origin=origin, cipher=cipher, rekey_bytes=rekey_bytes),
+            Session(b, a, max_frame=MAX, origin=origin, cipher=cipher,
+                    rekey_bytes=receiver_rekey))
+
+
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+def test_each_direction_moves_to_a_new_key_after_rekey_bytes(cipher: str) -> None:
+    sender, receiver = _session_pair(cipher, 10_000, 10_000)
+    frames = [bytes([i]) * 4000 for i in range(12)]  # a new key after every third frame
+    for frame in frames:
+        receiver.feed(sender.seal_reusing(frame).tobytes())
+        assert receiver.next_payload() == frame
+    # A receiver that never rekeys opens the first three frames, then fails on the fourth:
+    # the sender really did move to another key.
+    sender, stale = _session_pair(cipher, 10_000, 10**12)
+    for frame in frames[:3]:
+        stale.feed(sender.seal(frame))
+        assert stale.next_payload() == frame
+    stale.feed(sender.seal(frames[3]))
+    with pytest.raises(AuthenticationError):
+        stale.next_payload()

@@ -33,8 +33,8 @@ def test_key_derivation_vectors() -> None:
 
 
 def test_message_vectors() -> None:
-    assert "`Nack(seq=7)` encodes as `83030407`" in DOC
-    assert wire.encode(Nack(seq=7)).hex() == "83030407"
+    assert "`Nack(seq=7)` encodes as `83040407`" in DOC
+    assert wire.encode(Nack(seq=7)).hex() == "83040407"
     ping = Ping(seq=1, target=bytes(16),
                 updates=(Suspect(node=b"\x01" * 16, incarnation=3, by=b"\x02" * 16),))
     assert wire.encode(ping) == block_after("encodes as:")

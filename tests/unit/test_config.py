@@ -40,7 +40,7 @@ def test_presets() -> None:
 @pytest.mark.parametrize("change", [
     {"cluster": ""}, {"cluster": "x" * 64}, {"port": 70000}, {"max_datagram_size": 1401},
     {"max_datagram_size": 100}, {"max_frame_size": 10}, {"replay_window": 0.0},
-    {"replay_cache_size": 5}, {"handshake_timeout": -1.0},
+    {"replay_cache_size": 5}, {"handshake_timeout": -1.0}, {"stream_cipher": "aes"},
 ])
 def test_invalid_values_are_refused(change: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
