@@ -93,7 +93,8 @@ class Daemon:
             return {"cluster": self.config.cluster, "version": __version__,
                     "self": member_row(self.peer.me, now),
                     "statistics": dataclasses.asdict(stats.membership),
-                    "sharing": dataclasses.asdict(stats.sharing)}
+                    "sharing": dataclasses.asdict(stats.sharing),
+                    "wire": dataclasses.asdict(self.peer.wire_statistics())}
         if op == "versions":
             packages = body.get("packages", [])
             if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):

@@ -117,6 +117,11 @@ def _wire_families(wire: WireStatistics) -> list[Family]:
           ({"reason": "oversize"}, wire.dropped_oversize)]),
         ("p2pcluster_handshakes_failed_total", "counter",
          "Incoming or outgoing streams whose handshake failed.", _one(wire.handshakes_failed)),
+        ("p2pcluster_streams_total", "counter",
+         "Streams opened or accepted, by the AEAD their frames use.",
+         [({"cipher": "aes-256-gcm"}, wire.streams_aes_gcm),
+          ({"cipher": "chacha20-poly1305"},
+           wire.streams_opened + wire.streams_accepted - wire.streams_aes_gcm)]),
     ]
 
 

@@ -14,7 +14,10 @@
   ``d1_dask_gbps``; each system first sums 4 other arrays of that size, untimed, so that
   neither is timed on what it sets up once), and
   ``d1_aead_limit_gbps``: one core's ChaCha20-Poly1305 seal then open of the same bytes in
-  1 MiB chunks, into buffers allocated once: the cost every byte p2pcluster moves pays.
+  1 MiB chunks, into buffers allocated once, the limit the data issue names; and
+  ``d1_aes_gcm_limit_gbps``, the same with AES-256-GCM, which p2pcluster's streams use when
+  both ends' CPUs have AES instructions. ``stream_cipher`` says which one D1's streams used
+  (from the join peer's wire counters): the cost every byte p2pcluster moves pays.
 - **D2**: one 256 MB array shared by 256 tasks that each sum a slice: the bytes the other peer
   received for it (``d2_bytes_per_peer``, from its ``statistics()``), the array's size
   (``d2_array_bytes``), and the wall time from ``share`` to the last result (``d2_wall_s``);
@@ -139,14 +142,15 @@ def tree_peak_rss_mb(pid: int) -> float:
     return total
 
 
-def aead_limit_gbps(nbytes: int) -> float:
-    """One core sealing then opening ``nbytes`` in 1 MiB chunks with ChaCha20-Poly1305,
-    each into a buffer allocated once (``encrypt_into``/``decrypt_into``): the cipher's own
-    cost. (Sealing into a new buffer per chunk, as this script did before, measured 2.5x
-    slower here: every 1 MiB output was fresh memory the kernel had to fault in.)"""
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+def aead_limit_gbps(nbytes: int, cipher: str = "chacha20-poly1305") -> float:
+    """One core sealing then opening ``nbytes`` in 1 MiB chunks with ``cipher``
+    (ChaCha20-Poly1305 or AES-256-GCM), each into a buffer allocated once
+    (``encrypt_into``/``decrypt_into``): the cipher's own cost. (Sealing into a new buffer
+    per chunk, as this script did before, measured 2.5x slower here: every 1 MiB output was
+    fresh memory the kernel had to fault in.)"""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-    aead = ChaCha20Poly1305(os.urandom(32))
+    aead = (AESGCM if cipher == "aes-256-gcm" else ChaCha20Poly1305)(os.urandom(32))
     chunk = os.urandom(2**20)
     sealed, opened = bytearray(len(chunk) + 16), bytearray(len(chunk))
     count = max(1, nbytes // len(chunk))
@@ -212,6 +216,16 @@ class P2P:
         counters: dict[str, int] = answer["sharing"]
         return counters
 
+    def stream_cipher(self) -> str:
+        """The AEAD of the join peer's streams so far (its wire counters)."""
+        import trio
+
+        from p2pcluster._control_client import request_daemon
+
+        wire = trio.run(request_daemon, self.control, "status")["wire"]
+        aes, streams = wire["streams_aes_gcm"], wire["streams_opened"] + wire["streams_accepted"]
+        return "aes-256-gcm" if aes == streams else "chacha20-poly1305" if not aes else "mixed"
+
 
 def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
     with contextlib.ExitStack() as stack:
@@ -227,6 +241,7 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
         _log(f"D3 {out['d3_wall_s']:.2f} s")
 
         measure_d1(p2p, sizes, out)
+        out["stream_cipher"] = p2p.stream_cipher()
 
         arr, tasks = d2_array(sizes), sizes["d2_tasks"]
         before = p2p.sharing()["fetched_bytes"]
@@ -316,7 +331,8 @@ def measure_dask(sizes: dict[str, int], out: dict[str, Any]) -> None:
         _log(f"D2 Dask {out['d2_dask_wall_s']:.2f} s")
 
 
-KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_owner_peak_rss_mb",
+KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_aes_gcm_limit_gbps",
+        "stream_cipher", "d1_owner_peak_rss_mb",
         "d2_bytes_per_peer", "d2_array_bytes", "d2_wall_s", "d2_dask_wall_s", "d3_wall_s",
         "d3_peak_rss_mb", "d3_remote_peak_rss_mb", "d1_cpu_s", "d2_cpu_s", "d3_cpu_s",
         "d1_faults", "d2_faults", "d3_faults", "d1_rounds_gbps", "d1_dask_rounds_gbps")
@@ -342,6 +358,7 @@ def main() -> int:
     out["errors"] = {}
     out["sizes"] = sizes
     out["d1_aead_limit_gbps"] = aead_limit_gbps(sizes["aead_bytes"])
+    out["d1_aes_gcm_limit_gbps"] = aead_limit_gbps(sizes["aead_bytes"], "aes-256-gcm")
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         try:
             measure_p2p(sizes, Path(tmp), out)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from p2pcluster._cpu import cpu_has_aes
+
 from .conftest import JOBS, Peers, lan_tests, wait_until
 from .test_jobs_lan import finish
 
@@ -26,12 +28,25 @@ STATUS = ("import json, os, pathlib, trio; from p2pcluster._control_client impor
           " print(json.dumps(trio.run(request_daemon, control_path('default'), 'status')))")
 
 
-def sharing(peers: Peers, host: int) -> dict[str, int]:
-    """The sharing counters of ``host``'s daemon (see SharingStatistics)."""
+def status(peers: Peers, host: int) -> dict[str, Any]:
+    """The answer of ``host``'s daemon to a ``status`` request."""
     done = peers.lan.run(host, [sys.executable, "-c", STATUS], env=peers.env(host), timeout=30)
     assert done.returncode == 0, done.stderr
-    counters: dict[str, int] = json.loads(done.stdout)["sharing"]
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def sharing(peers: Peers, host: int) -> dict[str, int]:
+    """The sharing counters of ``host``'s daemon (see SharingStatistics)."""
+    counters: dict[str, int] = status(peers, host)["sharing"]
     return counters
+
+
+def ciphers(peers: Peers, host: int) -> tuple[int, int]:
+    """How many of ``host``'s streams used AES-256-GCM, and how many ChaCha20-Poly1305."""
+    wire = status(peers, host)["wire"]
+    aes = wire["streams_aes_gcm"]
+    return aes, wire["streams_opened"] + wire["streams_accepted"] - aes
 
 
 def peak_rss_mb(peers: Peers, host: int) -> float:
@@ -113,3 +128,22 @@ def test_the_owner_s_death_frees_every_peer_s_cache(make_lan: Any) -> None:
     print(f"caches freed {time.monotonic() - begun:.1f} s after the owner died")
     for h in (2, 3):
         assert sharing(peers, h)["cached_bytes"] == 0
+
+
+@pytest.mark.skipif(not cpu_has_aes(), reason="this CPU has no AES instructions, so no peer "
+                    "here offers AES-256-GCM")
+def test_streams_use_aes_gcm_only_between_daemons_that_both_offer_it(make_lan: Any) -> None:
+    """h3 is told never to offer AES-256-GCM: its streams use ChaCha20-Poly1305, while h1
+    and h2 (both "auto" on a CPU with AES instructions) use AES-256-GCM between them."""
+    peers = make_lan(3)
+    start(peers, 1, 0)
+    start(peers, 2, 1)
+    peers.start(3, "--workers", "1",
+                env={**peers.host_env(3), "P2PCLUSTER_STREAM_CIPHER": "chacha20-poly1305"})
+    peers.wait_everyone_sees([1, 2, 3])
+    result = finish(peers.run_job(1, JOBS / "arrays.py", "map", "16", "1"), 300)
+    assert result["exact"] is True
+    h1, h2, h3 = (ciphers(peers, host) for host in (1, 2, 3))
+    assert h3[0] == 0 and h3[1] > 0, h3
+    assert h2[0] > 0, h2
+    assert h1[0] > 0 and h1[1] > 0, h1
