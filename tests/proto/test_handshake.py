@@ -347,3 +347,18 @@ def test_each_direction_moves_to_a_new_key_after_rekey_bytes(cipher: str) -> Non
     stale.feed(sender.seal(frames[3]))
     with pytest.raises(AuthenticationError):
         stale.next_payload()
+
+
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+def test_frames_are_what_protocol_md_says(cipher: str) -> None:
+    """A frame is the 4-byte length, then the named AEAD under the direction key with nonce
+    0^4 | counter and the length as associated data: another implementation opens it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    sender, _ = _session_pair(cipher, 10**12, 10**12)
+    aead = (AESGCM if cipher == AES_256_GCM else ChaCha20Poly1305)(bytes(range(32)))
+    for counter, payload in enumerate([b"first", b"x" * 3000]):
+        frame = bytes(sender.seal(payload))
+        assert int.from_bytes(frame[:4], "big") == len(payload) + 16
+        nonce = bytes(4) + counter.to_bytes(8, "big")
+        assert aead.decrypt(nonce, frame[4:], frame[:4]) == payload
