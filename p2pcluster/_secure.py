@@ -289,11 +289,12 @@ class SecureWire:
             raise
         self._keys.heard(session.origin, dst)
         self.count("streams_opened")
-        self.count("streams_aes_gcm", session.cipher == AES_256_GCM)
         return self._track(SecureStream(self, stream, session, dst))
 
     def _track(self, stream: SecureStream) -> SecureStream:
         self._streams.add(stream)
+        if stream.session.cipher == AES_256_GCM:
+            self.count("streams_aes_gcm")
         return stream
 
     async def accept(self, stream: trio.abc.Stream, src: Address) -> SecureStream | None:
@@ -324,7 +325,6 @@ class SecureWire:
             return None
         self._keys.heard(session.origin)  # not its address: the client's port is ephemeral
         self.count("streams_accepted")
-        self.count("streams_aes_gcm", session.cipher == AES_256_GCM)
         return self._track(SecureStream(self, stream, session, src))
 
     async def serve(self, listener: StreamListener,
