@@ -211,22 +211,22 @@ class P2P:
             time.sleep(0.1)
         self.cluster.submit(bench_data_work.total, [1.0]).result(READY_TIMEOUT)  # warm
 
-    def sharing(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
+        """The join peer's answer to a ``status`` request on its control socket."""
         import trio
 
         from p2pcluster._control_client import request_daemon
 
-        answer = trio.run(request_daemon, self.control, "status")
-        counters: dict[str, int] = answer["sharing"]
+        answer: dict[str, Any] = trio.run(request_daemon, self.control, "status")
+        return answer
+
+    def sharing(self) -> dict[str, int]:
+        counters: dict[str, int] = self.status()["sharing"]
         return counters
 
     def stream_cipher(self) -> str:
         """The AEAD of the join peer's streams so far (its wire counters)."""
-        import trio
-
-        from p2pcluster._control_client import request_daemon
-
-        wire = trio.run(request_daemon, self.control, "status")["wire"]
+        wire = self.status()["wire"]
         aes, streams = wire["streams_aes_gcm"], wire["streams_opened"] + wire["streams_accepted"]
         return "aes-256-gcm" if aes == streams else "chacha20-poly1305" if not aes else "mixed"
 
