@@ -166,7 +166,8 @@ def _add_run(commands: Any) -> None:
         description="Run JOB.py's main(cluster, *ARGS) with the cluster as an Executor.",
         epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("job", metavar="JOB.py", help="the job file")
-    run.add_argument("args", nargs="*", metavar="ARGS", help="strings passed to main()")
+    run.add_argument("args", nargs="*", default=[], metavar="ARGS",
+                     help="strings passed to main()")
     _add_local_options(run)
     run.add_argument("--secret-file", metavar="PATH", help="the cluster secret's file")
     run.add_argument("--include", action="append", default=[], metavar="PATH",

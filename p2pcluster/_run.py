@@ -235,6 +235,7 @@ def run_job_file(path: str, args: Sequence[str], *, config: Config,
                                 strict=config.strict_versions, requires=requires,
                                 say=lambda line: print(line, file=err, flush=True))
         main = _load_main(path, registry)
+        check_call(path, main, args)
         if config.port == Config().port:  # an ephemeral peer takes any free port
             config = dataclasses.replace(config, port=0)
         cluster = Cluster(config, registry=registry, daemon=daemon, control=control,
@@ -272,6 +273,25 @@ def _load_main(path: str, registry: CodeRegistry) -> Callable[..., Any]:
         raise P2PClusterError(f"{path} has no main(cluster, *args) function; see docs/jobs.md")
     registry.add_job_module(module.__name__, bundle, job_path)
     return cast(Callable[..., Any], main)
+
+
+def check_call(path: str, main: Callable[..., Any], args: Sequence[str]) -> None:
+    """Refuse, before any peer starts, a ``main`` that cannot take ``main(cluster, *args)``:
+    one without a parameter for the cluster, or ARGS more or fewer than it takes."""
+    try:
+        signature = inspect.signature(main)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call will say
+        return
+    try:
+        signature.bind(None, *args)
+    except TypeError as exc:
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty)
+            for p in signature.parameters.values()])
+        call = ", ".join(["cluster", *map(repr, args)])
+        raise P2PClusterError(
+            f"{path}: main{bare} cannot be called as main({call}): {exc}. `run` passes the "
+            "cluster first, then each ARG as a string (docs/jobs.md)") from None
 
 
 def _import_hint(exc: Exception) -> str:

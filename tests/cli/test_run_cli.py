@@ -168,6 +168,36 @@ def test_a_missing_main_or_job_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize(("source", "args", "says"), [
+    ("def main():\n    return 1\n", (),
+     "main() cannot be called as main(cluster): too many positional arguments"),
+    ("def main(cluster, n: int = 3) -> int:\n    return n\n", ("1", "2"),
+     "main(cluster, n=3) cannot be called as main(cluster, '1', '2'): too many positional"),
+    ("async def main(cluster, a, b):\n    return a + b\n", ("x",),
+     "main(cluster, a, b) cannot be called as main(cluster, 'x'): missing a required "
+     "argument: 'b'"),
+])
+def test_a_main_that_cannot_take_the_call_is_refused_before_it_runs(
+        tmp_path: Path, source: str, args: tuple[str, ...], says: str) -> None:
+    job = job_file(tmp_path, "import pathlib\npathlib.Path('loaded').touch()\n" + source)
+    done = run(tmp_path, job, *args)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert f"{job}: {says}" in done.stderr, done.stderr
+    assert "`run` passes the cluster first, then each ARG as a string" in done.stderr
+    assert "Traceback" not in done.stderr and "raised" not in done.stderr
+    assert (tmp_path / "loaded").exists()  # the file loaded; main was never called
+
+
+def test_run_without_a_job_file_names_only_what_is_missing(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "p2pcluster", "run"], env=environment(tmp_path),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith(
+        "p2pcluster run: error: the following arguments are required: JOB.py"), done.stderr
+
+
 def test_an_async_main_gets_an_async_cluster(tmp_path: Path) -> None:
     job = job_file(tmp_path, """
         def square(x):
