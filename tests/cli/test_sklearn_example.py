@@ -3,6 +3,7 @@ what it promises: the best parameters, and the fits by peer."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -33,3 +34,23 @@ def test_the_sklearn_example_prints_the_best_parameters_and_the_peers(tmp_path: 
                         r"\(mean accuracy 0\.\d{4}\)", lines[0]), done.stdout
     assert re.fullmatch(r"100 fits in [\d.]+ s, by peer:", lines[1]), done.stdout
     assert lines[2:] == ["  solo: 100"], done.stdout
+
+
+@pytest.mark.slow
+def test_the_sklearn_example_runs_as_a_job_file_and_answers_json(tmp_path: Path) -> None:
+    """``p2pcluster run examples/sklearn_grid.py``: main gets run's cluster, and its answer
+    is printed as JSON."""
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the [sklearn] extra)")
+    pytest.importorskip("joblib", reason="needs the [joblib] extra")
+    from .test_run_cli import command, environment
+
+    argv = command(tmp_path, ROOT / "examples" / "sklearn_grid.py")
+    argv[argv.index("--workers") + 1] = "2"  # one worker in all: joblib runs the fits here
+    done = subprocess.run(argv, cwd=tmp_path, env=environment(tmp_path), capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert set(found["best_params"]) == {"C", "gamma"}
+    assert 0.9 < found["mean_accuracy"] < 1
+    assert found["fits"] == 100
+    assert sum(found["fits_by_peer"].values()) == 100
