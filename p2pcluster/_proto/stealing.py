@@ -13,8 +13,9 @@ straight into those pipes (:mod:`.execution`), so nobody steals it back:
 
 1. It picks a **victim** at random, weighted by the queue lengths it knows (gossiped in member
    metadata, refreshed by :class:`WorkAvailable` hints, by the ``queue`` of every grant and of
-   every :class:`Results`). A peer that knows of no queued task anywhere sends nothing: a
-   workload smaller than the free slots causes no steals at all.
+   every :class:`Results`; metadata saying 0 never lowers what a peer told itself, see
+   :class:`~.victims.Surpluses`). A peer that knows of no queued task anywhere sends
+   nothing: a workload smaller than the free slots causes no steals at all.
 2. The victim answers with a :class:`StealGrant` holding half (rounded up) of its unstarted
    tasks, oldest first, in one message, so one round trip moves many tasks (:mod:`.victims`
    sizes it), with at most ``message_bytes`` of arguments (large ones stay at the owner).
@@ -70,7 +71,7 @@ from .ownership import Ownership
 from .placement import Placement
 from .policy import WorkPolicy
 from .taskqueue import TaskQueue
-from .victims import choose_victim
+from .victims import Surpluses, choose_victim
 from .workcontext import WorkContext
 from .workevents import Batch, JobDropped, StealingStatistics, WorkEvent, WorkOutput
 
@@ -107,7 +108,7 @@ class StealingMachine:
             self.policy.lease_timeout, self.policy.report_interval, ENDED_JOBS_KEPT),
             self._forget)
         self._execution = Execution(self._ctx, slots, self._holder, self._owner)
-        self.peers: dict[bytes, int] = {}  #: live peer -> its surplus as last heard
+        self.peers = Surpluses()  #: live peer -> its surplus as last heard
         self.peer_slots: dict[bytes, int] = {}  #: live peer -> its worker slots
         self.stealing: tuple[bytes, float] | None = None  #: (victim, deadline)
         self._placement = Placement(self._ctx, env or PeerEnv(), self.policy.versions_ttl,
@@ -184,7 +185,7 @@ class StealingMachine:
         if peer == self.node_id:
             return
         new = peer not in self.peers
-        self.peers[peer] = queue
+        self.peers.published(peer, queue)
         self.peer_slots[peer] = slots
         self._ctx.dead.discard(peer)
         self._placement.peer_up(now, peer)
@@ -212,16 +213,16 @@ class StealingMachine:
         self._maybe_steal(now)
 
     def peer_queue(self, now: float, peer: bytes, queue: int) -> None:
-        """``peer`` now reports ``queue`` tasks queued (metadata or a hint)."""
+        """``peer`` itself now reports ``queue`` tasks queued (as in a hint)."""
         if peer in self.peers:
-            self.peers[peer] = queue
+            self.peers.heard(peer, queue)
             self._maybe_steal(now)
 
     def peer_down(self, now: float, peer: bytes) -> None:
         """``peer`` is dead or left: requeue what it held for us, drop what it owned."""
         if peer == self.node_id:
             return
-        self.peers.pop(peer, None)
+        self.peers.forget(peer)
         self.peer_slots.pop(peer, None)
         self._ctx.dead.add(peer)
         self._owner.owned.forget(peer)
@@ -337,8 +338,7 @@ class StealingMachine:
             victim = self.stealing[0]
             self.stealing = None
             self._ctx.count("steals_empty")
-            if victim in self.peers:
-                self.peers[victim] = 0
+            self.peers.heard(victim, 0)
             self._maybe_steal(now)
         if self._holder.next_report is not None and now >= self._holder.next_report:
             for owner, report in self._holder.report(now, self.queue, self._ctx.dead):
@@ -361,8 +361,7 @@ class StealingMachine:
             runnable)
 
     def _note_queue(self, peer: bytes, queue: int) -> None:
-        if peer in self.peers:
-            self.peers[peer] = queue
+        self.peers.heard(peer, queue)
 
     def hungry(self) -> bool:
         """Idle, or stealing ahead: every slot busy, room in the workers' pipes

@@ -545,6 +545,43 @@ def test_a_busy_peer_steals_ahead_into_its_workers_pipes_and_no_further() -> Non
     assert msgs(thief, StealRequest) == []
 
 
+def test_stale_metadata_never_hides_a_surplus_the_victim_told_itself() -> None:
+    """Seen with joblib: the owner kept one or two batches queued without a pause, so its
+    surplus never went back to 0 and it sent no new hint; its metadata, published at most
+    every meta_interval, said 0 from an earlier moment; the thief believed it, sat idle for
+    a third of a second while the owner ran the batches alone, and stole again only at the
+    next publication. A surplus the victim told directly now wins over metadata saying 0."""
+    thief = machine(B, 1, A)
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(3))
+    assert owner.take(0.0, 1) is not None
+    thief.receive(0.0, WorkAvailable(A, 2))
+    batches = []
+    for _ in range(2):  # a grant to run now, then one stolen ahead into the worker's pipe
+        (request,) = msgs(thief, StealRequest)
+        owner.receive(0.0, request.msg)
+        (grant,) = msgs(owner, StealGrant)
+        thief.receive(0.0, grant.msg)
+        batches.append(thief.take(0.0))
+    assert None not in batches and thief.busy == 2
+    owner.submit(0.1, spec(job=b"j2"), tasks(1))
+    (hint,) = msgs(owner, WorkAvailable)
+    thief.receive(0.1, hint.msg)  # its pipe is full: it notes the surplus, asks nothing
+    assert msgs(thief, StealRequest) == []
+    thief.peer_up(0.2, A, 0)  # metadata the owner published before that submit
+    # Its running batch ends: room in the pipe again, and the owner said it has work.
+    first = batches[0]
+    thief.finished(0.3, first, [TaskResult(t.id, TaskStatus.OK, b"\x01")
+                                for t in first.items], 0.1)
+    (request,) = msgs(thief, StealRequest)
+    assert request.dst == A and request.msg.slots == 0
+    # An answer of nothing is believed, and so is metadata after it: no more asking.
+    thief.receive(0.3, StealGrant(A, 0, ()))
+    thief.peer_up(0.4, A, 0)
+    thief.receive(0.4, WorkAvailable(A, 0))
+    assert msgs(thief, StealRequest) == []
+
+
 def test_an_owner_keeps_its_last_queued_tasks_out_of_its_pipe_for_thieves() -> None:
     owner = machine(A, 1, B)
     owner.submit(0.0, spec(), tasks(2))
