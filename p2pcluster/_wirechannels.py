@@ -9,6 +9,7 @@ stream ends (:meth:`SecureStream.revoke`).
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -127,10 +128,28 @@ class SecureStream:
         async with self._send_lock:
             self._check()
             with self.session.seal_reusing(payload) as frame:  # sent whole before the next
-                await self.stream.send_all(frame)
+                await self._send_all(frame)
                 size = len(frame)
         self.wire.count("frames_sent")
         self.wire.count("stream_bytes_sent", size)
+
+    async def _send_all(self, frame: memoryview) -> None:
+        """Send ``frame`` whole: on a socket, written straight to it, waiting only when the
+        kernel has no room (trio's ``send_all`` takes a turn of the scheduler for every
+        partial write, several per 1 MiB frame; taking the send lock was this send's
+        checkpoint). A failed write falls back to ``send_all``, which raises trio's error."""
+        if not isinstance(self.stream, trio.SocketStream):
+            await self.stream.send_all(frame)
+            return
+        sock, sent = self.stream.socket, 0
+        while sent < len(frame):
+            try:
+                sent += os.write(sock.fileno(), frame[sent:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+            except OSError:
+                await self.stream.send_all(frame[sent:])
+                return
 
     async def receive(self) -> Message | None:
         """The next message, or None when the peer closed cleanly.
@@ -150,10 +169,12 @@ class SecureStream:
 
     async def receive_payload(self) -> bytes | None:
         session = self.session
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._check()
             payload = self._counted(session.next_payload)
             if payload is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return payload
             if not await self._feed(self._wanted()):
                 return None
@@ -163,10 +184,12 @@ class SecureStream:
         when the peer closed cleanly. Raises as :meth:`receive` does, and if the payload is
         longer than ``dest``."""
         session = self.session
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._check()
             size = self._counted(lambda: session.next_payload_into(dest))
             if size is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return size
             if not await self._feed(self._wanted()):
                 return None
@@ -193,9 +216,7 @@ class SecureStream:
 
     async def _feed(self, most: int) -> bool:
         """Read up to ``most`` bytes into the session; False at a clean end of stream."""
-        self._receiving = trio.CancelScope()
-        with self._receiving:
-            count = await self._receive_into(most)
+        count = await self._receive_into(most)
         self._check()
         if not count:
             if self.session.buffered:
@@ -208,20 +229,37 @@ class SecureStream:
 
     async def _receive_into(self, most: int) -> int:
         """Read up to ``most`` bytes into the session's buffer; how many (0 at the end). A
-        socket stream reads straight into it; another stream's bytes are copied in."""
+        socket stream reads straight into it, with a plain ``readv``, waiting only when
+        nothing has arrived: trio's ``recv_into`` takes a turn of the scheduler for every
+        read, several per 1 MiB frame (the callers take one per frame). Another stream's
+        bytes are copied in."""
         if not isinstance(self.stream, trio.SocketStream):
-            data = await self.stream.receive_some(most)
+            with self._revocable():
+                data = await self.stream.receive_some(most)
+            self._check()
             self.session.feed(data)
             return len(data)
+        sock = self.stream.socket
         with self.session.receive_space(most) as room:
-            try:
-                count = await self.stream.socket.recv_into(room)
-            except OSError as exc:  # translated as SocketStream.receive_some does
-                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-                    raise trio.ClosedResourceError("this socket was already closed") from None
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            while True:
+                try:
+                    count = os.readv(sock.fileno(), [room])
+                    break
+                except BlockingIOError:
+                    with self._revocable():
+                        await trio.lowlevel.wait_readable(sock)
+                    self._check()
+                except OSError as exc:  # translated as SocketStream.receive_some does
+                    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                        raise trio.ClosedResourceError("this socket was already closed") from None
+                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
         self.session.received(count)
         return count
+
+    def _revocable(self) -> trio.CancelScope:
+        """The scope around a wait for bytes, which :meth:`revoke` cancels."""
+        self._receiving = trio.CancelScope()
+        return self._receiving
 
     async def aclose(self) -> None:
         await self.stream.aclose()

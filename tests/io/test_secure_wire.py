@@ -158,6 +158,43 @@ async def test_streams_handshake_and_carry_messages(hosts: Hosts) -> None:
     assert wb.statistics().handshakes_failed == 0
 
 
+async def test_frames_already_received_still_give_other_tasks_a_turn(hosts: Hosts) -> None:
+    """A stream reads its socket directly and waits only when no bytes have arrived, so it
+    takes a turn of the scheduler once per frame itself: 16 frames already waiting in the
+    socket are opened with the receiving side's other tasks running in between."""
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    frames = [bytes([i]) * 4096 for i in range(16)]  # 64 KiB: the socket holds them all
+    sent, ticks, during, got = trio.Event(), 0, [], []
+
+    async def receive(stream: SecureStream) -> None:
+        await sent.wait()
+        await trio.sleep(0.2)  # the last bytes are across
+        for _ in frames:
+            got.append(await stream.receive_payload())
+            during.append(ticks)
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0)
+            ticks += 1
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, receive)
+            async with await wa.connect(listener.local_address) as stream:
+                for frame in frames:
+                    await stream.send_payload(frame)
+                sent.set()
+                nursery.start_soon(tick)
+                while len(got) < len(frames):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert got == frames
+    assert during[-1] - during[0] >= len(frames) // 2  # about one turn per frame
+
+
 @pytest.mark.parametrize(("secret", "cluster"), [(OTHER, "default"), (SECRET, "lab")])
 async def test_handshake_with_another_secret_fails_cleanly_on_both_sides(
     hosts: Hosts, secret: bytes, cluster: str

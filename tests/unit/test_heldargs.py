@@ -142,3 +142,55 @@ def test_held_results_reach_the_job_once_and_duplicates_are_let_go() -> None:
     with held.landing(Results(b"j", b"p" * 16, 0, (result,)), value):
         pass  # a duplicate: the machine emitted nothing
     assert held.payload(b"j", result) == b""
+
+
+class _Recording:
+    """A stream that keeps what it would send; ``after(n)`` runs once frame ``n`` went."""
+
+    def __init__(self, after: dict[int, object]) -> None:
+        self.frames: list[bytes] = []
+        self.after = after
+
+    async def send_payload(self, payload: memoryview) -> None:
+        self.frames.append(bytes(payload))
+        action = self.after.get(len(self.frames))
+        if callable(action):
+            action()
+
+
+def _held_three_chunks() -> tuple[object, Packed]:
+    from p2pcluster._dataplane import CHUNK
+
+    arr = np.zeros(3 * CHUNK // 8)  # an array of three chunks
+    payload = encode_args((arr,), {})
+    assert isinstance(payload, Packed)
+    held = HeldArgs()
+    held.admit(b"j" * 16, [payload], inline_limit=1024)
+    kept = held.get(b"j" * 16, 0)
+    assert kept is not None
+    return arr, kept
+
+
+async def test_a_checked_send_stops_short_of_an_array_changed_while_it_goes() -> None:
+    """The owner copies each chunk aside, sums the copy and seals it: a write to a chunk
+    not yet sent shows in the sum, and the array's last frame never goes, so the receiver
+    never has it whole."""
+    from p2pcluster._dataplane import CHUNK, send_value
+
+    arr, kept = _held_three_chunks()
+    stream = _Recording({2: lambda: arr.__setitem__(-1, 1.0)})  # after the first chunk
+    with pytest.raises(ArgumentChanged):
+        await send_value(stream, kept)  # type: ignore[arg-type]
+    assert [len(f) for f in stream.frames[1:]] == [CHUNK, CHUNK]  # head, 2 of 3 chunks
+
+
+async def test_a_write_to_a_chunk_already_sent_does_not_change_what_was_sent() -> None:
+    """A write to a chunk that already went (summed and sealed as submitted) changes
+    nothing the receiver has: the send completes with the bytes of submit."""
+    from p2pcluster._dataplane import send_value
+
+    arr, kept = _held_three_chunks()
+    stream = _Recording({2: lambda: arr.__setitem__(0, 1.0)})
+    await send_value(stream, kept)  # type: ignore[arg-type]
+    assert arr[0] == 1.0
+    assert not np.frombuffer(b"".join(stream.frames[1:4]), np.float64).any()  # as submitted
