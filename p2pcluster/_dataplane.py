@@ -1,17 +1,17 @@
 """Data streams: values too large for a work message, moved between peers in sealed chunks.
 
-Two kinds of stream, each opened for one purpose and closed after it (``docs/protocol.md``,
-section 3.7):
+Two kinds of stream (``docs/protocol.md``, section 3.7):
 
 - **Arguments.** A peer about to run tasks whose arguments stayed at the job's owner sends
   :class:`FetchArgs`; the owner answers each task with a :class:`ValueHeader` and the bytes.
   The fetching peer asks for a batch's arguments on one stream, checks each size against
   its own ``max_value_size`` *before* it reads a byte of the value, and if it is over,
   closes the stream unread, fails that task (naming both sizes and the setting), and asks
-  for the rest on a new stream.
+  for the rest on a new stream. A stream whose answer went whole waits, idle, for the next
+  batch from that owner (:mod:`._idlestreams`); the owner answers requests on it in turn.
 - **Results.** A peer whose task returned a large result sends :class:`PushResult` and the
   bytes; the owner checks the size against its limit before reading them, and answers
-  :class:`ResultAck`.
+  :class:`ResultAck`. One value per stream.
 
 A value goes out as frames of at most :data:`CHUNK` bytes, each sealed on its own, so memory
 on both sides is the value plus one chunk, and TCP's flow control paces the sender to the
@@ -31,6 +31,7 @@ import trio
 from ._errors import ProtocolError, too_large
 from ._handoff import place
 from ._heldargs import ArgumentChanged, changed_result, new_sum, verify
+from ._idlestreams import IdleStreams
 from ._landing import land, land_result
 from ._packed import Packed, Payload
 from ._poolshare import off_loop
@@ -38,6 +39,7 @@ from ._proto.messages import (
     AckStatus,
     FetchArgs,
     JobSpec,
+    Message,
     PushResult,
     ResultAck,
     Results,
@@ -65,6 +67,9 @@ _ASIDE_KEPT = 4
 #: Attempts to push a large result to its owner, and the pause between them.
 PUSH_ATTEMPTS = 3
 PUSH_PAUSE = 0.5
+#: Seconds an owner waits for the next request on an arguments stream before closing it
+#: (longer than a fetching peer keeps it idle: :data:`~._idlestreams.LINGER`).
+OWNER_LINGER = 15.0
 
 
 async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview) -> None:
@@ -146,17 +151,31 @@ class DataPlane:
         self._me = me
         self._name = name
         self._limit = max_value_size
+        self.idle = IdleStreams()  #: argument streams between batches; run its serve()
 
     # --- as the job's owner -------------------------------------------------------------------
 
-    async def serve(self, stream: SecureStream, first: FetchArgs | PushResult) -> None:
-        """A data stream another peer opened (routed here by its first message)."""
-        if isinstance(first, FetchArgs):
-            await self._serve_args(stream, first)
-        else:
+    async def serve(self, stream: SecureStream, first: FetchArgs | PushResult,
+                    vouched: Callable[[Message], bool]) -> None:
+        """A data stream another peer opened (routed here by its first message). An
+        arguments stream may carry further ``FetchArgs``, each once the answer to the last
+        went whole; it closes after :data:`OWNER_LINGER` seconds without one. A request
+        ``vouched`` refuses (not its sender's to make) closes it unanswered."""
+        if not vouched(first):
+            return
+        if isinstance(first, PushResult):
             await self._take_pushed(stream, first)
+            return
+        request: Message | None = first
+        while isinstance(request, FetchArgs) and await self._serve_args(stream, request):
+            request = None
+            with trio.move_on_after(OWNER_LINGER):
+                request = await stream.receive()
+            if request is not None and not vouched(request):
+                return
 
-    async def _serve_args(self, stream: SecureStream, request: FetchArgs) -> None:
+    async def _serve_args(self, stream: SecureStream, request: FetchArgs) -> bool:
+        """Answer ``request``; False if the stream ended short of a value."""
         for tid in request.ids:
             payload = self._owner.payload(request.job, tid)
             await stream.send(ValueHeader(tid, len(payload or b""), payload is not None))
@@ -165,7 +184,8 @@ class DataPlane:
                     await send_value(stream, payload)
                 except ArgumentChanged as exc:  # the stream ends short of the value
                     self._owner.changed(request.job, tid, exc.index)
-                    return
+                    return False
+        return True
 
     async def _take_pushed(self, stream: SecureStream, push: PushResult) -> None:
         if push.size > self._limit:
@@ -222,30 +242,41 @@ class DataPlane:
 
     async def _fetch(self, spec: JobSpec, items: list[TaskItem], stock: SegmentStock | None
                      ) -> tuple[dict[int, Payload], list[TaskResult]]:
-        """The tasks' arguments, all asked for on one stream (a connection and a handshake
-        per batch, not per task). A value over the limit is refused by closing the stream
-        without reading a byte of it; the tasks after it are asked for on a new stream. A
-        stream that breaks costs the task in flight, which is left out of the batch (its
-        owner queues it again once this peer's reports stop naming it), and the rest are
-        asked for on a new one."""
+        """The tasks' arguments, all asked for on one stream: the one the last batch from
+        this owner used, if it waits (:mod:`._idlestreams`), else a new one. A value over
+        the limit is refused by closing the stream without reading a byte of it; the tasks
+        after it are asked for on a new stream. A stream that breaks costs the task in
+        flight, which is left out of the batch (its owner queues it again once this peer's
+        reports stop naming it), and the rest are asked for on a new one; a reused stream
+        that breaks before its first answer costs nothing (the owner may have just closed
+        it)."""
         fetched: dict[int, Payload] = {}
         failed: list[TaskResult] = []
         left = [item.id for item in items]
         while left and (address := self._owner.address_of(spec.owner)) is not None:
+            stream = reused = self.idle.take(spec.owner, address)
+            answered = False
             try:
-                async with await self._runner.connect(address) as stream:
-                    await stream.send(FetchArgs(spec.job, tuple(left)))
-                    while left:
-                        usable = await self._receive_arg(stream, spec, left[0], fetched,
-                                                         failed, stock=stock)
-                        left.pop(0)
-                        if not usable:
-                            break
+                stream = stream or await self._runner.connect(address)
+                await stream.send(FetchArgs(spec.job, tuple(left)))
+                while left:
+                    usable = await self._receive_arg(stream, spec, left[0], fetched,
+                                                     failed, stock=stock)
+                    answered = True
+                    left.pop(0)
+                    if not usable:
+                        break
+                else:
+                    self.idle.give(spec.owner, address, stream)
+                    stream = None
             except (OSError, ProtocolError, trio.BrokenResourceError) as exc:
                 log.debug("fetching arguments of job %s from %s:%d failed: %s",
                           spec.job.hex()[:8], *address, exc)
-                if left:
+                if left and (answered or reused is None):
                     left.pop(0)
+            finally:
+                if stream is not None:
+                    await stream.aclose()
         return fetched, failed
 
     async def _receive_arg(self, stream: SecureStream, spec: JobSpec, expected: int,

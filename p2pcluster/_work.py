@@ -226,6 +226,7 @@ class WorkService:
             nursery.start_soon(self._driver.serve)
             nursery.start_soon(self._publish_meta)
             nursery.start_soon(self.shared.serve_linger)
+            nursery.start_soon(self._data.idle.serve)
             nursery.start_soon(self._slots.serve,
                                self._config.batches_per_worker * self._pool.slots)
             async for event in events:
@@ -345,8 +346,7 @@ class WorkService:
 
     async def _serve_data(self, stream: SecureStream, first: Message) -> None:
         assert isinstance(first, FetchArgs | PushResult)
-        if self._vouched(stream, first):
-            await self._data.serve(stream, first)
+        await self._data.serve(stream, first, partial(self._vouched, stream))
 
     def _vouched(self, stream: SecureStream, msg: Message) -> bool:
         """Whether ``msg`` may come from the stream's authenticated peer (it speaks only for
