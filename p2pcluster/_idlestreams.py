@@ -25,8 +25,9 @@ __all__ = ["LINGER", "MOST", "IdleStreams"]
 
 #: Seconds an idle stream is kept for the next batch (the owner keeps its end longer).
 LINGER = 5.0
-#: Idle streams kept per owner (one per runner that fetches from it, with 2 workers).
-MOST = 2
+#: Idle streams kept per owner: one for each batch fetching at once, of which a peer runs
+#: ``batches_per_worker`` (2) per worker; a stream given back over this is closed.
+MOST = 8
 
 _Key = tuple[bytes, Address]  # the owner's node id and address
 
