@@ -311,6 +311,20 @@ async def owner_and_worker(secret: Path, cluster: str, workers: int = 1, **chang
             yield a, b
 
 
+async def _streams_for_jobs_after_a_first(secret: Path, jobs: int) -> tuple[int, Any]:
+    """Jobs of one 1.6 MB array each (fetched), run by b one after another once a first has
+    run: how many streams b opened for them, and a's statistics."""
+    arrays = [np.full(200_000, float(i)) for i in range(jobs + 1)]
+    async with owner_and_worker(secret, unique_cluster()) as (a, b):
+        with trio.fail_after(WAIT):
+            assert await a.run(arrayfuncs.total, arrays[0]) == 0.0
+            opened = b.wire_statistics().streams_opened
+            for i, arr in enumerate(arrays[1:], 1):
+                assert await a.run(arrayfuncs.total, arr) == 200_000.0 * i
+        assert b.statistics().workers.tasks >= len(arrays)  # they ran on b
+        return b.wire_statistics().streams_opened - opened, a.statistics()
+
+
 async def test_consecutive_batches_from_one_owner_reuse_its_argument_stream(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch whose arguments came whole gives its stream back, and the next batch for the
@@ -318,15 +332,8 @@ async def test_consecutive_batches_from_one_owner_reuse_its_argument_stream(
     stream at all (one per batch was six)."""
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    arrays = [np.full(200_000, float(i)) for i in range(7)]  # 1.6 MB each: fetched
-    async with owner_and_worker(secret, unique_cluster()) as (a, b):
-        with trio.fail_after(WAIT):
-            assert await a.run(arrayfuncs.total, arrays[0]) == 0.0
-            opened = b.wire_statistics().streams_opened
-            for i, arr in enumerate(arrays[1:], 1):
-                assert await a.run(arrayfuncs.total, arr) == 200_000.0 * i
-        assert b.wire_statistics().streams_opened == opened
-        assert b.statistics().workers.tasks >= len(arrays)  # they ran on b
+    opened, _ = await _streams_for_jobs_after_a_first(secret, 6)
+    assert opened == 0
 
 
 async def test_a_kept_stream_the_owner_has_closed_costs_no_task(
@@ -339,15 +346,9 @@ async def test_a_kept_stream_the_owner_has_closed_costs_no_task(
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setattr(p2pcluster._dataplane, "OWNER_LINGER", 0.0)
-    arrays = [np.full(200_000, float(i)) for i in range(5)]
-    async with owner_and_worker(secret, unique_cluster()) as (a, b):
-        with trio.fail_after(WAIT):
-            assert await a.run(arrayfuncs.total, arrays[0]) == 0.0
-            opened = b.wire_statistics().streams_opened
-            for i, arr in enumerate(arrays[1:], 1):
-                assert await a.run(arrayfuncs.total, arr) == 200_000.0 * i
-        assert b.wire_statistics().streams_opened - opened == len(arrays) - 1
-        assert a.statistics().stealing.requeued == 0
+    opened, owner = await _streams_for_jobs_after_a_first(secret, 4)
+    assert opened == 4
+    assert owner.stealing.requeued == 0
 
 
 async def test_arguments_fetched_from_the_owner_arrive_whole_and_aligned(
