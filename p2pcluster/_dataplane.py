@@ -4,11 +4,13 @@ Two kinds of stream (``docs/protocol.md``, section 3.7):
 
 - **Arguments.** A peer about to run tasks whose arguments stayed at the job's owner sends
   :class:`FetchArgs`; the owner answers each task with a :class:`ValueHeader` and the bytes.
-  The fetching peer asks for a batch's arguments on one stream, checks each size against
-  its own ``max_value_size`` *before* it reads a byte of the value, and if it is over,
-  closes the stream unread, fails that task (naming both sizes and the setting), and asks
-  for the rest on a new stream. A stream whose answer went whole waits, idle, for the next
-  batch from that owner (:mod:`._idlestreams`); the owner answers requests on it in turn.
+  The fetching peer asks for a batch's arguments on one stream, and checks each size
+  against its own ``max_value_size`` *before* it reads a byte of the value: if it is over,
+  it closes the stream unread, fails that task (naming both sizes and the setting), and
+  asks for the rest on a new stream. It checks the arrays that land against the owner's
+  sums from submit (:mod:`._heldargs`), and fails the task of one that changed. A stream
+  whose answer went whole waits, idle, for the next batch from that owner
+  (:mod:`._idlestreams`); the owner answers requests on it in turn.
 - **Results.** A peer whose task returned a large result sends :class:`PushResult` and the
   bytes; the owner checks the size against its limit before reading them, and answers
   :class:`ResultAck`. One value per stream.
@@ -30,19 +32,29 @@ import trio
 
 from ._errors import ProtocolError, too_large
 from ._handoff import place
-from ._heldargs import ArgumentChanged, changed_result, new_sum, verify
+from ._heldargs import (
+    ArgumentChanged,
+    changed_result,
+    checkable,
+    new_sum,
+    own_kind,
+    spans,
+    verify,
+)
 from ._idlestreams import IdleStreams
-from ._landing import land, land_result
+from ._landing import Sums, land, land_result
 from ._packed import Packed, Payload
 from ._poolshare import off_loop
 from ._proto.messages import (
     AckStatus,
+    ArraySum,
     FetchArgs,
     JobSpec,
     Message,
     PushResult,
     ResultAck,
     Results,
+    SumKind,
     TaskItem,
     TaskResult,
     TaskStatus,
@@ -72,11 +84,13 @@ PUSH_PAUSE = 0.5
 OWNER_LINGER = 15.0
 
 
-async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview) -> None:
+async def send_value(stream: SecureStream, data: Payload | bytearray | memoryview, *,
+                     check: bool = True) -> None:
     """Send ``data`` as consecutive frames of at most :data:`CHUNK` bytes; a packed value
     piece by piece, each array's frames sealed straight from its own buffer. A value with
-    sums (held arguments) goes as :func:`_send_checked` sends it."""
-    if isinstance(data, Packed) and data.sums:
+    sums (held arguments) goes as :func:`_send_checked` sends it, unless ``check`` is
+    false: the receiver checks them (it has them in its :class:`ValueHeader`)."""
+    if check and isinstance(data, Packed) and data.sums:
         await _send_checked(stream, data)
         return
     pieces = data.pieces() if isinstance(data, Packed) else (memoryview(data),)
@@ -178,10 +192,12 @@ class DataPlane:
         """Answer ``request``; False if the stream ended short of a value."""
         for tid in request.ids:
             payload = self._owner.payload(request.job, tid)
-            await stream.send(ValueHeader(tid, len(payload or b""), payload is not None))
+            kind, sums = _left_to_check(payload, request.checks)
+            await stream.send(ValueHeader(tid, len(payload or b""), payload is not None, kind,
+                                          sums))
             if payload is not None:
                 try:
-                    await send_value(stream, payload)
+                    await send_value(stream, payload, check=not sums)
                 except ArgumentChanged as exc:  # the stream ends short of the value
                     self._owner.changed(request.job, tid, exc.index)
                     return False
@@ -258,7 +274,7 @@ class DataPlane:
             answered = False
             try:
                 stream = stream or await self._runner.connect(address)
-                await stream.send(FetchArgs(spec.job, tuple(left)))
+                await stream.send(FetchArgs(spec.job, tuple(left), checkable()))
                 while left:
                     usable = await self._receive_arg(stream, spec, left[0], fetched,
                                                      failed, stock=stock)
@@ -297,7 +313,12 @@ class DataPlane:
             failed.append(TaskResult(header.id, TaskStatus.ERROR,
                                      encode_error("ValueTooLarge", message)))
             return False
-        fetched[header.id] = (await land(stream, header.size, stock=stock)).payload
+        sums = Sums(header.sum_kind, header.sums) if header.sums else None
+        try:
+            fetched[header.id] = (await land(stream, header.size, stock=stock,
+                                             sums=sums)).payload
+        except ArgumentChanged as exc:  # the owner's array changed after submit
+            failed.append(changed_result(header.id, spec.qualname, exc.index))
         return True
 
     async def push(self, out: PushValue) -> None:
@@ -346,6 +367,14 @@ def _placed_checked(payload: Packed) -> Packed:
             placed.segment.close()
         raise
     return placed
+
+
+def _left_to_check(payload: Payload | None, checks: int) -> tuple[int, tuple[ArraySum, ...]]:
+    """The sums of held arguments from submit, for the fetching peer to check if it offers
+    their kind in ``checks``; else none (the owner checks them as it sends)."""
+    if isinstance(payload, Packed) and payload.sums and checks >> own_kind() & 1:
+        return own_kind(), spans(payload)
+    return SumKind.NONE, ()
 
 
 def _instead(out: PushValue, ack: ResultAck) -> TaskResult | None:

@@ -10,13 +10,21 @@ the value until its task has a result or its job ends. It keeps views of the cal
 buffers, not copies, with each buffer's sum taken at submit (:func:`checked`; XXH3-64 from
 ``xxhash``, installed with the ``numpy`` extra, else zlib's CRC-32): a caller that changes or
 reuses an array after ``submit`` (a buffer filled anew in a loop, say) would otherwise change
-what the task gets, depending on when a peer happened to fetch it. Instead, the bytes are
-checked against the sum as they go out (:func:`~._dataplane.send_value` sums a copy of each
-chunk and seals that copy, so what is sent is what was checked; the owner's own workers get
-a copy in a segment, checked after the copy), and a task whose array changed fails with
-``ArgumentChanged`` (:func:`changed_result`) instead of running on other values. Copying
-every array at submit would do as well, but it doubled the owner's memory and cost more CPU
-than the two sums (a fresh gigabyte costs about 1 s of page faults here, an XXH3 pass 0.1 s).
+what the task gets, depending on when a peer happened to fetch it. Instead, the bytes a task
+gets are checked against the sums, and a task whose array changed fails with
+``ArgumentChanged`` (:func:`changed_result`) instead of running on other values:
+
+- the peer that fetches them checks them as they land (:class:`LandingCheck`), against the
+  sums that come in each :class:`~._proto.messages.ValueHeader` (:func:`spans`), when it
+  offers to check the owner's kind of sum (:func:`checkable`): the owner seals straight
+  from the caller's buffers;
+- else the owner checks each chunk as it goes out (:func:`~._dataplane.send_value` sums a
+  copy of each chunk and seals that copy, so what is sent is what was checked);
+- the owner's own workers get a copy in a segment, checked after the copy.
+
+Copying every array at submit would do as well, but it doubled the owner's memory and cost
+more CPU than the two sums (a fresh gigabyte costs about 1 s of page faults here, an XXH3
+pass 0.1 s).
 
 Arguments of :data:`inline_limit` bytes or less are joined (a small copy), so that they can
 ride in a grant as before.
@@ -30,12 +38,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
+from ._errors import ProtocolError
 from ._packed import Packed, Payload
-from ._proto.messages import Results, TaskItem, TaskResult, TaskStatus
+from ._proto.messages import ArraySum, Results, SumKind, TaskItem, TaskResult, TaskStatus
 from ._values import encode_error
 
-__all__ = ["ArgumentChanged", "HeldArgs", "HeldResults", "Summer", "changed_result", "checked",
-           "new_sum", "taken_now", "verify"]
+__all__ = ["ArgumentChanged", "HeldArgs", "HeldResults", "LandingCheck", "Summer",
+           "changed_result", "checkable", "checked", "new_sum", "own_kind", "spans",
+           "taken_now", "verify"]
 
 
 class HeldArgs:
@@ -120,6 +130,17 @@ def new_sum() -> Summer:
     return _summer_class()()
 
 
+def own_kind() -> SumKind:
+    """The kind of sum :func:`new_sum` makes in this process."""
+    return SumKind.CRC32 if _summer_class() is _Crc32 else SumKind.XXH3_64
+
+
+def checkable() -> int:
+    """The kinds of sum this process can check, as the bits ``1 << kind`` (a
+    :class:`~._proto.messages.FetchArgs` offers them)."""
+    return 1 << SumKind.CRC32 | (1 << SumKind.XXH3_64 if own_kind() == SumKind.XXH3_64 else 0)
+
+
 @functools.cache
 def _summer_class() -> Callable[[], Summer]:
     """Looked up once: without xxhash, each failed import would search ``sys.path`` again
@@ -131,10 +152,18 @@ def _summer_class() -> Callable[[], Summer]:
     return xxhash.xxh3_64
 
 
-def _summed(data: Buffer) -> int:
-    summer = new_sum()
+def _summed(data: Buffer, kind: int | None = None) -> int:
+    summer = new_sum() if kind is None else _summer_of(kind)
     summer.update(data)
     return summer.intdigest()
+
+
+def _summer_of(kind: int) -> Summer:
+    if kind == SumKind.CRC32:
+        return _Crc32()
+    if kind == SumKind.XXH3_64 and own_kind() == SumKind.XXH3_64:
+        return new_sum()
+    raise ProtocolError(f"sums of kind {kind}, which this peer did not offer to check")
 
 
 class ArgumentChanged(Exception):
@@ -179,11 +208,65 @@ def verify(value: Packed, buffers: Sequence[memoryview] | None = None) -> None:
             raise ArgumentChanged(index)
 
 
+def spans(value: Packed) -> tuple[ArraySum, ...]:
+    """Where each buffer of ``value`` lies in its bytes, with its sum from submit: what a
+    :class:`~._proto.messages.ValueHeader` carries for the receiver to check."""
+    out, offset, layout = [], 0, value.layout
+    for index, total in enumerate(value.sums):
+        offset += layout[2 * index]
+        out.append(ArraySum(offset, layout[2 * index + 1], total))
+        offset += layout[2 * index + 1]
+    return tuple(out)
+
+
+class LandingCheck:
+    """Checks a value's arrays against the owner's sums from submit (``sums``, of ``kind``)
+    as the value lands, a frame at a time, while its bytes are still in the cache: tell it
+    :meth:`landed` as bytes come in, then :meth:`verify` once all are in. Raises
+    :class:`~p2pcluster.ProtocolError` at once for sums that do not fit a value of ``size``
+    bytes (out of it, out of order, overlapping) or of a kind this process did not offer
+    (:func:`checkable`)."""
+
+    def __init__(self, value: memoryview, kind: int, sums: Sequence[ArraySum]) -> None:
+        end = 0
+        for span in sums:
+            if span.offset < end or span.offset + span.size > len(value):
+                raise ProtocolError(f"the sum of {span.size} bytes at {span.offset} lies "
+                                    f"outside a value of {len(value)}, or before another's")
+            end = span.offset + span.size
+        self._value, self._kind, self._sums = value, kind, sums
+        self._summer = _summer_of(kind) if sums else None
+        self._index = self._done = 0
+        self._changed: int | None = None
+
+    def landed(self, filled: int) -> None:
+        """The first ``filled`` bytes of the value are in."""
+        while self._index < len(self._sums):
+            span = self._sums[self._index]
+            start, end = max(self._done, span.offset), min(filled, span.offset + span.size)
+            if start < end and self._summer is not None:
+                self._summer.update(self._value[start:end])
+            if filled < span.offset + span.size:
+                break
+            if self._summer is not None and self._summer.intdigest() != span.sum:
+                self._changed = self._index if self._changed is None else self._changed
+            self._index += 1
+            self._summer = _summer_of(self._kind)
+        self._done = filled
+
+    def verify(self) -> None:
+        """Raise :class:`ArgumentChanged` for the first array that differs from its sum."""
+        self.landed(len(self._value))
+        if self._changed is not None:
+            raise ArgumentChanged(self._changed)
+
+
 def changed_result(tid: int, qualname: str, index: int) -> TaskResult:
     """The error result of task ``tid`` whose argument array ``index`` changed."""
     return TaskResult(tid, TaskStatus.ERROR, encode_error("ArgumentChanged", (
-        f"argument array {index} of task {tid} ({qualname}) changed after submit, before the "
-        "task's arguments were sent: the task did not run. An array passed to submit or map "
+        f"argument array {index} of task {tid} ({qualname}) changed after submit, before "
+        "all of it reached the peer that runs the task: the task did not run. An array "
+        "passed to submit or map "
         "is read when a peer takes the task, not copied at submit; pass a copy "
         "(array.copy()) if you refill or change it before the task's result is in.")))
 

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 import trio
 
 from ._errors import MessageTooLarge, ProtocolError
+from ._heldargs import ArgumentChanged, LandingCheck
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
+from ._proto.messages import ArraySum
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
 
-__all__ = ["Landed", "land", "land_result", "receive_into"]
+__all__ = ["Landed", "Sums", "land", "land_result", "receive_into"]
 
 
 class Landed(NamedTuple):
@@ -74,9 +76,6 @@ class _Hashing:
         self._filled = filled
         self._more.set()
 
-    def after(self, rest: int) -> Callable[[int], None]:
-        """:meth:`landed` for a fill that starts ``rest`` bytes into the value."""
-        return lambda n: self.landed(rest + n)
 
     async def run(self) -> None:
         while self._hashed < len(self._value):
@@ -87,23 +86,55 @@ class _Hashing:
             self._hashed = end
 
 
+class Sums(NamedTuple):
+    """The owner's sums of a value's arrays from submit, for :func:`land` to check as they
+    land (:class:`~._heldargs.LandingCheck`)."""
+
+    kind: int
+    spans: Sequence[ArraySum]
+
+
+class _Watcher(Protocol):
+    def landed(self, filled: int) -> None: ...
+
+
+def _telling(rest: int, *watchers: _Watcher | None) -> Callable[[int], None]:
+    """A ``landed`` for :func:`receive_into`, filling from ``rest`` bytes into the value,
+    that tells ``watchers`` how many bytes of the value are in."""
+    told = [watcher.landed for watcher in watchers if watcher is not None]
+
+    def landed(filled: int) -> None:
+        for tell in told:
+            tell(rest + filled)
+
+    return landed
+
+
 async def land(stream: SecureStream, size: int, *, digest: bool = False,
-               stock: SegmentStock | None = None) -> Landed:
+               stock: SegmentStock | None = None, sums: Sums | None = None) -> Landed:
     """A value of ``size`` bytes from ``stream`` (see the module docstring); with
     ``digest``, its SHA-256 too. Its segment comes from ``stock`` if given (a value that
-    the workers will let go of soon: arguments)."""
+    the workers will let go of soon: arguments). With ``sums``, its arrays are checked
+    once it is in: :class:`~._heldargs.ArgumentChanged` if one differs."""
     if size < OUT_OF_BAND or not available():
         buffer = bytearray(size)
-        await receive_into(stream, memoryview(buffer))
+        check = None if sums is None else LandingCheck(memoryview(buffer), *sums)
+        await receive_into(stream, memoryview(buffer), _telling(0, check))
+        if check is not None:
+            check.verify()
         return Landed(bytes(buffer), hashlib.sha256(buffer).digest() if digest else None)
     segment = Segment.create(size + ALIGN) if stock is None else stock.take(size + ALIGN)
     try:
-        return await _land(stream, size, segment, digest)
+        return await _land(stream, size, segment, digest, sums)
     except BaseExceptionGroup as group:  # the helpers' nursery: say what went wrong
         raise group.exceptions[0] if len(group.exceptions) == 1 else group from None
+    except (ArgumentChanged, ProtocolError):
+        segment.close()
+        raise
 
 
-async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool) -> Landed:
+async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool,
+                sums: Sums | None) -> Landed:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_allocate, segment)
         first = await stream.receive_payload()
@@ -116,10 +147,13 @@ async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool)
         value = segment.view[pad:pad + size]
         value[:len(first)] = first
         hashing, rest = _Hashing(value) if digest else None, len(first)
+        check = None if sums is None else LandingCheck(value, *sums)
         if hashing is not None:
             nursery.start_soon(hashing.run)
-            hashing.landed(rest)
-        await receive_into(stream, value[rest:], None if hashing is None else hashing.after(rest))
+        _telling(0, hashing, check)(rest)
+        await receive_into(stream, value[rest:], _telling(rest, hashing, check))
+    if check is not None:
+        check.verify()
     payload = await trio.to_thread.run_sync(_cut, value, segment, pad)
     return Landed(payload, None if hashing is None else hashing.hasher.digest())
 

@@ -21,9 +21,11 @@ from typing import Annotated
 #: current key id.
 #: Version 4 lets a stream run under AES-256-GCM when both ends offer it, and replaces each
 #: direction's key every 64 GiB (handshake version 3, with an offers byte in each hello).
-PROTOCOL_VERSION = 4
+#: Version 5 has the peer that fetches arguments check their arrays against the owner's sums
+#: from submit (``FetchArgs.checks``, ``ValueHeader.sum_kind`` and ``sums``).
+PROTOCOL_VERSION = 5
 #: Versions this implementation decodes.
-SUPPORTED_VERSIONS = frozenset({4})
+SUPPORTED_VERSIONS = frozenset({5})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,20 @@ class AckStatus(IntEnum):
     ACCEPTED = 0  #: it is the task's result (or a duplicate)
     REFUSED = 1  #: too large here: the pusher sends ``reason`` as the task's error instead
     NO_JOB = 2  #: the owner no longer runs the job: nothing to do
+
+
+class SumKind(IntEnum):
+    """How the arrays of a task's arguments were summed at submit, in a
+    :class:`~.workmessages.ValueHeader`; a :class:`~.workmessages.FetchArgs` offers the
+    kinds its sender can check as the bits ``1 << kind``. APPEND-ONLY."""
+
+    NONE = 0  #: no sums: nothing to check
+    CRC32 = 1  #: zlib's CRC-32 of each array's bytes
+    XXH3_64 = 2  #: XXH3-64 (seed 0) of each array's bytes, as an unsigned integer
+
+
+#: Sums one ValueHeader carries at most (a value's out-of-band arrays: ``_packed.MAX_BUFFERS``).
+MAX_SUMS = 4096
 
 
 class PlacementKind(IntEnum):

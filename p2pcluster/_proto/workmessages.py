@@ -12,7 +12,9 @@ from .eligibility import MAX_NEEDED, NO_NEEDS, Dist, JobNeeds, Tag
 from .wiretypes import (
     MAX_DECLINED,
     MAX_INCLUDES,
+    MAX_SUMS,
     MAX_TASKS,
+    U64,
     Count,
     Digest,
     Ident,
@@ -196,22 +198,38 @@ class FetchArgs:
 
     The owner answers each id, in order, with a :class:`ValueHeader` followed by the value's
     bytes in raw frames (frames of the session, each sealed; their payloads concatenated).
+    ``checks`` are the :class:`~.wiretypes.SumKind` values the sender can check, as the bits
+    ``1 << kind``: the owner leaves the check of its sums from submit to it.
     """
 
     TYPE: ClassVar[int] = MessageType.FETCH_ARGS
     job: JobId
     ids: Annotated[tuple[TaskId, ...], Limit(max_len=MAX_TASKS)]
+    checks: Annotated[int, Limit(lo=0, hi=255)] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySum:
+    """The sum at submit of the ``size`` bytes at ``offset`` of a value: one array's data."""
+
+    offset: Size
+    size: Size
+    sum: Annotated[int, U64]
 
 
 @dataclass(frozen=True, slots=True)
 class ValueHeader:
     """``size`` bytes follow in raw frames (none if ``found`` is false: the owner has no
-    such task any more)."""
+    such task any more). ``sums``, of kind ``sum_kind`` (a :class:`~.wiretypes.SumKind`),
+    are those of the value's arrays at submit: the receiver checks what landed against
+    them (none: the owner checked the bytes as it sent them)."""
 
     TYPE: ClassVar[int] = MessageType.VALUE_HEADER
     id: TaskId
     size: Size
     found: bool
+    sum_kind: Annotated[int, Limit(lo=0, hi=255)] = 0
+    sums: Annotated[tuple[ArraySum, ...], Limit(max_len=MAX_SUMS)] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,31 +420,61 @@ async def _changed_after_submit(owner: Any, chunksize: int | None = None
     return by_id
 
 
+@pytest.mark.parametrize("checker", ["receiver", "owner"])
 async def test_an_array_changed_after_submit_fails_its_task_on_a_remote_peer(
-        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The owner holds the caller's arrays (no copy) with their CRC-32 from submit, and
-    checks each chunk as it goes out: a task whose array changed fails with a message that
-    says what to do, and the peer never runs it on the changed values."""
+        checker: str, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner holds the caller's arrays (no copy) with their sums from submit. The peer
+    that fetches them checks what landed against the sums, which come in each ValueHeader;
+    a peer that cannot check the owner's kind of sum (``owner``: it offers CRC-32 alone,
+    as one without xxhash does) has the owner check each chunk as it goes out instead.
+    Either way a task whose array changed fails with a message that says what to do, and
+    the peer never runs it on the changed values."""
+    from p2pcluster import _dataplane, _heldargs
+
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    if checker == "owner":
+        if _heldargs.own_kind() == _heldargs.SumKind.CRC32:
+            pytest.skip("without xxhash the owner sums with CRC-32, which every peer checks")
+        monkeypatch.setattr(_dataplane, "checkable", lambda: 1 << _heldargs.SumKind.CRC32)
+    checked_sends = []
+    send_checked = _dataplane._send_checked
+    monkeypatch.setattr(_dataplane, "_send_checked",
+                        lambda *args: checked_sends.append(1) or send_checked(*args))
     async with owner_and_worker(secret, unique_cluster()) as (a, b):
         await _changed_after_submit(a)
         assert b.statistics().workers.tasks == 1  # only the untouched one ran
+        assert len(checked_sends) == (0 if checker == "receiver" else 3)
         with trio.fail_after(WAIT):  # and the link still works
             assert await a.run(arrayfuncs.total, np.ones(100_000)) == 100_000.0
 
 
+@pytest.mark.parametrize("checker", ["receiver", "owner"])
 async def test_arrays_changed_in_the_middle_of_a_fetched_batch_fail_only_their_tasks(
-        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        checker: str, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a chunksize, tasks share a batch, whose arguments the peer asks for on one
-    stream: the owner ends that stream short of a changed array, and the peer asks for the
-    tasks after it on a new stream (where the next changed one ends it short as well); the
-    untouched task still runs, and the changed ones fail, each with its own message."""
+    stream. ``receiver``: the peer checks each value as it lands and fails the task of a
+    changed one, and the stream goes on. ``owner`` (the peer cannot check the owner's kind
+    of sum): the owner ends that stream short of a changed array, and the peer asks for the
+    tasks after it on a new stream (where the next changed one ends it short as well).
+    Either way the untouched task still runs, and the changed ones fail, each with its own
+    message."""
+    from p2pcluster import _dataplane, _heldargs
+
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    if checker == "owner":
+        if _heldargs.own_kind() == _heldargs.SumKind.CRC32:
+            pytest.skip("without xxhash the owner sums with CRC-32, which every peer checks")
+        monkeypatch.setattr(_dataplane, "checkable", lambda: 1 << _heldargs.SumKind.CRC32)
+    found = []  # the changes the fetching peer found (those the owner finds fail there)
+    result_of_change = _dataplane.changed_result
+    monkeypatch.setattr(_dataplane, "changed_result",
+                        lambda *args: found.append(args[0]) or result_of_change(*args))
     async with owner_and_worker(secret, unique_cluster()) as (a, b):
         await _changed_after_submit(a, chunksize=3)
         assert b.statistics().workers.tasks == 1  # only the untouched one ran
+        assert sorted(found) == ([0, 1] if checker == "receiver" else [])
 
 
 async def test_an_array_changed_after_submit_fails_its_task_on_the_owner(

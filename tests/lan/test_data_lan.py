@@ -8,8 +8,10 @@ reads a daemon's sharing counters and peak RSS through its control socket.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +130,33 @@ def test_the_owner_s_death_frees_every_peer_s_cache(make_lan: Any) -> None:
     print(f"caches freed {time.monotonic() - begun:.1f} s after the owner died")
     for h in (2, 3):
         assert sharing(peers, h)["cached_bytes"] == 0
+
+
+def test_an_array_changed_after_submit_fails_on_the_peer_that_fetches_it(make_lan: Any,
+                                                                        tmp_path: Path) -> None:
+    """An ephemeral owner (`run --local --workers 0` in h1) holds the caller's arrays with
+    their sums from submit; the caller refills one and sorts another right after. h2's
+    daemon starts only then: it fetches the arguments, checks them as they land, fails the
+    two changed tasks and runs the third."""
+    peers = make_lan(2)
+    marker = tmp_path / "submitted"
+    argv = [sys.executable, "-m", "p2pcluster", "run", "--local", "--workers", "0",
+            str(JOBS / "arrays.py"), "changed", "4", str(marker)]
+    run = peers.lan.popen(1, argv, env=peers.env(1, **peers.host_env(1)),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(marker.exists, 60, "the job submitted its arrays and changed two")
+        start(peers, 2, 1)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    first, second, third = json.loads(out)["outcomes"]
+    for outcome in (first, second):  # (each submit is a job of one task)
+        assert outcome[0] == "ArgumentChanged", outcome
+        assert "argument array 0 of task 0 (total) changed after submit" in outcome[1]
+        assert "(on peer h2)" in outcome[1]
+    assert third == ["ok", True, "h2"]
 
 
 @pytest.mark.skipif(not cpu_has_aes(), reason="this CPU has no AES instructions, so no peer "

@@ -33,8 +33,9 @@ def test_key_derivation_vectors() -> None:
 
 
 def test_message_vectors() -> None:
-    assert "`Nack(seq=7)` encodes as `83040407`" in DOC
-    assert wire.encode(Nack(seq=7)).hex() == "83040407"
+    nack = re.search(r"`Nack\(seq=7\)` encodes as `([0-9a-f]+)`", DOC)
+    assert nack, "docs/protocol.md lost its Nack vector"
+    assert wire.encode(Nack(seq=7)).hex() == nack.group(1) == "83050407"
     ping = Ping(seq=1, target=bytes(16),
                 updates=(Suspect(node=b"\x01" * 16, incarnation=3, by=b"\x02" * 16),))
     assert wire.encode(ping) == block_after("encodes as:")

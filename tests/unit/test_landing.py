@@ -11,7 +11,7 @@ import pytest
 
 from p2pcluster import MessageTooLarge, ProtocolError
 from p2pcluster._handoff import SegmentRef, to_ref
-from p2pcluster._landing import land
+from p2pcluster._landing import Sums, land
 from p2pcluster._packed import ALIGN, Packed
 from p2pcluster._proto.handshake import Session
 from p2pcluster._shm import available
@@ -93,6 +93,61 @@ async def test_a_value_that_ends_early_or_runs_longer_is_refused(size: int,
     c, s = connect()
     with pytest.raises(MessageTooLarge):
         await land(Frames(c, s, data, 4096), size - 1, digest=digest)  # type: ignore[arg-type]
+
+
+def _summed_args() -> tuple[bytes, Sums, list[int]]:
+    """Two arrays' arguments as the owner sends them (its plain CBOR) with the sums from
+    submit a ValueHeader carries, and a byte inside each array."""
+    from p2pcluster._heldargs import checked, own_kind, spans
+    from p2pcluster._jobs import encode_args
+
+    rng = np.random.default_rng(5)
+    value = encode_args((rng.standard_normal(20_000), "text", rng.standard_normal(30_000)), {})
+    assert isinstance(value, Packed)
+    sums = spans(checked(value))
+    data = value.flat()
+    for span, buffer in zip(sums, value.buffers, strict=True):  # where the arrays lie
+        assert data[span.offset:span.offset + span.size] == buffer.tobytes()
+    return data, Sums(own_kind(), sums), [span.offset + span.size // 2 for span in sums]
+
+
+@pytest.mark.parametrize("chunk", [1000, 65_536])
+@pytest.mark.parametrize("memfds", [True, False] if available() else [False])
+async def test_arguments_are_checked_against_the_sums_from_submit_as_they_land(
+        memfds: bool, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetching peer checks what landed, in a segment or as bytes, frame by frame
+    (frames of 1000 bytes straddle the arrays' ends): a value as the owner summed it
+    passes, one whose array changed raises ArgumentChanged naming that array."""
+    import p2pcluster._landing as landing
+    from p2pcluster._heldargs import ArgumentChanged
+
+    monkeypatch.setattr(landing, "available", lambda: memfds)
+    data, sums, inside = _summed_args()
+    c, s = connect()
+    landed = await land(Frames(c, s, data, chunk), len(data), sums=sums)  # type: ignore[arg-type]
+    assert (landed.payload.flat() if isinstance(landed.payload, Packed)
+            else landed.payload) == data
+    for index, at in enumerate(inside):
+        changed = bytearray(data)
+        changed[at] ^= 1
+        c, s = connect()
+        with pytest.raises(ArgumentChanged) as raised:
+            await land(Frames(c, s, bytes(changed), chunk), len(data),  # type: ignore[arg-type]
+                       sums=sums)
+        assert raised.value.index == index
+
+
+async def test_sums_that_do_not_fit_the_value_or_were_not_offered_are_refused() -> None:
+    from p2pcluster._proto.messages import ArraySum, SumKind
+
+    data, sums, _ = _summed_args()
+    first, last = sums.spans
+    outside = ArraySum(len(data) - last.size + 1, last.size, last.sum)
+    for bad in (Sums(sums.kind, [first, outside]), Sums(sums.kind, [last, first]),
+                Sums(SumKind.NONE, sums.spans), Sums(99, sums.spans)):
+        c, s = connect()
+        with pytest.raises(ProtocolError, match=r"lies outside|did not offer"):
+            await land(Frames(c, s, data, 65_536), len(data), sums=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not available(), reason="memfds are Linux only")

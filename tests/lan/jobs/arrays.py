@@ -2,12 +2,15 @@
 
     p2pcluster run tests/lan/jobs/arrays.py map COUNT MEGABYTES
     p2pcluster run tests/lan/jobs/arrays.py shared MEGABYTES TASKS SECONDS
+    p2pcluster run --local tests/lan/jobs/arrays.py changed MEGABYTES MARKER
 
 ``map`` sums COUNT float64 arrays of MEGABYTES each on the cluster and compares each sum
 with the one computed here, bit for bit. ``shared`` shares one float64 array of MEGABYTES and
 runs TASKS tasks that each sum one slice of it (sleeping SECONDS first), and compares. Both
 print a JSON object: whether every value is exact, the hosts that ran the tasks, the wall
-time, and this process's peak RSS (MiB).
+time, and this process's peak RSS (MiB). ``changed`` submits three arrays of MEGABYTES, refills
+the first and sorts the second right after, creates the file MARKER, and prints each task's
+outcome: ``["ok", exact, host]`` or ``[error type, message]``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,27 @@ def _shared(cluster: Any, megabytes: int, tasks: int, seconds: float) -> dict[st
             "peak_mb": _peak_mb()}
 
 
+def _changed(cluster: Any, megabytes: int, marker: str) -> dict[str, Any]:
+    n = megabytes * 2**20 // 8
+    arrays = [np.random.default_rng(i).standard_normal(n) for i in range(3)]
+    expected = float(np.sum(arrays[2]))
+    futures = [cluster.submit(total, arr) for arr in arrays]
+    arrays[0][:] = 1.0
+    arrays[1].sort()
+    open(marker, "w").close()
+    outcomes: list[list[Any]] = []
+    for future in futures:
+        try:
+            value, host = future.result()
+            outcomes.append(["ok", value == expected, host])
+        except Exception as exc:
+            outcomes.append([getattr(exc, "type_name", type(exc).__name__), str(exc)])
+    return {"outcomes": outcomes}
+
+
 def main(cluster: Any, kind: str, *args: str) -> dict[str, Any]:
     if kind == "map":
         return _map(cluster, int(args[0]), int(args[1]))
+    if kind == "changed":
+        return _changed(cluster, int(args[0]), args[1])
     return _shared(cluster, int(args[0]), int(args[1]), float(args[2]))
