@@ -30,7 +30,7 @@ from typing import NamedTuple, Protocol
 import trio
 
 from ._errors import MessageTooLarge, ProtocolError
-from ._heldargs import ArgumentChanged, LandingCheck
+from ._heldargs import LandingCheck
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
 from ._proto.messages import ArraySum
 from ._secure import SecureStream
@@ -127,8 +127,9 @@ async def land(stream: SecureStream, size: int, *, digest: bool = False,
     try:
         return await _land(stream, size, segment, digest, sums)
     except BaseExceptionGroup as group:  # the helpers' nursery: say what went wrong
+        segment.close()
         raise group.exceptions[0] if len(group.exceptions) == 1 else group from None
-    except (ArgumentChanged, ProtocolError):
+    except BaseException:  # (its memory goes with the last view of it)
         segment.close()
         raise
 

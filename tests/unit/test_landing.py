@@ -122,6 +122,10 @@ async def test_arguments_are_checked_against_the_sums_from_submit_as_they_land(
     from p2pcluster._heldargs import ArgumentChanged
 
     monkeypatch.setattr(landing, "available", lambda: memfds)
+    segments: list[Any] = []
+    create = landing.Segment.create
+    monkeypatch.setattr(landing.Segment, "create",
+                        lambda size: segments.append(create(size)) or segments[-1])
     data, sums, inside = _summed_args()
     c, s = connect()
     landed = await land(Frames(c, s, data, chunk), len(data), sums=sums)  # type: ignore[arg-type]
@@ -135,6 +139,8 @@ async def test_arguments_are_checked_against_the_sums_from_submit_as_they_land(
             await land(Frames(c, s, bytes(changed), chunk), len(data),  # type: ignore[arg-type]
                        sums=sums)
         assert raised.value.index == index
+        assert all(segment.fd == -1 for segment in segments[1:])  # let go of at once
+    assert len(segments) == (3 if memfds else 0)
 
 
 async def test_sums_that_do_not_fit_the_value_or_were_not_offered_are_refused() -> None:
