@@ -223,8 +223,8 @@ class LandingCheck:
     """Checks a value's arrays against the owner's sums from submit (``sums``, of ``kind``)
     as the value lands, a frame at a time, while its bytes are still in the cache: tell it
     :meth:`landed` as bytes come in, then :meth:`verify` once all are in. Raises
-    :class:`~p2pcluster.ProtocolError` at once for sums that do not fit a value of ``size``
-    bytes (out of it, out of order, overlapping) or of a kind this process did not offer
+    :class:`~p2pcluster.ProtocolError` at once for sums that do not fit ``value`` (out of
+    it, out of order, overlapping) or of a kind this process did not offer
     (:func:`checkable`)."""
 
     def __init__(self, value: memoryview, kind: int, sums: Sequence[ArraySum]) -> None:
@@ -266,9 +266,9 @@ def changed_result(tid: int, qualname: str, index: int) -> TaskResult:
     return TaskResult(tid, TaskStatus.ERROR, encode_error("ArgumentChanged", (
         f"argument array {index} of task {tid} ({qualname}) changed after submit, before "
         "all of it reached the peer that runs the task: the task did not run. An array "
-        "passed to submit or map "
-        "is read when a peer takes the task, not copied at submit; pass a copy "
-        "(array.copy()) if you refill or change it before the task's result is in.")))
+        "passed to submit or map is read when a peer takes the task, not copied at submit; "
+        "pass a copy (array.copy()) if you refill or change it before the task's result "
+        "is in.")))
 
 
 class HeldResults:

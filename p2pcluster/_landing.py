@@ -76,7 +76,6 @@ class _Hashing:
         self._filled = filled
         self._more.set()
 
-
     async def run(self) -> None:
         while self._hashed < len(self._value):
             await self._more.wait()
