@@ -235,7 +235,7 @@ class LandingCheck:
                                     f"outside a value of {len(value)}, or before another's")
             end = span.offset + span.size
         self._value, self._kind, self._sums = value, kind, sums
-        self._summer = _summer_of(kind) if sums else None
+        self._summer = _summer_of(kind)
         self._index = self._done = 0
         self._changed: int | None = None
 
@@ -244,12 +244,12 @@ class LandingCheck:
         while self._index < len(self._sums):
             span = self._sums[self._index]
             start, end = max(self._done, span.offset), min(filled, span.offset + span.size)
-            if start < end and self._summer is not None:
+            if start < end:
                 self._summer.update(self._value[start:end])
             if filled < span.offset + span.size:
                 break
-            if self._summer is not None and self._summer.intdigest() != span.sum:
-                self._changed = self._index if self._changed is None else self._changed
+            if self._changed is None and self._summer.intdigest() != span.sum:
+                self._changed = self._index
             self._index += 1
             self._summer = _summer_of(self._kind)
         self._done = filled

@@ -420,6 +420,16 @@ async def _changed_after_submit(owner: Any, chunksize: int | None = None
     return by_id
 
 
+def _offer_crc32_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetching peers here offer to check CRC-32 alone, as one without xxhash does: an
+    owner that sums with XXH3 checks the bytes itself as it sends them."""
+    from p2pcluster import _dataplane, _heldargs
+
+    if _heldargs.own_kind() == _heldargs.SumKind.CRC32:
+        pytest.skip("without xxhash the owner sums with CRC-32, which every peer checks")
+    monkeypatch.setattr(_dataplane, "checkable", lambda: 1 << _heldargs.SumKind.CRC32)
+
+
 @pytest.mark.parametrize("checker", ["receiver", "owner"])
 async def test_an_array_changed_after_submit_fails_its_task_on_a_remote_peer(
         checker: str, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -429,14 +439,12 @@ async def test_an_array_changed_after_submit_fails_its_task_on_a_remote_peer(
     as one without xxhash does) has the owner check each chunk as it goes out instead.
     Either way a task whose array changed fails with a message that says what to do, and
     the peer never runs it on the changed values."""
-    from p2pcluster import _dataplane, _heldargs
+    from p2pcluster import _dataplane
 
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     if checker == "owner":
-        if _heldargs.own_kind() == _heldargs.SumKind.CRC32:
-            pytest.skip("without xxhash the owner sums with CRC-32, which every peer checks")
-        monkeypatch.setattr(_dataplane, "checkable", lambda: 1 << _heldargs.SumKind.CRC32)
+        _offer_crc32_alone(monkeypatch)
     checked_sends = []
     send_checked = _dataplane._send_checked
     monkeypatch.setattr(_dataplane, "_send_checked",
@@ -459,14 +467,12 @@ async def test_arrays_changed_in_the_middle_of_a_fetched_batch_fail_only_their_t
     tasks after it on a new stream (where the next changed one ends it short as well).
     Either way the untouched task still runs, and the changed ones fail, each with its own
     message."""
-    from p2pcluster import _dataplane, _heldargs
+    from p2pcluster import _dataplane
 
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     if checker == "owner":
-        if _heldargs.own_kind() == _heldargs.SumKind.CRC32:
-            pytest.skip("without xxhash the owner sums with CRC-32, which every peer checks")
-        monkeypatch.setattr(_dataplane, "checkable", lambda: 1 << _heldargs.SumKind.CRC32)
+        _offer_crc32_alone(monkeypatch)
     found = []  # the changes the fetching peer found (those the owner finds fail there)
     result_of_change = _dataplane.changed_result
     monkeypatch.setattr(_dataplane, "changed_result",
