@@ -341,15 +341,17 @@ class DataPlane:
             return
         log.warning("could not deliver the result of task %d of job %s (%s bytes) to peer %s: "
                     "%s; its owner will run that task again", out.result.id, out.job.hex()[:8],
-                    f"{len(out.result.payload):,}", self._owner.name_of(out.dst), why)
+                    f"{len(out.value):,}", self._owner.name_of(out.dst), why)
         self._owner.pushed(out.job, out.result.id, False, None)
 
     async def _push_once(self, address: Address, out: PushValue) -> ResultAck:
-        result = out.result
+        result, value = out.result, out.value
+        if not isinstance(value, bytes | Packed):
+            raise TypeError(f"a result's value is bytes or Packed, not {type(value).__name__}")
         async with await self._runner.connect(address) as stream:
             await stream.send(PushResult(out.job, self._me, out.queue, result.id,
-                                         result.status, len(result.payload)))
-            await send_value(stream, result.payload)
+                                         result.status, len(value)))
+            await send_value(stream, value)
             ack = await stream.receive()
         if not isinstance(ack, ResultAck):
             raise ProtocolError("the owner closed the stream without acknowledging")

@@ -21,8 +21,8 @@ import trio
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
 from ._errors import ProtocolError, ValueTooLarge
-from ._packed import Payload, as_bytes, uses
-from ._pool import WorkerPool
+from ._packed import Packed, Payload, as_bytes, uses
+from ._pool import Outcome, WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
 from ._proto.stealing import StealingMachine
 from ._proto.workevents import Batch
@@ -38,12 +38,15 @@ __all__ = ["Ran", "Slots"]
 
 class Ran(NamedTuple):
     """What came of a batch: results of the tasks that ran (or failed before running), the
-    worker seconds spent (None if it did not run), and the tasks it did not start because
-    it reached its time limit."""
+    worker seconds spent (None if it did not run), the tasks it did not start because it
+    reached its time limit, and the payloads of large results kept as the worker placed
+    them (in shared memory), by task id: their results' payloads are empty, and the
+    stealing machine hands each back in a :class:`~._proto.workevents.PushValue`."""
 
     results: list[TaskResult]
     seconds: float | None
     unstarted: list[TaskItem]
+    held: dict[int, Payload]
 
 
 class Slots:
@@ -98,7 +101,7 @@ class Slots:
         job = batch.spec.job
         scope = trio.CancelScope()
         self._running.setdefault(job, set()).add(scope)
-        ran = Ran([], None, [])
+        ran = Ran([], None, [], {})
         try:
             with scope:
                 ran = await self._execute(batch)
@@ -109,7 +112,7 @@ class Slots:
                 if not running:
                     del self._running[job]
             self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
-                                   ran.unstarted)
+                                   ran.unstarted, held=ran.held)
             if any(map(_lacks_numpy, ran.results)):  # the rest of the job goes elsewhere
                 self._machine.decline(trio.current_time(), job)
             self._flush()
@@ -122,26 +125,43 @@ class Slots:
         except CodeUnavailable as exc:
             error = encode_error("CodeUnavailable", str(exc))
             return Ran([TaskResult(item.id, TaskStatus.ERROR, error) for item in batch.items],
-                       None, [])
+                       None, [], {})
         items, payloads, failed = await self._data.fetch_args(spec, batch.items,
                                                               self._pool.segments)
         if not items:
-            return Ran(failed, None, [])
+            return Ran(failed, None, [], {})
         shared, unshared = await self._shared_values(spec, items, payloads)
         if unshared:
-            return Ran(failed + unshared, None, [])
+            return Ran(failed + unshared, None, [], {})
         ref = FunctionRef(spec.module, spec.qualname, spec.code, spec.includes)
         limit, where = self._result_limit(spec)
         labels = TaskLabels(spec.job.hex()[:8], [item.id for item in items])
         ran = await self._pool.run(ref, payloads, timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
                                    time_limit=batch.time_limit, shared=shared, labels=labels)
-        results = [TaskResult(item.id, o.status, as_bytes(o.payload))
-                   for item, o in zip(items, ran.outcomes, strict=False)]
+        results, held = self._results(spec, items, ran.outcomes)
         for item, outcome in zip(items, ran.outcomes, strict=False):
             if outcome.run is not None:
                 self._tasks.record(spec, item.id, outcome.status, outcome.run)
-        return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):])
+        return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):], held)
+
+    def _results(self, spec: JobSpec, items: list[TaskItem], outcomes: list[Outcome]
+                 ) -> tuple[list[TaskResult], dict[int, Payload]]:
+        """The batch's results for the machine. A large packed one of a job owned elsewhere
+        stays as the worker placed it (its arrays in shared memory) and is sealed from there
+        when it is pushed to the owner; the rest are joined into plain CBOR."""
+        keep = spec.owner != self._machine.node_id
+        inline = self._machine.policy.inline_limit
+        results: list[TaskResult] = []
+        held: dict[int, Payload] = {}
+        for item, outcome in zip(items, outcomes, strict=False):
+            payload = outcome.payload
+            if keep and isinstance(payload, Packed) and len(payload) > inline:
+                held[item.id] = payload
+                results.append(TaskResult(item.id, outcome.status, b""))
+            else:
+                results.append(TaskResult(item.id, outcome.status, as_bytes(payload)))
+        return results, held
 
     async def _shared_values(self, spec: JobSpec, items: list[TaskItem], payloads: list[Payload]
                              ) -> tuple[dict[bytes, Payload], list[TaskResult]]:

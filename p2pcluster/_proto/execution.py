@@ -18,7 +18,7 @@ still *held* here until it is delivered.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
 
 from .holding import Holder
 from .messages import JobSpec, Results, TaskItem, TaskResult
@@ -87,8 +87,10 @@ class Execution:
         return Batch(spec, items, None if spec.chunksize else policy.max_batch_time)
 
     def finished(self, batch: Batch, results: Sequence[TaskResult], seconds: float | None,
-                 unstarted: Sequence[TaskItem] = ()) -> None:
+                 unstarted: Sequence[TaskItem], held: Mapping[int, Sized]) -> None:
         spec = batch.spec
+        if held and spec.owner == self._ctx.node_id:
+            raise ValueError("results of a job owned here are not held outside the machine")
         if seconds is not None and results:
             self._measure(spec.job, len(results), seconds)
         if unstarted and self._holder.owner_of(spec.job) is not None:  # the job lives on
@@ -107,7 +109,7 @@ class Execution:
             self._owner.accept(spec.job, self._ctx.node_id, results)
         elif spec.owner not in self._ctx.dead | {self._ctx.node_id} and not (
                 self._owner.owned.ended(spec.job)):  # our own job, not ours now: it is over
-            self._send_results(spec, results)
+            self._send_results(spec, results, held)
 
     def push_done(self, job: bytes, tid: int, delivered: bool,
                   instead: TaskResult | None) -> None:
@@ -153,16 +155,21 @@ class Execution:
         if len(self._task_time) > TIMED_JOBS_KEPT:  # the least recently measured goes
             del self._task_time[next(iter(self._task_time))]
 
-    def _send_results(self, spec: JobSpec, results: Sequence[TaskResult]) -> None:
+    def _send_results(self, spec: JobSpec, results: Sequence[TaskResult],
+                      held: Mapping[int, Sized]) -> None:
+        """Small results inline, in :class:`Results`; each large one pushed, as is one whose
+        payload the driver ``held`` (whatever its size: it is not here to go inline)."""
         policy, me = self._ctx.policy, self._ctx.node_id
-        small = [r for r in results if len(r.payload) <= policy.inline_limit]
+        small = [r for r in results
+                 if r.id not in held and len(r.payload) <= policy.inline_limit]
         for part in _parts(small, policy.message_bytes):
             self._ctx.send(spec.owner, Results(spec.job, me, self._ctx.surplus(), part))
         for result in results:
-            if len(result.payload) > policy.inline_limit:
+            value = held.get(result.id, result.payload)
+            if result.id in held or len(value) > policy.inline_limit:
                 self._holder.hold(spec, (result.id,))
                 self._ctx.outputs.append(PushValue(spec.owner, spec.job, result,
-                                                   self._ctx.surplus()))
+                                                   self._ctx.surplus(), value))
                 self._ctx.count("results_pushed")
 
 

@@ -45,7 +45,7 @@ number it uses is in its :class:`~.policy.WorkPolicy`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import fields
 from random import Random
 
@@ -285,15 +285,17 @@ class StealingMachine:
         return batch
 
     def finished(self, now: float, batch: Batch, results: Sequence[TaskResult],
-                 seconds: float | None = None, unstarted: Sequence[TaskItem] = ()) -> None:
+                 seconds: float | None = None, unstarted: Sequence[TaskItem] = (), *,
+                 held: Mapping[int, Sized] | None = None) -> None:
         """A batch taken with :meth:`take` ended; route its results to the job's owner.
 
         Pass the results of the tasks that ran (none, if the batch was stopped), the seconds
         the worker spent on them, which size the job's next batches, and the tasks it did
         not start because it reached the batch's ``time_limit``: they go back to the front
-        of the queue (unless the job is over here).
+        of the queue (unless the job is over here). ``held``: task id -> a payload the driver
+        keeps (of a job owned elsewhere; that result's own is empty), pushed as it is.
         """
-        self._execution.finished(batch, results, seconds, unstarted)
+        self._execution.finished(batch, results, seconds, unstarted, held or {})
         self._maybe_steal(now)
 
     def push_done(self, now: float, job: bytes, tid: int, delivered: bool,

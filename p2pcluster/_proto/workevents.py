@@ -3,6 +3,7 @@ batches it gives out, and its statistics."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,12 +27,15 @@ class SendWork:
 @dataclass(frozen=True, slots=True)
 class PushValue:
     """Send one large ``result`` of ``job`` to its owner ``dst`` on a data stream of its own,
-    then report the outcome with :meth:`StealingMachine.push_done`."""
+    then report the outcome with :meth:`StealingMachine.push_done`. ``value`` is its
+    payload: the result's own, or the one the driver held outside the machine (see
+    :meth:`StealingMachine.finished`), opaque here but for its length."""
 
     dst: bytes
     job: bytes
     result: TaskResult
     queue: int
+    value: Sized
 
 
 @dataclass(frozen=True, slots=True)

@@ -610,19 +610,27 @@ async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exa
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A result pushed to the owner lands in memory of the caller's own: its first array
     is a view of it, aligned, writable, exact; arguments held by the owner (never joined)
-    arrive exact too."""
+    arrive exact too. The peer that ran the task seals the result straight from the
+    shared memory its worker placed it in: it never joins it into one byte string."""
     for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     import p2pcluster._dataplane as dataplane
+    import p2pcluster._slots as slots
 
     landed: list[int] = []
-    land_result = dataplane.land_result
+    joined: list[int] = []
+    land_result, as_bytes = dataplane.land_result, slots.as_bytes
 
     async def spy(stream: Any, size: int) -> memoryview:
         landed.append(size)
         return await land_result(stream, size)
 
+    def joining(payload: Any) -> bytes:
+        joined.append(len(payload))
+        return as_bytes(payload)
+
     monkeypatch.setattr(dataplane, "land_result", spy)
+    monkeypatch.setattr(slots, "as_bytes", joining)
     cluster = unique_cluster()
     arr = np.random.default_rng(7).standard_normal(300_000)  # 2.4 MB: pushed, not inline
     async with owner_and_worker(secret, cluster) as (a, b):
@@ -633,3 +641,4 @@ async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exa
     assert np.array_equal(got, arr * 2.0) and np.array_equal(strided, arr[::3])
     assert got.flags.writeable and got.ctypes.data % 64 == 0
     assert len(landed) == 2 and min(landed) > 800_000  # both came back as pushed values
+    assert max(joined, default=0) < 64 * 1024  # (the owner's other results: small ones)

@@ -78,6 +78,22 @@ def test_a_1_gib_map_over_arrays_is_exact(make_lan: Any) -> None:  # 64 x 16 MiB
     assert owner < 2 * 1024 + 200, owner
 
 
+def test_a_large_result_is_sealed_from_the_worker_s_shared_memory(make_lan: Any) -> None:
+    """A 128 MiB array made by h2's worker comes back exact through h1's daemon, and h2's
+    daemon seals it from the segment the worker placed it in: its peak RSS grows by the
+    segment's pages it reads, not by a second, joined copy as well."""
+    peers = make_lan(2)
+    start(peers, 1, 0)
+    start(peers, 2, 1)
+    peers.wait_everyone_sees([1, 2])
+    before = peak_rss_mb(peers, 2)
+    result = finish(peers.run_job(1, JOBS / "arrays.py", "result", "128"), 300)
+    grew = peak_rss_mb(peers, 2) - before
+    print(f"128 MiB result: h2 daemon's peak RSS grew by {grew:.0f} MiB")
+    assert result == {"exact": True, "host": "h2"}
+    assert grew < 1.5 * 128, grew
+
+
 def test_a_shared_array_crosses_the_link_once(make_lan: Any) -> None:
     """256 MiB shared by 256 tasks: h2 fetches it once, and h1 serves it once."""
     peers = make_lan(2)

@@ -387,6 +387,40 @@ def test_large_results_are_pushed_and_small_ones_batched_within_the_byte_cap() -
     assert thief.statistics().results_pushed == 1
 
 
+def test_a_result_held_by_the_driver_is_pushed_with_its_value_whatever_its_size() -> None:
+    """The driver keeps a large result's payload outside the machine (in shared memory):
+    the result comes with an empty payload, and the PushValue hands the held value back,
+    sized by it. A held value is pushed even if small (it is not here to go inline)."""
+    thief = small_machine(B, 1, A)
+    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(
+        TaskItem(i, 1, b"\x80") for i in range(3))),)))
+    batch = thief.take(0.0, 3)
+    assert batch is not None
+    thief.take_outputs()
+    big, tiny = bytearray(b"v" * 700), b"w" * 10
+    thief.finished(0.1, batch, [TaskResult(0, 0, b""), TaskResult(1, 0, b""),
+                                TaskResult(2, 0, b"x" * 20)], held={0: big, 1: tiny})
+    out = thief.take_outputs()
+    pushes = [o for o in out if isinstance(o, PushValue)]
+    sent = [o.msg for o in out if isinstance(o, SendWork) and isinstance(o.msg, Results)]
+    assert [(p.result.id, p.result.payload, p.value) for p in pushes] == [
+        (0, b"", big), (1, b"", tiny)]
+    assert pushes[0].value is big  # the driver's own object, not a copy
+    assert [r.id for m in sent for r in m.results] == [2]
+    thief.tick(1.0)
+    (report,) = [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]
+    assert {0, 1} <= ids_from_runs(report.jobs[0].runs, 10)  # held here while they travel
+
+
+def test_results_of_a_job_owned_here_are_never_held_outside_the_machine() -> None:
+    owner = small_machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2))
+    batch = owner.take(0.0, 1)
+    assert batch is not None
+    with pytest.raises(ValueError, match="owned here"):
+        owner.finished(0.1, batch, [TaskResult(0, 0, b"")], held={0: b"v" * 700})
+
+
 def test_a_holder_reports_what_it_holds_and_the_owner_requeues_what_is_missing_twice(
 ) -> None:
     owner = small_machine(A, 1, B)

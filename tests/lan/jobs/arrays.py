@@ -3,6 +3,7 @@
     p2pcluster run tests/lan/jobs/arrays.py map COUNT MEGABYTES
     p2pcluster run tests/lan/jobs/arrays.py shared MEGABYTES TASKS SECONDS
     p2pcluster run --local tests/lan/jobs/arrays.py changed MEGABYTES MARKER
+    p2pcluster run tests/lan/jobs/arrays.py result MEGABYTES
 
 ``map`` sums COUNT float64 arrays of MEGABYTES each on the cluster and compares each sum
 with the one computed here, bit for bit. ``shared`` shares one float64 array of MEGABYTES and
@@ -10,7 +11,9 @@ runs TASKS tasks that each sum one slice of it (sleeping SECONDS first), and com
 print a JSON object: whether every value is exact, the hosts that ran the tasks, the wall
 time, and this process's peak RSS (MiB). ``changed`` submits three arrays of MEGABYTES, refills
 the first and sorts the second right after, creates the file MARKER, and prints each task's
-outcome: ``["ok", exact, host]`` or ``[error type, message]``.
+outcome: ``["ok", exact, host]`` or ``[error type, message]``. ``result`` has one task make
+a float64 array of MEGABYTES on the peer that runs it, and compares it with the same array
+made here: whether it is exact, and the host that made it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ def slice_total(arr: Any, index: int, parts: int, seconds: float) -> list[Any]:
     step = len(arr) // parts
     return [float(np.sum(arr[index * step:(index + 1) * step])),
             os.environ.get("P2P_TEST_HOST", "?"), bool(arr.flags.writeable)]
+
+
+def made(megabytes: int) -> list[Any]:
+    arr = np.random.default_rng(megabytes).standard_normal(megabytes * 2**20 // 8)
+    return [arr, os.environ.get("P2P_TEST_HOST", "?")]
 
 
 def _peak_mb() -> float:
@@ -87,4 +95,7 @@ def main(cluster: Any, kind: str, *args: str) -> dict[str, Any]:
         return _map(cluster, int(args[0]), int(args[1]))
     if kind == "changed":
         return _changed(cluster, int(args[0]), args[1])
+    if kind == "result":
+        got, host = cluster.submit(made, int(args[0])).result()
+        return {"exact": bool(np.array_equal(got, made(int(args[0]))[0])), "host": host}
     return _shared(cluster, int(args[0]), int(args[1]), float(args[2]))
