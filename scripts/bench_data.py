@@ -36,6 +36,12 @@ warm Dask does: from its third map on, its workers reuse the 16 MB buffers they 
 (glibc raises its mmap threshold once such a block is freed) instead of faulting in fresh
 pages, and it runs nearly three times faster than in its first two.
 
+``d1_machine_cpu_s`` and ``d1_dask_machine_cpu_s`` are the CPU seconds the whole machine
+spent busy during each system's first D1 round (``/proc/stat``: user, system, interrupts),
+and ``d1_cpu_bound_gbps`` and ``d1_dask_cpu_bound_gbps`` the GB/s each would reach if that
+CPU time were spread over every core with none idle: the most that system's code could
+reach on this machine, as it stands (its wall time can only approach the bound).
+
 ``d1_owner_peak_rss_mb`` is this process's peak RSS after D1 (it holds the 1 GiB of arrays
 it submits). ``--quick`` shrinks everything (for a check that the script runs, not for
 figures); ``--size KEY=N`` sets one size. ``d1_cpu_s``, ``d2_cpu_s`` and ``d3_cpu_s`` are
@@ -130,6 +136,33 @@ class CpuClock:
     def faults(self) -> tuple[int, int]:
         ours, theirs = self._now()
         return ours[1] - self.start[0][1], theirs[1] - self.start[1][1]
+
+
+class MachineClock:
+    """CPU seconds the whole machine spent busy (user, system, interrupts; not idle, I/O
+    wait or steal) since it was made, from ``/proc/stat``; None where there is none."""
+
+    def __init__(self) -> None:
+        self.start = self._busy()
+
+    @staticmethod
+    def _busy() -> float | None:
+        with contextlib.suppress(OSError, ValueError):
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
+            return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+        return None
+
+    def spent(self) -> float | None:
+        now = self._busy()
+        return None if now is None or self.start is None else now - self.start
+
+
+def cpu_bound_gbps(arrays: list[Any], busy: float | None) -> float | None:
+    """The GB/s a section would reach if the CPU time the machine spent on it (``busy``)
+    were spread over every core with none idle: what its code could reach at best here."""
+    cores = os.cpu_count() or 1
+    return None if not busy else sum(a.nbytes for a in arrays) / (busy / cores) / 1e9
 
 
 def tree_peak_rss_mb(pid: int) -> float:
@@ -270,12 +303,15 @@ def measure_d1(p2p: P2P, sizes: dict[str, int], out: dict[str, Any]) -> None:
     expected = [float(np.sum(a)) for a in arrays]
     rounds, limits = [], [out["d1_aead_limit_gbps"], aead_limit_gbps(sizes["aead_bytes"])]
     for _ in range(D1_ROUNDS):
+        machine = MachineClock()
         clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
         sums = list(p2p.cluster.map(bench_data_work.total, arrays))
         wall = time.perf_counter() - start
         assert sums == expected, "D1 results differ"
         rounds.append((wall, clock.spent(), clock.faults()))
         if len(rounds) == 1:
+            out["d1_machine_cpu_s"] = machine.spent()
+            out["d1_cpu_bound_gbps"] = cpu_bound_gbps(arrays, out["d1_machine_cpu_s"])
             limits.append(aead_limit_gbps(sizes["aead_bytes"]))
     out["d1_aead_limit_gbps"] = (limits[1] + limits[2]) / 2
     out["d1_aead_limit_measured_gbps"] = [round(x, 3) for x in limits]
@@ -323,9 +359,13 @@ def measure_dask(sizes: dict[str, int], out: dict[str, Any]) -> None:
         arrays = d1_arrays(sizes)
         walls = []
         for _ in range(D1_ROUNDS):
-            start = time.perf_counter()
+            machine, start = MachineClock(), time.perf_counter()
             client.gather(client.map(bench_data_work.total, arrays, pure=False))
             walls.append(time.perf_counter() - start)
+            if len(walls) == 1:
+                out["d1_dask_machine_cpu_s"] = machine.spent()
+                out["d1_dask_cpu_bound_gbps"] = cpu_bound_gbps(arrays,
+                                                               out["d1_dask_machine_cpu_s"])
         out["d1_dask_gbps"] = gbps(arrays, walls[0])
         out["d1_dask_rounds_gbps"] = [round(gbps(arrays, w), 3) for w in walls]
         del arrays
@@ -344,7 +384,8 @@ KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_aes_gcm_limit_gbps"
         "d2_bytes_per_peer", "d2_array_bytes", "d2_wall_s", "d2_dask_wall_s", "d3_wall_s",
         "d3_peak_rss_mb", "d3_remote_peak_rss_mb", "d1_cpu_s", "d2_cpu_s", "d3_cpu_s",
         "d1_faults", "d2_faults", "d3_faults", "d1_rounds_gbps", "d1_dask_rounds_gbps",
-        "d1_aead_limit_measured_gbps")
+        "d1_aead_limit_measured_gbps", "d1_machine_cpu_s", "d1_cpu_bound_gbps",
+        "d1_dask_machine_cpu_s", "d1_dask_cpu_bound_gbps")
 
 
 def main() -> int:
