@@ -25,6 +25,7 @@ from ._bundles import CodeBundle
 from ._control import FramedStream
 from ._errors import P2PClusterError, ProtocolError, ValueTooLarge, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
+from ._packed import Packed, pieces_of
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
 from ._proto.control import (
@@ -73,9 +74,7 @@ class _Refused(P2PClusterError):
 class _Blob:
     def __init__(self, size: int, refused: str) -> None:
         self.data = bytearray() if refused else bytearray(size)
-        self.size = size
-        self.filled = 0
-        self.refused = refused
+        self.size, self.filled, self.refused = size, 0, refused
 
 
 @dataclass
@@ -329,21 +328,21 @@ class ControlSession:
                 items.append(ResultItem(result.task, result.status, ref, result.peer))
                 break
             running.results.popleft()
-            items.append(ResultItem(result.task, result.status, Inline(bytes(result.payload)),
-                                    result.peer))
+            inline = Inline(b"".join(pieces_of(result.payload)))
+            items.append(ResultItem(result.task, result.status, inline, result.peer))
             size += len(result.payload)
         self._queue_out(Results(running.key, tuple(items)))
         if self._out_bytes >= RESULTS_BYTES:
             await self._flush_out()
 
-    async def _blob(self, data: bytes | memoryview) -> BlobRef:
+    async def _blob(self, data: bytes | memoryview | Packed) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
         self._queue_out(Blob(blob, len(data)))
-        view = memoryview(data)
-        for offset in range(0, len(data), CHUNK):
-            self._queue_out(Chunk(blob, bytes(view[offset:offset + CHUNK])))
-            await self._flush_out()  # one chunk in memory at a time, paced by the client
+        for view in pieces_of(data):  # (a packed value: its pieces, never joined)
+            for offset in range(0, len(view), CHUNK):
+                self._queue_out(Chunk(blob, bytes(view[offset:offset + CHUNK])))
+                await self._flush_out()  # one chunk in memory at a time, paced by the client
         return BlobRef(blob, len(data))
 
     def _queue_out(self, message: ControlMessage) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from ._errors import ProtocolError
@@ -272,26 +272,32 @@ def changed_result(tid: int, qualname: str, index: int) -> TaskResult:
 
 
 class HeldResults:
-    """A pushed result's value, landed in memory of its own (:func:`~._landing.land_result`),
-    goes to the job as it is: the machine gets the result without its payload, and the job
-    takes the value from here while the machine's events are carried out."""
+    """Large results go to the job as they are: a pushed one's value landed in memory of its
+    own (:func:`~._landing.land_result`), one of this peer's workers as the worker placed it
+    in shared memory. The machine gets the result without its payload, and the job takes
+    the value from here while the machine's events are carried out."""
 
     def __init__(self) -> None:
-        self._landed: dict[tuple[bytes, int], memoryview] = {}
+        self._landed: dict[tuple[bytes, int], memoryview | Packed] = {}
 
     @contextlib.contextmanager
-    def landing(self, results: Results, value: memoryview | None) -> Iterator[None]:
-        """Hold ``value``, the payload of the one result of ``results``, while the machine
-        takes them (a duplicate's value is let go of at the end)."""
-        key = (results.job, results.results[0].id) if value is not None else None
-        if key is not None and value is not None:
-            self._landed[key] = value
+    def holding(self, job: bytes, values: Mapping[int, memoryview | Packed]
+                ) -> Iterator[None]:
+        """Hold ``values`` (task id -> payload) of ``job``'s results while the machine takes
+        them; those no job took (duplicates, a job over) are let go of at the end."""
+        keys = [(job, tid) for tid in values]
+        self._landed.update(zip(keys, values.values(), strict=True))
         try:
             yield
         finally:
-            if key is not None:
+            for key in keys:
                 self._landed.pop(key, None)
 
-    def payload(self, job: bytes, result: TaskResult) -> bytes | memoryview:
-        """The payload of ``result``: the value landed for it, if any."""
+    def landing(self, results: Results, value: memoryview | None
+                ) -> contextlib.AbstractContextManager[None]:
+        """Hold ``value``, the payload of the one result of ``results`` (a push)."""
+        return self.holding(results.job, {} if value is None else {results.results[0].id: value})
+
+    def payload(self, job: bytes, result: TaskResult) -> bytes | memoryview | Packed:
+        """The payload of ``result``: the value held for it, if any."""
         return self._landed.pop((job, result.id), result.payload)

@@ -28,7 +28,7 @@ from ._errors import (
     task_error,
     too_large,
 )
-from ._packed import Payload, cut, find_cuts
+from ._packed import Packed, Payload, cut, find_cuts
 from ._proto.eligibility import NO_NEEDS, JobNeeds
 from ._proto.wiretypes import PlacementKind, TaskStatus
 from ._refs import FunctionRef, function_ref
@@ -46,11 +46,13 @@ _ERRORS: dict[int, type[TaskError]] = {
 }
 
 
-def unpack(status: int, payload: bytes | memoryview, peer: str) -> Any:
+def unpack(status: int, payload: bytes | memoryview | Packed, peer: str) -> Any:
     """A task's value, or raise the :class:`~._errors.TaskError` it ended with. A value
-    landed in memory of its own (a ``memoryview``: a large result) is decoded in place:
-    its large arrays are views of it, writable and the caller's own, not copies."""
-    value: Payload = payload if isinstance(payload, bytes) else b""
+    landed in memory of its own (a ``memoryview``: a large result pushed here) is decoded
+    in place: its large arrays are views of it, writable and the caller's own, not copies;
+    so are those of a packed one, as a worker of this peer placed it in shared memory
+    (mapped copy-on-write)."""
+    value: Payload = payload if isinstance(payload, bytes | Packed) else b""
     if isinstance(payload, memoryview):
         cuts = find_cuts(payload) if status == TaskStatus.OK else []
         value = cut(payload, cuts) if cuts else bytes(payload)
@@ -73,7 +75,7 @@ class JobResult(NamedTuple):
 
     task: int
     status: int
-    payload: bytes | memoryview
+    payload: bytes | memoryview | Packed
     peer: str
 
 

@@ -118,6 +118,11 @@ class Packed:
 Payload = bytes | Packed
 
 
+def pieces_of(data: bytes | memoryview | Packed) -> Iterator[memoryview]:
+    """The bytes of a value, in order: a packed one's pieces, else the value whole."""
+    return data.pieces() if isinstance(data, Packed) else iter((memoryview(data),))
+
+
 def payload_size(payload: Payload) -> int:
     return len(payload)
 

@@ -21,6 +21,7 @@ import trio
 from ._codeship import CodeShipping, CodeUnavailable
 from ._dataplane import DataPlane
 from ._errors import ProtocolError, ValueTooLarge
+from ._heldargs import HeldResults
 from ._packed import Packed, Payload, as_bytes, uses
 from ._pool import Outcome, WorkerPool
 from ._proto.messages import JobSpec, TaskItem, TaskResult, TaskStatus
@@ -40,25 +41,28 @@ class Ran(NamedTuple):
     """What came of a batch: results of the tasks that ran (or failed before running), the
     worker seconds spent (None if it did not run), the tasks it did not start because it
     reached its time limit, and the payloads of large results kept as the worker placed
-    them (in shared memory), by task id: their results' payloads are empty, and the
-    stealing machine hands each back in a :class:`~._proto.workevents.PushValue`."""
+    them (in shared memory), by task id: their results' payloads are empty. The job takes
+    those of a job owned here from ``landed`` (:class:`~._heldargs.HeldResults`); the
+    stealing machine hands the others back in a :class:`~._proto.workevents.PushValue`."""
 
     results: list[TaskResult]
     seconds: float | None
     unstarted: list[TaskItem]
-    held: dict[int, Payload]
+    held: dict[int, Packed]
 
 
 class Slots:
     """The runners of a peer. ``flush()`` is the work service's: call it after every change
-    to the machine. ``name_of(peer)`` names a peer (for messages about limits). Every task
-    that runs in a worker is recorded in ``tasks``."""
+    to the machine. ``name_of(peer)`` names a peer (for messages about limits). Large
+    results of jobs owned here go to them through ``landed``. Every task that runs in a
+    worker is recorded in ``tasks``."""
 
     def __init__(self, machine: StealingMachine, pool: WorkerPool, code: CodeShipping,
                  data: DataPlane, shared: SharedValues, *, flush: Callable[[], None],
                  name_of: Callable[[bytes], str], max_value_size: int,
-                 tasks: TaskLog | None = None) -> None:
+                 landed: HeldResults, tasks: TaskLog | None = None) -> None:
         self._tasks = tasks or TaskLog()
+        self._landed = landed
         self._machine = machine
         self._pool = pool
         self._code = code
@@ -111,11 +115,13 @@ class Slots:
                 running.discard(scope)
                 if not running:
                     del self._running[job]
-            self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
-                                   ran.unstarted, held=ran.held)
-            if any(map(_lacks_numpy, ran.results)):  # the rest of the job goes elsewhere
-                self._machine.decline(trio.current_time(), job)
-            self._flush()
+            own = batch.spec.owner == self._machine.node_id  # (its results go to the job)
+            with self._landed.holding(job, ran.held if own else {}):
+                self._machine.finished(trio.current_time(), batch, ran.results, ran.seconds,
+                                       ran.unstarted, held=None if own else ran.held)
+                if any(map(_lacks_numpy, ran.results)):  # the rest of the job goes elsewhere
+                    self._machine.decline(trio.current_time(), job)
+                self._flush()
 
     async def _execute(self, batch: Batch) -> Ran:
         """Bring what the batch needs and run it."""
@@ -139,24 +145,24 @@ class Slots:
         ran = await self._pool.run(ref, payloads, timeout=spec.timeout,
                                    max_result=limit, limit_where=where,
                                    time_limit=batch.time_limit, shared=shared, labels=labels)
-        results, held = self._results(spec, items, ran.outcomes)
+        results, held = self._results(items, ran.outcomes)
         for item, outcome in zip(items, ran.outcomes, strict=False):
             if outcome.run is not None:
                 self._tasks.record(spec, item.id, outcome.status, outcome.run)
         return Ran(failed + results, ran.worker_seconds, items[len(ran.outcomes):], held)
 
-    def _results(self, spec: JobSpec, items: list[TaskItem], outcomes: list[Outcome]
-                 ) -> tuple[list[TaskResult], dict[int, Payload]]:
-        """The batch's results for the machine. A large packed one of a job owned elsewhere
-        stays as the worker placed it (its arrays in shared memory) and is sealed from there
-        when it is pushed to the owner; the rest are joined into plain CBOR."""
-        keep = spec.owner != self._machine.node_id
+    def _results(self, items: list[TaskItem], outcomes: list[Outcome]
+                 ) -> tuple[list[TaskResult], dict[int, Packed]]:
+        """The batch's results for the machine. A large packed one stays as the worker
+        placed it (its arrays in shared memory): pushed to a job owned elsewhere, it is
+        sealed from there; a job owned here decodes it in place. The rest are joined into
+        plain CBOR."""
         inline = self._machine.policy.inline_limit
         results: list[TaskResult] = []
-        held: dict[int, Payload] = {}
+        held: dict[int, Packed] = {}
         for item, outcome in zip(items, outcomes, strict=False):
             payload = outcome.payload
-            if keep and isinstance(payload, Packed) and len(payload) > inline:
+            if isinstance(payload, Packed) and len(payload) > inline:
                 held[item.id] = payload
                 results.append(TaskResult(item.id, outcome.status, b""))
             else:

@@ -642,3 +642,39 @@ async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exa
     assert got.flags.writeable and got.ctypes.data % 64 == 0
     assert len(landed) == 2 and min(landed) > 800_000  # both came back as pushed values
     assert max(joined, default=0) < 64 * 1024  # (the owner's other results: small ones)
+
+
+async def test_a_large_result_of_a_job_owned_here_is_a_view_of_the_worker_s_memory(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that ran on the owner's own worker returns a large array: the caller gets a
+    writable view of the shared memory the worker placed it in (mapped copy-on-write), not
+    a copy; writing to it changes nothing the worker or a later result sees."""
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    import mmap
+
+    import p2pcluster._slots as slots
+
+    joined: list[int] = []
+    as_bytes = slots.as_bytes
+
+    def joining(payload: Any) -> bytes:
+        joined.append(len(payload))
+        return as_bytes(payload)
+
+    monkeypatch.setattr(slots, "as_bytes", joining)
+    arr = np.random.default_rng(8).standard_normal(300_000)  # 2.4 MB
+    async with open_peer(config(secret, unique_cluster(), node_name="a"),
+                         include=[ARRAYFUNCS]) as a:
+        with trio.fail_after(WAIT):
+            got = await a.run(arrayfuncs.scaled, arr, 2.0)
+            got[:] = 0.0  # the caller's own
+            again = await a.run(arrayfuncs.scaled, arr, 2.0)
+        assert a.statistics().workers.tasks >= 2  # they ran here
+    assert np.array_equal(again, arr * 2.0) and not got.any()
+    assert got.flags.writeable and got.ctypes.data % 64 == 0
+    base = again.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)  # the segment
+    assert max(joined, default=0) < 64 * 1024
