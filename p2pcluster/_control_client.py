@@ -25,7 +25,7 @@ from ._control import FramedStream, connect
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
 from ._outbox import Outbox, Part, blob_frames
-from ._packed import as_bytes
+from ._packed import aligned_buffer, as_bytes
 from ._proto.codec import decode_cbor
 from ._proto.control import (
     CODEC,
@@ -78,19 +78,23 @@ class JobSink(Protocol):
 
 
 class _Incoming:
-    """A blob being received: its bytes so far, or the reason it was refused."""
+    """A blob being received: its bytes so far, or the reason it was refused. The bytes
+    are the caller's to keep, placed so that the value's first large array is aligned (see
+    :func:`~._packed.aligned_buffer`): its arrays are decoded as views of them."""
 
     def __init__(self, size: int, refused: str = "") -> None:
-        self.data = bytearray() if refused else bytearray(size)
-        self.size = size
-        self.filled = 0
-        self.refused = refused
+        self.data = memoryview(bytearray())
+        self.size, self.filled, self.refused = size, 0, refused
 
     def add(self, data: bytes) -> None:
         if self.filled + len(data) > self.size:
             raise ProtocolError("a blob ran past its announced size")
-        if not self.refused:
+        if self.refused or not data:
+            pass  # (a refused blob is counted, not kept)
+        elif self.filled:
             self.data[self.filled:self.filled + len(data)] = data
+        else:
+            self.data = aligned_buffer(self.size, data)
         self.filled += len(data)
 
 
@@ -297,7 +301,7 @@ class ControlClient:
 
             return JobResult(index, TaskStatus.ERROR,
                              encode_error("ValueTooLarge", incoming.refused), peer)
-        return JobResult(index, status, bytes(incoming.data), peer)
+        return JobResult(index, status, incoming.data, peer)  # (decoded in place)
 
     @property
     def broken(self) -> ClusterError | None:

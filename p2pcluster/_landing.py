@@ -22,7 +22,6 @@ arrive as plain bytes.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
@@ -31,7 +30,16 @@ import trio
 
 from ._errors import MessageTooLarge, ProtocolError
 from ._heldargs import LandingCheck
-from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, cut, find_cuts, first_cut
+from ._packed import (
+    ALIGN,
+    OUT_OF_BAND,
+    Packed,
+    Payload,
+    aligned_buffer,
+    cut,
+    find_cuts,
+    first_cut,
+)
 from ._proto.messages import ArraySum
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
@@ -181,11 +189,10 @@ def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
 
 
 async def land_result(stream: SecureStream, size: int) -> memoryview:
-    """A result of ``size`` bytes from ``stream``, landed in memory the caller will own: a
-    writable view of a ``bytearray``, placed so that its first large array starts at a
-    multiple of :data:`ALIGN` bytes, since the caller's arrays are views of it, not copies
-    (:func:`~._jobs.unpack`). A later array of the value may be unaligned: NumPy reads it
-    as it is."""
+    """A result of ``size`` bytes from ``stream``, landed in memory the caller will own (a
+    writable view of a ``bytearray``, its first large array aligned: see
+    :func:`~._packed.aligned_buffer`), since the caller's arrays are views of it, not
+    copies."""
     if size == 0:
         return memoryview(bytearray())
     first = await stream.receive_payload()
@@ -193,11 +200,6 @@ async def land_result(stream: SecureStream, size: int) -> memoryview:
         raise ProtocolError(f"the stream closed {size} bytes before the value's end")
     if len(first) > size:
         raise MessageTooLarge(f"a value announced as {size} bytes runs longer")
-    start = first_cut(memoryview(first)) if size >= OUT_OF_BAND else None
-    buffer = bytearray(size + ALIGN)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-    pad = 0 if start is None else -(base + start) % ALIGN
-    value = memoryview(buffer)[pad:pad + size]
-    value[:len(first)] = first
+    value = aligned_buffer(size, first)
     await receive_into(stream, value[len(first):])
     return value

@@ -23,6 +23,7 @@ task needs before it runs it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -202,6 +203,21 @@ def first_cut(start: memoryview) -> int | None:
     with contextlib.suppress(IndexError, ValueError, RecursionError):
         _walk(start, 0, cuts, [MAX_WALK], 0)
     return cuts[0][0] if cuts else None
+
+
+def aligned_buffer(size: int, first: bytes | memoryview) -> memoryview:
+    """A writable view of ``size`` new bytes that a value's caller will own (its arrays
+    are views of it: :func:`~._jobs.unpack`), starting with ``first``, the value's first
+    bytes: placed so that its first large array starts at a multiple of :data:`ALIGN`
+    bytes, if ``first`` reaches it. A later array may be unaligned: NumPy reads it as it
+    is."""
+    start = first_cut(memoryview(first)) if size >= OUT_OF_BAND else None
+    buffer = bytearray(size + ALIGN)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    pad = 0 if start is None else -(base + start) % ALIGN
+    value = memoryview(buffer)[pad:pad + size]
+    value[:len(first)] = first
+    return value
 
 
 def cut(view: memoryview, cuts: Sequence[tuple[int, int]]) -> Packed:

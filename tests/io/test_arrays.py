@@ -68,6 +68,15 @@ def same(a: Any, b: Any) -> bool:
             and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
+def memory_of(arr: Any) -> memoryview:
+    """The buffer an array is a view of (failing the test if it owns its memory)."""
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base, memoryview), f"the array's memory is a {type(base).__name__}"
+    return base
+
+
 def config(secret: Path, cluster: str, **changes: Any) -> Config:
     return Config.local(mdns=False, port=0, secret_file=str(secret), cluster=cluster,
                         **{"workers": 1, **changes})
@@ -215,8 +224,11 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             big = np.asfortranarray(rng.integers(0, 1000, (1500, 1000), dtype=np.int32))
             back = c.submit(arrayfuncs.echo, big).result(timeout=WAIT)
             assert same(back, big) and back.flags.f_contiguous
-            assert same(c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT),
-                        np.arange(2_000_000, dtype=np.float64) + 5)
+            ramp = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
+            assert same(ramp, np.arange(2_000_000, dtype=np.float64) + 5)
+            # A large result is a view of the bytes the client received, aligned: not a copy.
+            assert ramp.flags.writeable and ramp.ctypes.data % 64 == 0
+            assert isinstance(memory_of(ramp).obj, bytearray)
             matrix = rng.standard_normal((1000, 500))
             handle = c.share(matrix)
             assert c.share(matrix) is handle  # shared already: nothing is sent again
@@ -673,8 +685,5 @@ async def test_a_large_result_of_a_job_owned_here_is_a_view_of_the_worker_s_memo
         assert a.statistics().workers.tasks >= 2  # they ran here
     assert np.array_equal(again, arr * 2.0) and not got.any()
     assert got.flags.writeable and got.ctypes.data % 64 == 0
-    base = again.base
-    while isinstance(base, np.ndarray):
-        base = base.base
-    assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)  # the segment
+    assert isinstance(memory_of(again).obj, mmap.mmap)  # the worker's segment, mapped here
     assert max(joined, default=0) < 64 * 1024
