@@ -45,6 +45,8 @@ __all__ = ["BACKLOG", "FramedStream", "NoDaemon", "UntrustedDaemon", "connect",
 log = logging.getLogger("p2pcluster.control")
 _LENGTH = struct.Struct(">I")
 _RECEIVE = 1 << 20
+#: Frames of this many bytes or more are read straight into a buffer of their own.
+_DIRECT = 64 * 1024
 #: Connections the kernel queues for the daemon: a client opens one, however many futures.
 BACKLOG = 128
 #: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
@@ -126,8 +128,9 @@ class FramedStream:
             await self.send_raw(b"".join(part for frame in frames
                                          for part in (_LENGTH.pack(len(frame)), frame)))
 
-    async def receive_frame(self) -> bytes | None:
-        """The next frame's bytes, or None when the other side closed between frames."""
+    async def receive_frame(self) -> bytes | memoryview | None:
+        """The next frame's bytes, or None when the other side closed between frames. The
+        rest of a large frame is read straight into a buffer of its own size."""
         while True:
             if len(self._buffer) >= _LENGTH.size:
                 (length,) = _LENGTH.unpack_from(self._buffer)
@@ -135,15 +138,32 @@ class FramedStream:
                     raise ProtocolError(f"control frame of {length} bytes exceeds {MAX_FRAME}")
                 end = _LENGTH.size + length
                 if len(self._buffer) >= end:
-                    data = bytes(self._buffer[_LENGTH.size:end])
+                    with memoryview(self._buffer) as view:
+                        data = bytes(view[_LENGTH.size:end])
                     del self._buffer[:end]
                     return data
+                if length >= _DIRECT:
+                    return await self._receive_rest(length)
             chunk = await self.stream.receive_some(_RECEIVE)
             if not chunk:
                 if self._buffer:
                     raise ProtocolError("the control connection closed inside a frame")
                 return None
             self._buffer += chunk
+
+    async def _receive_rest(self, length: int) -> memoryview:
+        """A frame of ``length`` bytes whose start is buffered: the rest read into it."""
+        frame = bytearray(length)
+        have = len(self._buffer) - _LENGTH.size
+        frame[:have] = self._buffer[_LENGTH.size:]
+        self._buffer.clear()
+        with memoryview(frame) as view:
+            while have < length:
+                got = await self.stream.socket.recv_into(view[have:])
+                if not got:
+                    raise ProtocolError("the control connection closed inside a frame")
+                have += got
+        return memoryview(frame)
 
     async def receive_map(self) -> dict[str, Any] | None:
         data = await self.receive_frame()
