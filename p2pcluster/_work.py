@@ -132,9 +132,8 @@ class WorkService:
             runner, me=self._me.id, name=self._me.name, max_value_size=config.max_value_size,
             address_of=self.address_of, drop=self._drop_shared, linger=config.shared_linger)
         self._slots = Slots(self._machine, pool, self._code, self._data, self.shared,
-                            flush=self.flush, name_of=self.name_of,
-                            max_value_size=config.max_value_size, landed=self._landed,
-                            tasks=self.tasks)
+                            flush=self.flush, name_of=self.name_of, tasks=self.tasks,
+                            max_value_size=config.max_value_size, landed=self._landed)
         self.versions = VersionQuestions(runner, self._me.id, config.tags, self.address_of)
         self._route(runner)
 

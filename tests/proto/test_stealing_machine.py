@@ -25,6 +25,7 @@ from p2pcluster._proto.ownership import ids_from_runs, runs_from_ids
 from p2pcluster._proto.policy import WorkPolicy
 from p2pcluster._proto.stealing import ENDED_JOBS_KEPT, StealingMachine
 from p2pcluster._proto.workevents import (
+    Batch,
     JobDropped,
     JobFinished,
     PushValue,
@@ -369,19 +370,29 @@ def test_grants_and_batches_are_capped_in_bytes() -> None:
     assert sum(len(t.payload) for t in grant.msg.jobs[0].tasks) <= 1000 + 100
 
 
-def test_large_results_are_pushed_and_small_ones_batched_within_the_byte_cap() -> None:
+def _thief_running(tasks: int) -> tuple[StealingMachine, Batch]:
+    """B, granted ``tasks`` tasks of A's job, running them all in one batch."""
     thief = small_machine(B, 1, A)
     thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(
-        TaskItem(i, 1, b"\x80") for i in range(4))),)))
-    batch = thief.take(0.0, 4)
+        TaskItem(i, 1, b"\x80") for i in range(tasks))),)))
+    batch = thief.take(0.0, tasks)
     assert batch is not None
     thief.take_outputs()
+    return thief, batch
+
+
+def _pushed_and_sent(thief: StealingMachine) -> tuple[list[PushValue], list[Results]]:
+    out = thief.take_outputs()
+    return ([o for o in out if isinstance(o, PushValue)],
+            [o.msg for o in out if isinstance(o, SendWork) and isinstance(o.msg, Results)])
+
+
+def test_large_results_are_pushed_and_small_ones_batched_within_the_byte_cap() -> None:
+    thief, batch = _thief_running(4)
     results = [TaskResult(0, 0, b"a" * 600), TaskResult(1, 0, b"b" * 60),
                TaskResult(2, 0, b"c" * 50), TaskResult(3, 0, b"d" * 50)]
     thief.finished(0.1, batch, results)
-    out = thief.take_outputs()
-    pushes = [o for o in out if isinstance(o, PushValue)]
-    sent = [o.msg for o in out if isinstance(o, SendWork) and isinstance(o.msg, Results)]
+    pushes, sent = _pushed_and_sent(thief)
     assert [(p.dst, p.result.id) for p in pushes] == [(A, 0)]
     assert sorted(r.id for m in sent for r in m.results) == [1, 2, 3]
     assert thief.statistics().results_pushed == 1
@@ -391,18 +402,11 @@ def test_a_result_held_by_the_driver_is_pushed_with_its_value_whatever_its_size(
     """The driver keeps a large result's payload outside the machine (in shared memory):
     the result comes with an empty payload, and the PushValue hands the held value back,
     sized by it. A held value is pushed even if small (it is not here to go inline)."""
-    thief = small_machine(B, 1, A)
-    thief.receive(0.0, StealGrant(A, 0, (JobTasks(spec(A), tuple(
-        TaskItem(i, 1, b"\x80") for i in range(3))),)))
-    batch = thief.take(0.0, 3)
-    assert batch is not None
-    thief.take_outputs()
+    thief, batch = _thief_running(3)
     big, tiny = bytearray(b"v" * 700), b"w" * 10
     thief.finished(0.1, batch, [TaskResult(0, 0, b""), TaskResult(1, 0, b""),
                                 TaskResult(2, 0, b"x" * 20)], held={0: big, 1: tiny})
-    out = thief.take_outputs()
-    pushes = [o for o in out if isinstance(o, PushValue)]
-    sent = [o.msg for o in out if isinstance(o, SendWork) and isinstance(o.msg, Results)]
+    pushes, sent = _pushed_and_sent(thief)
     assert [(p.result.id, p.result.payload, p.value) for p in pushes] == [
         (0, b"", big), (1, b"", tiny)]
     assert pushes[0].value is big  # the driver's own object, not a copy
