@@ -36,9 +36,8 @@ from ._heldargs import (
     ArgumentChanged,
     changed_result,
     checkable,
+    left_to_check,
     new_sum,
-    own_kind,
-    spans,
     verify,
 )
 from ._idlestreams import IdleStreams
@@ -47,14 +46,12 @@ from ._packed import Packed, Payload
 from ._poolshare import off_loop
 from ._proto.messages import (
     AckStatus,
-    ArraySum,
     FetchArgs,
     JobSpec,
     Message,
     PushResult,
     ResultAck,
     Results,
-    SumKind,
     TaskItem,
     TaskResult,
     TaskStatus,
@@ -192,7 +189,7 @@ class DataPlane:
         """Answer ``request``; False if the stream ended short of a value."""
         for tid in request.ids:
             payload = self._owner.payload(request.job, tid)
-            kind, sums = _left_to_check(payload, request.checks)
+            kind, sums = left_to_check(payload, request.checks)
             await stream.send(ValueHeader(tid, len(payload or b""), payload is not None, kind,
                                           sums))
             if payload is not None:
@@ -369,14 +366,6 @@ def _placed_checked(payload: Packed) -> Packed:
             placed.segment.close()
         raise
     return placed
-
-
-def _left_to_check(payload: Payload | None, checks: int) -> tuple[int, tuple[ArraySum, ...]]:
-    """The sums of held arguments from submit, for the fetching peer to check if it offers
-    their kind in ``checks``; else none (the owner checks them as it sends)."""
-    if isinstance(payload, Packed) and payload.sums and checks >> own_kind() & 1:
-        return own_kind(), spans(payload)
-    return SumKind.NONE, ()
 
 
 def _instead(out: PushValue, ack: ResultAck) -> TaskResult | None:

@@ -44,8 +44,8 @@ from ._proto.messages import ArraySum, Results, SumKind, TaskItem, TaskResult, T
 from ._values import encode_error
 
 __all__ = ["ArgumentChanged", "HeldArgs", "HeldResults", "LandingCheck", "Summer",
-           "changed_result", "checkable", "checked", "new_sum", "own_kind", "spans",
-           "taken_now", "verify"]
+           "changed_result", "checkable", "checked", "left_to_check", "new_sum", "own_kind",
+           "spans", "taken_now", "verify"]
 
 
 class HeldArgs:
@@ -152,8 +152,8 @@ def _summer_class() -> Callable[[], Summer]:
     return xxhash.xxh3_64
 
 
-def _summed(data: Buffer, kind: int | None = None) -> int:
-    summer = new_sum() if kind is None else _summer_of(kind)
+def _summed(data: Buffer) -> int:
+    summer = new_sum()
     summer.update(data)
     return summer.intdigest()
 
@@ -217,6 +217,14 @@ def spans(value: Packed) -> tuple[ArraySum, ...]:
         out.append(ArraySum(offset, layout[2 * index + 1], total))
         offset += layout[2 * index + 1]
     return tuple(out)
+
+
+def left_to_check(payload: Payload | None, checks: int) -> tuple[int, tuple[ArraySum, ...]]:
+    """The sums of held arguments from submit, for the fetching peer to check if it offers
+    their kind in ``checks``; else none (the owner checks them as it sends)."""
+    if isinstance(payload, Packed) and payload.sums and checks >> own_kind() & 1:
+        return own_kind(), spans(payload)
+    return SumKind.NONE, ()
 
 
 class LandingCheck:

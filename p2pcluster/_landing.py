@@ -121,8 +121,8 @@ async def land(stream: SecureStream, size: int, *, digest: bool = False,
                stock: SegmentStock | None = None, sums: Sums | None = None) -> Landed:
     """A value of ``size`` bytes from ``stream`` (see the module docstring); with
     ``digest``, its SHA-256 too. Its segment comes from ``stock`` if given (a value that
-    the workers will let go of soon: arguments). With ``sums``, its arrays are checked
-    once it is in: :class:`~._heldargs.ArgumentChanged` if one differs."""
+    the workers will let go of soon: arguments). With ``sums``, its arrays are checked as
+    they land: :class:`~._heldargs.ArgumentChanged` once it is in, if one differs."""
     if size < OUT_OF_BAND or not available():
         buffer = bytearray(size)
         check = None if sums is None else LandingCheck(memoryview(buffer), *sums)

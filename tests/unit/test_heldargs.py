@@ -199,17 +199,16 @@ async def test_a_write_to_a_chunk_already_sent_does_not_change_what_was_sent() -
 def test_the_owner_leaves_the_check_to_a_fetching_peer_that_offers_its_kind_of_sum() -> None:
     """Held arguments go with their sums in the ValueHeader, sent as they are, when the
     fetching peer offers to check that kind; else without sums, checked as they go."""
-    from p2pcluster._dataplane import _left_to_check
-    from p2pcluster._heldargs import own_kind
+    from p2pcluster._heldargs import left_to_check, own_kind
     from p2pcluster._proto.messages import SumKind
 
     _, kept = _held_three_chunks()
-    kind, sums = _left_to_check(kept, 1 << own_kind())
+    kind, sums = left_to_check(kept, 1 << own_kind())
     assert kind == own_kind() and [s.sum for s in sums] == list(kept.sums)
     assert sums[0].offset == len(kept.heads[0]) and sums[0].size == kept.buffers[0].nbytes
     other = SumKind.CRC32 if own_kind() == SumKind.XXH3_64 else SumKind.XXH3_64
-    assert _left_to_check(kept, 1 << other) == (SumKind.NONE, ())
-    assert _left_to_check(kept, 0) == (SumKind.NONE, ())
+    assert left_to_check(kept, 1 << other) == (SumKind.NONE, ())
+    assert left_to_check(kept, 0) == (SumKind.NONE, ())
     unsummed = Packed(kept.heads, kept.buffers)  # a daemon's own copy
-    assert _left_to_check(unsummed, 0xFF) == (SumKind.NONE, ())
-    assert _left_to_check(b"small", 0xFF) == (SumKind.NONE, ())
+    assert left_to_check(unsummed, 0xFF) == (SumKind.NONE, ())
+    assert left_to_check(b"small", 0xFF) == (SumKind.NONE, ())
