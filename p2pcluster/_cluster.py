@@ -32,7 +32,7 @@ from ._futures import FutureSink, JobBook, MapIterator, MapSink, Progress, Sink,
 from ._heldargs import taken_now
 from ._jobs import CodeRegistry, JobRequest, encode_args, encode_map_args
 from ._memberinfo import MemberInfo
-from ._packed import Payload, as_bytes
+from ._packed import Payload
 from ._placementnews import PlacementReporter
 from ._places import control_path
 
@@ -325,7 +325,7 @@ class Cluster(cf.Executor):
         from ._shared import Shared
 
         try:
-            answer = await self._client.request("share", value=as_bytes(payload))
+            answer = await self._client.request("share", value=payload)
         except DaemonError as exc:
             if "over the limit" in str(exc):  # the daemon's max_value_size
                 raise ValueTooLarge(str(exc)) from None

@@ -13,11 +13,15 @@ Trust goes both ways, and is checked before a byte of a job moves:
   created the path first, and a fake daemon would receive the job's code and forge its
   results (:class:`UntrustedDaemon`).
 
-The frames, and the messages in them, are :mod:`._proto.control`'s.
+The frames, and the messages in them, are :mod:`._proto.control`'s. A client may pass a
+descriptor beside a frame (``SCM_RIGHTS``: a value in shared memory,
+:class:`~._proto.control.SegmentBlob`); the daemon's end reads with ``recvmsg`` and keeps the
+descriptors in the order they came, for the frames that announce them to take.
 """
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import pwd
@@ -51,6 +55,10 @@ _DIRECT = 64 * 1024
 BACKLOG = 128
 #: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
 MAX_SOCKET_PATH = 107
+#: Descriptors a receiving end holds before the frames that announce them take them: more
+#: is a client sending descriptors nothing announces (a read returns those of one send).
+MOST_FDS = 16
+_ANCILLARY = socket.CMSG_SPACE(MOST_FDS * array.array("i").itemsize)
 
 
 class NoDaemon(P2PClusterError):
@@ -101,13 +109,16 @@ def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
 
 class FramedStream:
     """Frames over one control connection: plain CBOR maps (the greeting) and typed
-    messages. Sends are serialised, so any task may send; one task receives."""
+    messages. Sends are serialised, so any task may send; one task receives. With
+    ``fds``, it takes descriptors passed beside frames (:meth:`take_fd`)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, *, fds: bool = False) -> None:
         self.stream = stream
         self._fd = stream.socket.fileno()
         self._buffer = bytearray()
         self._send_lock = trio.StrictFIFOLock()
+        self._takes_fds = fds
+        self._fds: list[int] = []  #: received, not yet taken, in order
 
     async def send_map(self, message: Mapping[str, Any]) -> None:
         await self.send_frame(cbor2.dumps(dict(message)))
@@ -121,6 +132,23 @@ class FramedStream:
     async def send_raw(self, data: bytes) -> None:
         """Bytes already framed."""
         await write_all(self._fd, self.stream.send_all, self._send_lock, data)
+
+    async def send_frame_with_fd(self, data: bytes, fd: int) -> None:
+        """One frame with descriptor ``fd`` beside its first byte (the other end gets a
+        copy of it; ``fd`` stays the caller's)."""
+        framed = _LENGTH.pack(len(data)) + data
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        async with self._send_lock:
+            sent = await self.stream.socket.sendmsg([framed], rights)
+            if sent < len(framed):
+                await self.stream.send_all(memoryview(framed)[sent:])
+
+    def take_fd(self) -> int:
+        """The earliest descriptor received and not yet taken (now the caller's to close);
+        :class:`~p2pcluster.ProtocolError` if none came."""
+        if not self._fds:
+            raise ProtocolError("a frame announced a descriptor that did not come with it")
+        return self._fds.pop(0)
 
     async def send_frames(self, frames: list[bytes]) -> None:
         """Several frames in one write (one system call, one wake-up at the other end)."""
@@ -144,7 +172,7 @@ class FramedStream:
                     return data
                 if length >= _DIRECT:
                     return await self._receive_rest(length)
-            chunk = await self.stream.receive_some(_RECEIVE)
+            chunk = await self._receive_some()
             if not chunk:
                 if self._buffer:
                     raise ProtocolError("the control connection closed inside a frame")
@@ -159,11 +187,45 @@ class FramedStream:
         self._buffer.clear()
         with memoryview(frame) as view:
             while have < length:
-                got = await self.stream.socket.recv_into(view[have:])
+                got = await self._receive_into(view[have:])
                 if not got:
                     raise ProtocolError("the control connection closed inside a frame")
                 have += got
         return memoryview(frame)
+
+    async def _receive_some(self) -> bytes:
+        if not self._takes_fds:
+            return await self.stream.receive_some(_RECEIVE)
+        data, ancillary, flags, _ = await self.stream.socket.recvmsg(
+            _RECEIVE, _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+        self._keep_fds(ancillary, flags)
+        return data
+
+    async def _receive_into(self, view: memoryview) -> int:
+        if not self._takes_fds:
+            return await self.stream.socket.recv_into(view)
+        got, ancillary, flags, _ = await self.stream.socket.recvmsg_into(
+            [view], _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+        self._keep_fds(ancillary, flags)
+        return got
+
+    def _keep_fds(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self._fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError("descriptors passed beside a frame were lost (more than "
+                                f"{MOST_FDS} in one send, or this process has no more)")
+        if len(self._fds) > MOST_FDS:
+            raise ProtocolError(f"a client passed more than {MOST_FDS} descriptors that no "
+                                "frame announced")
+
+    def close_fds(self) -> None:
+        """Close the descriptors received that no frame took."""
+        while self._fds:
+            os.close(self._fds.pop())
 
     async def receive_map(self) -> dict[str, Any] | None:
         data = await self.receive_frame()
@@ -182,6 +244,7 @@ class FramedStream:
         return message
 
     async def aclose(self) -> None:
+        self.close_fds()
         await self.stream.aclose()
 
 
@@ -287,10 +350,13 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
         if uid not in (os.getuid(), 0):
             log.warning("refused a control connection from %s", _user(uid))
             return
+        framed = FramedStream(stream, fds=True)
         try:
-            await handler(FramedStream(stream))
+            await handler(framed)
         except* (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
                  OSError) as group:
             # The client went away, or sent garbage: that ends this connection, never the
             # daemon. except*, since a handler with a nursery raises inside a group.
             log.debug("control connection ended: %s", "; ".join(map(str, group.exceptions)))
+        finally:
+            framed.close_fds()

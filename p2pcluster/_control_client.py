@@ -2,8 +2,9 @@
 
 :func:`open_control_client` connects (after :func:`~._control.connect` has checked whom it
 talks to), greets the daemon, and runs two tasks: a writer that sends what :meth:`submit`,
-:meth:`cancel` and :meth:`request` queue, lazily (a large argument is read chunk by chunk as
-it is sent, never copied whole), and a reader that routes every answer to its job's
+:meth:`cancel` and :meth:`request` queue (a large value as it is at the call: copied into a
+sealed memfd that the daemon maps, where both ends have memfds, else joined and sent chunk
+by chunk as the socket takes them), and a reader that routes every answer to its job's
 :class:`JobSink` or to the waiting request. When the connection breaks, every job still
 running gets :meth:`JobSink.ended` with the error, and every later call raises it.
 """
@@ -22,10 +23,11 @@ import cbor2
 import trio
 
 from ._control import FramedStream, connect
+from ._controlblobs import Incoming
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
-from ._outbox import Outbox, Part, blob_frames
-from ._packed import aligned_buffer, as_bytes
+from ._outbox import SEGMENT_SIZE, Outbox, Part, blob_frames, in_memory
+from ._packed import Payload, as_bytes
 from ._proto.codec import decode_cbor
 from ._proto.control import (
     CODEC,
@@ -53,6 +55,7 @@ from ._proto.control import (
     hello,
 )
 from ._proto.wiretypes import TaskStatus
+from ._shm import available as shm_available
 
 __all__ = ["ControlClient", "DaemonError", "JobSink", "open_control_client", "request_daemon"]
 
@@ -77,27 +80,6 @@ class JobSink(Protocol):
     def broken(self, error: ClusterError) -> None: ...
 
 
-class _Incoming:
-    """A blob being received: its bytes so far, or the reason it was refused. The bytes
-    are the caller's to keep, placed so that the value's first large array is aligned (see
-    :func:`~._packed.aligned_buffer`): its arrays are decoded as views of them."""
-
-    def __init__(self, size: int, refused: str = "") -> None:
-        self.data = memoryview(bytearray())
-        self.size, self.filled, self.refused = size, 0, refused
-
-    def add(self, data: bytes) -> None:
-        if self.filled + len(data) > self.size:
-            raise ProtocolError("a blob ran past its announced size")
-        if self.refused or not data:
-            pass  # (a refused blob is counted, not kept)
-        elif self.filled:
-            self.data[self.filled:self.filled + len(data)] = data
-        else:
-            self.data = aligned_buffer(self.size, data)
-        self.filled += len(data)
-
-
 class ControlClient:
     """A connection to the daemon. Get one with :func:`open_control_client`."""
 
@@ -111,9 +93,11 @@ class ControlClient:
         self._lock = threading.Lock()  #: callers may submit from any thread
         self._jobs: dict[int, JobSink] = {}
         self._requests: dict[int, trio.MemorySendChannel[Reply]] = {}
-        self._blobs: dict[int, _Incoming] = {}
+        self._blobs: dict[int, Incoming] = {}
         self._sent_bundles: set[str] = set()  #: the daemon keeps these for the connection
         self._next = {"job": 0, "req": 0, "blob": 0}
+        #: Large values go in shared memory (the daemon takes them so; we have memfds).
+        self._segments = bool(welcome.get("segments")) and shm_available()
         self._broken: BaseException | None = None
         #: Called (in the trio run, never blocking) with news of where a job's tasks may go.
         self.on_placement: Callable[[PlacementNote], None] | None = None
@@ -157,18 +141,27 @@ class ControlClient:
             if job in self._jobs and self._broken is None:
                 self._outbox.put([CODEC.encode(Cancel(job))])
 
-    async def request(self, op: str, *, value: bytes | None = None, **body: Any
+    async def request(self, op: str, *, value: Payload | None = None, **body: Any
                       ) -> dict[str, Any]:
         """Run operation ``op`` at the daemon; its answer, or :class:`DaemonError`. With
         ``value``, ``op`` is "share": the daemon keeps that value for this connection."""
         send, receive = trio.open_memory_channel[Reply](1)
+        blob, ready = 0, None
+        if value is not None and self._segments and len(value) >= SEGMENT_SIZE:
+            with self._lock:
+                blob = self._id("blob")  # its copy in a thread: it may take a while
+            ready = await trio.to_thread.run_sync(in_memory, blob, value)
         with self._lock:
             self._check()
             req = self._id("req")
             self._requests[req] = send
-            parts: list[Part] = []
-            parts.append(CODEC.encode(Request(req, op, cbor2.dumps(body)) if value is None
-                                      else Share(req, self._value(value, parts))))
+            parts: list[Part] = [] if ready is None else [ready]
+            if value is None:
+                parts.append(CODEC.encode(Request(req, op, cbor2.dumps(body))))
+            else:
+                shared = (BlobRef(blob, len(value)) if ready is not None
+                          else self._value(value, parts))
+                parts.append(CODEC.encode(Share(req, shared)))
             self._outbox.put(parts)
         try:
             reply = await receive.receive()
@@ -189,24 +182,25 @@ class ControlClient:
     def _job_parts(self, job: int, request: JobRequest, label: str) -> list[Part]:
         """The frames of a job, in order: new bundles, the Submit (with as many small
         arguments as fit one frame: a one-task job is one frame), then the rest of the
-        arguments. Large values are generators that encode one chunk at a time, as the
-        socket takes them. (Called with the lock held: it numbers blobs.)"""
+        arguments. A large value is copied now into a sealed memfd, or joined now and
+        encoded a chunk at a time as the socket takes it (:meth:`_value`). (Called with the
+        lock held: it numbers blobs.)"""
         ref = request.ref
         parts: list[Part] = []
         new = [b for d, b in request.bundles.items() if d not in self._sent_bundles]
         self._sent_bundles.update(b.digest for b in new)
         bundles = tuple(self._value(b.encode(), parts) for b in new)
-        payloads = [as_bytes(p) for p in request.payloads]  # the daemon holds them
+        payloads = request.payloads  # each copied or joined as it is now (the daemon holds it)
         first = _inline_prefix(payloads)
         parts.append(CODEC.encode(Submit(
             job, Ref(ref.module, ref.qualname, ref.job, ref.includes), bundles, len(payloads),
             request.timeout, request.chunksize, label[:4096],
-            tuple(Inline(p) for p in payloads[:first]), request.needs)))
+            tuple(Inline(as_bytes(p)) for p in payloads[:first]), request.needs)))
         if first < len(payloads):
             self._args_parts(job, payloads, first, parts)
         return parts
 
-    def _args_parts(self, job: int, payloads: Sequence[bytes], start: int,
+    def _args_parts(self, job: int, payloads: Sequence[Payload], start: int,
                     parts: list[Part]) -> None:
         first, size = start, 0
         values: list[Value] = []
@@ -222,11 +216,13 @@ class ControlClient:
         if values:
             parts.append(CODEC.encode(Args(job, first, tuple(values))))
 
-    def _value(self, data: bytes, parts: list[Part]) -> Value:
+    def _value(self, data: Payload, parts: list[Part]) -> Value:
+        """``data`` as it is now, inline, in shared memory or in chunks to come."""
         if len(data) <= INLINE:
-            return Inline(data)
+            return Inline(as_bytes(data))
         blob = self._id("blob")
-        parts.append(blob_frames(blob, data))
+        parts.append(in_memory(blob, data) if self._segments and len(data) >= SEGMENT_SIZE
+                     else blob_frames(blob, as_bytes(data)))
         return BlobRef(blob, len(data))
 
     async def serve(self) -> None:
@@ -259,7 +255,7 @@ class ControlClient:
         if isinstance(message, Blob):
             refused = ("" if message.size <= self.max_value_size else
                        too_large("a result", message.size, self.max_value_size, "this client"))
-            self._blobs[message.blob] = _Incoming(message.size, refused)
+            self._blobs[message.blob] = Incoming(message.size, refused)
         elif isinstance(message, Chunk):
             incoming = self._blobs.get(message.blob)
             if incoming is None:
@@ -328,7 +324,7 @@ class ControlClient:
             channel.close()
 
 
-def _inline_prefix(payloads: Sequence[bytes]) -> int:
+def _inline_prefix(payloads: Sequence[Payload]) -> int:
     """How many arguments from the start ride in the Submit itself: small ones, up to a
     frame's worth."""
     size = 0

@@ -1,7 +1,8 @@
 """The daemon's end of the control protocol: one :class:`ControlSession` per client connection.
 
-A session reads the client's frames in order: blobs (checked against the daemon's
-``max_value_size`` when announced, before a byte is stored), jobs (a :class:`Submit`, then
+A session reads the client's frames in order: blobs (in chunks, or whole in shared memory;
+checked against the daemon's ``max_value_size`` when announced, before a byte is stored or
+mapped: :mod:`._controlblobs`), jobs (a :class:`Submit`, then
 the arguments), cancellations and requests. It owns each job it starts on the daemon's peer,
 and forwards the results as they arrive, in one task that writes only as fast as the client
 reads: results wait in the session (as the peer delivered them, never copied) until the
@@ -23,9 +24,10 @@ import trio
 
 from ._bundles import CodeBundle
 from ._control import FramedStream
-from ._errors import P2PClusterError, ProtocolError, ValueTooLarge, too_large
+from ._controlblobs import Blobs, Refused
+from ._errors import P2PClusterError, ProtocolError, ValueTooLarge
 from ._jobs import JobRequest, JobResult, PlacementNote
-from ._packed import Packed, pieces_of
+from ._packed import Packed, Payload, as_bytes, pieces_of
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
 from ._proto.control import (
@@ -49,9 +51,9 @@ from ._proto.control import (
     Request,
     ResultItem,
     Results,
+    SegmentBlob,
     Share,
     Submit,
-    Value,
 )
 from ._refs import FunctionRef
 
@@ -67,23 +69,13 @@ PROGRESS_INTERVAL = 1.0
 Admin = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class _Refused(P2PClusterError):
-    """A value the daemon will not store; the job that uses it fails with this reason."""
-
-
-class _Blob:
-    def __init__(self, size: int, refused: str) -> None:
-        self.data = bytearray() if refused else bytearray(size)
-        self.size, self.filled, self.refused = size, 0, refused
-
-
 @dataclass
 class _Pending:
     """A submitted job whose arguments are still arriving."""
 
     submit: Submit
     bundles: dict[str, CodeBundle]
-    payloads: list[bytes] = field(default_factory=list)
+    payloads: list[Payload] = field(default_factory=list)
     error: str = ""
 
 
@@ -112,7 +104,7 @@ class ControlSession:
         self._admin = admin
         self.client = client
         self.limit = max_value_size
-        self._blobs: dict[int, _Blob] = {}
+        self._blobs = Blobs(max_value_size, f"peer {peer.name}")
         self._pending: dict[int, _Pending] = {}
         self._bundles: dict[str, CodeBundle] = {}  #: every bundle this client sent
         self._running: dict[int, _Running] = {}
@@ -142,17 +134,18 @@ class ControlSession:
                 running.job.cancel()
         self._running.clear()
         self._pending.clear()
+        self._blobs.clear()
         self._peer.release_shared(self)
 
     # --- reading ------------------------------------------------------------------------------
 
     async def _dispatch(self, message: ControlMessage, nursery: trio.Nursery) -> None:
         if isinstance(message, Blob):
-            refused = ("" if message.size <= self.limit else
-                       too_large("a value", message.size, self.limit, f"peer {self._peer.name}"))
-            self._blobs[message.blob] = _Blob(message.size, refused)
+            self._blobs.announce(message)
         elif isinstance(message, Chunk):
-            self._chunk(message)
+            self._blobs.chunk(message)
+        elif isinstance(message, SegmentBlob):
+            await self._blobs.adopt(message, self._stream.take_fd())
         elif isinstance(message, Submit):
             await self._submit(message)
         elif isinstance(message, Args):
@@ -166,35 +159,15 @@ class ControlSession:
         else:
             raise ProtocolError(f"a client does not send {type(message).__name__}")
 
-    def _chunk(self, chunk: Chunk) -> None:
-        blob = self._blobs.get(chunk.blob)
-        if blob is None:
-            raise ProtocolError(f"a chunk of blob {chunk.blob}, never announced")
-        if blob.filled + len(chunk.data) > blob.size:
-            raise ProtocolError(f"blob {chunk.blob} runs past its announced size")
-        if not blob.refused:
-            blob.data[blob.filled:blob.filled + len(chunk.data)] = chunk.data
-        blob.filled += len(chunk.data)
-
-    def _value(self, value: Value) -> bytes:
-        if isinstance(value, Inline):
-            return value.data
-        blob = self._blobs.pop(value.blob, None)
-        if blob is None or blob.filled != blob.size or blob.size != value.size:
-            raise ProtocolError(f"blob {value.blob} was not received whole")
-        if blob.refused:
-            raise _Refused(blob.refused)
-        return bytes(blob.data)
-
     async def _submit(self, submit: Submit) -> None:
         if submit.job in self._pending or submit.job in self._running:
             raise ProtocolError(f"job number {submit.job} is already in use")
         pending = _Pending(submit, self._bundles)
         try:
             for value in submit.bundles:
-                bundle = CodeBundle.decode(self._value(value))
+                bundle = CodeBundle.decode(as_bytes(self._blobs.value(value)))
                 self._bundles[bundle.digest] = bundle
-        except (_Refused, ProtocolError) as exc:
+        except (Refused, ProtocolError) as exc:
             pending.error = f"bad job: {exc}"
         self._pending[submit.job] = pending
         await self._args(Args(submit.job, 0, submit.values))
@@ -207,8 +180,8 @@ class ControlSession:
             raise ProtocolError(f"arguments of job {args.job} out of order")
         for value in args.values:
             try:
-                pending.payloads.append(self._value(value))
-            except _Refused as exc:
+                pending.payloads.append(self._blobs.value(value))
+            except Refused as exc:
                 pending.error = pending.error or str(exc)
                 pending.payloads.append(b"")
         if len(pending.payloads) > pending.submit.tasks:
@@ -258,10 +231,10 @@ class ControlSession:
     async def _share(self, share: Share) -> None:
         """Keep a value for this client's tasks (see :mod:`._sharing`)."""
         try:
-            handle = await self._peer.share_payload(self._value(share.value), holder=self)
+            handle = await self._peer.share_payload(self._blobs.value(share.value), holder=self)
             reply = Reply(share.req, True, cbor2.dumps({"digest": handle.digest,
                                                        "size": handle.size}), "")
-        except (_Refused, ValueTooLarge) as exc:
+        except (Refused, ValueTooLarge) as exc:
             reply = Reply(share.req, False, b"", str(exc))
         await self._stream.send_message(reply)
 

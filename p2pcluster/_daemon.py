@@ -31,6 +31,7 @@ from ._peer import Peer, open_peer
 from ._proto.control import CONTROL_VERSION, member_row, welcome
 from ._proto.membership import EventKind
 from ._rejections import RejectionReport
+from ._shm import available as shm_available
 from ._version import __version__
 
 __all__ = ["run_daemon"]
@@ -72,7 +73,8 @@ class Daemon:
         me = self.peer.me
         await stream.send_map(welcome(peer=me.name, node=me.id.hex(),
                                       cluster=self.config.cluster, software=__version__,
-                                      max_value_size=self.config.max_value_size))
+                                      max_value_size=self.config.max_value_size,
+                                      segments=shm_available()))
         await ControlSession(stream, self.peer, self.admin, client, limit).serve()
 
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from ._proto.messages import ArraySum
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
 
-__all__ = ["Landed", "Sums", "land", "land_result", "receive_into"]
+__all__ = ["Landed", "Sums", "cut_in_place", "land", "land_result", "receive_into"]
 
 
 class Landed(NamedTuple):
@@ -162,7 +162,7 @@ async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool,
         await receive_into(stream, value[rest:], _telling(rest, hashing, check))
     if check is not None:
         check.verify()
-    payload = await trio.to_thread.run_sync(_cut, value, segment, pad)
+    payload = await trio.to_thread.run_sync(cut_in_place, value, segment, pad)
     return Landed(payload, None if hashing is None else hashing.hasher.digest())
 
 
@@ -173,9 +173,9 @@ async def _allocate(segment: Segment) -> None:
     await trio.to_thread.run_sync(segment.allocate)
 
 
-def _cut(value: memoryview, segment: Segment, pad: int) -> Payload:
-    """The value in ``segment`` at ``pad`` as a worker takes it (run in a thread: it walks
-    the value, and may copy it): in place if every array is aligned, else without a
+def cut_in_place(value: memoryview, segment: Segment, pad: int) -> Payload:
+    """The value in ``segment`` at ``pad`` as a worker takes it (run it in a thread: it
+    walks the value, and may copy it): in place if every array is aligned, else without a
     segment, to be placed anew on its way to a worker (:func:`~._handoff.to_ref`); plain
     bytes if it holds no large array."""
     cuts = find_cuts(value)

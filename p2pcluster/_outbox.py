@@ -3,8 +3,10 @@ large value.
 
 :class:`Outbox` writes a caller's frames straight to the socket when nothing else waits to
 go out (no switch to the trio thread: the fast path of a small ``submit``); the writer task
-(:meth:`Outbox.serve`) sends the rest, and a large value as a generator of
-:class:`~._proto.control.Chunk` frames (:func:`blob_frames`) encoded as the socket takes them.
+(:meth:`Outbox.serve`) sends the rest, and a large value either in shared memory
+(:func:`in_memory`: a sealed memfd beside one :class:`~._proto.control.SegmentBlob` frame,
+where the daemon takes them) or as a generator of :class:`~._proto.control.Chunk` frames
+(:func:`blob_frames`) encoded as the socket takes them.
 """
 
 from __future__ import annotations
@@ -18,14 +20,20 @@ from collections.abc import Iterator
 import trio
 
 from ._control import FramedStream
-from ._proto.control import CHUNK, CODEC, Blob, Chunk
+from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, first_cut, pieces_of
+from ._proto.control import CHUNK, CODEC, Blob, Chunk, SegmentBlob
+from ._shm import frozen_copy
 
-__all__ = ["WRITE_BYTES", "Outbox", "Part", "Raw", "blob_frames"]
+__all__ = ["SEGMENT_SIZE", "WRITE_BYTES", "InMemory", "Outbox", "Part", "Raw", "blob_frames",
+           "in_memory"]
 
 LENGTH = struct.Struct(">I")
 #: Bytes the writer task gathers into one write of a large value (it stops at the first
 #: frame boundary past this).
 WRITE_BYTES = 1024 * 1024
+#: Values of this many bytes or more go to a daemon that takes them in shared memory
+#: (smaller ones cost more in descriptors, and in the daemon's mappings, than they save).
+SEGMENT_SIZE = 1024 * 1024
 
 
 class Raw:
@@ -35,9 +43,26 @@ class Raw:
         self.data = data
 
 
-#: What goes out: an encoded frame, the rest of a write, or a generator of frames (a large
-#: value, chunk by chunk).
-Part = bytes | Raw | Iterator[bytes]
+class InMemory:
+    """A frame with a descriptor to pass beside it (a value in a sealed memfd), closed once
+    sent, or when the part is dropped unsent."""
+
+    def __init__(self, frame: bytes, fd: int) -> None:
+        self.frame = frame
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+#: What goes out: an encoded frame, the rest of a write, a value in shared memory, or a
+#: generator of frames (a large value, chunk by chunk).
+Part = bytes | Raw | InMemory | Iterator[bytes]
 
 
 class Outbox:
@@ -96,6 +121,11 @@ class Outbox:
             await self._stream.send_raw(part.data)
         elif isinstance(part, bytes):
             await self._stream.send_frames([part])
+        elif isinstance(part, InMemory):
+            try:
+                await self._stream.send_frame_with_fd(part.frame, part.fd)
+            finally:
+                part.close()
         else:
             batch: list[bytes] = []
             size = 0
@@ -111,6 +141,18 @@ class Outbox:
 def framed(frames: list[bytes]) -> bytes:
     return b"".join(part for frame in frames for part in (LENGTH.pack(len(frame)), frame))
 
+
+def in_memory(blob: int, data: Payload) -> InMemory:
+    """Blob ``blob`` in a new sealed memfd (a copy of ``data`` as it is now), placed so
+    that its first large array starts at a multiple of :data:`~._packed.ALIGN` bytes (the
+    daemon's workers map it as it is)."""
+    if isinstance(data, Packed):
+        start: int | None = len(data.heads[0]) if data.buffers else None
+    else:
+        start = first_cut(memoryview(data)[:OUT_OF_BAND])
+    offset = 0 if start is None else -start % ALIGN
+    fd = frozen_copy(pieces_of(data), len(data), offset)
+    return InMemory(CODEC.encode(SegmentBlob(blob, len(data), offset)), fd)
 
 
 def blob_frames(blob: int, data: bytes) -> Iterator[bytes]:

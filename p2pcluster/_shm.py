@@ -9,7 +9,9 @@ process dies: the memory goes with the last descriptor and mapping.
 A segment another process hands over is *sealed* first (``F_SEAL_SHRINK | F_SEAL_GROW``):
 its size can no longer change, so mapping it can never fault past its end (SIGBUS), whatever
 the other process does. :meth:`Segment.adopt` refuses an unsealed one, or one of another
-size than announced.
+size than announced. A value a client hands its daemon (:func:`frozen_copy`) is sealed
+against writes too (:data:`FROZEN`): the daemon holds it as the job's arguments, so nobody
+may change it after ``submit``.
 
 Linux only (``os.memfd_create``); :func:`available` says whether this process has it.
 Where it has not, values travel through pipes and sockets instead.
@@ -21,13 +23,16 @@ import contextlib
 import fcntl
 import mmap
 import os
+from collections.abc import Iterable
 from functools import cache
 
 from ._errors import ProtocolError
 
-__all__ = ["STEP", "Segment", "SegmentStock", "available"]
+__all__ = ["FROZEN", "STEP", "Segment", "SegmentStock", "available", "frozen_copy"]
 
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
+#: The seals of a value whose bytes can no longer change either (and no more seals added).
+FROZEN = _SEALS | getattr(fcntl, "F_SEAL_WRITE", 0) | getattr(fcntl, "F_SEAL_SEAL", 0)
 
 
 @cache
@@ -70,17 +75,25 @@ class Segment:
             raise
 
     @classmethod
-    def adopt(cls, fd: int, size: int, *, access: int = mmap.ACCESS_COPY) -> Segment:
+    def adopt(cls, fd: int, size: int, *, access: int = mmap.ACCESS_COPY,
+              seals: int = _SEALS) -> Segment:
         """Map a segment another process sealed and handed over as ``fd`` (now ours).
-        Raises :class:`~p2pcluster.ProtocolError` (and closes ``fd``) if it is not sealed
-        against resizing, or not ``size`` bytes long."""
+        Raises :class:`~p2pcluster.ProtocolError` (and closes ``fd``) if it lacks one of
+        ``seals`` (by default those against resizing; :data:`FROZEN`: against writes too),
+        or is not ``size`` bytes long."""
         try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-            actual = os.fstat(fd).st_size
-            if seals & _SEALS == _SEALS and actual == size:
+            try:
+                held = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                actual = os.fstat(fd).st_size
+            except OSError as exc:  # not a memfd at all
+                raise ProtocolError(f"a shared-memory segment that is not one: {exc}") from None
+            if held & seals == seals and actual == size:
+                if access == mmap.ACCESS_READ:
+                    fd = _read_only(fd)
                 return cls(fd, size, access=access)
+            what = "resizing and writes" if seals & ~_SEALS else "resizing"
             raise ProtocolError(f"a shared-memory segment of {actual} bytes, announced as "  # noqa: TRY301
-                                f"{size}, or not sealed against resizing")
+                                f"{size}, or not sealed against {what}")
         except BaseException:
             os.close(fd)
             raise
@@ -127,6 +140,15 @@ class Segment:
         return f"<Segment fd {self.fd}, {self.size:,} bytes>"
 
 
+def _read_only(fd: int) -> int:
+    """The same memory through a read-only descriptor (``fd`` closed): a shared mapping
+    through a writable one of a memfd sealed against writes fails before Linux 6.7, even
+    read-only (the mapping could be made writable later)."""
+    reopened = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return reopened
+
+
 class SegmentStock:
     """Segments to receive values into again, once no worker maps them any more: their
     pages are allocated already, and a new page of shared memory costs the kernel several
@@ -153,8 +175,9 @@ class SegmentStock:
 
     def give(self, segment: Segment) -> None:
         """``segment`` is no longer used by anyone (its last user's word for it): keep it
-        for another value, if there is room."""
-        if segment.fd < 0 or any(s is segment for s in self._free):
+        for another value, if there is room. A read-only one (a client's value, which its
+        job holds still) is never kept: values are received into these."""
+        if segment.fd < 0 or segment.view.readonly or any(s is segment for s in self._free):
             return
         held = sum(s.size for s in self._free)
         if len(self._free) < self._most and held + segment.size <= self._most_bytes:
@@ -166,3 +189,32 @@ class SegmentStock:
 
 #: Sizes of the segments a :class:`SegmentStock` creates are multiples of this.
 STEP = 1024 * 1024
+
+
+def frozen_copy(pieces: Iterable[bytes | memoryview], size: int, offset: int = 0) -> int:
+    """A new memfd holding ``pieces`` (``size`` bytes in all) from ``offset`` on, written
+    without mapping it (the kernel copies each piece in: one copy) and sealed
+    :data:`FROZEN`: the descriptor, the caller's to hand over or close."""
+    fd = os.memfd_create("p2pcluster-value", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, offset + size)
+        with contextlib.suppress(OSError):  # allocating first is faster; else writes do
+            os.posix_fallocate(fd, 0, offset + size)
+        _write_at(fd, pieces, offset, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FROZEN)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_at(fd: int, pieces: Iterable[bytes | memoryview], offset: int, size: int) -> None:
+    position = offset
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], position + done)
+        position += done
+    if position != offset + size:
+        raise ValueError(f"{position - offset} bytes written, {size} announced")

@@ -1,4 +1,4 @@
-"""The local control protocol, version 2: the one schema both its ends use. Pure.
+"""The local control protocol, version 3: the one schema both its ends use. Pure.
 
 `p2pcluster run`, a :class:`~p2pcluster.Cluster` and the other commands talk to the
 `p2pcluster join` daemon of their machine over a Unix stream socket. One connection per client
@@ -13,9 +13,11 @@ process carries any number of jobs at once (``docs/protocol.md``, section 8):
   inside messages (:class:`Inline`). Larger ones go first as a :class:`Blob` announcement and
   :class:`Chunk` frames of at most :data:`CHUNK` bytes, then a message refers to them
   (:class:`BlobRef`). A receiver checks an announced size against its ``max_value_size``
-  before it stores a byte. Either side writes as fast as the other reads and no faster: the
-  daemon keeps a bounded number of frames in flight per connection, so a slow client never
-  makes it buffer more than that.
+  before it stores a byte. A client whose daemon's :func:`welcome` says ``"segments":
+  true`` may instead hand a large value over in shared memory: a :class:`SegmentBlob`
+  frame, with a sealed memfd beside it (``SCM_RIGHTS``), announces it whole. Either side
+  writes as fast as the other reads and no faster: the daemon keeps a bounded number of
+  frames in flight per connection, so a slow client never makes it buffer more than that.
 - **A job**: :class:`Submit` (the function, the code, the number of tasks), then the tasks'
   arguments in order in :class:`Args` messages; the daemon answers :class:`Accepted`, then
   :class:`Results` (each with the name of the peer that ran the task) and :class:`Progress`
@@ -44,8 +46,8 @@ __all__ = [
     "CHUNK", "CODEC", "CONTROL_VERSION", "INLINE", "MAX_FRAME",
     "Accepted", "Args", "Blob", "BlobRef", "Cancel", "Chunk", "ControlMessage", "ControlType",
     "EndReason", "Ended", "Inline", "PeerCount", "Placement", "Progress", "Ref", "Reply",
-    "Request", "ResultItem", "Results", "Share", "Submit", "Value", "hello", "member_row",
-    "welcome",
+    "Request", "ResultItem", "Results", "SegmentBlob", "Share", "Submit", "Value", "hello",
+    "member_row", "welcome",
 ]
 
 #: The version of this protocol (the peers' wire protocol has its own).
@@ -80,6 +82,7 @@ class ControlType(IntEnum):
     SHARE = 12
     # 13-14: reserved
     PLACEMENT = 15
+    SEGMENT_BLOB = 16
 
 
 class ValueType(IntEnum):
@@ -120,6 +123,21 @@ class Blob:
     TYPE: ClassVar[int] = ControlType.BLOB
     blob: U64
     size: Size
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentBlob:
+    """Announces blob ``blob`` whole (client to daemon, where the daemon's welcome says
+    ``"segments": true``): its ``size`` bytes are at ``offset`` in the memfd passed beside
+    this frame (``SCM_RIGHTS``, with the frame's first byte, one descriptor per frame),
+    sealed so that neither its size nor its bytes can change any more
+    (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE``) and exactly ``offset + size`` bytes
+    long. The daemon maps it instead of receiving a copy."""
+
+    TYPE: ClassVar[int] = ControlType.SEGMENT_BLOB
+    blob: U64
+    size: Size
+    offset: Annotated[int, Limit(lo=0, hi=4096)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,11 +311,12 @@ class Reply:
 
 
 ControlMessage = (Blob | Chunk | Submit | Args | Cancel | Accepted | Results | Progress
-                  | Ended | Request | Reply | Share | Placement)
+                  | Ended | Request | Reply | Share | Placement | SegmentBlob)
 
 #: Strict CBOR for the typed messages, by type code.
 CODEC = Codec({cls.TYPE: cls for cls in (Blob, Chunk, Submit, Args, Cancel, Accepted, Results,
-                                          Progress, Ended, Request, Reply, Share, Placement)},
+                                          Progress, Ended, Request, Reply, Share, Placement,
+                                          SegmentBlob)},
               version=CONTROL_VERSION, supported=frozenset({CONTROL_VERSION}))
 
 
@@ -308,10 +327,12 @@ def hello(client: str, pid: int, max_value_size: int) -> dict[str, Any]:
 
 
 def welcome(*, peer: str, node: str, cluster: str, software: str,
-            max_value_size: int) -> dict[str, Any]:
-    """The daemon's answer to :func:`hello`: who it is, and the largest value it takes."""
+            max_value_size: int, segments: bool = False) -> dict[str, Any]:
+    """The daemon's answer to :func:`hello`: who it is, the largest value it takes, and
+    whether it takes values in shared memory (:class:`SegmentBlob`)."""
     return {"ok": True, "version": CONTROL_VERSION, "peer": peer, "node": node,
-            "cluster": cluster, "software": software, "max_value_size": max_value_size}
+            "cluster": cluster, "software": software, "max_value_size": max_value_size,
+            "segments": segments}
 
 
 def member_row(member: Member, now: float) -> dict[str, Any]:

@@ -245,6 +245,61 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             time.sleep(0.05)
 
 
+def _client_values(pid: int) -> int:
+    """How many values from clients (sealed memfds) the daemon ``pid`` holds open (each
+    by two descriptors: its own, and its mapping's)."""
+    values = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if os.readlink(path).startswith("/memfd:p2pcluster-value"):
+                values.add(os.stat(path).st_ino)
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return len(values)
+
+
+def test_large_arguments_reach_the_daemon_in_shared_memory_as_they_were_at_submit(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client copies a large argument into a sealed memfd and passes it on the control
+    socket; the daemon holds it while the task runs and lets go of it with the task. The
+    task gets the array as it was at submit, whatever the caller writes after."""
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as daemon:
+        pid = daemon.process.pid
+        with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
+            _arguments_in_shared_memory(c, pid)
+            daemon.check_alive()
+        deadline = time.monotonic() + WAIT
+        while _client_values(pid):
+            assert time.monotonic() < deadline, "the daemon kept what a gone client shared"
+            time.sleep(0.05)
+
+
+def _arguments_in_shared_memory(c: Cluster, pid: int) -> None:
+    assert _client_values(pid) == 0
+    arr = np.random.default_rng(3).standard_normal(1_000_000)
+    want = float(np.sum(arr))
+    running = c.submit(arrayfuncs.slow_total, arr, 1.5)
+    arr[:] = 0.0  # after submit: the task must not see it
+    deadline = time.monotonic() + WAIT
+    while _client_values(pid) < 1:
+        assert time.monotonic() < deadline, "the argument never reached the daemon so"
+        time.sleep(0.02)
+    assert running.result(timeout=WAIT) == want
+    deadline = time.monotonic() + WAIT
+    while _client_values(pid):
+        assert time.monotonic() < deadline, "the daemon kept a finished task's argument"
+        time.sleep(0.05)
+    matrix = np.arange(500_000, dtype=np.int64).reshape(1000, 500)
+    handle = c.share(matrix)
+    assert _client_values(pid) == 1  # kept for as long as the client is connected
+    assert list(c.map(arrayfuncs.dot_row, [handle] * 3, range(3), timeout=WAIT)) == [
+        float(matrix[i].sum()) for i in range(3)]
+    small = np.tile(np.arange(1000.0), 100)  # under a MiB: in chunks, as before
+    assert c.submit(arrayfuncs.total, small).result(timeout=WAIT) == float(small.sum())
+    assert _client_values(pid) == 1
+
+
 def test_a_peer_without_numpy_fails_one_task_and_takes_no_more_of_the_job(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon here cannot import NumPy (a package named numpy that refuses to load

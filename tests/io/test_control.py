@@ -38,7 +38,9 @@ from p2pcluster import (
 )
 from p2pcluster._control import UntrustedDaemon, connect
 from p2pcluster._control_client import DaemonError, request_daemon
+from p2pcluster._proto.control import CODEC, SegmentBlob, hello
 from p2pcluster._secret import new_secret, write_secret_file
+from p2pcluster._shm import Segment
 
 from .daemons import ROOT, Daemon, running_daemon
 
@@ -239,6 +241,31 @@ def test_an_old_client_is_told_what_is_wrong(daemon: Daemon) -> None:
     answer = trio.run(old_client)
     assert answer is not None and answer["ok"] is False
     assert "this daemon speaks control protocol 3" in answer["error"]
+
+
+def test_a_memfd_a_client_could_still_change_ends_its_connection_not_the_daemon(
+        daemon: Daemon) -> None:
+    """A value in shared memory must be sealed against writes: the daemon holds it as the
+    job's arguments. One that is not ends that connection; its descriptor is closed."""
+    before = daemon.settled_fds()
+
+    async def client_with_an_open_memfd() -> bytes | memoryview | None:
+        stream = await connect(daemon.control)
+        try:
+            await stream.send_map(hello("a test", os.getpid(), 2**31))
+            welcome = await stream.receive_map()
+            assert welcome is not None and welcome["segments"] is True
+            writable = Segment.create(2_000_000)  # sealed against resizing only
+            await stream.send_frame_with_fd(
+                CODEC.encode(SegmentBlob(1, 2_000_000, 0)), writable.fd)
+            return await stream.receive_frame()  # the daemon hangs up: None
+        finally:
+            await stream.aclose()
+
+    assert trio.run(client_with_an_open_memfd) is None
+    assert daemon.settled_fds() == before
+    assert "not sealed against resizing and writes" in daemon.log.read_text()
+    daemon.check_alive()
 
 
 def test_a_client_is_told_when_the_daemon_is_older(tmp_path: Path) -> None:

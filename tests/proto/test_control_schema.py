@@ -31,7 +31,7 @@ def test_control_type_codes_are_append_only() -> None:
     assert {t.name: int(t) for t in c.ControlType} == {
         "BLOB": 1, "CHUNK": 2, "SUBMIT": 3, "ARGS": 4, "CANCEL": 5, "ACCEPTED": 6,
         "RESULTS": 7, "PROGRESS": 8, "ENDED": 9, "REQUEST": 10, "REPLY": 11, "SHARE": 12,
-        "PLACEMENT": 15,
+        "PLACEMENT": 15, "SEGMENT_BLOB": 16,
     }
     assert {t.name: int(t) for t in c.ValueType} == {"INLINE": 1, "BLOB_REF": 2}
     assert {t.name: int(t) for t in c.EndReason} == {"DONE": 0, "CANCELLED": 1, "FAILED": 2}
@@ -47,6 +47,7 @@ def test_control_type_codes_are_append_only() -> None:
         (cbor2.dumps([V, c.ControlType.ARGS, 1, 0, [[1, b"x" * (c.INLINE + 1)]]]),
          MessageTooLarge),  # an inline value over INLINE must be a blob
         (cbor2.dumps([V, c.ControlType.ARGS, 1, 0, [[3, b""]]]), ProtocolError),  # no such form
+        (cbor2.dumps([V, c.ControlType.SEGMENT_BLOB, 1, 2**20, 4097]), DecodeError),  # offset
     ],
 )
 def test_strict_decoding_refuses(data: bytes, error: type[Exception]) -> None:
@@ -72,3 +73,6 @@ def test_greetings_say_who_and_how_much() -> None:
                         max_value_size=2048)
     assert welcome["ok"] is True and welcome["version"] == V
     assert welcome["max_value_size"] == 2048
+    assert welcome["segments"] is False  # only a daemon that says so takes memfds
+    assert c.welcome(peer="lab1", node="ab", cluster="default", software="0.1.0",
+                     max_value_size=2048, segments=True)["segments"] is True

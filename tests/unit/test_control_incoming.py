@@ -1,4 +1,4 @@
-"""A result blob as the control client assembles it (`_control_client._Incoming`)."""
+"""A result blob as the control client assembles it (`_controlblobs.Incoming`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from p2pcluster import ProtocolError  # noqa: E402
-from p2pcluster._control_client import _Incoming  # noqa: E402
+from p2pcluster._controlblobs import Incoming  # noqa: E402
 from p2pcluster._jobs import unpack  # noqa: E402
 from p2pcluster._packed import ALIGN  # noqa: E402
 from p2pcluster._proto.wiretypes import TaskStatus  # noqa: E402
@@ -23,7 +23,7 @@ def _blob(value: object) -> bytes:
 def test_chunks_assemble_into_an_aligned_buffer_that_is_decoded_in_place(chunk: int) -> None:
     arr = np.random.default_rng(1).standard_normal(100_000)
     data = _blob({"a": arr, "n": 3})
-    incoming = _Incoming(len(data))
+    incoming = Incoming(len(data))
     for start in range(0, len(data), chunk):
         incoming.add(data[start:start + chunk])
     assert incoming.filled == len(data) and bytes(incoming.data) == data
@@ -37,13 +37,13 @@ def test_chunks_assemble_into_an_aligned_buffer_that_is_decoded_in_place(chunk: 
 
 
 def test_a_refused_blob_is_counted_not_kept_and_an_overrun_is_an_error() -> None:
-    refused = _Incoming(10, "too large")
+    refused = Incoming(10, "too large")
     refused.add(b"x" * 6)
     refused.add(b"y" * 4)
     assert refused.filled == 10 and len(refused.data) == 0
     with pytest.raises(ProtocolError, match="past its announced size"):
         refused.add(b"z")
-    kept = _Incoming(4)
+    kept = Incoming(4)
     kept.add(b"ab")
     with pytest.raises(ProtocolError, match="past its announced size"):
         kept.add(b"cde")

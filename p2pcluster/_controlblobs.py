@@ -1,0 +1,141 @@
+"""Blobs on a control connection: the values either end sends ahead of the messages that
+use them. :class:`Blobs` is the daemon's (a client's arguments, bundles and shared values),
+:class:`Incoming` the client's (one result at a time).
+
+A value over :data:`~._proto.control.INLINE` bytes comes first, as a blob, and a later
+message refers to it (:class:`~._proto.control.BlobRef`). It comes one of two ways:
+
+- as :class:`~._proto.control.Chunk` frames after a :class:`~._proto.control.Blob`, which
+  :class:`Blobs` assembles into a buffer of the announced size (after checking that size
+  against the connection's limit: a refused blob is counted, not kept);
+- in shared memory: a :class:`~._proto.control.SegmentBlob` frame with a memfd beside it,
+  sealed against resizing and writes (:data:`~._shm.FROZEN`). The daemon maps it read-only
+  and cuts it in place (:func:`~._landing.cut_in_place`): the value's large arrays are
+  views of the client's memfd, held as the job's arguments (nobody can change them, so
+  they need no sums), sealed to other peers straight from it, and mapped by this peer's
+  workers from it. No copy on the daemon's side; the client made one, into the memfd.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import trio
+
+from ._errors import P2PClusterError, ProtocolError, too_large
+from ._landing import cut_in_place
+from ._packed import Payload, aligned_buffer
+from ._proto.control import Blob, Chunk, Inline, SegmentBlob, Value
+from ._shm import FROZEN, Segment
+
+__all__ = ["Blobs", "Incoming", "Refused"]
+
+
+class Refused(P2PClusterError):
+    """A value the daemon will not store; the job that uses it fails with this reason."""
+
+
+class _Blob:
+    def __init__(self, size: int, refused: str) -> None:
+        self.data = bytearray() if refused else bytearray(size)
+        self.size, self.filled, self.refused = size, 0, refused
+
+
+class Blobs:
+    """One connection's blobs, by number, until a message consumes them."""
+
+    def __init__(self, limit: int, where: str) -> None:
+        self.limit = limit
+        self._where = where  #: who refuses (for the error): "peer <name>"
+        self._chunked: dict[int, _Blob] = {}
+        self._mapped: dict[int, Payload] = {}
+
+    def _refusal(self, size: int) -> str:
+        return "" if size <= self.limit else too_large("a value", size, self.limit, self._where)
+
+    def _fresh(self, blob: int) -> None:
+        if blob in self._chunked or blob in self._mapped:
+            raise ProtocolError(f"blob {blob} announced twice")
+
+    def announce(self, message: Blob) -> None:
+        self._fresh(message.blob)
+        self._chunked[message.blob] = _Blob(message.size, self._refusal(message.size))
+
+    def chunk(self, chunk: Chunk) -> None:
+        blob = self._chunked.get(chunk.blob)
+        if blob is None:
+            raise ProtocolError(f"a chunk of blob {chunk.blob}, never announced")
+        if blob.filled + len(chunk.data) > blob.size:
+            raise ProtocolError(f"blob {chunk.blob} runs past its announced size")
+        if not blob.refused:
+            blob.data[blob.filled:blob.filled + len(chunk.data)] = chunk.data
+        blob.filled += len(chunk.data)
+
+    async def adopt(self, message: SegmentBlob, fd: int) -> None:
+        """Blob ``message.blob`` in the memfd ``fd`` (ours now: closed here if refused).
+        Raises :class:`~p2pcluster.ProtocolError` if the memfd is not sealed
+        :data:`~._shm.FROZEN` or not of the announced size."""
+        try:
+            self._fresh(message.blob)
+        except ProtocolError:
+            os.close(fd)
+            raise
+        start, size = message.offset, message.size
+        refused = self._refusal(size)
+        if refused:
+            os.close(fd)
+        else:
+            try:
+                segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_READ,
+                                        seals=FROZEN)
+            except OSError as exc:  # out of memory maps, say: that job fails, not the rest
+                refused = f"{self._where} could not map a value of {size:,} bytes: {exc}"
+            else:
+                self._mapped[message.blob] = await trio.to_thread.run_sync(
+                    cut_in_place, segment.view[start:start + size], segment, start)
+                return
+        blob = self._chunked[message.blob] = _Blob(size, refused)
+        blob.filled = size
+
+    def value(self, value: Value) -> Payload:
+        """The value ``value`` stands for (a blob is consumed). :class:`Refused` if it was
+        over the limit; :class:`~p2pcluster.ProtocolError` if it never came whole."""
+        if isinstance(value, Inline):
+            return value.data
+        mapped = self._mapped.pop(value.blob, None)
+        if mapped is not None:
+            if len(mapped) != value.size:
+                raise ProtocolError(f"blob {value.blob} is not of the size referred to")
+            return mapped
+        blob = self._chunked.pop(value.blob, None)
+        if blob is None or blob.filled != blob.size or blob.size != value.size:
+            raise ProtocolError(f"blob {value.blob} was not received whole")
+        if blob.refused:
+            raise Refused(blob.refused)
+        return bytes(blob.data)
+
+    def clear(self) -> None:
+        self._chunked.clear()
+        self._mapped.clear()
+
+
+class Incoming:
+    """A blob being received: its bytes so far, or the reason it was refused. The bytes
+    are the caller's to keep, placed so that the value's first large array is aligned (see
+    :func:`~._packed.aligned_buffer`): its arrays are decoded as views of them."""
+
+    def __init__(self, size: int, refused: str = "") -> None:
+        self.data = memoryview(bytearray())
+        self.size, self.filled, self.refused = size, 0, refused
+
+    def add(self, data: bytes) -> None:
+        if self.filled + len(data) > self.size:
+            raise ProtocolError("a blob ran past its announced size")
+        if self.refused or not data:
+            pass  # (a refused blob is counted, not kept)
+        elif self.filled:
+            self.data[self.filled:self.filled + len(data)] = data
+        else:
+            self.data = aligned_buffer(self.size, data)
+        self.filled += len(data)

@@ -1,0 +1,158 @@
+"""A client's value in shared memory, as the daemon takes it (`_controlblobs.Blobs`), and the
+sealed memfd the client makes of it (`_outbox.in_memory`, `_shm.frozen_copy`)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+from p2pcluster import ProtocolError  # noqa: E402
+from p2pcluster._controlblobs import Blobs, Refused  # noqa: E402
+from p2pcluster._handoff import to_ref  # noqa: E402
+from p2pcluster._outbox import in_memory  # noqa: E402
+from p2pcluster._packed import ALIGN, Packed  # noqa: E402
+from p2pcluster._proto.control import CODEC, BlobRef, Chunk, Inline, SegmentBlob  # noqa: E402
+from p2pcluster._proto.control import Blob as BlobAnnouncement  # noqa: E402
+from p2pcluster._shm import Segment, SegmentStock, available, frozen_copy  # noqa: E402
+from p2pcluster._values import encode_value  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
+
+
+def _handed_over(blob: int, value: object) -> tuple[SegmentBlob, int, Packed | bytes]:
+    """What the client sends for ``value``: the frame's message and a copy of its fd."""
+    payload = encode_value(value)
+    part = in_memory(blob, payload)
+    message = CODEC.decode(part.frame)
+    assert isinstance(message, SegmentBlob)
+    fd = os.dup(part.fd)  # (as the daemon's end of the socket gets one)
+    part.close()
+    return message, fd, payload
+
+
+def _flat(payload: Packed | bytes) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.flat()
+
+
+async def test_arrays_in_a_sealed_memfd_are_held_as_views_of_it_not_copies() -> None:
+    blobs = Blobs(2**31, "peer d1")
+    message, fd, payload = _handed_over(1, {"x": np.arange(300_000.0), "n": 7})
+    await blobs.adopt(message, fd)
+    value = blobs.value(BlobRef(1, message.size))
+    assert isinstance(value, Packed) and value.segment is not None
+    assert value.flat() == _flat(payload)
+    assert all(b.readonly for b in value.buffers)  # nobody writes what the job holds
+    # ... mapped through a read-only descriptor: a shared mapping through a writable one
+    # of a write-sealed memfd fails before Linux 6.7, even read-only
+    assert fcntl.fcntl(value.segment.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    assert value.offsets[0] % ALIGN == 0  # the client placed the first array aligned
+    wire, keep = to_ref(value)  # a worker maps that very memfd: no copy on its way
+    assert keep is value and f"/fd/{value.segment.fd}" in wire.path  # type: ignore[union-attr]
+    with pytest.raises(ProtocolError, match="not received whole"):
+        blobs.value(BlobRef(1, message.size))  # consumed
+
+
+async def test_a_value_whose_later_array_falls_unaligned_is_still_exact() -> None:
+    """Only the first array can be placed aligned; a worker gets the value placed anew
+    (one copy) when a later one is not (as for a value another peer sent)."""
+    arrays = [np.arange(300_000, dtype=np.float64), np.ones((200, 300), dtype=np.int32)]
+    blobs = Blobs(2**31, "peer d1")
+    message, fd, payload = _handed_over(1, {"xs": arrays, "n": 7})
+    await blobs.adopt(message, fd)
+    value = blobs.value(BlobRef(1, message.size))
+    assert isinstance(value, Packed) and value.flat() == _flat(payload)
+
+
+async def test_a_value_without_large_arrays_in_a_memfd_arrives_as_bytes() -> None:
+    blobs = Blobs(2**31, "peer d1")
+    message, fd, payload = _handed_over(4, b"z" * 2_000_000)
+    await blobs.adopt(message, fd)
+    assert blobs.value(BlobRef(4, message.size)) == _flat(payload)
+
+
+def test_the_client_s_memfd_can_neither_change_nor_be_resized() -> None:
+    fd = frozen_copy([b"head", memoryview(b"x" * 100)], 104, offset=60)
+    try:
+        assert os.pread(fd, 200, 0) == bytes(60) + b"head" + b"x" * 100
+        for change in (lambda: os.pwrite(fd, b"y", 70), lambda: os.ftruncate(fd, 10),
+                       lambda: os.ftruncate(fd, 1000)):
+            with pytest.raises(PermissionError) as refused:
+                change()
+            assert refused.value.errno == errno.EPERM
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError, match="3 bytes written, 5 announced"):
+        frozen_copy([b"abc"], 5)
+
+
+async def test_a_memfd_that_could_still_change_or_is_not_as_announced_is_refused() -> None:
+    blobs = Blobs(2**31, "peer d1")
+    unsealed = Segment.create(2_000_000)  # sealed against resizing only
+    fd = os.dup(unsealed.fd)
+    with pytest.raises(ProtocolError, match="not sealed against resizing and writes"):
+        await blobs.adopt(SegmentBlob(1, 2_000_000, 0), fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the refusal
+    message, fd, _ = _handed_over(2, b"q" * 2_000_000)
+    with pytest.raises(ProtocolError, match="announced as"):
+        await blobs.adopt(SegmentBlob(2, message.size + 1, message.offset), fd)
+    with pytest.raises(ProtocolError, match="that is not one"):
+        await blobs.adopt(SegmentBlob(3, 10, 0), os.open("/dev/null", os.O_RDONLY))
+
+
+async def test_a_memfd_over_the_limit_is_closed_unread_and_the_job_told_why() -> None:
+    blobs = Blobs(1_000_000, "peer d1")
+    message, fd, _ = _handed_over(1, b"q" * 2_000_000)
+    await blobs.adopt(message, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with pytest.raises(Refused, match=r"2,000,00\d bytes, over the limit of 1,000,000"):
+        blobs.value(BlobRef(1, message.size))
+
+
+async def test_a_blob_number_announced_twice_is_a_protocol_error() -> None:
+    blobs = Blobs(2**31, "peer d1")
+    blobs.announce(BlobAnnouncement(1, 3))
+    blobs.chunk(Chunk(1, b"abc"))
+    message, fd, _ = _handed_over(1, b"q" * 2_000_000)
+    with pytest.raises(ProtocolError, match="announced twice"):
+        await blobs.adopt(message, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert blobs.value(BlobRef(1, 3)) == b"abc"
+    assert blobs.value(Inline(b"small")) == b"small"
+
+
+def test_a_read_only_segment_never_goes_back_to_the_stock() -> None:
+    """Values are received into the stock's segments: a client's value, mapped read-only
+    and still held by its job, must never be one of them."""
+    stock = SegmentStock()
+    message, fd, _ = _handed_over(1, b"q" * 2_000_000)
+    import mmap
+
+    stock.give(Segment.adopt(fd, message.offset + message.size, access=mmap.ACCESS_READ))
+    writable = Segment.create(2_000_000)
+    stock.give(writable)
+    assert stock.take(2_000_000) is writable
+    assert stock.take(2_000_000) is not writable and stock.reused == 1
+
+
+async def test_a_value_the_daemon_cannot_map_fails_its_job_not_the_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory maps (``vm.max_map_count``), say: the job that uses it fails, saying
+    why; the connection and the client's other jobs go on."""
+    def no_more_maps(fd: int, size: int, **_: object) -> Segment:
+        os.close(fd)
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(Segment, "adopt", staticmethod(no_more_maps))
+    blobs = Blobs(2**31, "peer d1")
+    message, fd, _ = _handed_over(1, b"q" * 2_000_000)
+    await blobs.adopt(message, fd)
+    with pytest.raises(Refused, match="peer d1 could not map a value of 2,000,00.* bytes"):
+        blobs.value(BlobRef(1, message.size))
