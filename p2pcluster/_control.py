@@ -42,6 +42,7 @@ from ._gate import AcceptBackoff
 from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
+from ._shm import available as shm_available
 
 __all__ = ["BACKLOG", "FramedStream", "NoDaemon", "UntrustedDaemon", "connect",
            "control_path", "serve_control"]
@@ -59,6 +60,7 @@ MAX_SOCKET_PATH = 107
 #: is a client sending descriptors nothing announces (a read returns those of one send).
 MOST_FDS = 16
 _ANCILLARY = socket.CMSG_SPACE(MOST_FDS * array.array("i").itemsize)
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  #: (Linux: no descriptor leaks to a child)
 
 
 class NoDaemon(P2PClusterError):
@@ -197,7 +199,7 @@ class FramedStream:
         if not self._takes_fds:
             return await self.stream.receive_some(_RECEIVE)
         data, ancillary, flags, _ = await self.stream.socket.recvmsg(
-            _RECEIVE, _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+            _RECEIVE, _ANCILLARY, _CLOEXEC)
         self._keep_fds(ancillary, flags)
         return data
 
@@ -205,7 +207,7 @@ class FramedStream:
         if not self._takes_fds:
             return await self.stream.socket.recv_into(view)
         got, ancillary, flags, _ = await self.stream.socket.recvmsg_into(
-            [view], _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
+            [view], _ANCILLARY, _CLOEXEC)
         self._keep_fds(ancillary, flags)
         return got
 
@@ -248,8 +250,9 @@ class FramedStream:
         await self.stream.aclose()
 
 
-async def connect(path: Path) -> FramedStream:
-    """Connect to the daemon at ``path`` after checking it is ours to trust.
+async def connect(path: Path, *, fds: bool = False) -> FramedStream:
+    """Connect to the daemon at ``path`` after checking it is ours to trust (``fds``:
+    taking descriptors it passes beside frames, :meth:`FramedStream.take_fd`).
 
     Raises :class:`NoDaemon` if nothing answers there, and :class:`UntrustedDaemon` (naming
     the path and the owner found) if its directory or its process belongs to another user.
@@ -272,7 +275,7 @@ async def connect(path: Path) -> FramedStream:
         raise UntrustedDaemon(f"refusing the control socket {path}: the process listening "
                               f"there runs as {_user(uid)}, not as you ({_user(os.getuid())}) "
                               "or root")
-    return FramedStream(stream)
+    return FramedStream(stream, fds=fds)
 
 
 async def _claim(path: Path) -> None:
@@ -350,7 +353,7 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
         if uid not in (os.getuid(), 0):
             log.warning("refused a control connection from %s", _user(uid))
             return
-        framed = FramedStream(stream, fds=True)
+        framed = FramedStream(stream, fds=shm_available())
         try:
             await handler(framed)
         except* (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,

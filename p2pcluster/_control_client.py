@@ -49,6 +49,7 @@ from ._proto.control import (
     Reply,
     Request,
     Results,
+    SegmentBlob,
     Share,
     Submit,
     Value,
@@ -256,6 +257,10 @@ class ControlClient:
             refused = ("" if message.size <= self.max_value_size else
                        too_large("a result", message.size, self.max_value_size, "this client"))
             self._blobs[message.blob] = Incoming(message.size, refused)
+        elif isinstance(message, SegmentBlob):
+            self._blobs[message.blob] = Incoming.mapped(message, self._stream.take_fd(), (
+                "" if message.size <= self.max_value_size else
+                too_large("a result", message.size, self.max_value_size, "this client")))
         elif isinstance(message, Chunk):
             incoming = self._blobs.get(message.blob)
             if incoming is None:
@@ -354,9 +359,10 @@ async def open_control_client(path: Path, *, max_value_size: int, client: str | 
     Raises :class:`~._control.NoDaemon`, :class:`~._control.UntrustedDaemon`, or
     :class:`DaemonError` if the daemon refuses (another version, say).
     """
-    stream = await connect(path)
+    stream = await connect(path, fds=shm_available())
     try:
-        await stream.send_map(hello(client or describe_client(), os.getpid(), max_value_size))
+        await stream.send_map(hello(client or describe_client(), os.getpid(), max_value_size,
+                                    segments=shm_available()))
         welcome = await stream.receive_map()
         _check_welcome(path, welcome)
         assert welcome is not None

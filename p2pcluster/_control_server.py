@@ -27,6 +27,7 @@ from ._control import FramedStream
 from ._controlblobs import Blobs, Refused
 from ._errors import P2PClusterError, ProtocolError, ValueTooLarge
 from ._jobs import JobRequest, JobResult, PlacementNote
+from ._outbox import SEGMENT_SIZE, in_memory
 from ._packed import Packed, Payload, as_bytes, pieces_of
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor
@@ -98,12 +99,13 @@ class ControlSession:
     """One client's connection: see the module docstring."""
 
     def __init__(self, stream: FramedStream, peer: Peer, admin: Admin, client: str,
-                 max_value_size: int) -> None:
+                 max_value_size: int, *, segments: bool = False) -> None:
         self._stream = stream
         self._peer = peer
         self._admin = admin
         self.client = client
         self.limit = max_value_size
+        self._segments = segments  #: the client takes large results in shared memory
         self._blobs = Blobs(max_value_size, f"peer {peer.name}")
         self._pending: dict[int, _Pending] = {}
         self._bundles: dict[str, CodeBundle] = {}  #: every bundle this client sent
@@ -311,6 +313,14 @@ class ControlSession:
     async def _blob(self, data: bytes | memoryview | Packed) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
+        if self._segments and len(data) >= SEGMENT_SIZE:  # one copy, into a sealed memfd
+            part = await trio.to_thread.run_sync(in_memory, blob, data)
+            await self._flush_out()
+            try:
+                await self._stream.send_frame_with_fd(part.frame, part.fd)
+            finally:
+                part.close()
+            return BlobRef(blob, len(data))
         self._queue_out(Blob(blob, len(data)))
         for view in pieces_of(data):  # (a packed value: its pieces, never joined)
             for offset in range(0, len(view), CHUNK):

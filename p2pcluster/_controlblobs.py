@@ -1,6 +1,7 @@
 """Blobs on a control connection: the values either end sends ahead of the messages that
 use them. :class:`Blobs` is the daemon's (a client's arguments, bundles and shared values),
-:class:`Incoming` the client's (one result at a time).
+:class:`Incoming` the client's (one result at a time; one of 1 MiB or more comes in a sealed
+memfd too, where the client's hello says it takes them, and is mapped copy-on-write).
 
 A value over :data:`~._proto.control.INLINE` bytes comes first, as a blob, and a later
 message refers to it (:class:`~._proto.control.BlobRef`). It comes one of two ways:
@@ -128,6 +129,23 @@ class Incoming:
     def __init__(self, size: int, refused: str = "") -> None:
         self.data = memoryview(bytearray())
         self.size, self.filled, self.refused = size, 0, refused
+
+    @classmethod
+    def mapped(cls, message: SegmentBlob, fd: int, refused: str = "") -> Incoming:
+        """A blob the daemon passed whole in a sealed memfd ``fd`` (ours now: closed here),
+        mapped copy-on-write: the caller's arrays are writable views of it, and what they
+        write stays in this process. :class:`~p2pcluster.ProtocolError` if the memfd is
+        not sealed :data:`~._shm.FROZEN` or not of the announced size."""
+        incoming = cls(message.size, refused)
+        incoming.filled = message.size
+        if refused:
+            os.close(fd)
+            return incoming
+        start, size = message.offset, message.size
+        segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_COPY, seals=FROZEN)
+        incoming.data = segment.view[start:start + size]
+        segment.close()  # the mapping stays while the views of it live
+        return incoming
 
     def add(self, data: bytes) -> None:
         if self.filled + len(data) > self.size:

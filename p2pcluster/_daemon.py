@@ -75,7 +75,8 @@ class Daemon:
                                       cluster=self.config.cluster, software=__version__,
                                       max_value_size=self.config.max_value_size,
                                       segments=shm_available()))
-        await ControlSession(stream, self.peer, self.admin, client, limit).serve()
+        await ControlSession(stream, self.peer, self.admin, client, limit,
+                             segments=hello.get("segments") is True).serve()
 
     async def admin(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """A control request other than a job: members, status, leave, reload-secrets, or a

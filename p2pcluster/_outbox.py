@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import trio
 
 from ._control import FramedStream
-from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, first_cut, pieces_of
+from ._packed import ALIGN, OUT_OF_BAND, Packed, first_cut, pieces_of
 from ._proto.control import CHUNK, CODEC, Blob, Chunk, SegmentBlob
 from ._shm import frozen_copy
 
@@ -142,7 +142,7 @@ def framed(frames: list[bytes]) -> bytes:
     return b"".join(part for frame in frames for part in (LENGTH.pack(len(frame)), frame))
 
 
-def in_memory(blob: int, data: Payload) -> InMemory:
+def in_memory(blob: int, data: bytes | memoryview | Packed) -> InMemory:
     """Blob ``blob`` in a new sealed memfd (a copy of ``data`` as it is now), placed so
     that its first large array starts at a multiple of :data:`~._packed.ALIGN` bytes (the
     daemon's workers map it as it is)."""

@@ -13,9 +13,10 @@ process carries any number of jobs at once (``docs/protocol.md``, section 8):
   inside messages (:class:`Inline`). Larger ones go first as a :class:`Blob` announcement and
   :class:`Chunk` frames of at most :data:`CHUNK` bytes, then a message refers to them
   (:class:`BlobRef`). A receiver checks an announced size against its ``max_value_size``
-  before it stores a byte. A client whose daemon's :func:`welcome` says ``"segments":
-  true`` may instead hand a large value over in shared memory: a :class:`SegmentBlob`
-  frame, with a sealed memfd beside it (``SCM_RIGHTS``), announces it whole. Either side
+  before it stores a byte. Where the other end's greeting says ``"segments": true``
+  (:func:`hello`, :func:`welcome`), a large value may go in shared memory instead: a
+  :class:`SegmentBlob` frame, with a sealed memfd beside it (``SCM_RIGHTS``), announces it
+  whole. Either side
   writes as fast as the other reads and no faster: the daemon keeps a bounded number of
   frames in flight per connection, so a slow client never makes it buffer more than that.
 - **A job**: :class:`Submit` (the function, the code, the number of tasks), then the tasks'
@@ -127,8 +128,8 @@ class Blob:
 
 @dataclass(frozen=True, slots=True)
 class SegmentBlob:
-    """Announces blob ``blob`` whole (client to daemon, where the daemon's welcome says
-    ``"segments": true``): its ``size`` bytes are at ``offset`` in the memfd passed beside
+    """Announces blob ``blob`` whole (to a daemon whose welcome, or a client whose hello,
+    says ``"segments": true``): its ``size`` bytes are at ``offset`` in the memfd passed beside
     this frame (``SCM_RIGHTS``, with the frame's first byte, one descriptor per frame),
     sealed so that neither its size nor its bytes can change any more
     (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE``) and exactly ``offset + size`` bytes
@@ -320,10 +321,12 @@ CODEC = Codec({cls.TYPE: cls for cls in (Blob, Chunk, Submit, Args, Cancel, Acce
               version=CONTROL_VERSION, supported=frozenset({CONTROL_VERSION}))
 
 
-def hello(client: str, pid: int, max_value_size: int) -> dict[str, Any]:
-    """The client's first frame."""
+def hello(client: str, pid: int, max_value_size: int, segments: bool = False
+          ) -> dict[str, Any]:
+    """The client's first frame: who it is, the largest value it takes, and whether it
+    takes values in shared memory (:class:`SegmentBlob`)."""
     return {"op": "hello", "version": CONTROL_VERSION, "client": client, "pid": pid,
-            "max_value_size": max_value_size}
+            "max_value_size": max_value_size, "segments": segments}
 
 
 def welcome(*, peer: str, node: str, cluster: str, software: str,

@@ -7,6 +7,7 @@ Task functions live in ``arrayfuncs.py``, shipped with ``include=`` like ``jobfu
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import sys
 import time
@@ -226,9 +227,16 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             assert same(back, big) and back.flags.f_contiguous
             ramp = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
             assert same(ramp, np.arange(2_000_000, dtype=np.float64) + 5)
-            # A large result is a view of the bytes the client received, aligned: not a copy.
+            # A large result is a view of the memfd the daemon passed, mapped copy-on-write
+            # and aligned: not a copy. What the caller writes stays in this process.
             assert ramp.flags.writeable and ramp.ctypes.data % 64 == 0
-            assert isinstance(memory_of(ramp).obj, bytearray)
+            assert isinstance(memory_of(ramp).obj, mmap.mmap)
+            ramp[:] = -1.0
+            again = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
+            assert same(again, np.arange(2_000_000, dtype=np.float64) + 5)
+            # One under a MiB comes in chunks, into a buffer of the client's own.
+            small = c.submit(arrayfuncs.ramp, 100_000, 1).result(timeout=WAIT)
+            assert isinstance(memory_of(small).obj, bytearray) and small.flags.writeable
             matrix = rng.standard_normal((1000, 500))
             handle = c.share(matrix)
             assert c.share(matrix) is handle  # shared already: nothing is sent again
@@ -298,6 +306,24 @@ def _arguments_in_shared_memory(c: Cluster, pid: int) -> None:
     small = np.tile(np.arange(1000.0), 100)  # under a MiB: in chunks, as before
     assert c.submit(arrayfuncs.total, small).result(timeout=WAIT) == float(small.sum())
     assert _client_values(pid) == 1
+
+
+def test_a_client_without_memfds_sends_and_gets_large_values_in_chunks(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the client has no memfds its hello says so: both ways, values go in chunks."""
+    import p2pcluster._control_client as control_client
+
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch) as daemon:
+        monkeypatch.setattr(control_client, "shm_available", lambda: False)
+        with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
+            arr = np.random.default_rng(4).standard_normal(1_000_000)
+            running = c.submit(arrayfuncs.slow_total, arr, 0.5)
+            assert _client_values(daemon.process.pid) == 0
+            assert running.result(timeout=WAIT) == float(np.sum(arr))
+            ramp = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
+            assert same(ramp, np.arange(2_000_000, dtype=np.float64) + 5)
+            assert isinstance(memory_of(ramp).obj, bytearray)
+        daemon.check_alive()
 
 
 def test_a_peer_without_numpy_fails_one_task_and_takes_no_more_of_the_job(

@@ -68,7 +68,8 @@ def test_fuzz_mutated_control_messages_raise_only_protocol_errors(rng: random.Ra
 def test_greetings_say_who_and_how_much() -> None:
     hello = c.hello("run job.py (pid 7)", 7, 1024)
     assert hello == {"op": "hello", "version": V, "client": "run job.py (pid 7)", "pid": 7,
-                     "max_value_size": 1024}
+                     "max_value_size": 1024, "segments": False}
+    assert c.hello("run job.py (pid 7)", 7, 1024, segments=True)["segments"] is True
     welcome = c.welcome(peer="lab1", node="ab", cluster="default", software="0.1.0",
                         max_value_size=2048)
     assert welcome["ok"] is True and welcome["version"] == V

@@ -1,6 +1,9 @@
-"""A result blob as the control client assembles it (`_controlblobs.Incoming`)."""
+"""A result blob as the control client assembles it from chunks, or maps it from a sealed
+memfd (`_controlblobs.Incoming`)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -9,8 +12,11 @@ np = pytest.importorskip("numpy")
 from p2pcluster import ProtocolError  # noqa: E402
 from p2pcluster._controlblobs import Incoming  # noqa: E402
 from p2pcluster._jobs import unpack  # noqa: E402
+from p2pcluster._outbox import in_memory  # noqa: E402
 from p2pcluster._packed import ALIGN  # noqa: E402
+from p2pcluster._proto.control import CODEC  # noqa: E402
 from p2pcluster._proto.wiretypes import TaskStatus  # noqa: E402
+from p2pcluster._shm import Segment, available  # noqa: E402
 from p2pcluster._values import encode_value  # noqa: E402
 
 
@@ -47,3 +53,39 @@ def test_a_refused_blob_is_counted_not_kept_and_an_overrun_is_an_error() -> None
     kept.add(b"ab")
     with pytest.raises(ProtocolError, match="past its announced size"):
         kept.add(b"cde")
+
+
+@pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
+def test_a_result_in_a_sealed_memfd_is_mapped_copy_on_write_and_decoded_in_place() -> None:
+    arr = np.random.default_rng(2).standard_normal(300_000)
+    part = in_memory(1, encode_value({"a": arr}))
+    message = CODEC.decode(part.frame)
+    fd = os.dup(part.fd)
+    incoming = Incoming.mapped(message, fd)
+    assert incoming.filled == incoming.size == message.size
+    with pytest.raises(OSError):
+        os.fstat(fd)  # mapped, and the descriptor let go of
+    got = unpack(TaskStatus.OK, incoming.data, "p")["a"]
+    assert np.array_equal(got, arr) and got.ctypes.data % ALIGN == 0
+    got[:] = 0.0  # the caller's own: writable, and the write stays in this process
+    again = unpack(TaskStatus.OK, Incoming.mapped(message, os.dup(part.fd)).data, "p")["a"]
+    assert np.array_equal(again, arr)
+    part.close()
+
+
+@pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
+def test_a_result_memfd_over_the_limit_or_unsealed_is_closed_unread() -> None:
+    part = in_memory(1, b"r" * 2_000_000)
+    message = CODEC.decode(part.frame)
+    fd = os.dup(part.fd)
+    refused = Incoming.mapped(message, fd, "too large")
+    assert refused.refused == "too large" and len(refused.data) == 0
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    writable = Segment.create(message.offset + message.size)
+    fd = os.dup(writable.fd)
+    with pytest.raises(ProtocolError, match="not sealed against resizing and writes"):
+        Incoming.mapped(message, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    part.close()
