@@ -17,6 +17,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cbor2
@@ -57,6 +58,7 @@ from ._proto.control import (
     Submit,
 )
 from ._refs import FunctionRef
+from ._shm import RESIZING
 
 __all__ = ["Admin", "ControlSession"]
 
@@ -313,8 +315,8 @@ class ControlSession:
     async def _blob(self, data: bytes | memoryview | Packed) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
-        if self._segments and len(data) >= SEGMENT_SIZE:  # one copy, into a sealed memfd
-            part = await trio.to_thread.run_sync(in_memory, blob, data)
+        if self._segments and len(data) >= SEGMENT_SIZE:  # one copy, into a memfd for it
+            part = await trio.to_thread.run_sync(partial(in_memory, blob, data, seals=RESIZING))
             await self._flush_out()
             try:
                 await self._stream.send_frame_with_fd(part.frame, part.fd)

@@ -1,7 +1,7 @@
 """Blobs on a control connection: the values either end sends ahead of the messages that
 use them. :class:`Blobs` is the daemon's (a client's arguments, bundles and shared values),
-:class:`Incoming` the client's (one result at a time; one of 1 MiB or more comes in a sealed
-memfd too, where the client's hello says it takes them, and is mapped copy-on-write).
+:class:`Incoming` the client's (one result at a time; one of 1 MiB or more comes whole in a
+memfd, where the client's hello says it takes them, and is mapped as the client's own).
 
 A value over :data:`~._proto.control.INLINE` bytes comes first, as a blob, and a later
 message refers to it (:class:`~._proto.control.BlobRef`). It comes one of two ways:
@@ -132,17 +132,17 @@ class Incoming:
 
     @classmethod
     def mapped(cls, message: SegmentBlob, fd: int, refused: str = "") -> Incoming:
-        """A blob the daemon passed whole in a sealed memfd ``fd`` (ours now: closed here),
-        mapped copy-on-write: the caller's arrays are writable views of it, and what they
-        write stays in this process. :class:`~p2pcluster.ProtocolError` if the memfd is
-        not sealed :data:`~._shm.FROZEN` or not of the announced size."""
+        """A blob the daemon passed whole in a memfd ``fd`` (ours now: closed here), sealed
+        against resizing, mapped writable: the caller's arrays are views of it, its own
+        (the daemon let go of it once sent). :class:`~p2pcluster.ProtocolError` if the
+        memfd's size could still change, or is not the announced one."""
         incoming = cls(message.size, refused)
         incoming.filled = message.size
         if refused:
             os.close(fd)
             return incoming
         start, size = message.offset, message.size
-        segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_COPY, seals=FROZEN)
+        segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_WRITE)
         incoming.data = segment.view[start:start + size]
         segment.close()  # the mapping stays while the views of it live
         return incoming

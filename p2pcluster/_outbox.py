@@ -22,7 +22,7 @@ import trio
 from ._control import FramedStream
 from ._packed import ALIGN, OUT_OF_BAND, Packed, first_cut, pieces_of
 from ._proto.control import CHUNK, CODEC, Blob, Chunk, SegmentBlob
-from ._shm import frozen_copy
+from ._shm import FROZEN, frozen_copy
 
 __all__ = ["SEGMENT_SIZE", "WRITE_BYTES", "InMemory", "Outbox", "Part", "Raw", "blob_frames",
            "in_memory"]
@@ -142,16 +142,17 @@ def framed(frames: list[bytes]) -> bytes:
     return b"".join(part for frame in frames for part in (LENGTH.pack(len(frame)), frame))
 
 
-def in_memory(blob: int, data: bytes | memoryview | Packed) -> InMemory:
-    """Blob ``blob`` in a new sealed memfd (a copy of ``data`` as it is now), placed so
-    that its first large array starts at a multiple of :data:`~._packed.ALIGN` bytes (the
-    daemon's workers map it as it is)."""
+def in_memory(blob: int, data: bytes | memoryview | Packed, *, seals: int = FROZEN
+              ) -> InMemory:
+    """Blob ``blob`` in a new memfd sealed with ``seals`` (a copy of ``data`` as it is
+    now), placed so that its first large array starts at a multiple of
+    :data:`~._packed.ALIGN` bytes (whoever maps it reads it as it is)."""
     if isinstance(data, Packed):
         start: int | None = len(data.heads[0]) if data.buffers else None
     else:
         start = first_cut(memoryview(data)[:OUT_OF_BAND])
     offset = 0 if start is None else -start % ALIGN
-    fd = frozen_copy(pieces_of(data), len(data), offset)
+    fd = frozen_copy(pieces_of(data), len(data), offset, seals=seals)
     return InMemory(CODEC.encode(SegmentBlob(blob, len(data), offset)), fd)
 
 

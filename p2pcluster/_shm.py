@@ -11,7 +11,8 @@ its size can no longer change, so mapping it can never fault past its end (SIGBU
 the other process does. :meth:`Segment.adopt` refuses an unsealed one, or one of another
 size than announced. A value a client hands its daemon (:func:`frozen_copy`) is sealed
 against writes too (:data:`FROZEN`): the daemon holds it as the job's arguments, so nobody
-may change it after ``submit``.
+may change it after ``submit``. A result the daemon hands its client is not: the daemon
+lets go of it once sent, and the client maps it writable, its own.
 
 Linux only (``os.memfd_create``); :func:`available` says whether this process has it.
 Where it has not, values travel through pipes and sockets instead.
@@ -28,9 +29,13 @@ from functools import cache
 
 from ._errors import ProtocolError
 
-__all__ = ["FROZEN", "STEP", "Segment", "SegmentStock", "available", "frozen_copy"]
+__all__ = ["FROZEN", "RESIZING", "STEP", "Segment", "SegmentStock", "available",
+           "frozen_copy"]
 
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
+#: The seals of a segment whose size can no longer change (mapping it never faults past its
+#: end), whatever its bytes do.
+RESIZING = _SEALS
 #: The seals of a value whose bytes can no longer change either (and no more seals added).
 FROZEN = _SEALS | getattr(fcntl, "F_SEAL_WRITE", 0) | getattr(fcntl, "F_SEAL_SEAL", 0)
 
@@ -191,17 +196,19 @@ class SegmentStock:
 STEP = 1024 * 1024
 
 
-def frozen_copy(pieces: Iterable[bytes | memoryview], size: int, offset: int = 0) -> int:
+def frozen_copy(pieces: Iterable[bytes | memoryview], size: int, offset: int = 0, *,
+                seals: int = FROZEN) -> int:
     """A new memfd holding ``pieces`` (``size`` bytes in all) from ``offset`` on, written
-    without mapping it (the kernel copies each piece in: one copy) and sealed
-    :data:`FROZEN`: the descriptor, the caller's to hand over or close."""
+    without mapping it (the kernel copies each piece in: one copy) and sealed with
+    ``seals`` (:data:`FROZEN`; :data:`RESIZING` for memory the receiver may write): the
+    descriptor, the caller's to hand over or close."""
     fd = os.memfd_create("p2pcluster-value", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, offset + size)
         with contextlib.suppress(OSError):  # allocating first is faster; else writes do
             os.posix_fallocate(fd, 0, offset + size)
         _write_at(fd, pieces, offset, size)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FROZEN)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     except BaseException:
         os.close(fd)
         raise

@@ -227,8 +227,8 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             assert same(back, big) and back.flags.f_contiguous
             ramp = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
             assert same(ramp, np.arange(2_000_000, dtype=np.float64) + 5)
-            # A large result is a view of the memfd the daemon passed, mapped copy-on-write
-            # and aligned: not a copy. What the caller writes stays in this process.
+            # A large result is a view of the memfd the daemon passed (and let go of),
+            # mapped writable and aligned: not a copy. A write changes no later result.
             assert ramp.flags.writeable and ramp.ctypes.data % 64 == 0
             assert isinstance(memory_of(ramp).obj, mmap.mmap)
             ramp[:] = -1.0
