@@ -42,6 +42,16 @@ and ``d1_cpu_bound_gbps`` and ``d1_dask_cpu_bound_gbps`` the GB/s each would rea
 CPU time were spread over every core with none idle: the most that system's code could
 reach on this machine, as it stands (its wall time can only approach the bound).
 
+**Through the daemon** (how a lab's ``p2pcluster run`` goes where ``p2pcluster join``
+runs): this process, as a client of the join peer's control socket
+(``Cluster(daemon=True)``), sends D1's arrays again, and asks for D3's result again; the join
+peer's own two workers run them. ``daemon_d1_gbps`` is GB/s of array bytes, and
+``daemon_d1_vs_dask`` its ratio to ``d1_dask_gbps`` (Dask's client also holds the arrays,
+and its two workers on this machine sum them, so the two do the same work; D1's own figure
+is over a peer link instead); ``daemon_d3_wall_s`` the wall time of the 200 MB result;
+``daemon_d1_cpu_s`` and ``daemon_d3_cpu_s`` the CPU seconds of ``[this client, the join
+peer and its workers]``.
+
 ``d1_owner_peak_rss_mb`` is this process's peak RSS after D1 (it holds the 1 GiB of arrays
 it submits). ``--quick`` shrinks everything (for a check that the script runs, not for
 figures); ``--size KEY=N`` sets one size. ``d1_cpu_s``, ``d2_cpu_s`` and ``d3_cpu_s`` are
@@ -292,6 +302,37 @@ def measure_p2p(sizes: dict[str, int], tmp: Path, out: dict[str, Any]) -> None:
         out["d2_bytes_per_peer"] = p2p.sharing()["fetched_bytes"] - before
         out["d2_array_bytes"] = int(arr.nbytes)
         _log(f"D2 {out['d2_wall_s']:.2f} s, {out['d2_bytes_per_peer']:,} bytes")
+        del arr, handle
+        measure_daemon(p2p, sizes, out)
+
+
+def measure_daemon(p2p: P2P, sizes: dict[str, int], out: dict[str, Any]) -> None:
+    """D1's arrays and D3's result through the join peer's control socket, as a client of
+    its daemon (``Cluster(daemon=True)``): its own two workers run the tasks."""
+    import numpy as np
+
+    import p2pcluster
+
+    config = p2pcluster.Config.local(cluster=p2p.cluster.config.cluster,
+                                     secret_file=p2p.cluster.config.secret_file)
+    with p2pcluster.Cluster(config, include=[WORK_FILE], daemon=True,
+                            control=p2p.control) as client:
+        assert client.via_daemon
+        list(client.map(bench_data_work.total, warm_arrays(sizes)))
+        arrays = d1_arrays(sizes)
+        expected = [float(np.sum(a)) for a in arrays]
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
+        assert list(client.map(bench_data_work.total, arrays)) == expected
+        out["daemon_d1_gbps"] = gbps(arrays, time.perf_counter() - start)
+        out["daemon_d1_cpu_s"] = clock.spent()
+        del arrays
+        clock, start = CpuClock(p2p.peer.pid), time.perf_counter()
+        result = client.submit(bench_data_work.make, sizes["d3_bytes"]).result()
+        out["daemon_d3_wall_s"] = time.perf_counter() - start
+        out["daemon_d3_cpu_s"] = clock.spent()
+        assert result.nbytes == sizes["d3_bytes"] // 8 * 8
+    _log(f"through the daemon: D1 {out['daemon_d1_gbps']:.3f} GB/s, "
+         f"D3 {out['daemon_d3_wall_s']:.2f} s")
 
 
 def measure_d1(p2p: P2P, sizes: dict[str, int], out: dict[str, Any]) -> None:
@@ -385,7 +426,8 @@ KEYS = ("d1_gbps", "d1_dask_gbps", "d1_aead_limit_gbps", "d1_aes_gcm_limit_gbps"
         "d3_peak_rss_mb", "d3_remote_peak_rss_mb", "d1_cpu_s", "d2_cpu_s", "d3_cpu_s",
         "d1_faults", "d2_faults", "d3_faults", "d1_rounds_gbps", "d1_dask_rounds_gbps",
         "d1_aead_limit_measured_gbps", "d1_machine_cpu_s", "d1_cpu_bound_gbps",
-        "d1_dask_machine_cpu_s", "d1_dask_cpu_bound_gbps")
+        "d1_dask_machine_cpu_s", "d1_dask_cpu_bound_gbps", "daemon_d1_gbps",
+        "daemon_d1_vs_dask", "daemon_d1_cpu_s", "daemon_d3_wall_s", "daemon_d3_cpu_s")
 
 
 def main() -> int:
@@ -419,6 +461,8 @@ def main() -> int:
             measure_dask(sizes, out)
         except Exception as exc:
             out["errors"]["dask"] = f"{type(exc).__name__}: {exc}"[:600]
+    if out["daemon_d1_gbps"] and out["d1_dask_gbps"]:
+        out["daemon_d1_vs_dask"] = out["daemon_d1_gbps"] / out["d1_dask_gbps"]
     if args.json:
         print(json.dumps(out, indent=2))
     else:
