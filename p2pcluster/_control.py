@@ -13,10 +13,10 @@ Trust goes both ways, and is checked before a byte of a job moves:
   created the path first, and a fake daemon would receive the job's code and forge its
   results (:class:`UntrustedDaemon`).
 
-The frames, and the messages in them, are :mod:`._proto.control`'s. A client may pass a
+The frames, and the messages in them, are :mod:`._proto.control`'s. Either end may pass a
 descriptor beside a frame (``SCM_RIGHTS``: a value in shared memory,
-:class:`~._proto.control.SegmentBlob`); the daemon's end reads with ``recvmsg`` and keeps the
-descriptors in the order they came, for the frames that announce them to take.
+:class:`~._proto.control.SegmentBlob`); an end that takes them reads with ``recvmsg`` and
+keeps the descriptors in the order they came, for the frames that announce them to take.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ BACKLOG = 128
 #: The longest path a Unix socket may have on Linux (sun_path is 108 bytes, NUL included).
 MAX_SOCKET_PATH = 107
 #: Descriptors a receiving end holds before the frames that announce them take them: more
-#: is a client sending descriptors nothing announces (a read returns those of one send).
+#: is the other end sending descriptors nothing announces (a read returns those of one
+#: send).
 MOST_FDS = 16
 _ANCILLARY = socket.CMSG_SPACE(MOST_FDS * array.array("i").itemsize)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  #: (Linux: no descriptor leaks to a child)
@@ -221,8 +222,8 @@ class FramedStream:
             raise ProtocolError("descriptors passed beside a frame were lost (more than "
                                 f"{MOST_FDS} in one send, or this process has no more)")
         if len(self._fds) > MOST_FDS:
-            raise ProtocolError(f"a client passed more than {MOST_FDS} descriptors that no "
-                                "frame announced")
+            raise ProtocolError(f"the other end passed more than {MOST_FDS} descriptors "
+                                "that no frame announced")
 
     def close_fds(self) -> None:
         """Close the descriptors received that no frame took."""
