@@ -23,10 +23,10 @@ import cbor2
 import trio
 
 from ._control import FramedStream, connect
-from ._controlblobs import Incoming
+from ._controlblobs import SEGMENT_SIZE, Incoming, in_memory
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
-from ._outbox import SEGMENT_SIZE, Outbox, Part, blob_frames, in_memory
+from ._outbox import Outbox, Part, blob_frames
 from ._packed import Payload, as_bytes
 from ._proto.codec import decode_cbor
 from ._proto.control import (

@@ -25,10 +25,9 @@ import trio
 
 from ._bundles import CodeBundle
 from ._control import FramedStream
-from ._controlblobs import Blobs, Refused
+from ._controlblobs import SEGMENT_SIZE, Blobs, Refused, in_memory
 from ._errors import P2PClusterError, ProtocolError, ValueTooLarge
 from ._jobs import JobRequest, JobResult, PlacementNote
-from ._outbox import SEGMENT_SIZE, in_memory
 from ._packed import Packed, Payload, as_bytes, pieces_of
 from ._peer import Job, Peer
 from ._proto.codec import decode_cbor

@@ -11,10 +11,13 @@ message refers to it (:class:`~._proto.control.BlobRef`). It comes one of two wa
   against the connection's limit: a refused blob is counted, not kept);
 - in shared memory: a :class:`~._proto.control.SegmentBlob` frame with a memfd beside it,
   sealed against resizing and writes (:data:`~._shm.FROZEN`). The daemon maps it read-only
-  and cuts it in place (:func:`~._landing.cut_in_place`): the value's large arrays are
+  and cuts it in place (:func:`~._handoff.cut_in_place`): the value's large arrays are
   views of the client's memfd, held as the job's arguments (nobody can change them, so
   they need no sums), sealed to other peers straight from it, and mapped by this peer's
-  workers from it. No copy on the daemon's side; the client made one, into the memfd.
+  workers from it. No copy on the daemon's side; the client made one, into the memfd
+  (:func:`in_memory`). A large result goes the other way alike, sealed against resizing
+  only: the daemon lets go of it once sent, and the client maps it writable
+  (:meth:`Incoming.mapped`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import os
 import trio
 
 from ._errors import P2PClusterError, ProtocolError, too_large
-from ._landing import cut_in_place
-from ._packed import Payload, aligned_buffer
-from ._proto.control import Blob, Chunk, Inline, SegmentBlob, Value
-from ._shm import FROZEN, Segment
+from ._handoff import cut_in_place
+from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, aligned_buffer, first_cut, pieces_of
+from ._proto.control import CODEC, Blob, Chunk, Inline, SegmentBlob, Value
+from ._shm import FROZEN, Segment, frozen_copy
 
-__all__ = ["Blobs", "Incoming", "Refused"]
+__all__ = ["SEGMENT_SIZE", "Blobs", "InMemory", "Incoming", "Refused", "in_memory"]
+
+#: Values of this many bytes or more go in shared memory to an end that takes them so
+#: (smaller ones cost more in descriptors, and in mappings, than they save).
+SEGMENT_SIZE = 1024 * 1024
 
 
 class Refused(P2PClusterError):
@@ -157,3 +164,34 @@ class Incoming:
         else:
             self.data = aligned_buffer(self.size, data)
         self.filled += len(data)
+
+
+class InMemory:
+    """A frame with a descriptor to pass beside it (a value in a sealed memfd), closed once
+    sent, or when the part is dropped unsent."""
+
+    def __init__(self, frame: bytes, fd: int) -> None:
+        self.frame = frame
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def in_memory(blob: int, data: bytes | memoryview | Packed, *, seals: int = FROZEN
+              ) -> InMemory:
+    """Blob ``blob`` in a new memfd sealed with ``seals`` (a copy of ``data`` as it is
+    now), placed so that its first large array starts at a multiple of
+    :data:`~._packed.ALIGN` bytes (whoever maps it reads it as it is)."""
+    if isinstance(data, Packed):
+        start: int | None = len(data.heads[0]) if data.buffers else None
+    else:
+        start = first_cut(memoryview(data)[:OUT_OF_BAND])
+    offset = 0 if start is None else -start % ALIGN
+    fd = frozen_copy(pieces_of(data), len(data), offset, seals=seals)
+    return InMemory(CODEC.encode(SegmentBlob(blob, len(data), offset)), fd)

@@ -27,13 +27,13 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ._errors import ProtocolError
-from ._packed import ALIGN, Packed, Payload, unpack_flat
+from ._packed import ALIGN, Packed, Payload, cut, find_cuts, unpack_flat
 from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available
 
 __all__ = [
-    "SegmentRef", "WireValue", "aligned", "let_go", "open_args", "open_ref", "open_results",
-    "place", "to_ref", "wire_value",
+    "SegmentRef", "WireValue", "aligned", "cut_in_place", "let_go", "open_args", "open_ref",
+    "open_results", "place", "to_ref", "wire_value",
 ]
 
 
@@ -75,6 +75,21 @@ def place(packed: Packed) -> Packed:
     return Packed(packed.heads, [segment.view[o:o + n] for o, n in zip(offsets, sizes,
                                                                        strict=True)],
                   segment=segment, offsets=offsets)
+
+
+def cut_in_place(value: memoryview, segment: Segment, pad: int) -> Payload:
+    """The value in ``segment`` at ``pad`` as a worker takes it (run it in a thread: it
+    walks the value, and may copy it): in place if every array is aligned, else without a
+    segment, to be placed anew on its way to a worker (:func:`to_ref`); plain
+    bytes if it holds no large array."""
+    cuts = find_cuts(value)
+    if not cuts:
+        return bytes(value)
+    packed = cut(value, cuts)
+    offsets = [pad + start for start, _ in cuts]
+    if any(offset % ALIGN for offset in offsets):
+        return packed
+    return Packed(packed.heads, packed.buffers, segment=segment, offsets=offsets)
 
 
 def to_ref(payload: Payload) -> tuple[WireValue, Packed | None]:

@@ -29,22 +29,20 @@ from typing import NamedTuple, Protocol
 import trio
 
 from ._errors import MessageTooLarge, ProtocolError
+from ._handoff import cut_in_place
 from ._heldargs import LandingCheck
 from ._packed import (
     ALIGN,
     OUT_OF_BAND,
-    Packed,
     Payload,
     aligned_buffer,
-    cut,
-    find_cuts,
     first_cut,
 )
 from ._proto.messages import ArraySum
 from ._secure import SecureStream
 from ._shm import Segment, SegmentStock, available
 
-__all__ = ["Landed", "Sums", "cut_in_place", "land", "land_result", "receive_into"]
+__all__ = ["Landed", "Sums", "land", "land_result", "receive_into"]
 
 
 class Landed(NamedTuple):
@@ -171,21 +169,6 @@ async def _allocate(segment: Segment) -> None:
     written into them (a new page of shared memory costs more than writing it; a page
     allocated already is not allocated again)."""
     await trio.to_thread.run_sync(segment.allocate)
-
-
-def cut_in_place(value: memoryview, segment: Segment, pad: int) -> Payload:
-    """The value in ``segment`` at ``pad`` as a worker takes it (run it in a thread: it
-    walks the value, and may copy it): in place if every array is aligned, else without a
-    segment, to be placed anew on its way to a worker (:func:`~._handoff.to_ref`); plain
-    bytes if it holds no large array."""
-    cuts = find_cuts(value)
-    if not cuts:
-        return bytes(value)
-    packed = cut(value, cuts)
-    offsets = [pad + start for start, _ in cuts]
-    if any(offset % ALIGN for offset in offsets):
-        return packed
-    return Packed(packed.heads, packed.buffers, segment=segment, offsets=offsets)
 
 
 async def land_result(stream: SecureStream, size: int) -> memoryview:

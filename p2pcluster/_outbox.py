@@ -4,9 +4,10 @@ large value.
 :class:`Outbox` writes a caller's frames straight to the socket when nothing else waits to
 go out (no switch to the trio thread: the fast path of a small ``submit``); the writer task
 (:meth:`Outbox.serve`) sends the rest, and a large value either in shared memory
-(:func:`in_memory`: a sealed memfd beside one :class:`~._proto.control.SegmentBlob` frame,
-where the daemon takes them) or as a generator of :class:`~._proto.control.Chunk` frames
-(:func:`blob_frames`) encoded as the socket takes them.
+(:func:`~._controlblobs.in_memory`: a sealed memfd beside one
+:class:`~._proto.control.SegmentBlob` frame, where the daemon takes them) or as a generator
+of :class:`~._proto.control.Chunk` frames (:func:`blob_frames`) encoded as the socket takes
+them.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ from collections.abc import Iterator
 import trio
 
 from ._control import FramedStream
-from ._packed import ALIGN, OUT_OF_BAND, Packed, first_cut, pieces_of
-from ._proto.control import CHUNK, CODEC, Blob, Chunk, SegmentBlob
-from ._shm import FROZEN, frozen_copy
+from ._controlblobs import InMemory
+from ._proto.control import CHUNK, CODEC, Blob, Chunk
 
-__all__ = ["SEGMENT_SIZE", "WRITE_BYTES", "InMemory", "Outbox", "Part", "Raw", "blob_frames",
-           "in_memory"]
+__all__ = ["WRITE_BYTES", "Outbox", "Part", "Raw", "blob_frames"]
 
 LENGTH = struct.Struct(">I")
 #: Bytes the writer task gathers into one write of a large value (it stops at the first
 #: frame boundary past this).
 WRITE_BYTES = 1024 * 1024
-#: Values of this many bytes or more go to a daemon that takes them in shared memory
-#: (smaller ones cost more in descriptors, and in the daemon's mappings, than they save).
-SEGMENT_SIZE = 1024 * 1024
 
 
 class Raw:
@@ -41,23 +37,6 @@ class Raw:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-
-
-class InMemory:
-    """A frame with a descriptor to pass beside it (a value in a sealed memfd), closed once
-    sent, or when the part is dropped unsent."""
-
-    def __init__(self, frame: bytes, fd: int) -> None:
-        self.frame = frame
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __del__(self) -> None:
-        self.close()
 
 
 #: What goes out: an encoded frame, the rest of a write, a value in shared memory, or a
@@ -140,20 +119,6 @@ class Outbox:
 
 def framed(frames: list[bytes]) -> bytes:
     return b"".join(part for frame in frames for part in (LENGTH.pack(len(frame)), frame))
-
-
-def in_memory(blob: int, data: bytes | memoryview | Packed, *, seals: int = FROZEN
-              ) -> InMemory:
-    """Blob ``blob`` in a new memfd sealed with ``seals`` (a copy of ``data`` as it is
-    now), placed so that its first large array starts at a multiple of
-    :data:`~._packed.ALIGN` bytes (whoever maps it reads it as it is)."""
-    if isinstance(data, Packed):
-        start: int | None = len(data.heads[0]) if data.buffers else None
-    else:
-        start = first_cut(memoryview(data)[:OUT_OF_BAND])
-    offset = 0 if start is None else -start % ALIGN
-    fd = frozen_copy(pieces_of(data), len(data), offset, seals=seals)
-    return InMemory(CODEC.encode(SegmentBlob(blob, len(data), offset)), fd)
 
 
 def blob_frames(blob: int, data: bytes) -> Iterator[bytes]:

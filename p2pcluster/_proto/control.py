@@ -16,9 +16,9 @@ process carries any number of jobs at once (``docs/protocol.md``, section 8):
   before it stores a byte. Where the other end's greeting says ``"segments": true``
   (:func:`hello`, :func:`welcome`), a large value may go in shared memory instead: a
   :class:`SegmentBlob` frame, with a sealed memfd beside it (``SCM_RIGHTS``), announces it
-  whole. Either side
-  writes as fast as the other reads and no faster: the daemon keeps a bounded number of
-  frames in flight per connection, so a slow client never makes it buffer more than that.
+  whole. Either side writes as fast as the other reads and no faster: the daemon keeps a
+  bounded number of frames in flight per connection, so a slow client never makes it buffer
+  more than that.
 - **A job**: :class:`Submit` (the function, the code, the number of tasks), then the tasks'
   arguments in order in :class:`Args` messages; the daemon answers :class:`Accepted`, then
   :class:`Results` (each with the name of the peer that ran the task) and :class:`Progress`
@@ -129,11 +129,12 @@ class Blob:
 @dataclass(frozen=True, slots=True)
 class SegmentBlob:
     """Announces blob ``blob`` whole (to a daemon whose welcome, or a client whose hello,
-    says ``"segments": true``): its ``size`` bytes are at ``offset`` in the memfd passed beside
-    this frame (``SCM_RIGHTS``, with the frame's first byte, one descriptor per frame),
-    sealed so that neither its size nor its bytes can change any more
-    (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE``) and exactly ``offset + size`` bytes
-    long. The daemon maps it instead of receiving a copy."""
+    says ``"segments": true``): its ``size`` bytes are at ``offset`` in the memfd passed
+    beside this frame (``SCM_RIGHTS``, with the frame's first byte, one descriptor per
+    frame), exactly ``offset + size`` bytes long and sealed so that its size cannot change
+    (``F_SEAL_SHRINK | F_SEAL_GROW``); one to the daemon, which holds it as a job's
+    arguments, is sealed against writes too (``F_SEAL_WRITE``). The receiver maps it
+    instead of receiving a copy."""
 
     TYPE: ClassVar[int] = ControlType.SEGMENT_BLOB
     blob: U64

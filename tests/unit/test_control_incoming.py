@@ -11,9 +11,8 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from p2pcluster import ProtocolError  # noqa: E402
-from p2pcluster._controlblobs import Incoming  # noqa: E402
+from p2pcluster._controlblobs import Incoming, in_memory  # noqa: E402
 from p2pcluster._jobs import unpack  # noqa: E402
-from p2pcluster._outbox import in_memory  # noqa: E402
 from p2pcluster._packed import ALIGN  # noqa: E402
 from p2pcluster._proto.control import CODEC  # noqa: E402
 from p2pcluster._proto.wiretypes import TaskStatus  # noqa: E402

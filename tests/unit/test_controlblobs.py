@@ -1,5 +1,5 @@
 """A client's value in shared memory, as the daemon takes it (`_controlblobs.Blobs`), and the
-sealed memfd the client makes of it (`_outbox.in_memory`, `_shm.frozen_copy`)."""
+sealed memfd the client makes of it (`_controlblobs.in_memory`, `_shm.frozen_copy`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from p2pcluster import ProtocolError  # noqa: E402
-from p2pcluster._controlblobs import Blobs, Refused  # noqa: E402
+from p2pcluster._controlblobs import Blobs, Refused, in_memory  # noqa: E402
 from p2pcluster._handoff import to_ref  # noqa: E402
-from p2pcluster._outbox import in_memory  # noqa: E402
 from p2pcluster._packed import ALIGN, Packed  # noqa: E402
 from p2pcluster._proto.control import CODEC, BlobRef, Chunk, Inline, SegmentBlob  # noqa: E402
 from p2pcluster._proto.control import Blob as BlobAnnouncement  # noqa: E402
