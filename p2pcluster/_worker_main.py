@@ -252,9 +252,10 @@ class _Failed(NamedTuple):
 
 
 def _read_only(value: Any) -> Any:
-    """Shared arrays are seen by every task of the worker: none may change them."""
+    """Shared arrays are seen by every task of the worker: none may change them. (A NumPy
+    scalar is never writeable, and setting its flag raises.)"""
     flags = getattr(value, "flags", None)
-    if flags is not None and hasattr(flags, "writeable"):
+    if flags is not None and getattr(flags, "writeable", False):
         flags.writeable = False
     elif isinstance(value, list | tuple):
         for item in value:

@@ -125,6 +125,23 @@ def test_numpy_scalars_come_back_as_the_same_type(cluster: Cluster, value: Any) 
     assert np.asarray(back).tobytes() == np.asarray(value).tobytes()
 
 
+def test_a_shared_value_may_hold_numpy_scalars(cluster: Cluster) -> None:
+    """A shared value's arrays are made read-only in the worker; its NumPy scalars (never
+    writeable, and whose flags cannot be set) come through as they are."""
+    matrix = np.arange(12.0).reshape(3, 4)
+    value = {"scale": np.float32(2.5), "rows": [matrix, np.int64(7)], "alone": np.bool_(True)}
+    for shared in (value, np.float64(1.5)):
+        back = cluster.submit(arrayfuncs.echo, cluster.share(shared)).result(timeout=WAIT)
+        if shared is value:
+            assert type(back["scale"]) is np.float32 and back["scale"] == np.float32(2.5)
+            assert type(back["rows"][1]) is np.int64 and back["alone"] is np.True_
+            assert same(back["rows"][0], matrix)
+        else:
+            assert type(back) is np.float64 and back == 1.5
+    info = cluster.submit(arrayfuncs.shared_info, cluster.share(matrix), 0).result(timeout=WAIT)
+    assert info == ["ndarray", False, matrix.nbytes, 0]
+
+
 def test_large_arrays_in_nested_values_and_results_made_on_the_peer(cluster: Cluster) -> None:
     big = np.random.default_rng(1).standard_normal((1000, 700))  # 5.6 MB: out of band
     nested = {"a": [big, np.arange(5)], "b": (big.T, np.float32(2.5))}
