@@ -179,7 +179,11 @@ def _array(dtype: np.dtype[Any], data: memoryview | bytes) -> np.ndarray[Any, An
         raise DecodeError(f"{len(data)} bytes are no whole number of {dtype} elements")
     if isinstance(data, bytes):  # in-band: a writable copy of a small array
         return np.frombuffer(bytearray(data), dtype)
-    return np.frombuffer(data, dtype)
+    arr = np.frombuffer(data, dtype)
+    # A value decoded from one flat buffer (a result through the control socket) has only
+    # its first array placed aligned; a later one may sit at any byte. NumPy computes on
+    # an unaligned array slowly, and some libraries refuse it: such an array is copied.
+    return arr if arr.flags.aligned else arr.copy()
 
 
 def _shape(dims: Any) -> tuple[int, ...]:

@@ -209,8 +209,8 @@ def aligned_buffer(size: int, first: bytes | memoryview) -> memoryview:
     """A writable view of ``size`` new bytes that a value's caller will own (its arrays
     are views of it: :func:`~._jobs.unpack`), starting with ``first``, the value's first
     bytes: placed so that its first large array starts at a multiple of :data:`ALIGN`
-    bytes, if ``first`` reaches it. A later array may be unaligned: NumPy reads it as it
-    is."""
+    bytes, if ``first`` reaches it. A later array may fall unaligned: the decoder copies
+    such an array (:func:`~._arrays.decode_tag`)."""
     start = first_cut(memoryview(first)) if size >= OUT_OF_BAND else None
     buffer = bytearray(size + ALIGN)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buffer))

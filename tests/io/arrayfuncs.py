@@ -75,3 +75,14 @@ def keep(arr: Any) -> int:
 
 def kept() -> list[bytes]:
     return [arr.tobytes() for arr in _KEPT]
+
+
+def several(seed: int) -> dict[str, Any]:
+    """A result of several large arrays, with odd-sized items between them: only the first
+    can be placed aligned where a value travels as one flat buffer."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"a": rng.integers(0, 9, 500_003, dtype=np.int16), "text": "odd" * 1001,
+            "b": rng.standard_normal(300_001), "c": rng.standard_normal(200_000).astype(
+                np.complex64), "blob": b"q" * 1_000_003, "d": rng.standard_normal(150_000)}

@@ -69,6 +69,18 @@ def same(a: Any, b: Any) -> bool:
             and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
+def check_several(got: dict[str, Any], seed: int) -> None:
+    """``arrayfuncs.several(seed)`` came back exact, and every array aligned for NumPy."""
+    want = arrayfuncs.several(seed)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, np.ndarray):
+            assert same(got[key], value) and got[key].flags.aligned, key
+            assert got[key].flags.writeable, key
+        else:
+            assert got[key] == value
+
+
 def memory_of(arr: Any) -> memoryview:
     """The buffer an array is a view of (failing the test if it owns its memory)."""
     base = arr.base
@@ -254,6 +266,9 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             # One under a MiB comes in chunks, into a buffer of the client's own.
             small = c.submit(arrayfuncs.ramp, 100_000, 1).result(timeout=WAIT)
             assert isinstance(memory_of(small).obj, bytearray) and small.flags.writeable
+            # Only a value's first array can be placed aligned in one flat buffer: a later
+            # one that falls unaligned is copied as it is decoded.
+            check_several(c.submit(arrayfuncs.several, 3).result(timeout=WAIT), 3)
             matrix = rng.standard_normal((1000, 500))
             handle = c.share(matrix)
             assert c.share(matrix) is handle  # shared already: nothing is sent again
@@ -340,6 +355,7 @@ def test_a_client_without_memfds_sends_and_gets_large_values_in_chunks(
             ramp = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
             assert same(ramp, np.arange(2_000_000, dtype=np.float64) + 5)
             assert isinstance(memory_of(ramp).obj, bytearray)
+            check_several(c.submit(arrayfuncs.several, 4).result(timeout=WAIT), 4)
         daemon.check_alive()
 
 
@@ -747,10 +763,12 @@ async def test_a_large_result_from_another_peer_arrives_aligned_writable_and_exa
         with trio.fail_after(WAIT):
             got = await a.run(arrayfuncs.scaled, arr, 2.0)
             strided = await a.run(arrayfuncs.scaled, arr[::3], 1.0)
-        assert b.statistics().workers.tasks >= 2  # they ran on b
+            several = await a.run(arrayfuncs.several, 5)
+        assert b.statistics().workers.tasks >= 3  # they ran on b
+        check_several(several, 5)
     assert np.array_equal(got, arr * 2.0) and np.array_equal(strided, arr[::3])
     assert got.flags.writeable and got.ctypes.data % 64 == 0
-    assert len(landed) == 2 and min(landed) > 800_000  # both came back as pushed values
+    assert len(landed) == 3 and min(landed) > 800_000  # all came back as pushed values
     assert max(joined, default=0) < 64 * 1024  # (the owner's other results: small ones)
 
 

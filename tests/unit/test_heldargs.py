@@ -4,11 +4,13 @@ only their size."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from p2pcluster._heldargs import ArgumentChanged, HeldArgs, _summer_class, new_sum, verify
 from p2pcluster._jobs import encode_args, encode_map_args
-from p2pcluster._packed import Packed
+from p2pcluster._packed import ALIGN, Packed, aligned_buffer
 from p2pcluster._proto.messages import TaskItem
 from p2pcluster._values import decode_call
 
@@ -108,13 +110,18 @@ def test_a_result_that_landed_in_memory_of_its_own_is_decoded_in_place() -> None
     arrays = {"a": np.arange(1 << 15, dtype=np.float64), "b": np.ones((300, 300), np.int32)}
     flat = encode_value(arrays)
     assert isinstance(flat, Packed)
-    landed = bytearray(flat.flat())
-    got = unpack(0, memoryview(landed), "p")
+    landed = aligned_buffer(len(flat), flat.flat())  # as land_result places it
+    got = unpack(0, landed, "p")
     whole = np.frombuffer(landed, np.uint8)
-    for key, arr in arrays.items():
+    # Where each array starts: the pieces are head, array, head, array, head.
+    starts = list(itertools.accumulate(flat.layout))[0:-1:2]
+    for (key, arr), start in zip(arrays.items(), starts, strict=True):
         assert np.array_equal(got[key], arr) and got[key].dtype == arr.dtype
-        assert np.shares_memory(got[key], whole)  # no copy ...
-        assert got[key].flags.writeable  # ... and the caller's own
+        assert got[key].flags.writeable and got[key].flags.aligned  # the caller's own
+        # No copy, unless a later array fell where NumPy counts it unaligned.
+        aligned = (whole.ctypes.data + start) % arr.dtype.alignment == 0
+        assert np.shares_memory(got[key], whole) == aligned
+    assert got["a"].ctypes.data % ALIGN == 0  # the first array is placed aligned
     got["a"][0] = 5.0
     assert got["a"][0] == 5.0
 
