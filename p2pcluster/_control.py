@@ -39,6 +39,7 @@ import trio
 from ._errors import P2PClusterError, ProtocolError
 from ._fastwrite import write_all
 from ._gate import AcceptBackoff
+from ._limits import open_files_text
 from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
@@ -219,8 +220,9 @@ class FramedStream:
                 fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
                 self._fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
-            raise ProtocolError("descriptors passed beside a frame were lost (more than "
-                                f"{MOST_FDS} in one send, or this process has no more)")
+            raise LostDescriptors(f"descriptors passed beside a frame were lost (more than "
+                                  f"{MOST_FDS} in one send, or this process has no more: "
+                                  f"{open_files_text()})")
         if len(self._fds) > MOST_FDS:
             raise ProtocolError(f"the other end passed more than {MOST_FDS} descriptors "
                                 "that no frame announced")
@@ -348,6 +350,10 @@ async def _listen_at(path: Path) -> tuple[trio.socket.SocketType, int]:
         raise
 
 
+class LostDescriptors(ProtocolError):
+    """The kernel dropped descriptors passed to this process: it had no room for them."""
+
+
 async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
     async with stream:
         uid = peer_uid(stream.socket)
@@ -361,6 +367,9 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler) -> None:
                  OSError) as group:
             # The client went away, or sent garbage: that ends this connection, never the
             # daemon. except*, since a handler with a nursery raises inside a group.
-            log.debug("control connection ended: %s", "; ".join(map(str, group.exceptions)))
+            text = "; ".join(map(str, group.exceptions))
+            lost = any(isinstance(e, LostDescriptors) for e in group.exceptions)
+            log.log(logging.WARNING if lost else logging.DEBUG,
+                    "control connection ended: %s", text)
         finally:
             framed.close_fds()

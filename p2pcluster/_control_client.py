@@ -26,7 +26,7 @@ from ._control import FramedStream, connect
 from ._controlblobs import SEGMENT_SIZE, Incoming, in_memory
 from ._errors import ClusterError, P2PClusterError, ProtocolError, single_errors, too_large
 from ._jobs import JobRequest, JobResult, PlacementNote
-from ._outbox import Outbox, Part, blob_frames
+from ._outbox import Outbox, Part, value_part
 from ._packed import Payload, as_bytes
 from ._proto.codec import decode_cbor
 from ._proto.control import (
@@ -222,8 +222,7 @@ class ControlClient:
         if len(data) <= INLINE:
             return Inline(as_bytes(data))
         blob = self._id("blob")
-        parts.append(in_memory(blob, data) if self._segments and len(data) >= SEGMENT_SIZE
-                     else blob_frames(blob, as_bytes(data)))
+        parts.append(value_part(blob, data, segments=self._segments))
         return BlobRef(blob, len(data))
 
     async def serve(self) -> None:

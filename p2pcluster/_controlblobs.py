@@ -24,20 +24,28 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import trio
 
 from ._errors import P2PClusterError, ProtocolError, too_large
 from ._handoff import cut_in_place
+from ._limits import descriptors_scarce
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, aligned_buffer, first_cut, pieces_of
 from ._proto.control import CODEC, Blob, Chunk, Inline, SegmentBlob, Value
 from ._shm import FROZEN, Segment, frozen_copy
 
-__all__ = ["SEGMENT_SIZE", "Blobs", "InMemory", "Incoming", "Refused", "in_memory"]
+__all__ = ["MOST_WAITING", "SEGMENT_SIZE", "Blobs", "InMemory", "Incoming", "Refused",
+           "in_memory", "waiting"]
 
 #: Values of this many bytes or more go in shared memory to an end that takes them so
 #: (smaller ones cost more in descriptors, and in mappings, than they save).
 SEGMENT_SIZE = 1024 * 1024
+#: Memfds made and not yet sent that a process keeps at most, each a descriptor: a value
+#: submitted past this is copied into memory of its own and goes into a memfd only as it
+#: is sent (one more copy), so that a map over thousands of large arrays never runs out of
+#: descriptors (many processes may hold 1,024).
+MOST_WAITING = 64
 
 
 class Refused(P2PClusterError):
@@ -101,7 +109,7 @@ class Blobs:
                 refused = f"{self._where} could not map a value of {size:,} bytes: {exc}"
             else:
                 self._mapped[message.blob] = await trio.to_thread.run_sync(
-                    cut_in_place, segment.view[start:start + size], segment, start)
+                    _held, segment, start, size)
                 return
         blob = self._chunked[message.blob] = _Blob(size, refused)
         blob.filled = size
@@ -126,6 +134,18 @@ class Blobs:
     def clear(self) -> None:
         self._chunked.clear()
         self._mapped.clear()
+
+
+def _held(segment: Segment, start: int, size: int) -> Payload:
+    """The value at ``start`` in ``segment`` as the daemon holds it (in a thread): cut in
+    place, keeping the memfd's descriptor until the value goes; or, where descriptors run
+    short (a job of thousands of large arguments, under a low limit on open files), copied
+    out as a chunked value would be, and the descriptor closed."""
+    view = segment.view[start:start + size]
+    if not descriptors_scarce():
+        return cut_in_place(view, segment, start)
+    segment.close()  # the mapping goes with the view, once copied
+    return bytes(view)
 
 
 class Incoming:
@@ -166,6 +186,15 @@ class Incoming:
         self.filled += len(data)
 
 
+_WAITING = [0]  #: InMemory descriptors open in this process
+_WAITING_LOCK = threading.Lock()
+
+
+def waiting() -> int:
+    """How many memfds this process made that are not yet sent or dropped."""
+    return _WAITING[0]
+
+
 class InMemory:
     """A frame with a descriptor to pass beside it (a value in a sealed memfd), closed once
     sent, or when the part is dropped unsent."""
@@ -173,11 +202,15 @@ class InMemory:
     def __init__(self, frame: bytes, fd: int) -> None:
         self.frame = frame
         self.fd = fd
+        with _WAITING_LOCK:
+            _WAITING[0] += 1
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            with _WAITING_LOCK:
+                _WAITING[0] -= 1
 
     def __del__(self) -> None:
         self.close()

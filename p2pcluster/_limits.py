@@ -8,10 +8,12 @@ did. The accept loop copes with running out anyway (``_gate.py``).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass
 
-__all__ = ["OpenFiles", "raise_open_files"]
+__all__ = ["OpenFiles", "descriptors_scarce", "open_files_text", "raise_open_files"]
 
 log = logging.getLogger("p2pcluster.limits")
 
@@ -48,3 +50,35 @@ def raise_open_files() -> OpenFiles | None:
         return OpenFiles(soft, soft, hard)
     log.debug("raised the open-files limit from %d to %d", soft, target)
     return OpenFiles(soft, target, hard)
+
+
+def descriptors_scarce() -> bool:
+    """Whether this process has more than half of its soft limit on open files open (to
+    hold on to a descriptor then is to risk running out: better to copy what it holds).
+    Counted in ``/proc/self/fd``; never scarce where that cannot be counted."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        count = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        return exc.errno == errno.EMFILE  # (listing them takes one more)
+    return soft != resource.RLIM_INFINITY and count > soft // 2
+
+
+def open_files_text() -> str:
+    """How many files this process has open, of how many it may (for an error message)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return "the number of open files is unknown"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        count = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:  # (listing them takes one more)
+            return f"all {soft} files it may open are open (ulimit -n)"
+        return "the number of open files is unknown"
+    return f"{count} files open of at most {soft} (ulimit -n)"

@@ -5,7 +5,8 @@ large value.
 go out (no switch to the trio thread: the fast path of a small ``submit``); the writer task
 (:meth:`Outbox.serve`) sends the rest, and a large value either in shared memory
 (:func:`~._controlblobs.in_memory`: a sealed memfd beside one
-:class:`~._proto.control.SegmentBlob` frame, where the daemon takes them) or as a generator
+:class:`~._proto.control.SegmentBlob` frame, where the daemon takes them; made at submit,
+or as it is sent: :class:`Later`) or as a generator
 of :class:`~._proto.control.Chunk` frames (:func:`blob_frames`) encoded as the socket takes
 them.
 """
@@ -17,14 +18,16 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import trio
 
 from ._control import FramedStream
-from ._controlblobs import InMemory
+from ._controlblobs import MOST_WAITING, SEGMENT_SIZE, InMemory, in_memory, waiting
+from ._packed import Payload, as_bytes
 from ._proto.control import CHUNK, CODEC, Blob, Chunk
 
-__all__ = ["WRITE_BYTES", "Outbox", "Part", "Raw", "blob_frames"]
+__all__ = ["WRITE_BYTES", "Later", "Outbox", "Part", "Raw", "blob_frames", "value_part"]
 
 LENGTH = struct.Struct(">I")
 #: Bytes the writer task gathers into one write of a large value (it stops at the first
@@ -39,9 +42,17 @@ class Raw:
         self.data = data
 
 
-#: What goes out: an encoded frame, the rest of a write, a value in shared memory, or a
-#: generator of frames (a large value, chunk by chunk).
-Part = bytes | Raw | InMemory | Iterator[bytes]
+class Later(NamedTuple):
+    """A value copied at submit into memory of its own, to go into a memfd as it is sent
+    (past :data:`~._controlblobs.MOST_WAITING` memfds waiting)."""
+
+    blob: int
+    data: bytes
+
+
+#: What goes out: an encoded frame, the rest of a write, a value in shared memory (now or
+#: as it is sent), or a generator of frames (a large value, chunk by chunk).
+Part = bytes | Raw | InMemory | Later | Iterator[bytes]
 
 
 class Outbox:
@@ -100,7 +111,9 @@ class Outbox:
             await self._stream.send_raw(part.data)
         elif isinstance(part, bytes):
             await self._stream.send_frames([part])
-        elif isinstance(part, InMemory):
+        elif isinstance(part, InMemory | Later):
+            if isinstance(part, Later):
+                part = await trio.to_thread.run_sync(in_memory, part.blob, part.data)
             try:
                 await self._stream.send_frame_with_fd(part.frame, part.fd)
             finally:
@@ -119,6 +132,17 @@ class Outbox:
 
 def framed(frames: list[bytes]) -> bytes:
     return b"".join(part for frame in frames for part in (LENGTH.pack(len(frame)), frame))
+
+
+def value_part(blob: int, data: Payload, *, segments: bool) -> Part:
+    """Blob ``blob``, a value of :data:`~._controlblobs.SEGMENT_SIZE` bytes or more, as it
+    is now: in a sealed memfd (where the daemon takes them, ``segments``), made now or, past
+    :data:`~._controlblobs.MOST_WAITING` of them waiting, as it is sent; else in chunks."""
+    if not segments or len(data) < SEGMENT_SIZE:
+        return blob_frames(blob, as_bytes(data))
+    if waiting() < MOST_WAITING:
+        return in_memory(blob, data)
+    return Later(blob, as_bytes(data))  # descriptors are scarce: into a memfd as it is sent
 
 
 def blob_frames(blob: int, data: bytes) -> Iterator[bytes]:

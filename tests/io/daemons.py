@@ -57,13 +57,24 @@ class Daemon:
         raise AssertionError(f"the daemon's descriptors never settled (last {last})")
 
 
+def _limited(open_files: int | None) -> list[str]:
+    """The start of a command line that runs Python, under ``open_files`` if given."""
+    if open_files is None:
+        return [sys.executable]
+    return [sys.executable, "-c",
+            "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, "
+            f"({open_files}, {open_files})); os.execv(sys.executable, [sys.executable, "
+            "*sys.argv[1:]])"]
+
+
 @contextlib.contextmanager
 def running_daemon(tmp_path: Path, secret: Path, cluster: str,
                    monkeypatch: pytest.MonkeyPatch, *, workers: int = 1,
-                   extra: tuple[str, ...] = (), env: dict[str, str] | None = None
-                   ) -> Iterator[Daemon]:
+                   extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                   open_files: int | None = None) -> Iterator[Daemon]:
     """`p2pcluster join` with its own code cache (so code must travel), sharing
-    XDG_RUNTIME_DIR with this process, where a Cluster finds its control socket."""
+    XDG_RUNTIME_DIR with this process, where a Cluster finds its control socket. With
+    ``open_files``, its soft and hard limits on open files are that (it cannot raise it)."""
     # A control socket's path must fit in 108 bytes; tmp_path can be longer than that.
     runtime = Path(tempfile.mkdtemp(prefix="p2pjobs-"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
@@ -73,7 +84,7 @@ def running_daemon(tmp_path: Path, secret: Path, cluster: str,
     log_path = tmp_path / "daemon.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "p2pcluster", "join", "--preset", "local", "--no-mdns",
+            [*_limited(open_files), "-m", "p2pcluster", "join", "--preset", "local", "--no-mdns",
              "--port", "0", "--workers", str(workers), "--cluster", cluster,
              "--secret-file", str(secret), "--name", "d1", "--log-level", "debug", *extra],
             env=env, stderr=log, stdout=log)

@@ -340,6 +340,33 @@ def _arguments_in_shared_memory(c: Cluster, pid: int) -> None:
     assert _client_values(pid) == 1
 
 
+def test_a_map_over_many_large_arrays_never_runs_out_of_descriptors(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each large argument is a memfd: a client keeps at most ``MOST_WAITING`` of them
+    unsent (the rest go into one as they are sent), and a daemon whose open files near
+    its limit copies what it receives and lets the descriptor go, where it used to fail
+    the job (EMFILE) once it held as many arguments as its limit allowed."""
+    import p2pcluster._outbox as outbox
+
+    most, seen = 4, []
+    made = outbox.in_memory
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        seen.append(outbox.waiting())
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "MOST_WAITING", most)
+    monkeypatch.setattr(outbox, "in_memory", counting)
+    arrays = [np.full(140_000, float(i)) for i in range(150)]  # 1.1 MB each
+    with running_daemon(tmp_path, secret, unique_cluster(), monkeypatch,
+                        open_files=160) as daemon:
+        with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
+            assert list(c.map(arrayfuncs.slow_total, arrays, [0.002] * 150,
+                              timeout=WAIT * 4)) == [140_000.0 * i for i in range(150)]
+        daemon.check_alive()
+    assert len(seen) == 150 and max(seen) <= most  # (a memfd made as it is sent counts too)
+
+
 def test_a_client_without_memfds_sends_and_gets_large_values_in_chunks(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the client has no memfds its hello says so: both ways, values go in chunks."""

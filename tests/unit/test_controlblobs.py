@@ -155,3 +155,35 @@ async def test_a_value_the_daemon_cannot_map_fails_its_job_not_the_connection(
     await blobs.adopt(message, fd)
     with pytest.raises(Refused, match=r"peer d1 could not map a value of 2,000,00\d bytes"):
         blobs.value(BlobRef(1, message.size))
+
+
+def test_past_most_waiting_a_value_goes_into_a_memfd_only_as_it_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client makes a memfd of a large value at submit while fewer than MOST_WAITING are
+    waiting to go; past that, it copies the value now and makes the memfd as it sends it.
+    Small values, and values to an end without memfds, go in chunks."""
+    import p2pcluster._outbox as outbox
+    from p2pcluster._controlblobs import InMemory, waiting
+
+    monkeypatch.setattr(outbox, "MOST_WAITING", waiting() + 2)
+    arr = np.ones(1 << 18)  # 2 MiB
+    data = encode_value(arr)
+    assert isinstance(data, Packed)
+    made = [outbox.value_part(i, data, segments=True) for i in (1, 2, 3)]
+    assert [type(p).__name__ for p in made] == ["InMemory", "InMemory", "Later"]
+    later = made[2]
+    assert isinstance(later, outbox.Later) and later.blob == 3
+    arr[:] = 2.0  # the copy was made at the call: what is sent is the value as it was
+    assert later.data == _flat(encode_value(np.ones(1 << 18)))
+    first = made[0]
+    assert isinstance(first, InMemory)
+    first.close()
+    again = outbox.value_part(4, data, segments=True)  # room again
+    assert isinstance(again, InMemory)
+    for small in (outbox.value_part(5, b"s" * 300_000, segments=True),
+                  outbox.value_part(6, data, segments=False)):
+        assert not isinstance(small, InMemory | outbox.Later)  # chunk frames, to come
+    for part in (made[1], again):
+        assert isinstance(part, InMemory)
+        part.close()
+    assert waiting() == outbox.MOST_WAITING - 2
