@@ -39,7 +39,7 @@ import trio
 from ._errors import P2PClusterError, ProtocolError
 from ._fastwrite import write_all
 from ._gate import AcceptBackoff
-from ._limits import open_files_text
+from ._limits import open_files_text, raise_open_files
 from ._places import control_path
 from ._proto.codec import decode_cbor
 from ._proto.control import CODEC, MAX_FRAME, ControlMessage
@@ -255,12 +255,16 @@ class FramedStream:
 
 async def connect(path: Path, *, fds: bool = False) -> FramedStream:
     """Connect to the daemon at ``path`` after checking it is ours to trust (``fds``:
-    taking descriptors it passes beside frames, :meth:`FramedStream.take_fd`).
+    taking descriptors it passes beside frames, :meth:`FramedStream.take_fd`; each large
+    result mapped from one holds a descriptor while it lives, so this process's soft limit
+    on open files is first raised to the hard one, as a peer does at start).
 
     Raises :class:`NoDaemon` if nothing answers there, and :class:`UntrustedDaemon` (naming
     the path and the owner found) if its directory or its process belongs to another user.
     """
     _check_length(path)
+    if fds:
+        raise_open_files()
     try:
         problem = _directory_problem(path.parent)
     except FileNotFoundError:

@@ -148,6 +148,24 @@ def _held(segment: Segment, start: int, size: int) -> Payload:
     return bytes(view)
 
 
+def _read_out(fd: int, start: int, size: int) -> memoryview:
+    """The value at ``start`` in the memfd ``fd`` (closed here), read into a buffer of the
+    caller's own, placed as a chunked one is (:func:`~._packed.aligned_buffer`)."""
+    try:
+        if os.fstat(fd).st_size != start + size:
+            raise ProtocolError("a shared-memory segment not of its announced size")
+        data = aligned_buffer(size, os.pread(fd, min(size, OUT_OF_BAND), start))
+        done = min(size, OUT_OF_BAND)
+        while done < size:
+            count = os.preadv(fd, [data[done:]], start + done)
+            if not count:
+                raise ProtocolError("a shared-memory segment ended early")
+            done += count
+        return data
+    finally:
+        os.close(fd)
+
+
 class Incoming:
     """A blob being received: its bytes so far, or the reason it was refused. The bytes
     are the caller's to keep, placed so that the value's first large array is aligned (see
@@ -169,6 +187,9 @@ class Incoming:
             os.close(fd)
             return incoming
         start, size = message.offset, message.size
+        if descriptors_scarce():  # (a mapping holds a descriptor while it lives)
+            incoming.data = _read_out(fd, start, size)
+            return incoming
         segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_WRITE)
         incoming.data = segment.view[start:start + size]
         segment.close()  # the mapping stays while the views of it live

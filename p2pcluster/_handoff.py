@@ -23,17 +23,19 @@ Without memfds (not Linux) a packed value crosses the pipe as its plain CBOR ins
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ._errors import ProtocolError
+from ._limits import descriptors_scarce
 from ._packed import ALIGN, Packed, Payload, cut, find_cuts, unpack_flat
 from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available
 
 __all__ = [
     "SegmentRef", "WireValue", "aligned", "cut_in_place", "let_go", "open_args", "open_ref",
-    "open_results", "place", "to_ref", "wire_value",
+    "open_results", "place", "read_ref", "to_ref", "wire_value",
 ]
 
 
@@ -121,6 +123,25 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
     return Packed(value.heads, views)
 
 
+def read_ref(ref: SegmentRef) -> Packed:
+    """The value another process put on the pipe, its buffers read into memory of this
+    process's own (each at a multiple of :data:`ALIGN` bytes in it): holding it holds no
+    descriptor, where a mapping holds one while it lives."""
+    offsets, total = aligned(ref.sizes)
+    memory = memoryview(bytearray(total))
+    fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != ref.size:
+            raise ProtocolError("a shared-memory segment not of its announced size")
+        for mine, theirs, size in zip(offsets, ref.offsets, ref.sizes, strict=True):
+            if os.preadv(fd, [memory[mine:mine + size]], theirs) != size:
+                raise ProtocolError("a shared-memory segment ended early")
+    finally:
+        os.close(fd)
+    return Packed(ref.heads, [memory[o:o + n] for o, n in zip(offsets, ref.sizes,
+                                                               strict=True)])
+
+
 def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, list[Segment]]]:
     """A batch's arguments, each segment mapped here (copy-on-write), and their mappings by
     the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept."""
@@ -157,14 +178,16 @@ def wire_value(payload: Payload, placed: list[Packed | None]) -> WireValue:
 
 def open_results(raw: Sequence[tuple[int, WireValue]], error: Callable[[str, str], bytes]
                  ) -> tuple[list[tuple[int, Payload]], list[int]]:
-    """A worker's outcomes with each large result mapped here (keeping its descriptor), and
+    """A worker's outcomes with each large result mapped here (keeping its descriptor; read
+    into memory of its own instead where descriptors are scarce, :func:`read_ref`), and
     the worker's descriptors of those, which it may now close. A result whose segment is
     gone (the worker died right after answering) becomes an error made by ``error``."""
     outcomes: list[tuple[int, Payload]] = []
     mapped = []
     for status, wire in raw:
         try:
-            outcomes.append((status, open_ref(wire, keep=True)))
+            outcomes.append((status, read_ref(wire) if isinstance(wire, SegmentRef) and (
+                descriptors_scarce()) else open_ref(wire, keep=True)))
         except (OSError, ProtocolError) as exc:
             outcomes.append((TaskStatus.ERROR, error(
                 "OSError", f"the result was lost with its worker process: {exc}")))

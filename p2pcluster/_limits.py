@@ -53,19 +53,21 @@ def raise_open_files() -> OpenFiles | None:
 
 
 def descriptors_scarce() -> bool:
-    """Whether this process has more than half of its soft limit on open files open (to
-    hold on to a descriptor then is to risk running out: better to copy what it holds).
-    Counted in ``/proc/self/fd``; never scarce where that cannot be counted."""
+    """Whether this process has half of its soft limit on open files open or more (to hold
+    on to a descriptor then is to risk running out: better to copy what it would hold).
+    Cheap: the kernel gives a new descriptor the lowest free number, so a probe's number
+    is at most how many are open below it."""
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
         return False
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     try:
-        count = len(os.listdir("/proc/self/fd"))
+        probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        return exc.errno == errno.EMFILE  # (listing them takes one more)
-    return soft != resource.RLIM_INFINITY and count > soft // 2
+        return exc.errno == errno.EMFILE
+    os.close(probe)
+    return soft != resource.RLIM_INFINITY and probe >= soft // 2
 
 
 def open_files_text() -> str:

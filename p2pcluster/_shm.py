@@ -62,10 +62,11 @@ class Segment:
     __slots__ = ("__weakref__", "fd", "size", "view")
 
     def __init__(self, fd: int, size: int, *, access: int = mmap.ACCESS_WRITE) -> None:
-        self.fd = fd
+        self.fd = -1  # until mapped: a failed mapping leaves ``fd`` to the caller
         self.size = size
         self.view = memoryview(mmap.mmap(fd, size, access=access)) if size else memoryview(
             bytearray())
+        self.fd = fd
 
     @classmethod
     def create(cls, size: int, name: str = "p2pcluster") -> Segment:

@@ -344,8 +344,10 @@ def test_a_map_over_many_large_arrays_never_runs_out_of_descriptors(
         secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each large argument is a memfd: a client keeps at most ``MOST_WAITING`` of them
     unsent (the rest go into one as they are sent), and a daemon whose open files near
-    its limit copies what it receives and lets the descriptor go, where it used to fail
-    the job (EMFILE) once it held as many arguments as its limit allowed."""
+    its limit copies what it receives and lets the descriptor go, where it used to end the
+    connection (EMFILE) once it held as many arguments as its limit allowed. Large results
+    alike: each mapping holds a descriptor while it lives."""
+    import p2pcluster._controlblobs as controlblobs
     import p2pcluster._outbox as outbox
 
     most, seen = 4, []
@@ -363,8 +365,15 @@ def test_a_map_over_many_large_arrays_never_runs_out_of_descriptors(
         with Cluster(config(secret, daemon.cluster), daemon=True, include=[ARRAYFUNCS]) as c:
             assert list(c.map(arrayfuncs.slow_total, arrays, [0.002] * 150,
                               timeout=WAIT * 4)) == [140_000.0 * i for i in range(150)]
+            assert len(seen) == 150 and max(seen) <= most  # (one made as it is sent too)
+            # Large results: the daemon reads each out of its worker's memory where its
+            # descriptors are scarce, and the client out of the memfd where its are.
+            monkeypatch.setattr(controlblobs, "descriptors_scarce", lambda: True)
+            results = list(c.map(arrayfuncs.echo, arrays, timeout=WAIT * 4))
+            assert all(same(r, a) and r.flags.aligned and r.flags.writeable
+                       for r, a in zip(results, arrays, strict=True))
+            assert not any(isinstance(memory_of(r).obj, mmap.mmap) for r in results)
         daemon.check_alive()
-    assert len(seen) == 150 and max(seen) <= most  # (a memfd made as it is sent counts too)
 
 
 def test_a_client_without_memfds_sends_and_gets_large_values_in_chunks(
