@@ -1,7 +1,8 @@
 """Blobs on a control connection: the values either end sends ahead of the messages that
 use them. :class:`Blobs` is the daemon's (a client's arguments, bundles and shared values),
-:class:`Incoming` the client's (one result at a time; one of 1 MiB or more comes whole in a
-memfd, where the client's hello says it takes them, and is mapped as the client's own).
+:class:`Incoming` the client's (one result at a time; one of :data:`SEGMENT_SIZE` or more
+comes whole in a memfd, where the client's hello says it takes them, and is mapped as the
+client's own).
 
 A value over :data:`~._proto.control.INLINE` bytes comes first, as a blob, and a later
 message refers to it (:class:`~._proto.control.BlobRef`). It comes one of two ways:
@@ -38,9 +39,12 @@ from ._shm import FROZEN, Segment, frozen_copy
 __all__ = ["MOST_WAITING", "SEGMENT_SIZE", "Blobs", "InMemory", "Incoming", "Refused",
            "in_memory", "waiting"]
 
-#: Values of this many bytes or more go in shared memory to an end that takes them so
-#: (smaller ones cost more in descriptors, and in mappings, than they save).
-SEGMENT_SIZE = 1024 * 1024
+#: Values of this many bytes or more go in shared memory to an end that takes them so:
+#: above the daemon's ``inline_value_size`` (256 KiB by default) an argument stays at the
+#: daemon until its task runs, and is held as views of the memfd. Smaller ones ride inside
+#: the messages that move tasks, copied anyway, so a descriptor and a mapping would cost
+#: more than they save (``docs/performance.md``).
+SEGMENT_SIZE = 256 * 1024
 #: Memfds made and not yet sent that a process keeps at most, each a descriptor: a value
 #: submitted past this is copied into memory of its own and goes into a memfd only as it
 #: is sent (one more copy), so that a map over thousands of large arrays never runs out of

@@ -263,8 +263,8 @@ def test_arrays_through_the_daemon(secret: Path, tmp_path: Path,
             ramp[:] = -1.0
             again = c.submit(arrayfuncs.ramp, 2_000_000, 5).result(timeout=WAIT)
             assert same(again, np.arange(2_000_000, dtype=np.float64) + 5)
-            # One under a MiB comes in chunks, into a buffer of the client's own.
-            small = c.submit(arrayfuncs.ramp, 100_000, 1).result(timeout=WAIT)
+            # One of 256 KiB or less comes in chunks, into a buffer of the client's own.
+            small = c.submit(arrayfuncs.ramp, 20_000, 1).result(timeout=WAIT)
             assert isinstance(memory_of(small).obj, bytearray) and small.flags.writeable
             # Only a value's first array can be placed aligned in one flat buffer: a later
             # one that falls unaligned is copied as it is decoded.
@@ -335,7 +335,7 @@ def _arguments_in_shared_memory(c: Cluster, pid: int) -> None:
     assert _client_values(pid) == 1  # kept for as long as the client is connected
     assert list(c.map(arrayfuncs.dot_row, [handle] * 3, range(3), timeout=WAIT)) == [
         float(matrix[i].sum()) for i in range(3)]
-    small = np.tile(np.arange(1000.0), 100)  # under a MiB: in chunks, as before
+    small = np.tile(np.arange(1000.0), 20)  # 160 KB, under SEGMENT_SIZE: in chunks
     assert c.submit(arrayfuncs.total, small).result(timeout=WAIT) == float(small.sum())
     assert _client_values(pid) == 1
 

@@ -180,7 +180,7 @@ def test_past_most_waiting_a_value_goes_into_a_memfd_only_as_it_is_sent(
     first.close()
     again = outbox.value_part(4, data, segments=True)  # room again
     assert isinstance(again, InMemory)
-    for small in (outbox.value_part(5, b"s" * 300_000, segments=True),
+    for small in (outbox.value_part(5, b"s" * 200_000, segments=True),
                   outbox.value_part(6, data, segments=False)):
         assert not isinstance(small, InMemory | outbox.Later)  # chunk frames, to come
     for part in (made[1], again):
