@@ -111,23 +111,31 @@ class Outbox:
             await self._stream.send_raw(part.data)
         elif isinstance(part, bytes):
             await self._stream.send_frames([part])
-        elif isinstance(part, InMemory | Later):
-            if isinstance(part, Later):
-                part = await trio.to_thread.run_sync(in_memory, part.blob, part.data)
+        elif isinstance(part, Later):
+            try:
+                made = await trio.to_thread.run_sync(in_memory, part.blob, part.data)
+            except OSError:  # no memfd to be had now (no descriptor, no memory): in chunks
+                await self._send_chunks(blob_frames(part.blob, part.data))
+            else:
+                await self._send(made)
+        elif isinstance(part, InMemory):
             try:
                 await self._stream.send_frame_with_fd(part.frame, part.fd)
             finally:
                 part.close()
         else:
-            batch: list[bytes] = []
-            size = 0
-            for frame in part:
-                batch.append(frame)
-                size += len(frame)
-                if size >= WRITE_BYTES:
-                    await self._stream.send_frames(batch)
-                    batch, size = [], 0
-            await self._stream.send_frames(batch)
+            await self._send_chunks(part)
+
+    async def _send_chunks(self, frames: Iterator[bytes]) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            batch.append(frame)
+            size += len(frame)
+            if size >= WRITE_BYTES:
+                await self._stream.send_frames(batch)
+                batch, size = [], 0
+        await self._stream.send_frames(batch)
 
 
 def framed(frames: list[bytes]) -> bytes:

@@ -187,3 +187,30 @@ def test_past_most_waiting_a_value_goes_into_a_memfd_only_as_it_is_sent(
         assert isinstance(part, InMemory)
         part.close()
     assert waiting() == outbox.MOST_WAITING - 2
+
+
+async def test_a_value_that_gets_no_memfd_as_it_is_sent_goes_in_chunks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made as it is sent, a memfd may not be had (no descriptor left, say): the value
+    goes in chunk frames instead, and the connection lives on."""
+    import p2pcluster._outbox as outbox
+
+    def no_memfd(*args: object, **kwargs: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    class Stream:
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        async def send_frames(self, frames: list[bytes]) -> None:
+            self.frames += frames
+
+    monkeypatch.setattr(outbox, "in_memory", no_memfd)
+    stream = Stream()
+    box = object.__new__(outbox.Outbox)
+    box._stream = stream  # type: ignore[assignment]  # (only _send is exercised)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    await box._send(outbox.Later(7, data))
+    messages = [CODEC.decode(f) for f in stream.frames]
+    assert isinstance(messages[0], BlobAnnouncement) and messages[0].size == len(data)
+    assert b"".join(m.data for m in messages[1:] if isinstance(m, Chunk)) == data
