@@ -183,15 +183,17 @@ class Incoming:
     def mapped(cls, message: SegmentBlob, fd: int, refused: str = "") -> Incoming:
         """A blob the daemon passed whole in a memfd ``fd`` (ours now: closed here), sealed
         against resizing, mapped writable: the caller's arrays are views of it, its own
-        (the daemon let go of it once sent). :class:`~p2pcluster.ProtocolError` if the
-        memfd's size could still change, or is not the announced one."""
+        (the daemon let go of it once sent). Where descriptors are scarce (a mapping holds
+        one while it lives) it is read out into a buffer of the caller's own instead.
+        :class:`~p2pcluster.ProtocolError` if the memfd's size could still change, or is
+        not the announced one."""
         incoming = cls(message.size, refused)
         incoming.filled = message.size
         if refused:
             os.close(fd)
             return incoming
         start, size = message.offset, message.size
-        if descriptors_scarce():  # (a mapping holds a descriptor while it lives)
+        if descriptors_scarce():
             incoming.data = _read_out(fd, start, size)
             return incoming
         segment = Segment.adopt(fd, start + size, access=mmap.ACCESS_WRITE)
