@@ -43,6 +43,17 @@ class Daemon:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def fds_back_to(self, count: int, timeout: float = 20.0) -> int:
+        """The daemon's open descriptors once they are back to ``count``, or the last count
+        after ``timeout``: a daemon still busy with the last jobs' results closes a
+        finished connection later, and would fool a wait for the count to hold still."""
+        deadline = time.monotonic() + timeout
+        now = self.open_fds()
+        while now != count and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.open_fds()
+        return now
+
     def settled_fds(self, timeout: float = 10.0) -> int:
         """The daemon's open descriptors once the count holds still for half a second
         (a connection just closed may still be on its way out)."""

@@ -143,7 +143,7 @@ def test_2000_outstanding_submits_from_three_clients_at_once(
             assert answer["values"] == [(k * 1000 + i) ** 2 for i in range(700)]
             assert answer["done"] == 700  # delivered once each
             assert answer["peers"] == ["d1"]
-        assert daemon.settled_fds() == baseline
+        assert daemon.fds_back_to(baseline) == baseline
         daemon.check_alive()
 
 
@@ -263,7 +263,7 @@ def test_a_memfd_a_client_could_still_change_ends_its_connection_not_the_daemon(
             await stream.aclose()
 
     assert trio.run(client_with_an_open_memfd) is None
-    assert daemon.settled_fds() == before
+    assert daemon.fds_back_to(before) == before
     assert "not sealed against resizing and writes" in daemon.log.read_text()
     daemon.check_alive()
 
