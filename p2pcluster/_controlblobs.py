@@ -34,7 +34,7 @@ from ._handoff import cut_in_place
 from ._limits import descriptors_scarce
 from ._packed import ALIGN, OUT_OF_BAND, Packed, Payload, aligned_buffer, first_cut, pieces_of
 from ._proto.control import CODEC, Blob, Chunk, Inline, SegmentBlob, Value
-from ._shm import FROZEN, Segment, frozen_copy
+from ._shm import FROZEN, Segment, frozen_copy, read_at
 
 __all__ = ["MOST_WAITING", "SEGMENT_SIZE", "Blobs", "InMemory", "Incoming", "Refused",
            "in_memory", "waiting"]
@@ -158,13 +158,9 @@ def _read_out(fd: int, start: int, size: int) -> memoryview:
     try:
         if os.fstat(fd).st_size != start + size:
             raise ProtocolError("a shared-memory segment not of its announced size")
-        data = aligned_buffer(size, os.pread(fd, min(size, OUT_OF_BAND), start))
-        done = min(size, OUT_OF_BAND)
-        while done < size:
-            count = os.preadv(fd, [data[done:]], start + done)
-            if not count:
-                raise ProtocolError("a shared-memory segment ended early")
-            done += count
+        first = os.pread(fd, min(size, OUT_OF_BAND), start)  # (to place the buffer by)
+        data = aligned_buffer(size, first)
+        read_at(fd, data[len(first):], start + len(first))
         return data
     finally:
         os.close(fd)

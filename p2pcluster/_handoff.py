@@ -31,7 +31,7 @@ from ._errors import ProtocolError
 from ._limits import descriptors_scarce
 from ._packed import ALIGN, Packed, Payload, cut, find_cuts, unpack_flat
 from ._proto.wiretypes import TaskStatus
-from ._shm import Segment, available
+from ._shm import Segment, available, read_at
 
 __all__ = [
     "SegmentRef", "WireValue", "aligned", "cut_in_place", "let_go", "open_args", "open_ref",
@@ -134,8 +134,7 @@ def read_ref(ref: SegmentRef) -> Packed:
         if os.fstat(fd).st_size != ref.size:
             raise ProtocolError("a shared-memory segment not of its announced size")
         for mine, theirs, size in zip(offsets, ref.offsets, ref.sizes, strict=True):
-            if os.preadv(fd, [memory[mine:mine + size]], theirs) != size:
-                raise ProtocolError("a shared-memory segment ended early")
+            read_at(fd, memory[mine:mine + size], theirs)
     finally:
         os.close(fd)
     return Packed(ref.heads, [memory[o:o + n] for o, n in zip(offsets, ref.sizes,

@@ -30,7 +30,7 @@ from functools import cache
 from ._errors import ProtocolError
 
 __all__ = ["FROZEN", "RESIZING", "STEP", "Segment", "SegmentStock", "available",
-           "frozen_copy"]
+           "frozen_copy", "read_at"]
 
 _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 #: The seals of a segment whose size can no longer change (mapping it never faults past its
@@ -214,6 +214,18 @@ def frozen_copy(pieces: Iterable[bytes | memoryview], size: int, offset: int = 0
         os.close(fd)
         raise
     return fd
+
+
+def read_at(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` with the bytes of ``fd`` from ``offset`` on, without mapping it (a
+    mapping holds a descriptor while it lives). :class:`~p2pcluster.ProtocolError` if the
+    file ends first."""
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if not count:
+            raise ProtocolError("a shared-memory segment ended early")
+        done += count
 
 
 def _write_at(fd: int, pieces: Iterable[bytes | memoryview], offset: int, size: int) -> None:

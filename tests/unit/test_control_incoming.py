@@ -79,6 +79,28 @@ def test_a_result_in_a_memfd_is_mapped_writable_and_decoded_in_place() -> None:
 
 
 @pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
+def test_where_descriptors_are_scarce_a_result_is_read_out_not_mapped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mapping holds a descriptor while it lives: past half of the limit, the client
+    reads the memfd into a buffer of its own, placed as a chunked result is."""
+    import p2pcluster._controlblobs as controlblobs
+
+    monkeypatch.setattr(controlblobs, "descriptors_scarce", lambda: True)
+    arr = np.random.default_rng(3).standard_normal(400_000)  # 3.2 MB: several reads
+    part = in_memory(1, encode_value({"a": arr, "n": 2}), seals=RESIZING)
+    message = CODEC.decode(part.frame)
+    fd = os.dup(part.fd)
+    part.close()
+    incoming = Incoming.mapped(message, fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # read, and the descriptor let go of
+    assert isinstance(incoming.data.obj, bytearray) and incoming.filled == message.size
+    got = unpack(TaskStatus.OK, incoming.data, "p")
+    assert np.array_equal(got["a"], arr) and got["a"].ctypes.data % ALIGN == 0
+    assert got["n"] == 2 and got["a"].flags.writeable
+
+
+@pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
 def test_a_result_memfd_over_the_limit_or_of_a_size_that_could_change_is_closed_unread(
         ) -> None:
     part = in_memory(1, b"r" * 2_000_000, seals=RESIZING)

@@ -8,9 +8,10 @@ import os
 
 import pytest
 
+from p2pcluster import ProtocolError
 from p2pcluster._handoff import read_ref, to_ref
 from p2pcluster._packed import Packed
-from p2pcluster._shm import Segment, available
+from p2pcluster._shm import Segment, available, read_at
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
 
@@ -43,3 +44,16 @@ def test_a_value_read_out_of_a_segment_is_exact_aligned_and_holds_no_descriptor(
     assert all(not b.readonly for b in got.buffers)
     assert placed.segment is not None
     placed.segment.close()
+
+
+def test_reading_past_a_segment_s_end_is_an_error_not_a_short_value() -> None:
+    fd = os.memfd_create("short", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, b"x" * 1000)
+        view = memoryview(bytearray(1500))
+        read_at(fd, view[:600], 400)  # exactly to the end
+        assert bytes(view[:600]) == b"x" * 600
+        with pytest.raises(ProtocolError, match="ended early"):
+            read_at(fd, view, 0)
+    finally:
+        os.close(fd)
