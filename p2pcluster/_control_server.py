@@ -314,13 +314,7 @@ class ControlSession:
     async def _blob(self, data: bytes | memoryview | Packed) -> BlobRef:
         self._next_blob += 1
         blob = self._next_blob
-        if self._segments and len(data) >= SEGMENT_SIZE:  # one copy, into a memfd for it
-            part = await trio.to_thread.run_sync(partial(in_memory, blob, data, seals=RESIZING))
-            await self._flush_out()
-            try:
-                await self._stream.send_frame_with_fd(part.frame, part.fd)
-            finally:
-                part.close()
+        if self._segments and len(data) >= SEGMENT_SIZE and await self._in_memory(blob, data):
             return BlobRef(blob, len(data))
         self._queue_out(Blob(blob, len(data)))
         for view in pieces_of(data):  # (a packed value: its pieces, never joined)
@@ -328,6 +322,21 @@ class ControlSession:
                 self._queue_out(Chunk(blob, bytes(view[offset:offset + CHUNK])))
                 await self._flush_out()  # one chunk in memory at a time, paced by the client
         return BlobRef(blob, len(data))
+
+    async def _in_memory(self, blob: int, data: bytes | memoryview | Packed) -> bool:
+        """Send blob ``blob`` in a memfd of its own (one copy); False if no memfd can be
+        had now (no descriptor, no memory): it goes in chunks instead, and the connection
+        lives on."""
+        try:
+            part = await trio.to_thread.run_sync(partial(in_memory, blob, data, seals=RESIZING))
+        except OSError:
+            return False
+        await self._flush_out()
+        try:
+            await self._stream.send_frame_with_fd(part.frame, part.fd)
+        finally:
+            part.close()
+        return True
 
     def _queue_out(self, message: ControlMessage) -> None:
         frame = CODEC.encode(message)

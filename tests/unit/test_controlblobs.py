@@ -214,3 +214,33 @@ async def test_a_value_that_gets_no_memfd_as_it_is_sent_goes_in_chunks(
     messages = [CODEC.decode(f) for f in stream.frames]
     assert isinstance(messages[0], BlobAnnouncement) and messages[0].size == len(data)
     assert b"".join(m.data for m in messages[1:] if isinstance(m, Chunk)) == data
+
+
+async def test_a_result_that_gets_no_memfd_goes_to_the_client_in_chunks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's side alike: a large result whose memfd cannot be made (no descriptor
+    left, say) goes in chunk frames, and the connection lives on."""
+    import p2pcluster._control_server as control_server
+
+    def no_memfd(*args: object, **kwargs: object) -> object:
+        raise OSError(24, "Too many open files")
+
+    class Stream:
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        async def send_frames(self, frames: list[bytes]) -> None:
+            self.frames += frames
+
+    monkeypatch.setattr(control_server, "in_memory", no_memfd)
+    session = object.__new__(control_server.ControlSession)  # (only _blob is exercised)
+    stream = Stream()
+    session._stream = stream  # type: ignore[assignment]
+    session._segments, session._next_blob = True, 0
+    session._out, session._out_bytes = [], 0
+    data = bytes(range(256)) * 8192  # 2 MiB
+    ref = await session._blob(data)
+    assert ref == BlobRef(1, len(data))
+    messages = [CODEC.decode(f) for f in stream.frames]
+    assert isinstance(messages[0], BlobAnnouncement) and messages[0].size == len(data)
+    assert b"".join(m.data for m in messages[1:] if isinstance(m, Chunk)) == data
