@@ -252,14 +252,11 @@ class ControlClient:
         raise DaemonError("the daemon closed the connection")
 
     def _dispatch(self, message: ControlMessage) -> None:
-        if isinstance(message, Blob):
+        if isinstance(message, Blob | SegmentBlob):
             refused = ("" if message.size <= self.max_value_size else
                        too_large("a result", message.size, self.max_value_size, "this client"))
-            self._blobs[message.blob] = Incoming(message.size, refused)
-        elif isinstance(message, SegmentBlob):
-            self._blobs[message.blob] = Incoming.mapped(message, self._stream.take_fd(), (
-                "" if message.size <= self.max_value_size else
-                too_large("a result", message.size, self.max_value_size, "this client")))
+            self._blobs[message.blob] = Incoming(message.size, refused) if isinstance(
+                message, Blob) else Incoming.mapped(message, self._stream.take_fd(), refused)
         elif isinstance(message, Chunk):
             incoming = self._blobs.get(message.blob)
             if incoming is None:
