@@ -16,9 +16,9 @@ SHOWN = re.findall(r"^\$ p2pcluster run (examples/\S+\.py)[^\n]*\n(.*)$", README
 SECRET = "GuR6eQZe3E1ItJBMaDy2lDNPYRd-8vW9mzOQgV1L2kM"
 
 
-def test_the_readme_shows_the_three_examples() -> None:
+def test_the_readme_shows_the_four_examples() -> None:
     assert {path for path, _ in SHOWN} == {"examples/pi.py", "examples/wordfreq.py",
-                                           "examples/primes.py"}
+                                           "examples/primes.py", "examples/arrays.py"}
 
 
 @pytest.mark.parametrize(("path", "expected"), SHOWN, ids=[p for p, _ in SHOWN])
@@ -34,3 +34,12 @@ def test_example_prints_what_the_readme_shows(path: str, expected: str,
     assert done.stdout.strip() == expected.strip()
     # --quiet: nothing from p2pcluster itself (an example may print its own progress)
     assert not [line for line in done.stderr.splitlines() if line.startswith("p2pcluster")]
+
+
+@pytest.mark.parametrize("path", ["examples/primes.py", "examples/arrays.py"])
+def test_example_passes_its_own_self_test(path: str) -> None:
+    """``python examples/X.py`` checks the example's answer without a cluster."""
+    done = subprocess.run([sys.executable, path], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "self-test passed" in done.stdout
