@@ -319,14 +319,7 @@ def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
         sys.stdout = MarkedStream(sys.stdout)
         sys.stderr = MarkedStream(sys.stderr)
     first = True
-    while True:
-        header = _read_exactly(rfd, _LENGTH.size)
-        if header is None:
-            return
-        body = _read_exactly(rfd, _LENGTH.unpack(header)[0])
-        if body is None:
-            return
-        request = pickle.loads(body)
+    while (request := _read_request(rfd)) is not None:
         if first:
             first = False
             sys.path[:] = [*request, *(p for p in sys.path if p not in request)]
@@ -337,6 +330,17 @@ def serve(rfd: int, wfd: int, *, label_output: bool = False) -> None:
             _share(request[1])
         else:
             _write_frame(wfd, _run(request, label_output))
+        # Nothing of a batch stays while the worker waits for the next one: a value that
+        # crossed the pipe (a large bytes argument) would stay in memory as long as the
+        # worker sat idle.
+        del request
+
+
+def _read_request(rfd: int) -> Any:
+    """The next request on the pipe, unpickled; None when the pipe closed."""
+    header = _read_exactly(rfd, _LENGTH.size)
+    body = None if header is None else _read_exactly(rfd, _LENGTH.unpack(header)[0])
+    return None if body is None else pickle.loads(body)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,31 @@ async def test_cancelling_a_run_kills_its_worker_promptly(tmp_path: Path) -> Non
         assert value(after.outcomes[0]) == 2
 
 
+def anonymous_bytes(pid: int) -> int:
+    """The process's resident anonymous memory (heap, not its mapped files)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no RssAnon in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+async def test_an_idle_worker_holds_nothing_of_its_last_batch(tmp_path: Path) -> None:
+    """A value that crossed the pipe (a large ``bytes`` argument) is freed once its batch
+    is answered, not when the next batch comes: an idle worker does not sit on it."""
+    size = 64 * 1024 * 1024  # over glibc's largest mmap threshold: freed means unmapped
+    async with open_worker_pool(1, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            (pid,) = await worker_pids(pool)
+            before = anonymous_bytes(pid)
+            run = await pool.run(function_ref(workjobs.length), [call(bytes(size))])
+            assert value(run.outcomes[0]) == size
+            deadline = time.monotonic() + 5
+            while (held := anonymous_bytes(pid) - before) > size // 4:
+                assert time.monotonic() < deadline, f"the idle worker holds {held:,} bytes more"
+                await trio.sleep(0.05)
+
+
 async def test_no_worker_outlives_the_pool(tmp_path: Path) -> None:
     async with open_worker_pool(2, tmp_path) as pool:
         pids = await worker_pids(pool)

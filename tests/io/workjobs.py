@@ -49,6 +49,10 @@ def pid() -> int:
     return os.getpid()
 
 
+def length(data: bytes) -> int:
+    return len(data)
+
+
 def unencodable() -> object:
     return object()
 
