@@ -16,6 +16,11 @@ the pipe. For a 256 MB value that measured 1.8 s against 11.5 s pickled through 
 - **Shared values** a worker maps once, read-only, and keeps until the peer drops them.
 - **Results** the worker copies into a segment of its own and keeps until the peer has
   mapped it and says so (a ``drop`` frame); then the memory belongs to the peer alone.
+- **A large value with no large array** (a byte string of megabytes, a pickled joblib
+  batch) crosses as a :class:`FlatRef`: its plain CBOR in a segment, which the receiver
+  reads in one call (``pread``) instead of through the pipe, where it was pickled, copied
+  in pieces and unpickled (for 240 MB of ``bytes`` through a daemon on the namespace LAN,
+  2.65 s against 0.5 s for an array of that size).
 
 Without memfds (not Linux) a packed value crosses the pipe as its plain CBOR instead.
 """
@@ -34,8 +39,9 @@ from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available, read_at
 
 __all__ = [
-    "SegmentRef", "WireValue", "aligned", "cut_in_place", "let_go", "open_args", "open_ref",
-    "open_results", "place", "read_ref", "to_ref", "wire_value",
+    "FLAT_IN_SEGMENT", "FlatRef", "SegmentRef", "WireValue", "aligned", "cut_in_place",
+    "flat_size", "let_go", "open_args", "open_ref", "open_results", "place", "read_flat",
+    "read_ref", "to_ref", "wire_value",
 ]
 
 
@@ -50,8 +56,19 @@ class SegmentRef(NamedTuple):
     fd: int  #: the holder's descriptor (for its ``drop``)
 
 
+class FlatRef(NamedTuple):
+    """A value's plain CBOR, the whole of another process's segment."""
+
+    path: str  #: ``/proc/<pid>/fd/<fd>`` of the holder
+    size: int  #: the value's size, and the segment's
+    fd: int  #: the holder's descriptor (for its ``drop``)
+
+
 #: What crosses a worker's pipe for one value.
-WireValue = bytes | SegmentRef
+WireValue = bytes | SegmentRef | FlatRef
+
+#: A value with no large array crosses a worker's pipe in a segment from this size on.
+FLAT_IN_SEGMENT = 1024 * 1024
 
 
 def aligned(sizes: Sequence[int]) -> tuple[list[int], int]:
@@ -98,7 +115,15 @@ def to_ref(payload: Payload) -> tuple[WireValue, Packed | None]:
     """What to put on the pipe for ``payload``, and the packed value to keep alive (with
     its segment) until the other process has mapped it."""
     if not isinstance(payload, Packed):
-        return payload, None
+        if len(payload) < FLAT_IN_SEGMENT or not available():
+            return payload, None
+        flat = Segment.create(len(payload))
+        flat.allocate()
+        flat.view[:] = payload
+        # Kept as a packed value of one buffer, the whole segment, only to live (and to
+        # go back to the pool's stock) as the other segments do.
+        return FlatRef(flat.path(), flat.size, flat.fd), Packed((b"", b""), [flat.view],
+                                                               segment=flat)
     if not available():
         return payload.flat(), None
     placed = place(payload)
@@ -112,7 +137,10 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
              ) -> Payload:
     """The value another process put on the pipe, its segment mapped here (``ACCESS_COPY``:
     writable, and writes stay in this process; ``ACCESS_READ`` for shared values). With
-    ``keep``, the packed value keeps the segment's descriptor (to hand it on)."""
+    ``keep``, the packed value keeps the segment's descriptor (to hand it on). A
+    :class:`FlatRef` is read into bytes of this process's own (:func:`read_flat`)."""
+    if isinstance(value, FlatRef):
+        return read_flat(value)
     if not isinstance(value, SegmentRef):
         return value
     segment = Segment.open(value.path, value.size, access=access)
@@ -141,12 +169,33 @@ def read_ref(ref: SegmentRef) -> Packed:
                                                                strict=True)])
 
 
+def read_flat(ref: FlatRef) -> bytes:
+    """The value of a :class:`FlatRef`, read in one copy, without mapping its segment."""
+    fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != ref.size:
+            raise ProtocolError("a shared-memory segment not of its announced size")
+        data = os.pread(fd, ref.size, 0)
+        if len(data) == ref.size:
+            return data
+        memory = bytearray(ref.size)  # a read is at most 2 GiB less a page on Linux
+        read_at(fd, memoryview(memory), 0)
+        return bytes(memory)
+    finally:
+        os.close(fd)
+
+
 def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, list[Segment]]]:
     """A batch's arguments, each segment mapped here (copy-on-write), and their mappings by
-    the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept."""
+    the peer's descriptor: after the batch, :func:`let_go` unmaps those no task kept. A
+    :class:`FlatRef`'s segment is read, not mapped: it is let go of at once."""
     payloads: list[Payload] = []
     segments: dict[int, list[Segment]] = {}
     for wire in wires:
+        if isinstance(wire, FlatRef):
+            payloads.append(read_flat(wire))
+            segments.setdefault(wire.fd, [])
+            continue
         if not isinstance(wire, SegmentRef):
             payloads.append(wire)
             continue
@@ -190,6 +239,11 @@ def open_results(raw: Sequence[tuple[int, WireValue]], error: Callable[[str, str
         except (OSError, ProtocolError) as exc:
             outcomes.append((TaskStatus.ERROR, error(
                 "OSError", f"the result was lost with its worker process: {exc}")))
-        if isinstance(wire, SegmentRef):
+        if isinstance(wire, SegmentRef | FlatRef):
             mapped.append(wire.fd)
     return outcomes, mapped
+
+
+def flat_size(raw: Sequence[tuple[int, WireValue]]) -> int:
+    """The bytes :func:`open_results` reads for these outcomes (those of FlatRefs)."""
+    return sum(wire.size for _, wire in raw if isinstance(wire, FlatRef))

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._fastwrite import write_all
-from ._handoff import WireValue, open_results, wire_value
+from ._handoff import WireValue, flat_size, open_results, wire_value
 from ._packed import Packed, Payload
 from ._shm import SegmentStock
 from ._workerproc import WorkerProcess, frame
@@ -84,7 +84,7 @@ async def mapped_outcomes(worker: WorkerProcess, raw: list[tuple[int, WireValue]
                           error: Callable[[str, str], bytes]) -> list[tuple[int, Payload]]:
     """A worker's answer, each large result mapped here; then the worker may let go of
     them (:func:`~._handoff.open_results`)."""
-    outcomes, mapped = open_results(raw, error)
+    outcomes, mapped = await off_loop(lambda: open_results(raw, error), flat_size(raw))
     if mapped:
         await tell(worker, ("drop", mapped, []))
     return outcomes

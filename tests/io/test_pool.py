@@ -257,6 +257,18 @@ async def test_cancelling_a_run_kills_its_worker_promptly(tmp_path: Path) -> Non
         assert value(after.outcomes[0]) == 2
 
 
+async def test_large_bytes_cross_to_a_worker_and_back_exactly(tmp_path: Path) -> None:
+    """Arguments and results of megabytes with no array in them (they cross the pipe in a
+    segment, :class:`~p2pcluster._handoff.FlatRef`), beside small ones in the same batch."""
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    async with open_worker_pool(1, tmp_path) as pool:
+        with trio.fail_after(WAIT):
+            for _ in range(3):  # the segments go back to the stock and are used again
+                run = await pool.run(function_ref(workjobs.reversed_bytes),
+                                     [call(data), call(b"ab"), call(data[:1000])])
+                assert [value(o) for o in run.outcomes] == [data[::-1], b"ba", data[999::-1]]
+
+
 def anonymous_bytes(pid: int) -> int:
     """The process's resident anonymous memory (heap, not its mapped files)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -53,6 +53,10 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+def reversed_bytes(data: bytes) -> bytes:
+    return data[::-1]
+
+
 def unencodable() -> object:
     return object()
 
