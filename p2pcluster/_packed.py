@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from ._shm import Segment
 
 __all__ = [
-    "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "Packed", "Payload", "Tagged", "as_bytes", "cut",
-    "decode_input", "find_cuts", "first_cut", "marker", "payload_size", "split_markers",
-    "unpack_flat", "uses", "uses_prefix",
+    "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "SPLICED", "SPLICE_BYTES", "Packed", "Payload",
+    "Tagged", "as_bytes", "cut", "decode_input", "find_cuts", "first_cut", "marker",
+    "payload_size", "splice", "split_markers", "unpack_flat", "uses", "uses_prefix",
 ]
 
 #: Arrays of this many bytes or more travel beside the CBOR, never through the encoder.
@@ -162,6 +162,30 @@ def split_markers(data: bytes, buffers: Sequence[memoryview]) -> Packed:
         start = at + 16
     heads.append(data[start:])
     return Packed(heads, buffers)
+
+
+#: :func:`marker` indices from this one on stand for byte strings that :func:`splice` puts
+#: back whole once the value is encoded.
+SPLICED = 1 << 31
+#: Byte strings of this many bytes or more are spliced in after encoding: cbor2 copies one
+#: several times as it writes it (0.45 s for 240 MB here, against 0.1 s for one join).
+SPLICE_BYTES = 1024 * 1024
+
+
+def splice(data: bytes, strings: Sequence[bytes]) -> bytes:
+    """``data`` with :func:`marker` ``SPLICED + i`` (a 16-byte byte string) replaced by
+    the byte string ``strings[i]``, each copied once. The result is plain CBOR: the value
+    as the encoder would have written it."""
+    parts: list[bytes] = []
+    start = 0
+    for index, string in enumerate(strings):
+        at = data.find(marker(SPLICED + index), start)
+        if at < 1 or data[at - 1] != 0x50:  # 0x50: the head of a 16-byte byte string
+            raise AssertionError(f"spliced byte string {index} of an encoded value is missing")
+        parts += [data[start:at - 1], _head(2, len(string)), string]
+        start = at + 16
+    parts.append(data[start:])
+    return b"".join(parts)
 
 
 #: Items :func:`unpack_flat` reads at most before it gives up on a value (then it stays

@@ -35,11 +35,14 @@ from ._loader import JobLoader
 from ._packed import (
     MAX_BUFFERS,
     OUT_OF_BAND,
+    SPLICE_BYTES,
+    SPLICED,
     Packed,
     Payload,
     Tagged,
     decode_input,
     marker,
+    splice,
     split_markers,
     uses_prefix,
 )
@@ -74,6 +77,12 @@ class _Packer:
         self.handles = handles
         self.buffers: list[memoryview] = []
         self.uses: list[bytes] = []
+        self.spliced: list[bytes] = []  #: large byte strings, put back in by finish()
+
+    def splice(self, string: bytes) -> bytes:
+        """What to encode in place of a large byte string, which :meth:`finish` puts back."""
+        self.spliced.append(string)
+        return marker(SPLICED + len(self.spliced) - 1)
 
     def data(self, view: memoryview) -> bytes:
         """An array's bytes in the encoding: a marker for a large one, kept apart."""
@@ -83,6 +92,8 @@ class _Packer:
         return bytes(view)
 
     def finish(self, data: bytes) -> Payload:
+        if self.spliced:
+            data = splice(data, self.spliced)
         if self.uses:  # [args, kwargs] becomes [digests, args, kwargs]
             data = uses_prefix(self.uses) + data[1:]
         return split_markers(data, self.buffers) if self.buffers else data
@@ -121,6 +132,16 @@ def _encode_handle(encoder: cbor2.CBOREncoder, handle: Shared) -> None:
     encoder.encode(Tagged(TAG_HANDLE, handle.digest))
 
 
+def _encode_bytes(encoder: cbor2.CBOREncoder, string: bytes) -> None:
+    """A byte string; a large one, in a value whose encoding finishes (:meth:`_Packer.finish`),
+    as a marker that the finish replaces with the bytes, in one copy."""
+    packer: _Packer | None = getattr(_local, "packer", None)
+    if packer is None or len(string) < SPLICE_BYTES:
+        encoder.encode_bytes(string)
+    else:
+        encoder.encode_bytes(packer.splice(string))
+
+
 def _encode_tagged(encoder: cbor2.CBOREncoder, tagged: Tagged) -> None:
     encoder.encode_length(6, tagged.tag)
     encoder.encode(tagged.value)
@@ -148,6 +169,7 @@ _ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], Any]] = {
     type(cbor2.undefined): _refuse,
     Shared: _encode_handle,
     Tagged: _encode_tagged,
+    bytes: _encode_bytes,
 }
 _WITH_NUMPY: list[dict[type, Callable[[cbor2.CBOREncoder, Any], Any]]] = []
 

@@ -59,3 +59,24 @@ def test_a_call_with_handles_lists_its_shared_values_first() -> None:
     args, kwargs = decode_call(call, shared={handle.digest: shared_value})
     assert args[0] is shared_value and kwargs["again"][0] is shared_value
     assert uses(encode_call((1,), {})) == ()
+
+
+def test_large_byte_strings_are_spliced_into_exactly_the_encoders_cbor() -> None:
+    """A byte string of SPLICE_BYTES or more is written as a marker and put back whole
+    after encoding (one copy): the bytes are those cbor2 writes, beside arrays kept apart,
+    handles and small byte strings, in a call, a result and a shared value."""
+    import cbor2
+
+    from p2pcluster._packed import SPLICE_BYTES
+
+    big, other = bytes(range(256)) * (SPLICE_BYTES // 256 + 1), b"\x09" * SPLICE_BYTES
+    arr = np.arange(20_000.0)
+    handle = Shared(digest_of(b"x"), 1)
+    call = encode_call((big, arr, b"small", handle), {"k": other, "again": big})
+    assert isinstance(call, Packed) and len(call.buffers) == 1  # only the array is apart
+    args, kwargs = decode_call(call, shared={handle.digest: "the value"})
+    assert args[0] == big and same(args[1], arr) and list(args[2:]) == [b"small", "the value"]
+    assert kwargs == {"k": other, "again": big}
+    assert encode_value([big, other]) == cbor2.dumps([big, other])
+    assert encode_shared(big) == cbor2.dumps(big)
+    assert encode_value(big[:SPLICE_BYTES - 1]) == cbor2.dumps(big[:SPLICE_BYTES - 1])
