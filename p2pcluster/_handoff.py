@@ -17,10 +17,10 @@ the pipe. For a 256 MB value that measured 1.8 s against 11.5 s pickled through 
 - **Results** the worker copies into a segment of its own and keeps until the peer has
   mapped it and says so (a ``drop`` frame); then the memory belongs to the peer alone.
 - **A large value with no large array** (a byte string of megabytes, a pickled joblib
-  batch) crosses as a :class:`FlatRef`: its plain CBOR in a segment, which the receiver
-  reads in one call (``pread``) instead of through the pipe, where it was pickled, copied
-  in pieces and unpickled (for 240 MB of ``bytes`` through a daemon on the namespace LAN,
-  2.65 s against 0.5 s for an array of that size).
+  batch) crosses as a :class:`FlatRef`: its plain CBOR in a segment (the one it landed in,
+  when it came from another peer or a daemon's client: :func:`cut_in_place`), which the
+  receiver reads in one call (``pread``) instead of through the pipe, where it was
+  pickled, copied in pieces and unpickled.
 
 Without memfds (not Linux) a packed value crosses the pipe as its plain CBOR instead.
 """
@@ -39,9 +39,9 @@ from ._proto.wiretypes import TaskStatus
 from ._shm import Segment, available, read_at
 
 __all__ = [
-    "FLAT_IN_SEGMENT", "FlatRef", "SegmentRef", "WireValue", "aligned", "cut_in_place",
-    "flat_size", "let_go", "open_args", "open_ref", "open_results", "place", "read_flat",
-    "read_ref", "to_ref", "wire_value",
+    "FLAT_IN_SEGMENT", "PLAIN_HEAD", "FlatRef", "SegmentRef", "WireValue", "aligned",
+    "cut_in_place", "flat_size", "let_go", "open_args", "open_ref", "open_results", "place",
+    "read_flat", "read_ref", "to_ref", "wire_value",
 ]
 
 
@@ -57,11 +57,13 @@ class SegmentRef(NamedTuple):
 
 
 class FlatRef(NamedTuple):
-    """A value's plain CBOR, the whole of another process's segment."""
+    """A value's plain CBOR, in another process's segment."""
 
     path: str  #: ``/proc/<pid>/fd/<fd>`` of the holder
-    size: int  #: the value's size, and the segment's
+    size: int  #: the segment's size
     fd: int  #: the holder's descriptor (for its ``drop``)
+    offset: int  #: where the value starts in the segment
+    length: int  #: the value's size
 
 
 #: What crosses a worker's pipe for one value.
@@ -69,6 +71,9 @@ WireValue = bytes | SegmentRef | FlatRef
 
 #: A value with no large array crosses a worker's pipe in a segment from this size on.
 FLAT_IN_SEGMENT = 1024 * 1024
+#: The first bytes of a plain value kept apart as its head (:class:`~._packed.Packed`,
+#: ``plain``): more than the list of shared values a call may begin with.
+PLAIN_HEAD = 4096
 
 
 def aligned(sizes: Sequence[int]) -> tuple[list[int], int]:
@@ -99,9 +104,13 @@ def place(packed: Packed) -> Packed:
 def cut_in_place(value: memoryview, segment: Segment, pad: int) -> Payload:
     """The value in ``segment`` at ``pad`` as a worker takes it (run it in a thread: it
     walks the value, and may copy it): in place if every array is aligned, else without a
-    segment, to be placed anew on its way to a worker (:func:`to_ref`); plain
-    bytes if it holds no large array."""
+    segment, to be placed anew on its way to a worker (:func:`to_ref`). With no large array,
+    a plain packed value in place from :data:`FLAT_IN_SEGMENT` bytes on (a worker reads it
+    from this segment), plain bytes below."""
     cuts = find_cuts(value)
+    if not cuts and len(value) >= FLAT_IN_SEGMENT:  # a worker reads it from where it is
+        return Packed((bytes(value[:PLAIN_HEAD]), b""), [value[PLAIN_HEAD:]],
+                      segment=segment, offsets=[pad + PLAIN_HEAD], plain=True)
     if not cuts:
         return bytes(value)
     packed = cut(value, cuts)
@@ -114,16 +123,22 @@ def cut_in_place(value: memoryview, segment: Segment, pad: int) -> Payload:
 def to_ref(payload: Payload) -> tuple[WireValue, Packed | None]:
     """What to put on the pipe for ``payload``, and the packed value to keep alive (with
     its segment) until the other process has mapped it."""
+    if isinstance(payload, Packed) and payload.plain:
+        held = payload.segment
+        if held is None or held.fd < 0 or not available():
+            return to_ref(payload.flat())
+        start = payload.offsets[0] - len(payload.heads[0])
+        return FlatRef(held.path(), held.size, held.fd, start, len(payload)), payload
     if not isinstance(payload, Packed):
         if len(payload) < FLAT_IN_SEGMENT or not available():
             return payload, None
         flat = Segment.create(len(payload))
         flat.allocate()
         flat.view[:] = payload
-        # Kept as a packed value of one buffer, the whole segment, only to live (and to
-        # go back to the pool's stock) as the other segments do.
-        return FlatRef(flat.path(), flat.size, flat.fd), Packed((b"", b""), [flat.view],
-                                                               segment=flat)
+        # Kept as a plain packed value, only to live (and to go back to the pool's stock)
+        # as the other segments do.
+        return FlatRef(flat.path(), flat.size, flat.fd, 0, flat.size), Packed(
+            (b"", b""), [flat.view], segment=flat, offsets=[0], plain=True)
     if not available():
         return payload.flat(), None
     placed = place(payload)
@@ -175,11 +190,13 @@ def read_flat(ref: FlatRef) -> bytes:
     try:
         if os.fstat(fd).st_size != ref.size:
             raise ProtocolError("a shared-memory segment not of its announced size")
-        data = os.pread(fd, ref.size, 0)
-        if len(data) == ref.size:
+        if not 0 <= ref.offset <= ref.offset + ref.length <= ref.size:
+            raise ProtocolError("a value outside its shared-memory segment")
+        data = os.pread(fd, ref.length, ref.offset)
+        if len(data) == ref.length:
             return data
-        memory = bytearray(ref.size)  # a read is at most 2 GiB less a page on Linux
-        read_at(fd, memoryview(memory), 0)
+        memory = bytearray(ref.length)  # a read is at most 2 GiB less a page on Linux
+        read_at(fd, memoryview(memory), ref.offset)
         return bytes(memory)
     finally:
         os.close(fd)
@@ -246,4 +263,4 @@ def open_results(raw: Sequence[tuple[int, WireValue]], error: Callable[[str, str
 
 def flat_size(raw: Sequence[tuple[int, WireValue]]) -> int:
     """The bytes :func:`open_results` reads for these outcomes (those of FlatRefs)."""
-    return sum(wire.size for _, wire in raw if isinstance(wire, FlatRef))
+    return sum(wire.length for _, wire in raw if isinstance(wire, FlatRef))

@@ -71,13 +71,18 @@ class Packed:
     worker process maps it instead of receiving the bytes through its pipe. ``sums``, if
     given, are each buffer's sum when the owner took the value (see :mod:`._heldargs`).
     ``len()`` is the size of the whole encoded value.
+
+    A ``plain`` one holds no large array: it is a value of plain CBOR where it landed in
+    ``segment`` (a large byte string, a joblib batch), cut only so that its first bytes are
+    at hand (:func:`uses` reads them); it is decoded joined, and reaches a worker whole
+    (:class:`~._handoff.FlatRef`), never as buffers a typed array would take.
     """
 
-    __slots__ = ("buffers", "heads", "offsets", "segment", "size", "sums")
+    __slots__ = ("buffers", "heads", "offsets", "plain", "segment", "size", "sums")
 
     def __init__(self, heads: Sequence[bytes], buffers: Sequence[memoryview], *,
                  segment: Segment | None = None, offsets: Sequence[int] = (),
-                 sums: Sequence[int] = ()) -> None:
+                 sums: Sequence[int] = (), plain: bool = False) -> None:
         if len(heads) != len(buffers) + 1:
             raise ValueError("a packed value has one head more than buffers")
         self.heads = tuple(heads)
@@ -85,6 +90,7 @@ class Packed:
         self.segment = segment
         self.offsets = tuple(offsets)
         self.sums = tuple(sums)
+        self.plain = plain
         self.size = sum(map(len, self.heads)) + sum(b.nbytes for b in self.buffers)
 
     def __len__(self) -> int:

@@ -382,7 +382,9 @@ def decode_value(payload: Payload, *, shared: Mapping[bytes, Any] | None = None)
     """
     buffers: Sequence[memoryview] = ()
     data: bytes | memoryview
-    if isinstance(payload, Packed):
+    if isinstance(payload, Packed) and payload.plain:
+        data = payload.flat()
+    elif isinstance(payload, Packed):
         buffers = payload.buffers
         data = decode_input(payload.heads, [b.nbytes for b in buffers])
     else:

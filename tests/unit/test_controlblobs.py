@@ -18,7 +18,7 @@ from p2pcluster._packed import ALIGN, Packed  # noqa: E402
 from p2pcluster._proto.control import CODEC, BlobRef, Chunk, Inline, SegmentBlob  # noqa: E402
 from p2pcluster._proto.control import Blob as BlobAnnouncement  # noqa: E402
 from p2pcluster._shm import Segment, SegmentStock, available, frozen_copy  # noqa: E402
-from p2pcluster._values import encode_value  # noqa: E402
+from p2pcluster._values import decode_value, encode_value  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
 
@@ -67,11 +67,19 @@ async def test_a_value_whose_later_array_falls_unaligned_is_still_exact() -> Non
     assert isinstance(value, Packed) and value.flat() == _flat(payload)
 
 
-async def test_a_value_without_large_arrays_in_a_memfd_arrives_as_bytes() -> None:
+async def test_a_value_without_large_arrays_in_a_memfd_is_held_in_place() -> None:
+    """Not copied out: a plain packed value in the client's memfd, which the daemon's
+    workers read from there (a FlatRef) and which decodes whole."""
     blobs = Blobs(2**31, "peer d1")
     message, fd, payload = _handed_over(4, b"z" * 2_000_000)
     await blobs.adopt(message, fd)
-    assert blobs.value(BlobRef(4, message.size)) == _flat(payload)
+    held = blobs.value(BlobRef(4, message.size))
+    assert isinstance(held, Packed) and held.plain and held.segment is not None
+    assert held.flat() == _flat(payload)
+    assert decode_value(held) == b"z" * 2_000_000
+    small_message, small_fd, small = _handed_over(5, b"z" * 300_000)
+    await blobs.adopt(small_message, small_fd)
+    assert blobs.value(BlobRef(5, small_message.size)) == _flat(small)  # under 1 MiB: bytes
 
 
 def test_the_client_s_memfd_can_neither_change_nor_be_resized() -> None:

@@ -10,6 +10,7 @@ from p2pcluster import ProtocolError
 from p2pcluster._handoff import (
     FLAT_IN_SEGMENT,
     FlatRef,
+    cut_in_place,
     let_go,
     open_args,
     open_ref,
@@ -17,9 +18,11 @@ from p2pcluster._handoff import (
     read_flat,
     to_ref,
 )
+from p2pcluster._packed import Packed, uses
 from p2pcluster._proto.wiretypes import TaskStatus
-from p2pcluster._shm import available
-from p2pcluster._values import decode_value, encode_value
+from p2pcluster._shared import Shared
+from p2pcluster._shm import Segment, SegmentStock, available
+from p2pcluster._values import decode_call, decode_value, encode_call, encode_value
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs memfds (Linux)")
 
@@ -32,7 +35,7 @@ def test_a_large_value_without_arrays_goes_in_a_segment_and_reads_back_exactly()
     data = os.urandom(FLAT_IN_SEGMENT + 17)
     payload = encode_value([data, "x"])
     ref, placed = to_ref(payload)
-    assert isinstance(ref, FlatRef) and ref.size == len(payload)
+    assert isinstance(ref, FlatRef) and ref.length == ref.size == len(payload)
     assert placed is not None and placed.segment is not None and placed.segment.fd == ref.fd
     before = _fds()
     got = open_ref(ref)
@@ -82,3 +85,50 @@ def test_a_result_whose_worker_is_gone_becomes_an_error() -> None:
     outcomes, _ = open_results([(TaskStatus.OK, ref)], lambda t, m: f"{t}: {m}".encode())
     assert outcomes[0][0] == TaskStatus.ERROR
     assert outcomes[0][1].startswith(b"OSError: the result was lost")
+
+
+def test_a_large_plain_value_reaches_a_worker_from_where_it_landed() -> None:
+    """A call of megabytes of bytes (and a handle) received into a segment is cut in place
+    as a plain packed value: its shared values can be read from its first bytes, it decodes
+    joined, and a worker reads it from that segment (no copy on the peer)."""
+    handle = Shared(b"\x05" * 32, 10)
+    data = os.urandom(FLAT_IN_SEGMENT + 3)
+    call = encode_call((data, handle), {"n": 1})
+    assert isinstance(call, bytes)
+    pad = 40
+    segment = Segment.create(pad + len(call) + 100)
+    segment.view[pad:pad + len(call)] = call
+    value = cut_in_place(segment.view[pad:pad + len(call)], segment, pad)
+    assert isinstance(value, Packed) and value.plain and value.segment is segment
+    assert uses(value) == (handle.digest,)
+    assert value.flat() == call and len(value) == len(call)
+    assert decode_call(value, shared={handle.digest: "v"}) == ((data, "v"), {"n": 1})
+    ref, kept = to_ref(value)
+    assert isinstance(ref, FlatRef) and kept is value
+    assert (ref.fd, ref.size, ref.offset, ref.length) == (segment.fd, segment.size, pad,
+                                                          len(call))
+    payloads, segments = open_args([ref])
+    assert payloads == [call] and let_go(segments) == [segment.fd]
+    stock = SegmentStock()
+    stock.give(segment)  # the worker let go of it: the peer may receive into it again
+    assert stock.take(segment.size) is segment
+    assert decode_value(encode_value(b"small")) == b"small"
+
+
+def test_a_plain_value_whose_segment_lost_its_descriptor_is_copied_on_its_way() -> None:
+    call = encode_call((bytes(FLAT_IN_SEGMENT),), {})
+    assert isinstance(call, bytes)
+    segment = Segment.create(len(call))
+    segment.view[:] = call
+    value = cut_in_place(segment.view, segment, 0)
+    segment.close()  # as a daemon does where descriptors are scarce
+    ref, kept = to_ref(value)
+    assert isinstance(ref, FlatRef) and kept is not None and kept.segment is not segment
+    assert read_flat(ref) == call
+
+
+def test_a_flat_ref_outside_its_segment_is_refused() -> None:
+    ref, _placed = to_ref(encode_value(b"\x06" * FLAT_IN_SEGMENT))
+    assert isinstance(ref, FlatRef)
+    with pytest.raises(ProtocolError, match="outside"):
+        read_flat(ref._replace(offset=10))
