@@ -153,9 +153,11 @@ def open_ref(value: WireValue, *, access: int = mmap.ACCESS_COPY, keep: bool = F
     """The value another process put on the pipe, its segment mapped here (``ACCESS_COPY``:
     writable, and writes stay in this process; ``ACCESS_READ`` for shared values). With
     ``keep``, the packed value keeps the segment's descriptor (to hand it on). A
-    :class:`FlatRef` is read into bytes of this process's own (:func:`read_flat`)."""
+    :class:`FlatRef` is read into bytes of this process's own (:func:`read_flat`), or with
+    ``keep`` mapped read-only, as a plain packed value (sealed to another peer straight
+    from there, as a large result is)."""
     if isinstance(value, FlatRef):
-        return read_flat(value)
+        return _open_flat(value) if keep else read_flat(value)
     if not isinstance(value, SegmentRef):
         return value
     segment = Segment.open(value.path, value.size, access=access)
@@ -182,6 +184,15 @@ def read_ref(ref: SegmentRef) -> Packed:
         os.close(fd)
     return Packed(ref.heads, [memory[o:o + n] for o, n in zip(offsets, ref.sizes,
                                                                strict=True)])
+
+
+def _open_flat(ref: FlatRef) -> Packed:
+    if not 0 <= ref.offset <= ref.offset + ref.length <= ref.size or ref.length < PLAIN_HEAD:
+        raise ProtocolError("a value outside its shared-memory segment")
+    segment = Segment.open(ref.path, ref.size, access=mmap.ACCESS_READ)
+    view = segment.view[ref.offset:ref.offset + ref.length]
+    return Packed((bytes(view[:PLAIN_HEAD]), b""), [view[PLAIN_HEAD:]], segment=segment,
+                  offsets=[ref.offset + PLAIN_HEAD], plain=True)
 
 
 def read_flat(ref: FlatRef) -> bytes:
@@ -251,14 +262,19 @@ def open_results(raw: Sequence[tuple[int, WireValue]], error: Callable[[str, str
     mapped = []
     for status, wire in raw:
         try:
-            outcomes.append((status, read_ref(wire) if isinstance(wire, SegmentRef) and (
-                descriptors_scarce()) else open_ref(wire, keep=True)))
+            outcomes.append((status, _read(wire) if isinstance(wire, SegmentRef | FlatRef)
+                             and descriptors_scarce() else open_ref(wire, keep=True)))
         except (OSError, ProtocolError) as exc:
             outcomes.append((TaskStatus.ERROR, error(
                 "OSError", f"the result was lost with its worker process: {exc}")))
         if isinstance(wire, SegmentRef | FlatRef):
             mapped.append(wire.fd)
     return outcomes, mapped
+
+
+def _read(wire: SegmentRef | FlatRef) -> Payload:
+    """The value read into memory of this process's own, holding no descriptor."""
+    return read_ref(wire) if isinstance(wire, SegmentRef) else read_flat(wire)
 
 
 def flat_size(raw: Sequence[tuple[int, WireValue]]) -> int:

@@ -60,13 +60,19 @@ def test_a_flat_argument_is_let_go_of_at_once() -> None:
     assert let_go(segments) == [ref.fd]
 
 
-def test_a_flat_result_is_read_and_named_for_the_worker_to_drop() -> None:
+def test_a_flat_result_is_mapped_and_named_for_the_worker_to_drop() -> None:
+    """The peer maps a large plain result (to seal it to its owner from there), as it
+    maps one with arrays: a plain packed value, which decodes whole."""
     payload = encode_value(b"\x02" * (FLAT_IN_SEGMENT + 1))
-    ref, _placed = to_ref(payload)
-    assert isinstance(ref, FlatRef)
+    ref, placed = to_ref(payload)
+    assert isinstance(ref, FlatRef) and placed is not None and placed.segment is not None
     outcomes, mapped = open_results([(TaskStatus.OK, ref)], lambda t, m: b"")
-    assert outcomes == [(TaskStatus.OK, payload)]
     assert mapped == [ref.fd]
+    [(status, got)] = outcomes
+    assert status == TaskStatus.OK and isinstance(got, Packed) and got.plain
+    assert got.segment is not None and got.segment.view.readonly
+    placed.segment.close()  # the worker drops its own: the mapping here lives on
+    assert got.flat() == payload and decode_value(got) == b"\x02" * (FLAT_IN_SEGMENT + 1)
 
 
 def test_a_segment_of_another_size_than_announced_is_refused() -> None:
@@ -132,3 +138,16 @@ def test_a_flat_ref_outside_its_segment_is_refused() -> None:
     assert isinstance(ref, FlatRef)
     with pytest.raises(ProtocolError, match="outside"):
         read_flat(ref._replace(offset=10))
+
+
+def test_a_flat_result_is_read_where_descriptors_are_scarce(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import p2pcluster._handoff as handoff
+
+    monkeypatch.setattr(handoff, "descriptors_scarce", lambda: True)
+    payload = encode_value(b"\x08" * FLAT_IN_SEGMENT)
+    ref, _placed = to_ref(payload)
+    before = _fds()
+    outcomes, mapped = open_results([(TaskStatus.OK, ref)], lambda t, m: b"")
+    assert outcomes == [(TaskStatus.OK, payload)] and mapped == [ref.fd]
+    assert _fds() == before
