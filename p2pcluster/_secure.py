@@ -305,27 +305,41 @@ class SecureWire:
         handshake = ServerHandshake(self.keyring, self._entropy, node_id=self.node_id,
                                     max_frame=self.config.max_frame_size,
                                     offer_aes=self._offer_aes)
-        session, why = None, "no handshake within handshake_timeout"
+        session, why, waiting = None, "no handshake within handshake_timeout", False
         with trio.move_on_after(self.config.handshake_timeout):
             try:
                 with trio.fail_after(self.config.hello_timeout):
                     hello = await receive_exactly(stream, HELLO_SIZE)
-                await stream.send_all(handshake.receive(hello))
-                session = handshake.finish(await receive_exactly(stream, PROOF_SIZE))
+                reply = handshake.receive(hello)
+                waiting = True  # for the proof, after an authentic hello
+                await stream.send_all(reply)
+                proof = await receive_exactly(stream, PROOF_SIZE)
+                waiting = False  # a failure from here on is the proof's
+                session = handshake.finish(proof)
             except trio.TooSlowError:
                 why = "no hello within hello_timeout"
             except (ProtocolError, trio.BrokenResourceError, OSError) as exc:
                 why = str(exc) or type(exc).__name__
         if session is None:
-            self.count("handshakes_failed")
-            # One debug line per source and interval; the daemon sums the rest up.
-            if self._rejected.note(src[0]):
-                log.debug("handshake from %s:%d failed: %s", *src, why)
+            self._failed(src, why, abandoned=waiting and self._keys.knows_host(src[0]))
             await trio.aclose_forcefully(stream)
             return None
         self._keys.heard(session.origin)  # not its address: the client's port is ephemeral
         self.count("streams_accepted")
         return self._track(SecureStream(self, stream, session, src))
+
+    def _failed(self, src: Address, why: str, *, abandoned: bool) -> None:
+        """Count a handshake that failed. One the client gave up on after an authentic
+        hello, from a peer's host, is no outsider's: connections that waited in the backlog
+        while this process was paused (stopped, suspended, swapping), whose peers stopped
+        waiting. The others are tallied as rejected traffic, with one debug line per source
+        and interval; the daemon sums them up."""
+        self.count("handshakes_failed")
+        if abandoned:
+            log.debug("handshake from %s:%d abandoned by the peer after an authentic hello: "
+                      "it gave up waiting for this process (paused, or too slow)", *src)
+        elif self._rejected.note(src[0]):
+            log.debug("handshake from %s:%d failed: %s", *src, why)
 
     async def serve(self, listener: StreamListener,
                     handler: Callable[[SecureStream], Awaitable[Any]], *,

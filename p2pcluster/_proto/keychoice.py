@@ -63,6 +63,10 @@ class KeyChoice:
     def node_at(self, address: Address) -> bytes | None:
         return self._at.get(address)
 
+    def knows_host(self, host: str) -> bool:
+        """Whether an authentic datagram came from ``host`` (at any port): a peer's."""
+        return any(at[0] == host for at in self._at)
+
     def for_node(self, keyring: Keyring, node: bytes) -> ClusterKey:
         """The key to seal with toward ``node`` (see the module docstring)."""
         held = self._held.get(node)

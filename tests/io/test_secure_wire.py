@@ -449,6 +449,34 @@ async def test_a_replayed_hello_then_a_huge_frame_buffers_nothing(hosts: Hosts) 
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("peer_host", [True, False])
+async def test_a_handshake_abandoned_after_an_authentic_hello_is_tallied_only_from_outsiders(
+        hosts: Hosts, peer_host: bool) -> None:
+    """A connection that waited in the backlog while the server was paused: the client
+    sent its hello and gave up before the proof. From a host a peer's authentic datagrams
+    came from, that is no outsider's traffic (no warning about another secret or a
+    prober); from any other host (a replayed hello, say), it is tallied as before."""
+    wa, wb = wire(hosts.a), wire(hosts.b)
+    listener = await hosts.b.open_listener((hosts.b_ip, 0))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wb.serve, listener, _echo)
+            if peer_host:
+                a = await wa.open_datagram((hosts.a_ip, 0))
+                b = await wb.open_datagram((hosts.b_ip, 0))
+                await a.send(Nack(seq=1), b.local_address, wb.node_id)
+                await b.receive()
+            raw = await hosts.a.open_stream(listener.local_address)
+            await raw.send_all(ClientHandshake(
+                Keyring.from_secrets([SECRET], "default"), random.Random(4).randbytes,
+                node_id=wa.node_id, max_frame=CONFIG.max_frame_size).hello())
+            await raw.aclose()  # it gave up waiting
+            while wb.statistics().handshakes_failed == 0:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert wb.take_rejected() == (Rejections({}) if peer_host else Rejections({hosts.a_ip: 1}))
+
+
 async def test_handshakes_per_source_are_capped(autojump_clock: trio.testing.MockClock) -> None:
     config = Config.local(max_handshakes=8, max_handshakes_per_host=3)
     net = VirtualNetwork(seed=1)

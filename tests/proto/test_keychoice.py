@@ -54,3 +54,12 @@ def test_memory_is_bounded() -> None:
     assert choice.held_by(bytes([99]) * 16) == frozenset({b"k"})
     assert choice.held_by(bytes([0]) * 16) == frozenset()
     assert choice.node_at(("10.0.0.0", 1)) is None
+
+
+def test_a_host_is_known_once_an_authentic_datagram_came_from_it_at_any_port() -> None:
+    choice = KeyChoice()
+    assert not choice.knows_host("10.0.0.2")
+    choice.heard(Origin(A, b"k", b"k"))  # heard over a stream: no address of its own
+    assert not choice.knows_host("10.0.0.2")
+    choice.heard(Origin(A, b"k", b"k"), ("10.0.0.2", 7946))
+    assert choice.knows_host("10.0.0.2") and not choice.knows_host("10.0.0.20")
