@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ from ._viewcli import add_view_commands
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: The reader of our output went away (``p2pcluster jobs | head -3``): 128 + SIGPIPE, the
+#: status of a program that SIGPIPE ended, as the shell knows it.
+EXIT_BROKEN_PIPE = 141
 
 _DESCRIPTION = """\
 A peer-to-peer compute cluster for a LAN. Run `p2pcluster join` on each machine; the peers
@@ -310,6 +314,15 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
+def _broken_pipe() -> int:
+    """Leave quietly: what is still buffered for stdout goes nowhere (else Python's flush
+    at exit fails again, and says so on stderr)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2pcluster`` console script."""
     args = _build_parser().parse_args(argv)
@@ -319,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = _root(exc)
         if isinstance(root, KeyboardInterrupt):
             return 130
+        if isinstance(root, BrokenPipeError):
+            return _broken_pipe()
         if (isinstance(root, OSError) and root.errno == errno.EADDRINUSE
                 and not isinstance(root, P2PClusterError)):  # membership's bind says it better
             root = P2PClusterError(f"{root.strerror}: another p2pcluster peer, or another "
