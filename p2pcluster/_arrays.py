@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from ._errors import DecodeError
-from ._packed import Tagged
+from ._packed import Tagged, cbor_head
 
 __all__ = [
     "ARRAY_TAGS", "TAG_NDARRAY", "TAG_SCALAR", "Unsupported", "array_item", "decode_tag",
-    "scalar_item", "scalar_types",
+    "scalar_bytes", "scalar_item", "scalar_types",
 ]
 
 ROW_MAJOR = 40
@@ -55,6 +55,13 @@ _TAG_DTYPE: dict[int, str] = {
     80: ">f2", 81: ">f4", 82: ">f8", 84: "<f2", 85: "<f4", 86: "<f8",
 }
 _DTYPE_TAG = {dtype: tag for tag, dtype in _TAG_DTYPE.items() if tag != 68}
+_TAG_NP_DTYPE = {tag: np.dtype(text) for tag, text in _TAG_DTYPE.items()}
+#: The CBOR of a scalar of each tagged dtype, up to its bytes: TAG_SCALAR, tag 40 around
+#: [[], typed array], the typed array's tag and its byte string's head (see scalar_bytes).
+_SCALAR_PREFIX = {
+    text: (cbor_head(6, TAG_SCALAR) + cbor_head(6, ROW_MAJOR) + b"\x82\x80" + cbor_head(6, tag)
+           + cbor_head(2, np.dtype(text).itemsize))
+    for text, tag in _DTYPE_TAG.items()}
 #: Every tag this module decodes (76, 83 and 87 are refused: reserved, binary128).
 ARRAY_TAGS = frozenset({ROW_MAJOR, COLUMN_MAJOR, TAG_NDARRAY, TAG_SCALAR, 76, 83, 87,
                         *_TAG_DTYPE})
@@ -157,6 +164,15 @@ def array_item(arr: np.ndarray[Any, Any], data: DataItem) -> Tagged:
     return Tagged(TAG_NDARRAY, content)
 
 
+def scalar_bytes(value: np.generic) -> bytes | None:
+    """The CBOR of a scalar whose dtype has an RFC 8746 tag (ints, uints, floats but
+    ``longdouble``), written at once: the bytes :func:`scalar_item` encodes to, without its
+    items (a task returning ``arr.mean()`` pays this per result: 2 against 19 us here).
+    None for the others."""
+    prefix = _SCALAR_PREFIX.get(value.dtype.str)
+    return None if prefix is None else prefix + value.tobytes()
+
+
 def scalar_item(value: np.generic, data: DataItem) -> Tagged:
     """The CBOR of a NumPy scalar: :data:`TAG_SCALAR` around its 0-d array."""
     return Tagged(TAG_SCALAR, array_item(np.asarray(value), data))
@@ -240,9 +256,9 @@ def _multi(tag: int, content: Any) -> np.ndarray[Any, Any]:
 
 def decode_tag(tag: int, content: Any, buffers: Sequence[memoryview]) -> Any:
     """The array or scalar of one of :data:`ARRAY_TAGS`."""
-    dtype = _TAG_DTYPE.get(tag)
+    dtype = _TAG_NP_DTYPE.get(tag)
     if dtype is not None:
-        return _array(np.dtype(dtype), _buffer(content, buffers))
+        return _array(dtype, _buffer(content, buffers))
     if tag in (ROW_MAJOR, COLUMN_MAJOR):
         return _multi(tag, content)
     if tag == TAG_NDARRAY:

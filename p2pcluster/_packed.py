@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIGN", "MAX_BUFFERS", "OUT_OF_BAND", "SPLICED", "SPLICE_BYTES", "Packed", "Payload",
-    "Tagged", "as_bytes", "cut", "decode_input", "find_cuts", "first_cut", "marker",
+    "Tagged", "as_bytes", "cbor_head", "cut", "decode_input", "find_cuts", "first_cut", "marker",
     "payload_size", "splice", "split_markers", "unpack_flat", "uses", "uses_prefix",
 ]
 
@@ -144,7 +144,7 @@ def marker(index: int) -> bytes:
     return _MARK.pack(_TOKEN, index)
 
 
-def _head(major: int, n: int) -> bytes:
+def cbor_head(major: int, n: int) -> bytes:
     """The shortest CBOR head of major type ``major`` with argument ``n``."""
     top = major << 5
     if n < 24:
@@ -164,7 +164,7 @@ def split_markers(data: bytes, buffers: Sequence[memoryview]) -> Packed:
         at = data.find(marker(index), start)
         if at < 1 or data[at - 1] != 0x50:  # 0x50: the head of a 16-byte byte string
             raise AssertionError(f"marker {index} of an encoded value is missing")
-        heads.append(data[start:at - 1] + _head(2, buffer.nbytes))
+        heads.append(data[start:at - 1] + cbor_head(2, buffer.nbytes))
         start = at + 16
     heads.append(data[start:])
     return Packed(heads, buffers)
@@ -188,7 +188,7 @@ def splice(data: bytes, strings: Sequence[bytes]) -> bytes:
         at = data.find(marker(SPLICED + index), start)
         if at < 1 or data[at - 1] != 0x50:  # 0x50: the head of a 16-byte byte string
             raise AssertionError(f"spliced byte string {index} of an encoded value is missing")
-        parts += [data[start:at - 1], _head(2, len(string)), string]
+        parts += [data[start:at - 1], cbor_head(2, len(string)), string]
         start = at + 16
     parts.append(data[start:])
     return b"".join(parts)
@@ -281,7 +281,7 @@ def _walk(view: memoryview, pos: int, cuts: list[tuple[int, int]], budget: list[
         return pos
     if major in (2, 3):
         if major == 2 and context == 1 and n >= OUT_OF_BAND and (
-                bytes(view[start:pos]) == _head(2, n)):
+                bytes(view[start:pos]) == cbor_head(2, n)):
             cuts.append((pos, n))
         if pos + n > len(view):
             raise ValueError("truncated")
@@ -300,11 +300,11 @@ def decode_input(heads: Sequence[bytes], sizes: Sequence[int]) -> bytes:
         raise DecodeError("a packed value has one head more than buffers")
     parts: list[bytes] = []
     for index, (head, size) in enumerate(zip(heads, sizes, strict=False)):
-        tail = _head(2, size)
+        tail = cbor_head(2, size)
         if not head.endswith(tail):
             raise DecodeError(f"buffer {index} of a value does not follow a byte string head "
                               f"of its size ({size} bytes)")
-        parts += [head[:len(head) - len(tail)], _head(0, index)]
+        parts += [head[:len(head) - len(tail)], cbor_head(0, index)]
     parts.append(heads[-1])
     return b"".join(parts)
 
@@ -312,8 +312,8 @@ def decode_input(heads: Sequence[bytes], sizes: Sequence[int]) -> bytes:
 def uses_prefix(digests: Sequence[bytes]) -> bytes:
     """The start of a call that uses shared values: ``[digests, args, kwargs]`` begins with
     the array head and the digests; the encoded ``args`` and ``kwargs`` follow."""
-    return _head(4, 3) + _head(4, len(digests)) + b"".join(
-        _head(2, len(d)) + d for d in digests)
+    return cbor_head(4, 3) + cbor_head(4, len(digests)) + b"".join(
+        cbor_head(2, len(d)) + d for d in digests)
 
 
 def uses(payload: Payload) -> tuple[bytes, ...]:

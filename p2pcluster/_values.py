@@ -111,8 +111,10 @@ def _packer() -> _Packer:
 def _encode_numpy(encoder: cbor2.CBOREncoder, obj: Any) -> None:
     import numpy as np
 
-    from . import _arrays
-
+    _arrays = _ARRAYS or _import_arrays()
+    if isinstance(obj, np.generic) and (raw := _arrays.scalar_bytes(obj)) is not None:
+        encoder.write(raw)
+        return
     packer = _packer()
     try:
         item = (_arrays.scalar_item(obj, packer.data) if isinstance(obj, np.generic)
@@ -203,19 +205,30 @@ def _tag_hook(buffers: Sequence[memoryview], shared: Mapping[bytes, Any] | None
 
     def tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
         if tag.tag in _ARRAY_TAGS:
-            try:
-                from . import _arrays
-            except ImportError:
-                raise NumPyUnavailable(
-                    "a NumPy array arrived, and NumPy is not installed on this peer: install "
-                    "it on every peer that runs such tasks (pip install 'p2pcluster[numpy]'); "
-                    "this peer takes no more tasks of this job") from None
-            return _arrays.decode_tag(tag.tag, tag.value, buffers)
+            return (_ARRAYS or _import_arrays()).decode_tag(tag.tag, tag.value, buffers)
         if tag.tag == TAG_HANDLE:
             return _resolve(tag.value, shared)
         raise ValueError(f"CBOR tag {tag.tag} is not allowed")
 
     return tag_hook
+
+
+#: :mod:`._arrays`, once imported (an import statement costs a few microseconds each time,
+#: and a task's result may hold one scalar: three tags to decode).
+_ARRAYS: Any = None
+
+
+def _import_arrays() -> Any:
+    global _ARRAYS  # noqa: PLW0603
+    try:
+        from . import _arrays
+    except ImportError:
+        raise NumPyUnavailable(
+            "a NumPy array arrived, and NumPy is not installed on this peer: install "
+            "it on every peer that runs such tasks (pip install 'p2pcluster[numpy]'); "
+            "this peer takes no more tasks of this job") from None
+    _ARRAYS = _arrays
+    return _arrays
 
 
 _PLAIN_HOOK = _tag_hook((), None)

@@ -1,0 +1,41 @@
+"""NumPy scalars: the short way to encode those of a tagged dtype writes what the long way
+(a 0-d array in tags) does, byte for byte, and they decode to the same type and value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+np = pytest.importorskip("numpy")
+cbor2 = pytest.importorskip("cbor2")
+
+from p2pcluster import _arrays  # noqa: E402
+from p2pcluster._packed import Tagged  # noqa: E402
+from p2pcluster._values import decode_value, encode_value  # noqa: E402
+
+
+def _long_way(value: Any) -> bytes:
+    def tagged(encoder: Any, item: Tagged) -> None:
+        encoder.encode_length(6, item.tag)
+        encoder.encode(item.value)
+
+    return cbor2.dumps(_arrays.scalar_item(value, bytes), encoders={Tagged: tagged})
+
+
+@pytest.mark.parametrize("kind", _arrays.scalar_types(), ids=lambda t: t.__name__)
+def test_a_scalar_encodes_as_its_0d_array_would_and_decodes_to_its_dtype(kind: type) -> None:
+    for value in (kind(0), kind(3), kind(-1) if np.dtype(kind).kind in "ifc" else kind(1)):
+        encoded = encode_value(value)
+        assert encoded == _long_way(value)
+        back = decode_value(encoded)
+        assert isinstance(back, np.generic) and back.dtype == value.dtype and back == value
+        inside = _long_way(value)  # also inside a list and a map: [value, {"x": value}]
+        assert encode_value([value, {"x": value}]) == b"\x82" + inside + b"\xa1\x61x" + inside
+
+
+def test_the_short_way_covers_every_tagged_dtype_and_only_those() -> None:
+    short = {t for t in _arrays.scalar_types() if _arrays.scalar_bytes(t(1)) is not None}
+    assert {np.dtype(t).kind for t in short} == {"i", "u", "f"}
+    assert np.float64 in short and np.int8 in short and np.float16 in short
+    assert not {np.bool_, np.complex128, np.longdouble} & short
