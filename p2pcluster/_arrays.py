@@ -167,8 +167,8 @@ def array_item(arr: np.ndarray[Any, Any], data: DataItem) -> Tagged:
 def scalar_bytes(value: np.generic) -> bytes | None:
     """The CBOR of a scalar whose dtype has an RFC 8746 tag (ints, uints, floats but
     ``longdouble``), written at once: the bytes :func:`scalar_item` encodes to, without its
-    items (a task returning ``arr.mean()`` pays this per result: 2 against 19 us here).
-    None for the others."""
+    items (a task returning ``arr.mean()`` pays this per result: ``encode_value`` of one
+    took 19 us here, now 6.4). None for the others."""
     prefix = _SCALAR_PREFIX.get(value.dtype.str)
     return None if prefix is None else prefix + value.tobytes()
 

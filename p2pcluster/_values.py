@@ -92,10 +92,10 @@ class _Packer:
         return bytes(view)
 
     def finish(self, data: bytes) -> Payload:
-        if self.spliced:
-            data = splice(data, self.spliced)
         if self.uses:  # [args, kwargs] becomes [digests, args, kwargs]
             data = uses_prefix(self.uses) + data[1:]
+        if self.spliced:  # last: the copies above are of the small encoding
+            data = splice(data, self.spliced)
         return split_markers(data, self.buffers) if self.buffers else data
 
 
