@@ -25,11 +25,14 @@ def _long_way(value: Any) -> bytes:
 
 @pytest.mark.parametrize("kind", _arrays.scalar_types(), ids=lambda t: t.__name__)
 def test_a_scalar_encodes_as_its_0d_array_would_and_decodes_to_its_dtype(kind: type) -> None:
+    short = _arrays.scalar_bytes(kind(0)) is not None
     for value in (kind(0), kind(3), kind(-1) if np.dtype(kind).kind in "ifc" else kind(1)):
         encoded = encode_value(value)
-        assert encoded == _long_way(value)
         back = decode_value(encoded)
         assert isinstance(back, np.generic) and back.dtype == value.dtype and back == value
+        if not short:  # the long way itself (a long double's padding bytes are not the
+            continue   # same from one encoding to the next: nothing to compare bytes with)
+        assert encoded == _long_way(value)
         inside = _long_way(value)  # also inside a list and a map: [value, {"x": value}]
         assert encode_value([value, {"x": value}]) == b"\x82" + inside + b"\xa1\x61x" + inside
 
