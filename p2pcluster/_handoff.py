@@ -27,9 +27,10 @@ Without memfds (not Linux) a packed value crosses the pipe as its plain CBOR ins
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from ._errors import ProtocolError
@@ -174,21 +175,35 @@ def read_ref(ref: SegmentRef) -> Packed:
     descriptor, where a mapping holds one while it lives."""
     offsets, total = aligned(ref.sizes)
     memory = memoryview(bytearray(total))
-    fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_size != ref.size:
-            raise ProtocolError("a shared-memory segment not of its announced size")
+    with _opened(ref.path, ref.size) as fd:
         for mine, theirs, size in zip(offsets, ref.offsets, ref.sizes, strict=True):
             read_at(fd, memory[mine:mine + size], theirs)
-    finally:
-        os.close(fd)
     return Packed(ref.heads, [memory[o:o + n] for o, n in zip(offsets, ref.sizes,
                                                                strict=True)])
 
 
-def _open_flat(ref: FlatRef) -> Packed:
-    if not 0 <= ref.offset <= ref.offset + ref.length <= ref.size or ref.length < PLAIN_HEAD:
+@contextlib.contextmanager
+def _opened(path: str, size: int) -> Iterator[int]:
+    """A descriptor of another process's segment at ``path``, checked to be ``size`` bytes
+    long, closed on the way out."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != size:
+            raise ProtocolError("a shared-memory segment not of its announced size")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _check_bounds(ref: FlatRef) -> None:
+    if not 0 <= ref.offset <= ref.offset + ref.length <= ref.size:
         raise ProtocolError("a value outside its shared-memory segment")
+
+
+def _open_flat(ref: FlatRef) -> Packed:
+    _check_bounds(ref)
+    if ref.length < PLAIN_HEAD:
+        raise ProtocolError("a plain value smaller than its head")
     segment = Segment.open(ref.path, ref.size, access=mmap.ACCESS_READ)
     view = segment.view[ref.offset:ref.offset + ref.length]
     return Packed((bytes(view[:PLAIN_HEAD]), b""), [view[PLAIN_HEAD:]], segment=segment,
@@ -197,20 +212,14 @@ def _open_flat(ref: FlatRef) -> Packed:
 
 def read_flat(ref: FlatRef) -> bytes:
     """The value of a :class:`FlatRef`, read in one copy, without mapping its segment."""
-    fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_size != ref.size:
-            raise ProtocolError("a shared-memory segment not of its announced size")
-        if not 0 <= ref.offset <= ref.offset + ref.length <= ref.size:
-            raise ProtocolError("a value outside its shared-memory segment")
+    with _opened(ref.path, ref.size) as fd:
+        _check_bounds(ref)
         data = os.pread(fd, ref.length, ref.offset)
         if len(data) == ref.length:
             return data
         memory = bytearray(ref.length)  # a read is at most 2 GiB less a page on Linux
         read_at(fd, memoryview(memory), ref.offset)
         return bytes(memory)
-    finally:
-        os.close(fd)
 
 
 def open_args(wires: Sequence[WireValue]) -> tuple[list[Payload], dict[int, list[Segment]]]:
