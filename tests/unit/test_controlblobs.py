@@ -197,24 +197,28 @@ def test_past_most_waiting_a_value_goes_into_a_memfd_only_as_it_is_sent(
     assert waiting() == outbox.MOST_WAITING - 2
 
 
+def _no_memfd(*args: object, **kwargs: object) -> object:
+    raise OSError(24, "Too many open files")
+
+
+class _Frames:
+    """A control stream that keeps the frames sent on it."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        self.frames += frames
+
+
 async def test_a_value_that_gets_no_memfd_as_it_is_sent_goes_in_chunks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Made as it is sent, a memfd may not be had (no descriptor left, say): the value
     goes in chunk frames instead, and the connection lives on."""
     import p2pcluster._outbox as outbox
 
-    def no_memfd(*args: object, **kwargs: object) -> object:
-        raise OSError(24, "Too many open files")
-
-    class Stream:
-        def __init__(self) -> None:
-            self.frames: list[bytes] = []
-
-        async def send_frames(self, frames: list[bytes]) -> None:
-            self.frames += frames
-
-    monkeypatch.setattr(outbox, "in_memory", no_memfd)
-    stream = Stream()
+    monkeypatch.setattr(outbox, "in_memory", _no_memfd)
+    stream = _Frames()
     box = object.__new__(outbox.Outbox)
     box._stream = stream  # type: ignore[assignment]  # (only _send is exercised)
     data = bytes(range(256)) * 4096  # 1 MiB
@@ -230,19 +234,9 @@ async def test_a_result_that_gets_no_memfd_goes_to_the_client_in_chunks(
     left, say) goes in chunk frames, and the connection lives on."""
     import p2pcluster._control_server as control_server
 
-    def no_memfd(*args: object, **kwargs: object) -> object:
-        raise OSError(24, "Too many open files")
-
-    class Stream:
-        def __init__(self) -> None:
-            self.frames: list[bytes] = []
-
-        async def send_frames(self, frames: list[bytes]) -> None:
-            self.frames += frames
-
-    monkeypatch.setattr(control_server, "in_memory", no_memfd)
+    monkeypatch.setattr(control_server, "in_memory", _no_memfd)
     session = object.__new__(control_server.ControlSession)  # (only _blob is exercised)
-    stream = Stream()
+    stream = _Frames()
     session._stream = stream  # type: ignore[assignment]
     session._segments, session._next_blob = True, 0
     session._out, session._out_bytes = [], 0
