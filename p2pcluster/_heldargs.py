@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from ._errors import ProtocolError
@@ -179,13 +181,39 @@ def taken_now(payloads: Sequence[Payload], inline_limit: int) -> list[Payload]:
     embedded ``Cluster``, whose job starts a moment later in the trio thread): small packed
     ones joined (a copy), large ones summed. Else an array changed right after ``submit``
     returned could be read, or summed, as changed, before the job even started."""
-    taken: list[Payload] = []
-    for payload in payloads:
-        if not isinstance(payload, Packed):
-            taken.append(payload)
-        else:
-            taken.append(payload.flat() if len(payload) <= inline_limit else checked(payload))
+    taken: list[Payload] = [
+        payload.flat() if isinstance(payload, Packed) and len(payload) <= inline_limit
+        else payload for payload in payloads]
+    large = {index: payload for index, payload in enumerate(taken)
+             if isinstance(payload, Packed)}
+    for index, value in zip(large, _all_checked(list(large.values())), strict=True):
+        taken[index] = value
     return taken
+
+
+#: Bytes of large arguments from which one submit's sums are spread over threads, one per
+#: core (at most :data:`SUM_THREADS`): the caller waits for them all the same, but the
+#: sums take a core's time per 8 GB or so, which the other cores would spend idle, since
+#: the job starts once ``submit`` returns.
+PARALLEL_SUMS = 64 * 1024 * 1024
+SUM_THREADS = 4
+
+
+def _all_checked(values: list[Packed]) -> list[Packed]:
+    """:func:`checked` of each value (xxhash and zlib let go of the GIL as they sum)."""
+    threads = min(len(values), _cores(), SUM_THREADS)
+    if threads < 2 or sum(len(value) for value in values) < PARALLEL_SUMS:
+        return [checked(value) for value in values]
+    with ThreadPoolExecutor(threads, thread_name_prefix="p2pcluster-sums") as pool:
+        return list(pool.map(checked, values))
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def checked(value: Packed) -> Packed:

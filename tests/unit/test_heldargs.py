@@ -5,10 +5,20 @@ only their size."""
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 
-from p2pcluster._heldargs import ArgumentChanged, HeldArgs, _summer_class, new_sum, verify
+from p2pcluster import _heldargs
+from p2pcluster._heldargs import (
+    ArgumentChanged,
+    HeldArgs,
+    _summer_class,
+    checked,
+    new_sum,
+    taken_now,
+    verify,
+)
 from p2pcluster._jobs import encode_args, encode_map_args
 from p2pcluster._packed import ALIGN, Packed, aligned_buffer
 from p2pcluster._proto.messages import TaskItem
@@ -60,6 +70,37 @@ def test_the_sum_is_xxh3_where_xxhash_is_installed_and_crc32_where_not(
     finally:
         monkeypatch.undo()
         _summer_class.cache_clear()
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-thread", "threads"])
+def test_a_submit_takes_every_large_argument_s_sums_in_order_on_one_thread_or_several(
+    parallel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From PARALLEL_SUMS bytes of them on, a submit's sums are taken on several threads:
+    the same sums, each on its own argument, small ones joined as before."""
+    monkeypatch.setattr(_heldargs, "PARALLEL_SUMS", 1 if parallel else 1 << 62)
+    monkeypatch.setattr(_heldargs, "_cores", lambda: 2)
+    threads: set[str] = set()
+    real = checked
+
+    def spying(value: Packed) -> Packed:
+        threads.add(threading.current_thread().name)
+        return real(value)
+
+    monkeypatch.setattr(_heldargs, "checked", spying)
+    arrays = [np.full(1 << 15, i, dtype=np.float64) for i in range(9)]
+    payloads = encode_map_args([[*arrays[:4], np.zeros(4), *arrays[4:]]])
+    taken = taken_now(payloads, inline_limit=1024)
+    assert isinstance(taken[4], bytes)  # small: joined
+    large = [t for t in taken if isinstance(t, Packed)]
+    assert [t.sums for t in large] == [real(p).sums for p in payloads if  # type: ignore[arg-type]
+                                       isinstance(p, Packed) and len(p) > 1024]
+    assert [np.frombuffer(t.buffers[0], np.float64)[0] for t in large] == list(range(9))
+    assert len(set(t.sums[0] for t in large)) == 9
+    assert all(name.startswith("p2pcluster-sums") for name in threads) == parallel
+    arrays[3][7] = -1.0  # changed after submit: the check still sees it
+    with pytest.raises(ArgumentChanged):
+        verify(large[3])
 
 
 def test_a_daemon_s_private_copy_is_held_without_sums() -> None:
