@@ -115,6 +115,9 @@ def _encode_numpy(encoder: cbor2.CBOREncoder, obj: Any) -> None:
     if isinstance(obj, np.generic) and (raw := _arrays.scalar_bytes(obj)) is not None:
         encoder.write(raw)
         return
+    if type(obj) is np.ndarray and (raw := _arrays.small_bytes(obj, OUT_OF_BAND)) is not None:
+        encoder.write(raw)  # in-band in any encoding: the same bytes as the long way
+        return
     packer = _packer()
     try:
         item = (_arrays.scalar_item(obj, packer.data) if isinstance(obj, np.generic)
