@@ -216,6 +216,10 @@ def _tag_hook(buffers: Sequence[memoryview], shared: Mapping[bytes, Any] | None
     return tag_hook
 
 
+#: The start of a NumPy scalar's CBOR (``TAG_SCALAR``), and the most bytes of one that
+#: :func:`decode_value` reads at once (``_arrays.scalar_of``).
+_SCALAR_HEAD = b"\xdap2pS"
+_SCALAR_MOST = 32
 #: :mod:`._arrays`, once imported (an import statement costs a few microseconds each time,
 #: and a task's result may hold one scalar: three tags to decode).
 _ARRAYS: Any = None
@@ -405,6 +409,9 @@ def decode_value(payload: Payload, *, shared: Mapping[bytes, Any] | None = None)
         data = decode_input(payload.heads, [b.nbytes for b in buffers])
     else:
         data = payload
+        if len(data) <= _SCALAR_MOST and data[:5] == _SCALAR_HEAD and (
+                scalar := (_ARRAYS or _import_arrays()).scalar_of(data)) is not None:
+            return scalar
     hook = _PLAIN_HOOK if not buffers and shared is None else _tag_hook(buffers, shared)
     try:
         return cbor2.loads(

@@ -84,3 +84,20 @@ def test_a_small_array_of_a_tagged_dtype_encodes_as_the_long_way_would(dtype: st
 def test_the_short_way_leaves_every_other_array_to_the_long_way(value: Any) -> None:
     assert _arrays.small_bytes(value, 1 << 16) is None
     assert _arrays.small_bytes(np.zeros(1 << 13), 1 << 16) is None  # 64 KiB: not under
+
+
+@pytest.mark.parametrize("kind", _arrays.scalar_types(), ids=lambda t: t.__name__)
+def test_a_result_that_is_one_scalar_is_read_at_once_as_its_tags_would_decode(
+    kind: type
+) -> None:
+    """A whole value that is one scalar of a tagged dtype is read without its tags: the same
+    dtype and value as through them (inside a list); anything else goes through them."""
+    short = _arrays.scalar_bytes(kind(0)) is not None
+    for value in (kind(0), kind(3), kind(1)):
+        encoded = encode_value(value)
+        assert (_arrays.scalar_of(encoded) is not None) == short
+        at_once, through_tags = decode_value(encoded), decode_value(encode_value([value]))[0]
+        assert at_once.dtype == through_tags.dtype == value.dtype
+        assert type(at_once) is type(through_tags) and at_once == through_tags == value
+        for other in (encoded[:-1], encoded + b"\x00", b"\x82" + encoded + encoded):
+            assert _arrays.scalar_of(other) is None
