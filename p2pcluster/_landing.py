@@ -142,7 +142,8 @@ async def land(stream: SecureStream, size: int, *, digest: bool = False,
 async def _land(stream: SecureStream, size: int, segment: Segment, digest: bool,
                 sums: Sums | None) -> Landed:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_allocate, segment)
+        if not segment.allocated:  # (one from the stock is, already)
+            nursery.start_soon(_allocate, segment)
         first = await stream.receive_payload()
         if first is None:
             raise ProtocolError(f"the stream closed {size} bytes before the value's end")

@@ -59,11 +59,12 @@ class Segment:
     """``size`` bytes of memory another process can map. Holds one descriptor until
     :meth:`close` (or garbage collection); the mapping lives as long as views of it do."""
 
-    __slots__ = ("__weakref__", "fd", "size", "view")
+    __slots__ = ("__weakref__", "allocated", "fd", "size", "view")
 
     def __init__(self, fd: int, size: int, *, access: int = mmap.ACCESS_WRITE) -> None:
         self.fd = -1  # until mapped: a failed mapping leaves ``fd`` to the caller
         self.size = size
+        self.allocated = False  #: all its pages allocated already (:meth:`allocate`)
         self.view = memoryview(mmap.mmap(fd, size, access=access)) if size else memoryview(
             bytearray())
         self.fd = fd
@@ -124,8 +125,11 @@ class Segment:
         """Have the kernel allocate all its pages now, in one call (blocks: call it where
         waiting is fine, or in a thread). Filling a new segment is faster so than page by
         page, and faster still when another thread allocates ahead of the writes."""
+        if self.allocated:  # (a segment used again: walking its pages costs about 1 ms)
+            return
         with contextlib.suppress(OSError):  # not supported: the writes allocate them
             os.posix_fallocate(self.fd, 0, self.size)
+        self.allocated = True
 
     def unmap(self) -> bool:
         """Unmap it here if nothing but the segment itself still uses the memory (True);

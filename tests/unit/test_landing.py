@@ -203,3 +203,35 @@ def test_a_segment_two_arguments_share_is_let_go_only_if_both_are() -> None:
     del payloads, second
     assert let_go(segments) == []
     assert kept.sum() == 0
+
+
+@pytest.mark.skipif(not available(), reason="memfds are Linux only")
+async def test_a_segment_from_the_stock_is_not_allocated_again(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new segment's pages are allocated ahead of the frames, once: landing in it again
+    (from the stock) walks none of its pages, and the value still lands whole."""
+    import os
+
+    from p2pcluster._shm import SegmentStock
+
+    calls: list[int] = []
+    real = os.posix_fallocate
+
+    def counting(fd: int, offset: int, length: int) -> None:
+        calls.append(length)
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", counting)
+    stock = SegmentStock()
+    for round_ in range(3):
+        data = encoded(np.full(300_000, float(round_)))
+        c, s = connect(seed=round_)
+        payload = (await land(Frames(c, s, data, 65_536), len(data),  # type: ignore[arg-type]
+                              stock=stock)).payload
+        assert isinstance(payload, Packed) and payload.flat() == data
+        assert payload.segment is not None and payload.segment.allocated
+        segment = payload.segment
+        del payload
+        stock.give(segment)
+    assert len(calls) == 1 and stock.reused == 2
