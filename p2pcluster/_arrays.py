@@ -205,10 +205,11 @@ def _small_head(arr: np.ndarray[Any, Any]) -> bytes:
                      cbor_head(2, arr.nbytes)])
 
 
-def scalar_of(data: bytes) -> np.generic | None:
+def scalar_of(data: bytes | bytearray | memoryview) -> np.generic | None:
     """The scalar that :func:`scalar_bytes` wrote as the whole of ``data``, read at once
     (a result that is one scalar: decoding it through its three tags took 11 us here);
     None for any other value."""
+    data = bytes(data)  # (a few bytes; a memoryview's slices could not be looked up)
     for itemsize in (8, 4, 2, 1):
         dtype = _PREFIX_DTYPE.get(data[:-itemsize])
         if dtype is not None and dtype.itemsize == itemsize:

@@ -101,3 +101,6 @@ def test_a_result_that_is_one_scalar_is_read_at_once_as_its_tags_would_decode(
         assert type(at_once) is type(through_tags) and at_once == through_tags == value
         for other in (encoded[:-1], encoded + b"\x00", b"\x82" + encoded + encoded):
             assert _arrays.scalar_of(other) is None
+        for held in (bytearray(encoded), memoryview(bytearray(encoded))):  # not only bytes
+            back = decode_value(held)  # type: ignore[arg-type]
+            assert back.dtype == value.dtype and back == value
