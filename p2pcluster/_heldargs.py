@@ -33,6 +33,7 @@ ride in a grant as before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import zlib
@@ -40,14 +41,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import trio
+
 from ._errors import ProtocolError
+from ._jobs import JobRequest
 from ._packed import Packed, Payload
 from ._proto.messages import ArraySum, Results, SumKind, TaskItem, TaskResult, TaskStatus
 from ._values import encode_error
 
 __all__ = ["ArgumentChanged", "HeldArgs", "HeldResults", "LandingCheck", "Summer",
            "changed_result", "checkable", "checked", "left_to_check", "new_sum", "own_kind",
-           "spans", "taken_now", "verify"]
+           "spans", "taken_now", "taken_off_loop", "verify"]
 
 
 class HeldArgs:
@@ -191,6 +195,21 @@ def taken_now(payloads: Sequence[Payload], inline_limit: int) -> list[Payload]:
     return taken
 
 
+async def taken_off_loop(request: JobRequest, inline_limit: int) -> JobRequest:
+    """``request`` with its arguments as :func:`taken_now` takes them, for a caller in the
+    trio thread (``Peer.map`` and the like): sums of :data:`OFF_LOOP` bytes or more are
+    taken in a thread, since the loop must not wait for them (about 0.13 s per GB here,
+    and a peer whose loop answers no probe for ``probe_timeout`` gets suspected); smaller
+    ones as the job is admitted."""
+    payloads = request.payloads
+    if sum(len(payload) for payload in payloads if isinstance(payload, Packed)) < OFF_LOOP:
+        return request
+    taken = await trio.to_thread.run_sync(taken_now, payloads, inline_limit)
+    return dataclasses.replace(request, payloads=taken)
+
+
+#: Bytes of large arguments from which :func:`taken_off_loop` sums them in a thread.
+OFF_LOOP = 16 * 1024 * 1024
 #: Bytes of large arguments from which one submit's sums are spread over threads, one per
 #: core (at most :data:`SUM_THREADS`): the caller waits for them all the same, but the
 #: sums take a core's time per 8 GB or so, which the other cores would spend idle, since

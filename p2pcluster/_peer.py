@@ -40,6 +40,7 @@ from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
 from ._errors import ClusterError, P2PClusterError, ValueTooLarge, too_large
+from ._heldargs import taken_off_loop
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where
@@ -269,7 +270,7 @@ class Peer:
     @asynccontextmanager
     async def open_job(self, request: JobRequest) -> AsyncIterator[Job]:
         """Own a job while the block runs; leaving the block early cancels it."""
-        job = self.submit(request)
+        job = self.submit(await taken_off_loop(request, self._config.inline_value_size))
         try:
             yield job
         finally:
@@ -350,8 +351,7 @@ async def open_peer(config: Config | None = None, *, include: Iterable[str | Pat
             await nursery.start(work.serve)
             nursery.start_soon(serve_usage, config.usage_interval, child_pids, work.set_usage)
             discovery = trio.CancelScope()  # mDNS, and following our address if it moves
-            nursery.start_soon(_within, discovery, partial(serve_place, membership, config,
-                                                           place))
+            nursery.start_soon(_within, discovery, partial(serve_place, membership, config, place))
             try:
                 yield Peer(config, runner, membership, work, workers=workers, how=place.how,
                            registry=registry or CodeRegistry(

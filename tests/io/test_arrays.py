@@ -10,6 +10,7 @@ import itertools
 import mmap
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -654,6 +655,34 @@ async def test_an_array_changed_after_submit_fails_its_task_on_the_owner(
                          include=[ARRAYFUNCS]) as a:
         await _changed_after_submit(a)
         assert a.statistics().workers.tasks == 1
+
+
+async def test_peer_map_sums_large_arguments_in_a_thread_not_in_the_trio_loop(
+        secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``await peer.map`` over 40 MB of arrays: their sums from submit are taken in a
+    thread (the loop must go on answering probes meanwhile), and the tasks get them; a
+    small map's are taken as the job is admitted, in the loop."""
+    from p2pcluster import _heldargs
+
+    for name in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    loop_thread, summed_in_loop = threading.current_thread(), []
+    real = _heldargs.checked
+
+    def checked(value: Any) -> Any:
+        summed_in_loop.append(threading.current_thread() is loop_thread)
+        return real(value)
+
+    monkeypatch.setattr(_heldargs, "checked", checked)
+    arrays = [np.full(1_250_000, float(i)) for i in range(4)]  # 10 MB each
+    async with open_peer(config(secret, unique_cluster(), node_name="a"),
+                         include=[ARRAYFUNCS]) as a:
+        with trio.fail_after(WAIT):
+            assert await a.map(arrayfuncs.total, arrays) == [1_250_000.0 * i for i in range(4)]
+            assert summed_in_loop == [False] * 4
+            summed_in_loop.clear()
+            assert await a.map(arrayfuncs.total, [np.ones(200_000)]) == [200_000.0]
+            assert summed_in_loop == [True]
 
 
 async def test_a_shared_value_crosses_once_per_peer_and_goes_with_the_job(
