@@ -11,8 +11,8 @@ import pytest
 np = pytest.importorskip("numpy")
 cbor2 = pytest.importorskip("cbor2")
 
-from p2pcluster import _arrays  # noqa: E402
-from p2pcluster._packed import Tagged  # noqa: E402
+from p2pcluster import _arrays, _values  # noqa: E402
+from p2pcluster._packed import Tagged, cbor_head  # noqa: E402
 from p2pcluster._values import decode_value, encode_value  # noqa: E402
 
 
@@ -92,6 +92,7 @@ def test_a_result_that_is_one_scalar_is_read_at_once_as_its_tags_would_decode(
 ) -> None:
     """A whole value that is one scalar of a tagged dtype is read without its tags: the same
     dtype and value as through them (inside a list); anything else goes through them."""
+    assert cbor_head(6, _arrays.TAG_SCALAR) == _values._SCALAR_HEAD  # (no NumPy there)
     short = _arrays.scalar_bytes(kind(0)) is not None
     for value in (kind(0), kind(3), kind(1)):
         encoded = encode_value(value)
