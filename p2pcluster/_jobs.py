@@ -13,9 +13,12 @@ import itertools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FunctionType
 from typing import Any, NamedTuple
+
+import trio
 
 from ._autoship import AutoShip
 from ._bundles import CodeBundle, bundle_file, bundle_tree
@@ -183,6 +186,7 @@ class CodeRegistry:
         self.strict = strict
         self.requires = _check_tags(requires)  #: tags every job of this registry requires
         self._needs: dict[tuple[tuple[str, ...], tuple[str, ...]], JobNeeds] = {}
+        self._off_loop = trio.Lock()  # (see request_in_trio)
         for path in include:
             self._include(path, bundle_tree(path))
         self._auto = AutoShip(auto_limit, [Path(p) for p in include], say)
@@ -244,6 +248,29 @@ class CodeRegistry:
         return JobRequest(ref, {d: self._bundles[d] for d in needed}, payloads,
                           None if timeout is None else float(timeout), chunksize or 0,
                           self.needs(requires))
+
+    async def request_in_trio(self, fn: Callable[..., Any], payloads: Sequence[Payload],
+                              **options: Any) -> JobRequest:
+        """:meth:`request`, for a caller in the trio thread (``Peer.map`` and the like): one
+        that may read the disk (see :meth:`cold`) is built in a thread, one at a time, since
+        the loop must not wait for it (a peer whose loop answers no probe for
+        ``probe_timeout`` gets suspected)."""
+        if not self.cold(fn, options.get("requires", ())):
+            return self.request(fn, payloads, **options)
+        async with self._off_loop:
+            return await trio.to_thread.run_sync(partial(self.request, fn, payloads, **options))
+
+    def cold(self, fn: Callable[..., Any], requires: Iterable[str] = ()) -> bool:
+        """Whether a request for ``fn`` may read the disk: the first one (it scans
+        ``__main__``'s imports and reads the installed distributions' metadata: 0.2 to 0.3 s
+        here), one for a function of a ``__main__`` not shipped yet, or one that needs
+        versions not read yet."""
+        if not self._job_modules and not self._auto.scanned:
+            return True
+        if getattr(fn, "__module__", None) == "__main__" and "__main__" not in self._job_modules:
+            return True
+        key = (tuple(sorted({*self.requires, *_check_tags(requires)})), self._auto.dists)
+        return key not in self._needs
 
     def needs(self, requires: Iterable[str] = ()) -> JobNeeds:
         """What a job submitted now needs: this Python's minor version (exact, if

@@ -10,16 +10,21 @@ import fcntl
 import ipaddress
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
 from ._errors import P2PClusterError
+from ._transport import Address
 
 if TYPE_CHECKING:
     from ._config import Config
 
-__all__ = ["Interface", "Where", "advertise_host", "choose_interface", "interfaces", "where"]
+__all__ = ["Interface", "Where", "advertise_host", "choose_interface", "interfaces",
+           "resolve_seeds", "where"]
 
 _SIOCGIFADDR = 0x8915
 _SIOCGIFFLAGS = 0x8913
@@ -155,3 +160,18 @@ def where(config: Config) -> Where:
 def _loopback_only() -> Where:
     return Where("127.0.0.1", "127.0.0.1", None,
                  "no network interface with a default route: loopback only")
+
+
+async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address]:
+    """``host[:port]`` strings as IPv4 addresses."""
+    resolved = []
+    for seed in seeds:
+        host, _, port_text = seed.rpartition(":") if ":" in seed else (seed, "", "")
+        try:
+            port = int(port_text) if port_text else default_port
+            infos = await trio.socket.getaddrinfo(host, port, trio.socket.AF_INET,
+                                                  trio.socket.SOCK_DGRAM)
+        except (ValueError, OSError) as exc:
+            raise P2PClusterError(f"seed {seed!r}: {exc}") from None
+        resolved.append((str(infos[0][4][0]), port))
+    return resolved

@@ -39,11 +39,11 @@ from ._activity import Activity
 from ._addresswatch import serve_place
 from ._codecache import CodeCache
 from ._config import Config
-from ._errors import ClusterError, P2PClusterError, ValueTooLarge, too_large
+from ._errors import ClusterError, ValueTooLarge, too_large
 from ._heldargs import taken_off_loop
 from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
 from ._membership import Membership, MembershipStatistics, serve_membership
-from ._netutil import Where
+from ._netutil import Where, resolve_seeds
 from ._netutil import where as choose_where
 from ._packed import Payload
 from ._pool import WorkerPoolStatistics, open_worker_pool
@@ -212,13 +212,19 @@ class Peer:
                                       max_value_size=self._config.max_value_size,
                                       requires=requires)
 
+    async def _request(self, fn: Callable[..., Any], payloads: Sequence[Payload],
+                       **options: Any) -> JobRequest:
+        """:meth:`request`, built in a thread where it may read the disk."""
+        return await self._registry.request_in_trio(
+            fn, payloads, max_value_size=self._config.max_value_size, **options)
+
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
                   requires: Iterable[str] = (), **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` on some peer and return its value (or raise its
         :class:`~p2pcluster.TaskError`). ``timeout`` limits the task, in seconds;
         ``requires`` names the tags the peer must have."""
-        request = self.request(fn, [encode_args(args, kwargs)], timeout=timeout,
-                               requires=requires)
+        request = await self._request(fn, [encode_args(args, kwargs)], timeout=timeout,
+                                      requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await job.wait()
@@ -235,8 +241,8 @@ class Peer:
         live peer has them). A :class:`~p2pcluster.ClusterError` if no live peer can run
         them (their Python or distributions differ from this process's).
         """
-        request = self.request(fn, encode_map_args(iterables), timeout=timeout,
-                               chunksize=chunksize, requires=requires)
+        request = await self._request(fn, encode_map_args(iterables), timeout=timeout,
+                                      chunksize=chunksize, requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await _wait_or_first_error(job)
@@ -254,8 +260,8 @@ class Peer:
         Use ``async with contextlib.aclosing(peer.as_completed(...)) as results:``; leaving
         early cancels the rest of the job.
         """
-        request = self.request(fn, encode_map_args(iterables), timeout=timeout,
-                               chunksize=chunksize)
+        request = await self._request(fn, encode_map_args(iterables), timeout=timeout,
+                                      chunksize=chunksize)
         send, receive = trio.open_memory_channel[JobResult](math.inf)
         async with self.open_job(request) as job:
             def forward(batch: list[JobResult]) -> None:
@@ -308,21 +314,6 @@ async def _wait_or_first_error(job: Job) -> None:
         nursery.start_soon(watch)
         await job.wait()
         nursery.cancel_scope.cancel()
-
-
-async def resolve_seeds(seeds: Sequence[str], default_port: int) -> list[Address]:
-    """``host[:port]`` strings as IPv4 addresses."""
-    resolved = []
-    for seed in seeds:
-        host, _, port_text = seed.rpartition(":") if ":" in seed else (seed, "", "")
-        try:
-            port = int(port_text) if port_text else default_port
-            infos = await trio.socket.getaddrinfo(host, port, trio.socket.AF_INET,
-                                                  trio.socket.SOCK_DGRAM)
-        except (ValueError, OSError) as exc:
-            raise P2PClusterError(f"seed {seed!r}: {exc}") from None
-        resolved.append((str(infos[0][4][0]), port))
-    return resolved
 
 
 @asynccontextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,61 @@ def test_a_distribution_outside_site_packages_is_a_distribution(
     found = scan_imports(job)
     assert found.dists == ("p2punitdist",)
     assert [p.name for p in found.local] == ["helper.py"]
+
+
+def test_the_distributions_are_read_once_until_a_path_directory_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    import os
+
+    from p2pcluster import _autoship
+
+    reads: list[int] = []
+    real = importlib.metadata.packages_distributions
+
+    def counted() -> Mapping[str, list[str]]:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", counted)
+    monkeypatch.setattr(_autoship, "_DISTS", {})
+    dist = tmp_path / "target"
+    dist.mkdir()
+    monkeypatch.syspath_prepend(str(dist))
+    first = _autoship._packages_distributions()
+    assert _autoship._packages_distributions() is first and len(reads) == 1
+    assert "p2pnewdist" not in first
+    # a distribution installed since, as pip leaves it: its directory changes
+    write(dist / "p2pnewdist" / "__init__.py", "")
+    write(dist / "p2pnewdist-1.0.dist-info" / "METADATA",
+          "Metadata-Version: 2.1\nName: p2pnewdist\nVersion: 1.0\n")
+    write(dist / "p2pnewdist-1.0.dist-info" / "top_level.txt", "p2pnewdist\n")
+    then = os.stat(dist).st_mtime_ns
+    os.utime(dist, ns=(then, then + 10**9))  # (a clock tick later, whatever the clock's grain)
+    assert _autoship._packages_distributions()["p2pnewdist"] == ["p2pnewdist"]
+    assert len(reads) == 2
+    assert "p2pnewdist" in _autoship._packages_distributions() and len(reads) == 2
+
+
+async def test_a_request_that_reads_the_disk_is_built_off_the_trio_thread(
+        tmp_path: Path) -> None:
+    import threading
+
+    registry = CodeRegistry(say=lambda line: None)
+    threads: list[threading.Thread] = []
+    build = registry.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return build(*args, **kwargs)
+
+    registry.request = request  # type: ignore[method-assign]
+    assert registry.cold(len)  # the first: it scans __main__'s imports
+    await registry.request_in_trio(len, [b"\x80"])
+    assert not registry.cold(len) and registry.cold(len, requires=["gpu"])
+    await registry.request_in_trio(len, [b"\x80"])
+    await registry.request_in_trio(len, [b"\x80"], requires=["gpu"])
+    assert threads[0] is not threading.current_thread()
+    assert threads[1] is threading.current_thread()
+    assert threads[2] is not threading.current_thread()
+    assert not registry.cold(len, requires=["gpu"])
