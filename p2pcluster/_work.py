@@ -36,7 +36,7 @@ from ._heldargs import HeldArgs, HeldResults, changed_result
 from ._jobs import JobRequest, JobResult, PlacementNote, placement_line
 from ._links import WorkLinks
 from ._membership import Membership
-from ._ownedjob import Job
+from ._ownedjob import Job, admit
 from ._pacing import Pacer
 from ._pool import WorkerPool, WorkerPoolStatistics
 from ._proto.membership import EventKind, Member
@@ -161,7 +161,7 @@ class WorkService:
         now = trio.current_time()
         job = Job(self._cancel, spec, len(request.payloads), now)
         self._jobs[spec.job] = job
-        self._machine.submit(now, spec, self._held.admit(
+        admit(self._machine, self._nursery, self.flush, spec, self._held.admit(
             spec.job, request.payloads, self._config.inline_value_size, check=not private))
         self.flush()
         return job
@@ -177,7 +177,7 @@ class WorkService:
 
     def holders(self, job: bytes) -> dict[int, bytes]:
         """For a job owned here: unfinished task index -> the peer believed to hold it."""
-        return self._machine.holders(job)
+        return self._machine.owner.holders(job)
 
     @property
     def node_id(self) -> bytes:
@@ -321,8 +321,8 @@ class WorkService:
                 result = changed_result(tid, owned.spec.qualname, index)
                 deliver(Results(job, self._me.id, self._machine.surplus(), (result,)), None)
 
-        return Owner(payload=partial(self._held.serve, self._machine.payload),
-                     owns=lambda job: self._machine.owned_remaining(job) > 0,
+        return Owner(payload=partial(self._held.serve, self._machine.owner.payload),
+                     owns=lambda job: self._machine.owner.remaining(job) > 0,
                      deliver=deliver, pushed=pushed, changed=changed,
                      address_of=self.address_of, name_of=self.name_of)
 

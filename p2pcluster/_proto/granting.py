@@ -53,9 +53,10 @@ class Granting:
             return spec.job not in declined and may_take(spec)
 
         surplus = self._surplus(allowed)
-        want = grant_size(surplus, thief_slots=max(1, self._peer_slots.get(thief, req.slots)),
-                          total_slots=self._total_slots(thief, req.slots),
-                          known_work=surplus + sum(self._peers.values()))
+        want = min(ctx.policy.grant_tasks, grant_size(
+            surplus, thief_slots=max(1, self._peer_slots.get(thief, req.slots)),
+            total_slots=self._total_slots(thief, req.slots),
+            known_work=surplus + sum(self._peers.values())))
         granted = (ctx.queue.grant(want, ctx.policy.message_bytes, ctx.policy.inline_limit,
                                    partial(self._last_move_cap, req.slots), allowed)
                    if want else {})

@@ -57,25 +57,59 @@ class OwnerRole:
     def owns(self, job: bytes) -> bool:
         return job in self.owned.jobs
 
-    def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem]) -> int:
+    def remaining(self, job: bytes) -> int:
+        """Unfinished tasks of ``job`` (0 if it is not owned here, or over)."""
+        owned = self.owned.jobs.get(job)
+        return len(owned) if owned else 0
+
+    def holders(self, job: bytes) -> dict[int, bytes]:
+        """For an owned job: unfinished task id -> the peer believed to hold it."""
+        return owned.holders() if (owned := self.owned.jobs.get(job)) else {}
+
+    def payload(self, job: bytes, tid: int) -> bytes | None:
+        """For an owned job: the arguments of unfinished task ``tid``, or None."""
+        owned = self.owned.jobs.get(job)
+        return owned.payloads.get(tid) if owned else None
+
+    def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem], *,
+            more: bool = False) -> int:
         """Own ``spec``'s job and queue its tasks; the number of tasks (none: it is over).
         A task given as a remote :class:`TaskItem` (empty payload, ``size`` bytes) has
-        arguments the driver holds outside the machine and serves to whoever runs it."""
+        arguments the driver holds outside the machine and serves to whoever runs it.
+        ``more``: more of its tasks follow (:meth:`extend`), and the job does not end
+        before they are in, however many of these finish."""
         if spec.owner != self._ctx.node_id:
             raise ValueError("a job is submitted to its owner")
         if spec.job in self.owned.jobs or self.owned.ended(spec.job):
             raise ValueError("job id already used")
-        owned = OwnedJob(spec, self._ctx.node_id)
+        owned = self.owned.jobs[spec.job] = OwnedJob(spec, self._ctx.node_id)
+        self._queue(owned, tasks, more)
+        return len(owned) or int(more)
+
+    def extend(self, job: bytes, tasks: Iterable[tuple[int, bytes] | TaskItem], *,
+               more: bool = False) -> bool:
+        """Queue more tasks of ``job``, added with ``more`` (``more`` again: still more
+        follow); False if the job is over (cancelled meanwhile), and nothing is queued."""
+        owned = self.owned.jobs.get(job)
+        if owned is None or not owned.open:
+            if owned is None and self.owned.ended(job):
+                return False
+            raise ValueError("a job extended is one added with more tasks to follow")
+        self._queue(owned, tasks, more)
+        return True
+
+    def _queue(self, owned: OwnedJob, tasks: Iterable[tuple[int, bytes] | TaskItem],
+               more: bool) -> None:
+        spec, before = owned.spec, len(owned)
         for task in tasks:
             item = task if isinstance(task, TaskItem) else TaskItem(task[0], 0, task[1])
             owned.add(item.id, item.payload, item.size)
             self._ctx.queue.append(spec, owned.item(item.id))
-        self.owned.jobs[spec.job] = owned
-        self._ctx.count("submitted", len(owned))
-        if not len(owned):
+        owned.open = more
+        self._ctx.count("submitted", len(owned) - before)
+        if not len(owned) and not more:
             self.end(spec.job)
             self._ctx.emit(JobFinished(spec.job))
-        return len(owned)
 
     def accept(self, job: bytes, peer: bytes, results: Sequence[TaskResult]) -> None:
         """Results of ``job`` from ``peer``: the first of each task goes to the driver."""
@@ -85,7 +119,7 @@ class OwnerRole:
         if fresh:
             self._ctx.count("completed", len(fresh))
             self._ctx.emit(ResultsReady(job, fresh, peer))
-        if not len(owned):
+        if not len(owned) and not owned.open:
             self._ctx.emit(JobFinished(job))
             self._ctx.stats["dropped"] += self._ctx.queue.drop(lambda q: q.spec.job == job)
             self.end(job)

@@ -42,6 +42,7 @@ class OwnedJob:
         self._by_holder: dict[bytes, set[int]] = {}
         self._misses: dict[int, int] = {}  #: task id -> reports in a row that left it out
         self.ever_held: set[bytes] = set()  #: peers to tell when the job ends
+        self.open = False  #: more of its tasks are to come (it cannot end before them)
 
     def __len__(self) -> int:
         return len(self.payloads)

@@ -224,6 +224,14 @@ class Placement:
         if refused:
             self._ctx.count("refused", queue.drop(lambda q: q.spec.job in refused))
 
+    def announce(self, spec: JobSpec, peers: Iterable[bytes]) -> None:
+        """Tell each of ``peers`` that may run ``spec``'s tasks that this peer has work to
+        give (a job's tasks just came in, and it had none)."""
+        hint = WorkAvailable(self._me, self._ctx.surplus())
+        for peer in peers:
+            if self.verdict(spec, peer).fit is not Fit.NO:
+                self._ctx.send(peer, hint)
+
     def _hint(self, now: float, peer: bytes) -> None:
         """``peer`` may now take queued work: tell it (its last grant may have said none)."""
         surplus = self._ctx.surplus()

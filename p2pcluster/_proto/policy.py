@@ -30,6 +30,10 @@ class WorkPolicy:
     inline_limit: int = 256 * 1024
     #: Most payload bytes in one grant, one Results message, or one batch for a worker.
     message_bytes: int = 8 * 2**20
+    #: Most tasks in one grant, however small: the thief queues a grant's tasks in one step
+    #: of its loop (about 10 us a task in Python), and half of a queue of 300,000 tasks held
+    #: it for over a second, longer than it may take to answer a probe.
+    grant_tasks: int = 8192
     #: How often a peer holding tasks of another peer's jobs tells that owner which.
     report_interval: float = 1.0
     #: An owner requeues the tasks of a holder it has not heard from for this long.

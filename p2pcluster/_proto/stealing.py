@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import fields
 from random import Random
 
-from .eligibility import Fit, PeerEnv
+from .eligibility import PeerEnv
 from .execution import Execution
 from .granting import Granting
 from .holding import Holder
@@ -146,22 +146,14 @@ class StealingMachine:
         """A free slot, and nothing queued that this peer may run."""
         return self.busy < self.slots and not self._runnable()
 
-    def owned_remaining(self, job: bytes) -> int:
-        owned = self._owner.owned.jobs.get(job)
-        return len(owned) if owned else 0
-
-    def holders(self, job: bytes) -> dict[int, bytes]:
-        """For an owned job: unfinished task id -> the peer believed to hold it."""
-        return owned.holders() if (owned := self._owner.owned.jobs.get(job)) else {}
+    @property
+    def owner(self) -> OwnerRole:
+        """The books of the jobs owned here (:class:`~.owner.OwnerRole`), to ask."""
+        return self._owner
 
     def owner_of(self, job: bytes) -> bytes | None:
         """The owner ``job``'s tasks here (queued, running, results due) name; None: none."""
         return self._holder.owner_of(job) or self.queue.owner_of(job)
-
-    def payload(self, job: bytes, tid: int) -> bytes | None:
-        """For an owned job: the arguments of unfinished task ``tid``, or None."""
-        owned = self._owner.owned.jobs.get(job)
-        return owned.payloads.get(tid) if owned else None
 
     def take_outputs(self) -> list[WorkOutput]:
         out, self._ctx.outputs = self._ctx.outputs, []
@@ -241,19 +233,28 @@ class StealingMachine:
 
     # --- the owner's side -------------------------------------------------------------------
 
-    def submit(self, now: float, spec: JobSpec,
-               tasks: Iterable[tuple[int, bytes] | TaskItem]) -> None:
+    def submit(self, now: float, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem],
+               *, more: bool = False) -> None:
         """Own job ``spec.job``, and queue its tasks (id, CBOR arguments) here; a remote
-        :class:`TaskItem` names arguments of ``size`` bytes the driver holds and serves."""
+        :class:`TaskItem` names arguments of ``size`` bytes the driver holds and serves.
+        ``more``: more tasks follow (:meth:`extend`; a driver admits a large job in parts,
+        so that no one step takes long), and the job does not end before them."""
         before = self.surplus()
-        if not self._owner.add(spec, tasks):
-            return
-        self._placement.own(now, spec)
+        if self._owner.add(spec, tasks, more=more):
+            self._placement.own(now, spec)
+            if before == 0 and self.surplus():
+                self._placement.announce(spec, self.peers)
+
+    def extend(self, now: float, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem],
+               *, more: bool = False) -> bool:
+        """Queue more tasks of a job submitted with ``more`` (``more`` again: still more
+        follow); False if it is over (cancelled meanwhile): stop adding."""
+        before = self.surplus()
+        if not self._owner.extend(spec.job, tasks, more=more):
+            return False
         if before == 0 and self.surplus():
-            hint = WorkAvailable(self.node_id, self.surplus())
-            for peer in self.peers:
-                if self._placement.verdict(spec, peer).fit is not Fit.NO:
-                    self._ctx.send(peer, hint)
+            self._placement.announce(spec, self.peers)
+        return True
 
     def cancel(self, now: float, job: bytes) -> None:
         """Cancel an owned job everywhere: drop it here and tell every peer that held it."""
@@ -318,7 +319,7 @@ class StealingMachine:
         elif isinstance(msg, StealGrant):
             self._on_grant(now, msg)
         elif isinstance(msg, Results):
-            self._note_queue(msg.sender, msg.queue)
+            self.peers.heard(msg.sender, msg.queue)
             self._owner.on_results(now, msg)
             self._maybe_steal(now)
         elif isinstance(msg, TasksMoved):
@@ -326,7 +327,7 @@ class StealingMachine:
         elif isinstance(msg, CancelJob):
             self._on_cancel(now, msg)
         elif isinstance(msg, WorkAvailable):
-            self._note_queue(msg.sender, msg.queue)
+            self.peers.heard(msg.sender, msg.queue)
             self._maybe_steal(now)
         elif isinstance(msg, Holding):
             self._owner.on_holding(now, msg)
@@ -362,9 +363,6 @@ class StealingMachine:
         return len(self.queue) if self.queue.everywhere(runnable) else self.queue.count(
             runnable)
 
-    def _note_queue(self, peer: bytes, queue: int) -> None:
-        self.peers.heard(peer, queue)
-
     def hungry(self) -> bool:
         """Idle, or stealing ahead: every slot busy, room in the workers' pipes
         (``batches_per_slot``), and nothing queued that this peer may run."""
@@ -385,7 +383,7 @@ class StealingMachine:
     def _on_grant(self, now: float, grant: StealGrant) -> None:
         if self.stealing and self.stealing[0] == grant.victim:
             self.stealing = None
-        self._note_queue(grant.victim, grant.queue)
+        self.peers.heard(grant.victim, grant.queue)
         count = self._granting.received(now, grant, self._holder)
         self._ctx.count("steals_granted" if count else "steals_empty")
         self._ctx.count("tasks_stolen", count)

@@ -124,22 +124,24 @@ class TaskQueue:
         stay behind. Of the tasks this move makes stuck, at most ``last_move_cap(job)`` per
         job go."""
         granted: dict[bytes, JobItems] = {}
-        kept: deque[Queued] = deque()
+        skipped: list[Queued] = []  #: passed over, to go back in front, in order
         size = 0
         last: dict[bytes, int] = {}  #: job -> the cap left for tasks on their last move
         ok = {job: allowed(c.spec) for job, c in self._jobs.items()} if allowed else None
-        for q in self._queue:
-            if want and q.item.moves < self.max_moves and size < max_bytes and (
-                    ok is None or ok[q.spec.job]) and (
+        queue = self._queue  # (taken from the front until the grant is full: a long queue
+        while queue and want and size < max_bytes:  # costs no more than a short one)
+            q = queue.popleft()
+            if q.item.moves < self.max_moves and (ok is None or ok[q.spec.job]) and (
                     last_move_cap is None or q.item.moves + 1 < self.max_moves
                     or _spend(last, q.spec.job, last_move_cap)):
                 want -= 1
+                self._counted(q.spec, q.item, -1)  # (a movable task: not stuck)
                 moved = _moved(q.item, inline_limit)
                 size += len(moved.payload)
                 granted.setdefault(q.spec.job, JobItems(q.spec, [])).items.append(moved)
             else:
-                kept.append(q)
-        self._replace(kept)
+                skipped.append(q)
+        queue.extendleft(reversed(skipped))
         return granted
 
     def drop(self, doomed: Callable[[Queued], bool]) -> int:

@@ -71,7 +71,7 @@ def test_submit_hints_idle_peers_and_a_steal_takes_half_oldest_first() -> None:
     assert ids == [1, 2, 3, 4, 5]  # half of the 10 unstarted, oldest first
     assert all(t.moves == 1 for t in grant.msg.jobs[0].tasks)
     assert grant.msg.queue == 5
-    assert {owner.holders(b"j1")[i] for i in ids} == {B}
+    assert {owner.owner.holders(b"j1")[i] for i in ids} == {B}
 
 
 def test_an_idle_peer_steals_only_when_someone_has_a_surplus() -> None:
@@ -155,7 +155,7 @@ def test_a_move_to_a_peer_known_dead_is_requeued_at_once() -> None:
     owner.receive(0.0, StealRequest(B, 1))
     owner.peer_down(1.0, C)
     owner.receive(1.0, TasksMoved(b"j1", C, (1, 2)))
-    assert owner.holders(b"j1")[1] == A
+    assert owner.owner.holders(b"j1")[1] == A
     assert [q.item.id for q in owner.queue][:2] == [1, 2]
 
 
@@ -206,7 +206,7 @@ def test_a_failed_grant_returns_its_tasks() -> None:
     (grant,) = msgs(owner, StealGrant)
     owner.grant_failed(0.1, grant.msg)
     assert [q.item.id for q in owner.queue] == list(range(1, 10))
-    assert set(owner.holders(b"j1").values()) == {A}
+    assert set(owner.owner.holders(b"j1").values()) == {A}
 
 
 def test_two_batches_per_slot_while_the_queue_is_long_then_one() -> None:
@@ -327,7 +327,7 @@ def test_a_grant_leaves_large_arguments_at_the_owner() -> None:
     (grant,) = msgs(owner, StealGrant)
     (task,) = grant.msg.jobs[0].tasks
     assert (task.id, task.payload, task.size, task.remote) == (1, b"", 500, True)
-    assert owner.payload(b"j1", 1) == b"y" * 500  # the thief fetches it from here
+    assert owner.owner.payload(b"j1", 1) == b"y" * 500  # the thief fetches it from here
     owner.grant_failed(0.1, grant.msg)  # ... and a grant that fails gets it back
     front = owner.queue.front()
     assert front is not None and front.item.payload == b"y" * 500 and not front.item.remote
@@ -342,7 +342,7 @@ def test_arguments_the_driver_holds_stay_remote_through_grants_failures_and_deat
     (grant,) = msgs(owner, StealGrant)
     (task,) = grant.msg.jobs[0].tasks
     assert (task.id, task.payload, task.size) == (1, b"", 500)
-    assert owner.payload(b"j1", 1) == b""  # the driver serves it
+    assert owner.owner.payload(b"j1", 1) == b""  # the driver serves it
     owner.grant_failed(0.1, grant.msg)  # back at the front, still remote, size kept
     front = owner.queue.front()
     assert front is not None and (front.item.id, front.item.size, front.item.remote) == (
@@ -446,9 +446,9 @@ def test_a_holder_reports_what_it_holds_and_the_owner_requeues_what_is_missing_t
     # without it, and the owner queues it again; one report alone is not enough.
     lossy = Holding(B, (HeldTasks(b"j1", runs_from_ids({1, 2, 3, 4})),))
     owner.receive(1.0, lossy)
-    assert owner.holders(b"j1")[5] == B
+    assert owner.owner.holders(b"j1")[5] == B
     owner.receive(2.0, lossy)
-    assert owner.holders(b"j1")[5] == A
+    assert owner.owner.holders(b"j1")[5] == A
     assert owner.statistics().requeued == 1
 
 
@@ -462,10 +462,10 @@ def test_a_silent_holder_loses_its_tasks_after_the_lease_timeout() -> None:
     assert deadline is not None
     while deadline is not None and deadline < 5.0:
         owner.tick(deadline)
-        assert set(owner.holders(b"j1").values()) == {A, B}
+        assert set(owner.owner.holders(b"j1").values()) == {A, B}
         deadline = owner.next_deadline()
     owner.tick(5.0)
-    assert set(owner.holders(b"j1").values()) == {A}
+    assert set(owner.owner.holders(b"j1").values()) == {A}
     assert owner.statistics().leases_expired == 1
 
 
@@ -535,7 +535,7 @@ def test_a_declined_job_goes_back_to_its_owner_and_is_never_taken_again() -> Non
         for report in [o.msg for o in thief.take_outputs() if isinstance(o.msg, Holding)]:
             owner.receive(now, report)
         owner.tick(now)
-    assert set(owner.holders(b"j1").values()) == {A}  # tasks 2-5 are the owner's again
+    assert set(owner.owner.holders(b"j1").values()) == {A}  # tasks 2-5 are the owner's again
     assert owner.statistics().requeued == 4
     # A later grant of the same job is dropped; one of another job is taken.
     thief.receive(3.0, StealGrant(A, 0, (JobTasks(spec(), (TaskItem(7, 1, b"\x80"),)),
@@ -657,3 +657,66 @@ def test_an_owner_stealing_back_its_own_task_gets_the_arguments_its_grant_left_b
     owner.receive(0.0, back)
     item = next(q for q in owner.queue if q.item.id == taken[0].id).item
     assert not item.remote and item.payload == big
+
+
+def test_a_job_admitted_in_parts_ends_only_after_its_last_part() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2), more=True)
+    owner.receive(0.0, Results(b"j1", B, 0, ok(0, 1)))  # every task so far is done
+    assert not any(isinstance(e, JobFinished) for e in owner.take_events())
+    assert owner.extend(0.1, spec(), [(2, b"\x80"), (3, b"\x80")], more=True)
+    assert owner.extend(0.2, spec(), [(4, b"\x80")])  # the last part
+    assert owner.statistics().submitted == 5 and owner.owner.remaining(b"j1") == 3
+    owner.receive(0.3, Results(b"j1", B, 0, ok(2, 3)))
+    assert not any(isinstance(e, JobFinished) for e in owner.take_events())
+    owner.receive(0.3, Results(b"j1", B, 0, ok(4)))
+    assert any(isinstance(e, JobFinished) for e in owner.take_events())
+
+
+def test_an_empty_last_part_ends_a_job_whose_tasks_are_all_done() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(1), more=True)
+    owner.receive(0.0, Results(b"j1", B, 0, ok(0)))
+    assert owner.extend(0.1, spec(), [])
+    assert any(isinstance(e, JobFinished) for e in owner.take_events())
+
+
+def test_a_part_of_a_cancelled_job_is_not_queued_and_says_so() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2), more=True)
+    owner.cancel(0.1, b"j1")
+    assert not owner.extend(0.2, spec(), [(2, b"\x80")], more=True)
+    assert len(owner.queue) == 0 and owner.statistics().submitted == 2
+
+
+def test_only_a_job_submitted_with_more_to_come_is_extended() -> None:
+    owner = machine(A, 1, B)
+    owner.submit(0.0, spec(), tasks(2))
+    with pytest.raises(ValueError, match="more tasks to follow"):
+        owner.extend(0.1, spec(), [(2, b"\x80")])
+    with pytest.raises(ValueError, match="more tasks to follow"):
+        owner.extend(0.1, spec(job=b"j2"), [(0, b"\x80")])
+
+
+def test_a_grant_holds_at_most_grant_tasks_and_leaves_the_rest_in_order() -> None:
+    owner = StealingMachine(A, 0, random.Random(1), WorkPolicy(grant_tasks=100))
+    owner.peer_up(0.0, B, 0)
+    owner.submit(0.0, spec(), tasks(1000))
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    assert [t.id for t in grant.msg.jobs[0].tasks] == list(range(100))
+    assert [q.item.id for q in owner.queue] == list(range(100, 1000))
+    assert owner.queue.movable == 900
+
+
+def test_a_grant_passes_over_tasks_that_may_not_move_and_keeps_their_place() -> None:
+    owner = machine(A, 0, B)
+    owner.receive(0.0, StealGrant(C, 0, (JobTasks(spec(C, b"jc"), tuple(
+        TaskItem(i, 2, b"\x80") for i in range(3))),)))  # stuck: moved twice already
+    owner.submit(0.0, spec(), tasks(4))
+    owner.receive(0.0, StealRequest(B, 1))
+    (grant,) = msgs(owner, StealGrant)
+    assert [(jt.spec.job, [t.id for t in jt.tasks]) for jt in grant.msg.jobs] == [
+        (b"j1", [0, 1])]
+    assert [(q.spec.job, q.item.id) for q in owner.queue] == [
+        (b"jc", 0), (b"jc", 1), (b"jc", 2), (b"j1", 2), (b"j1", 3)]
