@@ -41,7 +41,15 @@ from ._codecache import CodeCache
 from ._config import Config
 from ._errors import ClusterError, ValueTooLarge, too_large
 from ._heldargs import taken_off_loop
-from ._jobs import CodeRegistry, JobRequest, JobResult, encode_args, encode_map_args, unpack
+from ._jobs import (
+    CodeRegistry,
+    JobRequest,
+    JobResult,
+    encode_args,
+    encode_map_args_in_trio,
+    unpack,
+    unpack_in_trio,
+)
 from ._membership import Membership, MembershipStatistics, serve_membership
 from ._netutil import Where, resolve_seeds
 from ._netutil import where as choose_where
@@ -241,16 +249,15 @@ class Peer:
         live peer has them). A :class:`~p2pcluster.ClusterError` if no live peer can run
         them (their Python or distributions differ from this process's).
         """
-        request = await self._request(fn, encode_map_args(iterables), timeout=timeout,
-                                      chunksize=chunksize, requires=requires)
+        request = await self._request(fn, await encode_map_args_in_trio(iterables),
+                                      timeout=timeout, chunksize=chunksize, requires=requires)
         async with self.open_job(request) as job:
             results = _collect(job)
             await _wait_or_first_error(job)
             _check_failure(job)
-            first_error = next((i for i in sorted(results) if results[i].status), None)
-            if first_error is not None:
-                unpack(*results[first_error][1:])
-        return [unpack(*results[i][1:]) for i in range(job.total)]
+            if job.errors:
+                unpack(*results[min(i for i in results if results[i].status)][1:])
+        return await unpack_in_trio(results[i][1:] for i in range(job.total))
 
     async def as_completed(self, fn: Callable[..., Any], *iterables: Iterable[Any],
                            timeout: float | None = None, chunksize: int | None = None
@@ -260,8 +267,8 @@ class Peer:
         Use ``async with contextlib.aclosing(peer.as_completed(...)) as results:``; leaving
         early cancels the rest of the job.
         """
-        request = await self._request(fn, encode_map_args(iterables), timeout=timeout,
-                                      chunksize=chunksize)
+        request = await self._request(fn, await encode_map_args_in_trio(iterables),
+                                      timeout=timeout, chunksize=chunksize)
         send, receive = trio.open_memory_channel[JobResult](math.inf)
         async with self.open_job(request) as job:
             def forward(batch: list[JobResult]) -> None:
