@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -140,20 +140,22 @@ def encode_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Payload:
 
 def encode_map_args(iterables: Sequence[Iterable[Any]]) -> list[Payload]:
     """``map``'s argument tuples, each as one task payload (the shortest iterable wins)."""
+    return [encode_call(call, {}) for call in _calls(iterables)]
+
+
+def _calls(iterables: Sequence[Iterable[Any]]) -> Iterator[tuple[Any, ...]]:
     if len(iterables) == 1:
-        return [encode_call((x,), {}) for x in iterables[0]]
-    return [encode_call(tuple(xs), {}) for xs in zip(*iterables, strict=False)]
+        return ((x,) for x in iterables[0])
+    return (tuple(xs) for xs in zip(*iterables, strict=False))
 
 
 async def encode_map_args_in_trio(iterables: Sequence[Iterable[Any]]) -> list[Payload]:
     """:func:`encode_map_args`, for a caller in the trio thread: it lets the loop run after
     every :data:`IN_TRIO_PART` calls (100,000 small calls take 0.3 s to encode here, and a
     peer whose loop answers no probe for ``probe_timeout`` gets suspected)."""
-    calls = ((x,) for x in iterables[0]) if len(iterables) == 1 else zip(*iterables,
-                                                                         strict=False)
     payloads: list[Payload] = []
-    for call in calls:
-        payloads.append(encode_call(tuple(call), {}))
+    for call in _calls(iterables):
+        payloads.append(encode_call(call, {}))
         if len(payloads) % IN_TRIO_PART == 0:
             await trio.sleep(0)
     return payloads
@@ -171,7 +173,8 @@ async def unpack_in_trio(results: Iterable[tuple[int, bytes | memoryview | Packe
     return values
 
 
-#: Calls encoded, or results decoded, per pass of the trio loop (see above).
+#: Calls encoded, results decoded or tasks admitted (:func:`~._ownedjob.admit`) per pass
+#: of the trio loop: about 20 ms of its time here.
 IN_TRIO_PART = 2048
 
 
@@ -300,19 +303,22 @@ class CodeRegistry:
             return True
         if getattr(fn, "__module__", None) == "__main__" and "__main__" not in self._job_modules:
             return True
-        key = (tuple(sorted({*self.requires, *_check_tags(requires)})), self._auto.dists)
-        return key not in self._needs
+        return self._needs_key(requires) not in self._needs
 
     def needs(self, requires: Iterable[str] = ()) -> JobNeeds:
         """What a job submitted now needs: this Python's minor version (exact, if
         ``strict``), the distributions the shipped code imports at this process's versions,
         and the tags ``requires``."""
-        key = (tuple(sorted({*self.requires, *_check_tags(requires)})), self._auto.dists)
+        key = self._needs_key(requires)
         needs = self._needs.get(key)
         if needs is None:  # reading versions costs a look at the disk: once per set
             needs = self._needs[key] = job_needs(self._auto.dists, requires=key[0],
                                                  strict=self.strict)
         return needs
+
+    def _needs_key(self, requires: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What a job's needs depend on: its tags, and the distributions scanned so far."""
+        return tuple(sorted({*self.requires, *_check_tags(requires)})), self._auto.dists
 
     def _scan_main(self) -> None:
         """A script that uses Cluster ships what its ``__main__`` imports (once)."""

@@ -10,18 +10,12 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ._jobs import JobResult, PlacementNote, unrunnable_message
+from ._jobs import IN_TRIO_PART, JobResult, PlacementNote, unrunnable_message
 from ._proto.messages import JobSpec, TaskItem
 from ._proto.stealing import StealingMachine
 from ._proto.wiretypes import PlacementKind
 
-__all__ = ["ADMIT_PART", "Job", "admit"]
-
-#: Tasks a new job gives the machine at once: the rest follow, as many per pass of the trio
-#: loop. Admitting a task costs the loop about 10 us here, so a job of 100,000 tasks admitted
-#: at once held it for 1.0 s, and one of 300,000 had the other peers declare its owner dead
-#: (the local preset's ``probe_timeout`` is 0.1 s); a part of 2,048 takes it about 20 ms.
-ADMIT_PART = 2048
+__all__ = ["Job", "admit"]
 
 log = logging.getLogger("p2pcluster.peer")
 
@@ -127,23 +121,24 @@ Tasks = Sequence[tuple[int, bytes] | TaskItem]
 
 def admit(machine: StealingMachine, nursery: trio.Nursery, flush: Callable[[], None],
           spec: JobSpec, tasks: Tasks) -> None:
-    """Give ``machine`` the tasks of the new job ``spec``: the first :data:`ADMIT_PART`
+    """Give ``machine`` the tasks of the new job ``spec``: the first :data:`IN_TRIO_PART`
     now, the rest from a task in ``nursery``, a part per pass of the loop (``flush`` after
     each: the driver carries out what the machine says), so that the loop goes on
-    answering probes and moving tasks while a large job comes in. A job cancelled
-    meanwhile takes no more."""
+    answering probes and moving tasks while a large job comes in (admitting a task costs
+    the loop about 10 us here: 300,000 at once held it for 3 s, and the other peers
+    declared the owner dead). A job cancelled meanwhile takes no more."""
     now = trio.current_time()
-    machine.submit(now, spec, tasks[:ADMIT_PART], more=len(tasks) > ADMIT_PART)
-    if len(tasks) > ADMIT_PART:
+    machine.submit(now, spec, tasks[:IN_TRIO_PART], more=len(tasks) > IN_TRIO_PART)
+    if len(tasks) > IN_TRIO_PART:
         nursery.start_soon(_admit_rest, machine, flush, spec, tasks)
 
 
 async def _admit_rest(machine: StealingMachine, flush: Callable[[], None], spec: JobSpec,
                       tasks: Tasks) -> None:
-    for start in range(ADMIT_PART, len(tasks), ADMIT_PART):
+    for start in range(IN_TRIO_PART, len(tasks), IN_TRIO_PART):
         await trio.sleep(0)
-        part = tasks[start:start + ADMIT_PART]
-        more = start + ADMIT_PART < len(tasks)
+        part = tasks[start:start + IN_TRIO_PART]
+        more = start + IN_TRIO_PART < len(tasks)
         if not machine.extend(trio.current_time(), spec, part, more=more):
             return  # (the job is over: cancelled)
         flush()

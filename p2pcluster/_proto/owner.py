@@ -72,8 +72,9 @@ class OwnerRole:
         return owned.payloads.get(tid) if owned else None
 
     def add(self, spec: JobSpec, tasks: Iterable[tuple[int, bytes] | TaskItem], *,
-            more: bool = False) -> int:
-        """Own ``spec``'s job and queue its tasks; the number of tasks (none: it is over).
+            more: bool = False) -> bool:
+        """Own ``spec``'s job and queue its tasks; whether it goes on (False: it had none,
+        and none are to come, so it is over).
         A task given as a remote :class:`TaskItem` (empty payload, ``size`` bytes) has
         arguments the driver holds outside the machine and serves to whoever runs it.
         ``more``: more of its tasks follow (:meth:`extend`), and the job does not end
@@ -84,7 +85,7 @@ class OwnerRole:
             raise ValueError("job id already used")
         owned = self.owned.jobs[spec.job] = OwnedJob(spec, self._ctx.node_id)
         self._queue(owned, tasks, more)
-        return len(owned) or int(more)
+        return bool(len(owned)) or more
 
     def extend(self, job: bytes, tasks: Iterable[tuple[int, bytes] | TaskItem], *,
                more: bool = False) -> bool:

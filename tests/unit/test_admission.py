@@ -15,7 +15,7 @@ from p2pcluster._jobs import (
     unpack,
     unpack_in_trio,
 )
-from p2pcluster._ownedjob import ADMIT_PART, admit
+from p2pcluster._ownedjob import admit
 from p2pcluster._proto.messages import JobSpec, TaskStatus
 from p2pcluster._proto.stealing import StealingMachine
 from p2pcluster._proto.workevents import JobFinished
@@ -35,7 +35,7 @@ async def _until(condition, limit: int = 10_000) -> None:  # type: ignore[no-unt
 
 async def test_a_large_job_is_admitted_a_part_per_pass_of_the_loop() -> None:
     machine = StealingMachine(A, 0, random.Random(1))
-    total = 3 * ADMIT_PART + 5
+    total = 3 * IN_TRIO_PART + 5
     seen: list[int] = []  # the queue's length each time another task ran
     flushed: list[int] = []
 
@@ -49,11 +49,11 @@ async def test_a_large_job_is_admitted_a_part_per_pass_of_the_loop() -> None:
         await trio.sleep(0)
         admit(machine, nursery, lambda: flushed.append(len(machine.queue)), SPEC,
               [(i, b"\x80") for i in range(total)])
-        assert len(machine.queue) == ADMIT_PART  # the first part, at once
+        assert len(machine.queue) == IN_TRIO_PART  # the first part, at once
         await _until(lambda: len(machine.queue) == total)
         nursery.cancel_scope.cancel()
-    assert flushed == [2 * ADMIT_PART, 3 * ADMIT_PART, total]
-    assert sum(ADMIT_PART <= n < total for n in seen) >= 2  # it ran between the parts
+    assert flushed == [2 * IN_TRIO_PART, 3 * IN_TRIO_PART, total]
+    assert sum(IN_TRIO_PART <= n < total for n in seen) >= 2  # it ran between the parts
     assert [q.item.id for q in machine.queue] == list(range(total))
     assert not any(isinstance(e, JobFinished) for e in machine.take_events())
 
@@ -63,10 +63,10 @@ async def test_a_job_cancelled_while_it_comes_in_takes_no_more_tasks() -> None:
     flushed: list[int] = []
     async with trio.open_nursery() as nursery:
         admit(machine, nursery, lambda: flushed.append(1), SPEC,
-              [(i, b"\x80") for i in range(2 * ADMIT_PART + 1)])
+              [(i, b"\x80") for i in range(2 * IN_TRIO_PART + 1)])
         machine.cancel(0.0, b"j1")
     assert len(machine.queue) == 0 and not flushed
-    assert machine.statistics().submitted == ADMIT_PART
+    assert machine.statistics().submitted == IN_TRIO_PART
 
 
 async def test_the_calls_are_encoded_and_the_results_decoded_as_at_once() -> None:
